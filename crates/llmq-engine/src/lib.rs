@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the decoder forward pass, being written.

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: GGUF v3 reader and streaming writer, being written.

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the quantize pipeline, being written.
