@@ -1,0 +1,86 @@
+//! llama.cpp as the peer (built by scripts/peer-llama-cpp.sh from the pinned
+//! llama-cpp-python sdist). For every shared model: llama.cpp loads the F16 GGUF we
+//! write and computes its perplexity on shared/data/corpus/test.txt; for Q4_K_M,
+//! Q3_K_M and Q2_K our file (quantized from that same F16 GGUF) has perplexity no
+//! worse than 1.01× llama-quantize's own output, and gives every tensor the type
+//! llama-quantize gives it.
+
+mod common;
+use common::*;
+use llmq_formats::gguf::GgufFile;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn perplexity(model: &Path) -> f64 {
+    let test = shared().join("data/corpus/test.txt");
+    let o = Command::new(llama_cpp_bin("llama-perplexity"))
+        .args(["-m", model.to_str().unwrap(), "-f", test.to_str().unwrap(), "-c", "256", "-b", "256", "-t", "2", "--chunks", "100", "--no-warmup"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "llama-perplexity failed on {}:\n{}", model.display(), tail(&text));
+    let line = text
+        .lines()
+        .find(|l| l.contains("Final estimate: PPL ="))
+        .unwrap_or_else(|| panic!("no final estimate for {}:\n{}", model.display(), tail(&text)));
+    let v: f64 = line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(v.is_finite() && v > 1.0, "{line}");
+    v
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn tensor_types(p: &Path) -> BTreeMap<String, String> {
+    let f = GgufFile::open(p).unwrap();
+    f.tensors().iter().map(|t| (t.name.clone(), t.ggml_type.name().to_string())).collect()
+}
+
+fn llama_quantize(src: &Path, dst: &Path, level: &str) {
+    let o = Command::new(llama_cpp_bin("llama-quantize"))
+        .args([src.to_str().unwrap(), dst.to_str().unwrap(), level, "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "llama-quantize {level} failed:\n{}", tail(&String::from_utf8_lossy(&o.stderr)));
+}
+
+#[test]
+fn llama_cpp_loads_ours_and_our_kquants_match_its_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for name in MODELS {
+        let model = shared_model(name);
+        let wd = dir.path().join(name);
+        std::fs::create_dir_all(&wd).unwrap();
+        let r = lq(&wd, &["quantize", model.to_str().unwrap(), "gguf", "-q", "F16", "-n", "f16.gguf", "--no-checkpoints"]);
+        assert_eq!(r.code, 0, "{name}: F16 export failed:\n{}", r.stderr);
+        let f16 = wd.join("f16.gguf");
+        let ppl_f16 = perplexity(&f16);
+        report.push(format!("{name:14} F16    ours {ppl_f16:9.4}"));
+        for level in ["Q4_K_M", "Q3_K_M", "Q2_K"] {
+            let theirs = wd.join(format!("peer-{level}.gguf"));
+            llama_quantize(&f16, &theirs, level);
+            let r = lq(&wd, &["quantize", f16.to_str().unwrap(), "gguf", "-q", level, "-n", &format!("ours-{level}.gguf"), "--no-checkpoints"]);
+            assert_eq!(r.code, 0, "{name} {level}: failed:\n{}", r.stderr);
+            let ours = wd.join(format!("ours-{level}.gguf"));
+            let (tt, to) = (tensor_types(&theirs), tensor_types(&ours));
+            for (t, ty) in &tt {
+                if to.get(t) != Some(ty) {
+                    failures.push(format!("{name} {level}: {t} is {:?} in ours, {ty} in llama-quantize's", to.get(t)));
+                }
+            }
+            let (p_ours, p_theirs) = (perplexity(&ours), perplexity(&theirs));
+            let ratio = p_ours / p_theirs;
+            report.push(format!("{name:14} {level:6} ours {p_ours:9.4}  llama.cpp {p_theirs:9.4}  ratio {ratio:.4}"));
+            if ratio > 1.01 {
+                failures.push(format!("{name} {level}: perplexity {p_ours:.4} vs llama.cpp {p_theirs:.4} (ratio {ratio:.4} > 1.01)"));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,72 @@
+//! Everything a GGUF writer needs for one model and mix, assembled from `gguf_names`,
+//! `gguf_meta`, `gguf_tokenizer` and `mix`: the metadata in llama.cpp's converter order
+//! (architecture keys, then tokenizer keys) and the tensors in the converter's order,
+//! each with the type `llama-quantize` would give it.
+
+use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation, MetaError};
+use crate::gguf_names::{gguf_plan, GgufTensorSpec, PlanError};
+use crate::gguf_tokenizer::{tokenizer_metadata, TokenizerError};
+use crate::meta::{MetaList, MetaValue};
+use crate::mix::{choose_types, Mix, MixError, MixModel, MixTensor};
+use crate::ArchConfig;
+use llmq_formats::GgmlType;
+use std::path::Path;
+
+/// A model's GGUF layout for one mix.
+#[derive(Debug, Clone)]
+pub struct GgufExport {
+    pub metadata: MetaList,
+    /// tensors in file order, with their GGML type
+    pub tensors: Vec<(GgufTensorSpec, GgmlType)>,
+    /// metadata keys where we knowingly differ from llama.cpp's converter
+    pub deviations: Vec<Deviation>,
+    /// HF tensors deliberately not exported, with the reason
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Errors assembling an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Mix(#[from] MixError),
+}
+
+/// Build the export for the model folder `dir` (tokenizer files), its config and HF
+/// tensor list, with `general.name` = `name` (made loadable, see `llama_cpp_safe_name`).
+pub fn gguf_export(
+    dir: &Path,
+    cfg: &ArchConfig,
+    hf_tensors: &[(String, Vec<usize>)],
+    mix: Mix,
+    name: &str,
+) -> Result<GgufExport, ExportError> {
+    let plan = gguf_plan(cfg, hf_tensors)?;
+    let tok = tokenizer_metadata(dir, cfg.family, cfg.vocab_size)?;
+    let name = match tok.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::ArrStr(tokens)) => llama_cpp_safe_name(name, tokens),
+        _ => name.to_string(),
+    };
+    let (mut metadata, deviations) = arch_metadata(cfg, &name, mix.file_type())?;
+    metadata.extend(tok);
+    let mix_tensors: Vec<MixTensor> = plan
+        .tensors
+        .iter()
+        .map(|t| MixTensor {
+            name: t.gguf_name.clone(),
+            shape_ne: t.shape_ne.clone(),
+        })
+        .collect();
+    let types = choose_types(mix, &MixModel::from_config(cfg), &mix_tensors)?;
+    Ok(GgufExport {
+        metadata,
+        tensors: plan.tensors.into_iter().zip(types).collect(),
+        deviations,
+        skipped: plan.skipped,
+    })
+}

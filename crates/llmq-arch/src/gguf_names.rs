@@ -1,0 +1,716 @@
+//! Hugging Face tensor names to GGUF tensor names, roles and data transforms, following
+//! llama.cpp's converter as pinned by llama-cpp-python 0.3.36 (`conversion/llama.py`
+//! `LlamaModel.modify_tensors`/`permute`, `conversion/qwen.py` `Qwen2MoeModel`,
+//! `conversion/gemma.py` `Gemma3Model`, `conversion/phi.py` `Phi3MiniModel`,
+//! `conversion/deepseek.py` `DeepseekV2Model`, `conversion/glm.py` `Glm4MoeLiteModel`,
+//! and `gguf-py/gguf/tensor_mapping.py` / `constants.py`).
+//!
+//! GGUF architecture per family: Llama, Mistral and Mixtral → `llama` (Mixtral's experts
+//! become `ffn_*_exps`); Qwen2 → `qwen2`; Qwen3 → `qwen3`; Qwen3-MoE → `qwen3moe`;
+//! Gemma3 → `gemma3`; Phi3 → `phi3`; DeepSeek-V3 and GLM-4.7-Flash (`Glm4MoeLite`) →
+//! `deepseek2`. llama.cpp 0.3.36 has a loader for all ten; see `gguf_meta` for the keys
+//! our fixtures need beyond what the converter writes (Gemma3 layer pattern, sigmoid
+//! gating and the dense-layer count for configs written by transformers 5).
+//!
+//! The converter visits HF tensors in sorted name order (Python `safetensors` lists keys
+//! sorted) and emits a stacked expert tensor when the last expert of its layer arrives;
+//! [`gguf_plan`] reproduces that order, which matters to `mix` (its counters follow file
+//! order).
+
+use crate::config::{ArchConfig, Family};
+use std::collections::BTreeMap;
+
+/// What a GGUF tensor is, independent of the architecture's naming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorRole {
+    TokenEmbd,
+    Output,
+    OutputNorm,
+    AttnNorm,
+    AttnQ,
+    AttnK,
+    AttnV,
+    AttnQBias,
+    AttnKBias,
+    AttnVBias,
+    /// fused q|k|v rows (Phi3)
+    AttnQkv,
+    AttnOutput,
+    AttnQNorm,
+    AttnKNorm,
+    /// Gemma3 norm after attention
+    AttnPostNorm,
+    AttnQA,
+    AttnQANorm,
+    AttnQB,
+    AttnKvAMqa,
+    AttnKvANorm,
+    AttnKvB,
+    AttnKB,
+    AttnVB,
+    FfnNorm,
+    /// Gemma3 norm after the MLP
+    FfnPostNorm,
+    FfnGate,
+    /// up projection; for Phi3 the fused gate|up rows
+    FfnUp,
+    FfnDown,
+    /// router
+    FfnGateInp,
+    /// router score correction bias (sigmoid routing)
+    FfnExpProbsB,
+    FfnGateExps,
+    FfnUpExps,
+    FfnDownExps,
+    FfnGateShexp,
+    FfnUpShexp,
+    FfnDownShexp,
+}
+
+/// How the GGUF tensor is built from its HF sources.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// copied as is
+    None,
+    /// llama.cpp's `LlamaModel.permute`: inside each of `n_head` row groups, rows are
+    /// reordered from rotate-half (first half, second half) to interleaved pairs
+    PermuteQK { n_head: usize },
+    /// sources (one `[rows, cols]` matrix per expert) stacked into `[n, rows, cols]`
+    Stack,
+    /// the `k` part of MLA `kv_b_proj` (`[n_head, nope + v, lora]`), transposed per head
+    /// to `[n_head, lora, nope]`
+    KvBSplitK {
+        n_head: usize,
+        nope: usize,
+        v_dim: usize,
+    },
+    /// the `v` part of MLA `kv_b_proj`: `[n_head, v, lora]`
+    KvBSplitV {
+        n_head: usize,
+        nope: usize,
+        v_dim: usize,
+    },
+    /// every element plus one (Gemma3 RMSNorm weights are stored as `w`, used as `1 + w`)
+    AddOne,
+}
+
+/// One GGUF tensor of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensorSpec {
+    pub gguf_name: String,
+    pub role: TensorRole,
+    pub layer: Option<usize>,
+    /// HF tensor names, in stacking order
+    pub sources: Vec<String>,
+    /// HF (row-major, PyTorch order) shape of each source
+    pub source_shapes: Vec<Vec<usize>>,
+    /// GGUF shape in ggml `ne` order (ne[0] is the contiguous dimension)
+    pub shape_ne: Vec<usize>,
+    pub transform: Transform,
+}
+
+impl GgufTensorSpec {
+    pub fn n_elements(&self) -> usize {
+        self.shape_ne.iter().product()
+    }
+}
+
+/// The GGUF tensors of a model, in the converter's order.
+#[derive(Debug, Clone)]
+pub struct GgufPlan {
+    /// `general.architecture`
+    pub arch: &'static str,
+    pub tensors: Vec<GgufTensorSpec>,
+    /// HF tensors the converter deliberately leaves out, with the reason
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Errors building a plan or applying a transform.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("HF tensors with no GGUF mapping for {family:?}: {names:?}")]
+    Unmapped { family: Family, names: Vec<String> },
+    #[error("layer {layer}: expert tensors incomplete ({have} of {want}): {example}")]
+    IncompleteExperts {
+        layer: usize,
+        have: usize,
+        want: usize,
+        example: String,
+    },
+    #[error("tensor {name}: {why}")]
+    Shape { name: String, why: String },
+    #[error("duplicate GGUF tensor name {0}")]
+    Duplicate(String),
+}
+
+/// The `general.architecture` string llama.cpp uses for a family.
+pub fn gguf_arch(family: Family) -> &'static str {
+    match family {
+        Family::Llama | Family::Mistral | Family::Mixtral => "llama",
+        Family::Qwen2 => "qwen2",
+        Family::Qwen3 => "qwen3",
+        Family::Qwen3Moe => "qwen3moe",
+        Family::Gemma3 => "gemma3",
+        Family::Phi3 => "phi3",
+        Family::DeepseekV3 | Family::Glm4MoeLite => "deepseek2",
+    }
+}
+
+/// Whether the converter undoes HF's rotate-half q/k layout (`LlamaModel.undo_permute`).
+pub fn needs_qk_permute(family: Family) -> bool {
+    matches!(family, Family::Llama | Family::Mistral | Family::Mixtral)
+}
+
+/// Expert projection kinds, in the order the converter emits the stacked tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ExpertProj {
+    Gate,
+    Up,
+    Down,
+}
+
+impl ExpertProj {
+    /// HF spelling → kind (`w1`/`w3`/`w2` for Mixtral).
+    fn parse(s: &str) -> Option<ExpertProj> {
+        match s {
+            "gate_proj" | "w1" => Some(ExpertProj::Gate),
+            "up_proj" | "w3" => Some(ExpertProj::Up),
+            "down_proj" | "w2" => Some(ExpertProj::Down),
+            _ => None,
+        }
+    }
+
+    /// Emission order: Mixtral's converter loops w1, w2, w3; Qwen/DeepSeek loop down, gate, up.
+    fn emit_order(family: Family) -> [ExpertProj; 3] {
+        if family == Family::Mixtral {
+            [ExpertProj::Gate, ExpertProj::Down, ExpertProj::Up]
+        } else {
+            [ExpertProj::Down, ExpertProj::Gate, ExpertProj::Up]
+        }
+    }
+
+    fn gguf(self) -> (&'static str, TensorRole) {
+        match self {
+            ExpertProj::Gate => ("ffn_gate_exps", TensorRole::FfnGateExps),
+            ExpertProj::Up => ("ffn_up_exps", TensorRole::FfnUpExps),
+            ExpertProj::Down => ("ffn_down_exps", TensorRole::FfnDownExps),
+        }
+    }
+}
+
+/// One layer's expert tensors seen so far: (proj, expert) -> (HF name, shape).
+type ExpertGroup = BTreeMap<(ExpertProj, usize), (String, Vec<usize>)>;
+
+/// Split `model.layers.N.rest` into (N, rest).
+fn layer_split(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    Some((idx.parse().ok()?, tail))
+}
+
+/// Parse `...experts.E.proj.weight` into (expert, proj).
+fn expert_split(tail: &str) -> Option<(usize, ExpertProj)> {
+    let rest = tail
+        .strip_prefix("mlp.experts.")
+        .or_else(|| tail.strip_prefix("block_sparse_moe.experts."))?;
+    let (e, rest) = rest.split_once('.')?;
+    let proj = rest.strip_suffix(".weight")?;
+    Some((e.parse().ok()?, ExpertProj::parse(proj)?))
+}
+
+/// Map a per-layer HF tensor (without the `model.layers.N.` prefix) to (GGUF base name
+/// with suffix, role).
+fn map_layer_tensor(family: Family, tail: &str) -> Option<(&'static str, TensorRole)> {
+    use TensorRole as R;
+    let gemma = family == Family::Gemma3;
+    Some(match tail {
+        "input_layernorm.weight" => ("attn_norm.weight", R::AttnNorm),
+        "post_attention_layernorm.weight" if gemma => {
+            ("post_attention_norm.weight", R::AttnPostNorm)
+        }
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", R::FfnNorm),
+        "pre_feedforward_layernorm.weight" if gemma => ("ffn_norm.weight", R::FfnNorm),
+        "post_feedforward_layernorm.weight" if gemma => ("post_ffw_norm.weight", R::FfnPostNorm),
+        "self_attn.q_proj.weight" => ("attn_q.weight", R::AttnQ),
+        "self_attn.k_proj.weight" => ("attn_k.weight", R::AttnK),
+        "self_attn.v_proj.weight" => ("attn_v.weight", R::AttnV),
+        "self_attn.q_proj.bias" => ("attn_q.bias", R::AttnQBias),
+        "self_attn.k_proj.bias" => ("attn_k.bias", R::AttnKBias),
+        "self_attn.v_proj.bias" => ("attn_v.bias", R::AttnVBias),
+        "self_attn.o_proj.weight" => ("attn_output.weight", R::AttnOutput),
+        "self_attn.q_norm.weight" => ("attn_q_norm.weight", R::AttnQNorm),
+        "self_attn.k_norm.weight" => ("attn_k_norm.weight", R::AttnKNorm),
+        "self_attn.qkv_proj.weight" if family == Family::Phi3 => ("attn_qkv.weight", R::AttnQkv),
+        "self_attn.q_a_proj.weight" => ("attn_q_a.weight", R::AttnQA),
+        "self_attn.q_a_layernorm.weight" => ("attn_q_a_norm.weight", R::AttnQANorm),
+        "self_attn.q_b_proj.weight" => ("attn_q_b.weight", R::AttnQB),
+        "self_attn.kv_a_proj_with_mqa.weight" => ("attn_kv_a_mqa.weight", R::AttnKvAMqa),
+        "self_attn.kv_a_layernorm.weight" => ("attn_kv_a_norm.weight", R::AttnKvANorm),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", R::FfnGate),
+        "mlp.up_proj.weight" => ("ffn_up.weight", R::FfnUp),
+        "mlp.down_proj.weight" => ("ffn_down.weight", R::FfnDown),
+        "mlp.gate_up_proj.weight" if family == Family::Phi3 => ("ffn_up.weight", R::FfnUp),
+        "mlp.gate.weight" | "block_sparse_moe.gate.weight" => {
+            ("ffn_gate_inp.weight", R::FfnGateInp)
+        }
+        "mlp.gate.e_score_correction_bias" => ("exp_probs_b.bias", R::FfnExpProbsB),
+        "mlp.shared_experts.gate_proj.weight" => ("ffn_gate_shexp.weight", R::FfnGateShexp),
+        "mlp.shared_experts.up_proj.weight" => ("ffn_up_shexp.weight", R::FfnUpShexp),
+        "mlp.shared_experts.down_proj.weight" => ("ffn_down_shexp.weight", R::FfnDownShexp),
+        _ => return None,
+    })
+}
+
+fn reversed(shape: &[usize]) -> Vec<usize> {
+    shape.iter().rev().copied().collect()
+}
+
+fn single(
+    gguf_name: String,
+    role: TensorRole,
+    layer: Option<usize>,
+    hf: &str,
+    shape: &[usize],
+    transform: Transform,
+) -> GgufTensorSpec {
+    GgufTensorSpec {
+        gguf_name,
+        role,
+        layer,
+        sources: vec![hf.to_string()],
+        source_shapes: vec![shape.to_vec()],
+        shape_ne: reversed(shape),
+        transform,
+    }
+}
+
+/// Build the GGUF tensor plan for a model from its HF tensor names and shapes (any order;
+/// they are visited sorted, as the converter does).
+pub fn gguf_plan(
+    cfg: &ArchConfig,
+    hf_tensors: &[(String, Vec<usize>)],
+) -> Result<GgufPlan, PlanError> {
+    let family = cfg.family;
+    let mut sorted: Vec<&(String, Vec<usize>)> = hf_tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let mut unmapped = Vec::new();
+    let n_experts = cfg.moe.as_ref().map(|m| m.n_experts).unwrap_or(0);
+    let mut experts: BTreeMap<usize, ExpertGroup> = BTreeMap::new();
+    let is_mla = cfg.mla.is_some();
+    let tied_skip_head = is_mla && cfg.tie_word_embeddings;
+
+    for (name, shape) in sorted {
+        let name = name.as_str();
+        let shift = family == Family::Gemma3 && name.ends_with("norm.weight");
+        let plain = if shift {
+            Transform::AddOne
+        } else {
+            Transform::None
+        };
+        if name.ends_with("rotary_emb.inv_freq") {
+            skipped.push((
+                name.to_string(),
+                "rotary inv_freq buffer (the converter drops it)".into(),
+            ));
+            continue;
+        }
+        match name {
+            "model.embed_tokens.weight" => {
+                out.push(single(
+                    "token_embd.weight".into(),
+                    TensorRole::TokenEmbd,
+                    None,
+                    name,
+                    shape,
+                    plain,
+                ));
+                continue;
+            }
+            "model.norm.weight" => {
+                out.push(single(
+                    "output_norm.weight".into(),
+                    TensorRole::OutputNorm,
+                    None,
+                    name,
+                    shape,
+                    plain,
+                ));
+                continue;
+            }
+            "lm_head.weight" => {
+                if tied_skip_head {
+                    skipped.push((
+                        name.to_string(),
+                        "tied embeddings: output uses token_embd".into(),
+                    ));
+                } else {
+                    out.push(single(
+                        "output.weight".into(),
+                        TensorRole::Output,
+                        None,
+                        name,
+                        shape,
+                        Transform::None,
+                    ));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Some((layer, tail)) = layer_split(name) else {
+            unmapped.push(name.to_string());
+            continue;
+        };
+        if layer >= cfg.num_layers {
+            // DeepSeek/GLM multi-token-prediction layers sit after the main stack.
+            if is_mla {
+                skipped.push((
+                    name.to_string(),
+                    "multi-token-prediction layer (not exported)".into(),
+                ));
+            } else {
+                unmapped.push(name.to_string());
+            }
+            continue;
+        }
+        if let Some((e, proj)) = expert_split(tail) {
+            if n_experts == 0 || e >= n_experts {
+                unmapped.push(name.to_string());
+                continue;
+            }
+            let group = experts.entry(layer).or_default();
+            group.insert((proj, e), (name.to_string(), shape.clone()));
+            if group.len() == 3 * n_experts {
+                let group = experts.remove(&layer).unwrap_or_default();
+                for proj in ExpertProj::emit_order(family) {
+                    let members: Vec<&(String, Vec<usize>)> =
+                        (0..n_experts).map(|e| &group[&(proj, e)]).collect();
+                    let s0 = &members[0].1;
+                    if s0.len() != 2 || members.iter().any(|m| &m.1 != s0) {
+                        return Err(PlanError::Shape {
+                            name: members[0].0.clone(),
+                            why: "experts of one layer must be 2-D matrices of equal shape".into(),
+                        });
+                    }
+                    let (base, role) = proj.gguf();
+                    out.push(GgufTensorSpec {
+                        gguf_name: format!("blk.{layer}.{base}.weight"),
+                        role,
+                        layer: Some(layer),
+                        sources: members.iter().map(|m| m.0.clone()).collect(),
+                        source_shapes: members.iter().map(|m| m.1.clone()).collect(),
+                        shape_ne: vec![s0[1], s0[0], n_experts],
+                        transform: Transform::Stack,
+                    });
+                }
+            }
+            continue;
+        }
+        if tail == "self_attn.kv_b_proj.weight" {
+            if let Some(mla) = &cfg.mla {
+                let n_head = cfg.num_kv_heads;
+                let (nope, v_dim) = (mla.qk_nope_head_dim, mla.v_head_dim);
+                if shape.len() != 2 || shape[0] != n_head * (nope + v_dim) {
+                    return Err(PlanError::Shape {
+                        name: name.to_string(),
+                        why: format!(
+                            "expected [{} x (nope {nope} + v {v_dim}), lora], got {shape:?}",
+                            n_head
+                        ),
+                    });
+                }
+                let lora = shape[1];
+                let mut k = single(
+                    format!("blk.{layer}.attn_k_b.weight"),
+                    TensorRole::AttnKB,
+                    Some(layer),
+                    name,
+                    shape,
+                    Transform::KvBSplitK {
+                        n_head,
+                        nope,
+                        v_dim,
+                    },
+                );
+                k.shape_ne = vec![nope, lora, n_head];
+                let mut v = single(
+                    format!("blk.{layer}.attn_v_b.weight"),
+                    TensorRole::AttnVB,
+                    Some(layer),
+                    name,
+                    shape,
+                    Transform::KvBSplitV {
+                        n_head,
+                        nope,
+                        v_dim,
+                    },
+                );
+                v.shape_ne = vec![lora, v_dim, n_head];
+                out.push(k);
+                out.push(v);
+                continue;
+            }
+        }
+        let Some((base, role)) = map_layer_tensor(family, tail) else {
+            unmapped.push(name.to_string());
+            continue;
+        };
+        let transform = if needs_qk_permute(family)
+            && matches!(role, TensorRole::AttnQ | TensorRole::AttnQBias)
+        {
+            Transform::PermuteQK {
+                n_head: cfg.num_heads,
+            }
+        } else if needs_qk_permute(family)
+            && matches!(role, TensorRole::AttnK | TensorRole::AttnKBias)
+        {
+            Transform::PermuteQK {
+                n_head: cfg.num_kv_heads,
+            }
+        } else {
+            plain
+        };
+        out.push(single(
+            format!("blk.{layer}.{base}"),
+            role,
+            Some(layer),
+            name,
+            shape,
+            transform,
+        ));
+    }
+
+    if !unmapped.is_empty() {
+        return Err(PlanError::Unmapped {
+            family,
+            names: unmapped,
+        });
+    }
+    if let Some((layer, group)) = experts.into_iter().next() {
+        let example = group
+            .values()
+            .next()
+            .map(|v| v.0.clone())
+            .unwrap_or_default();
+        return Err(PlanError::IncompleteExperts {
+            layer,
+            have: group.len(),
+            want: 3 * n_experts,
+            example,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &out {
+        if !seen.insert(t.gguf_name.as_str()) {
+            return Err(PlanError::Duplicate(t.gguf_name.clone()));
+        }
+    }
+    Ok(GgufPlan {
+        arch: gguf_arch(family),
+        tensors: out,
+        skipped,
+    })
+}
+
+/// Build a GGUF tensor's data (row-major in PyTorch order, i.e. ggml `ne[0]` contiguous)
+/// from its sources converted to f32, in `spec.sources` order.
+pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Vec<f32>, PlanError> {
+    let err = |why: String| PlanError::Shape {
+        name: spec.gguf_name.clone(),
+        why,
+    };
+    if sources.len() != spec.sources.len() {
+        return Err(err(format!(
+            "{} sources given, {} expected",
+            sources.len(),
+            spec.sources.len()
+        )));
+    }
+    for (i, (s, shape)) in sources.iter().zip(&spec.source_shapes).enumerate() {
+        let n: usize = shape.iter().product();
+        if s.len() != n {
+            return Err(err(format!(
+                "source {i} has {} elements, shape {shape:?} needs {n}",
+                s.len()
+            )));
+        }
+    }
+    let shape0 = &spec.source_shapes[0];
+    Ok(match &spec.transform {
+        Transform::None => sources[0].clone(),
+        Transform::AddOne => sources[0].iter().map(|x| x + 1.0).collect(),
+        Transform::Stack => sources.concat(),
+        Transform::PermuteQK { n_head } => {
+            let rows = shape0[0];
+            let cols: usize = shape0[1..].iter().product();
+            if *n_head == 0 || rows % (2 * n_head) != 0 {
+                return Err(err(format!(
+                    "{rows} rows do not split into {n_head} heads of pairs"
+                )));
+            }
+            permute_qk(&sources[0], rows, cols, *n_head)
+        }
+        Transform::KvBSplitK {
+            n_head,
+            nope,
+            v_dim,
+        } => {
+            let lora = shape0[1];
+            let per = nope + v_dim;
+            let src = &sources[0];
+            let mut out = Vec::with_capacity(n_head * lora * nope);
+            for h in 0..*n_head {
+                for l in 0..lora {
+                    for d in 0..*nope {
+                        out.push(src[(h * per + d) * lora + l]);
+                    }
+                }
+            }
+            out
+        }
+        Transform::KvBSplitV {
+            n_head,
+            nope,
+            v_dim,
+        } => {
+            let lora = shape0[1];
+            let per = nope + v_dim;
+            let src = &sources[0];
+            let mut out = Vec::with_capacity(n_head * v_dim * lora);
+            for h in 0..*n_head {
+                let start = (h * per + nope) * lora;
+                out.extend_from_slice(&src[start..start + v_dim * lora]);
+            }
+            out
+        }
+    })
+}
+
+/// `LlamaModel.permute`: view rows as `[n_head, 2, half]`, swap the last two axes, so that
+/// output row `h*hd + 2j + s` is input row `h*hd + s*half + j`.
+pub fn permute_qk(src: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0.0; src.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for s in 0..2 {
+                let dst = h * hd + 2 * j + s;
+                let from = h * hd + s * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&src[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_undoes_rotate_half() {
+        // A head of dim 8 in HF rotate-half order pairs element i with i + 4. After the
+        // permutation, pairs must sit side by side: rows (2j, 2j+1) = HF rows (j, j + 4).
+        let (n_head, hd, cols) = (3, 8, 2);
+        let rows = n_head * hd;
+        let src: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let out = permute_qk(&src, rows, cols, n_head);
+        for h in 0..n_head {
+            for j in 0..hd / 2 {
+                for c in 0..cols {
+                    assert_eq!(
+                        out[(h * hd + 2 * j) * cols + c],
+                        src[(h * hd + j) * cols + c]
+                    );
+                    assert_eq!(
+                        out[(h * hd + 2 * j + 1) * cols + c],
+                        src[(h * hd + j + hd / 2) * cols + c]
+                    );
+                }
+            }
+        }
+        // Rotating an interleaved pair with angle t equals rotate-half on the HF layout.
+        let q_hf = [1.0f32, 2.0, 3.0, 4.0];
+        let q_gg = permute_qk(&q_hf, 4, 1, 1);
+        assert_eq!(q_gg, vec![1.0, 3.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn kv_b_split_matches_view_split_transpose() {
+        let (n_head, nope, v_dim, lora) = (2, 2, 3, 4);
+        let rows = n_head * (nope + v_dim);
+        let src: Vec<f32> = (0..rows * lora).map(|x| x as f32).collect();
+        let mk = |t: Transform, ne: Vec<usize>| GgufTensorSpec {
+            gguf_name: "x".into(),
+            role: TensorRole::AttnKB,
+            layer: Some(0),
+            sources: vec!["kv".into()],
+            source_shapes: vec![vec![rows, lora]],
+            shape_ne: ne,
+            transform: t,
+        };
+        let k = apply_transform(
+            &mk(
+                Transform::KvBSplitK {
+                    n_head,
+                    nope,
+                    v_dim,
+                },
+                vec![nope, lora, n_head],
+            ),
+            std::slice::from_ref(&src),
+        )
+        .unwrap();
+        let v = apply_transform(
+            &mk(
+                Transform::KvBSplitV {
+                    n_head,
+                    nope,
+                    v_dim,
+                },
+                vec![lora, v_dim, n_head],
+            ),
+            std::slice::from_ref(&src),
+        )
+        .unwrap();
+        // k_b[h][l][d] = kv[h*(nope+v) + d][l]
+        for h in 0..n_head {
+            for l in 0..lora {
+                for d in 0..nope {
+                    assert_eq!(
+                        k[(h * lora + l) * nope + d],
+                        src[(h * (nope + v_dim) + d) * lora + l]
+                    );
+                }
+            }
+            for r in 0..v_dim {
+                for l in 0..lora {
+                    assert_eq!(
+                        v[(h * v_dim + r) * lora + l],
+                        src[(h * (nope + v_dim) + nope + r) * lora + l]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_tensor_is_an_error() {
+        let cfg = ArchConfig::from_json_str(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"num_hidden_layers":1,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8}"#,
+        )
+        .unwrap();
+        let t = vec![
+            ("model.embed_tokens.weight".to_string(), vec![4, 8]),
+            ("model.layers.0.self_attn.rope_scale".to_string(), vec![8]),
+        ];
+        let e = gguf_plan(&cfg, &t).unwrap_err();
+        assert!(e.to_string().contains("rope_scale"), "{e}");
+    }
+}

@@ -1,1 +1,0 @@
-//! PLACEHOLDER: GGUF v3 reader and streaming writer, being written.

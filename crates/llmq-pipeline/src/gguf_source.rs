@@ -1,0 +1,186 @@
+//! A GGUF file as a quantize source (requantization, as `llama-quantize` does): the
+//! metadata is copied with a new `general.file_type`, every tensor is dequantized to
+//! f32 on demand and quantized to the type the mix rules choose; a tensor whose type
+//! does not change is copied byte for byte.
+
+use crate::error::{PipelineError, Result};
+use crate::quantize::Planned;
+use crate::run::{TensorJob, TensorSource, WorkUnit};
+use crate::source::ModelSummary;
+use llmq_arch::meta::{MetaList, MetaValue};
+use llmq_arch::mix::{self, Mix, MixModel, MixTensor};
+use llmq_formats::gguf::{GgufArray, GgufFile, GgufPlan, GgufValue, PlannedTensor};
+use std::path::Path;
+
+struct GgufTensors {
+    file: GgufFile,
+}
+
+impl TensorSource for GgufTensors {
+    fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
+        let t = self.file.tensor(&job.name).expect("planned from this file");
+        let bytes = self.file.tensor_bytes(t);
+        let mut out = vec![0f32; job.numel()];
+        llmq_quant::dequantize(t.ggml_type, bytes, &mut out).map_err(|e| {
+            PipelineError::unsupported(
+                format!("cannot read tensor {} of type {}: {e}", job.name, t.ggml_type),
+                "Requantize from the original Hugging Face checkpoint instead",
+            )
+        })?;
+        Ok(out)
+    }
+
+    fn passthrough(&self, job: &TensorJob) -> Option<Vec<u8>> {
+        let t = self.file.tensor(&job.name)?;
+        (t.ggml_type == job.ty).then(|| self.file.tensor_bytes(t).to_vec())
+    }
+}
+
+/// Convert the plain metadata values of `llmq_arch` to GGUF values.
+pub fn meta_to_gguf(meta: &MetaList) -> Vec<(String, GgufValue)> {
+    meta.0
+        .iter()
+        .map(|(k, v)| {
+            let g = match v {
+                MetaValue::U32(x) => GgufValue::U32(*x),
+                MetaValue::I32(x) => GgufValue::I32(*x),
+                MetaValue::F32(x) => GgufValue::F32(*x),
+                MetaValue::Bool(x) => GgufValue::Bool(*x),
+                MetaValue::Str(x) => GgufValue::String(x.clone()),
+                MetaValue::ArrU32(x) => GgufValue::Array(GgufArray::U32(x.clone())),
+                MetaValue::ArrI32(x) => GgufValue::Array(GgufArray::I32(x.clone())),
+                MetaValue::ArrF32(x) => GgufValue::Array(GgufArray::F32(x.clone())),
+                MetaValue::ArrBool(x) => GgufValue::Array(GgufArray::Bool(x.clone())),
+                MetaValue::ArrStr(x) => GgufValue::Array(GgufArray::String(x.clone())),
+            };
+            (k.clone(), g)
+        })
+        .collect()
+}
+
+/// Group jobs into work units: unit 0 holds the tensors outside any block
+/// (embeddings, output norm, head), unit 1+i holds block i.
+pub fn units_by_layer(mut jobs: Vec<TensorJob>, layers: &[Option<usize>], n_layers: usize) -> (Vec<TensorJob>, Vec<WorkUnit>) {
+    let mut units: Vec<WorkUnit> = std::iter::once(WorkUnit { label: "embeddings/output".into(), jobs: vec![] })
+        .chain((0..n_layers).map(|i| WorkUnit { label: format!("blk.{i}"), jobs: vec![] }))
+        .collect();
+    for (j, (job, layer)) in jobs.iter_mut().zip(layers).enumerate() {
+        let u = layer.map(|l| l + 1).unwrap_or(0).min(units.len() - 1);
+        job.unit = u;
+        units[u].jobs.push(j);
+    }
+    units.retain(|u| !u.jobs.is_empty());
+    // Re-number after dropping empty units.
+    for (ui, u) in units.iter().enumerate() {
+        for &j in &u.jobs {
+            jobs[j].unit = ui;
+        }
+    }
+    (jobs, units)
+}
+
+fn u32_key(f: &GgufFile, key: &str) -> Option<u32> {
+    f.get(key).and_then(GgufValue::as_u32)
+}
+
+/// The block index of a GGUF tensor name `blk.N.*`.
+pub fn block_index(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// Plan the requantization of a GGUF file.
+pub fn plan(path: &Path, name: &str, level: Mix) -> Result<Planned> {
+    let file = GgufFile::open(path).map_err(|e| {
+        PipelineError::validation(format!("{} is not a readable GGUF file: {e}", path.display()), "Re-download or re-create the file")
+    })?;
+    let arch = file
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| PipelineError::validation("GGUF file lacks general.architecture", "Re-create the file"))?
+        .to_string();
+    let n_layer = u32_key(&file, &format!("{arch}.block_count"))
+        .ok_or_else(|| PipelineError::validation(format!("GGUF file lacks {arch}.block_count"), "Re-create the file"))?
+        as usize;
+    let n_head = u32_key(&file, &format!("{arch}.attention.head_count")).unwrap_or(1) as usize;
+    let shape = MixModel {
+        arch: arch.clone(),
+        n_layer,
+        n_head,
+        n_head_kv: u32_key(&file, &format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head),
+        n_expert: u32_key(&file, &format!("{arch}.expert_count")).unwrap_or(0) as usize,
+        is_70b: arch == "llama" && n_layer == 80,
+        has_imatrix: false,
+    };
+
+    let mix_in: Vec<MixTensor> = file
+        .tensors()
+        .iter()
+        .map(|t| MixTensor { name: t.name.clone(), shape_ne: t.shape_ne.iter().map(|&d| d as usize).collect() })
+        .collect();
+    let layers: Vec<Option<usize>> = file.tensors().iter().map(|t| block_index(&t.name)).collect();
+    let types = mix::choose_types(level, &shape, &mix_in)
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug, with the model"))?;
+
+    let mut metadata: Vec<(String, GgufValue)> = file
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.file_type" && k.as_str() != "general.quantization_version")
+        .cloned()
+        .collect();
+    metadata.push(("general.file_type".into(), GgufValue::U32(level.file_type())));
+    metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+
+    let jobs: Vec<TensorJob> = file
+        .tensors()
+        .iter()
+        .zip(&types)
+        .map(|(t, ty)| TensorJob { name: t.name.clone(), shape_ne: t.shape_ne.clone(), ty: *ty, unit: 0 })
+        .collect();
+    let (jobs, units) = units_by_layer(jobs, &layers, n_layer);
+    let plan = GgufPlan {
+        metadata,
+        tensors: jobs
+            .iter()
+            .map(|j| PlannedTensor { name: j.name.clone(), shape_ne: j.shape_ne.clone(), ggml_type: j.ty })
+            .collect(),
+        alignment: file.alignment(),
+    };
+    let params: u64 = jobs.iter().map(|j| j.numel() as u64).sum();
+    let dominant = dominant_type(&file);
+    let summary = ModelSummary {
+        name: name.to_string(),
+        architecture: arch.clone(),
+        layers: n_layer,
+        hidden: u32_key(&file, &format!("{arch}.embedding_length")).unwrap_or(0) as usize,
+        experts: (shape.n_expert > 0).then_some(shape.n_expert),
+        heads: n_head,
+        vocab: vocab_size(&file, &arch),
+        original_dtype: dominant,
+        original_size: file.tensors().iter().map(|t| file.tensor_bytes(t).len() as u64).sum(),
+        parameter_count: params,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| PipelineError::io("cannot read", path, &e))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+    let identity = format!("{} {} {:?}", path.canonicalize().unwrap_or(path.to_path_buf()).display(), meta.len(), mtime);
+    Ok(Planned { plan, jobs, units, source: Box::new(GgufTensors { file }), summary, identity })
+}
+
+/// The vocabulary size of a GGUF model.
+pub fn vocab_size(f: &GgufFile, arch: &str) -> usize {
+    if let Some(v) = u32_key(f, &format!("{arch}.vocab_size")) {
+        return v as usize;
+    }
+    match f.get("tokenizer.ggml.tokens") {
+        Some(GgufValue::Array(a)) => a.len(),
+        _ => 0,
+    }
+}
+
+/// The type holding the most elements (what the file "is").
+pub fn dominant_type(f: &GgufFile) -> String {
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in f.tensors() {
+        *by.entry(t.ggml_type.name().to_string()).or_default() += t.shape_ne.iter().product::<u64>();
+    }
+    by.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t).unwrap_or_default()
+}

@@ -1,0 +1,108 @@
+//! A Hugging Face folder as a quantize source: the GGUF tensor plan of
+//! `llmq_arch::gguf_names` (names, stacking, Q/K permutation), the types chosen by the
+//! mix rules, metadata and tokenizer for llama.cpp, and a [`TensorSource`] that reads
+//! each tensor's sources from the memory-mapped safetensors only when a worker asks.
+
+use crate::error::{PipelineError, Result};
+use crate::quantize::Planned;
+use crate::run::{TensorJob, TensorSource, WorkUnit};
+use crate::source::{self, safetensors_error};
+use crate::gguf_source::{meta_to_gguf, units_by_layer};
+use llmq_arch::gguf_names::{apply_transform, gguf_plan, GgufTensorSpec};
+use llmq_arch::mix::{self, Mix, MixModel, MixTensor};
+use llmq_formats::gguf::{GgufPlan, PlannedTensor};
+use llmq_formats::safetensors::SafetensorsModel;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Reads GGUF tensors from safetensors on demand.
+struct HfTensors {
+    st: SafetensorsModel,
+    specs: HashMap<String, GgufTensorSpec>,
+}
+
+impl TensorSource for HfTensors {
+    fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
+        let spec = &self.specs[&job.name];
+        let mut sources = Vec::with_capacity(spec.sources.len());
+        for s in &spec.sources {
+            sources.push(self.st.f32(s).map_err(safetensors_error)?);
+        }
+        apply_transform(spec, &sources)
+            .map_err(|e| PipelineError::validation(e.to_string(), "The checkpoint does not match its config.json"))
+    }
+}
+
+/// Plan the GGUF output of a Hugging Face folder.
+pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
+    let (cfg, st) = source::open_hf(dir)?;
+    let summary = source::summarize_hf(name, &cfg, &st);
+    // Refuse dtypes we cannot read before any work starts.
+    for t in st.tensors() {
+        if let llmq_formats::safetensors::StDtype::Other(d) = t.dtype {
+            // Some checkpoints carry integer buffers we never read; only weights matter.
+            if !t.name.ends_with("_scale_inv") {
+                return Err(safetensors_error(llmq_formats::safetensors::SafetensorsError::UnsupportedDtype {
+                    name: t.name.clone(),
+                    dtype: d.to_string(),
+                }));
+            }
+        }
+    }
+    let hf: Vec<(String, Vec<usize>)> = st.tensors().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let tplan = gguf_plan(&cfg, &hf).map_err(|e| {
+        PipelineError::validation(e.to_string(), "The checkpoint's tensors do not match its config.json")
+    })?;
+
+    let mix_in: Vec<MixTensor> =
+        tplan.tensors.iter().map(|s| MixTensor { name: s.gguf_name.clone(), shape_ne: s.shape_ne.clone() }).collect();
+    let types = mix::choose_types(level, &MixModel::from_config(&cfg), &mix_in)
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug, with the model"))?;
+
+    let (mut meta, _deviations) = llmq_arch::gguf_meta::arch_metadata(&cfg, name, level.file_type())
+        .map_err(|e| PipelineError::unsupported(e.to_string(), "This configuration cannot be expressed in GGUF"))?;
+    meta.extend(llmq_arch::gguf_tokenizer::tokenizer_metadata(dir, cfg.family, cfg.vocab_size).map_err(|e| {
+        PipelineError::validation(format!("tokenizer: {e}"), "The folder needs a valid tokenizer.json")
+    })?);
+    let metadata = meta_to_gguf(&meta);
+
+    let jobs: Vec<TensorJob> = tplan
+        .tensors
+        .iter()
+        .zip(&types)
+        .map(|(s, ty)| TensorJob {
+            name: s.gguf_name.clone(),
+            shape_ne: s.shape_ne.iter().map(|&d| d as u64).collect(),
+            ty: *ty,
+            unit: 0,
+        })
+        .collect();
+    let layers: Vec<Option<usize>> = tplan.tensors.iter().map(|s| s.layer).collect();
+    let (jobs, units): (Vec<TensorJob>, Vec<WorkUnit>) = units_by_layer(jobs, &layers, cfg.num_layers);
+    let plan = GgufPlan {
+        metadata,
+        tensors: jobs
+            .iter()
+            .map(|j| PlannedTensor { name: j.name.clone(), shape_ne: j.shape_ne.clone(), ggml_type: j.ty })
+            .collect(),
+        alignment: 32,
+    };
+    let identity = files_identity(dir);
+    let specs = tplan.tensors.into_iter().map(|s| (s.gguf_name.clone(), s)).collect();
+    Ok(Planned { plan, jobs, units, source: Box::new(HfTensors { st, specs }), summary, identity })
+}
+
+/// Paths, sizes and modification times of the folder's files: what a checkpoint is for.
+pub fn files_identity(dir: &Path) -> String {
+    let mut lines = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(m) = e.metadata() {
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+                lines.push(format!("{} {} {:?}", e.file_name().to_string_lossy(), m.len(), mtime));
+            }
+        }
+    }
+    lines.sort();
+    format!("{}\n{}", dir.canonicalize().unwrap_or(dir.to_path_buf()).display(), lines.join("\n"))
+}

@@ -1,0 +1,466 @@
+//! The quantize driver: work units (one per transformer block, plus one for the
+//! embeddings/head) are processed by a pool of workers sized from the RAM budget; each
+//! worker loads one tensor at a time as f32 (memory-mapped source, so only that tensor
+//! is resident), checks it is finite, quantizes its rows in parallel, measures the
+//! error against the source, and writes the bytes straight to their planned offset in
+//! the output's `.tmp` file. Finished units are checkpointed; the file is re-read and
+//! checked before it is renamed to its final name.
+
+use crate::checkpoint::{sha256_hex, Checkpoint, TensorRecord};
+use crate::error::{PipelineError, Result};
+use crate::memory;
+use llmq_formats::gguf::{temp_path_for, GgufFile, GgufPlan, GgufStreamWriter};
+use llmq_formats::GgmlType;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// One output tensor to produce.
+#[derive(Debug, Clone)]
+pub struct TensorJob {
+    /// name in the output file
+    pub name: String,
+    /// ggml `ne` order (ne[0] = row length)
+    pub shape_ne: Vec<u64>,
+    pub ty: GgmlType,
+    /// index of the work unit it belongs to
+    pub unit: usize,
+}
+
+impl TensorJob {
+    pub fn numel(&self) -> usize {
+        self.shape_ne.iter().product::<u64>() as usize
+    }
+    pub fn row_len(&self) -> usize {
+        self.shape_ne[0] as usize
+    }
+}
+
+/// A group of tensors processed and checkpointed together (a transformer block).
+#[derive(Debug, Clone)]
+pub struct WorkUnit {
+    pub label: String,
+    /// indices into the job list
+    pub jobs: Vec<usize>,
+}
+
+/// Where tensor values come from (a safetensors checkpoint, a GGUF file, ...).
+pub trait TensorSource: Sync {
+    /// The f32 values of job `job` in row-major order (rows of `shape_ne[0]`).
+    fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>>;
+    /// The job's bytes unchanged, when the source already holds it in the target type.
+    fn passthrough(&self, _job: &TensorJob) -> Option<Vec<u8>> {
+        None
+    }
+    /// Importance weights for a job's columns, if an imatrix is in use.
+    fn importance(&self, _job: &TensorJob) -> Option<Vec<f32>> {
+        None
+    }
+}
+
+/// Receives progress events (the CLI draws a bar on stderr).
+pub trait Progress: Sync {
+    fn message(&self, _msg: &str) {}
+    fn start(&self, _total_units: usize, _already_done: usize) {}
+    fn unit_done(&self, _label: &str) {}
+    fn finish(&self) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Checkpoint settings.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub dir: PathBuf,
+    pub resume: bool,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub output: PathBuf,
+    pub checkpoint: Option<CheckpointOptions>,
+    pub validate: bool,
+    pub max_workers: Option<usize>,
+    pub ram_budget_bytes: Option<u64>,
+    /// identifies inputs and options (for checkpoints)
+    pub fingerprint: String,
+    /// testing hook: stop (as if killed) after this many units have been written
+    pub stop_after_units: Option<usize>,
+}
+
+/// Error statistics for one tensor.
+#[derive(Debug, Clone)]
+pub struct TensorStat {
+    pub name: String,
+    pub ty: GgmlType,
+    pub numel: usize,
+    pub rmse: Option<f64>,
+    pub rel_rmse: Option<f64>,
+    /// SHA-256 of the bytes written
+    pub sha256: String,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub output: PathBuf,
+    pub file_size: u64,
+    pub tensors: Vec<TensorStat>,
+    pub units: usize,
+    pub units_resumed: usize,
+    pub workers: usize,
+    pub validated: bool,
+}
+
+impl RunReport {
+    /// Mean relative RMSE over quantized tensors, weighted by element count.
+    pub fn mean_rmse(&self) -> Option<f64> {
+        let (mut s, mut n) = (0.0, 0usize);
+        for t in &self.tensors {
+            if let Some(r) = t.rmse {
+                s += r * t.numel as f64;
+                n += t.numel;
+            }
+        }
+        (n > 0).then(|| s / n as f64)
+    }
+}
+
+/// Set by a Ctrl-C handler; workers stop at the next unit boundary.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// The `.tmp` name the writer uses for `output`.
+pub fn temp_path(output: &Path) -> PathBuf {
+    temp_path_for(output)
+}
+
+/// Quantize every job of `plan` into `opts.output`.
+pub fn run(
+    plan: &GgufPlan,
+    jobs: &[TensorJob],
+    units: &[WorkUnit],
+    source: &dyn TensorSource,
+    opts: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<RunReport> {
+    let out = &opts.output;
+    let io_err = |what: &str, e: &dyn std::fmt::Display| {
+        PipelineError::general(format!("{what} {}: {e}", out.display()), "Check the output directory")
+    };
+
+    // Checkpoint state and the writer (fresh, or reopened for --resume).
+    let mut checkpoint = match &opts.checkpoint {
+        Some(c) if c.resume => Some(Checkpoint::load(&c.dir, out, &opts.fingerprint)?),
+        Some(c) => Some(Checkpoint::create(&c.dir, out, &opts.fingerprint)?),
+        None => None,
+    };
+    let resuming = opts.checkpoint.as_ref().is_some_and(|c| c.resume);
+    let writer = if resuming {
+        GgufStreamWriter::open_existing(out, plan).map_err(|e| {
+            PipelineError::checkpoint(
+                format!("cannot resume into {}: {e}", temp_path(out).display()),
+                "The partial output is missing or from another run; start over without --resume",
+            )
+        })?
+    } else {
+        GgufStreamWriter::create(out, plan).map_err(|e| writer_error(out, e))?
+    };
+
+    // Units already finished whose bytes are intact.
+    let mut done = vec![false; units.len()];
+    let mut stats: Vec<Option<TensorStat>> = vec![None; jobs.len()];
+    if let Some(cp) = checkpoint.as_mut() {
+        for &u in cp.state.units_done.clone().iter() {
+            if u >= units.len() {
+                continue;
+            }
+            let names: Vec<String> = units[u].jobs.iter().map(|&j| jobs[j].name.clone()).collect();
+            let intact = units[u].jobs.iter().all(|&j| {
+                let rec = cp.state.tensors.get(&jobs[j].name);
+                let bytes = writer.read_tensor(&jobs[j].name).ok();
+                matches!((rec, bytes), (Some(r), Some(b)) if r.sha256 == sha256_hex(&b))
+            });
+            if intact {
+                done[u] = true;
+                for &j in &units[u].jobs {
+                    writer.mark_written(&jobs[j].name).map_err(|e| io_err("cannot resume", &e))?;
+                    let r = &cp.state.tensors[&jobs[j].name];
+                    stats[j] = Some(TensorStat {
+                        name: jobs[j].name.clone(),
+                        ty: jobs[j].ty,
+                        numel: jobs[j].numel(),
+                        rmse: r.rmse,
+                        rel_rmse: r.rel_rmse,
+                        sha256: r.sha256.clone(),
+                    });
+                }
+            } else {
+                cp.forget(u, &names);
+            }
+        }
+    }
+    let units_resumed = done.iter().filter(|d| **d).count();
+
+    // Size the worker pool from the largest unit's peak (one tensor at a time per
+    // worker: f32 source + f32 dequantized copy + quantized bytes).
+    let per_unit_peak = units
+        .iter()
+        .map(|u| u.jobs.iter().map(|&j| job_peak_bytes(&jobs[j])).max().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let budget = opts
+        .ram_budget_bytes
+        .or_else(memory::available_bytes)
+        .unwrap_or(8 << 30);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let wp = memory::plan_workers(per_unit_peak, budget, cpus, opts.max_workers).ok_or_else(|| {
+        PipelineError::oom(
+            format!(
+                "one layer needs about {:.2} GB but the RAM budget allows {:.2} GB",
+                per_unit_peak as f64 / 1e9,
+                budget as f64 * 0.8 / 1e9
+            ),
+            "Raise --ram-budget-gb or free memory",
+        )
+    })?;
+
+    progress.start(units.len(), units_resumed);
+    let next = AtomicUsize::new(0);
+    let written_units = AtomicUsize::new(0);
+    let failure: Mutex<Option<PipelineError>> = Mutex::new(None);
+    let shared = Mutex::new((checkpoint, stats));
+    let todo: Vec<usize> = (0..units.len()).filter(|u| !done[*u]).collect();
+
+    std::thread::scope(|s| {
+        for _ in 0..wp.workers.min(todo.len().max(1)) {
+            s.spawn(|| loop {
+                if failure.lock().unwrap().is_some() || CANCEL.load(Ordering::SeqCst) {
+                    return;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&u) = todo.get(k) else { return };
+                if let Some(limit) = opts.stop_after_units {
+                    if written_units.load(Ordering::SeqCst) >= limit {
+                        return;
+                    }
+                }
+                match process_unit(&units[u], jobs, source, &writer, opts.validate) {
+                    Ok(recs) => {
+                        let mut g = shared.lock().unwrap();
+                        let (cp, stats) = &mut *g;
+                        let mut cp_recs = Vec::new();
+                        for (j, stat, rec) in recs {
+                            stats[j] = Some(stat);
+                            cp_recs.push((jobs[j].name.clone(), rec));
+                        }
+                        if let Some(cp) = cp.as_mut() {
+                            if let Err(e) = cp.mark_done(u, cp_recs) {
+                                failure.lock().unwrap().get_or_insert(e);
+                                return;
+                            }
+                        }
+                        written_units.fetch_add(1, Ordering::SeqCst);
+                        progress.unit_done(&units[u].label);
+                        drop(g);
+                        test_delay();
+                    }
+                    Err(e) => {
+                        failure.lock().unwrap().get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    progress.finish();
+
+    let (checkpoint, stats) = shared.into_inner().unwrap();
+    if let Some(e) = failure.into_inner().unwrap() {
+        if checkpoint.is_none() {
+            let _ = std::fs::remove_file(temp_path(out));
+        }
+        return Err(e);
+    }
+    if CANCEL.load(Ordering::SeqCst) {
+        let hint = if checkpoint.is_some() {
+            "Run the same command with --resume to continue"
+        } else {
+            "Run again; use checkpoints (the default) to be able to resume"
+        };
+        if checkpoint.is_none() {
+            let _ = std::fs::remove_file(temp_path(out));
+        }
+        return Err(PipelineError::cancelled("cancelled by the user; no complete output was written", hint));
+    }
+    if opts.stop_after_units.is_some() && stats.iter().any(Option::is_none) {
+        // Simulated crash for tests: leave the .tmp and checkpoint as a kill would.
+        return Err(PipelineError::cancelled("stopped early (test hook)", "resume"));
+    }
+    let stats: Vec<TensorStat> = stats.into_iter().map(|s| s.expect("every job ran")).collect();
+
+    // Re-read the complete file and check it against the plan before naming it.
+    if opts.validate {
+        progress.message("Validating output...");
+        verify_written(&temp_path(out), plan, jobs, &stats)?;
+    }
+    writer.finish().map_err(|e| writer_error(out, e))?;
+    if let Some(cp) = checkpoint {
+        cp.remove();
+    }
+    let file_size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    Ok(RunReport {
+        output: out.clone(),
+        file_size,
+        tensors: stats,
+        units: units.len(),
+        units_resumed,
+        workers: wp.workers,
+        validated: opts.validate,
+    })
+}
+
+/// Testing hook: `LLM_QUANTIZE_TEST_UNIT_DELAY_MS` slows each unit down so that a
+/// test can kill the process partway through.
+fn test_delay() {
+    if let Some(ms) = std::env::var("LLM_QUANTIZE_TEST_UNIT_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+fn writer_error(out: &Path, e: llmq_formats::gguf::GgufError) -> PipelineError {
+    if let llmq_formats::gguf::GgufError::Io { source, .. } = &e {
+        return PipelineError::io("cannot write", out, source);
+    }
+    PipelineError::general(format!("cannot write {}: {e}", out.display()), "Check the output directory")
+}
+
+fn job_peak_bytes(j: &TensorJob) -> u64 {
+    let n = j.numel() as u64;
+    n * 4 * 2 + j.ty.row_bytes(j.row_len()).unwrap_or(j.row_len() * 4) as u64 * (n / j.row_len().max(1) as u64)
+}
+
+type UnitRecords = Vec<(usize, TensorStat, TensorRecord)>;
+
+fn process_unit(
+    unit: &WorkUnit,
+    jobs: &[TensorJob],
+    source: &dyn TensorSource,
+    writer: &GgufStreamWriter,
+    validate: bool,
+) -> Result<UnitRecords> {
+    let mut out = Vec::with_capacity(unit.jobs.len());
+    for &j in &unit.jobs {
+        let job = &jobs[j];
+        if let Some(bytes) = source.passthrough(job) {
+            writer.write_tensor(&job.name, &bytes).map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
+            let sha256 = sha256_hex(&bytes);
+            let rmse = validate.then_some(0.0);
+            let rec = TensorRecord { sha256: sha256.clone(), rmse, rel_rmse: rmse };
+            let stat = TensorStat { name: job.name.clone(), ty: job.ty, numel: job.numel(), rmse, rel_rmse: rmse, sha256 };
+            out.push((j, stat, rec));
+            continue;
+        }
+        let values = source.load_f32(job)?;
+        if values.len() != job.numel() {
+            return Err(PipelineError::general(
+                format!("tensor {} has {} values, expected {}", job.name, values.len(), job.numel()),
+                "The source is inconsistent with its config; re-download it",
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(PipelineError::validation(
+                format!(
+                    "tensor {} holds a non-finite value ({}) at element {i}; refusing to write garbage",
+                    job.name, values[i]
+                ),
+                "The source weights are corrupt: re-download or fix the checkpoint",
+            ));
+        }
+        let imatrix = source.importance(job);
+        let bytes = quantize_rows(job, &values, imatrix.as_deref())?;
+        let (rmse, rel) = if validate { tensor_error(job, &values, &bytes)? } else { (None, None) };
+        writer.write_tensor(&job.name, &bytes).map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
+        let rec = TensorRecord { sha256: sha256_hex(&bytes), rmse, rel_rmse: rel };
+        let stat = TensorStat {
+            name: job.name.clone(),
+            ty: job.ty,
+            numel: job.numel(),
+            rmse,
+            rel_rmse: rel,
+            sha256: rec.sha256.clone(),
+        };
+        out.push((j, stat, rec));
+    }
+    Ok(out)
+}
+
+/// Quantize a tensor's rows in parallel (deterministic: rows are independent).
+pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
+    let n = job.row_len();
+    let row_bytes = job.ty.row_bytes(n).ok_or_else(|| {
+        PipelineError::unsupported(
+            format!("{}: rows of {n} are not a multiple of {}'s block", job.name, job.ty),
+            "Choose another level",
+        )
+    })?;
+    let rows = values.len() / n;
+    let mut bytes = vec![0u8; rows * row_bytes];
+    // Chunks of rows big enough to amortise scheduling.
+    let rows_per_chunk = (64 * 1024 / n).max(1);
+    bytes
+        .par_chunks_mut(rows_per_chunk * row_bytes)
+        .zip(values.par_chunks(rows_per_chunk * n))
+        .try_for_each(|(dst, src)| llmq_quant::quantize(job.ty, src, n, imatrix, dst))
+        .map_err(|e| PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug"))?;
+    Ok(bytes)
+}
+
+/// RMSE and RMSE relative to the tensor's RMS, from dequantizing what was written.
+fn tensor_error(job: &TensorJob, values: &[f32], bytes: &[u8]) -> Result<(Option<f64>, Option<f64>)> {
+    let mut deq = vec![0f32; values.len()];
+    llmq_quant::dequantize(job.ty, bytes, &mut deq)
+        .map_err(|e| PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug"))?;
+    let (se, ss) = values
+        .par_iter()
+        .zip(deq.par_iter())
+        .map(|(a, b)| {
+            let d = (*a as f64) - (*b as f64);
+            (d * d, (*a as f64) * (*a as f64))
+        })
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    let n = values.len().max(1) as f64;
+    let rmse = (se / n).sqrt();
+    if !rmse.is_finite() {
+        return Err(PipelineError::validation(
+            format!("{}: quantization error is not finite", job.name),
+            "Report this as a bug, with the model",
+        ));
+    }
+    let rms = (ss / n).sqrt();
+    Ok((Some(rmse), Some(if rms > 0.0 { rmse / rms } else { 0.0 })))
+}
+
+/// Re-open the written file and check names, types, shapes and bytes against the plan.
+fn verify_written(path: &Path, plan: &GgufPlan, jobs: &[TensorJob], stats: &[TensorStat]) -> Result<()> {
+    let bad = |m: String| {
+        PipelineError::validation(m, "The output failed its check and was not kept under its final name; run again")
+    };
+    let f = GgufFile::open(path).map_err(|e| bad(format!("written file does not parse: {e}")))?;
+    if f.tensors().len() != plan.tensors.len() {
+        return Err(bad(format!("written file has {} tensors, plan has {}", f.tensors().len(), plan.tensors.len())));
+    }
+    for (job, stat) in jobs.iter().zip(stats) {
+        let t = f.tensor(&job.name).ok_or_else(|| bad(format!("tensor {} missing from output", job.name)))?;
+        if t.ggml_type != job.ty || t.shape_ne != job.shape_ne {
+            return Err(bad(format!("tensor {} has the wrong type or shape in the output", job.name)));
+        }
+        if stat.sha256 != sha256_hex(f.tensor_bytes(t)) {
+            return Err(bad(format!("tensor {} bytes differ from what was written", job.name)));
+        }
+    }
+    Ok(())
+}
