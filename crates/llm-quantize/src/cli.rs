@@ -75,8 +75,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Resume an interrupted run (optionally from this checkpoint directory)
-    #[arg(long, num_args = 0..=1, value_name = "PATH", default_missing_value = "")]
-    pub resume: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    pub resume: Option<Option<PathBuf>>,
     /// Measure per-tensor error and re-check the written file (default)
     #[arg(long, overrides_with = "no_validate")]
     pub validate: bool,
@@ -152,7 +152,7 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
         None
     } else {
         let dir = match &a.resume {
-            Some(p) if !p.as_os_str().is_empty() => p.clone(),
+            Some(Some(p)) => p.clone(),
             _ => a
                 .checkpoint_dir
                 .clone()

@@ -8,9 +8,15 @@
 //! GGUF architecture per family: Llama, Mistral and Mixtral → `llama` (Mixtral's experts
 //! become `ffn_*_exps`); Qwen2 → `qwen2`; Qwen3 → `qwen3`; Qwen3-MoE → `qwen3moe`;
 //! Gemma3 → `gemma3`; Phi3 → `phi3`; DeepSeek-V3 and GLM-4.7-Flash (`Glm4MoeLite`) →
-//! `deepseek2`. llama.cpp 0.3.36 has a loader for all ten; see `gguf_meta` for the keys
-//! our fixtures need beyond what the converter writes (Gemma3 layer pattern, sigmoid
-//! gating and the dense-layer count for configs written by transformers 5).
+//! `deepseek2`. llama.cpp 0.3.36 loads all ten shared fixtures from our plan and metadata
+//! and reproduces transformers' perplexity to 5 digits. With the converter's own
+//! metadata it does not: GLM-4.7-Flash fails to load (layer 0 expected to be MoE), and
+//! `general.name` "Phi3" makes the vocab loader throw for non-SentencePiece vocabularies;
+//! Gemma3 and DeepSeek-V3 load but compute differently (see `gguf_meta`).
+//! Phi3's fused `qkv_proj` and `gate_up_proj` stay fused (`attn_qkv`, `ffn_up` with
+//! 2 x n_ff rows), as the converter keeps them. Not handled: MTP/nextn layers (skipped),
+//! the converter's optional `--fuse-*` modes, and Gemma3's trimming of embedding rows
+//! past the tokenizer's size (a no-op for our fixtures).
 //!
 //! The converter visits HF tensors in sorted name order (Python `safetensors` lists keys
 //! sorted) and emits a stacked expert tensor when the last expert of its layer arrives;

@@ -154,17 +154,7 @@ impl SafetensorsModel {
         if single.is_file() {
             return Self::open_files(&[single]);
         }
-        // Any *.safetensors files at all (some repos name them differently).
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(io(path))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        found.sort();
-        if found.is_empty() {
-            return Err(SafetensorsError::NotFound(path.display().to_string()));
-        }
-        Self::open_files(&found)
+        Err(SafetensorsError::NotFound(path.display().to_string()))
     }
 
     fn open_files(paths: &[PathBuf]) -> Result<SafetensorsModel, SafetensorsError> {

@@ -85,7 +85,7 @@ fn well_formed_hand_made_file_parses() {
 fn magic_and_version() {
     assert!(matches!(
         err(&Bytes::default()).0,
-        GgufError::BadMagic { .. }
+        GgufError::Truncated { offset: 0, .. }
     ));
     assert!(matches!(
         err(&Bytes::default().raw(b"GGML\x03\0\0\0")).0,

@@ -2,31 +2,27 @@
 //! alignment) accepts what `GgufStreamWriter` writes: a tiny Llama in F32 is
 //! quantized to Q8_0 by the pinned `llama-quantize`, and its output is read back with
 //! `GgufFile`. The binary is looked up in `$LLAMA_CPP_BIN` or
-//! `~/.cache/llm-quantize/peer/llama.cpp-0.3.36/bin`; without it the test says so and
-//! passes without checking anything.
+//! `~/.cache/llm-quantize/peer/llama.cpp-0.3.36/bin`; without it the test fails and
+//! says how to build it (`bash scripts/peer-llama-cpp.sh`).
 
 use llmq_formats::gguf::{GgufFile, GgufPlan, GgufStreamWriter, GgufValue, PlannedTensor};
 use llmq_formats::GgmlType;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn llama_quantize() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLAMA_CPP_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin"))
-        })?;
+fn llama_quantize() -> PathBuf {
+    let dir = std::env::var_os("LLAMA_CPP_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
+    });
     let bin = dir.join("llama-quantize");
-    bin.exists().then_some(bin)
+    assert!(bin.exists(), "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)", bin.display());
+    bin
 }
 
 #[test]
 fn llama_quantize_accepts_our_file() {
-    let Some(bin) = llama_quantize() else {
-        eprintln!("SKIPPED: llama-quantize not found (set LLAMA_CPP_BIN)");
-        return;
-    };
+    let bin = llama_quantize();
     let (n_embd, n_ff, n_vocab, n_layer) = (64u64, 128u64, 32u64, 2u32);
     let mut plan = GgufPlan::new()
         .with_kv("general.architecture", "llama")

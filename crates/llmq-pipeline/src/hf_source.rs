@@ -22,6 +22,14 @@ struct HfTensors {
 }
 
 impl TensorSource for HfTensors {
+    fn describe(&self, job: &TensorJob) -> String {
+        let spec = &self.specs[&job.name];
+        match spec.sources.as_slice() {
+            [one] => format!("{} (from {one})", job.name),
+            many => format!("{} (from {} and {} more)", job.name, many[0], many.len() - 1),
+        }
+    }
+
     fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
         let spec = &self.specs[&job.name];
         let mut sources = Vec::with_capacity(spec.sources.len());

@@ -49,6 +49,10 @@ pub struct WorkUnit {
 pub trait TensorSource: Sync {
     /// The f32 values of job `job` in row-major order (rows of `shape_ne[0]`).
     fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>>;
+    /// How to name the job in messages (e.g. with the source tensors it comes from).
+    fn describe(&self, job: &TensorJob) -> String {
+        job.name.clone()
+    }
     /// The job's bytes unchanged, when the source already holds it in the target type.
     fn passthrough(&self, _job: &TensorJob) -> Option<Vec<u8>> {
         None
@@ -167,7 +171,11 @@ pub fn run(
             )
         })?
     } else {
-        GgufStreamWriter::create(out, plan).map_err(|e| writer_error(out, e))?
+        GgufStreamWriter::create(out, plan).map_err(|e| {
+            // Nothing worth resuming was written yet.
+            let _ = std::fs::remove_file(temp_path(out));
+            writer_error(out, e)
+        })?
     };
 
     // Units already finished whose bytes are intact.
@@ -375,7 +383,8 @@ fn process_unit(
             return Err(PipelineError::validation(
                 format!(
                     "tensor {} holds a non-finite value ({}) at element {i}; refusing to write garbage",
-                    job.name, values[i]
+                    source.describe(job),
+                    values[i]
                 ),
                 "The source weights are corrupt: re-download or fix the checkpoint",
             ));

@@ -150,8 +150,9 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Dequantize Q6_K blocks; same values as [`dequantize_row_ref`], one 16-value
-/// sub-block at a time over fixed-size slices.
+/// Dequantize Q6_K blocks; same values as [`dequantize_row_ref`], a quarter-block
+/// (four sub-blocks sharing 16 `ql`/`qh` bytes) at a time over fixed-size arrays, with
+/// the per-sub-block products `d·sc` hoisted.
 pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
     assert_eq!(
         x.len() / BLOCK_BYTES * BLOCK_VALUES,
@@ -164,21 +165,25 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
         let d = fp16_bits_to_fp32(u16::from_le_bytes([b[208], b[209]]));
-        for (j, out) in out.chunks_exact_mut(16).enumerate() {
-            // Sub-block j: half j/8, quarter s = (j/2)%4, values 16·(j%2).. of that quarter.
-            let (half, s, part) = (j / 8, (j / 2) % 4, j % 2);
-            let dl = d * b[192 + j] as i8 as f32;
-            let lo_start = 64 * half + 32 * (s % 2) + 16 * part;
-            let ql: &[u8; 16] = b[lo_start..lo_start + 16].try_into().unwrap();
-            let hi_start = 128 + 32 * half + 16 * part;
-            let qh: &[u8; 16] = b[hi_start..hi_start + 16].try_into().unwrap();
-            let lo_shift = 4 * (s / 2) as u32;
-            let hi_shift = 2 * s as u32;
-            let out: &mut [f32; 16] = out.try_into().unwrap();
-            for l in 0..16 {
-                let q =
-                    (((ql[l] >> lo_shift) & 0xf) | (((qh[l] >> hi_shift) & 3) << 4)) as i32 - 32;
-                out[l] = dl * q as f32;
+        for (half, out) in out.chunks_exact_mut(128).enumerate() {
+            let out: &mut [f32; 128] = out.try_into().unwrap();
+            for part in 0..2 {
+                let off = 16 * part;
+                let ql0: &[u8; 16] = b[64 * half + off..][..16].try_into().unwrap();
+                let ql1: &[u8; 16] = b[64 * half + 32 + off..][..16].try_into().unwrap();
+                let qh: &[u8; 16] = b[128 + 32 * half + off..][..16].try_into().unwrap();
+                let sc = |s: usize| d * b[192 + 8 * half + part + 2 * s] as i8 as f32;
+                let (d0, d1, d2, d3) = (sc(0), sc(1), sc(2), sc(3));
+                for l in 0..16 {
+                    let q0 = ((ql0[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q1 = ((ql1[l] & 0xf) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql0[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql1[l] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    out[off + l] = d0 * q0 as f32;
+                    out[off + 32 + l] = d1 * q1 as f32;
+                    out[off + 64 + l] = d2 * q2 as f32;
+                    out[off + 96 + l] = d3 * q3 as f32;
+                }
             }
         }
     }

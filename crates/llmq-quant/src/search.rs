@@ -925,9 +925,13 @@ fn qx_search_lanes(
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    const B: usize = QX_TRIALS.len();
+    // 24 lanes (three AVX2 registers); the last 6 repeat trial 0's scale and are ignored.
+    const B: usize = 24;
     let mut iscale = [0.0f32; B];
-    for (v, &is) in iscale.iter_mut().zip(&QX_TRIALS) {
+    for (v, &is) in iscale
+        .iter_mut()
+        .zip(QX_TRIALS.iter().chain([QX_TRIALS[0]; 6].iter()))
+    {
         *v = -(nmax as f32 + 0.1 * is as f32) / max;
     }
     let mut slx = [0.0f32; B];
@@ -941,7 +945,7 @@ fn qx_search_lanes(
         }
     }
     let mut accepted = None;
-    for k in 0..B {
+    for k in 0..QX_TRIALS.len() {
         if sl2[k] > 0.0 && slx[k] * slx[k] > best * sl2[k] {
             scale = slx[k] / sl2[k];
             best = scale * slx[k];
@@ -1096,6 +1100,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The tests above take the AVX2 build of the lane searches on machines that have
+    /// it; this one runs the portable build directly.
+    #[test]
+    fn portable_lane_searches_equal_scalar() {
+        let mut rng = ChaCha8Rng::seed_from_u64(29);
+        for trial in 0..2000 {
+            let n = [16, 32, 256][trial % 3];
+            let x = group(&mut rng, trial / 3, n);
+            let w: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0..4.0)).collect();
+            let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+            let r = make_qkx2_quants(15, &x, &w, &mut a, -1.0, 0.1, 20, false);
+            let f = affine_search_lanes::<false, false>(15, &x, &w, &mut b, -1.0, 0.1, 20);
+            assert_eq!(
+                (r.0.to_bits(), r.1.to_bits(), &a),
+                (f.0.to_bits(), f.1.to_bits(), &b),
+                "qkx2 {trial}"
+            );
+            let r = make_qkx3_quants(3, &x, Some(&w), &mut a, -0.9, 0.05, 36, true);
+            let f = affine_search_lanes::<true, true>(3, &x, &w, &mut b, -0.9, 0.05, 36);
+            assert_eq!(
+                (r.0.to_bits(), r.1.to_bits(), &a),
+                (f.0.to_bits(), f.1.to_bits(), &b),
+                "qkx3 {trial}"
+            );
+            let (mut a, mut b) = (vec![0i8; n], vec![0i8; n]);
+            let r = make_qx_quants(32, &x, &mut a, 1, Some(&w));
+            let f = qx_search_lanes(32, &x, &mut b, 1, Some(&w));
+            assert_eq!((r.to_bits(), &a), (f.to_bits(), &b), "qx {trial}");
         }
     }
 
