@@ -10,9 +10,10 @@
 //! weighted error (weights `x²`, or `imatrix · sqrt(σ² + x²)` with importance weights).
 //!
 //! Fast path: the 16 candidate scales are evaluated together, one per SIMD lane, each
-//! lane accumulating its sums in the reference order, and the nearest table level is
-//! found by comparing against the 15 midpoints instead of a binary search; both give
-//! the reference's bytes exactly (see the tests).
+//! lane accumulating its sums in the reference order. The nearest table level comes from
+//! a table gather on the half-unit bucket `floor(2·a)` with AVX2 (every midpoint between
+//! levels is a multiple of 0.5), or from comparisons against the 15 midpoints otherwise,
+//! instead of a binary search. All give the reference's bytes exactly (see the tests).
 
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits, GROUP_MAX_EPS};
 
@@ -248,7 +249,7 @@ const BUCKET_HI: i32 = 228;
 const BUCKETS: usize = (BUCKET_HI - BUCKET_LO + 1) as usize;
 
 /// The nearest level (as f32) for each bucket: the number of midpoints `m` with
-/// `2m <= bucket` picks the level.
+/// `2m <= bucket` is the level's index.
 static BUCKET_LEVELS: [f32; BUCKETS] = {
     let mut t = [0.0f32; BUCKETS];
     let mut b = 0;
@@ -319,6 +320,12 @@ unsafe fn candidate_sums_avx2(
 /// `j+16` high) into `qs` (16 bytes).
 #[inline(always)]
 pub(crate) fn pack_levels<const FAST: bool>(xb: &[f32; 32], inverse_scale: f32, qs: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if FAST && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 support was checked just above.
+        unsafe { pack_levels_avx2(xb, inverse_scale, (&mut qs[..16]).try_into().unwrap()) };
+        return;
+    }
     let mut index = [0u8; 32];
     for (i, &v) in index.iter_mut().zip(xb) {
         *i = if FAST {
@@ -330,6 +337,46 @@ pub(crate) fn pack_levels<const FAST: bool>(xb: &[f32; 32], inverse_scale: f32, 
     for (j, q) in qs[..16].iter_mut().enumerate() {
         *q = index[j] | (index[j + 16] << 4);
     }
+}
+
+/// The nearest level's index for each bucket (as `BUCKET_LEVELS`, for gathers).
+static BUCKET_INDICES: [i32; BUCKETS] = {
+    let mut t = [0i32; BUCKETS];
+    let mut b = 0;
+    while b < BUCKETS {
+        let bucket = BUCKET_LO + b as i32;
+        let mut k = 0;
+        while k < 15 {
+            if (LEVELS[k] as i32 + LEVELS[k + 1] as i32) <= bucket {
+                t[b] += 1;
+            }
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// [`pack_levels`] with AVX2: bucket gathers for the 32 indices, then nibble packing.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_levels_avx2(xb: &[f32; 32], inverse_scale: f32, qs: &mut [u8; 16]) {
+    use crate::q4_0::avx2;
+    use std::arch::x86_64::*;
+    let v = avx2::scale(&avx2::load(xb), inverse_scale);
+    let two = _mm256_set1_ps(2.0);
+    let lo = _mm256_set1_ps(BUCKET_LO as f32);
+    let hi = _mm256_set1_ps(BUCKET_HI as f32);
+    let table = BUCKET_INDICES.as_ptr();
+    let mut index = [_mm256_setzero_si256(); 4];
+    for (i, &a) in index.iter_mut().zip(&v) {
+        let bucket =
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(a, two));
+        // min_ps returns its second operand for NaN: NaN goes to the top bucket.
+        let bucket = _mm256_max_ps(_mm256_min_ps(bucket, hi), lo);
+        *i = _mm256_i32gather_epi32::<4>(table, _mm256_cvttps_epi32(_mm256_sub_ps(bucket, lo)));
+    }
+    avx2::store_nibbles(avx2::pack_bytes::<false>(index), qs);
 }
 
 fn check_sizes(x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) {
@@ -529,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn candidate_sums_match_reference_bit_for_bit() {
+    fn candidate_sums_and_levels_match_reference_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         for trial in 0..3000 {
             let scale = 10f32.powi(rng.gen_range(-6..4));
@@ -564,6 +611,15 @@ mod tests {
             candidate_sums_portable(&xb, &weight, &ids, &mut portable.0, &mut portable.1);
             let mut dispatched = ([0.0f32; CANDIDATES], [0.0f32; CANDIDATES]);
             candidate_sums_fast(&xb, &weight, &ids, &mut dispatched.0, &mut dispatched.1);
+            for &id in &ids {
+                let (mut fast, mut reference) = ([0u8; 16], [0u8; 16]);
+                pack_levels::<true>(&xb, id, &mut fast);
+                pack_levels::<false>(&xb, id, &mut reference);
+                assert_eq!(
+                    fast, reference,
+                    "levels for inverse scale {id:e}, trial {trial}"
+                );
+            }
             let bits = |a: &[f32; CANDIDATES]| a.map(f32::to_bits);
             for got in [&portable, &dispatched] {
                 assert_eq!(bits(&got.0), bits(&reference.0), "Σwqx, trial {trial}");

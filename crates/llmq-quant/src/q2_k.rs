@@ -3,7 +3,7 @@
 //!
 //! Block layout (`block_q2_K` in llama.cpp's `ggml/src/ggml-common.h`, 84 bytes):
 //! `scales: [u8; 16]` (scale in the low nibble, min in the high nibble), `qs: [u8; 64]`
-//! (see [`pack_2bit`]), `d: f16`, `dmin: f16` (little-endian).
+//! (see `pack_2bit`), `d: f16`, `dmin: f16` (little-endian).
 //!
 //! Quantization follows `quantize_q2_K` of `ggml/src/ggml-quants.c` (llama-cpp-python
 //! 0.3.36): without importance weights `quantize_row_q2_K_ref` (`make_qkx2_quants`
@@ -17,9 +17,9 @@ use crate::search::{
 };
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = 256;
 /// Bytes per super-block.
-pub const BLOCK_BYTES: usize = 84;
+const BLOCK_BYTES: usize = 84;
 
 /// Pack 256 two-bit levels into 64 bytes as Q2_K and Q3_K store them: in each half of
 /// 128 values, value `32·s + l` goes to bits `2s..2s+2` of byte `l` of that half's 32.

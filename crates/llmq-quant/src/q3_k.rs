@@ -3,7 +3,7 @@
 //!
 //! Block layout (`block_q3_K` in llama.cpp's `ggml/src/ggml-common.h`, 110 bytes):
 //! `hmask: [u8; 32]` (bit 2 of value `j` is bit `j/32` of `hmask[j%32]`), `qs: [u8; 64]`
-//! (low two bits, packed as Q2_K's), `scales: [u8; 12]` (see [`pack_scales`]), `d: f16`.
+//! (low two bits, packed as Q2_K's), `scales: [u8; 12]` (see `pack_scales`), `d: f16`.
 //!
 //! Quantization follows `quantize_q3_K` of `ggml/src/ggml-quants.c` (llama-cpp-python
 //! 0.3.36): without importance weights `quantize_row_q3_K_ref` (`make_q3_quants` per
@@ -18,9 +18,9 @@ use crate::search::{
 };
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = 256;
 /// Bytes per super-block.
-pub const BLOCK_BYTES: usize = 110;
+const BLOCK_BYTES: usize = 110;
 
 /// Pack sixteen 6-bit scales (already offset by 32, so `0..64`) into 12 bytes: low
 /// nibbles of scales 0..8 in the low nibbles of bytes 0..8, of scales 8..16 in their high

@@ -406,7 +406,7 @@ pub(crate) mod avx2 {
     /// `SIGNED` picks signed or unsigned byte saturation.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn pack_bytes<const SIGNED: bool>(t: [__m256i; 4]) -> __m256i {
+    pub(crate) unsafe fn pack_bytes<const SIGNED: bool>(t: [__m256i; 4]) -> __m256i {
         let words = (
             _mm256_packs_epi32(t[0], t[1]),
             _mm256_packs_epi32(t[2], t[3]),

@@ -3,7 +3,7 @@
 //!
 //! Block layout (`block_q4_K` in llama.cpp's `ggml/src/ggml-common.h`, 144 bytes):
 //! `d: f16`, `dmin: f16` (little-endian), `scales: [u8; 12]` (eight 6-bit scales and
-//! eight 6-bit mins, see [`pack_scales_mins`]), `qs: [u8; 128]` (value `64·g + l` in the
+//! eight 6-bit mins, see `pack_scales_mins`), `qs: [u8; 128]` (value `64·g + l` in the
 //! low nibble of `qs[32·g + l]`, value `64·g + 32 + l` in its high nibble).
 //!
 //! Quantization follows `quantize_q4_K` of `ggml/src/ggml-quants.c` (llama-cpp-python
@@ -17,9 +17,9 @@ use crate::search::{
 };
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = 256;
 /// Bytes per super-block.
-pub const BLOCK_BYTES: usize = 144;
+const BLOCK_BYTES: usize = 144;
 
 /// Pack eight 6-bit sub-block scales and mins into the 12-byte k4 layout shared by Q4_K
 /// and Q5_K: entries 0..4 take a whole byte each (`scales[j]`, `scales[j+4]`); entries

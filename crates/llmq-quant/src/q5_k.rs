@@ -14,9 +14,9 @@ use crate::q4_k::{affine_block_plain, affine_block_weighted, unpack_scale_min};
 use crate::search::fp16_bits_to_fp32;
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = 256;
 /// Bytes per super-block.
-pub const BLOCK_BYTES: usize = 176;
+const BLOCK_BYTES: usize = 176;
 
 fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     let block = match imatrix {

@@ -19,9 +19,9 @@ use crate::search::{
 };
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = 256;
 /// Bytes per super-block.
-pub const BLOCK_BYTES: usize = 210;
+const BLOCK_BYTES: usize = 210;
 
 fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     let mut levels = [0i8; BLOCK_VALUES];

@@ -9,11 +9,15 @@
 //! `f32`, and every sum is accumulated in the same order as the C code (float addition
 //! is not associative, and ties between candidate scales are decided by those sums).
 //!
+//! Bit-exactness also needs llama.cpp built without fused multiply-add contraction in
+//! `ggml-quants.c`, which is how it is built by default (that file is in `ggml-base`,
+//! compiled without `-march=native`); a `-march=native` build of it rounds differently.
+//!
 //! Besides the plain (reference) searches, this module has `*_fast` variants of the
-//! candidate-scanning searches. They evaluate all candidate scales at once, one
+//! candidate-scanning searches. They evaluate a batch of candidate scales at once, one
 //! candidate per SIMD lane, so each lane still performs exactly the scalar sequence of
 //! operations of the reference; their results are bit-identical by construction (and
-//! tested so).
+//! tested so). On x86-64 they are also compiled for AVX2 and picked at run time.
 
 use half::f16;
 

@@ -1,11 +1,13 @@
-//! Byte-for-byte comparison of the k-quant quantizers with llama.cpp's own
-//! `quantize_q{2,3,4,5,6}_K`, on fixtures produced by a small C program linked against
-//! llama.cpp's `ggml-quants.c` (kept outside this repository).
+//! Byte-for-byte comparison of the k-quant quantizers (and dequantizers) with llama.cpp.
 //!
 //! The fixture directory (env `KQUANT_LLAMA_FIXTURES`) holds `x.bin` and `w.bin` (rows of
-//! 512 little-endian f32 values and importance weights) and, per type, `<type>.bin`
-//! (quantized without weights) and `<type>_w.bin` (with that row's weights), plus
-//! `<type>[_w]_deq.bin`, llama.cpp's `dequantize_row_*` of those bytes. Run with
+//! 512 little-endian f32 values and their importance weights) and, per type,
+//! `<type>.bin` (llama.cpp's bytes without weights), `<type>_w.bin` (with the weights)
+//! and `<type>[_w]_deq.bin` (llama.cpp's `dequantize_row_*` of those bytes). Fixtures
+//! come from outside this repository: either a small C program linked against
+//! llama.cpp's `ggml-quants.c` calling `quantize_q{2..6}_K` on random rows, or the
+//! tensors of a GGUF quantized by `llama-quantize --pure [--imatrix]` cut into rows of
+//! 512 (k-quant super-blocks are independent, so that is exact). Run with
 //! `KQUANT_LLAMA_FIXTURES=dir cargo test -p llmq-quant --test kquant_llama -- --ignored`.
 
 use std::path::PathBuf;
