@@ -127,7 +127,10 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
     let started = Instant::now();
     if a.output_format != OutputFormat::Gguf {
         return Err(PipelineError::unsupported(
-            format!("output format `{}` is not available in this version", format_name(a.output_format)),
+            format!(
+                "output format `{}` is not available in this version",
+                format_name(a.output_format)
+            ),
             "Use `gguf`; GPTQ, AWQ, compressed-tensors and EXL3 writers are planned",
         ));
     }
@@ -139,15 +142,24 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
     }
     if let Some(gb) = a.ram_budget_gb {
         if !(gb.is_finite() && gb > 0.0) {
-            return Err(PipelineError::invalid("--ram-budget-gb must be a positive number", "e.g. --ram-budget-gb 16"));
+            return Err(PipelineError::invalid(
+                "--ram-budget-gb must be a positive number",
+                "e.g. --ram-budget-gb 16",
+            ));
         }
     }
     if a.max_workers == Some(0) {
-        return Err(PipelineError::invalid("--max-workers must be at least 1", "e.g. --max-workers 4"));
+        return Err(PipelineError::invalid(
+            "--max-workers must be at least 1",
+            "e.g. --max-workers 4",
+        ));
     }
     let checkpoint = if a.no_checkpoints {
         if a.resume.is_some() {
-            return Err(PipelineError::invalid("--resume needs checkpoints", "Drop --no-checkpoints"));
+            return Err(PipelineError::invalid(
+                "--resume needs checkpoints",
+                "Drop --no-checkpoints",
+            ));
         }
         None
     } else {
@@ -159,7 +171,10 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
                 .or_else(|| std::env::var_os("LLM_QUANTIZE_CHECKPOINT_DIR").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(".checkpoint")),
         };
-        Some(CheckpointOptions { dir, resume: a.resume.is_some() })
+        Some(CheckpointOptions {
+            dir,
+            resume: a.resume.is_some(),
+        })
     };
     let req = QuantizeRequest {
         model: a.model.clone(),

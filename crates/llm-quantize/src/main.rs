@@ -16,7 +16,9 @@ fn main() {
         if llmq_pipeline::CANCEL.swap(true, std::sync::atomic::Ordering::SeqCst) {
             std::process::exit(9);
         }
-        eprintln!("\n[llm-quantize] cancelling after the layers in flight (Ctrl-C again to stop now)");
+        eprintln!(
+            "\n[llm-quantize] cancelling after the layers in flight (Ctrl-C again to stop now)"
+        );
     });
     let code = cli::dispatch(args);
     std::process::exit(code);

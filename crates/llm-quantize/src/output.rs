@@ -50,7 +50,11 @@ pub fn human_bytes(n: u64) -> String {
 
 pub fn print_quantize_result(mode: Mode, verbosity: Verbosity, o: &QuantizeOutcome, seconds: f64) {
     let r = &o.report;
-    let ratio = if o.summary.original_size > 0 { r.file_size as f64 / o.summary.original_size as f64 } else { 0.0 };
+    let ratio = if o.summary.original_size > 0 {
+        r.file_size as f64 / o.summary.original_size as f64
+    } else {
+        0.0
+    };
     match mode {
         Mode::Json => {
             let worst: Vec<_> = o
@@ -103,22 +107,47 @@ pub fn print_quantize_result(mode: Mode, verbosity: Verbosity, o: &QuantizeOutco
             println!("  Vocabulary: {}", thousands(s.vocab as u64));
             println!("{RULE}");
             println!("  Output:          {}", r.output.display());
-            println!("  Original size:   {} ({})", human_bytes(s.original_size), s.original_dtype);
-            println!("  Quantized size:  {} ({:.2} bpw)", human_bytes(r.file_size), o.bits_per_weight());
-            println!("  Compression:     {:.2}x", if r.file_size > 0 { s.original_size as f64 / r.file_size as f64 } else { 0.0 });
+            println!(
+                "  Original size:   {} ({})",
+                human_bytes(s.original_size),
+                s.original_dtype
+            );
+            println!(
+                "  Quantized size:  {} ({:.2} bpw)",
+                human_bytes(r.file_size),
+                o.bits_per_weight()
+            );
+            println!(
+                "  Compression:     {:.2}x",
+                if r.file_size > 0 {
+                    s.original_size as f64 / r.file_size as f64
+                } else {
+                    0.0
+                }
+            );
             match r.mean_rmse() {
-                Some(m) => println!("  Mean RMSE:       {m:.6} (relative {:.4})", o.mean_relative_rmse().unwrap_or(0.0)),
+                Some(m) => println!(
+                    "  Mean RMSE:       {m:.6} (relative {:.4})",
+                    o.mean_relative_rmse().unwrap_or(0.0)
+                ),
                 None => println!("  Mean RMSE:       not measured (--no-validate)"),
             }
             println!("  Duration:        {seconds:.1} s");
             println!("  Peak memory:     {}", human_bytes(o.peak_memory_bytes));
             if r.units_resumed > 0 {
-                println!("  Resumed:         {} of {} layers from checkpoint", r.units_resumed, r.units);
+                println!(
+                    "  Resumed:         {} of {} layers from checkpoint",
+                    r.units_resumed, r.units
+                );
             }
             if verbosity >= Verbosity::Verbose && r.validated {
                 println!("{RULE}");
                 println!("  Worst tensors (relative RMSE):");
-                for t in o.worst_tensors(if verbosity == Verbosity::Debug { usize::MAX } else { 10 }) {
+                for t in o.worst_tensors(if verbosity == Verbosity::Debug {
+                    usize::MAX
+                } else {
+                    10
+                }) {
                     println!(
                         "    {:<40} {:<7} rmse {:.6}  rel {:.4}",
                         t.name,

@@ -18,7 +18,11 @@ pub struct BarProgress {
 impl BarProgress {
     pub fn new(verbosity: Verbosity) -> BarProgress {
         let plain = (!std::io::stderr().is_terminal()).then(|| Mutex::new((0, 0, Instant::now())));
-        BarProgress { verbosity, bar: Mutex::new(None), plain }
+        BarProgress {
+            verbosity,
+            bar: Mutex::new(None),
+            plain,
+        }
     }
 }
 
@@ -41,11 +45,14 @@ impl Progress for BarProgress {
             *p.lock().unwrap() = (already_done, total_units, Instant::now());
             return;
         }
-        let bar = ProgressBar::with_draw_target(Some(total_units as u64), ProgressDrawTarget::stderr());
+        let bar =
+            ProgressBar::with_draw_target(Some(total_units as u64), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("Quantizing {bar:20} {percent:>3}% {pos}/{len} layers [{elapsed} elapsed] {msg}")
-                .unwrap()
-                .progress_chars("━━ "),
+            ProgressStyle::with_template(
+                "Quantizing {bar:20} {percent:>3}% {pos}/{len} layers [{elapsed} elapsed] {msg}",
+            )
+            .unwrap()
+            .progress_chars("━━ "),
         );
         bar.set_position(already_done as u64);
         *self.bar.lock().unwrap() = Some(bar);

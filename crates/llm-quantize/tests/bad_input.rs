@@ -6,7 +6,20 @@ use common::*;
 use std::path::Path;
 
 fn quantize_json(cwd: &Path, model: &Path) -> Run {
-    lq(cwd, &["--format", "json", "quantize", model.to_str().unwrap(), "gguf", "-q", "Q4_K_M", "-o", "out"])
+    lq(
+        cwd,
+        &[
+            "--format",
+            "json",
+            "quantize",
+            model.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "Q4_K_M",
+            "-o",
+            "out",
+        ],
+    )
 }
 
 fn assert_failed(r: &Run, code: i32, needle: &str, cwd: &Path) {
@@ -15,9 +28,15 @@ fn assert_failed(r: &Run, code: i32, needle: &str, cwd: &Path) {
     assert_eq!(v["status"], "error");
     assert_eq!(v["error_code"], code);
     let msg = v["message"].as_str().unwrap().to_lowercase();
-    assert!(msg.contains(&needle.to_lowercase()), "message {msg:?} lacks {needle:?}");
+    assert!(
+        msg.contains(&needle.to_lowercase()),
+        "message {msg:?} lacks {needle:?}"
+    );
     assert!(!v["suggestion"].as_str().unwrap().is_empty());
-    assert!(files_ending(&cwd.join("out"), ".gguf").is_empty(), "a complete-looking output was left");
+    assert!(
+        files_ending(&cwd.join("out"), ".gguf").is_empty(),
+        "a complete-looking output was left"
+    );
 }
 
 fn st_header(path: &Path) -> (u64, serde_json::Value, Vec<u8>) {
@@ -64,7 +83,13 @@ fn truncated_and_lying_safetensors() {
         std::fs::write(&st, &full).unwrap();
         st_header(&st)
     };
-    let name = h.as_object().unwrap().keys().find(|k| *k != "__metadata__").unwrap().clone();
+    let name = h
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| *k != "__metadata__")
+        .unwrap()
+        .clone();
     h[&name]["data_offsets"][1] = serde_json::json!(data.len() as u64 * 4);
     write_st(&st, &h, &data);
     let r = quantize_json(dir.path(), &m);
@@ -89,7 +114,8 @@ fn config_problems() {
     let dir = tempfile::tempdir().unwrap();
     let m = copy_model(&shared_model("llama"), &dir.path().join("m"));
     let cfg_path = m.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
 
     let mut c = cfg.clone();
     c.as_object_mut().unwrap().remove("num_hidden_layers");
@@ -114,7 +140,9 @@ fn nan_weights_are_reported_not_written() {
     let m = copy_model(&shared_model("llama"), &dir.path().join("m"));
     let st = m.join("model.safetensors");
     let (_, h, mut data) = st_header(&st);
-    let off = h["model.layers.2.self_attn.v_proj.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let off = h["model.layers.2.self_attn.v_proj.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
     // bf16 NaN at element 10
     data[off + 20] = 0xC0;
     data[off + 21] = 0x7F;
@@ -129,7 +157,20 @@ fn unwritable_output_dir() {
     // A file where the output directory should be.
     std::fs::write(dir.path().join("out"), b"x").unwrap();
     let model = shared_model("llama");
-    let r = lq(dir.path(), &["--format", "json", "quantize", model.to_str().unwrap(), "gguf", "-q", "Q4_K_M", "-o", "out"]);
+    let r = lq(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "quantize",
+            model.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "Q4_K_M",
+            "-o",
+            "out",
+        ],
+    );
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(r.json()["message"].as_str().unwrap().contains("out"));
 }
@@ -142,12 +183,25 @@ fn full_output_filesystem() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("llama");
     let mut c = std::process::Command::new(bin());
-    c.current_dir(dir.path())
-        .args(["--format", "json", "quantize", model.to_str().unwrap(), "gguf", "-q", "Q8_0", "-o", "out", "--no-checkpoints"]);
+    c.current_dir(dir.path()).args([
+        "--format",
+        "json",
+        "quantize",
+        model.to_str().unwrap(),
+        "gguf",
+        "-q",
+        "Q8_0",
+        "-o",
+        "out",
+        "--no-checkpoints",
+    ]);
     unsafe {
         c.pre_exec(|| {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: 64 * 1024, rlim_max: 64 * 1024 };
+            let lim = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
             Ok(())
         });
@@ -157,5 +211,8 @@ fn full_output_filesystem() {
     let v = r.json();
     assert_eq!(v["status"], "error");
     assert!(files_ending(&dir.path().join("out"), ".gguf").is_empty());
-    assert!(files_ending(&dir.path().join("out"), ".tmp").is_empty(), "temp file left without checkpoints");
+    assert!(
+        files_ending(&dir.path().join("out"), ".tmp").is_empty(),
+        "temp file left without checkpoints"
+    );
 }

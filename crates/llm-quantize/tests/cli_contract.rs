@@ -12,7 +12,18 @@ fn version_and_help() {
     assert!(r.stdout.starts_with("llm-quantize "), "{}", r.stdout);
     let r = lq(dir.path(), &["quantize", "--help"]);
     assert_eq!(r.code, 0);
-    for flag in ["--quant-level", "--output-dir", "--output-name", "--no-checkpoints", "--checkpoint-dir", "--resume", "--no-validate", "--max-workers", "--ram-budget-gb", "--token"] {
+    for flag in [
+        "--quant-level",
+        "--output-dir",
+        "--output-name",
+        "--no-checkpoints",
+        "--checkpoint-dir",
+        "--resume",
+        "--no-validate",
+        "--max-workers",
+        "--ram-budget-gb",
+        "--token",
+    ] {
         assert!(r.stdout.contains(flag), "help lacks {flag}");
     }
 }
@@ -21,7 +32,20 @@ fn version_and_help() {
 fn quantize_json_result_has_every_contract_field() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("llama");
-    let r = lq(dir.path(), &["--format", "json", "quantize", model.to_str().unwrap(), "gguf", "-q", "Q4_K_M", "-o", "out"]);
+    let r = lq(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "quantize",
+            model.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "Q4_K_M",
+            "-o",
+            "out",
+        ],
+    );
     assert_eq!(r.code, 0, "stderr:\n{}", r.stderr);
     let v = r.json();
     assert_eq!(v["status"], "success");
@@ -29,7 +53,9 @@ fn quantize_json_result_has_every_contract_field() {
     assert_eq!(v["quantization_level"], "Q4_K_M");
     let out = std::path::PathBuf::from(v["output_path"].as_str().unwrap());
     assert_eq!(out.file_name().unwrap(), "llama-Q4_K_M.gguf");
-    let size = std::fs::metadata(dir.path().join("out/llama-Q4_K_M.gguf")).unwrap().len();
+    let size = std::fs::metadata(dir.path().join("out/llama-Q4_K_M.gguf"))
+        .unwrap()
+        .len();
     assert_eq!(v["file_size"].as_u64().unwrap(), size);
     let orig = v["metadata"]["original_size"].as_u64().unwrap();
     assert!(orig > size);
@@ -53,14 +79,40 @@ fn quantize_json_result_has_every_contract_field() {
 fn human_summary_and_info() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("qwen3-moe");
-    let r = lq(dir.path(), &["quantize", model.to_str().unwrap(), "gguf", "-q", "Q8_0", "-n", "m.gguf", "--verbosity", "verbose"]);
+    let r = lq(
+        dir.path(),
+        &[
+            "quantize",
+            model.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "Q8_0",
+            "-n",
+            "m.gguf",
+            "--verbosity",
+            "verbose",
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for s in ["Model:", "Hidden:", "MoE:        Yes (8 experts)", "Vocabulary: 4,096", "Original size:", "Quantized size:", "Compression:", "Mean RMSE:", "Worst tensors"] {
+    for s in [
+        "Model:",
+        "Hidden:",
+        "MoE:        Yes (8 experts)",
+        "Vocabulary: 4,096",
+        "Original size:",
+        "Quantized size:",
+        "Compression:",
+        "Mean RMSE:",
+        "Worst tensors",
+    ] {
         assert!(r.stdout.contains(s), "summary lacks {s:?}:\n{}", r.stdout);
     }
     assert!(r.stderr.contains("Loading model"), "{}", r.stderr);
 
-    let r = lq(dir.path(), &["--format", "json", "info", model.to_str().unwrap()]);
+    let r = lq(
+        dir.path(),
+        &["--format", "json", "info", model.to_str().unwrap()],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
     assert_eq!(v["architecture"], "Qwen3MoeForCausalLM");
@@ -85,14 +137,28 @@ fn human_summary_and_info() {
 fn unknown_level_and_format_are_argument_errors() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("llama");
-    let r = lq(dir.path(), &["--format", "json", "quantize", model.to_str().unwrap(), "gguf", "-q", "Q9_K"]);
+    let r = lq(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "quantize",
+            model.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "Q9_K",
+        ],
+    );
     assert_eq!(r.code, 2);
     let v = r.json();
     assert_eq!(v["status"], "error");
     assert_eq!(v["error_code"], 2);
     assert!(v["message"].as_str().unwrap().contains("Q9_K"));
     assert!(!v["suggestion"].as_str().unwrap().is_empty());
-    let r = lq(dir.path(), &["quantize", model.to_str().unwrap(), "zip", "-q", "Q4_K_M"]);
+    let r = lq(
+        dir.path(),
+        &["quantize", model.to_str().unwrap(), "zip", "-q", "Q4_K_M"],
+    );
     assert_eq!(r.code, 2);
     let r = lq(dir.path(), &["quantize", model.to_str().unwrap(), "gguf"]);
     assert_eq!(r.code, 2, "missing -q must be an argument error");

@@ -36,13 +36,48 @@ fn missing_repo_is_exit_3_and_gated_repo_is_exit_4() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let cache = cache.to_str().unwrap();
-    let nf = serve_status("404 Not Found", "RepoNotFound", r#"{"error":"Repository not found"}"#);
-    let r = lq_env(dir.path(), &["--format", "json", "quantize", "no-org/no-model", "gguf", "-q", "Q4_K_M"], &[("HF_ENDPOINT", &nf), ("LLM_QUANTIZE_CACHE", cache)]);
+    let nf = serve_status(
+        "404 Not Found",
+        "RepoNotFound",
+        r#"{"error":"Repository not found"}"#,
+    );
+    let r = lq_env(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "quantize",
+            "no-org/no-model",
+            "gguf",
+            "-q",
+            "Q4_K_M",
+        ],
+        &[("HF_ENDPOINT", &nf), ("LLM_QUANTIZE_CACHE", cache)],
+    );
     assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["error_type"], "ModelNotFoundError");
 
-    let auth = serve_status("401 Unauthorized", "GatedRepo", r#"{"error":"Access to model gated-org/model is restricted. You must have access to it and be authenticated to access it. Please log in."}"#);
-    let r = lq_env(dir.path(), &["--format", "json", "quantize", "gated-org/model", "gguf", "-q", "Q4_K_M"], &[("HF_ENDPOINT", &auth), ("LLM_QUANTIZE_CACHE", cache)]);
+    let auth = serve_status(
+        "401 Unauthorized",
+        "GatedRepo",
+        r#"{"error":"Access to model gated-org/model is restricted. You must have access to it and be authenticated to access it. Please log in."}"#,
+    );
+    let r = lq_env(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "quantize",
+            "gated-org/model",
+            "gguf",
+            "-q",
+            "Q4_K_M",
+        ],
+        &[("HF_ENDPOINT", &auth), ("LLM_QUANTIZE_CACHE", cache)],
+    );
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.json()["suggestion"].as_str().unwrap().contains("HF_TOKEN"));
+    assert!(r.json()["suggestion"]
+        .as_str()
+        .unwrap()
+        .contains("HF_TOKEN"));
 }

@@ -20,19 +20,54 @@ fn perplexity(model: &Path) -> f64 {
     let mut last = String::new();
     for _ in 0..3 {
         let o = Command::new(llama_cpp_bin("llama-perplexity"))
-            .args(["-m", model.to_str().unwrap(), "-f", test.to_str().unwrap(), "-c", "256", "-b", "256", "-t", "2", "--chunks", "100", "--no-warmup"])
+            .args([
+                "-m",
+                model.to_str().unwrap(),
+                "-f",
+                test.to_str().unwrap(),
+                "-c",
+                "256",
+                "-b",
+                "256",
+                "-t",
+                "2",
+                "--chunks",
+                "100",
+                "--no-warmup",
+            ])
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "llama-perplexity failed on {}:\n{}", model.display(), tail(&text));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "llama-perplexity failed on {}:\n{}",
+            model.display(),
+            tail(&text)
+        );
         if let Some(line) = text.lines().find(|l| l.contains("Final estimate: PPL =")) {
-            let v: f64 = line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+            let v: f64 = line
+                .split("PPL =")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(v.is_finite() && v > 1.0, "{line}");
             return v;
         }
         last = text;
     }
-    panic!("no final estimate for {} in 3 runs:\n{}", model.display(), tail(&last));
+    panic!(
+        "no final estimate for {} in 3 runs:\n{}",
+        model.display(),
+        tail(&last)
+    );
 }
 
 fn tail(s: &str) -> String {
@@ -42,7 +77,10 @@ fn tail(s: &str) -> String {
 
 fn tensor_types(p: &Path) -> BTreeMap<String, String> {
     let f = GgufFile::open(p).unwrap();
-    f.tensors().iter().map(|t| (t.name.clone(), t.ggml_type.name().to_string())).collect()
+    f.tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.ggml_type.name().to_string()))
+        .collect()
 }
 
 fn llama_quantize(src: &Path, dst: &Path, level: &str) {
@@ -50,7 +88,11 @@ fn llama_quantize(src: &Path, dst: &Path, level: &str) {
         .args([src.to_str().unwrap(), dst.to_str().unwrap(), level, "2"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "llama-quantize {level} failed:\n{}", tail(&String::from_utf8_lossy(&o.stderr)));
+    assert!(
+        o.status.success(),
+        "llama-quantize {level} failed:\n{}",
+        tail(&String::from_utf8_lossy(&o.stderr))
+    );
 }
 
 #[test]
@@ -62,26 +104,56 @@ fn llama_cpp_loads_ours_and_our_kquants_match_its_quality() {
         let model = shared_model(name);
         let wd = dir.path().join(name);
         std::fs::create_dir_all(&wd).unwrap();
-        let r = lq(&wd, &["quantize", model.to_str().unwrap(), "gguf", "-q", "F16", "-n", "f16.gguf", "--no-checkpoints"]);
+        let r = lq(
+            &wd,
+            &[
+                "quantize",
+                model.to_str().unwrap(),
+                "gguf",
+                "-q",
+                "F16",
+                "-n",
+                "f16.gguf",
+                "--no-checkpoints",
+            ],
+        );
         assert_eq!(r.code, 0, "{name}: F16 export failed:\n{}", r.stderr);
         let f16 = wd.join("f16.gguf");
         let ppl_f16 = perplexity(&f16);
         report.push(format!("{name:14} F16    ours {ppl_f16:9.4}"));
+        eprintln!("{}", report.last().unwrap());
         for level in ["Q4_K_M", "Q3_K_M", "Q2_K"] {
             let theirs = wd.join(format!("peer-{level}.gguf"));
             llama_quantize(&f16, &theirs, level);
-            let r = lq(&wd, &["quantize", f16.to_str().unwrap(), "gguf", "-q", level, "-n", &format!("ours-{level}.gguf"), "--no-checkpoints"]);
+            let r = lq(
+                &wd,
+                &[
+                    "quantize",
+                    f16.to_str().unwrap(),
+                    "gguf",
+                    "-q",
+                    level,
+                    "-n",
+                    &format!("ours-{level}.gguf"),
+                    "--no-checkpoints",
+                ],
+            );
             assert_eq!(r.code, 0, "{name} {level}: failed:\n{}", r.stderr);
             let ours = wd.join(format!("ours-{level}.gguf"));
             let (tt, to) = (tensor_types(&theirs), tensor_types(&ours));
             for (t, ty) in &tt {
                 if to.get(t) != Some(ty) {
-                    failures.push(format!("{name} {level}: {t} is {:?} in ours, {ty} in llama-quantize's", to.get(t)));
+                    failures.push(format!(
+                        "{name} {level}: {t} is {:?} in ours, {ty} in llama-quantize's",
+                        to.get(t)
+                    ));
                 }
             }
             let (p_ours, p_theirs) = (perplexity(&ours), perplexity(&theirs));
             let ratio = p_ours / p_theirs;
-            report.push(format!("{name:14} {level:6} ours {p_ours:9.4}  llama.cpp {p_theirs:9.4}  ratio {ratio:.4}"));
+            report.push(format!(
+                "{name:14} {level:6} ours {p_ours:9.4}  llama.cpp {p_theirs:9.4}  ratio {ratio:.4}"
+            ));
             if ratio > 1.01 {
                 failures.push(format!("{name} {level}: perplexity {p_ours:.4} vs llama.cpp {p_theirs:.4} (ratio {ratio:.4} > 1.01)"));
             }

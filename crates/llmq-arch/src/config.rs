@@ -9,7 +9,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config.json is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("config.json lacks required key `{0}`")]
@@ -51,16 +54,27 @@ impl Family {
 
     /// The family of a transformers architecture class name.
     pub fn from_architecture(name: &str) -> Option<Family> {
-        Self::TABLE.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+        Self::TABLE
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
     }
 
     /// The transformers class name of this family.
     pub fn architecture(self) -> &'static str {
-        Self::TABLE.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).unwrap()
+        Self::TABLE
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .unwrap()
     }
 
     fn supported_list() -> String {
-        Self::TABLE.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        Self::TABLE
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -157,19 +171,25 @@ fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
 
 fn req_usize(v: &Value, key: &str) -> Result<usize, ConfigError> {
     let x = get(v, key).ok_or_else(|| ConfigError::MissingKey(key.into()))?;
-    x.as_u64().map(|u| u as usize).filter(|u| *u > 0).ok_or_else(|| ConfigError::BadValue {
-        key: key.into(),
-        why: format!("expected a positive integer, found {x}"),
-    })
+    x.as_u64()
+        .map(|u| u as usize)
+        .filter(|u| *u > 0)
+        .ok_or_else(|| ConfigError::BadValue {
+            key: key.into(),
+            why: format!("expected a positive integer, found {x}"),
+        })
 }
 
 fn opt_usize(v: &Value, key: &str) -> Result<Option<usize>, ConfigError> {
     match get(v, key) {
         None => Ok(None),
-        Some(x) => x.as_u64().map(|u| Some(u as usize)).ok_or_else(|| ConfigError::BadValue {
-            key: key.into(),
-            why: format!("expected an integer, found {x}"),
-        }),
+        Some(x) => x
+            .as_u64()
+            .map(|u| Some(u as usize))
+            .ok_or_else(|| ConfigError::BadValue {
+                key: key.into(),
+                why: format!("expected an integer, found {x}"),
+            }),
     }
 }
 
@@ -190,7 +210,11 @@ fn opt_bool(v: &Value, key: &str) -> Option<bool> {
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -213,7 +237,11 @@ fn rope_theta(v: &Value, layer_type: Option<&str>) -> Result<Option<f64>, Config
 impl ArchConfig {
     /// Read `config.json` from a model folder (or the file itself).
     pub fn from_path(path: &Path) -> Result<ArchConfig, ConfigError> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
             path: file.display().to_string(),
             source,
@@ -236,7 +264,10 @@ impl ArchConfig {
             .to_string();
         let family = Family::from_architecture(&architecture)
             .ok_or_else(|| ConfigError::Unsupported(architecture.clone()))?;
-        let model_type = get(&v, "model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        let model_type = get(&v, "model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
 
         let hidden_size = req_usize(&v, "hidden_size")?;
         let num_layers = req_usize(&v, "num_hidden_layers")?;
@@ -275,7 +306,8 @@ impl ArchConfig {
                     .or(opt_usize(&v, "num_experts")?)
                     .ok_or_else(|| ConfigError::MissingKey("num_local_experts".into()))?,
                 top_k: req_usize(&v, "num_experts_per_tok")?,
-                expert_intermediate_size: opt_usize(&v, "moe_intermediate_size")?.unwrap_or(intermediate_size),
+                expert_intermediate_size: opt_usize(&v, "moe_intermediate_size")?
+                    .unwrap_or(intermediate_size),
                 n_shared_experts: 0,
                 norm_topk_prob: opt_bool(&v, "norm_topk_prob").unwrap_or(family == Family::Mixtral),
                 scoring: RouterScoring::Softmax,
@@ -322,9 +354,12 @@ impl ArchConfig {
         // Sliding window per layer: `layer_types` when present (Gemma3), else the global
         // `sliding_window` (Mistral/Mixtral/Qwen with use_sliding_window).
         let sliding = opt_usize(&v, "sliding_window")?;
-        let layer_types: Option<Vec<String>> = get(&v, "layer_types").and_then(Value::as_array).map(|a| {
-            a.iter().map(|x| x.as_str().unwrap_or("full_attention").to_string()).collect()
-        });
+        let layer_types: Option<Vec<String>> =
+            get(&v, "layer_types").and_then(Value::as_array).map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or("full_attention").to_string())
+                    .collect()
+            });
         if let Some(lt) = &layer_types {
             if lt.len() != num_layers {
                 return Err(ConfigError::BadValue {
@@ -339,7 +374,9 @@ impl ArchConfig {
         for i in 0..num_layers {
             let lt = layer_types.as_ref().map(|t| t[i].as_str());
             let window = match lt {
-                Some("sliding_attention") => Some(sliding.ok_or_else(|| ConfigError::MissingKey("sliding_window".into()))?),
+                Some("sliding_attention") => {
+                    Some(sliding.ok_or_else(|| ConfigError::MissingKey("sliding_window".into()))?)
+                }
                 Some(_) => None,
                 None => match (family, use_sliding_flag) {
                     (_, Some(false)) => None,
@@ -348,7 +385,11 @@ impl ArchConfig {
                 },
             };
             let theta = rope_theta(&v, lt)?.unwrap_or(global_theta);
-            layers.push(LayerSpec { sliding_window: window, rope_theta: theta, moe: moe_layer(i)? });
+            layers.push(LayerSpec {
+                sliding_window: window,
+                rope_theta: theta,
+                moe: moe_layer(i)?,
+            });
         }
 
         let partial_rotary_factor = get(&v, "rope_parameters")
@@ -371,7 +412,8 @@ impl ArchConfig {
             .and_then(Value::as_str)
             .unwrap_or("float32")
             .to_string();
-        let tie_word_embeddings = opt_bool(&v, "tie_word_embeddings").unwrap_or(family == Family::Gemma3);
+        let tie_word_embeddings =
+            opt_bool(&v, "tie_word_embeddings").unwrap_or(family == Family::Gemma3);
 
         Ok(ArchConfig {
             family,
@@ -395,7 +437,9 @@ impl ArchConfig {
             moe,
             mla,
             layers,
-            bos_token_id: get(&v, "bos_token_id").and_then(Value::as_u64).map(|x| x as u32),
+            bos_token_id: get(&v, "bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
             eos_token_ids: token_ids(get(&v, "eos_token_id")),
             dtype,
             raw: v,
@@ -413,12 +457,25 @@ mod tests {
     use super::*;
 
     fn shared(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models").join(name)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/models")
+            .join(name)
     }
 
     #[test]
     fn reads_every_shared_model() {
-        for m in ["llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "mixtral", "qwen3-moe", "deepseek-v3", "glm4-moe-lite"] {
+        for m in [
+            "llama",
+            "qwen2",
+            "qwen3",
+            "mistral",
+            "gemma3",
+            "phi3",
+            "mixtral",
+            "qwen3-moe",
+            "deepseek-v3",
+            "glm4-moe-lite",
+        ] {
             let p = shared(m);
             if !p.exists() {
                 eprintln!("skipping: {} not present", p.display());
@@ -429,17 +486,29 @@ mod tests {
             assert_eq!(c.vocab_size, 4096, "{m}");
         }
         let g = ArchConfig::from_path(&shared("gemma3")).unwrap();
-        assert_eq!(g.layers.iter().map(|l| l.sliding_window).collect::<Vec<_>>(), vec![Some(32), Some(32), Some(32), None]);
+        assert_eq!(
+            g.layers
+                .iter()
+                .map(|l| l.sliding_window)
+                .collect::<Vec<_>>(),
+            vec![Some(32), Some(32), Some(32), None]
+        );
         assert_eq!(g.layers[3].rope_theta, 1e6);
         assert_eq!(g.layers[0].rope_theta, 1e4);
         assert!(g.tie_word_embeddings && g.qk_norm);
         let d = ArchConfig::from_path(&shared("deepseek-v3")).unwrap();
-        assert_eq!(d.layers.iter().map(|l| l.moe).collect::<Vec<_>>(), vec![false, true, true, true]);
+        assert_eq!(
+            d.layers.iter().map(|l| l.moe).collect::<Vec<_>>(),
+            vec![false, true, true, true]
+        );
         assert_eq!(d.head_dim, 256);
         assert_eq!(d.moe.as_ref().unwrap().n_group, 4);
         let z = ArchConfig::from_path(&shared("glm4-moe-lite")).unwrap();
         assert_eq!(z.mla.as_ref().unwrap().v_head_dim, 256);
-        assert_eq!(z.layers.iter().map(|l| l.moe).collect::<Vec<_>>(), vec![false, true, true, true]);
+        assert_eq!(
+            z.layers.iter().map(|l| l.moe).collect::<Vec<_>>(),
+            vec![false, true, true, true]
+        );
         let q = ArchConfig::from_path(&shared("qwen3-moe")).unwrap();
         assert!(q.layers.iter().all(|l| l.moe));
         let m = ArchConfig::from_path(&shared("mistral")).unwrap();
@@ -448,9 +517,12 @@ mod tests {
 
     #[test]
     fn missing_keys_and_unknown_architectures_are_clear_errors() {
-        let e = ArchConfig::from_json_str(r#"{"architectures":["GPTNeoXForCausalLM"]}"#).unwrap_err();
+        let e =
+            ArchConfig::from_json_str(r#"{"architectures":["GPTNeoXForCausalLM"]}"#).unwrap_err();
         assert!(matches!(e, ConfigError::Unsupported(_)), "{e}");
-        let e = ArchConfig::from_json_str(r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8}"#).unwrap_err();
+        let e =
+            ArchConfig::from_json_str(r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("num_hidden_layers"), "{e}");
         let e = ArchConfig::from_json_str(r#"{"hidden_size":8}"#).unwrap_err();
         assert!(e.to_string().contains("architectures"), "{e}");

@@ -16,14 +16,19 @@ pub enum SafetensorsError {
     #[error("no model.safetensors or model.safetensors.index.json in {0}")]
     NotFound(String),
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid safetensors file: {why}")]
     Invalid { path: String, why: String },
     #[error("index {path} is invalid: {why}")]
     BadIndex { path: String, why: String },
     #[error("tensor `{0}` is not in the checkpoint")]
     MissingTensor(String),
-    #[error("tensor `{name}` has dtype {dtype}, which this tool does not read (F32, F16, BF16 are)")]
+    #[error(
+        "tensor `{name}` has dtype {dtype}, which this tool does not read (F32, F16, BF16 are)"
+    )]
     UnsupportedDtype { name: String, dtype: String },
 }
 
@@ -98,11 +103,23 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Result<Vec<f32>, SafetensorsError> {
         let b = self.bytes;
         Ok(match self.info.dtype {
-            StDtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            StDtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StDtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StDtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StDtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            StDtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             StDtype::Other(d) => {
-                return Err(SafetensorsError::UnsupportedDtype { name: self.info.name.clone(), dtype: d.into() })
+                return Err(SafetensorsError::UnsupportedDtype {
+                    name: self.info.name.clone(),
+                    dtype: d.into(),
+                })
             }
         })
     }
@@ -115,7 +132,10 @@ pub struct SafetensorsModel {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SafetensorsError + '_ {
-    move |source| SafetensorsError::Io { path: path.display().to_string(), source }
+    move |source| SafetensorsError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl SafetensorsModel {
@@ -127,12 +147,21 @@ impl SafetensorsModel {
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(io(&index))?;
-            let bad = |why: String| SafetensorsError::BadIndex { path: index.display().to_string(), why };
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object".into()))?;
+            let bad = |why: String| SafetensorsError::BadIndex {
+                path: index.display().to_string(),
+                why,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("no weight_map object".into()))?;
             let mut files: Vec<String> = Vec::new();
             for f in map.values() {
-                let f = f.as_str().ok_or_else(|| bad("weight_map values must be file names".into()))?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| bad("weight_map values must be file names".into()))?;
                 if f.contains('/') || f.contains('\\') || f.starts_with("..") {
                     return Err(bad(format!("shard name `{f}` is not a plain file name")));
                 }
@@ -165,8 +194,12 @@ impl SafetensorsModel {
             // SAFETY: the file is opened read-only; we never write through the map. A
             // concurrent writer truncating the file is outside what we can guard.
             let mmap = unsafe { Mmap::map(&file) }.map_err(io(p))?;
-            let invalid = |why: String| SafetensorsError::Invalid { path: p.display().to_string(), why };
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap[..]).map_err(|e| invalid(e.to_string()))?;
+            let invalid = |why: String| SafetensorsError::Invalid {
+                path: p.display().to_string(),
+                why,
+            };
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap[..]).map_err(|e| invalid(e.to_string()))?;
             // Full validation (offsets cover the buffer exactly, no overlaps, sizes match).
             SafeTensors::deserialize(&mmap[..]).map_err(|e| invalid(e.to_string()))?;
             let data_start = 8 + header_len;
@@ -181,10 +214,14 @@ impl SafetensorsModel {
                     end: data_start + e,
                 };
                 if info.end > mmap.len() {
-                    return Err(invalid(format!("tensor `{name}` ends past the end of the file")));
+                    return Err(invalid(format!(
+                        "tensor `{name}` ends past the end of the file"
+                    )));
                 }
                 if tensors.insert(name.clone(), info).is_some() {
-                    return Err(invalid(format!("tensor `{name}` appears in more than one shard")));
+                    return Err(invalid(format!(
+                        "tensor `{name}` appears in more than one shard"
+                    )));
                 }
             }
             shards.push((p.clone(), mmap));
@@ -204,9 +241,15 @@ impl SafetensorsModel {
 
     /// A view of a tensor's bytes.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
-        let info = self.tensors.get(name).ok_or_else(|| SafetensorsError::MissingTensor(name.into()))?;
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| SafetensorsError::MissingTensor(name.into()))?;
         let mmap = &self.shards[info.shard].1;
-        Ok(TensorView { info, bytes: &mmap[info.start..info.end] })
+        Ok(TensorView {
+            info,
+            bytes: &mmap[info.start..info.end],
+        })
     }
 
     /// A tensor converted to f32.
@@ -241,17 +284,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("model.safetensors");
         let vals = [1.0f32, -2.5, 0.0, 3.0];
-        let data: Vec<u8> = vals.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
-        write_st(&p, r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#, &data);
+        let data: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        write_st(
+            &p,
+            r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#,
+            &data,
+        );
         let m = SafetensorsModel::open(dir.path()).unwrap();
         assert_eq!(m.f32("w").unwrap(), vals);
         assert_eq!(m.info("w").unwrap().shape, vec![2, 2]);
 
-        write_st(&p, r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,80]}}"#, &data);
+        write_st(
+            &p,
+            r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,80]}}"#,
+            &data,
+        );
         let e = SafetensorsModel::open(dir.path()).err().unwrap();
         assert!(matches!(e, SafetensorsError::Invalid { .. }), "{e}");
 
-        write_st(&p, r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#, &data[..5]);
+        write_st(
+            &p,
+            r#"{"w":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,8]}}"#,
+            &data[..5],
+        );
         assert!(SafetensorsModel::open(dir.path()).is_err());
 
         std::fs::write(&p, [1u8, 2, 3]).unwrap();
@@ -262,8 +320,16 @@ mod tests {
     fn sharded_index_and_unknown_dtype() {
         let dir = tempfile::tempdir().unwrap();
         let a: Vec<u8> = 1.5f32.to_le_bytes().to_vec();
-        write_st(&dir.path().join("model-00001-of-00002.safetensors"), r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &a);
-        write_st(&dir.path().join("model-00002-of-00002.safetensors"), r#"{"b":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}"#, &a);
+        write_st(
+            &dir.path().join("model-00001-of-00002.safetensors"),
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &a,
+        );
+        write_st(
+            &dir.path().join("model-00002-of-00002.safetensors"),
+            r#"{"b":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}}"#,
+            &a,
+        );
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),
             r#"{"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}"#,
@@ -271,7 +337,13 @@ mod tests {
         .unwrap();
         let m = SafetensorsModel::open(dir.path()).unwrap();
         assert_eq!(m.f32("a").unwrap(), vec![1.5]);
-        assert!(matches!(m.f32("b"), Err(SafetensorsError::UnsupportedDtype { .. })));
-        assert!(matches!(m.get("c"), Err(SafetensorsError::MissingTensor(_))));
+        assert!(matches!(
+            m.f32("b"),
+            Err(SafetensorsError::UnsupportedDtype { .. })
+        ));
+        assert!(matches!(
+            m.get("c"),
+            Err(SafetensorsError::MissingTensor(_))
+        ));
     }
 }

@@ -11,12 +11,20 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn llama_quantize() -> PathBuf {
-    let dir = std::env::var_os("LLAMA_CPP_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
-    });
+    let dir = std::env::var_os("LLAMA_CPP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
+        });
     let bin = dir.join("llama-quantize");
-    assert!(bin.exists(), "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)",
+        bin.display()
+    );
     bin
 }
 

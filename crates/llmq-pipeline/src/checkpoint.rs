@@ -75,7 +75,11 @@ impl Checkpoint {
         let path = Self::state_path(dir, output);
         let text = std::fs::read_to_string(&path).map_err(|_| {
             PipelineError::checkpoint(
-                format!("no checkpoint for {} in {}", output.display(), dir.display()),
+                format!(
+                    "no checkpoint for {} in {}",
+                    output.display(),
+                    dir.display()
+                ),
                 "Run without --resume to start over, or pass the --checkpoint-dir used before",
             )
         })?;
@@ -140,14 +144,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m.gguf");
         let mut cp = Checkpoint::create(dir.path(), &out, "abc").unwrap();
-        let rec = TensorRecord { sha256: sha256_hex(b"x"), rmse: Some(0.1), rel_rmse: Some(0.01) };
+        let rec = TensorRecord {
+            sha256: sha256_hex(b"x"),
+            rmse: Some(0.1),
+            rel_rmse: Some(0.01),
+        };
         cp.mark_done(3, vec![("t".into(), rec.clone())]).unwrap();
         let back = Checkpoint::load(dir.path(), &out, "abc").unwrap();
         assert_eq!(back.state.units_done, vec![3]);
         assert_eq!(back.state.tensors["t"], rec);
         let err = Checkpoint::load(dir.path(), &out, "other").err().unwrap();
         assert_eq!(err.exit_code(), 7);
-        let err = Checkpoint::load(dir.path(), &dir.path().join("none.gguf"), "abc").err().unwrap();
+        let err = Checkpoint::load(dir.path(), &dir.path().join("none.gguf"), "abc")
+            .err()
+            .unwrap();
         assert_eq!(err.exit_code(), 7);
     }
 }

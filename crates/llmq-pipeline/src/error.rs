@@ -29,7 +29,10 @@ pub enum PipelineError {
 macro_rules! ctor {
     ($fn:ident, $variant:ident) => {
         pub fn $fn(message: impl Into<String>, suggestion: impl Into<String>) -> PipelineError {
-            PipelineError::$variant { message: message.into(), suggestion: suggestion.into() }
+            PipelineError::$variant {
+                message: message.into(),
+                suggestion: suggestion.into(),
+            }
         }
     };
 }

@@ -23,7 +23,10 @@ impl TensorSource for GgufTensors {
         let mut out = vec![0f32; job.numel()];
         llmq_quant::dequantize(t.ggml_type, bytes, &mut out).map_err(|e| {
             PipelineError::unsupported(
-                format!("cannot read tensor {} of type {}: {e}", job.name, t.ggml_type),
+                format!(
+                    "cannot read tensor {} of type {}: {e}",
+                    job.name, t.ggml_type
+                ),
                 "Requantize from the original Hugging Face checkpoint instead",
             )
         })?;
@@ -60,10 +63,20 @@ pub fn meta_to_gguf(meta: &MetaList) -> Vec<(String, GgufValue)> {
 
 /// Group jobs into work units: unit 0 holds the tensors outside any block
 /// (embeddings, output norm, head), unit 1+i holds block i.
-pub fn units_by_layer(mut jobs: Vec<TensorJob>, layers: &[Option<usize>], n_layers: usize) -> (Vec<TensorJob>, Vec<WorkUnit>) {
-    let mut units: Vec<WorkUnit> = std::iter::once(WorkUnit { label: "embeddings/output".into(), jobs: vec![] })
-        .chain((0..n_layers).map(|i| WorkUnit { label: format!("blk.{i}"), jobs: vec![] }))
-        .collect();
+pub fn units_by_layer(
+    mut jobs: Vec<TensorJob>,
+    layers: &[Option<usize>],
+    n_layers: usize,
+) -> (Vec<TensorJob>, Vec<WorkUnit>) {
+    let mut units: Vec<WorkUnit> = std::iter::once(WorkUnit {
+        label: "embeddings/output".into(),
+        jobs: vec![],
+    })
+    .chain((0..n_layers).map(|i| WorkUnit {
+        label: format!("blk.{i}"),
+        jobs: vec![],
+    }))
+    .collect();
     for (j, (job, layer)) in jobs.iter_mut().zip(layers).enumerate() {
         let u = layer.map(|l| l + 1).unwrap_or(0).min(units.len() - 1);
         job.unit = u;
@@ -91,22 +104,32 @@ pub fn block_index(name: &str) -> Option<usize> {
 /// Plan the requantization of a GGUF file.
 pub fn plan(path: &Path, name: &str, level: Mix) -> Result<Planned> {
     let file = GgufFile::open(path).map_err(|e| {
-        PipelineError::validation(format!("{} is not a readable GGUF file: {e}", path.display()), "Re-download or re-create the file")
+        PipelineError::validation(
+            format!("{} is not a readable GGUF file: {e}", path.display()),
+            "Re-download or re-create the file",
+        )
     })?;
     let arch = file
         .get("general.architecture")
         .and_then(GgufValue::as_str)
-        .ok_or_else(|| PipelineError::validation("GGUF file lacks general.architecture", "Re-create the file"))?
+        .ok_or_else(|| {
+            PipelineError::validation("GGUF file lacks general.architecture", "Re-create the file")
+        })?
         .to_string();
-    let n_layer = u32_key(&file, &format!("{arch}.block_count"))
-        .ok_or_else(|| PipelineError::validation(format!("GGUF file lacks {arch}.block_count"), "Re-create the file"))?
-        as usize;
+    let n_layer = u32_key(&file, &format!("{arch}.block_count")).ok_or_else(|| {
+        PipelineError::validation(
+            format!("GGUF file lacks {arch}.block_count"),
+            "Re-create the file",
+        )
+    })? as usize;
     let n_head = u32_key(&file, &format!("{arch}.attention.head_count")).unwrap_or(1) as usize;
     let shape = MixModel {
         arch: arch.clone(),
         n_layer,
         n_head,
-        n_head_kv: u32_key(&file, &format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head),
+        n_head_kv: u32_key(&file, &format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head),
         n_expert: u32_key(&file, &format!("{arch}.expert_count")).unwrap_or(0) as usize,
         is_70b: arch == "llama" && n_layer == 80,
         has_imatrix: false,
@@ -115,33 +138,55 @@ pub fn plan(path: &Path, name: &str, level: Mix) -> Result<Planned> {
     let mix_in: Vec<MixTensor> = file
         .tensors()
         .iter()
-        .map(|t| MixTensor { name: t.name.clone(), shape_ne: t.shape_ne.iter().map(|&d| d as usize).collect() })
+        .map(|t| MixTensor {
+            name: t.name.clone(),
+            shape_ne: t.shape_ne.iter().map(|&d| d as usize).collect(),
+        })
         .collect();
-    let layers: Vec<Option<usize>> = file.tensors().iter().map(|t| block_index(&t.name)).collect();
-    let types = mix::choose_types(level, &shape, &mix_in)
-        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug, with the model"))?;
+    let layers: Vec<Option<usize>> = file
+        .tensors()
+        .iter()
+        .map(|t| block_index(&t.name))
+        .collect();
+    let types = mix::choose_types(level, &shape, &mix_in).map_err(|e| {
+        PipelineError::general(e.to_string(), "Report this as a bug, with the model")
+    })?;
 
     let mut metadata: Vec<(String, GgufValue)> = file
         .metadata()
         .iter()
-        .filter(|(k, _)| k.as_str() != "general.file_type" && k.as_str() != "general.quantization_version")
+        .filter(|(k, _)| {
+            k.as_str() != "general.file_type" && k.as_str() != "general.quantization_version"
+        })
         .cloned()
         .collect();
-    metadata.push(("general.file_type".into(), GgufValue::U32(level.file_type())));
+    metadata.push((
+        "general.file_type".into(),
+        GgufValue::U32(level.file_type()),
+    ));
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
 
     let jobs: Vec<TensorJob> = file
         .tensors()
         .iter()
         .zip(&types)
-        .map(|(t, ty)| TensorJob { name: t.name.clone(), shape_ne: t.shape_ne.clone(), ty: *ty, unit: 0 })
+        .map(|(t, ty)| TensorJob {
+            name: t.name.clone(),
+            shape_ne: t.shape_ne.clone(),
+            ty: *ty,
+            unit: 0,
+        })
         .collect();
     let (jobs, units) = units_by_layer(jobs, &layers, n_layer);
     let plan = GgufPlan {
         metadata,
         tensors: jobs
             .iter()
-            .map(|j| PlannedTensor { name: j.name.clone(), shape_ne: j.shape_ne.clone(), ggml_type: j.ty })
+            .map(|j| PlannedTensor {
+                name: j.name.clone(),
+                shape_ne: j.shape_ne.clone(),
+                ggml_type: j.ty,
+            })
             .collect(),
         alignment: file.alignment(),
     };
@@ -156,13 +201,33 @@ pub fn plan(path: &Path, name: &str, level: Mix) -> Result<Planned> {
         heads: n_head,
         vocab: vocab_size(&file, &arch),
         original_dtype: dominant,
-        original_size: file.tensors().iter().map(|t| file.tensor_bytes(t).len() as u64).sum(),
+        original_size: file
+            .tensors()
+            .iter()
+            .map(|t| file.tensor_bytes(t).len() as u64)
+            .sum(),
         parameter_count: params,
     };
     let meta = std::fs::metadata(path).map_err(|e| PipelineError::io("cannot read", path, &e))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
-    let identity = format!("{} {} {:?}", path.canonicalize().unwrap_or(path.to_path_buf()).display(), meta.len(), mtime);
-    Ok(Planned { plan, jobs, units, source: Box::new(GgufTensors { file }), summary, identity })
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos());
+    let identity = format!(
+        "{} {} {:?}",
+        path.canonicalize().unwrap_or(path.to_path_buf()).display(),
+        meta.len(),
+        mtime
+    );
+    Ok(Planned {
+        plan,
+        jobs,
+        units,
+        source: Box::new(GgufTensors { file }),
+        summary,
+        identity,
+    })
 }
 
 /// The vocabulary size of a GGUF model.
@@ -180,7 +245,11 @@ pub fn vocab_size(f: &GgufFile, arch: &str) -> usize {
 pub fn dominant_type(f: &GgufFile) -> String {
     let mut by: std::collections::BTreeMap<String, u64> = Default::default();
     for t in f.tensors() {
-        *by.entry(t.ggml_type.name().to_string()).or_default() += t.shape_ne.iter().product::<u64>();
+        *by.entry(t.ggml_type.name().to_string()).or_default() +=
+            t.shape_ne.iter().product::<u64>();
     }
-    by.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t).unwrap_or_default()
+    by.into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(t, _)| t)
+        .unwrap_or_default()
 }

@@ -4,14 +4,16 @@
 //! each tensor's sources from the memory-mapped safetensors only when a worker asks.
 
 use crate::error::{PipelineError, Result};
+use crate::gguf_source::{meta_to_gguf, units_by_layer};
 use crate::quantize::Planned;
 use crate::run::{TensorJob, TensorSource, WorkUnit};
 use crate::source::{self, safetensors_error};
-use crate::gguf_source::{meta_to_gguf, units_by_layer};
-use llmq_arch::gguf_names::{apply_transform, gguf_plan, GgufTensorSpec};
-use llmq_arch::mix::{self, Mix, MixModel, MixTensor};
+use llmq_arch::gguf_export::{gguf_export, ExportError};
+use llmq_arch::gguf_names::{apply_transform, GgufTensorSpec};
+use llmq_arch::mix::Mix;
 use llmq_formats::gguf::{GgufPlan, PlannedTensor};
 use llmq_formats::safetensors::SafetensorsModel;
+use llmq_formats::GgmlType;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -26,7 +28,12 @@ impl TensorSource for HfTensors {
         let spec = &self.specs[&job.name];
         match spec.sources.as_slice() {
             [one] => format!("{} (from {one})", job.name),
-            many => format!("{} (from {} and {} more)", job.name, many[0], many.len() - 1),
+            many => format!(
+                "{} (from {} and {} more)",
+                job.name,
+                many[0],
+                many.len() - 1
+            ),
         }
     }
 
@@ -36,8 +43,12 @@ impl TensorSource for HfTensors {
         for s in &spec.sources {
             sources.push(self.st.f32(s).map_err(safetensors_error)?);
         }
-        apply_transform(spec, &sources)
-            .map_err(|e| PipelineError::validation(e.to_string(), "The checkpoint does not match its config.json"))
+        apply_transform(spec, &sources).map_err(|e| {
+            PipelineError::validation(
+                e.to_string(),
+                "The checkpoint does not match its config.json",
+            )
+        })
     }
 }
 
@@ -50,32 +61,24 @@ pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
         if let llmq_formats::safetensors::StDtype::Other(d) = t.dtype {
             // Some checkpoints carry integer buffers we never read; only weights matter.
             if !t.name.ends_with("_scale_inv") {
-                return Err(safetensors_error(llmq_formats::safetensors::SafetensorsError::UnsupportedDtype {
-                    name: t.name.clone(),
-                    dtype: d.to_string(),
-                }));
+                return Err(safetensors_error(
+                    llmq_formats::safetensors::SafetensorsError::UnsupportedDtype {
+                        name: t.name.clone(),
+                        dtype: d.to_string(),
+                    },
+                ));
             }
         }
     }
-    let hf: Vec<(String, Vec<usize>)> = st.tensors().map(|t| (t.name.clone(), t.shape.clone())).collect();
-    let tplan = gguf_plan(&cfg, &hf).map_err(|e| {
-        PipelineError::validation(e.to_string(), "The checkpoint's tensors do not match its config.json")
-    })?;
+    let hf: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let export = gguf_export(dir, &cfg, &hf, level, name).map_err(export_error)?;
+    let metadata = meta_to_gguf(&export.metadata);
+    let (specs, types): (Vec<GgufTensorSpec>, Vec<GgmlType>) = export.tensors.into_iter().unzip();
 
-    let mix_in: Vec<MixTensor> =
-        tplan.tensors.iter().map(|s| MixTensor { name: s.gguf_name.clone(), shape_ne: s.shape_ne.clone() }).collect();
-    let types = mix::choose_types(level, &MixModel::from_config(&cfg), &mix_in)
-        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug, with the model"))?;
-
-    let (mut meta, _deviations) = llmq_arch::gguf_meta::arch_metadata(&cfg, name, level.file_type())
-        .map_err(|e| PipelineError::unsupported(e.to_string(), "This configuration cannot be expressed in GGUF"))?;
-    meta.extend(llmq_arch::gguf_tokenizer::tokenizer_metadata(dir, cfg.family, cfg.vocab_size).map_err(|e| {
-        PipelineError::validation(format!("tokenizer: {e}"), "The folder needs a valid tokenizer.json")
-    })?);
-    let metadata = meta_to_gguf(&meta);
-
-    let jobs: Vec<TensorJob> = tplan
-        .tensors
+    let jobs: Vec<TensorJob> = specs
         .iter()
         .zip(&types)
         .map(|(s, ty)| TensorJob {
@@ -85,19 +88,54 @@ pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
             unit: 0,
         })
         .collect();
-    let layers: Vec<Option<usize>> = tplan.tensors.iter().map(|s| s.layer).collect();
-    let (jobs, units): (Vec<TensorJob>, Vec<WorkUnit>) = units_by_layer(jobs, &layers, cfg.num_layers);
+    let layers: Vec<Option<usize>> = specs.iter().map(|s| s.layer).collect();
+    let (jobs, units): (Vec<TensorJob>, Vec<WorkUnit>) =
+        units_by_layer(jobs, &layers, cfg.num_layers);
     let plan = GgufPlan {
         metadata,
         tensors: jobs
             .iter()
-            .map(|j| PlannedTensor { name: j.name.clone(), shape_ne: j.shape_ne.clone(), ggml_type: j.ty })
+            .map(|j| PlannedTensor {
+                name: j.name.clone(),
+                shape_ne: j.shape_ne.clone(),
+                ggml_type: j.ty,
+            })
             .collect(),
         alignment: 32,
     };
     let identity = files_identity(dir);
-    let specs = tplan.tensors.into_iter().map(|s| (s.gguf_name.clone(), s)).collect();
-    Ok(Planned { plan, jobs, units, source: Box::new(HfTensors { st, specs }), summary, identity })
+    let specs = specs
+        .into_iter()
+        .map(|s| (s.gguf_name.clone(), s))
+        .collect();
+    Ok(Planned {
+        plan,
+        jobs,
+        units,
+        source: Box::new(HfTensors { st, specs }),
+        summary,
+        identity,
+    })
+}
+
+fn export_error(e: ExportError) -> PipelineError {
+    match e {
+        ExportError::Tokenizer(t) => PipelineError::validation(
+            format!("tokenizer: {t}"),
+            "The folder needs a valid tokenizer.json",
+        ),
+        ExportError::Meta(m) => PipelineError::unsupported(
+            m.to_string(),
+            "This configuration cannot be expressed in GGUF",
+        ),
+        ExportError::Plan(p) => PipelineError::validation(
+            p.to_string(),
+            "The checkpoint's tensors do not match its config.json",
+        ),
+        ExportError::Mix(m) => {
+            PipelineError::general(m.to_string(), "Report this as a bug, with the model")
+        }
+    }
 }
 
 /// Paths, sizes and modification times of the folder's files: what a checkpoint is for.
@@ -106,11 +144,24 @@ pub fn files_identity(dir: &Path) -> String {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if let Ok(m) = e.metadata() {
-                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos());
-                lines.push(format!("{} {} {:?}", e.file_name().to_string_lossy(), m.len(), mtime));
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos());
+                lines.push(format!(
+                    "{} {} {:?}",
+                    e.file_name().to_string_lossy(),
+                    m.len(),
+                    mtime
+                ));
             }
         }
     }
     lines.sort();
-    format!("{}\n{}", dir.canonicalize().unwrap_or(dir.to_path_buf()).display(), lines.join("\n"))
+    format!(
+        "{}\n{}",
+        dir.canonicalize().unwrap_or(dir.to_path_buf()).display(),
+        lines.join("\n")
+    )
 }

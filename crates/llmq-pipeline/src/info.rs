@@ -53,12 +53,19 @@ impl ModelInfo {
             let o = v.as_object_mut().unwrap();
             o.insert("format".into(), json!(q.format));
             o.insert("file_type".into(), json!(q.file_type));
-            o.insert("bits_per_weight".into(), json!((q.bits_per_weight * 1000.0).round() / 1000.0));
+            o.insert(
+                "bits_per_weight".into(),
+                json!((q.bits_per_weight * 1000.0).round() / 1000.0),
+            );
             o.insert("file_size".into(), json!(q.file_size));
             o.insert("tensor_types".into(), json!(q.type_counts));
             o.insert(
                 "tensors".into(),
-                json!(q.tensors.iter().map(|(n, t, s)| json!({"name": n, "type": t, "shape": s})).collect::<Vec<_>>()),
+                json!(q
+                    .tensors
+                    .iter()
+                    .map(|(n, t, s)| json!({"name": n, "type": t, "shape": s}))
+                    .collect::<Vec<_>>()),
             );
         }
         v
@@ -87,12 +94,31 @@ pub fn model_info(model: &str, token: Option<String>) -> Result<ModelInfo> {
         }
         ResolvedModel::GgufFile(path) => {
             let f = GgufFile::open(&path).map_err(|e| {
-                PipelineError::validation(format!("{} is not a readable GGUF file: {e}", path.display()), "Re-create the file")
+                PipelineError::validation(
+                    format!("{} is not a readable GGUF file: {e}", path.display()),
+                    "Re-create the file",
+                )
             })?;
-            let arch = f.get("general.architecture").and_then(GgufValue::as_str).unwrap_or("unknown").to_string();
-            let u = |k: &str| f.get(&format!("{arch}.{k}")).and_then(GgufValue::as_u32).unwrap_or(0) as usize;
-            let params: u64 = f.tensors().iter().map(|t| t.shape_ne.iter().product::<u64>()).sum();
-            let data: u64 = f.tensors().iter().map(|t| f.tensor_bytes(t).len() as u64).sum();
+            let arch = f
+                .get("general.architecture")
+                .and_then(GgufValue::as_str)
+                .unwrap_or("unknown")
+                .to_string();
+            let u = |k: &str| {
+                f.get(&format!("{arch}.{k}"))
+                    .and_then(GgufValue::as_u32)
+                    .unwrap_or(0) as usize
+            };
+            let params: u64 = f
+                .tensors()
+                .iter()
+                .map(|t| t.shape_ne.iter().product::<u64>())
+                .sum();
+            let data: u64 = f
+                .tensors()
+                .iter()
+                .map(|t| f.tensor_bytes(t).len() as u64)
+                .sum();
             let mut counts = BTreeMap::new();
             for t in f.tensors() {
                 *counts.entry(t.ggml_type.name().to_string()).or_insert(0) += 1;
@@ -105,7 +131,11 @@ pub fn model_info(model: &str, token: Option<String>) -> Result<ModelInfo> {
                 .unwrap_or_else(|| dominant_type(&f));
             let experts = u("expert_count");
             Ok(ModelInfo {
-                model_name: f.get("general.name").and_then(GgufValue::as_str).unwrap_or(&name).to_string(),
+                model_name: f
+                    .get("general.name")
+                    .and_then(GgufValue::as_str)
+                    .unwrap_or(&name)
+                    .to_string(),
                 architecture: arch.clone(),
                 parameter_count: params,
                 hidden_size: u("embedding_length"),
@@ -117,13 +147,23 @@ pub fn model_info(model: &str, token: Option<String>) -> Result<ModelInfo> {
                 quantization: Some(QuantizedInfo {
                     format: "gguf".into(),
                     file_type,
-                    bits_per_weight: if params > 0 { data as f64 * 8.0 / params as f64 } else { 0.0 },
+                    bits_per_weight: if params > 0 {
+                        data as f64 * 8.0 / params as f64
+                    } else {
+                        0.0
+                    },
                     file_size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                     type_counts: counts,
                     tensors: f
                         .tensors()
                         .iter()
-                        .map(|t| (t.name.clone(), t.ggml_type.name().to_string(), t.shape_ne.iter().rev().copied().collect()))
+                        .map(|t| {
+                            (
+                                t.name.clone(),
+                                t.ggml_type.name().to_string(),
+                                t.shape_ne.iter().rev().copied().collect(),
+                            )
+                        })
                         .collect(),
                 }),
             })

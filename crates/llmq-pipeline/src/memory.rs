@@ -17,7 +17,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 fn meminfo_field(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -42,7 +47,11 @@ pub fn plan_workers(
     }
     let by_ram = (usable / per_layer_bytes.max(1)) as usize;
     let cap = max_workers.unwrap_or(cpus).max(1);
-    Some(WorkerPlan { workers: by_ram.clamp(1, cap), budget_bytes, per_layer_bytes })
+    Some(WorkerPlan {
+        workers: by_ram.clamp(1, cap),
+        budget_bytes,
+        per_layer_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -58,6 +67,9 @@ mod tests {
         assert_eq!(plan_workers(gb, gb, 64, None), None);
         assert!(peak_rss_bytes().unwrap() > 0);
         assert!(available_bytes().unwrap() > 0);
-        assert_eq!(meminfo_field("MemAvailable:   1024 kB\n", "MemAvailable:"), Some(1 << 20));
+        assert_eq!(
+            meminfo_field("MemAvailable:   1024 kB\n", "MemAvailable:"),
+            Some(1 << 20)
+        );
     }
 }

@@ -39,8 +39,17 @@ pub struct QuantizeOutcome {
 impl QuantizeOutcome {
     /// The `n` tensors with the largest relative RMSE.
     pub fn worst_tensors(&self, n: usize) -> Vec<&TensorStat> {
-        let mut v: Vec<&TensorStat> = self.report.tensors.iter().filter(|t| t.rel_rmse.is_some()).collect();
-        v.sort_by(|a, b| b.rel_rmse.partial_cmp(&a.rel_rmse).unwrap_or(std::cmp::Ordering::Equal));
+        let mut v: Vec<&TensorStat> = self
+            .report
+            .tensors
+            .iter()
+            .filter(|t| t.rel_rmse.is_some())
+            .collect();
+        v.sort_by(|a, b| {
+            b.rel_rmse
+                .partial_cmp(&a.rel_rmse)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         v.truncate(n);
         v
     }
@@ -82,7 +91,10 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
     let mix = Mix::from_name(&req.level).ok_or_else(|| {
         PipelineError::invalid(
             format!("unknown GGUF quantization level `{}`", req.level),
-            format!("Use one of: {}", Mix::all().map(|m| m.name()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "Use one of: {}",
+                Mix::all().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            ),
         )
     })?;
     progress.message(&format!("Loading model: {}", req.model));
@@ -93,39 +105,62 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         ResolvedModel::GgufFile(file) => gguf_source::plan(file, &name, mix)?,
     };
     let s = &planned.summary;
-    progress.message(&format!("Architecture: {} ({} layers)", s.architecture, s.layers));
+    progress.message(&format!(
+        "Architecture: {} ({} layers)",
+        s.architecture, s.layers
+    ));
     progress.message(&format!("Quantizing to GGUF {}", mix.name()));
 
     let out_dir = &req.output_dir;
     if out_dir.exists() && !out_dir.is_dir() {
         return Err(PipelineError::invalid(
-            format!("output directory {} exists and is not a directory", out_dir.display()),
+            format!(
+                "output directory {} exists and is not a directory",
+                out_dir.display()
+            ),
             "Choose another --output-dir",
         ));
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| PipelineError::io("cannot create output directory", out_dir, &e))?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| PipelineError::io("cannot create output directory", out_dir, &e))?;
     let file_name = match &req.output_name {
         Some(n) if n.contains('/') || n.is_empty() => {
-            return Err(PipelineError::invalid(format!("--output-name `{n}` must be a plain file name"), "e.g. -n model-Q4_K_M.gguf"))
+            return Err(PipelineError::invalid(
+                format!("--output-name `{n}` must be a plain file name"),
+                "e.g. -n model-Q4_K_M.gguf",
+            ))
         }
         Some(n) => n.clone(),
         None => format!("{name}-{}.gguf", mix.name()),
     };
     let output = out_dir.join(file_name);
-    let need = planned.plan.layout().map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?.total_size();
+    let need = planned
+        .plan
+        .layout()
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?
+        .total_size();
     if let Some(free) = free_bytes(out_dir) {
         let resuming = req.checkpoint.as_ref().is_some_and(|c| c.resume);
         if free < need && !resuming {
             return Err(PipelineError::general(
-                format!("not enough disk space in {}: need {need} bytes, {free} free", out_dir.display()),
+                format!(
+                    "not enough disk space in {}: need {need} bytes, {free} free",
+                    out_dir.display()
+                ),
                 "Free disk space or choose another --output-dir",
             ));
         }
     }
 
     let fingerprint = crate::checkpoint::sha256_hex(
-        format!("llm-quantize {}\n{}\nlevel={}\n{}", env!("CARGO_PKG_VERSION"), planned.identity, mix.name(), format!("{:?}", planned.plan))
-            .as_bytes(),
+        format!(
+            "llm-quantize {}\n{}\nlevel={}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            planned.identity,
+            mix.name(),
+            format!("{:?}", planned.plan)
+        )
+        .as_bytes(),
     );
     let opts = RunOptions {
         output: output.clone(),
@@ -136,8 +171,19 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         fingerprint,
         stop_after_units: req.stop_after_units,
     };
-    let report = run::run(&planned.plan, &planned.jobs, &planned.units, planned.source.as_ref(), &opts, progress)?;
-    progress.message(&format!("Complete: {} ({:.1} MB)", output.display(), report.file_size as f64 / 1e6));
+    let report = run::run(
+        &planned.plan,
+        &planned.jobs,
+        &planned.units,
+        planned.source.as_ref(),
+        &opts,
+        progress,
+    )?;
+    progress.message(&format!(
+        "Complete: {} ({:.1} MB)",
+        output.display(),
+        report.file_size as f64 / 1e6
+    ));
     let output_params = planned.jobs.iter().map(|j| j.numel() as u64).sum();
     Ok(QuantizeOutcome {
         report,

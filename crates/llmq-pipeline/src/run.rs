@@ -153,7 +153,10 @@ pub fn run(
 ) -> Result<RunReport> {
     let out = &opts.output;
     let io_err = |what: &str, e: &dyn std::fmt::Display| {
-        PipelineError::general(format!("{what} {}: {e}", out.display()), "Check the output directory")
+        PipelineError::general(
+            format!("{what} {}: {e}", out.display()),
+            "Check the output directory",
+        )
     };
 
     // Checkpoint state and the writer (fresh, or reopened for --resume).
@@ -186,7 +189,11 @@ pub fn run(
             if u >= units.len() {
                 continue;
             }
-            let names: Vec<String> = units[u].jobs.iter().map(|&j| jobs[j].name.clone()).collect();
+            let names: Vec<String> = units[u]
+                .jobs
+                .iter()
+                .map(|&j| jobs[j].name.clone())
+                .collect();
             let intact = units[u].jobs.iter().all(|&j| {
                 let rec = cp.state.tensors.get(&jobs[j].name);
                 let bytes = writer.read_tensor(&jobs[j].name).ok();
@@ -195,7 +202,9 @@ pub fn run(
             if intact {
                 done[u] = true;
                 for &j in &units[u].jobs {
-                    writer.mark_written(&jobs[j].name).map_err(|e| io_err("cannot resume", &e))?;
+                    writer
+                        .mark_written(&jobs[j].name)
+                        .map_err(|e| io_err("cannot resume", &e))?;
                     let r = &cp.state.tensors[&jobs[j].name];
                     stats[j] = Some(TensorStat {
                         name: jobs[j].name.clone(),
@@ -217,24 +226,33 @@ pub fn run(
     // worker: f32 source + f32 dequantized copy + quantized bytes).
     let per_unit_peak = units
         .iter()
-        .map(|u| u.jobs.iter().map(|&j| job_peak_bytes(&jobs[j])).max().unwrap_or(0))
+        .map(|u| {
+            u.jobs
+                .iter()
+                .map(|&j| job_peak_bytes(&jobs[j]))
+                .max()
+                .unwrap_or(0)
+        })
         .max()
         .unwrap_or(0);
     let budget = opts
         .ram_budget_bytes
         .or_else(memory::available_bytes)
         .unwrap_or(8 << 30);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let wp = memory::plan_workers(per_unit_peak, budget, cpus, opts.max_workers).ok_or_else(|| {
-        PipelineError::oom(
-            format!(
-                "one layer needs about {:.2} GB but the RAM budget allows {:.2} GB",
-                per_unit_peak as f64 / 1e9,
-                budget as f64 * 0.8 / 1e9
-            ),
-            "Raise --ram-budget-gb or free memory",
-        )
-    })?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let wp =
+        memory::plan_workers(per_unit_peak, budget, cpus, opts.max_workers).ok_or_else(|| {
+            PipelineError::oom(
+                format!(
+                    "one layer needs about {:.2} GB but the RAM budget allows {:.2} GB",
+                    per_unit_peak as f64 / 1e9,
+                    budget as f64 * 0.8 / 1e9
+                ),
+                "Raise --ram-budget-gb or free memory",
+            )
+        })?;
 
     progress.start(units.len(), units_resumed);
     let next = AtomicUsize::new(0);
@@ -302,13 +320,22 @@ pub fn run(
         if checkpoint.is_none() {
             let _ = std::fs::remove_file(temp_path(out));
         }
-        return Err(PipelineError::cancelled("cancelled by the user; no complete output was written", hint));
+        return Err(PipelineError::cancelled(
+            "cancelled by the user; no complete output was written",
+            hint,
+        ));
     }
     if opts.stop_after_units.is_some() && stats.iter().any(Option::is_none) {
         // Simulated crash for tests: leave the .tmp and checkpoint as a kill would.
-        return Err(PipelineError::cancelled("stopped early (test hook)", "resume"));
+        return Err(PipelineError::cancelled(
+            "stopped early (test hook)",
+            "resume",
+        ));
     }
-    let stats: Vec<TensorStat> = stats.into_iter().map(|s| s.expect("every job ran")).collect();
+    let stats: Vec<TensorStat> = stats
+        .into_iter()
+        .map(|s| s.expect("every job ran"))
+        .collect();
 
     // Re-read the complete file and check it against the plan before naming it.
     if opts.validate {
@@ -334,7 +361,10 @@ pub fn run(
 /// Testing hook: `LLM_QUANTIZE_TEST_UNIT_DELAY_MS` slows each unit down so that a
 /// test can kill the process partway through.
 fn test_delay() {
-    if let Some(ms) = std::env::var("LLM_QUANTIZE_TEST_UNIT_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var("LLM_QUANTIZE_TEST_UNIT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
@@ -343,12 +373,17 @@ fn writer_error(out: &Path, e: llmq_formats::gguf::GgufError) -> PipelineError {
     if let llmq_formats::gguf::GgufError::Io { source, .. } = &e {
         return PipelineError::io("cannot write", out, source);
     }
-    PipelineError::general(format!("cannot write {}: {e}", out.display()), "Check the output directory")
+    PipelineError::general(
+        format!("cannot write {}: {e}", out.display()),
+        "Check the output directory",
+    )
 }
 
 fn job_peak_bytes(j: &TensorJob) -> u64 {
     let n = j.numel() as u64;
-    n * 4 * 2 + j.ty.row_bytes(j.row_len()).unwrap_or(j.row_len() * 4) as u64 * (n / j.row_len().max(1) as u64)
+    n * 4 * 2
+        + j.ty.row_bytes(j.row_len()).unwrap_or(j.row_len() * 4) as u64
+            * (n / j.row_len().max(1) as u64)
 }
 
 type UnitRecords = Vec<(usize, TensorStat, TensorRecord)>;
@@ -364,18 +399,36 @@ fn process_unit(
     for &j in &unit.jobs {
         let job = &jobs[j];
         if let Some(bytes) = source.passthrough(job) {
-            writer.write_tensor(&job.name, &bytes).map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
+            writer
+                .write_tensor(&job.name, &bytes)
+                .map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
             let sha256 = sha256_hex(&bytes);
             let rmse = validate.then_some(0.0);
-            let rec = TensorRecord { sha256: sha256.clone(), rmse, rel_rmse: rmse };
-            let stat = TensorStat { name: job.name.clone(), ty: job.ty, numel: job.numel(), rmse, rel_rmse: rmse, sha256 };
+            let rec = TensorRecord {
+                sha256: sha256.clone(),
+                rmse,
+                rel_rmse: rmse,
+            };
+            let stat = TensorStat {
+                name: job.name.clone(),
+                ty: job.ty,
+                numel: job.numel(),
+                rmse,
+                rel_rmse: rmse,
+                sha256,
+            };
             out.push((j, stat, rec));
             continue;
         }
         let values = source.load_f32(job)?;
         if values.len() != job.numel() {
             return Err(PipelineError::general(
-                format!("tensor {} has {} values, expected {}", job.name, values.len(), job.numel()),
+                format!(
+                    "tensor {} has {} values, expected {}",
+                    job.name,
+                    values.len(),
+                    job.numel()
+                ),
                 "The source is inconsistent with its config; re-download it",
             ));
         }
@@ -391,9 +444,19 @@ fn process_unit(
         }
         let imatrix = source.importance(job);
         let bytes = quantize_rows(job, &values, imatrix.as_deref())?;
-        let (rmse, rel) = if validate { tensor_error(job, &values, &bytes)? } else { (None, None) };
-        writer.write_tensor(&job.name, &bytes).map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
-        let rec = TensorRecord { sha256: sha256_hex(&bytes), rmse, rel_rmse: rel };
+        let (rmse, rel) = if validate {
+            tensor_error(job, &values, &bytes)?
+        } else {
+            (None, None)
+        };
+        writer
+            .write_tensor(&job.name, &bytes)
+            .map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
+        let rec = TensorRecord {
+            sha256: sha256_hex(&bytes),
+            rmse,
+            rel_rmse: rel,
+        };
         let stat = TensorStat {
             name: job.name.clone(),
             ty: job.ty,
@@ -412,7 +475,10 @@ pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -
     let n = job.row_len();
     let row_bytes = job.ty.row_bytes(n).ok_or_else(|| {
         PipelineError::unsupported(
-            format!("{}: rows of {n} are not a multiple of {}'s block", job.name, job.ty),
+            format!(
+                "{}: rows of {n} are not a multiple of {}'s block",
+                job.name, job.ty
+            ),
             "Choose another level",
         )
     })?;
@@ -424,15 +490,22 @@ pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -
         .par_chunks_mut(rows_per_chunk * row_bytes)
         .zip(values.par_chunks(rows_per_chunk * n))
         .try_for_each(|(dst, src)| llmq_quant::quantize(job.ty, src, n, imatrix, dst))
-        .map_err(|e| PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug"))?;
+        .map_err(|e| {
+            PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
+        })?;
     Ok(bytes)
 }
 
 /// RMSE and RMSE relative to the tensor's RMS, from dequantizing what was written.
-fn tensor_error(job: &TensorJob, values: &[f32], bytes: &[u8]) -> Result<(Option<f64>, Option<f64>)> {
+fn tensor_error(
+    job: &TensorJob,
+    values: &[f32],
+    bytes: &[u8],
+) -> Result<(Option<f64>, Option<f64>)> {
     let mut deq = vec![0f32; values.len()];
-    llmq_quant::dequantize(job.ty, bytes, &mut deq)
-        .map_err(|e| PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug"))?;
+    llmq_quant::dequantize(job.ty, bytes, &mut deq).map_err(|e| {
+        PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
+    })?;
     let (se, ss) = values
         .par_iter()
         .zip(deq.par_iter())
@@ -454,21 +527,41 @@ fn tensor_error(job: &TensorJob, values: &[f32], bytes: &[u8]) -> Result<(Option
 }
 
 /// Re-open the written file and check names, types, shapes and bytes against the plan.
-fn verify_written(path: &Path, plan: &GgufPlan, jobs: &[TensorJob], stats: &[TensorStat]) -> Result<()> {
+fn verify_written(
+    path: &Path,
+    plan: &GgufPlan,
+    jobs: &[TensorJob],
+    stats: &[TensorStat],
+) -> Result<()> {
     let bad = |m: String| {
-        PipelineError::validation(m, "The output failed its check and was not kept under its final name; run again")
+        PipelineError::validation(
+            m,
+            "The output failed its check and was not kept under its final name; run again",
+        )
     };
     let f = GgufFile::open(path).map_err(|e| bad(format!("written file does not parse: {e}")))?;
     if f.tensors().len() != plan.tensors.len() {
-        return Err(bad(format!("written file has {} tensors, plan has {}", f.tensors().len(), plan.tensors.len())));
+        return Err(bad(format!(
+            "written file has {} tensors, plan has {}",
+            f.tensors().len(),
+            plan.tensors.len()
+        )));
     }
     for (job, stat) in jobs.iter().zip(stats) {
-        let t = f.tensor(&job.name).ok_or_else(|| bad(format!("tensor {} missing from output", job.name)))?;
+        let t = f
+            .tensor(&job.name)
+            .ok_or_else(|| bad(format!("tensor {} missing from output", job.name)))?;
         if t.ggml_type != job.ty || t.shape_ne != job.shape_ne {
-            return Err(bad(format!("tensor {} has the wrong type or shape in the output", job.name)));
+            return Err(bad(format!(
+                "tensor {} has the wrong type or shape in the output",
+                job.name
+            )));
         }
         if stat.sha256 != sha256_hex(f.tensor_bytes(t)) {
-            return Err(bad(format!("tensor {} bytes differ from what was written", job.name)));
+            return Err(bad(format!(
+                "tensor {} bytes differ from what was written",
+                job.name
+            )));
         }
     }
     Ok(())

@@ -42,7 +42,11 @@ fn is_gguf_file(p: &Path) -> bool {
 }
 
 /// Resolve the MODEL argument: an existing path wins; otherwise a Hub id.
-pub fn resolve(model: &str, token: Option<String>, progress: &dyn crate::Progress) -> Result<ResolvedModel> {
+pub fn resolve(
+    model: &str,
+    token: Option<String>,
+    progress: &dyn crate::Progress,
+) -> Result<ResolvedModel> {
     let p = Path::new(model);
     if p.exists() {
         if p.is_file() {
@@ -85,12 +89,16 @@ fn hub_error(e: crate::hub::HubError) -> PipelineError {
     use crate::hub::HubError as H;
     let msg = e.to_string();
     match e {
-        H::NotFound { .. } => PipelineError::not_found(msg, "Check the model name or provide a local path"),
+        H::NotFound { .. } => {
+            PipelineError::not_found(msg, "Check the model name or provide a local path")
+        }
         H::AuthRequired { .. } => PipelineError::auth(
             msg,
             "Accept the model's license on the Hub, then set HF_TOKEN or pass --token",
         ),
-        H::NoWeights { .. } => PipelineError::not_found(msg, "The repository has no safetensors weights"),
+        H::NoWeights { .. } => {
+            PipelineError::not_found(msg, "The repository has no safetensors weights")
+        }
         _ => PipelineError::general(msg, "Check your network or HF_ENDPOINT, then retry"),
     }
 }
@@ -114,10 +122,14 @@ pub fn safetensors_error(e: SafetensorsError) -> PipelineError {
             e.to_string(),
             "The folder needs model.safetensors or model.safetensors.index.json with its shards",
         ),
-        SafetensorsError::UnsupportedDtype { .. } => {
-            PipelineError::unsupported(e.to_string(), "Convert the checkpoint to bf16/f16/f32 safetensors first")
-        }
-        _ => PipelineError::validation(e.to_string(), "The checkpoint is damaged or incomplete: re-download it"),
+        SafetensorsError::UnsupportedDtype { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "Convert the checkpoint to bf16/f16/f32 safetensors first",
+        ),
+        _ => PipelineError::validation(
+            e.to_string(),
+            "The checkpoint is damaged or incomplete: re-download it",
+        ),
     }
 }
 
@@ -126,7 +138,10 @@ pub fn display_name(model_arg: &str) -> String {
     let trimmed = model_arg.trim_end_matches('/');
     let p = Path::new(trimmed);
     if p.exists() {
-        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         if stem.is_empty() || stem == "." {
             return std::env::current_dir()
                 .ok()

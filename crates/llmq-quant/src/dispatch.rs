@@ -8,7 +8,11 @@ pub enum QuantError {
     #[error("{0} has no quantizer here")]
     Unsupported(GgmlType),
     #[error("row of {n} elements is not a multiple of {ty}'s block of {block}")]
-    RowNotMultiple { ty: GgmlType, n: usize, block: usize },
+    RowNotMultiple {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
     #[error("buffer size mismatch: {what}")]
     Size { what: String },
 }
@@ -40,16 +44,31 @@ fn row_fns(ty: GgmlType, reference: bool) -> Result<(RowQuant, RowDequant), Quan
     macro_rules! pick {
         ($m:ident) => {
             if reference {
-                (crate::$m::quantize_row_ref as RowQuant, crate::$m::dequantize_row_ref as RowDequant)
+                (
+                    crate::$m::quantize_row_ref as RowQuant,
+                    crate::$m::dequantize_row_ref as RowDequant,
+                )
             } else {
-                (crate::$m::quantize_row as RowQuant, crate::$m::dequantize_row as RowDequant)
+                (
+                    crate::$m::quantize_row as RowQuant,
+                    crate::$m::dequantize_row as RowDequant,
+                )
             }
         };
     }
     Ok(match ty {
-        F32 => (crate::float::quantize_row_f32 as RowQuant, crate::float::dequantize_row_f32 as RowDequant),
-        F16 => (crate::float::quantize_row_f16, crate::float::dequantize_row_f16),
-        BF16 => (crate::float::quantize_row_bf16, crate::float::dequantize_row_bf16),
+        F32 => (
+            crate::float::quantize_row_f32 as RowQuant,
+            crate::float::dequantize_row_f32 as RowDequant,
+        ),
+        F16 => (
+            crate::float::quantize_row_f16,
+            crate::float::dequantize_row_f16,
+        ),
+        BF16 => (
+            crate::float::quantize_row_bf16,
+            crate::float::dequantize_row_bf16,
+        ),
         Q8_0 => pick!(q8_0),
         Q4_0 => pick!(q4_0),
         Q4_1 => pick!(q4_1),
@@ -66,9 +85,16 @@ fn row_fns(ty: GgmlType, reference: bool) -> Result<(RowQuant, RowDequant), Quan
     })
 }
 
-fn check(ty: GgmlType, n_elems: usize, n_per_row: usize, n_bytes: usize) -> Result<usize, QuantError> {
+fn check(
+    ty: GgmlType,
+    n_elems: usize,
+    n_per_row: usize,
+    n_bytes: usize,
+) -> Result<usize, QuantError> {
     if n_per_row == 0 || n_elems % n_per_row != 0 {
-        return Err(QuantError::Size { what: format!("{n_elems} elements is not a whole number of rows of {n_per_row}") });
+        return Err(QuantError::Size {
+            what: format!("{n_elems} elements is not a whole number of rows of {n_per_row}"),
+        });
     }
     let row_bytes = ty.row_bytes(n_per_row).ok_or(QuantError::RowNotMultiple {
         ty,
@@ -77,7 +103,12 @@ fn check(ty: GgmlType, n_elems: usize, n_per_row: usize, n_bytes: usize) -> Resu
     })?;
     let rows = n_elems / n_per_row;
     if n_bytes != rows * row_bytes {
-        return Err(QuantError::Size { what: format!("{ty}: {rows} rows need {} bytes, buffer has {n_bytes}", rows * row_bytes) });
+        return Err(QuantError::Size {
+            what: format!(
+                "{ty}: {rows} rows need {} bytes, buffer has {n_bytes}",
+                rows * row_bytes
+            ),
+        });
     }
     Ok(row_bytes)
 }
@@ -95,11 +126,16 @@ pub fn quantize_with(
     let row_bytes = check(ty, src.len(), n_per_row, dst.len())?;
     if let Some(w) = imatrix {
         if w.len() != n_per_row {
-            return Err(QuantError::Size { what: format!("imatrix has {} weights for rows of {n_per_row}", w.len()) });
+            return Err(QuantError::Size {
+                what: format!("imatrix has {} weights for rows of {n_per_row}", w.len()),
+            });
         }
     }
     let (q, _) = row_fns(ty, reference)?;
-    for (row, out) in src.chunks_exact(n_per_row).zip(dst.chunks_exact_mut(row_bytes)) {
+    for (row, out) in src
+        .chunks_exact(n_per_row)
+        .zip(dst.chunks_exact_mut(row_bytes))
+    {
         q(row, imatrix, out);
     }
     Ok(())
@@ -117,11 +153,18 @@ pub fn quantize(
 }
 
 /// Dequantize `src` (whole blocks of `ty`) into `dst`. `reference` selects the scalar path.
-pub fn dequantize_with(ty: GgmlType, src: &[u8], dst: &mut [f32], reference: bool) -> Result<(), QuantError> {
+pub fn dequantize_with(
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [f32],
+    reference: bool,
+) -> Result<(), QuantError> {
     let bs = ty.block_size();
     let ts = ty.type_size();
     if dst.len() % bs != 0 || src.len() != dst.len() / bs * ts {
-        return Err(QuantError::Size { what: format!("{ty}: {} bytes for {} values", src.len(), dst.len()) });
+        return Err(QuantError::Size {
+            what: format!("{ty}: {} bytes for {} values", src.len(), dst.len()),
+        });
     }
     let (_, d) = row_fns(ty, reference)?;
     d(src, dst);

@@ -10,14 +10,21 @@ pub fn bin() -> PathBuf {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// `shared/` next to the repository (as CI lays it out). Panics with a clear message
 /// when absent: these tests must not pass by skipping.
 pub fn shared() -> PathBuf {
     let p = repo_root().join("../shared");
-    assert!(p.join("models").is_dir(), "shared/ not found at {}: the tests need ../shared/models", p.display());
+    assert!(
+        p.join("models").is_dir(),
+        "shared/ not found at {}: the tests need ../shared/models",
+        p.display()
+    );
     p
 }
 
@@ -27,17 +34,34 @@ pub fn shared_model(name: &str) -> PathBuf {
 
 /// The ten shared models.
 pub const MODELS: &[&str] = &[
-    "llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "mixtral", "qwen3-moe", "deepseek-v3", "glm4-moe-lite",
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma3",
+    "phi3",
+    "mixtral",
+    "qwen3-moe",
+    "deepseek-v3",
+    "glm4-moe-lite",
 ];
 
 /// llama.cpp's tool folder: $LLAMA_CPP_BIN, else the cache scripts/peer-llama-cpp.sh fills.
 pub fn llama_cpp_bin(tool: &str) -> PathBuf {
-    let dir = std::env::var_os("LLAMA_CPP_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
-    });
+    let dir = std::env::var_os("LLAMA_CPP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
+        });
     let p = dir.join(tool);
-    assert!(p.is_file(), "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)",
+        p.display()
+    );
     p
 }
 
@@ -49,7 +73,12 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -68,7 +97,10 @@ pub fn lq(cwd: &Path, args: &[&str]) -> Run {
 
 pub fn lq_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = Command::new(bin());
-    c.current_dir(cwd).args(args).env_remove("HF_TOKEN").env_remove("LLM_QUANTIZE_CHECKPOINT_DIR");
+    c.current_dir(cwd)
+        .args(args)
+        .env_remove("HF_TOKEN")
+        .env_remove("LLM_QUANTIZE_CHECKPOINT_DIR");
     for (k, v) in env {
         c.env(k, v);
     }
