@@ -2,7 +2,7 @@
 # Quantization speed and memory, ours vs llama-quantize, measured in one run from the
 # same F16 GGUF. Each tool runs in turn (never both at once) under /usr/bin/time -v;
 # the table gives wall seconds, peak RSS and the perplexity llama.cpp measures on
-# shared/data/corpus/test.txt (first 100 windows of 256 tokens) for both outputs.
+# shared/data/corpus/test.txt (first $PPL_CHUNKS windows of 256 tokens, default 20) for both outputs.
 #
 #   bash scripts/bench-quantize.sh [MODEL.gguf|HF-folder] [LEVELS...]
 #
@@ -30,7 +30,7 @@ measure() { # label, command... -> "seconds rss_bytes"
   echo "$wall $rss"
 }
 ppl() {
-  "$BIN/llama-perplexity" -m "$1" -f "$TEST" -c 256 -b 256 -t "$NT" --chunks 100 --no-warmup 2>&1 \
+  "$BIN/llama-perplexity" -m "$1" -f "$TEST" -c 256 -b 256 -t "$NT" --chunks "${PPL_CHUNKS:-20}" --no-warmup 2>&1 \
     | awk -F'PPL = ' '/Final estimate/{split($2,a," "); print a[1]}'
 }
 

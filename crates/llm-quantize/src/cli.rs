@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Quantize a model (hub id, local folder or GGUF file) to a format
-    Quantize(QuantizeArgs),
+    Quantize(Box<QuantizeArgs>),
     /// Show architecture and sizes of a model or a quantized file
     Info(InfoArgs),
 }
@@ -111,7 +111,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     let mode = cli.format;
     let verbosity = cli.verbosity;
     let result = match cli.command {
-        Command::Quantize(a) => quantize(a, mode, verbosity),
+        Command::Quantize(a) => quantize(*a, mode, verbosity),
         Command::Info(a) => info(a, mode),
     };
     match result {

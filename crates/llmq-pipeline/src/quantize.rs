@@ -154,11 +154,11 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
 
     let fingerprint = crate::checkpoint::sha256_hex(
         format!(
-            "llm-quantize {}\n{}\nlevel={}\n{}",
+            "llm-quantize {}\n{}\nlevel={}\n{:?}",
             env!("CARGO_PKG_VERSION"),
             planned.identity,
             mix.name(),
-            format!("{:?}", planned.plan)
+            planned.plan
         )
         .as_bytes(),
     );
