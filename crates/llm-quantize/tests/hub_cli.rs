@@ -81,3 +81,41 @@ fn missing_repo_is_exit_3_and_gated_repo_is_exit_4() {
         .unwrap()
         .contains("HF_TOKEN"));
 }
+
+#[path = "../../llmq-pipeline/tests/support/mock_hub.rs"]
+mod mock_hub;
+
+#[test]
+fn quantize_from_a_hub_id_with_token() {
+    let mut repo = mock_hub::MockRepo::from_dir(&shared_model("qwen3"));
+    repo.token = Some("tok-123".into());
+    let hub = mock_hub::start(
+        [("test-org/tiny-qwen3".to_string(), repo)]
+            .into_iter()
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let env = [
+        ("HF_ENDPOINT", hub.url.as_str()),
+        ("LLM_QUANTIZE_CACHE", cache.to_str().unwrap()),
+    ];
+    let args = [
+        "--format",
+        "json",
+        "quantize",
+        "test-org/tiny-qwen3",
+        "gguf",
+        "-q",
+        "Q4_K_M",
+        "-o",
+        "out",
+    ];
+    let r = lq_env(dir.path(), &args, &env);
+    assert_eq!(r.code, 4, "without a token: {}\n{}", r.stdout, r.stderr);
+    let with_token: Vec<&str> = args.iter().copied().chain(["--token", "tok-123"]).collect();
+    let r = lq_env(dir.path(), &with_token, &env);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(dir.path().join("out/tiny-qwen3-Q4_K_M.gguf").is_file());
+    assert_eq!(r.json()["metadata"]["architecture"], "Qwen3ForCausalLM");
+}

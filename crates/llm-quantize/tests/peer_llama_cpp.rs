@@ -83,6 +83,20 @@ fn tensor_types(p: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How many tensors hold exactly the same bytes in both files.
+fn identical_tensors(a: &Path, b: &Path) -> (usize, usize) {
+    let (fa, fb) = (GgufFile::open(a).unwrap(), GgufFile::open(b).unwrap());
+    let same = fa
+        .tensors()
+        .iter()
+        .filter(|t| {
+            fb.tensor(&t.name)
+                .is_some_and(|u| fb.tensor_bytes(u) == fa.tensor_bytes(t))
+        })
+        .count();
+    (same, fa.tensors().len())
+}
+
 fn llama_quantize(src: &Path, dst: &Path, level: &str) {
     let o = Command::new(llama_cpp_bin("llama-quantize"))
         .args([src.to_str().unwrap(), dst.to_str().unwrap(), level, "2"])
@@ -151,9 +165,12 @@ fn llama_cpp_loads_ours_and_our_kquants_match_its_quality() {
             }
             let (p_ours, p_theirs) = (perplexity(&ours), perplexity(&theirs));
             let ratio = p_ours / p_theirs;
+            let same = identical_tensors(&ours, &theirs);
             report.push(format!(
-                "{name:14} {level:6} ours {p_ours:9.4}  llama.cpp {p_theirs:9.4}  ratio {ratio:.4}"
+                "{name:14} {level:6} ours {p_ours:9.4}  llama.cpp {p_theirs:9.4}  ratio {ratio:.4}  byte-identical tensors {}/{}",
+                same.0, same.1
             ));
+            eprintln!("{}", report.last().unwrap());
             if ratio > 1.01 {
                 failures.push(format!("{name} {level}: perplexity {p_ours:.4} vs llama.cpp {p_theirs:.4} (ratio {ratio:.4} > 1.01)"));
             }
