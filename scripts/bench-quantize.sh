@@ -26,7 +26,7 @@ measure() { # label, command... -> "seconds rss_bytes"
   /usr/bin/time -v -o "$W/time.txt" "$@" >/dev/null 2>"$W/err.txt" || { cat "$W/err.txt" >&2; exit 1; }
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/{print $2}' "$W/time.txt" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  rss=$(awk -F': ' '/Maximum resident set size/{print $2*1024}' "$W/time.txt")
+  rss=$(awk -F': ' '/Maximum resident set size/{printf "%d", $2*1024}' "$W/time.txt")
   echo "$wall $rss"
 }
 ppl() {
