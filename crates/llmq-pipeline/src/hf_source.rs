@@ -9,7 +9,7 @@ use crate::quantize::Planned;
 use crate::run::{TensorJob, TensorSource, WorkUnit};
 use crate::source::{self, safetensors_error};
 use llmq_arch::gguf_export::{gguf_export, ExportError};
-use llmq_arch::gguf_names::{apply_transform, GgufTensorSpec};
+use llmq_arch::gguf_names::{apply_transform, GgufTensorSpec, Transform};
 use llmq_arch::mix::Mix;
 use llmq_formats::gguf::{GgufPlan, PlannedTensor};
 use llmq_formats::safetensors::SafetensorsModel;
@@ -39,6 +39,10 @@ impl TensorSource for HfTensors {
 
     fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
         let spec = &self.specs[&job.name];
+        if spec.transform == Transform::None && spec.sources.len() == 1 {
+            // No copy: the converted source is the tensor.
+            return self.st.f32(&spec.sources[0]).map_err(safetensors_error);
+        }
         let mut sources = Vec::with_capacity(spec.sources.len());
         for s in &spec.sources {
             sources.push(self.st.f32(s).map_err(safetensors_error)?);

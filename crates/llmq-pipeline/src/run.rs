@@ -497,32 +497,42 @@ pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -
 }
 
 /// RMSE and RMSE relative to the tensor's RMS, from dequantizing what was written.
+/// Works chunk by chunk (no full-size dequantized copy) and adds the per-chunk sums in
+/// order, so the figures do not depend on the thread count.
 fn tensor_error(
     job: &TensorJob,
     values: &[f32],
     bytes: &[u8],
 ) -> Result<(Option<f64>, Option<f64>)> {
-    let mut deq = vec![0f32; values.len()];
-    llmq_quant::dequantize(job.ty, bytes, &mut deq).map_err(|e| {
-        PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
-    })?;
-    let (se, ss) = values
-        .par_iter()
-        .zip(deq.par_iter())
-        .map(|(a, b)| {
-            let d = (*a as f64) - (*b as f64);
-            (d * d, (*a as f64) * (*a as f64))
+    let n = job.row_len();
+    let row_bytes = bytes.len() / (values.len() / n).max(1);
+    let rows_per_chunk = (64 * 1024 / n).max(1);
+    let sums: Vec<(f64, f64)> = values
+        .par_chunks(rows_per_chunk * n)
+        .zip(bytes.par_chunks(rows_per_chunk * row_bytes))
+        .map(|(src, q)| {
+            let mut deq = vec![0f32; src.len()];
+            llmq_quant::dequantize(job.ty, q, &mut deq).map(|_| {
+                src.iter().zip(&deq).fold((0.0, 0.0), |acc, (a, b)| {
+                    let d = (*a as f64) - (*b as f64);
+                    (acc.0 + d * d, acc.1 + (*a as f64) * (*a as f64))
+                })
+            })
         })
-        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
-    let n = values.len().max(1) as f64;
-    let rmse = (se / n).sqrt();
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| {
+            PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
+        })?;
+    let (se, ss) = sums.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let count = values.len().max(1) as f64;
+    let rmse = (se / count).sqrt();
     if !rmse.is_finite() {
         return Err(PipelineError::validation(
             format!("{}: quantization error is not finite", job.name),
             "Report this as a bug, with the model",
         ));
     }
-    let rms = (ss / n).sqrt();
+    let rms = (ss / count).sqrt();
     Ok((Some(rmse), Some(if rms > 0.0 { rmse / rms } else { 0.0 })))
 }
 
