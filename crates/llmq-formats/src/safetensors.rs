@@ -252,6 +252,22 @@ impl SafetensorsModel {
         })
     }
 
+    /// Drop a tensor's pages from the resident set once it has been read (they are
+    /// re-read from the file if touched again).
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.tensors.get(name) {
+            let mmap = &self.shards[info.shard].1;
+            // SAFETY: read-only shared file mapping; see `GgufFile::release_tensor`.
+            let _ = unsafe {
+                mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.start,
+                    info.end - info.start,
+                )
+            };
+        }
+    }
+
     /// A tensor converted to f32.
     pub fn f32(&self, name: &str) -> Result<Vec<f32>, SafetensorsError> {
         self.get(name)?.to_f32()

@@ -33,6 +33,12 @@ impl TensorSource for GgufTensors {
         Ok(out)
     }
 
+    fn release(&self, job: &TensorJob) {
+        if let Some(t) = self.file.tensor(&job.name) {
+            self.file.release_tensor(t);
+        }
+    }
+
     fn passthrough(&self, job: &TensorJob) -> Option<Vec<u8>> {
         let t = self.file.tensor(&job.name)?;
         (t.ggml_type == job.ty).then(|| self.file.tensor_bytes(t).to_vec())

@@ -24,6 +24,12 @@ struct HfTensors {
 }
 
 impl TensorSource for HfTensors {
+    fn release(&self, job: &TensorJob) {
+        for s in &self.specs[&job.name].sources {
+            self.st.release(s);
+        }
+    }
+
     fn describe(&self, job: &TensorJob) -> String {
         let spec = &self.specs[&job.name];
         match spec.sources.as_slice() {

@@ -57,6 +57,8 @@ pub trait TensorSource: Sync {
     fn passthrough(&self, _job: &TensorJob) -> Option<Vec<u8>> {
         None
     }
+    /// The job is done: its source pages may leave memory.
+    fn release(&self, _job: &TensorJob) {}
     /// Importance weights for a job's columns, if an imatrix is in use.
     fn importance(&self, _job: &TensorJob) -> Option<Vec<f32>> {
         None
@@ -418,6 +420,7 @@ fn process_unit(
                 sha256,
             };
             out.push((j, stat, rec));
+            source.release(job);
             continue;
         }
         let values = source.load_f32(job)?;
@@ -466,6 +469,7 @@ fn process_unit(
             sha256: rec.sha256.clone(),
         };
         out.push((j, stat, rec));
+        source.release(job);
     }
     Ok(out)
 }

@@ -190,6 +190,19 @@ impl GgufFile {
         &self.backing.bytes()[range]
     }
 
+    /// Tell the kernel this tensor's pages of a memory-mapped file are no longer
+    /// needed, so they stop counting in the resident set (they are re-read from the
+    /// file if touched again). A no-op for in-memory files.
+    pub fn release_tensor(&self, info: &GgufTensorInfo) {
+        if let (Backing::Mapped(m), Some(r)) = (&self.backing, self.tensor_range(info)) {
+            // SAFETY: the map is a read-only shared mapping of a file; dropping its
+            // pages only makes later reads fault them back in from the file.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start, r.len())
+            };
+        }
+    }
+
     /// The bytes of the tensor named `name`.
     pub fn tensor_data(&self, name: &str) -> Option<&[u8]> {
         self.tensor(name).map(|t| self.tensor_bytes(t))
