@@ -101,7 +101,22 @@ pub struct TensorView<'a> {
 impl TensorView<'_> {
     /// Convert to f32 (F32, F16 and BF16 sources).
     pub fn to_f32(&self) -> Result<Vec<f32>, SafetensorsError> {
-        let b = self.bytes;
+        self.range_f32(0, self.info.numel())
+    }
+
+    /// Elements `[start, end)` (row-major) converted to f32.
+    pub fn range_f32(&self, start: usize, end: usize) -> Result<Vec<f32>, SafetensorsError> {
+        let width = match self.info.dtype {
+            StDtype::F32 => 4,
+            StDtype::F16 | StDtype::BF16 => 2,
+            StDtype::Other(d) => {
+                return Err(SafetensorsError::UnsupportedDtype {
+                    name: self.info.name.clone(),
+                    dtype: d.into(),
+                })
+            }
+        };
+        let b = &self.bytes[start * width..end * width];
         Ok(match self.info.dtype {
             StDtype::F32 => b
                 .chunks_exact(4)

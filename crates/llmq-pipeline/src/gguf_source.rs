@@ -33,6 +33,27 @@ impl TensorSource for GgufTensors {
         Ok(out)
     }
 
+    fn load_rows(&self, job: &TensorJob, r0: usize, r1: usize) -> Option<Result<Vec<f32>>> {
+        let t = self.file.tensor(&job.name)?;
+        let n = t.shape_ne[0] as usize;
+        let row_bytes = t.ggml_type.row_bytes(n)?;
+        let bytes = &self.file.tensor_bytes(t)[r0 * row_bytes..r1 * row_bytes];
+        let mut out = vec![0f32; (r1 - r0) * n];
+        Some(
+            llmq_quant::dequantize(t.ggml_type, bytes, &mut out)
+                .map(|_| out)
+                .map_err(|e| {
+                    PipelineError::unsupported(
+                        format!(
+                            "cannot read tensor {} of type {}: {e}",
+                            job.name, t.ggml_type
+                        ),
+                        "Requantize from the original Hugging Face checkpoint instead",
+                    )
+                }),
+        )
+    }
+
     fn release(&self, job: &TensorJob) {
         if let Some(t) = self.file.tensor(&job.name) {
             self.file.release_tensor(t);

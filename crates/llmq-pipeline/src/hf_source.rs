@@ -24,6 +24,20 @@ struct HfTensors {
 }
 
 impl TensorSource for HfTensors {
+    fn load_rows(&self, job: &TensorJob, r0: usize, r1: usize) -> Option<Result<Vec<f32>>> {
+        let spec = &self.specs[&job.name];
+        if spec.transform != Transform::None || spec.sources.len() != 1 {
+            return None;
+        }
+        let n = job.row_len();
+        Some(
+            self.st
+                .get(&spec.sources[0])
+                .and_then(|v| v.range_f32(r0 * n, r1 * n))
+                .map_err(safetensors_error),
+        )
+    }
+
     fn release(&self, job: &TensorJob) {
         for s in &self.specs[&job.name].sources {
             self.st.release(s);

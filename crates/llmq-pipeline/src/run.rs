@@ -57,6 +57,11 @@ pub trait TensorSource: Sync {
     fn passthrough(&self, _job: &TensorJob) -> Option<Vec<u8>> {
         None
     }
+    /// Rows `[r0, r1)` of the job as f32, when the source can read part of a tensor
+    /// (`None`: only whole tensors, through [`TensorSource::load_f32`]).
+    fn load_rows(&self, _job: &TensorJob, _r0: usize, _r1: usize) -> Option<Result<Vec<f32>>> {
+        None
+    }
     /// The job is done: its source pages may leave memory.
     fn release(&self, _job: &TensorJob) {}
     /// Importance weights for a job's columns, if an imatrix is in use.
@@ -423,35 +428,8 @@ fn process_unit(
             source.release(job);
             continue;
         }
-        let values = source.load_f32(job)?;
-        if values.len() != job.numel() {
-            return Err(PipelineError::general(
-                format!(
-                    "tensor {} has {} values, expected {}",
-                    job.name,
-                    values.len(),
-                    job.numel()
-                ),
-                "The source is inconsistent with its config; re-download it",
-            ));
-        }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(PipelineError::validation(
-                format!(
-                    "tensor {} holds a non-finite value ({}) at element {i}; refusing to write garbage",
-                    source.describe(job),
-                    values[i]
-                ),
-                "The source weights are corrupt: re-download or fix the checkpoint",
-            ));
-        }
         let imatrix = source.importance(job);
-        let bytes = quantize_rows(job, &values, imatrix.as_deref())?;
-        let (rmse, rel) = if validate {
-            tensor_error(job, &values, &bytes)?
-        } else {
-            (None, None)
-        };
+        let (bytes, rmse, rel) = quantize_tensor(job, source, imatrix.as_deref(), validate)?;
         writer
             .write_tensor(&job.name, &bytes)
             .map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
@@ -472,6 +450,94 @@ fn process_unit(
         source.release(job);
     }
     Ok(out)
+}
+
+/// Elements per streamed chunk: large tensors (embeddings, heads) are loaded, checked
+/// and quantized this many values at a time when the source can read row ranges.
+const CHUNK_ELEMS: usize = 4 << 20;
+
+/// Load, check, quantize and measure one tensor, in row chunks where the source
+/// allows, so a tensor never needs to be resident in f32 as a whole.
+fn quantize_tensor(
+    job: &TensorJob,
+    source: &dyn TensorSource,
+    imatrix: Option<&[f32]>,
+    validate: bool,
+) -> Result<(Vec<u8>, Option<f64>, Option<f64>)> {
+    let n = job.row_len();
+    let rows = job.numel() / n.max(1);
+    let chunk_rows = (CHUNK_ELEMS / n.max(1)).max(1);
+    let mut bytes = Vec::new();
+    let (mut se, mut ss) = (0.0f64, 0.0f64);
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + chunk_rows).min(rows);
+        let values = match source.load_rows(job, r0, r1) {
+            Some(v) => v?,
+            None if r0 == 0 => {
+                // The source reads whole tensors only.
+                let v = source.load_f32(job)?;
+                r0 = rows;
+                v
+            }
+            None => unreachable!("load_rows answered for the first chunk"),
+        };
+        let first_elem = if r0 == rows { 0 } else { r0 * n };
+        let expect = if r0 == rows {
+            job.numel()
+        } else {
+            (r1 - r0) * n
+        };
+        if values.len() != expect {
+            return Err(PipelineError::general(
+                format!(
+                    "tensor {} has {} values where {expect} were expected",
+                    job.name,
+                    values.len()
+                ),
+                "The source is inconsistent with its config; re-download it",
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(PipelineError::validation(
+                format!(
+                    "tensor {} holds a non-finite value ({}) at element {}; refusing to write garbage",
+                    source.describe(job),
+                    values[i],
+                    first_elem + i
+                ),
+                "The source weights are corrupt: re-download or fix the checkpoint",
+            ));
+        }
+        let q = quantize_rows(job, &values, imatrix)?;
+        if validate {
+            let (a, b) = error_sums(job, &values, &q)?;
+            se += a;
+            ss += b;
+        }
+        bytes.extend_from_slice(&q);
+        if r0 == rows {
+            break;
+        }
+        r0 = r1;
+    }
+    if !validate {
+        return Ok((bytes, None, None));
+    }
+    let count = job.numel().max(1) as f64;
+    let rmse = (se / count).sqrt();
+    if !rmse.is_finite() {
+        return Err(PipelineError::validation(
+            format!("{}: quantization error is not finite", job.name),
+            "Report this as a bug, with the model",
+        ));
+    }
+    let rms = (ss / count).sqrt();
+    Ok((
+        bytes,
+        Some(rmse),
+        Some(if rms > 0.0 { rmse / rms } else { 0.0 }),
+    ))
 }
 
 /// Quantize a tensor's rows in parallel (deterministic: rows are independent).
@@ -500,14 +566,10 @@ pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -
     Ok(bytes)
 }
 
-/// RMSE and RMSE relative to the tensor's RMS, from dequantizing what was written.
-/// Works chunk by chunk (no full-size dequantized copy) and adds the per-chunk sums in
-/// order, so the figures do not depend on the thread count.
-fn tensor_error(
-    job: &TensorJob,
-    values: &[f32],
-    bytes: &[u8],
-) -> Result<(Option<f64>, Option<f64>)> {
+/// Sums of squared error and squared value, from dequantizing what was written,
+/// chunk by chunk (no full-size copy), added in order so that the figures do not
+/// depend on the thread count.
+fn error_sums(job: &TensorJob, values: &[f32], bytes: &[u8]) -> Result<(f64, f64)> {
     let n = job.row_len();
     let row_bytes = bytes.len() / (values.len() / n).max(1);
     let rows_per_chunk = (64 * 1024 / n).max(1);
@@ -527,17 +589,7 @@ fn tensor_error(
         .map_err(|e| {
             PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
         })?;
-    let (se, ss) = sums.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let count = values.len().max(1) as f64;
-    let rmse = (se / count).sqrt();
-    if !rmse.is_finite() {
-        return Err(PipelineError::validation(
-            format!("{}: quantization error is not finite", job.name),
-            "Report this as a bug, with the model",
-        ));
-    }
-    let rms = (ss / count).sqrt();
-    Ok((Some(rmse), Some(if rms > 0.0 { rmse / rms } else { 0.0 })))
+    Ok(sums.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1)))
 }
 
 /// Re-open the written file and check names, types, shapes and bytes against the plan.
