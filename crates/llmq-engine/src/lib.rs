@@ -1,1 +1,2 @@
-//! PLACEHOLDER: the decoder forward pass, being written.
+//! The inference engine: one configurable decoder for every supported architecture
+//! (f32 compute on CPU), loading weights from GGUF or safetensors.

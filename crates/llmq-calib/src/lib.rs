@@ -1,0 +1,1 @@
+//! Calibrated quantization: imatrix files, GPTQ and AWQ.
