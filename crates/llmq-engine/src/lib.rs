@@ -1,2 +1,13 @@
 //! The inference engine: one configurable decoder for every supported architecture
-//! (f32 compute on CPU), loading weights from GGUF or safetensors.
+//! (f32 compute on CPU) over weights from GGUF files or safetensors checkpoints.
+
+pub mod error;
+pub mod hparams;
+pub mod model;
+pub mod ops;
+pub mod weights;
+
+pub use error::{EngineError, Result};
+pub use hparams::Hparams;
+pub use model::{KvCache, Logits, Model, SeqStep};
+pub use weights::WeightSource;

@@ -1,0 +1,30 @@
+//! Errors of the inference engine.
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unsupported architecture `{0}` (supported: llama, qwen2, qwen3, qwen3moe, gemma3, phi3, deepseek2)")]
+    UnsupportedArch(String),
+    #[error("model metadata lacks `{0}`")]
+    MissingKey(String),
+    #[error("model metadata `{key}` is unusable: {why}")]
+    BadValue { key: String, why: String },
+    #[error("model lacks tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {got:?}, expected {want:?}")]
+    BadShape {
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
+    #[error("tensor `{name}`: {why}")]
+    BadTensor { name: String, why: String },
+    #[error("{0}")]
+    Source(String),
+    #[error("sequence of {len} tokens exceeds the context of {ctx} tokens")]
+    ContextOverflow { len: usize, ctx: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

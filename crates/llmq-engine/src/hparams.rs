@@ -1,0 +1,429 @@
+//! Model hyper-parameters read from GGUF metadata keys, interpreted as llama.cpp's
+//! `llama_model::load_hparams` does for the architectures we run (`src/llama-model.cpp`,
+//! keys from `src/llama-arch.cpp`). A safetensors model gets the same keys from
+//! `llmq_arch::gguf_meta::arch_metadata`, so both sources go through one reader; a few
+//! settings the GGUF keys cannot express are then taken from `config.json`
+//! ([`Hparams::apply_hf_config`]).
+
+use crate::error::{EngineError, Result};
+use llmq_arch::ArchConfig;
+use llmq_formats::gguf::GgufValue;
+use std::collections::HashMap;
+
+/// The decoder variants (GGUF `general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Qwen3Moe,
+    Gemma3,
+    Phi3,
+    Deepseek2,
+}
+
+impl Arch {
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "qwen3moe" => Arch::Qwen3Moe,
+            "gemma3" => Arch::Gemma3,
+            "phi3" => Arch::Phi3,
+            "deepseek2" => Arch::Deepseek2,
+            _ => return None,
+        })
+    }
+}
+
+/// How RoPE pairs dimensions: `Norm` rotates (2i, 2i+1) (GGUF Llama after the
+/// converter's Q/K permutation, and DeepSeek's interleaved rope part); `Neox` rotates
+/// (i, i + n/2) (transformers' `rotate_half`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeKind {
+    Norm,
+    Neox,
+}
+
+/// Router scoring of a MoE layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    Softmax,
+    Sigmoid,
+}
+
+/// Mixture-of-experts settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeParams {
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub n_ff_exp: usize,
+    pub n_shared: usize,
+    pub gating: Gating,
+    /// renormalize the chosen experts' weights to sum 1
+    pub norm_weights: bool,
+    /// multiply the chosen experts' weights (DeepSeek `routed_scaling_factor`)
+    pub weights_scale: f32,
+    /// group-limited routing (DeepSeek-V3): groups and groups kept
+    pub n_group: usize,
+    pub topk_group: usize,
+    /// the first layers that use a dense MLP
+    pub leading_dense: usize,
+}
+
+/// Multi-head latent attention settings (DeepSeek-V2/V3, GLM-4.7-Flash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaParams {
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head_dim: usize,
+}
+
+/// Per-layer attention settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerParams {
+    /// key j is visible from query i when i - window < j <= i
+    pub sliding_window: Option<usize>,
+    pub rope_base: f32,
+    pub moe: bool,
+}
+
+/// Everything the decoder needs besides the weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hparams {
+    pub arch: Arch,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    pub n_ff: usize,
+    pub eps: f32,
+    pub n_rot: usize,
+    pub rope_kind: RopeKind,
+    /// positions are divided by this (linear RoPE scaling)
+    pub rope_scale: f32,
+    pub attn_scale: f32,
+    pub embed_scale: Option<f32>,
+    pub final_softcap: Option<f32>,
+    pub moe: Option<MoeParams>,
+    pub mla: Option<MlaParams>,
+    pub layers: Vec<LayerParams>,
+}
+
+/// Typed access to a metadata map.
+pub struct Meta<'a> {
+    map: &'a HashMap<String, GgufValue>,
+    arch: String,
+}
+
+impl<'a> Meta<'a> {
+    pub fn new(map: &'a HashMap<String, GgufValue>) -> Result<Meta<'a>> {
+        let arch = match map.get("general.architecture") {
+            Some(GgufValue::String(s)) => s.clone(),
+            _ => return Err(EngineError::MissingKey("general.architecture".into())),
+        };
+        Ok(Meta { map, arch })
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    fn raw(&self, k: &str) -> Option<&GgufValue> {
+        self.map.get(&self.key(k))
+    }
+
+    /// An integer key (any integer type; for per-layer arrays the first element).
+    pub fn usize_opt(&self, k: &str) -> Result<Option<usize>> {
+        let v = match self.raw(k) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let n = match v {
+            GgufValue::U8(x) => Some(*x as i128),
+            GgufValue::I8(x) => Some(*x as i128),
+            GgufValue::U16(x) => Some(*x as i128),
+            GgufValue::I16(x) => Some(*x as i128),
+            GgufValue::U32(x) => Some(*x as i128),
+            GgufValue::I32(x) => Some(*x as i128),
+            GgufValue::U64(x) => Some(*x as i128),
+            GgufValue::I64(x) => Some(*x as i128),
+            GgufValue::Array(_) => v
+                .as_u32_array()
+                .and_then(|a| a.first().map(|x| *x as i128))
+                .or_else(|| v.as_i32_array().and_then(|a| a.first().map(|x| *x as i128))),
+            _ => None,
+        };
+        match n {
+            Some(n) if (0..=(1i128 << 40)).contains(&n) => Ok(Some(n as usize)),
+            _ => Err(EngineError::BadValue {
+                key: self.key(k),
+                why: format!("expected a non-negative integer, found {v:?}"),
+            }),
+        }
+    }
+
+    pub fn usize(&self, k: &str) -> Result<usize> {
+        self.usize_opt(k)?
+            .ok_or_else(|| EngineError::MissingKey(self.key(k)))
+    }
+
+    pub fn f32_opt(&self, k: &str) -> Result<Option<f32>> {
+        match self.raw(k) {
+            None => Ok(None),
+            Some(GgufValue::F32(x)) => Ok(Some(*x)),
+            Some(GgufValue::F64(x)) => Ok(Some(*x as f32)),
+            Some(v) => Err(EngineError::BadValue {
+                key: self.key(k),
+                why: format!("expected a float, found {v:?}"),
+            }),
+        }
+    }
+
+    pub fn bool_opt(&self, k: &str) -> Option<bool> {
+        self.raw(k).and_then(GgufValue::as_bool)
+    }
+
+    pub fn str_opt(&self, k: &str) -> Option<&str> {
+        match self.raw(k) {
+            Some(GgufValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn positive(key: &str, v: usize) -> Result<usize> {
+    if v == 0 {
+        Err(EngineError::BadValue {
+            key: key.into(),
+            why: "must be positive".into(),
+        })
+    } else {
+        Ok(v)
+    }
+}
+
+impl Hparams {
+    /// Read the hyper-parameters from GGUF metadata. `n_vocab` is the embedding's row
+    /// count (the caller knows it from the tensor).
+    pub fn from_metadata(map: &HashMap<String, GgufValue>, n_vocab: usize) -> Result<Hparams> {
+        let m = Meta::new(map)?;
+        let arch =
+            Arch::from_name(&m.arch).ok_or_else(|| EngineError::UnsupportedArch(m.arch.clone()))?;
+        let n_embd = positive("embedding_length", m.usize("embedding_length")?)?;
+        let n_layer = positive("block_count", m.usize("block_count")?)?;
+        let n_head = positive("attention.head_count", m.usize("attention.head_count")?)?;
+        let n_head_kv = m.usize_opt("attention.head_count_kv")?.unwrap_or(n_head);
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(EngineError::BadValue {
+                key: m.key("attention.head_count_kv"),
+                why: format!("{n_head_kv} does not divide {n_head} query heads"),
+            });
+        }
+        let head_dim_k = m
+            .usize_opt("attention.key_length")?
+            .unwrap_or(n_embd / n_head);
+        let head_dim_v = m.usize_opt("attention.value_length")?.unwrap_or(head_dim_k);
+        let n_ff = m.usize_opt("feed_forward_length")?.unwrap_or(0);
+        let eps = m
+            .f32_opt("attention.layer_norm_rms_epsilon")?
+            .ok_or_else(|| EngineError::MissingKey(m.key("attention.layer_norm_rms_epsilon")))?;
+        let n_ctx_train = m.usize_opt("context_length")?.unwrap_or(4096);
+        let rope_base = m.f32_opt("rope.freq_base")?.unwrap_or(10000.0);
+        let rope_scale = match (
+            m.str_opt("rope.scaling.type"),
+            m.f32_opt("rope.scaling.factor")?,
+        ) {
+            (Some("linear"), Some(f)) if f > 0.0 => f,
+            (None | Some("none"), _) => 1.0,
+            (Some(t), _) if t != "linear" => {
+                return Err(EngineError::BadValue {
+                    key: m.key("rope.scaling.type"),
+                    why: format!("RoPE scaling `{t}` is not implemented (linear is)"),
+                })
+            }
+            _ => 1.0,
+        };
+
+        let mla = if arch == Arch::Deepseek2 {
+            let kv_lora_rank = m.usize("attention.kv_lora_rank")?;
+            let qk_rope = m.usize("rope.dimension_count")?;
+            let k_mla = m
+                .usize_opt("attention.key_length_mla")?
+                .unwrap_or(head_dim_k);
+            let v_mla = m
+                .usize_opt("attention.value_length_mla")?
+                .unwrap_or(head_dim_v);
+            if k_mla <= qk_rope {
+                return Err(EngineError::BadValue {
+                    key: m.key("attention.key_length_mla"),
+                    why: format!("{k_mla} is not larger than the rope part {qk_rope}"),
+                });
+            }
+            Some(MlaParams {
+                q_lora_rank: m.usize_opt("attention.q_lora_rank")?.filter(|r| *r > 0),
+                kv_lora_rank,
+                qk_nope: k_mla - qk_rope,
+                qk_rope,
+                v_head_dim: v_mla,
+            })
+        } else {
+            None
+        };
+
+        let (head_dim_k, head_dim_v) = match &mla {
+            Some(p) => (p.qk_nope + p.qk_rope, p.v_head_dim),
+            None => (head_dim_k, head_dim_v),
+        };
+        let n_rot = m.usize_opt("rope.dimension_count")?.unwrap_or(head_dim_k);
+        if mla.is_none() && (n_rot > head_dim_k || n_rot % 2 != 0) {
+            return Err(EngineError::BadValue {
+                key: m.key("rope.dimension_count"),
+                why: format!("{n_rot} rotary dims do not fit a head of {head_dim_k}"),
+            });
+        }
+
+        let moe = match m.usize_opt("expert_count")? {
+            Some(n_expert) if n_expert > 0 => {
+                let gating = match m.usize_opt("expert_gating_func")? {
+                    Some(2) => Gating::Sigmoid,
+                    Some(1) | None => Gating::Softmax,
+                    Some(g) => {
+                        return Err(EngineError::BadValue {
+                            key: m.key("expert_gating_func"),
+                            why: format!("unknown gating function {g}"),
+                        })
+                    }
+                };
+                let n_expert_used = m.usize("expert_used_count")?;
+                if n_expert_used == 0 || n_expert_used > n_expert {
+                    return Err(EngineError::BadValue {
+                        key: m.key("expert_used_count"),
+                        why: format!("{n_expert_used} of {n_expert} experts"),
+                    });
+                }
+                // llama.cpp: Llama (Mixtral) and Qwen3-MoE always renormalize; DeepSeek2
+                // reads `expert_weights_norm`.
+                let norm_default = arch != Arch::Deepseek2;
+                let n_group = m.usize_opt("expert_group_count")?.unwrap_or(1).max(1);
+                let topk_group = m.usize_opt("expert_group_used_count")?.unwrap_or(n_group);
+                if n_expert % n_group != 0 || topk_group == 0 || topk_group > n_group {
+                    return Err(EngineError::BadValue {
+                        key: m.key("expert_group_count"),
+                        why: format!("{n_expert} experts in {n_group} groups, {topk_group} kept"),
+                    });
+                }
+                Some(MoeParams {
+                    n_expert,
+                    n_expert_used,
+                    n_ff_exp: m.usize_opt("expert_feed_forward_length")?.unwrap_or(n_ff),
+                    n_shared: m.usize_opt("expert_shared_count")?.unwrap_or(0),
+                    gating,
+                    norm_weights: m.bool_opt("expert_weights_norm").unwrap_or(norm_default),
+                    weights_scale: m.f32_opt("expert_weights_scale")?.unwrap_or(1.0),
+                    n_group,
+                    topk_group,
+                    leading_dense: m.usize_opt("leading_dense_block_count")?.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
+
+        // Sliding-window attention, as llama.cpp sets it per architecture.
+        let window = m.usize_opt("attention.sliding_window")?.filter(|w| *w > 0);
+        let swa_layers: Vec<bool> = match arch {
+            Arch::Gemma3 => match m.raw("attention.sliding_window_pattern") {
+                Some(v) if v.as_bool_array().is_some() => {
+                    let p = v.as_bool_array().unwrap();
+                    (0..n_layer).map(|i| p[i % p.len().max(1)]).collect()
+                }
+                Some(_) => {
+                    let period = m.usize("attention.sliding_window_pattern")?.max(1);
+                    (0..n_layer).map(|i| (i % period) < period - 1).collect()
+                }
+                // llama.cpp's Gemma 3 default: five sliding layers, then one full
+                None => (0..n_layer).map(|i| i % 6 < 5).collect(),
+            },
+            Arch::Phi3 => vec![window.is_some(); n_layer],
+            _ => vec![false; n_layer],
+        };
+        let rope_base_swa = match arch {
+            // llama.cpp hard-codes 10000 for Gemma 3's local layers when the key is absent
+            Arch::Gemma3 => m.f32_opt("rope.freq_base_swa")?.unwrap_or(10000.0),
+            _ => m.f32_opt("rope.freq_base_swa")?.unwrap_or(rope_base),
+        };
+        let leading_dense = moe.as_ref().map(|p| p.leading_dense).unwrap_or(0);
+        let layers = (0..n_layer)
+            .map(|i| {
+                let swa = swa_layers[i] && window.is_some();
+                LayerParams {
+                    sliding_window: if swa { window } else { None },
+                    rope_base: if swa { rope_base_swa } else { rope_base },
+                    moe: moe.is_some() && i >= leading_dense,
+                }
+            })
+            .collect();
+
+        let rope_kind = match arch {
+            Arch::Llama | Arch::Deepseek2 => RopeKind::Norm,
+            _ => RopeKind::Neox,
+        };
+        let attn_scale = match (arch, &mla) {
+            (Arch::Gemma3, _) if n_layer == 62 => 1.0 / ((n_embd / n_head) as f32).sqrt(),
+            _ => 1.0 / (head_dim_k as f32).sqrt(),
+        };
+        Ok(Hparams {
+            arch,
+            n_vocab,
+            n_ctx_train,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            n_ff,
+            eps,
+            n_rot: if mla.is_some() {
+                mla.as_ref().unwrap().qk_rope
+            } else {
+                n_rot
+            },
+            rope_kind,
+            rope_scale,
+            attn_scale,
+            embed_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
+            final_softcap: m.f32_opt("final_logit_softcapping")?.filter(|c| *c > 0.0),
+            moe,
+            mla,
+            layers,
+        })
+    }
+
+    /// Settings a safetensors model states in `config.json` that its GGUF metadata
+    /// cannot carry: sliding windows on every layer type (Mistral), Gemma 3's
+    /// `query_pre_attn_scalar`.
+    pub fn apply_hf_config(&mut self, cfg: &ArchConfig) {
+        for (lp, spec) in self.layers.iter_mut().zip(&cfg.layers) {
+            lp.sliding_window = spec.sliding_window;
+            lp.rope_base = spec.rope_theta as f32;
+        }
+        if let Some(q) = cfg.query_pre_attn_scalar {
+            if self.arch == Arch::Gemma3 && q > 0.0 {
+                self.attn_scale = (q as f32).powf(-0.5);
+            }
+        }
+    }
+
+    /// Query heads per KV head.
+    pub fn gqa(&self) -> usize {
+        self.n_head / self.n_head_kv
+    }
+}
