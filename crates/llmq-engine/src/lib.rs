@@ -5,6 +5,8 @@ pub mod error;
 pub mod hparams;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
+pub mod sampling;
 pub mod weights;
 
 pub use error::{EngineError, Result};
