@@ -1,1 +1,10 @@
-//! Calibrated quantization: imatrix files, GPTQ and AWQ.
+//! Calibrated quantization: llama.cpp importance matrices ([`imatrix`]) and GPTQ
+//! ([`gptq`]) with its Hessian accumulator.
+
+pub mod gptq;
+pub mod imatrix;
+
+pub use gptq::{
+    gptq_quantize, rtn_quantize, GptqConfig, GptqError, GptqResult, HessianAccumulator,
+};
+pub use imatrix::{ImatrixCollector, ImatrixData, ImatrixEntry, ImatrixError};

@@ -391,11 +391,7 @@ impl Hparams {
             head_dim_v,
             n_ff,
             eps,
-            n_rot: if mla.is_some() {
-                mla.as_ref().unwrap().qk_rope
-            } else {
-                n_rot
-            },
+            n_rot: mla.as_ref().map(|p| p.qk_rope).unwrap_or(n_rot),
             rope_kind,
             rope_scale,
             attn_scale,

@@ -2,6 +2,7 @@
 //! (f32 compute on CPU) over weights from GGUF files or safetensors checkpoints.
 
 pub mod error;
+pub mod golden;
 pub mod hparams;
 pub mod model;
 pub mod ops;

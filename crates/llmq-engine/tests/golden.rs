@@ -1,200 +1,21 @@
-//! The forward pass against transformers' golden outputs for the ten shared models
-//! (`shared/models/*/golden.safetensors`, protocol in `shared/models/README.md`):
-//! per-position log-probabilities, argmax where the golden margin is clear, the last
-//! position's full logits, and 32 greedy tokens generated with the KV cache.
+//! The forward pass from the ten shared models' safetensors against transformers'
+//! goldens (see `llmq_engine::golden`).
 
-use llmq_engine::{KvCache, Logits, Model, SeqStep, WeightSource};
-use llmq_formats::safetensors::SafetensorsModel;
+use llmq_engine::golden::{check_against_golden, MODELS};
+use llmq_engine::{Model, WeightSource};
 use std::path::{Path, PathBuf};
 
-pub fn shared_models() -> PathBuf {
+fn shared_models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
-}
-
-pub const MODELS: [&str; 10] = [
-    "llama",
-    "qwen2",
-    "qwen3",
-    "mistral",
-    "gemma3",
-    "phi3",
-    "mixtral",
-    "qwen3-moe",
-    "deepseek-v3",
-    "glm4-moe-lite",
-];
-
-struct Golden {
-    input_ids: Vec<Vec<u32>>,
-    logprob: Vec<Vec<f32>>,
-    argmax: Vec<Vec<u32>>,
-    margin: Vec<Vec<f32>>,
-    last_logits: Vec<Vec<f32>>,
-    greedy: Vec<Vec<u32>>,
-    greedy_margin: Vec<Vec<f32>>,
-}
-
-fn rows_i64(st: &SafetensorsModel, name: &str) -> Vec<Vec<u32>> {
-    let v = st.get(name).unwrap();
-    let cols = v.info.shape[1];
-    let vals: Vec<u32> = v
-        .bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-        .collect();
-    vals.chunks(cols).map(|c| c.to_vec()).collect()
-}
-
-fn rows_f32(st: &SafetensorsModel, name: &str) -> Vec<Vec<f32>> {
-    let v = st.get(name).unwrap();
-    let cols = v.info.shape[1];
-    v.to_f32()
-        .unwrap()
-        .chunks(cols)
-        .map(|c| c.to_vec())
-        .collect()
-}
-
-fn golden(model: &str) -> Golden {
-    let st =
-        SafetensorsModel::open(&shared_models().join(model).join("golden.safetensors")).unwrap();
-    Golden {
-        input_ids: rows_i64(&st, "input_ids"),
-        logprob: rows_f32(&st, "next_token_logprob"),
-        argmax: rows_i64(&st, "argmax"),
-        margin: rows_f32(&st, "argmax_margin"),
-        last_logits: rows_f32(&st, "last_logits"),
-        greedy: rows_i64(&st, "greedy"),
-        greedy_margin: rows_f32(&st, "greedy_margin"),
-    }
-}
-
-fn log_softmax_at(v: &[f32], i: usize) -> f64 {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = v.iter().map(|x| (*x as f64 - m).exp()).sum();
-    v[i] as f64 - m - s.ln()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// Worst deviations of one model against its golden outputs.
-#[derive(Debug)]
-pub struct Report {
-    pub max_logprob_err: f64,
-    pub max_last_logit_err: f64,
-    pub argmax_mismatch: usize,
-    pub greedy_mismatch: usize,
-}
-
-pub fn check_against_golden(src: &WeightSource, name: &str, margin_tol: f32) -> Report {
-    let model = Model::load(src).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let g = golden(name);
-    let v = model.n_vocab();
-    let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new(&model, 128)).collect();
-    let mut steps: Vec<SeqStep> = caches
-        .iter_mut()
-        .zip(&g.input_ids)
-        .map(|(c, ids)| SeqStep {
-            tokens: ids,
-            cache: c,
-            logits: Logits::All,
-        })
-        .collect();
-    let logits = model.forward(&mut steps).unwrap();
-    let mut rep = Report {
-        max_logprob_err: 0.0,
-        max_last_logit_err: 0.0,
-        argmax_mismatch: 0,
-        greedy_mismatch: 0,
-    };
-    for b in 0..3 {
-        let l = &logits[b];
-        for t in 0..64 {
-            let row = &l[t * v..(t + 1) * v];
-            if t < 63 {
-                let lp = log_softmax_at(row, g.input_ids[b][t + 1] as usize);
-                rep.max_logprob_err = rep.max_logprob_err.max((lp - g.logprob[b][t] as f64).abs());
-            }
-            if g.margin[b][t] > margin_tol && argmax(row) != g.argmax[b][t] {
-                rep.argmax_mismatch += 1;
-            }
-        }
-        let last = &l[63 * v..64 * v];
-        for (a, e) in last.iter().zip(&g.last_logits[b]) {
-            rep.max_last_logit_err = rep.max_last_logit_err.max((a - e).abs() as f64);
-        }
-    }
-    // greedy with the KV cache, batch of 3, one token per step
-    let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new(&model, 128)).collect();
-    let mut next: Vec<u32> = {
-        let mut steps: Vec<SeqStep> = caches
-            .iter_mut()
-            .zip(&g.input_ids)
-            .map(|(c, ids)| SeqStep {
-                tokens: &ids[..32],
-                cache: c,
-                logits: Logits::Last,
-            })
-            .collect();
-        model
-            .forward(&mut steps)
-            .unwrap()
-            .iter()
-            .map(|l| argmax(l))
-            .collect()
-    };
-    let mut live = [true; 3];
-    for step in 0..32 {
-        for b in 0..3 {
-            if !live[b] {
-                continue;
-            }
-            if g.greedy_margin[b][step] <= margin_tol {
-                live[b] = false;
-                continue;
-            }
-            if next[b] != g.greedy[b][step] {
-                rep.greedy_mismatch += 1;
-                live[b] = false;
-            }
-        }
-        if step == 31 {
-            break;
-        }
-        let toks: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
-        let mut steps: Vec<SeqStep> = caches
-            .iter_mut()
-            .zip(&toks)
-            .map(|(c, t)| SeqStep {
-                tokens: t,
-                cache: c,
-                logits: Logits::Last,
-            })
-            .collect();
-        next = model
-            .forward(&mut steps)
-            .unwrap()
-            .iter()
-            .map(|l| argmax(l))
-            .collect();
-    }
-    rep
 }
 
 #[test]
 fn safetensors_forward_matches_transformers() {
     let mut failures = Vec::new();
     for m in MODELS {
-        let src = WeightSource::open_hf(&shared_models().join(m)).unwrap();
-        let r = check_against_golden(&src, m, 1e-3);
+        let dir = shared_models().join(m);
+        let model = Model::load(&WeightSource::open_hf(&dir).unwrap()).unwrap();
+        let r = check_against_golden(&model, &dir.join("golden.safetensors"), 1e-3);
         eprintln!("{m:14} {r:?}");
         if r.max_logprob_err > 1e-3 || r.argmax_mismatch > 0 || r.greedy_mismatch > 0 {
             failures.push(format!("{m}: {r:?}"));

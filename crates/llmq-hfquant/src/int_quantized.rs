@@ -58,3 +58,87 @@ impl IntQuantized {
         w
     }
 }
+
+impl IntQuantized {
+    /// Largest code, `2^bits - 1`.
+    pub fn maxq(&self) -> u8 {
+        ((1u16 << self.bits) - 1) as u8
+    }
+
+    /// `true` when there is no act-order permutation to store: `g_idx` is absent or
+    /// equals the default `i / group_size` (all zeros per-channel).
+    pub fn has_default_g_idx(&self) -> bool {
+        match &self.g_idx {
+            None => true,
+            Some(g) => g
+                .iter()
+                .enumerate()
+                .all(|(i, &gi)| gi as usize == self.default_group_of(i)),
+        }
+    }
+
+    /// Group of column `i` without act-order.
+    pub fn default_group_of(&self, i: usize) -> usize {
+        match self.group_size {
+            Some(gs) => i / gs,
+            None => 0,
+        }
+    }
+
+    /// Group of every input column (`g_idx` as the files store it).
+    pub fn g_idx_or_default(&self) -> Vec<u32> {
+        (0..self.in_features)
+            .map(|i| self.group_of(i) as u32)
+            .collect()
+    }
+
+    /// Checks sizes and value ranges; every layout calls this before packing.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::Invalid(m));
+        if !(1..=8).contains(&self.bits) {
+            return bad(format!("bits {} not in 1..=8", self.bits));
+        }
+        if self.group_size == Some(0) {
+            return bad("group_size 0".into());
+        }
+        let (o, i, ng) = (self.out_features, self.in_features, self.n_groups());
+        if self.q.len() != o * i {
+            return bad(format!("q has {} values, want {o}x{i}", self.q.len()));
+        }
+        if self.scales.len() != o * ng || self.zeros.len() != o * ng {
+            return bad(format!(
+                "scales/zeros have {}/{} values, want {o}x{ng}",
+                self.scales.len(),
+                self.zeros.len()
+            ));
+        }
+        let maxq = self.maxq();
+        if let Some(p) = self.q.iter().position(|&v| v > maxq) {
+            return bad(format!("q[{p}] = {} exceeds {maxq}", self.q[p]));
+        }
+        if let Some(p) = self.zeros.iter().position(|&v| v > maxq) {
+            return bad(format!("zeros[{p}] = {} exceeds {maxq}", self.zeros[p]));
+        }
+        if self.symmetric {
+            let mid = 1u8 << (self.bits - 1);
+            if let Some(p) = self.zeros.iter().position(|&v| v != mid) {
+                return bad(format!(
+                    "symmetric but zeros[{p}] = {} != {mid}",
+                    self.zeros[p]
+                ));
+            }
+        }
+        if let Some(s) = self.scales.iter().find(|s| !s.is_finite()) {
+            return bad(format!("non-finite scale {s}"));
+        }
+        if let Some(g) = &self.g_idx {
+            if g.len() != i {
+                return bad(format!("g_idx has {} entries, want {i}", g.len()));
+            }
+            if let Some(p) = g.iter().position(|&x| x as usize >= ng) {
+                return bad(format!("g_idx[{p}] = {} >= n_groups {ng}", g[p]));
+            }
+        }
+        Ok(())
+    }
+}

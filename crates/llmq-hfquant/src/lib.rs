@@ -1,7 +1,27 @@
 //! Hugging Face quantized checkpoint layouts (GPTQ, AWQ, compressed-tensors): packing,
 //! unpacking and writers. The quantizers (RTN, GPTQ, AWQ) produce [`IntQuantized`];
-//! the layout modules turn it into each project's tensors.
+//! the layout modules turn it into each project's tensors, and [`writer`] puts them
+//! into a (sharded) safetensors folder next to the source model's config and
+//! tokenizer files.
+//!
+//! | module | layout | reference |
+//! |---|---|---|
+//! | [`rtn`] | round-to-nearest quantizer | AutoGPTQ `quantization/quantizer.py` |
+//! | [`gptq`] | `qweight/qzeros/scales/g_idx` | AutoGPTQ `qlinear_cuda_old.py`, GPTQModel |
+//! | [`awq`] | AutoAWQ GEMM | AutoAWQ `modules/linear/gemm.py`, `utils/packing_utils.py` |
+//! | [`compressed_tensors`] | `pack-quantized` | `compressed-tensors` package |
 
+pub mod awq;
+pub mod bitpack;
+pub mod compressed_tensors;
+pub mod error;
+pub mod gptq;
 pub mod int_quantized;
+pub mod rtn;
+pub mod tensor;
+pub mod writer;
 
+pub use error::{Error, Result};
 pub use int_quantized::IntQuantized;
+pub use tensor::{Dtype, HfTensor};
+pub use writer::{ShardedWriter, WriteSummary};

@@ -100,7 +100,12 @@ pub struct WeightMatrix {
 
 impl WeightMatrix {
     /// Wrap `data`, checking that it holds exactly `rows` packed rows of `cols` values.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Bytes) -> Result<WeightMatrix, String> {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    ) -> Result<WeightMatrix, String> {
         if cols % ty.block_size() != 0 {
             return Err(format!(
                 "{} rows of {cols} values are not whole {}-value blocks",
