@@ -27,6 +27,12 @@ pub enum Command {
     Quantize(Box<QuantizeArgs>),
     /// Show architecture and sizes of a model or a quantized file
     Info(InfoArgs),
+    /// Perplexity of a model on a text; with --base, KL-divergence against the original
+    Eval(Box<crate::eval_cmd::EvalArgs>),
+    /// Generate text from a prompt (streamed, sampled or greedy, optional chat template)
+    Generate(Box<crate::generate_cmd::GenerateArgs>),
+    /// Token ids of a text under a model's tokenizer (as llama.cpp's llama-tokenize)
+    Tokenize(crate::tokenize_cmd::TokenizeArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +119,9 @@ pub fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Quantize(a) => quantize(*a, mode, verbosity),
         Command::Info(a) => info(a, mode),
+        Command::Eval(a) => crate::eval_cmd::run(*a, mode, verbosity),
+        Command::Generate(a) => crate::generate_cmd::run(*a, mode, verbosity),
+        Command::Tokenize(a) => crate::tokenize_cmd::run(a, mode),
     };
     match result {
         Ok(()) => 0,

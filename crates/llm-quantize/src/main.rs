@@ -3,8 +3,13 @@
 //! `--version`; results alone on stdout, progress and logs on stderr; exit codes 0–9.
 
 mod cli;
+mod eval_cmd;
+mod generate_cmd;
+mod generation;
+mod model_load;
 mod output;
 mod progress;
+mod tokenize_cmd;
 
 use clap::Parser;
 

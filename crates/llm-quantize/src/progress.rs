@@ -86,3 +86,75 @@ impl Progress for BarProgress {
         }
     }
 }
+
+/// One `[llm-quantize] …` log line on stderr.
+pub fn log(msg: &str) {
+    eprintln!("[llm-quantize] {msg}");
+}
+
+/// A bar over `total` items of work (`eval` windows): an indicatif bar on a terminal,
+/// a plain line every few percent otherwise, nothing when quiet.
+pub struct CountBar {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    label: &'static str,
+    unit: &'static str,
+    last_pct: usize,
+    t0: Instant,
+}
+
+impl CountBar {
+    pub fn new(
+        total: usize,
+        label: &'static str,
+        unit: &'static str,
+        verbosity: Verbosity,
+    ) -> CountBar {
+        let quiet = verbosity == Verbosity::Quiet;
+        let plain = !quiet && !std::io::stderr().is_terminal();
+        let bar = (!quiet && !plain).then(|| {
+            let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{label} {{bar:20}} {{percent:>3}}% {{pos}}/{{len}} {unit} [{{elapsed}} elapsed, {{eta}} left]"
+                ))
+                .unwrap()
+                .progress_chars("━━ "),
+            );
+            b
+        });
+        CountBar {
+            bar,
+            plain,
+            label,
+            unit,
+            last_pct: usize::MAX,
+            t0: Instant::now(),
+        }
+    }
+
+    pub fn set(&mut self, done: usize, total: usize) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+        } else if self.plain {
+            let pct = done * 100 / total.max(1);
+            if pct / 10 != self.last_pct / 10 || done == total {
+                self.last_pct = pct;
+                let s = self.t0.elapsed().as_secs();
+                eprintln!(
+                    "{} {pct:>3}% {done}/{total} {} [{:02}:{:02} elapsed]",
+                    self.label,
+                    self.unit,
+                    s / 60,
+                    s % 60
+                );
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
