@@ -33,6 +33,8 @@ pub enum Command {
     Generate(Box<crate::generate_cmd::GenerateArgs>),
     /// Token ids of a text under a model's tokenizer (as llama.cpp's llama-tokenize)
     Tokenize(crate::tokenize_cmd::TokenizeArgs),
+    /// OpenAI-compatible HTTP server with continuous batching (binds 127.0.0.1 by default)
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +124,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Eval(a) => crate::eval_cmd::run(*a, mode, verbosity),
         Command::Generate(a) => crate::generate_cmd::run(*a, mode, verbosity),
         Command::Tokenize(a) => crate::tokenize_cmd::run(a, mode),
+        Command::Serve(a) => crate::serve::run(*a, mode, verbosity),
     };
     match result {
         Ok(()) => 0,

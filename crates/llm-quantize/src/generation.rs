@@ -99,6 +99,11 @@ impl<'t> Session<'t> {
         self.prompt_done < self.n_prompt
     }
 
+    /// Prompt tokens not yet run through the model.
+    pub fn prompt_left(&self) -> usize {
+        self.n_prompt - self.prompt_done
+    }
+
     /// The tokens to run next: up to `chunk` prompt tokens, or the last sampled token.
     pub fn next_input(&self, chunk: usize) -> &[u32] {
         if self.in_prompt() {

@@ -9,6 +9,7 @@ mod generation;
 mod model_load;
 mod output;
 mod progress;
+mod serve;
 mod tokenize_cmd;
 
 use clap::Parser;

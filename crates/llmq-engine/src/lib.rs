@@ -1,6 +1,7 @@
 //! The inference engine: one configurable decoder for every supported architecture
 //! (f32 compute on CPU) over weights from GGUF files or safetensors checkpoints.
 
+pub mod calib;
 pub mod error;
 pub mod golden;
 pub mod hparams;
@@ -10,6 +11,7 @@ pub mod perplexity;
 pub mod sampling;
 pub mod weights;
 
+pub use calib::{LinearObserver, LinearSite, LinearStage};
 pub use error::{EngineError, Result};
 pub use hparams::Hparams;
 pub use model::{KvCache, Logits, Model, SeqStep};

@@ -10,6 +10,7 @@
 //! The forward pass takes a batch of sequences, each with its own KV cache, and runs
 //! all their new tokens through each weight product together. Compute is f32.
 
+use crate::calib::{LinearObserver, LinearStage, Tap};
 use crate::error::{EngineError, Result};
 use crate::hparams::{Arch, Gating, Hparams, MoeParams};
 use crate::ops::{
@@ -467,31 +468,10 @@ impl Model {
                 ids.push(t);
             }
         }
-        let t_all = ids.len();
-        let mut x = vec![0.0f32; t_all * d];
-        for (row, &id) in x.chunks_mut(d).zip(&ids) {
-            llmq_kernels::kernels::dequantize_row(
-                self.tok_embd.ty,
-                self.tok_embd.row(id as usize),
-                row,
-            );
-            if let Some(s) = hp.embed_scale {
-                row.iter_mut().for_each(|v| *v *= s);
-            }
-        }
+        let mut x = self.embed_ids(&ids);
+        let mut tap = Tap::none();
         for (li, layer) in self.layers.iter().enumerate() {
-            let xn = rms_norm(&x, &layer.attn_norm, hp.eps);
-            let mut a = self.attention(li, layer, &xn, seqs, &tok_seq, &tok_pos)?;
-            if let Some(w) = &layer.post_attn_norm {
-                rms_norm_rows(&mut a, w, hp.eps);
-            }
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            let h = rms_norm(&x, &layer.ffn_norm, hp.eps);
-            let mut f = self.feed_forward(&layer.ffn, &h, t_all);
-            if let Some(w) = &layer.post_ffn_norm {
-                rms_norm_rows(&mut f, w, hp.eps);
-            }
-            x.iter_mut().zip(&f).for_each(|(x, f)| *x += f);
+            self.layer_forward(li, layer, &mut x, seqs, &tok_seq, &tok_pos, &mut tap)?;
         }
         for step in seqs.iter_mut() {
             step.cache.len += step.tokens.len();
@@ -534,6 +514,259 @@ impl Model {
         Ok(result)
     }
 
+    /// Replace a weight matrix (GGUF name and shape, e.g. `blk.3.attn_q.weight`
+    /// `[out, in]`, a whole stacked `ffn_*_exps` tensor or MLA's `attn_k_b` /
+    /// `attn_v_b` over all heads): calibration puts block i's quantized weights in
+    /// before block i+1 is calibrated.
+    pub fn replace_weight(&mut self, name: &str, w: WeightMatrix) -> Result<()> {
+        let (li, suffix) = split_block_name(name)
+            .filter(|(li, _)| *li < self.layers.len())
+            .ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+        let d = self.hp.n_embd;
+        let n_head = self.hp.n_head;
+        let moe = self.hp.moe.clone();
+        let layer = &mut self.layers[li];
+        let missing = || EngineError::MissingTensor(name.to_string());
+        let swap = |slot: &mut WeightMatrix, w: WeightMatrix| -> Result<()> {
+            check_dims(name, &w, slot.rows, slot.cols)?;
+            *slot = w;
+            Ok(())
+        };
+        let swap_opt = |slot: &mut Option<WeightMatrix>, w: WeightMatrix| -> Result<()> {
+            match slot {
+                Some(s) => swap(s, w),
+                None => Err(missing()),
+            }
+        };
+        let swap_heads = |slots: &mut Vec<WeightMatrix>, w: WeightMatrix| -> Result<()> {
+            let per = slots.first().map(|s| s.rows).unwrap_or(0);
+            let cols = slots.first().map(|s| s.cols).unwrap_or(0);
+            check_dims(name, &w, per * slots.len(), cols)?;
+            for (h, s) in slots.iter_mut().enumerate() {
+                *s = w.row_range(h * per, per);
+            }
+            Ok(())
+        };
+        match (&mut layer.attn, suffix) {
+            (Attention::Standard { wq, .. }, "attn_q.weight") => return swap_opt(wq, w),
+            (Attention::Standard { wk, .. }, "attn_k.weight") => return swap_opt(wk, w),
+            (Attention::Standard { wv, .. }, "attn_v.weight") => return swap_opt(wv, w),
+            (Attention::Standard { wqkv, .. }, "attn_qkv.weight") => return swap_opt(wqkv, w),
+            (Attention::Standard { wo, .. }, "attn_output.weight") => return swap(wo, w),
+            (Attention::Mla { wq, .. }, "attn_q.weight") => return swap_opt(wq, w),
+            (Attention::Mla { wq_a, .. }, "attn_q_a.weight") => return swap_opt(wq_a, w),
+            (Attention::Mla { wq_b, .. }, "attn_q_b.weight") => return swap_opt(wq_b, w),
+            (Attention::Mla { wkv_a, .. }, "attn_kv_a_mqa.weight") => return swap(wkv_a, w),
+            (Attention::Mla { k_b, .. }, "attn_k_b.weight") => return swap_heads(k_b, w),
+            (Attention::Mla { v_b, .. }, "attn_v_b.weight") => return swap_heads(v_b, w),
+            (Attention::Mla { k_b, v_b, .. }, "attn_kv_b.weight") => {
+                let (nope, vdim) = (k_b[0].cols, v_b[0].rows);
+                let lora = k_b[0].rows;
+                check_dims(name, &w, n_head * (nope + vdim), lora)?;
+                let (kb, vb) = split_kv_b(&w, n_head, nope, vdim);
+                *k_b = kb;
+                *v_b = vb;
+                return Ok(());
+            }
+            (Attention::Mla { wo, .. }, "attn_output.weight") => return swap(wo, w),
+            _ => {}
+        }
+        match (&mut layer.ffn, suffix) {
+            (FeedForward::Dense(m), "ffn_gate.weight") => swap_opt(&mut m.gate, w),
+            (FeedForward::Dense(m), "ffn_up.weight") => swap(&mut m.up, w),
+            (FeedForward::Dense(m), "ffn_down.weight") => swap(&mut m.down, w),
+            (
+                FeedForward::Moe {
+                    shared: Some(m), ..
+                },
+                "ffn_gate_shexp.weight",
+            ) => swap_opt(&mut m.gate, w),
+            (
+                FeedForward::Moe {
+                    shared: Some(m), ..
+                },
+                "ffn_up_shexp.weight",
+            ) => swap(&mut m.up, w),
+            (
+                FeedForward::Moe {
+                    shared: Some(m), ..
+                },
+                "ffn_down_shexp.weight",
+            ) => swap(&mut m.down, w),
+            (FeedForward::Moe { experts, .. }, "ffn_gate_exps.weight" | "ffn_up_exps.weight")
+            | (FeedForward::Moe { experts, .. }, "ffn_down_exps.weight") => {
+                let p = moe.as_ref().ok_or_else(missing)?;
+                let ff = p.n_ff_exp;
+                let (per, cols) = if suffix == "ffn_down_exps.weight" {
+                    (d, ff)
+                } else {
+                    (ff, d)
+                };
+                check_dims(name, &w, per * experts.len(), cols)?;
+                for (e, m) in experts.iter_mut().enumerate() {
+                    let part = w.row_range(e * per, per);
+                    match suffix {
+                        "ffn_gate_exps.weight" => m.gate = Some(part),
+                        "ffn_up_exps.weight" => m.up = part,
+                        _ => m.down = part,
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(missing()),
+        }
+    }
+
+    /// Replace a per-channel vector of a block (norm weights, biases), GGUF name.
+    pub fn replace_vector(&mut self, name: &str, v: Vec<f32>) -> Result<()> {
+        let (li, suffix) = split_block_name(name)
+            .filter(|(li, _)| *li < self.layers.len())
+            .ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+        let layer = &mut self.layers[li];
+        let slot: Option<&mut Vec<f32>> = match suffix {
+            "attn_norm.weight" => Some(&mut layer.attn_norm),
+            "ffn_norm.weight" => Some(&mut layer.ffn_norm),
+            "post_attention_norm.weight" => layer.post_attn_norm.as_mut(),
+            "post_ffw_norm.weight" => layer.post_ffn_norm.as_mut(),
+            _ => match (&mut layer.attn, suffix) {
+                (Attention::Standard { bq, .. }, "attn_q.bias") => bq.as_mut(),
+                (Attention::Standard { bk, .. }, "attn_k.bias") => bk.as_mut(),
+                (Attention::Standard { bv, .. }, "attn_v.bias") => bv.as_mut(),
+                (Attention::Standard { q_norm, .. }, "attn_q_norm.weight") => q_norm.as_mut(),
+                (Attention::Standard { k_norm, .. }, "attn_k_norm.weight") => k_norm.as_mut(),
+                (Attention::Mla { q_a_norm, .. }, "attn_q_a_norm.weight") => q_a_norm.as_mut(),
+                (Attention::Mla { kv_a_norm, .. }, "attn_kv_a_norm.weight") => Some(kv_a_norm),
+                _ => None,
+            },
+        };
+        let slot = slot.ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+        if slot.len() != v.len() {
+            return Err(EngineError::BadShape {
+                name: name.into(),
+                got: vec![v.len()],
+                want: vec![slot.len()],
+            });
+        }
+        *slot = v;
+        Ok(())
+    }
+
+    /// Embedding rows of `ids` (scaled where the architecture does).
+    fn embed_ids(&self, ids: &[u32]) -> Vec<f32> {
+        let d = self.hp.n_embd;
+        let mut x = vec![0.0f32; ids.len() * d];
+        for (row, &id) in x.chunks_mut(d).zip(ids) {
+            llmq_kernels::kernels::dequantize_row(
+                self.tok_embd.ty,
+                self.tok_embd.row(id as usize),
+                row,
+            );
+            if let Some(s) = self.hp.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        x
+    }
+
+    /// One decoder block over `x` (`[tokens, n_embd]`), in place.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        li: usize,
+        layer: &Layer,
+        x: &mut [f32],
+        seqs: &mut [SeqStep<'_>],
+        tok_seq: &[usize],
+        tok_pos: &[usize],
+        tap: &mut Tap<'_>,
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let t_all = tok_seq.len();
+        let xn = rms_norm(x, &layer.attn_norm, hp.eps);
+        let mut a = self.attention(li, layer, &xn, seqs, tok_seq, tok_pos, tap)?;
+        if let Some(w) = &layer.post_attn_norm {
+            rms_norm_rows(&mut a, w, hp.eps);
+        }
+        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        let h = rms_norm(x, &layer.ffn_norm, hp.eps);
+        let mut f = self.feed_forward(&layer.ffn, &h, t_all, tap);
+        if let Some(w) = &layer.post_ffn_norm {
+            rms_norm_rows(&mut f, w, hp.eps);
+        }
+        x.iter_mut().zip(&f).for_each(|(x, f)| *x += f);
+        Ok(())
+    }
+
+    /// The embedding rows of `tokens` (`[tokens, n_embd]`), the input of block 0.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.n_vocab) {
+            return Err(EngineError::BadToken {
+                id: t,
+                vocab: self.hp.n_vocab,
+            });
+        }
+        Ok(self.embed_ids(tokens))
+    }
+
+    /// Run block `layer` alone over `hidden` (`[Σ seq_lens, n_embd]`, the sequences one
+    /// after another), in place: every sequence is independent, with positions from 0
+    /// and no cache kept. `observer` sees the input rows of every Linear product.
+    pub fn forward_block(
+        &self,
+        layer: usize,
+        hidden: &mut [f32],
+        seq_lens: &[usize],
+        observer: Option<&mut dyn LinearObserver>,
+    ) -> Result<()> {
+        let d = self.hp.n_embd;
+        let total: usize = seq_lens.iter().sum();
+        if layer >= self.layers.len() {
+            return Err(EngineError::Source(format!(
+                "block {layer} does not exist (the model has {})",
+                self.layers.len()
+            )));
+        }
+        if hidden.len() != total * d {
+            return Err(EngineError::Source(format!(
+                "hidden holds {} values, {total} tokens x {d} need {}",
+                hidden.len(),
+                total * d
+            )));
+        }
+        let mut tok_seq = Vec::with_capacity(total);
+        let mut tok_pos = Vec::with_capacity(total);
+        for (s, &n) in seq_lens.iter().enumerate() {
+            tok_seq.extend(std::iter::repeat_n(s, n));
+            tok_pos.extend(0..n);
+        }
+        let mut caches: Vec<KvCache> = seq_lens
+            .iter()
+            .map(|&n| KvCache::new(self, n.max(1)))
+            .collect();
+        let mut seqs: Vec<SeqStep<'_>> = caches
+            .iter_mut()
+            .map(|c| SeqStep {
+                tokens: &[],
+                cache: c,
+                logits: Logits::None,
+            })
+            .collect();
+        let mut tap = Tap {
+            obs: observer,
+            layer,
+        };
+        self.layer_forward(
+            layer,
+            &self.layers[layer],
+            hidden,
+            &mut seqs,
+            &tok_seq,
+            &tok_pos,
+            &mut tap,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         li: usize,
@@ -542,6 +775,7 @@ impl Model {
         seqs: &mut [SeqStep<'_>],
         tok_seq: &[usize],
         tok_pos: &[usize],
+        tap: &mut Tap<'_>,
     ) -> Result<Vec<f32>> {
         let hp = &self.hp;
         let t_all = tok_seq.len();
@@ -566,6 +800,14 @@ impl Model {
             } => {
                 let (dk, dv) = (hp.head_dim_k, hp.head_dim_v);
                 let (qd, kd, vd) = (hp.n_head * dk, hp.n_head_kv * dk, hp.n_head_kv * dv);
+                if tap.wants(LinearStage::AttnInput) {
+                    let names: &[&'static str] = if wqkv.is_some() {
+                        &["attn_qkv.weight"]
+                    } else {
+                        &["attn_q.weight", "attn_k.weight", "attn_v.weight"]
+                    };
+                    tap.see(LinearStage::AttnInput, None, names, xn, t_all);
+                }
                 let (mut q, mut k, mut v) = match wqkv {
                     Some(w) => {
                         let qkv = mm(w, xn);
@@ -639,6 +881,13 @@ impl Model {
                         crate::ops::axpy(o, *s, vj);
                     }
                 });
+                tap.see(
+                    LinearStage::AttnOutput,
+                    None,
+                    &["attn_output.weight"],
+                    &out,
+                    t_all,
+                );
                 Ok(mm(wo, &out))
             }
             Attention::Mla {
@@ -656,11 +905,26 @@ impl Model {
                 let h_n = hp.n_head;
                 let (nope, rope, lora, vdim) = (m.qk_nope, m.qk_rope, m.kv_lora_rank, m.v_head_dim);
                 let qk = nope + rope;
+                if tap.wants(LinearStage::AttnInput) {
+                    let names: &[&'static str] = if wq.is_some() {
+                        &["attn_q.weight", "attn_kv_a_mqa.weight"]
+                    } else {
+                        &["attn_q_a.weight", "attn_kv_a_mqa.weight"]
+                    };
+                    tap.see(LinearStage::AttnInput, None, names, xn, t_all);
+                }
                 let q = match wq {
                     Some(w) => mm(w, xn),
                     None => {
                         let mut qa = mm(wq_a.as_ref().unwrap(), xn);
                         rms_norm_rows(&mut qa, q_a_norm.as_ref().unwrap(), hp.eps);
+                        tap.see(
+                            LinearStage::AttnLatent,
+                            None,
+                            &["attn_q_b.weight"],
+                            &qa,
+                            t_all,
+                        );
                         let wb = wq_b.as_ref().unwrap();
                         let mut y = vec![0.0f32; t_all * wb.rows];
                         matmul(wb, &qa, t_all, &mut y);
@@ -671,10 +935,15 @@ impl Model {
                 let kw = lora + rope;
                 // cache rows: normalized latent, then the roped shared key
                 let mut q_rope = vec![0.0f32; t_all * h_n * rope];
+                let mut latent = Vec::new();
+                let want_latent = tap.wants(LinearStage::AttnLatent);
                 for t in 0..t_all {
                     let tab = rope_table(tok_pos[t], rope, lp.rope_base, hp.rope_scale);
                     let mut row = kv[t * kw..(t + 1) * kw].to_vec();
                     rms_norm_rows(&mut row[..lora], kv_a_norm, hp.eps);
+                    if want_latent {
+                        latent.extend_from_slice(&row[..lora]);
+                    }
                     rope_apply(&mut row[lora..], &tab, hp.rope_kind);
                     seqs[tok_seq[t]].cache.layers[li].k.extend_from_slice(&row);
                     for h in 0..h_n {
@@ -683,6 +952,15 @@ impl Model {
                         dst.copy_from_slice(src);
                         rope_apply(dst, &tab, hp.rope_kind);
                     }
+                }
+                if want_latent {
+                    tap.see(
+                        LinearStage::AttnLatent,
+                        None,
+                        &["attn_k_b.weight", "attn_v_b.weight"],
+                        &latent,
+                        t_all,
+                    );
                 }
                 // absorbed query: q_lat[t,h] = k_b[h] · q_nope[t,h]
                 let mut q_lat = vec![0.0f32; t_all * h_n * lora];
@@ -740,12 +1018,28 @@ impl Model {
                             .copy_from_slice(&y[t * vdim..(t + 1) * vdim]);
                     }
                 }
+                tap.see(
+                    LinearStage::AttnOutput,
+                    None,
+                    &["attn_output.weight"],
+                    &out,
+                    t_all,
+                );
                 Ok(mm(wo, &out))
             }
         }
     }
 
-    fn mlp(&self, m: &Mlp, x: &[f32], n: usize) -> Vec<f32> {
+    fn mlp(&self, m: &Mlp, x: &[f32], n: usize, tap: &mut Tap<'_>, kind: MlpKind) -> Vec<f32> {
+        if tap.wants(LinearStage::FfnInput) {
+            let (names, expert): (&[&'static str], _) = match kind {
+                MlpKind::Dense if m.gate.is_some() => (&["ffn_gate.weight", "ffn_up.weight"], None),
+                MlpKind::Dense => (&["ffn_up.weight"], None),
+                MlpKind::Expert(e) => (&["ffn_gate_exps.weight", "ffn_up_exps.weight"], Some(e)),
+                MlpKind::Shared => (&["ffn_gate_shexp.weight", "ffn_up_shexp.weight"], None),
+            };
+            tap.see(LinearStage::FfnInput, expert, names, x, n);
+        }
         let up_rows = m.up.rows;
         let mut up = vec![0.0f32; n * up_rows];
         matmul(&m.up, x, n, &mut up);
@@ -770,14 +1064,22 @@ impl Model {
             }
         };
         debug_assert_eq!(m.down.cols, ff);
+        if tap.wants(LinearStage::FfnDown) {
+            let (names, expert): (&[&'static str], _) = match kind {
+                MlpKind::Dense => (&["ffn_down.weight"], None),
+                MlpKind::Expert(e) => (&["ffn_down_exps.weight"], Some(e)),
+                MlpKind::Shared => (&["ffn_down_shexp.weight"], None),
+            };
+            tap.see(LinearStage::FfnDown, expert, names, &hidden, n);
+        }
         let mut y = vec![0.0f32; n * m.down.rows];
         matmul(&m.down, &hidden, n, &mut y);
         y
     }
 
-    fn feed_forward(&self, ffn: &FeedForward, h: &[f32], n: usize) -> Vec<f32> {
+    fn feed_forward(&self, ffn: &FeedForward, h: &[f32], n: usize, tap: &mut Tap<'_>) -> Vec<f32> {
         match ffn {
-            FeedForward::Dense(m) => self.mlp(m, h, n),
+            FeedForward::Dense(m) => self.mlp(m, h, n, tap, MlpKind::Dense),
             FeedForward::Moe {
                 router,
                 bias,
@@ -795,6 +1097,10 @@ impl Model {
                         assigned[e].push((t, w));
                     }
                 }
+                if tap.obs.is_some() {
+                    let counts: Vec<usize> = assigned.iter().map(|a| a.len()).collect();
+                    tap.expert_counts(&counts);
+                }
                 let mut out = vec![0.0f32; n * d];
                 for (e, toks) in assigned.iter().enumerate() {
                     if toks.is_empty() {
@@ -804,20 +1110,35 @@ impl Model {
                     for (t, _) in toks {
                         xe.extend_from_slice(&h[t * d..(t + 1) * d]);
                     }
-                    let ye = self.mlp(&experts[e], &xe, toks.len());
+                    let ye = self.mlp(&experts[e], &xe, toks.len(), tap, MlpKind::Expert(e));
                     for (k, (t, w)) in toks.iter().enumerate() {
                         let dst = &mut out[t * d..(t + 1) * d];
                         crate::ops::axpy(dst, *w, &ye[k * d..(k + 1) * d]);
                     }
                 }
                 if let Some(s) = shared {
-                    let ys = self.mlp(s, h, n);
+                    let ys = self.mlp(s, h, n, tap, MlpKind::Shared);
                     out.iter_mut().zip(&ys).for_each(|(o, y)| *o += y);
                 }
                 out
             }
         }
     }
+}
+
+/// `blk.N.rest` → (N, rest).
+fn split_block_name(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (n, tail) = rest.split_once('.')?;
+    Some((n.parse().ok()?, tail))
+}
+
+/// Which MLP of a block runs (names its weights for observers).
+#[derive(Clone, Copy)]
+enum MlpKind {
+    Dense,
+    Expert(usize),
+    Shared,
 }
 
 /// Choose experts for one token from its router logits: `(expert, weight)` pairs.

@@ -4,66 +4,196 @@
 //! (`n × w.cols`, row-major) and the `[rows, cols]` weight `w`; `y` is `n × w.rows`.
 //! This is the only entry point model code uses, so a GPU backend can replace it.
 //!
-//! Reference implementation: each weight row is dequantized once into a per-thread
-//! buffer and dotted with every activation row (exact f32, parallel over rows).
+//! As in llama.cpp's ggml-cpu, quantized weights are never dequantized on the hot path:
+//! each activation row is quantized once per call to the weight type's `vec_dot_type`
+//! (Q8_0, Q8_1 or Q8_K, [`act_quant`]) and integer dot products run straight on the
+//! packed blocks ([`dot_legacy`], [`dot_kquants`]); float weights (F32/F16/BF16) are
+//! widened on the fly ([`dot_float`]). Work is split over rayon in chunks of weight rows;
+//! with several activation rows each weight row is unpacked once per 4 tokens.
+//!
+//! Every kernel has a scalar version beside its AVX2/FMA/F16C one, chosen at run time
+//! ([`Isa::detect`]; set `LLMQ_KERNELS_SCALAR=1` to force the scalar path). Types without
+//! a fast kernel ([`has_fast_kernel`]) go through [`matmul_reference`].
+
+pub mod act_quant;
+mod dispatch;
+pub mod dot_float;
+pub mod dot_kquants;
+#[cfg(target_arch = "x86_64")]
+mod dot_kquants_avx2;
+pub mod dot_legacy;
+mod reference;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+#[cfg(test)]
+mod tests;
+
+pub use dispatch::FAST_TYPES;
+pub use reference::{dequantize_row, matmul_reference};
 
 use crate::tensor::WeightMatrix;
+use act_quant::Act;
+use dispatch::Kernel;
 use llmq_formats::GgmlType;
 use rayon::prelude::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
 
-/// Dequantize one packed row of `ty` into `out` (`out.len()` values).
-pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
-    match ty {
-        GgmlType::F32 => {
-            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+/// The instruction set a kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust (any target).
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+}
+
+impl Isa {
+    /// Whether this CPU can run `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
         }
-        _ => llmq_quant::dequantize(ty, src, out).expect("dequantizable weight type"),
     }
+
+    /// The best available instruction set (cached); `LLMQ_KERNELS_SCALAR=1` forces
+    /// [`Isa::Scalar`].
+    pub fn detect() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let forced = std::env::var("LLMQ_KERNELS_SCALAR").is_ok_and(|v| v != "0");
+            if !forced && Isa::Avx2.available() {
+                Isa::Avx2
+            } else {
+                Isa::Scalar
+            }
+        })
+    }
+}
+
+/// Whether `matmul` has a fast (packed-block) kernel for `ty`; other types run through
+/// [`matmul_reference`].
+pub fn has_fast_kernel(ty: GgmlType) -> bool {
+    FAST_TYPES.contains(&ty)
 }
 
 /// `y = x · Wᵀ` for `n` rows of `x`.
 pub fn matmul(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    matmul_with_isa(w, x, n, y, Isa::detect())
+}
+
+/// [`matmul`] on a chosen instruction set (falls back to scalar where `isa` is not
+/// available): lets tests compare the SIMD and scalar paths.
+pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa: Isa) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n * cols, "matmul: x is not n x cols");
     assert_eq!(y.len(), n * rows, "matmul: y is not n x rows");
-    // Columns of y (one weight row each) are computed in parallel chunks.
-    const ROWS_PER_TASK: usize = 16;
-    let mut yt = vec![0.0f32; rows * n];
-    yt.par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; cols],
-            |buf, (ci, out)| {
-                for (k, o) in out.chunks_mut(n).enumerate() {
-                    let r = ci * ROWS_PER_TASK + k;
-                    dequantize_row(w.ty, w.row(r), buf);
-                    for (t, ot) in o.iter_mut().enumerate() {
-                        *ot = dot(&x[t * cols..(t + 1) * cols], buf);
-                    }
-                }
-            },
-        );
-    for r in 0..rows {
-        for t in 0..n {
-            y[t * rows + r] = yt[r * n + t];
+    let isa = if isa.available() { isa } else { Isa::Scalar };
+    let Some(k) = dispatch::kernel(w.ty, isa) else {
+        return matmul_reference(w, x, n, y);
+    };
+    if n == 0 || rows == 0 {
+        return;
+    }
+    if k.act == Act::F32 {
+        return run(w, &k, bytemuck::cast_slice(x), cols * 4, n, y);
+    }
+    let rb = k.act.row_bytes(cols);
+    // Activation scratch: taken out of the thread-local slot (so a nested call on the
+    // same thread, e.g. from rayon work stealing, simply allocates its own).
+    let mut buf = ACT_SCRATCH.with(Cell::take);
+    buf.resize(n * rb, 0);
+    if n >= 4 && n * cols >= 1 << 14 {
+        buf.par_chunks_mut(rb)
+            .zip(x.par_chunks(cols))
+            .for_each(|(q, xr)| k.act.quantize(isa, xr, q));
+    } else {
+        for (q, xr) in buf.chunks_mut(rb).zip(x.chunks(cols)) {
+            k.act.quantize(isa, xr, q);
         }
+    }
+    run(w, &k, &buf, rb, n, y);
+    if buf.capacity() <= MAX_KEPT_SCRATCH {
+        ACT_SCRATCH.with(|s| s.set(buf));
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+thread_local! {
+    static ACT_SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Larger activation buffers are freed after the call.
+const MAX_KEPT_SCRATCH: usize = 64 << 20;
+
+/// `y` shared by the tasks, each writing its own disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// # Safety
+    /// `i` in bounds and written by one task only.
+    #[inline]
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// Below this many weight bytes × tokens a call runs on the calling thread.
+const PAR_MIN_WORK: usize = 1 << 16;
+
+/// The row-chunked product over packed activations `acts` (`n` rows of `rb` bytes).
+fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [f32]) {
+    let rows = w.rows;
+    let wrb = w.row_bytes();
+    let data = w.data.as_slice();
+    let act = |t: usize| &acts[t * rb..(t + 1) * rb];
+    let wrow = |r: usize| &data[r * wrb..(r + 1) * wrb];
+    let threads = rayon::current_num_threads().max(1);
+    // Decode: a few chunks per thread for balance. Prompts: 16 weight rows stay in cache
+    // while every activation row streams past them.
+    let chunk = if n < 4 {
+        rows.div_ceil(threads * 4).clamp(1, 256)
+    } else {
+        16.min(rows.div_ceil(threads * 4)).max(1)
+    };
+    let n_chunks = rows.div_ceil(chunk);
+    let out = OutPtr(y.as_mut_ptr());
+    let body = |ci: usize| {
+        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
+        let mut t = 0;
+        if let Some(dot4) = k.dot4 {
+            while t + 4 <= n {
+                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+                for r in r0..r1 {
+                    let v = dot4(wrow(r), a);
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
+                        unsafe { out.write((t + i) * rows + r, v) };
+                    }
+                }
+                t += 4;
+            }
         }
+        for t in t..n {
+            let a = act(t);
+            for r in r0..r1 {
+                // SAFETY: as above.
+                unsafe { out.write(t * rows + r, (k.dot)(wrow(r), a)) };
+            }
+        }
+    };
+    if threads == 1 || n_chunks == 1 || data.len() * n < PAR_MIN_WORK {
+        (0..n_chunks).for_each(body);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(body);
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
 }

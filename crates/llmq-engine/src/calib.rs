@@ -1,0 +1,115 @@
+//! Hooks for calibration (GPTQ, AWQ, imatrix): the rows that enter every Linear
+//! product, reported per input site while a single block runs
+//! ([`crate::Model::forward_block`]).
+//!
+//! A *site* is one distinct Linear input: q/k/v (or Phi-3's fused qkv, or MLA's
+//! `q_a`/`kv_a`) share the normalized attention input; gate/up share the normalized
+//! MLP input; a routed expert sees only the rows routed to it (so `rows` is that
+//! expert's token count); MLA's `kv_b_proj` sees the normalized latent and `q_b` the
+//! normalized `q_a` output. Weights are named as GGUF tensors without the `blk.N.`
+//! prefix (`attn_q.weight`, `ffn_gate_exps.weight` with `expert = Some(e)`, …).
+
+/// Where in a block a Linear input sits, in the order the block computes them (the
+/// stages of GPTQ's "true sequential" mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearStage {
+    /// the normalized block input: q/k/v, qkv, MLA q / q_a / kv_a
+    AttnInput,
+    /// MLA's second projections: `q_b` (normalized q_a) and `kv_b` (normalized latent)
+    AttnLatent,
+    /// the attention output projection
+    AttnOutput,
+    /// the normalized MLP input: gate/up of the dense MLP, routed and shared experts
+    FfnInput,
+    /// the down projections
+    FfnDown,
+}
+
+impl LinearStage {
+    pub const ALL: [LinearStage; 5] = [
+        LinearStage::AttnInput,
+        LinearStage::AttnLatent,
+        LinearStage::AttnOutput,
+        LinearStage::FfnInput,
+        LinearStage::FfnDown,
+    ];
+}
+
+/// One Linear input site.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearSite<'a> {
+    pub layer: usize,
+    pub stage: LinearStage,
+    /// the routed expert whose rows these are
+    pub expert: Option<usize>,
+    /// GGUF tensor names (without `blk.N.`) of the weights applied to these rows
+    pub weights: &'a [&'static str],
+}
+
+/// Receives Linear inputs during [`crate::Model::forward_block`].
+pub trait LinearObserver {
+    /// Whether rows of `stage` are wanted (skipping saves copies).
+    fn wants(&self, _stage: LinearStage) -> bool {
+        true
+    }
+    /// `x` holds `rows` input rows (`[rows, in_features]`, row-major).
+    fn observe(&mut self, site: &LinearSite<'_>, x: &[f32], rows: usize);
+    /// Tokens routed to each expert of a MoE layer (called once per MoE block run,
+    /// including experts that got none).
+    fn expert_counts(&mut self, _layer: usize, _counts: &[usize]) {}
+}
+
+/// The observer of one block run, or none (the plain forward pass).
+pub(crate) struct Tap<'o> {
+    pub obs: Option<&'o mut dyn LinearObserver>,
+    pub layer: usize,
+}
+
+impl Tap<'_> {
+    pub fn none() -> Tap<'static> {
+        Tap {
+            obs: None,
+            layer: 0,
+        }
+    }
+
+    #[inline]
+    pub fn wants(&self, stage: LinearStage) -> bool {
+        match &self.obs {
+            Some(o) => o.wants(stage),
+            None => false,
+        }
+    }
+
+    #[inline]
+    pub fn see(
+        &mut self,
+        stage: LinearStage,
+        expert: Option<usize>,
+        weights: &[&'static str],
+        x: &[f32],
+        rows: usize,
+    ) {
+        if let Some(o) = self.obs.as_deref_mut() {
+            if o.wants(stage) {
+                o.observe(
+                    &LinearSite {
+                        layer: self.layer,
+                        stage,
+                        expert,
+                        weights,
+                    },
+                    x,
+                    rows,
+                );
+            }
+        }
+    }
+
+    pub fn expert_counts(&mut self, counts: &[usize]) {
+        let layer = self.layer;
+        if let Some(o) = self.obs.as_deref_mut() {
+            o.expert_counts(layer, counts);
+        }
+    }
+}

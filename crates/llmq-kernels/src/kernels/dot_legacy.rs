@@ -1,0 +1,294 @@
+//! Dot products of the 32-value block types with 8-bit activations, computed from the
+//! packed bytes (llama.cpp `ggml/src/ggml-common.h`):
+//!
+//! * `block_q4_0` (18 B): `d: f16`, `qs: [u8; 16]`; value `j` = `d·((nibble_j) − 8)`, low
+//!   nibbles hold values 0..16, high nibbles 16..32.
+//! * `block_q4_1` (20 B): `d, m: f16`, `qs: [u8; 16]`; value = `d·q + m`.
+//! * `block_q5_0` (22 B): `d: f16`, `qh: u32`, `qs: [u8; 16]`; value = `d·((q | bit_j<<4) − 16)`.
+//! * `block_q5_1` (24 B): `d, m: f16`, `qh: u32`, `qs: [u8; 16]`; value = `d·(q | bit_j<<4) + m`.
+//! * `block_q8_0` (34 B): `d: f16`, `qs: [i8; 32]`.
+//! * `block_iq4_nl` (18 B): `d: f16`, `qs: [u8; 16]`; value = `d·kvalues_iq4nl[nibble]`.
+//!
+//! Q4_1/Q5_1 pair with Q8_1 activations (their `s = d·Σq` carries the `m` term), the
+//! others with Q8_0, as ggml's `vec_dot_type`. Per block the integer dot is exact; the
+//! float part is `d_w·d_a·Σ q_w q_a (+ m_w·s_a)`.
+
+use half::f16;
+
+/// `kvalues_iq4nl`.
+pub const IQ4NL_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+#[inline]
+pub(crate) fn h(b: &[u8], off: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[off], b[off + 1]])).to_f32()
+}
+
+#[inline]
+fn i8s(b: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    b.iter().map(|&v| v as i8 as i32)
+}
+
+/// Generic scalar driver: `decode` writes a block's 32 integer weights and returns
+/// `(d, m)`; `bytes` is the weight block size, `act` the activation block size (34 or 36).
+#[inline(always)]
+fn scalar_dot(
+    w: &[u8],
+    a: &[u8],
+    bytes: usize,
+    act: usize,
+    decode: impl Fn(&[u8], &mut [i32; 32]) -> (f32, f32),
+) -> f32 {
+    let mut sum = 0.0f32;
+    let mut q = [0i32; 32];
+    for (x, y) in w.chunks_exact(bytes).zip(a.chunks_exact(act)) {
+        let (d, m) = decode(x, &mut q);
+        let s: i32 = q.iter().zip(i8s(&y[act - 32..])).map(|(a, b)| a * b).sum();
+        sum += d * h(y, 0) * s as f32;
+        if act == 36 {
+            sum += m * h(y, 2);
+        }
+    }
+    sum
+}
+
+fn nibbles(qs: &[u8], q: &mut [i32; 32], offset: i32) {
+    for j in 0..16 {
+        q[j] = (qs[j] & 15) as i32 - offset;
+        q[j + 16] = (qs[j] >> 4) as i32 - offset;
+    }
+}
+
+fn high_bits(qh: u32, q: &mut [i32; 32]) {
+    for (j, v) in q.iter_mut().enumerate() {
+        *v |= (((qh >> j) & 1) << 4) as i32;
+    }
+}
+
+pub fn dot_q4_0(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 18, 34, |x, q| {
+        nibbles(&x[2..], q, 8);
+        (h(x, 0), 0.0)
+    })
+}
+
+pub fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 20, 36, |x, q| {
+        nibbles(&x[4..], q, 0);
+        (h(x, 0), h(x, 2))
+    })
+}
+
+pub fn dot_q5_0(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 22, 34, |x, q| {
+        nibbles(&x[6..], q, 0);
+        high_bits(u32::from_le_bytes([x[2], x[3], x[4], x[5]]), q);
+        q.iter_mut().for_each(|v| *v -= 16);
+        (h(x, 0), 0.0)
+    })
+}
+
+pub fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 24, 36, |x, q| {
+        nibbles(&x[8..], q, 0);
+        high_bits(u32::from_le_bytes([x[4], x[5], x[6], x[7]]), q);
+        (h(x, 0), h(x, 2))
+    })
+}
+
+pub fn dot_q8_0(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 34, 34, |x, q| {
+        for (v, b) in q.iter_mut().zip(i8s(&x[2..])) {
+            *v = b;
+        }
+        (h(x, 0), 0.0)
+    })
+}
+
+pub fn dot_iq4_nl(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, 18, 34, |x, q| {
+        for j in 0..16 {
+            q[j] = IQ4NL_VALUES[(x[2 + j] & 15) as usize] as i32;
+            q[j + 16] = IQ4NL_VALUES[(x[2 + j] >> 4) as usize] as i32;
+        }
+        (h(x, 0), 0.0)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    #![allow(unsafe_op_in_unsafe_fn)]
+    use super::IQ4NL_VALUES;
+    use crate::kernels::simd::*;
+    use std::arch::x86_64::*;
+
+    /// One 32-value weight format: how to turn a block into 32 bytes.
+    trait Block {
+        /// Weight block bytes.
+        const BYTES: usize;
+        /// Activation block bytes: 34 (Q8_0) or 36 (Q8_1, with `s` and the `m` term).
+        const ACT: usize;
+        /// Whether the decoded bytes are signed (else unsigned, multiplied directly).
+        const SIGNED: bool;
+        /// `(weights, d, m)`, `d` broadcast.
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32);
+    }
+
+    struct Q4_0;
+    struct Q4_1;
+    struct Q5_0;
+    struct Q5_1;
+    struct Q8_0;
+    struct Iq4Nl;
+
+    impl Block for Q4_0 {
+        const BYTES: usize = 18;
+        const ACT: usize = 34;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            let v = _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8));
+            (v, load_f16x8(p), 0.0)
+        }
+    }
+    impl Block for Q4_1 {
+        const BYTES: usize = 20;
+        const ACT: usize = 36;
+        const SIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            (nibbles_32(p.add(4)), load_f16x8(p), load_f16(p.add(2)))
+        }
+    }
+    impl Block for Q5_0 {
+        const BYTES: usize = 22;
+        const ACT: usize = 34;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            let qh = (p.add(2) as *const u32).read_unaligned();
+            let hi = _mm256_andnot_si256(bits_to_bytes_32(u32::from_le(qh)), _mm256_set1_epi8(-16));
+            (
+                _mm256_or_si256(nibbles_32(p.add(6)), hi),
+                load_f16x8(p),
+                0.0,
+            )
+        }
+    }
+    impl Block for Q5_1 {
+        const BYTES: usize = 24;
+        const ACT: usize = 36;
+        const SIGNED: bool = false;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            let qh = (p.add(4) as *const u32).read_unaligned();
+            let hi = _mm256_and_si256(bits_to_bytes_32(u32::from_le(qh)), _mm256_set1_epi8(16));
+            let v = _mm256_or_si256(nibbles_32(p.add(8)), hi);
+            (v, load_f16x8(p), load_f16(p.add(2)))
+        }
+    }
+    impl Block for Q8_0 {
+        const BYTES: usize = 34;
+        const ACT: usize = 34;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            (load256(p.add(2)), load_f16x8(p), 0.0)
+        }
+    }
+    impl Block for Iq4Nl {
+        const BYTES: usize = 18;
+        const ACT: usize = 34;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
+            let v = _mm256_shuffle_epi8(table, nibbles_32(p.add(2)));
+            (v, load_f16x8(p), 0.0)
+        }
+    }
+
+    /// Block `i` against `N` activation rows, into `acc` and `msum`.
+    #[inline(always)]
+    unsafe fn step<B: Block, const N: usize>(
+        wp: *const u8,
+        ap: &[*const u8; N],
+        i: usize,
+        acc: &mut [__m256; N],
+        msum: &mut [f32; N],
+    ) {
+        let (v, d, m) = B::decode(wp.add(i * B::BYTES));
+        let av = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
+        for t in 0..N {
+            let yb = ap[t].add(i * B::ACT);
+            let qy = load256(yb.add(B::ACT - 32));
+            let qy = if B::SIGNED {
+                _mm256_sign_epi8(qy, v)
+            } else {
+                qy
+            };
+            let p = _mm256_cvtepi32_ps(dot_u8i8(av, qy));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, load_f16x8(yb)), p, acc[t]);
+            if B::ACT == 36 {
+                msum[t] += m * load_f16(yb.add(2));
+            }
+        }
+    }
+
+    /// One weight row against `N` activation rows; each weight block is decoded once.
+    /// Two accumulator sets (even / odd blocks) hide the FMA latency.
+    #[inline(always)]
+    unsafe fn dot_n<B: Block, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
+        let nb = w.len() / B::BYTES;
+        for a in &a {
+            assert!(a.len() >= nb * B::ACT);
+        }
+        let wp = w.as_ptr();
+        let ap = a.map(|a| a.as_ptr());
+        let mut acc0 = [_mm256_setzero_ps(); N];
+        let mut acc1 = [_mm256_setzero_ps(); N];
+        let mut msum = [0.0f32; N];
+        let mut i = 0;
+        while i + 2 <= nb {
+            step::<B, N>(wp, &ap, i, &mut acc0, &mut msum);
+            step::<B, N>(wp, &ap, i + 1, &mut acc1, &mut msum);
+            i += 2;
+        }
+        if i < nb {
+            step::<B, N>(wp, &ap, i, &mut acc0, &mut msum);
+        }
+        let mut out = [0.0f32; N];
+        for t in 0..N {
+            out[t] = hsum_ps(_mm256_add_ps(acc0[t], acc1[t])) + msum[t];
+        }
+        out
+    }
+
+    macro_rules! entry {
+        ($one:ident, $four:ident, $b:ty) => {
+            /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
+            pub fn $one(w: &[u8], a: &[u8]) -> f32 {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(w: &[u8], a: &[u8]) -> f32 {
+                    dot_n::<$b, 1>(w, [a])[0]
+                }
+                unsafe { inner(w, a) }
+            }
+            /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
+            pub fn $four(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+                    dot_n::<$b, 4>(w, a)
+                }
+                unsafe { inner(w, a) }
+            }
+        };
+    }
+    entry!(dot_q4_0, dot4_q4_0, Q4_0);
+    entry!(dot_q4_1, dot4_q4_1, Q4_1);
+    entry!(dot_q5_0, dot4_q5_0, Q5_0);
+    entry!(dot_q5_1, dot4_q5_1, Q5_1);
+    entry!(dot_q8_0, dot4_q8_0, Q8_0);
+    entry!(dot_iq4_nl, dot4_iq4_nl, Iq4Nl);
+}
