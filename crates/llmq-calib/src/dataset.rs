@@ -9,8 +9,7 @@
 use std::path::Path;
 
 /// The calibration text compiled into the binary (see `data/calibration/README.md`).
-pub const DEFAULT_CALIBRATION_TEXT: &str =
-    include_str!("../../../data/calibration/default.txt");
+pub const DEFAULT_CALIBRATION_TEXT: &str = include_str!("../../../data/calibration/default.txt");
 
 /// What went wrong reading calibration data (the CLI reports it as invalid arguments).
 #[derive(Debug, thiserror::Error)]
@@ -207,8 +206,7 @@ fn jsonl_docs(text: &str) -> Result<Vec<String>, String> {
         }
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| format!("line {}: not JSON ({e})", i + 1))?;
-        let t = text_of(&v)
-            .ok_or_else(|| format!("line {}: no string field \"text\"", i + 1))?;
+        let t = text_of(&v).ok_or_else(|| format!("line {}: no string field \"text\"", i + 1))?;
         out.push(t);
     }
     if out.is_empty() {
@@ -284,8 +282,8 @@ mod tests {
         std::fs::write(&p, "a b c").unwrap();
         let e = load_calibration(Some(&p), &enc, &opts(4, 8)).unwrap_err();
         assert!(e.to_string().contains("shorter than one sample"), "{e}");
-        let e = load_calibration(Some(&dir.path().join("none.txt")), &enc, &opts(4, 8))
-            .unwrap_err();
+        let e =
+            load_calibration(Some(&dir.path().join("none.txt")), &enc, &opts(4, 8)).unwrap_err();
         assert!(matches!(e, DatasetError::Io { .. }));
     }
 

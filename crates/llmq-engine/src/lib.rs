@@ -4,6 +4,7 @@
 pub mod calib;
 pub mod error;
 pub mod golden;
+pub mod hf_quant;
 pub mod hparams;
 pub mod model;
 pub mod ops;

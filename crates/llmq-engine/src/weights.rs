@@ -4,15 +4,23 @@
 //! plan the GGUF exporter uses (`llmq_arch::gguf_plan` + `apply_transform`), so one
 //! decoder serves both. BF16/F16 weights stay in their type (no rounding); only the
 //! transformed-by-arithmetic tensors (Gemma's `1 + w` norms) become F32.
+//!
+//! Quantized checkpoints (GPTQ, AWQ, compressed-tensors pack-quantized; see
+//! [`crate::hf_quant`]) keep their integer weights: each quantized Linear is repacked
+//! into the kernels' integer block layout, with the plan's row transforms (llama's q/k
+//! row permutation, expert stacking) applied to the packed rows. Only transforms that
+//! mix columns (MLA's `kv_b` split) dequantize, to f32, as the engine does for that
+//! tensor anyway.
 
 use crate::error::{EngineError, Result};
+use crate::hf_quant::{HfQuantScheme, QuantizedModules};
 use llmq_arch::{
     apply_transform, gguf_plan, ArchConfig, GgufTensorSpec, MetaList, MetaValue, Transform,
 };
 use llmq_formats::gguf::{GgufArray, GgufFile, GgufValue};
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use llmq_formats::GgmlType;
-use llmq_kernels::{ByteOwner, Bytes, WeightMatrix};
+use llmq_kernels::{ByteOwner, Bytes, IntAct, WeightMatrix};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +37,10 @@ pub struct HfWeights {
     st: SafetensorsModel,
     plan: HashMap<String, GgufTensorSpec>,
     metadata: HashMap<String, GgufValue>,
+    /// the quantized Linears of a GPTQ / AWQ / compressed-tensors checkpoint
+    quant: Option<QuantizedModules>,
+    /// activations the integer weights are multiplied with
+    int_act: IntAct,
 }
 
 struct U16Buf(Vec<u16>);
@@ -72,10 +84,16 @@ impl WeightSource {
         let config = ArchConfig::from_path(&dir.join("config.json"))
             .map_err(|e| EngineError::Source(e.to_string()))?;
         let st = SafetensorsModel::open(dir).map_err(|e| EngineError::Source(e.to_string()))?;
-        let list: Vec<(String, Vec<usize>)> = st
-            .tensors()
-            .map(|t| (t.name.clone(), t.shape.clone()))
-            .collect();
+        let quant = HfQuantScheme::detect(dir)?
+            .map(|scheme| QuantizedModules::scan(scheme, &st))
+            .transpose()?;
+        let list: Vec<(String, Vec<usize>)> = match &quant {
+            Some(q) => q.plan_tensors(&st),
+            None => st
+                .tensors()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect(),
+        };
         let plan = gguf_plan(&config, &list).map_err(|e| EngineError::Source(e.to_string()))?;
         let (meta, _) = llmq_arch::gguf_meta::arch_metadata(&config, "model", 1)
             .map_err(|e| EngineError::Source(e.to_string()))?;
@@ -88,7 +106,26 @@ impl WeightSource {
                 .collect(),
             config,
             st,
+            quant,
+            int_act: IntAct::Q8_0,
         })))
+    }
+
+    /// Which activations integer (GPTQ / AWQ / compressed-tensors) weights are
+    /// multiplied with: `Q8_0` (default, fast) or `F32` (exactly `x · dequant(W)ᵀ`).
+    pub fn with_int_activations(mut self, act: IntAct) -> WeightSource {
+        if let WeightSource::Hf(h) = &mut self {
+            h.int_act = act;
+        }
+        self
+    }
+
+    /// The quantization scheme of a quantized safetensors checkpoint.
+    pub fn hf_quant_scheme(&self) -> Option<&HfQuantScheme> {
+        match self {
+            WeightSource::Hf(h) => h.quant.as_ref().map(|q| &q.scheme),
+            WeightSource::Gguf(_) => None,
+        }
     }
 
     /// Open a GGUF file or a Hugging Face folder.
@@ -164,7 +201,57 @@ impl WeightSource {
 }
 
 impl HfWeights {
+    /// A plan tensor built from quantized modules without dequantizing, when its
+    /// transform only moves rows.
+    fn int_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<WeightMatrix>> {
+        let Some(qm) = &self.quant else {
+            return Ok(None);
+        };
+        let spec = &self.plan[name];
+        let modules: Option<Vec<&str>> = spec.sources.iter().map(|s| qm.module_of(s)).collect();
+        let Some(modules) = modules else {
+            return Ok(None);
+        };
+        let bad = |why: String| EngineError::BadTensor {
+            name: name.into(),
+            why,
+        };
+        let w = match &spec.transform {
+            Transform::None if modules.len() == 1 => {
+                qm.matrix(&self.st, modules[0], self.int_act)?
+            }
+            Transform::Stack => {
+                let parts = modules
+                    .iter()
+                    .map(|m| qm.matrix(&self.st, m, self.int_act))
+                    .collect::<Result<Vec<_>>>()?;
+                WeightMatrix::stack_rows(&parts).map_err(bad)?
+            }
+            Transform::PermuteQK { n_head } => {
+                let w = qm.matrix(&self.st, modules[0], self.int_act)?;
+                // the row order, through the same permutation the f32 path applies
+                let idx: Vec<f32> = (0..w.rows).map(|r| r as f32).collect();
+                let order: Vec<usize> = llmq_arch::gguf_names::permute_qk(&idx, w.rows, 1, *n_head)
+                    .into_iter()
+                    .map(|r| r as usize)
+                    .collect();
+                w.permute_rows(&order).map_err(bad)?
+            }
+            _ => return Ok(None),
+        };
+        if w.rows != rows || w.cols != cols {
+            return Err(bad(format!(
+                "quantized weight is {}x{}, the plan wants {rows}x{cols}",
+                w.rows, w.cols
+            )));
+        }
+        Ok(Some(w))
+    }
+
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightMatrix> {
+        if let Some(w) = self.int_matrix(name, rows, cols)? {
+            return Ok(w);
+        }
         let spec = &self.plan[name];
         let src_err = |e: llmq_formats::safetensors::SafetensorsError| EngineError::BadTensor {
             name: name.into(),
@@ -173,6 +260,13 @@ impl HfWeights {
         let mut dtypes = Vec::new();
         let mut sources = Vec::with_capacity(spec.sources.len());
         for s in &spec.sources {
+            if let Some(m) = self.quant.as_ref().and_then(|q| q.module_of(s)) {
+                // a column-mixing transform of a quantized weight: dequantize
+                let q = self.quant.as_ref().expect("quantized");
+                dtypes.push(StDtype::F32);
+                sources.push(q.int_quantized(&self.st, m)?.dequantize());
+                continue;
+            }
             let view = self.st.get(s).map_err(src_err)?;
             dtypes.push(view.info.dtype);
             sources.push(view.to_f32().map_err(src_err)?);

@@ -2,10 +2,147 @@
 //! either in a memory-mapped GGUF file (zero copy) or in an owned buffer (weights built
 //! from safetensors). Rows follow ggml's layout: row `r` is `row_bytes(cols)` bytes of
 //! packed blocks, so a `[rows, cols]` matrix is PyTorch's `[out_features, in_features]`.
+//!
+//! Besides GGML types a matrix may hold group-wise integer weights (GPTQ / AWQ /
+//! compressed-tensors checkpoints) in the block layout of [`crate::int_blocks`]
+//! ([`WeightType::Int`]); those may store their input columns in an act-order
+//! permutation ([`ColumnOrder`]), which `matmul` applies to the activations.
 
+use crate::int_blocks::{int_block_bytes, IntGroups, PackedInt};
 use llmq_formats::gguf::GgufFile;
 use llmq_formats::GgmlType;
 use std::sync::Arc;
+
+/// Activations an integer-weight matrix is multiplied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IntAct {
+    /// Quantized per 32 columns to Q8_0 (fast, integer dot products; what llama.cpp
+    /// does for Q4_0/Q8_0). Needs 32-column blocks; other blocks use `F32`.
+    Q8_0,
+    /// Plain f32 (exact to f32 rounding: `x · dequant(W)ᵀ`).
+    F32,
+}
+
+/// Group-wise integer weights ([`crate::int_blocks`] layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IntType {
+    /// 2..=8
+    pub bits: u8,
+    /// input columns per block (a power of two dividing 32)
+    pub block: u16,
+    pub act: IntAct,
+}
+
+/// How a matrix's rows are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    Ggml(GgmlType),
+    Int(IntType),
+}
+
+impl From<GgmlType> for WeightType {
+    fn from(t: GgmlType) -> Self {
+        WeightType::Ggml(t)
+    }
+}
+
+impl PartialEq<GgmlType> for WeightType {
+    fn eq(&self, other: &GgmlType) -> bool {
+        *self == WeightType::Ggml(*other)
+    }
+}
+
+impl WeightType {
+    /// `"Q4_K"`, or `"INT4_G32"`-style names for integer weights.
+    pub fn name(self) -> String {
+        match self {
+            WeightType::Ggml(t) => t.name().to_string(),
+            WeightType::Int(t) => format!("INT{}_B{}", t.bits, t.block),
+        }
+    }
+
+    /// Values per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            WeightType::Ggml(t) => t.block_size(),
+            WeightType::Int(t) => t.block as usize,
+        }
+    }
+
+    /// Bytes of a row of `cols` values (`None` if not whole blocks).
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        match self {
+            WeightType::Ggml(t) => t.row_bytes(cols),
+            WeightType::Int(t) => {
+                let b = t.block as usize;
+                (b > 0 && cols % b == 0).then(|| cols / b * int_block_bytes(t.bits, b))
+            }
+        }
+    }
+
+    /// The GGML type, if this is one.
+    pub fn ggml(self) -> Option<GgmlType> {
+        match self {
+            WeightType::Ggml(t) => Some(t),
+            WeightType::Int(_) => None,
+        }
+    }
+}
+
+/// The order in which a matrix stores its input columns: stored column `j` of row `r`
+/// is input column `perm(r)[j]` (act-order checkpoints, made contiguous per group at
+/// load time). Stacked matrices (MoE experts) carry one permutation per part.
+#[derive(Clone, Debug)]
+pub struct ColumnOrder {
+    perms: Arc<Vec<Vec<u32>>>,
+    /// rows sharing one permutation
+    rows_per: usize,
+    /// first row of this view in the stacked matrix
+    row_offset: usize,
+}
+
+impl ColumnOrder {
+    /// One permutation for every row.
+    pub fn single(perm: Vec<u32>) -> ColumnOrder {
+        ColumnOrder {
+            perms: Arc::new(vec![perm]),
+            rows_per: usize::MAX,
+            row_offset: 0,
+        }
+    }
+
+    /// The permutation of row `r` of this view.
+    pub fn perm_of_row(&self, r: usize) -> &[u32] {
+        let i = (self.row_offset + r) / self.rows_per;
+        &self.perms[i.min(self.perms.len() - 1)]
+    }
+
+    /// Maximal row ranges `[r0, r1)` of a `rows`-row view sharing one permutation.
+    pub fn segments(&self, rows: usize) -> Vec<(usize, usize, &[u32])> {
+        let mut out = Vec::new();
+        let mut r0 = 0;
+        while r0 < rows {
+            let abs = self.row_offset + r0;
+            let i = (abs / self.rows_per).min(self.perms.len() - 1);
+            let end = if i + 1 == self.perms.len() {
+                rows
+            } else {
+                ((i + 1) * self.rows_per - self.row_offset).min(rows)
+            };
+            out.push((r0, end, self.perms[i].as_slice()));
+            r0 = end;
+        }
+        out
+    }
+
+    fn offset(&self, start: usize) -> ColumnOrder {
+        ColumnOrder {
+            perms: self.perms.clone(),
+            rows_per: self.rows_per,
+            row_offset: self.row_offset + start,
+        }
+    }
+}
 
 /// Something that owns a byte buffer the weights point into.
 pub trait ByteOwner: Send + Sync {
@@ -89,13 +226,15 @@ impl std::fmt::Debug for Bytes {
     }
 }
 
-/// A `[rows, cols]` weight matrix in GGML type `ty` (row-major, each row packed).
+/// A `[rows, cols]` weight matrix of type `ty` (row-major, each row packed).
 #[derive(Clone, Debug)]
 pub struct WeightMatrix {
-    pub ty: GgmlType,
+    pub ty: WeightType,
     pub rows: usize,
     pub cols: usize,
     pub data: Bytes,
+    /// Stored column order, when it is not the natural one (integer act-order weights).
+    pub col_order: Option<ColumnOrder>,
 }
 
 impl WeightMatrix {
@@ -122,10 +261,125 @@ impl WeightMatrix {
             ));
         }
         Ok(WeightMatrix {
-            ty,
+            ty: WeightType::Ggml(ty),
             rows,
             cols,
             data,
+            col_order: None,
+        })
+    }
+
+    /// A matrix of repacked integer weights ([`crate::int_blocks`]).
+    pub fn from_packed_int(
+        p: PackedInt,
+        rows: usize,
+        cols: usize,
+        act: IntAct,
+    ) -> Result<WeightMatrix, String> {
+        let act = if p.block == 32 { act } else { IntAct::F32 };
+        let ty = WeightType::Int(IntType {
+            bits: p.bits,
+            block: p.block as u16,
+            act,
+        });
+        if ty.row_bytes(cols).map(|b| b * rows) != Some(p.data.len()) {
+            return Err(format!(
+                "{} matrix {rows}x{cols}: {} bytes do not fit",
+                ty.name(),
+                p.data.len()
+            ));
+        }
+        if p.perm.as_ref().is_some_and(|q| q.len() != cols) {
+            return Err("column permutation length differs from cols".into());
+        }
+        Ok(WeightMatrix {
+            ty,
+            rows,
+            cols,
+            data: Bytes::whole(Arc::new(p.data)),
+            col_order: p.perm.map(ColumnOrder::single),
+        })
+    }
+
+    /// Repacks group-wise integer weights (codes, scales, zeros, g_idx).
+    pub fn from_int_groups(g: &IntGroups<'_>, act: IntAct) -> Result<WeightMatrix, String> {
+        Self::from_packed_int(g.pack()?, g.rows, g.cols, act)
+    }
+
+    /// The same integer weights computed against other activations (no-op for GGML).
+    pub fn with_int_act(mut self, act: IntAct) -> WeightMatrix {
+        if let WeightType::Int(t) = &mut self.ty {
+            if t.block == 32 {
+                t.act = act;
+            }
+        }
+        self
+    }
+
+    /// Rows of several matrices of one type and width, one after another (experts
+    /// stacked into one tensor). Copies the bytes.
+    pub fn stack_rows(parts: &[WeightMatrix]) -> Result<WeightMatrix, String> {
+        let first = parts.first().ok_or("nothing to stack")?;
+        let (ty, cols) = (first.ty, first.cols);
+        if parts.iter().any(|p| p.ty != ty || p.cols != cols) {
+            return Err("stacked parts differ in type or width".into());
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        for p in parts {
+            data.extend_from_slice(p.data.as_slice());
+        }
+        let col_order = if parts.iter().all(|p| p.col_order.is_none()) {
+            None
+        } else {
+            let rows_per = first.rows;
+            if parts.iter().any(|p| p.rows != rows_per) {
+                return Err("stacked act-order parts must have equal rows".into());
+            }
+            let ident: Vec<u32> = (0..cols as u32).collect();
+            let perms = parts
+                .iter()
+                .map(|p| match &p.col_order {
+                    Some(o) if o.segments(p.rows).len() == 1 => Ok(o.perm_of_row(0).to_vec()),
+                    Some(_) => Err("stacking a stacked act-order matrix".to_string()),
+                    None => Ok(ident.clone()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(ColumnOrder {
+                perms: Arc::new(perms),
+                rows_per: rows_per.max(1),
+                row_offset: 0,
+            })
+        };
+        Ok(WeightMatrix {
+            ty,
+            rows,
+            cols,
+            data: Bytes::whole(Arc::new(data)),
+            col_order,
+        })
+    }
+
+    /// A copy whose row `r` is row `order[r]` of `self`.
+    pub fn permute_rows(&self, order: &[usize]) -> Result<WeightMatrix, String> {
+        if order.len() != self.rows || order.iter().any(|&r| r >= self.rows) {
+            return Err("row order does not match the rows".into());
+        }
+        if let Some(o) = &self.col_order {
+            if o.segments(self.rows).len() > 1 {
+                return Err("permuting rows of a stacked act-order matrix".into());
+            }
+        }
+        let mut data = Vec::with_capacity(self.data.len());
+        for &r in order {
+            data.extend_from_slice(self.row(r));
+        }
+        Ok(WeightMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: Bytes::whole(Arc::new(data)),
+            col_order: self.col_order.clone(),
         })
     }
 
@@ -133,10 +387,11 @@ impl WeightMatrix {
     pub fn from_f32(rows: usize, cols: usize, values: Vec<f32>) -> WeightMatrix {
         assert_eq!(values.len(), rows * cols, "f32 matrix size");
         WeightMatrix {
-            ty: GgmlType::F32,
+            ty: WeightType::Ggml(GgmlType::F32),
             rows,
             cols,
             data: Bytes::whole(Arc::new(values)),
+            col_order: None,
         }
     }
 
@@ -160,21 +415,33 @@ impl WeightMatrix {
             rows: n,
             cols: self.cols,
             data: self.data.slice(start * rb, n * rb),
+            col_order: self.col_order.as_ref().map(|o| o.offset(start)),
         }
     }
 
-    /// Row `r` as f32 values.
+    /// Row `r` as f32 values (in natural column order).
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
         let mut out = vec![0.0; self.cols];
-        crate::kernels::dequantize_row(self.ty, self.row(r), &mut out);
+        self.row_f32_into(r, &mut out);
         out
+    }
+
+    /// Row `r` as f32 values (natural column order) into `out`.
+    pub fn row_f32_into(&self, r: usize, out: &mut [f32]) {
+        crate::kernels::dequantize_row(self.ty, self.row(r), out);
+        if let Some(o) = &self.col_order {
+            let stored = out.to_vec();
+            for (&c, v) in o.perm_of_row(r).iter().zip(stored) {
+                out[c as usize] = v;
+            }
+        }
     }
 
     /// The whole matrix as f32 (tests, small tensors such as norms and biases).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
         for (r, chunk) in out.chunks_mut(self.cols.max(1)).enumerate() {
-            crate::kernels::dequantize_row(self.ty, self.row(r), chunk);
+            self.row_f32_into(r, chunk);
         }
         out
     }

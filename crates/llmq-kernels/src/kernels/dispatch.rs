@@ -4,7 +4,8 @@
 //! `matmul` falls back to the reference path.
 
 use super::act_quant::Act;
-use super::{dot_float as fl, dot_kquants as kq, dot_legacy as lg, Isa};
+use super::{dot_float as fl, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa};
+use crate::tensor::{IntAct, IntType};
 use llmq_formats::GgmlType;
 
 /// One weight row against one activation row (both packed).
@@ -113,5 +114,47 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             dot,
             dot4: None,
         }),
+    }
+}
+
+/// The Q8_0-activation kernel for integer weights in 32-column blocks (`None` for other
+/// blocks or `IntAct::F32`, which run [`super::dot_int::dot_int_f32`]).
+pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
+    if t.block != 32 || t.act != IntAct::Q8_0 {
+        return None;
+    }
+    let dot: DotFn = match t.bits {
+        2 => di::dot_int_q8_0::<2>,
+        3 => di::dot_int_q8_0::<3>,
+        4 => di::dot_int_q8_0::<4>,
+        5 => di::dot_int_q8_0::<5>,
+        6 => di::dot_int_q8_0::<6>,
+        7 => di::dot_int_q8_0::<7>,
+        8 => di::dot_int_q8_0::<8>,
+        _ => return None,
+    };
+    let scalar = Kernel {
+        act: Act::Q8_0,
+        dot,
+        dot4: None,
+    };
+    match isa {
+        Isa::Scalar => Some(scalar),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(match t.bits {
+            4 => Kernel {
+                act: Act::Q8_0,
+                dot: di::avx2::dot_int4,
+                dot4: Some(di::avx2::dot4_int4),
+            },
+            8 => Kernel {
+                act: Act::Q8_0,
+                dot: di::avx2::dot_int8,
+                dot4: Some(di::avx2::dot4_int8),
+            },
+            _ => scalar,
+        }),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => Some(scalar),
     }
 }

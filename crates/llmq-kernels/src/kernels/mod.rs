@@ -11,6 +11,11 @@
 //! widened on the fly ([`dot_float`]). Work is split over rayon in chunks of weight rows;
 //! with several activation rows each weight row is unpacked once per 4 tokens.
 //!
+//! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
+//! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
+//! where their type asks for it (exact mode, blocks shorter than 32); act-order matrices
+//! gather the activation columns by their stored column order first.
+//!
 //! Every kernel has a scalar version beside its AVX2/FMA/F16C one, chosen at run time
 //! ([`Isa::detect`]; set `LLMQ_KERNELS_SCALAR=1` to force the scalar path). Types without
 //! a fast kernel ([`has_fast_kernel`]) go through [`matmul_reference`].
@@ -18,6 +23,7 @@
 pub mod act_quant;
 mod dispatch;
 pub mod dot_float;
+pub mod dot_int;
 pub mod dot_kquants;
 #[cfg(target_arch = "x86_64")]
 mod dot_kquants_avx2;
@@ -31,7 +37,7 @@ mod tests;
 pub use dispatch::FAST_TYPES;
 pub use reference::{dequantize_row, matmul_reference};
 
-use crate::tensor::WeightMatrix;
+use crate::tensor::{IntType, WeightMatrix, WeightType};
 use act_quant::Act;
 use dispatch::Kernel;
 use llmq_formats::GgmlType;
@@ -97,8 +103,18 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
     assert_eq!(x.len(), n * cols, "matmul: x is not n x cols");
     assert_eq!(y.len(), n * rows, "matmul: y is not n x rows");
     let isa = if isa.available() { isa } else { Isa::Scalar };
-    let Some(k) = dispatch::kernel(w.ty, isa) else {
-        return matmul_reference(w, x, n, y);
+    if let Some(order) = &w.col_order {
+        return matmul_permuted(w, order, x, n, y, isa);
+    }
+    let k = match w.ty {
+        WeightType::Ggml(ty) => dispatch::kernel(ty, isa),
+        WeightType::Int(t) => dispatch::int_kernel(t, isa),
+    };
+    let Some(k) = k else {
+        return match w.ty {
+            WeightType::Int(t) => matmul_int_f32(w, t, x, n, y),
+            WeightType::Ggml(_) => matmul_reference(w, x, n, y),
+        };
     };
     if n == 0 || rows == 0 {
         return;
@@ -123,6 +139,66 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
     run(w, &k, &buf, rb, n, y);
     if buf.capacity() <= MAX_KEPT_SCRATCH {
         ACT_SCRATCH.with(|s| s.set(buf));
+    }
+}
+
+/// Act-order weights: per run of rows sharing a column order, gather the activation
+/// columns into stored order and multiply.
+fn matmul_permuted(
+    w: &WeightMatrix,
+    order: &crate::tensor::ColumnOrder,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    isa: Isa,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    let mut xp = vec![0.0f32; n * cols];
+    for (r0, r1, perm) in order.segments(rows) {
+        for (dst, src) in xp.chunks_mut(cols).zip(x.chunks(cols)) {
+            for (d, &c) in dst.iter_mut().zip(perm) {
+                *d = src[c as usize];
+            }
+        }
+        let mut sub = w.row_range(r0, r1 - r0);
+        sub.col_order = None;
+        if r0 == 0 && r1 == rows {
+            return matmul_with_isa(&sub, &xp, n, y, isa);
+        }
+        let m = r1 - r0;
+        let mut ys = vec![0.0f32; n * m];
+        matmul_with_isa(&sub, &xp, n, &mut ys, isa);
+        for t in 0..n {
+            y[t * rows + r0..t * rows + r1].copy_from_slice(&ys[t * m..(t + 1) * m]);
+        }
+    }
+}
+
+/// Integer weights against f32 activations (exact mode, or blocks shorter than 32).
+fn matmul_int_f32(w: &WeightMatrix, t: IntType, x: &[f32], n: usize, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let block = t.block as usize;
+    let out = OutPtr(y.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).clamp(1, 64);
+    let body = |ci: usize| {
+        for r in ci * chunk..((ci + 1) * chunk).min(rows) {
+            let wr = w.row(r);
+            for (tk, xr) in x.chunks(cols).enumerate() {
+                let v = dot_int::dot_int_f32(t.bits, block, wr, xr);
+                // SAFETY: (tk, r) is in bounds; row r belongs to this chunk only.
+                unsafe { out.write(tk * rows + r, v) };
+            }
+        }
+    };
+    let n_chunks = rows.div_ceil(chunk);
+    if threads == 1 || w.data.len() * n < PAR_MIN_WORK {
+        (0..n_chunks).for_each(body);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(body);
     }
 }
 

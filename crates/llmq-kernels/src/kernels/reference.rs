@@ -1,15 +1,22 @@
 //! Reference implementation: each weight row is dequantized once into a per-thread
-//! buffer (`llmq_quant::dequantize`, the layouts of llama.cpp `ggml/src/ggml-common.h`)
+//! buffer (`llmq_quant::dequantize`, the layouts of llama.cpp `ggml/src/ggml-common.h`;
+//! [`crate::int_blocks`] for integer weights)
 //! and dotted in f32 with every activation row (parallel over rows). Exact apart from f32
 //! summation order; the fast kernels are tested against it, and types without a fast
 //! kernel run through it.
 
-use crate::tensor::WeightMatrix;
+use crate::int_blocks::dequantize_int_row;
+use crate::tensor::{WeightMatrix, WeightType};
 use llmq_formats::GgmlType;
 use rayon::prelude::*;
 
-/// Dequantize one packed row of `ty` into `out` (`out.len()` values).
-pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+/// Dequantize one packed row of `ty` into `out` (`out.len()` values, in stored column
+/// order: see [`WeightMatrix::row_f32`] for act-order matrices).
+pub fn dequantize_row(ty: impl Into<WeightType>, src: &[u8], out: &mut [f32]) {
+    let ty = match ty.into() {
+        WeightType::Ggml(t) => t,
+        WeightType::Int(t) => return dequantize_int_row(t.bits, t.block as usize, src, out),
+    };
     match ty {
         GgmlType::F32 => {
             for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
@@ -38,7 +45,7 @@ pub fn matmul_reference(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32]) {
             |buf, (ci, out)| {
                 for (k, o) in out.chunks_mut(n).enumerate() {
                     let r = ci * ROWS_PER_TASK + k;
-                    dequantize_row(w.ty, w.row(r), buf);
+                    w.row_f32_into(r, buf);
                     for (t, ot) in o.iter_mut().enumerate() {
                         *ot = dot(&x[t * cols..(t + 1) * cols], buf);
                     }

@@ -265,3 +265,272 @@ fn every_quantizable_type_has_a_fast_kernel() {
     }
     assert!(!has_fast_kernel(GgmlType::IQ2XXS));
 }
+
+// ---- group-wise integer weights (GPTQ / AWQ / compressed-tensors) ----
+
+use crate::int_blocks::IntGroups;
+use crate::tensor::IntAct;
+
+/// A random integer weight: codes, f16 scales, zeros (mid when symmetric), and the group
+/// of each column (`gs` columns per group in order, or shuffled like GPTQ act-order).
+struct RandInt {
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    q: Vec<u8>,
+    scales: Vec<f16>,
+    zeros: Vec<u8>,
+    n_groups: usize,
+    g_idx: Vec<u32>,
+}
+
+impl RandInt {
+    fn new(
+        rng: &mut ChaCha8Rng,
+        bits: u8,
+        rows: usize,
+        cols: usize,
+        gs: Option<usize>,
+        sym: bool,
+        act_order: bool,
+    ) -> RandInt {
+        let maxq = (1u32 << bits) - 1;
+        let gs = gs.unwrap_or(cols);
+        let n_groups = cols.div_ceil(gs);
+        let mut g_idx: Vec<u32> = (0..cols).map(|i| (i / gs) as u32).collect();
+        if act_order {
+            // GPTQ desc_act: g_idx[perm[i]] = i / gs for a random column permutation
+            let mut perm: Vec<usize> = (0..cols).collect();
+            for i in (1..cols).rev() {
+                perm.swap(i, rng.gen_range(0..=i));
+            }
+            for (i, &p) in perm.iter().enumerate() {
+                g_idx[p] = (i / gs) as u32;
+            }
+        }
+        RandInt {
+            bits,
+            rows,
+            cols,
+            q: (0..rows * cols)
+                .map(|_| rng.gen_range(0..=maxq) as u8)
+                .collect(),
+            scales: (0..rows * n_groups)
+                .map(|_| f16::from_f32(rng.gen_range(0.001f32..0.05)))
+                .collect(),
+            zeros: (0..rows * n_groups)
+                .map(|_| {
+                    if sym {
+                        1u8 << (bits - 1)
+                    } else {
+                        rng.gen_range(0..=maxq) as u8
+                    }
+                })
+                .collect(),
+            n_groups,
+            g_idx,
+        }
+    }
+
+    fn groups(&self) -> IntGroups<'_> {
+        IntGroups {
+            bits: self.bits,
+            rows: self.rows,
+            cols: self.cols,
+            q: &self.q,
+            scales: &self.scales,
+            zeros: &self.zeros,
+            n_groups: self.n_groups,
+            group_of_col: &self.g_idx,
+        }
+    }
+
+    /// `w[o][i] = s[o][g_idx[i]] · (q[o][i] − z[o][g_idx[i]])`, in f32.
+    fn dequantize(&self) -> Vec<f32> {
+        let mut w = vec![0.0; self.rows * self.cols];
+        for o in 0..self.rows {
+            for i in 0..self.cols {
+                let g = o * self.n_groups + self.g_idx[i] as usize;
+                let q = self.q[o * self.cols + i] as f32;
+                w[o * self.cols + i] = self.scales[g].to_f32() * (q - self.zeros[g] as f32);
+            }
+        }
+        w
+    }
+}
+
+/// `y = x · Wᵀ` in f64.
+fn dense_matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![0.0; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            let mut s = 0.0f64;
+            for c in 0..cols {
+                s += x[t * cols + c] as f64 * w[r * cols + c] as f64;
+            }
+            y[t * rows + r] = s as f32;
+        }
+    }
+    y
+}
+
+/// Max |a − b| / (‖w_r‖·‖x_t‖) for a dense `w`.
+fn max_rel_dense(w: &[f32], rows: usize, cols: usize, x: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    let n = x.len() / cols;
+    let mut worst = 0.0f32;
+    for t in 0..n {
+        let xn = norm(&x[t * cols..(t + 1) * cols]);
+        for r in 0..rows {
+            let i = t * rows + r;
+            assert!(a[i].is_finite() && b[i].is_finite(), "non-finite output");
+            let scale = norm(&w[r * cols..(r + 1) * cols]) * xn + 1e-20;
+            worst = worst.max((a[i] - b[i]).abs() / scale);
+        }
+    }
+    worst
+}
+
+/// Every supported combination: bits × group size × sym/asym × act-order.
+fn int_cases() -> Vec<(u8, Option<usize>, bool, bool)> {
+    let mut v = vec![];
+    for bits in [2u8, 3, 4, 8] {
+        for gs in [Some(32), Some(64), Some(128), None, Some(48), Some(16)] {
+            for sym in [true, false] {
+                for act_order in [false, true] {
+                    v.push((bits, gs, sym, act_order));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Repacking is lossless: the matrix dequantizes to exactly the checkpoint formula, and
+/// the exact (f32-activation) product equals `x · dequant(W)ᵀ` to f32 rounding.
+#[test]
+fn int_weights_dequantize_exactly_and_f32_product_matches() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (rows, cols) = (13, 384);
+    for (bits, gs, sym, ao) in int_cases() {
+        let ri = RandInt::new(&mut rng, bits, rows, cols, gs, sym, ao);
+        let want_w = ri.dequantize();
+        let w = WeightMatrix::from_int_groups(&ri.groups(), IntAct::F32).unwrap();
+        let case = format!(
+            "bits {bits} group {gs:?} sym {sym} act-order {ao} ({:?})",
+            w.ty
+        );
+        assert_eq!(w.to_f32(), want_w, "{case}: dequantized values");
+        let aligned = gs.is_none_or(|g| g % 32 == 0);
+        assert_eq!(w.ty.block_size() == 32, aligned, "{case}: block length");
+        assert_eq!(
+            w.col_order.is_some(),
+            ao && gs.is_some(),
+            "{case}: column order"
+        );
+        for n in [1, 5] {
+            let x = activations(&mut rng, n, cols);
+            let want = dense_matmul(&want_w, rows, cols, &x, n);
+            for isa in isas() {
+                let mut got = vec![f32::NAN; n * rows];
+                matmul_with_isa(&w, &x, n, &mut got, isa);
+                let e = max_rel_dense(&want_w, rows, cols, &x, &got, &want);
+                assert!(e < 1e-6, "{case} {isa:?} n={n}: relative error {e}");
+            }
+        }
+    }
+}
+
+/// The Q8_0-activation kernels (scalar and AVX2) equal the product with the activations
+/// they see (quantized per 32 stored columns) to float rounding, and each other.
+#[test]
+fn int_weights_q8_0_kernels_match_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (rows, cols) = (37, 256);
+    for (bits, gs, sym, ao) in int_cases() {
+        if gs.is_some_and(|g| g % 32 != 0) || cols % gs.unwrap_or(32) != 0 {
+            continue; // these run in f32 (tested above)
+        }
+        let ri = RandInt::new(&mut rng, bits, rows, cols, gs, sym, ao);
+        let want_w = ri.dequantize();
+        let w = WeightMatrix::from_int_groups(&ri.groups(), IntAct::Q8_0).unwrap();
+        let case = format!("bits {bits} group {gs:?} sym {sym} act-order {ao}");
+        for n in [1, 3, 6] {
+            let x = activations(&mut rng, n, cols);
+            let mut per_isa = vec![];
+            for isa in isas() {
+                // activations as the kernel sees them: gathered, Q8_0 round trip, scattered
+                let perm: Vec<usize> = match &w.col_order {
+                    Some(o) => o.perm_of_row(0).iter().map(|&c| c as usize).collect(),
+                    None => (0..cols).collect(),
+                };
+                let xp: Vec<f32> = (0..n * cols)
+                    .map(|k| x[k / cols * cols + perm[k % cols]])
+                    .collect();
+                let xpq = act_roundtrip(Act::Q8_0, isa, &xp, cols);
+                let mut xq = vec![0.0; n * cols];
+                for k in 0..n * cols {
+                    xq[k / cols * cols + perm[k % cols]] = xpq[k];
+                }
+                let want = dense_matmul(&want_w, rows, cols, &xq, n);
+                let mut got = vec![f32::NAN; n * rows];
+                matmul_with_isa(&w, &x, n, &mut got, isa);
+                let e = max_rel_dense(&want_w, rows, cols, &xq, &got, &want);
+                assert!(e < 2e-6, "{case} {isa:?} n={n}: relative error {e}");
+                // and against exact activations: the 8-bit activation error only
+                let exact = dense_matmul(&want_w, rows, cols, &x, n);
+                let e = max_rel_dense(&want_w, rows, cols, &x, &got, &exact);
+                assert!(e < 1e-2, "{case} {isa:?} n={n}: error vs exact {e}");
+                per_isa.push(got);
+            }
+            if per_isa.len() == 2 {
+                let e = max_rel_dense(&want_w, rows, cols, &x, &per_isa[0], &per_isa[1]);
+                assert!(e < 2e-6, "{case} n={n}: scalar vs AVX2 {e}");
+            }
+        }
+    }
+}
+
+/// Stacked act-order experts, row ranges and row permutations keep each row's order.
+#[test]
+fn int_weights_stack_and_permute_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let (rows, cols, n) = (16, 256, 3);
+    let parts: Vec<RandInt> = (0..3)
+        .map(|e| RandInt::new(&mut rng, 4, rows, cols, Some(64), false, e != 1))
+        .collect();
+    let mats: Vec<WeightMatrix> = parts
+        .iter()
+        .map(|p| WeightMatrix::from_int_groups(&p.groups(), IntAct::Q8_0).unwrap())
+        .collect();
+    let stacked = WeightMatrix::stack_rows(&mats).unwrap();
+    let x = activations(&mut rng, n, cols);
+    let mut y = vec![0.0; n * 3 * rows];
+    matmul(&stacked, &x, n, &mut y);
+    for (e, m) in mats.iter().enumerate() {
+        let mut ye = vec![0.0; n * rows];
+        matmul(m, &x, n, &mut ye);
+        let mut yr = vec![0.0; n * rows];
+        matmul(&stacked.row_range(e * rows, rows), &x, n, &mut yr);
+        assert_eq!(ye, yr, "expert {e} via row_range");
+        for t in 0..n {
+            assert_eq!(
+                &y[t * 3 * rows + e * rows..t * 3 * rows + (e + 1) * rows],
+                &ye[t * rows..(t + 1) * rows],
+                "expert {e} in the stacked product"
+            );
+        }
+        assert_eq!(
+            stacked.row_range(e * rows, rows).to_f32(),
+            parts[e].dequantize()
+        );
+    }
+    let order: Vec<usize> = (0..rows).rev().collect();
+    let p = mats[0].permute_rows(&order).unwrap();
+    let (a, b) = (p.to_f32(), mats[0].to_f32());
+    for r in 0..rows {
+        assert_eq!(
+            a[r * cols..(r + 1) * cols],
+            b[order[r] * cols..(order[r] + 1) * cols]
+        );
+    }
+}
