@@ -40,6 +40,7 @@ use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_s
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use half::f16;
 use llmq_hfquant::IntQuantized;
+use rayon::prelude::*;
 
 /// GPTQ settings (names as in AutoGPTQ's `BaseQuantizeConfig`).
 #[derive(Debug, Clone, PartialEq)]
@@ -572,14 +573,34 @@ impl HessianAccumulator {
             let m = CHUNK.min(n_tokens - start);
             let chunk = &x[start * c..(start + m) * c];
             let xm = Mat::<f64>::from_fn(m, c, |i, j| chunk[i * c + j] as f64);
-            faer::linalg::matmul::matmul(
-                self.xtx.as_mut(),
-                Accum::Add,
-                xm.transpose(),
-                xm.as_ref(),
-                1.0f64,
-                Par::Seq,
-            );
+            // Column blocks of a fixed width in parallel: every entry is computed the
+            // same way whatever the thread count (deterministic results).
+            const COLS: usize = 64;
+            let xm = &xm;
+            let blocks: Vec<(usize, MatMut<'_, f64>)> = {
+                let mut v = Vec::new();
+                let mut rest = self.xtx.as_mut();
+                let mut start = 0;
+                while start < c {
+                    let w = COLS.min(c - start);
+                    let (left, right) = rest.split_at_col_mut(w);
+                    v.push((start, left));
+                    rest = right;
+                    start += w;
+                }
+                v
+            };
+            blocks.into_par_iter().for_each(|(start, dst)| {
+                let w = dst.ncols();
+                faer::linalg::matmul::matmul(
+                    dst,
+                    Accum::Add,
+                    xm.transpose(),
+                    xm.as_ref().subcols(start, w),
+                    1.0f64,
+                    Par::Seq,
+                );
+            });
         }
         self.n_tokens += n_tokens as u64;
     }

@@ -1,6 +1,7 @@
-//! Calibrated quantization: llama.cpp importance matrices ([`imatrix`]) and GPTQ
-//! ([`gptq`]) with its Hessian accumulator.
+//! Calibrated quantization: llama.cpp importance matrices ([`imatrix`]), GPTQ
+//! ([`gptq`]) with its Hessian accumulator, and AWQ ([`awq`]).
 
+pub mod awq;
 pub mod dataset;
 pub mod gptq;
 pub mod imatrix;

@@ -3,6 +3,7 @@
 //! by layer through the quantizers into a GGUF written in place, with per-layer
 //! checkpoints, bounded memory and per-tensor error measurement.
 
+pub mod calibrated;
 pub mod checkpoint;
 pub mod error;
 pub mod gguf_source;
@@ -14,6 +15,9 @@ pub mod quantize;
 pub mod run;
 pub mod source;
 
+pub use calibrated::{
+    quantize_calibrated, CalibTensorStat, CalibratedOutcome, CalibratedRequest, HfFormat, Method,
+};
 pub use error::{PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use quantize::{quantize_gguf, QuantizeOutcome, QuantizeRequest};

@@ -23,6 +23,57 @@ pub struct QuantizeRequest {
     pub token: Option<String>,
     /// testing hook (see [`RunOptions::stop_after_units`])
     pub stop_after_units: Option<usize>,
+    /// llama.cpp importance matrix file (`--imatrix`)
+    pub imatrix: Option<PathBuf>,
+    /// compute the importance matrix from calibration text (`--calibration-data`)
+    pub imatrix_calibration: Option<crate::calibrated::ImatrixRequest>,
+}
+
+/// A tensor source with importance weights from an imatrix.
+struct WithImatrix {
+    inner: Box<dyn run::TensorSource>,
+    data: llmq_calib::ImatrixData,
+}
+
+impl run::TensorSource for WithImatrix {
+    fn load_f32(&self, job: &run::TensorJob) -> Result<Vec<f32>> {
+        self.inner.load_f32(job)
+    }
+    fn describe(&self, job: &run::TensorJob) -> String {
+        self.inner.describe(job)
+    }
+    fn passthrough(&self, job: &run::TensorJob) -> Option<Vec<u8>> {
+        self.inner.passthrough(job)
+    }
+    fn load_rows(&self, job: &run::TensorJob, r0: usize, r1: usize) -> Option<Result<Vec<f32>>> {
+        self.inner.load_rows(job, r0, r1)
+    }
+    fn release(&self, job: &run::TensorJob) {
+        self.inner.release(job)
+    }
+    /// One weight per input column (per expert for stacked experts); entries whose
+    /// width does not match the tensor's rows (MLA's absorbed k_b/v_b) are not used.
+    fn importance(&self, job: &run::TensorJob) -> Option<Vec<f32>> {
+        let v = self.data.importance(&job.name)?;
+        let n = job.row_len();
+        let rows = job.numel() / n.max(1);
+        let k = v.len() / n.max(1);
+        (n > 0 && v.len() % n == 0 && k > 0 && rows % k == 0).then_some(v)
+    }
+}
+
+fn imatrix_fingerprint(d: &llmq_calib::ImatrixData) -> String {
+    let mut bytes = Vec::new();
+    for (name, e) in &d.entries {
+        bytes.extend_from_slice(name.as_bytes());
+        for v in &e.sum2 {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        for c in &e.counts {
+            bytes.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    crate::checkpoint::sha256_hex(&bytes)
 }
 
 /// The result of a successful run.
@@ -104,11 +155,53 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         ResolvedModel::HfDir(dir) => hf_source::plan(dir, &name, mix)?,
         ResolvedModel::GgufFile(file) => gguf_source::plan(file, &name, mix)?,
     };
+    let mut planned = planned;
     let s = &planned.summary;
     progress.message(&format!(
         "Architecture: {} ({} layers)",
         s.architecture, s.layers
     ));
+    let imatrix = match (&req.imatrix, &req.imatrix_calibration) {
+        (Some(p), _) => Some(llmq_calib::ImatrixData::read(p).map_err(|e| {
+            PipelineError::invalid(
+                format!("cannot use imatrix {}: {e}", p.display()),
+                "Give a llama.cpp imatrix file (GGUF or legacy .dat)",
+            )
+        })?),
+        (None, Some(c)) => {
+            let path = match &resolved {
+                ResolvedModel::HfDir(d) => d.clone(),
+                ResolvedModel::GgufFile(f) => f.clone(),
+            };
+            let (d, notes) = crate::calibrated::collect_imatrix(&path, c, progress)?;
+            for n in notes {
+                progress.message(&format!("note: {n}"));
+            }
+            Some(d)
+        }
+        (None, None) => None,
+    };
+    let imatrix_id = imatrix.as_ref().map(imatrix_fingerprint);
+    // a computed imatrix is saved next to the output (llama.cpp's GGUF imatrix format)
+    let computed = if req.imatrix.is_none() {
+        imatrix.clone()
+    } else {
+        None
+    };
+    if let Some(data) = imatrix {
+        let n_entries = data.entries.len();
+        let inner = std::mem::replace(&mut planned.source, Box::new(NoSource));
+        let src = WithImatrix { inner, data };
+        let used = planned
+            .jobs
+            .iter()
+            .filter(|j| run::TensorSource::importance(&src, j).is_some())
+            .count();
+        progress.message(&format!(
+            "Importance matrix: {n_entries} entries, used for {used} tensors"
+        ));
+        planned.source = Box::new(src);
+    }
     progress.message(&format!("Quantizing to GGUF {}", mix.name()));
 
     let out_dir = &req.output_dir;
@@ -154,10 +247,11 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
 
     let fingerprint = crate::checkpoint::sha256_hex(
         format!(
-            "llm-quantize {}\n{}\nlevel={}\n{:?}",
+            "llm-quantize {}\n{}\nlevel={}\nimatrix={:?}\n{:?}",
             env!("CARGO_PKG_VERSION"),
             planned.identity,
             mix.name(),
+            imatrix_id,
             planned.plan
         )
         .as_bytes(),
@@ -179,6 +273,16 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         &opts,
         progress,
     )?;
+    if let Some(data) = computed {
+        let p = output.with_extension("imatrix.gguf");
+        data.write_gguf(&p).map_err(|e| {
+            PipelineError::general(
+                format!("cannot write the imatrix {}: {e}", p.display()),
+                "Check the output directory",
+            )
+        })?;
+        progress.message(&format!("Importance matrix saved: {}", p.display()));
+    }
     progress.message(&format!(
         "Complete: {} ({:.1} MB)",
         output.display(),
@@ -202,4 +306,15 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     // SAFETY: c is a valid NUL-terminated path and s a writable statvfs.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
     (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// Placeholder while a source is being wrapped.
+struct NoSource;
+impl run::TensorSource for NoSource {
+    fn load_f32(&self, _job: &run::TensorJob) -> Result<Vec<f32>> {
+        Err(PipelineError::general(
+            "no tensor source",
+            "Report this as a bug",
+        ))
+    }
 }

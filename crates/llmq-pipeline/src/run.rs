@@ -509,7 +509,8 @@ fn quantize_tensor(
                 "The source weights are corrupt: re-download or fix the checkpoint",
             ));
         }
-        let q = quantize_rows(job, &values, imatrix)?;
+        let first_row = if r0 == rows { 0 } else { r0 };
+        let q = quantize_rows_at(job, &values, imatrix, first_row)?;
         if validate {
             let (a, b) = error_sums(job, &values, &q)?;
             se += a;
@@ -542,6 +543,18 @@ fn quantize_tensor(
 
 /// Quantize a tensor's rows in parallel (deterministic: rows are independent).
 pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
+    quantize_rows_at(job, values, imatrix, 0)
+}
+
+/// [`quantize_rows`] for rows starting at row `first_row` of the job (chunks): with
+/// one importance vector per expert (`imatrix` of `n_mat` rows' widths), each row
+/// uses its expert's.
+pub fn quantize_rows_at(
+    job: &TensorJob,
+    values: &[f32],
+    imatrix: Option<&[f32]>,
+    first_row: usize,
+) -> Result<Vec<u8>> {
     let n = job.row_len();
     let row_bytes = job.ty.row_bytes(n).ok_or_else(|| {
         PipelineError::unsupported(
@@ -554,6 +567,33 @@ pub fn quantize_rows(job: &TensorJob, values: &[f32], imatrix: Option<&[f32]>) -
     })?;
     let rows = values.len() / n;
     let mut bytes = vec![0u8; rows * row_bytes];
+    // Stacked experts: one importance vector per expert, over its rows.
+    let total_rows = job.numel() / n.max(1);
+    let n_mat = imatrix.map_or(1, |w| (w.len() / n).max(1));
+    if n_mat > 1 && total_rows % n_mat == 0 {
+        let per = total_rows / n_mat;
+        let w = imatrix.expect("n_mat > 1 needs weights");
+        let mut r = 0;
+        while r < rows {
+            let e = (first_row + r) / per;
+            let end = ((e + 1) * per - first_row).min(rows);
+            let sub = TensorJob {
+                name: job.name.clone(),
+                shape_ne: vec![n as u64, (end - r) as u64],
+                ty: job.ty,
+                unit: job.unit,
+            };
+            let q = quantize_rows_at(
+                &sub,
+                &values[r * n..end * n],
+                Some(&w[e * n..(e + 1) * n]),
+                0,
+            )?;
+            bytes[r * row_bytes..end * row_bytes].copy_from_slice(&q);
+            r = end;
+        }
+        return Ok(bytes);
+    }
     // Chunks of rows big enough to amortise scheduling.
     let rows_per_chunk = (64 * 1024 / n).max(1);
     bytes
