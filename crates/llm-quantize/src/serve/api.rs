@@ -116,7 +116,6 @@ pub enum PromptInput {
 /// A validated request.
 #[derive(Debug, Clone)]
 pub struct ParsedRequest {
-    pub endpoint: Endpoint,
     pub model: Option<String>,
     pub prompt: PromptInput,
     pub max_tokens: Option<usize>,
@@ -124,6 +123,9 @@ pub struct ParsedRequest {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// keep generating after end-of-sequence tokens (an extension, as in llama.cpp's
+    /// server: fixed-length outputs for benchmarks)
+    pub ignore_eos: bool,
 }
 
 /// Largest accepted `max_tokens` (before the context caps it).
@@ -253,6 +255,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         Some(v) => return Err(type_error("stop", "a string or a list of strings", v)),
     };
     let stream = opt_bool(&o, "stream")?.unwrap_or(false);
+    let ignore_eos = opt_bool(&o, "ignore_eos")?.unwrap_or(false);
     let include_usage = match get(&o, "stream_options") {
         None => false,
         Some(Value::Object(so)) => opt_bool(so, "include_usage")
@@ -264,7 +267,6 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         Some(v) => return Err(type_error("stream_options", "an object", v)),
     };
     Ok(ParsedRequest {
-        endpoint,
         model,
         prompt,
         max_tokens,
@@ -282,6 +284,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         stop,
         stream,
         include_usage,
+        ignore_eos,
     })
 }
 

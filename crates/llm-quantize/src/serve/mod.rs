@@ -541,7 +541,7 @@ async fn handle(
             max_tokens: req.max_tokens.unwrap_or(st.ctx),
             sampling: req.sampling.clone(),
             stop: req.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: req.ignore_eos,
         },
         events: etx,
         arrived: Instant::now(),
