@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install -q --disable-pip-version-check "gguf==0.19.0" "numpy<3" "safetensors" 1>&2
+python3 -m pip install -q --disable-pip-version-check "gguf==0.19.0" "numpy<3" "safetensors" "openai==3.51.0" "jinja2==3.1.6" 1>&2
 # torch + compressed-tensors venv for llmq-hfquant's cross-checks (about 3 GB, once per machine)
 LLMQ_HFQUANT_PYTHON="$(bash scripts/install-py-test-deps.sh)"
 export LLMQ_HFQUANT_PYTHON

@@ -35,6 +35,9 @@ pub enum Command {
     Tokenize(crate::tokenize_cmd::TokenizeArgs),
     /// OpenAI-compatible HTTP server with continuous batching (binds 127.0.0.1 by default)
     Serve(Box<crate::serve::ServeArgs>),
+    /// Models and formats side by side: size, bpw, prompt and decode tokens/s, peak
+    /// memory, perplexity and KL (optionally against llama.cpp's llama-bench)
+    Bench(Box<crate::bench_cmd::BenchArgs>),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,13 @@ pub enum OutputFormat {
     Safetensors,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Gptq,
+    Awq,
+    Rtn,
+}
+
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// Model: Hugging Face Hub id (org/name), local folder, or a .gguf file
@@ -55,24 +65,46 @@ pub struct QuantizeArgs {
     /// Target format
     #[arg(value_enum)]
     pub output_format: OutputFormat,
-    /// Quantization level, e.g. Q4_K_M, Q8_0, IQ4_XS, F16 for gguf
+    /// Quantization level: Q4_K_M, Q8_0, IQ4_XS, F16 … for gguf; 2bit/3bit/4bit/8bit for
+    /// gptq; 4bit for awq; W4A16, W4A16_ASYM, W8A16 for compressed-tensors
     #[arg(short = 'q', long = "quant-level")]
     pub quant_level: String,
     /// Output directory
     #[arg(short = 'o', long = "output-dir", default_value = ".")]
     pub output_dir: PathBuf,
-    /// Output file name (default: <model>-<LEVEL>.gguf)
+    /// Output file name for gguf (default: <model>-<LEVEL>.gguf); output folder name for
+    /// gptq/awq/compressed-tensors (default: <model>-<format>-<LEVEL>)
     #[arg(short = 'n', long = "output-name")]
     pub output_name: Option<String>,
-    /// Calibration dataset (text or JSONL) for calibrated methods
+    /// Calibration text (plain text, or JSONL with a "text" field; default: the bundled
+    /// set); for gguf it computes an importance matrix (saved as <output>.imatrix.gguf)
     #[arg(long)]
     pub calibration_data: Option<PathBuf>,
     /// Number of calibration samples
     #[arg(long, default_value_t = 256)]
     pub calibration_samples: usize,
-    /// Group size for GPTQ/AWQ
-    #[arg(long, default_value_t = 128)]
-    pub group_size: usize,
+    /// Tokens per calibration sample (cut to the model's context)
+    #[arg(long, default_value_t = 512)]
+    pub calibration_seq_len: usize,
+    /// Group size for GPTQ/AWQ/compressed-tensors: 32, 64, 128, or -1 (per channel)
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+    pub group_size: i64,
+    /// GPTQ dampening, a fraction of the mean Hessian diagonal
+    #[arg(long, default_value_t = 0.01)]
+    pub damp_percent: f64,
+    /// Symmetric integer grid (default: true for gptq and W4A16/W8A16, false for awq)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub symmetric: Option<bool>,
+    /// GPTQ act-order (desc_act): quantize columns by descending Hessian diagonal
+    #[arg(long)]
+    pub act_order: bool,
+    /// GPTQ checkpoint layout: gptq (v1, zero points stored minus one) or gptq_v2
+    #[arg(long, default_value = "gptq")]
+    pub checkpoint_format: String,
+    /// Weight quantizer: gptq (default for gptq and compressed-tensors), awq (default
+    /// for awq) or rtn (round-to-nearest, no calibration)
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
     /// Importance matrix file (llama.cpp imatrix) for k-quants and IQ4
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
@@ -125,6 +157,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Generate(a) => crate::generate_cmd::run(*a, mode, verbosity),
         Command::Tokenize(a) => crate::tokenize_cmd::run(a, mode),
         Command::Serve(a) => crate::serve::run(*a, mode, verbosity),
+        Command::Bench(a) => crate::bench_cmd::run(*a, mode, verbosity),
     };
     match result {
         Ok(()) => 0,
@@ -137,21 +170,42 @@ pub fn dispatch(cli: Cli) -> i32 {
 
 fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
     let started = Instant::now();
+    if matches!(
+        a.output_format,
+        OutputFormat::Gptq | OutputFormat::Awq | OutputFormat::CompressedTensors
+    ) {
+        return quantize_calibrated(a, mode, verbosity, started);
+    }
     if a.output_format != OutputFormat::Gguf {
         return Err(PipelineError::unsupported(
             format!(
                 "output format `{}` is not available in this version",
                 format_name(a.output_format)
             ),
-            "Use `gguf`; GPTQ, AWQ, compressed-tensors and EXL3 writers are planned",
+            "Use `gguf`, `gptq`, `awq` or `compressed-tensors`; EXL3 and safetensors writers are planned",
         ));
     }
-    if a.calibration_data.is_some() || a.imatrix.is_some() {
+    if a.calibration_data.is_some() && a.imatrix.is_some() {
         return Err(PipelineError::invalid(
-            "calibrated GGUF quantization (--calibration-data / --imatrix) is not available in this version",
-            "Drop the option to quantize with round-to-nearest k-quants",
+            "--calibration-data and --imatrix both give importance weights",
+            "Pass one of them",
         ));
     }
+    if a.method.is_some() || a.act_order || a.symmetric.is_some() {
+        return Err(PipelineError::invalid(
+            "--method, --act-order and --symmetric apply to gptq, awq and compressed-tensors",
+            "For GGUF, --imatrix FILE or --calibration-data FILE give importance-weighted k-quants",
+        ));
+    }
+    let imatrix_calibration =
+        a.calibration_data
+            .as_ref()
+            .map(|p| llmq_pipeline::calibrated::ImatrixRequest {
+                calibration_data: Some(p.clone()),
+                calibration_samples: a.calibration_samples,
+                seq_len: a.calibration_seq_len,
+                ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
+            });
     if let Some(gb) = a.ram_budget_gb {
         if !(gb.is_finite() && gb > 0.0) {
             return Err(PipelineError::invalid(
@@ -199,10 +253,138 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
         ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
         token: a.token.clone(),
         stop_after_units: a.stop_after_layers,
+        imatrix: a.imatrix.clone(),
+        imatrix_calibration,
     };
     let progress = BarProgress::new(verbosity);
     let outcome = llmq_pipeline::quantize_gguf(&req, &progress)?;
     output::print_quantize_result(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `quantize MODEL gptq|awq|compressed-tensors -q LEVEL`.
+fn quantize_calibrated(
+    a: QuantizeArgs,
+    mode: Mode,
+    verbosity: Verbosity,
+    started: Instant,
+) -> Result<(), PipelineError> {
+    use llmq_pipeline::{HfFormat, Method};
+    let level = a.quant_level.trim().to_string();
+    let bad_level = |fmt: &str, allowed: &str| {
+        PipelineError::invalid(
+            format!("unknown {fmt} quantization level `{level}`"),
+            format!("Use one of: {allowed}"),
+        )
+    };
+    let (format, bits, default_sym, default_method, level_name) = match a.output_format {
+        OutputFormat::Gptq => {
+            let bits = match level.to_ascii_lowercase().as_str() {
+                "2bit" => 2,
+                "3bit" => 3,
+                "4bit" => 4,
+                "8bit" => 8,
+                _ => return Err(bad_level("GPTQ", "2bit, 3bit, 4bit, 8bit")),
+            };
+            let fmt = match a.checkpoint_format.as_str() {
+                "gptq" | "gptq_v1" | "v1" => llmq_hfquant::gptq::GptqFormat::V1,
+                "gptq_v2" | "v2" => llmq_hfquant::gptq::GptqFormat::V2,
+                other => {
+                    return Err(PipelineError::invalid(
+                        format!("--checkpoint-format `{other}` is not supported"),
+                        "Use gptq (v1) or gptq_v2",
+                    ))
+                }
+            };
+            (
+                HfFormat::Gptq(fmt),
+                bits,
+                true,
+                Method::Gptq,
+                format!("{bits}bit"),
+            )
+        }
+        OutputFormat::Awq => {
+            if !level.eq_ignore_ascii_case("4bit") {
+                return Err(bad_level("AWQ", "4bit"));
+            }
+            (HfFormat::Awq, 4, false, Method::Awq, "4bit".to_string())
+        }
+        _ => {
+            let up = level.to_ascii_uppercase();
+            let (bits, sym) = match up.as_str() {
+                "W4A16" => (4, true),
+                "W4A16_ASYM" => (4, false),
+                "W8A16" => (8, true),
+                "NVFP4A16" | "MXFP4A16" | "FP8" => {
+                    return Err(PipelineError::unsupported(
+                        format!("compressed-tensors {up} is not available in this version"),
+                        "Use W4A16, W4A16_ASYM or W8A16",
+                    ))
+                }
+                _ => return Err(bad_level("compressed-tensors", "W4A16, W4A16_ASYM, W8A16")),
+            };
+            (HfFormat::CompressedTensors, bits, sym, Method::Gptq, up)
+        }
+    };
+    if a.imatrix.is_some() {
+        return Err(PipelineError::invalid(
+            "--imatrix applies to GGUF k-quants only",
+            "Drop --imatrix",
+        ));
+    }
+    if a.resume.is_some() {
+        return Err(PipelineError::invalid(
+            "--resume is not available for calibrated formats yet",
+            "Run again without --resume",
+        ));
+    }
+    if let Some(gb) = a.ram_budget_gb {
+        if !(gb.is_finite() && gb > 0.0) {
+            return Err(PipelineError::invalid(
+                "--ram-budget-gb must be a positive number",
+                "e.g. --ram-budget-gb 16",
+            ));
+        }
+    }
+    let group_size = match a.group_size {
+        -1 => None,
+        g if g > 0 => Some(g as usize),
+        g => {
+            return Err(PipelineError::invalid(
+                format!("--group-size {g} is not valid"),
+                "Use 32, 64, 128 or -1 (per channel)",
+            ))
+        }
+    };
+    let method = match a.method {
+        None => default_method,
+        Some(MethodArg::Gptq) => Method::Gptq,
+        Some(MethodArg::Awq) => Method::Awq,
+        Some(MethodArg::Rtn) => Method::Rtn,
+    };
+    let req = llmq_pipeline::CalibratedRequest {
+        model: a.model.clone(),
+        format,
+        level: level_name,
+        method,
+        bits,
+        group_size,
+        symmetric: a.symmetric.unwrap_or(default_sym),
+        act_order: a.act_order,
+        damp_percent: a.damp_percent,
+        calibration_data: a.calibration_data.clone(),
+        calibration_samples: a.calibration_samples,
+        seq_len: a.calibration_seq_len,
+        output_dir: a.output_dir.clone(),
+        output_name: a.output_name.clone(),
+        ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
+        token: a.token.clone(),
+        validate: !a.no_validate,
+    };
+    let progress = BarProgress::new(verbosity);
+    let outcome = llmq_pipeline::quantize_calibrated(&req, &progress)?;
+    crate::calibrated_output::print(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -180,6 +180,16 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
             "Use a longer dataset or a smaller --max-length",
         )
     })?;
+    if protocol == PplProtocol::Golden
+        && tokens.len() < a.max_length
+        && verbosity != Verbosity::Quiet
+    {
+        log(&format!(
+            "note: the dataset has {} tokens, fewer than one window of --max-length {}: it is scored as one shorter window",
+            tokens.len(),
+            a.max_length
+        ));
+    }
     let mut bar = CountBar::new(total, "Evaluating", "windows", verbosity);
     let r = perplexity(
         &m.model,
@@ -191,7 +201,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
     .map_err(engine_error)?;
     bar.finish();
     let secs = started.elapsed().as_secs_f64();
-    let evaluated: usize = r.windows.min(total) * a.max_length;
+    let evaluated: usize = (r.windows.min(total) * a.max_length).min(tokens.len());
     let proto_name = match protocol {
         PplProtocol::Golden => "windows",
         PplProtocol::LlamaCpp => "llama-cpp",

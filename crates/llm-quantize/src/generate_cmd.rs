@@ -114,6 +114,12 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
                         "Pass a readable Jinja template file",
                     )
                 })?;
+                if template.trim().is_empty() {
+                    return Err(PipelineError::invalid(
+                        format!("--chat-template {} is empty", path.display()),
+                        "Pass a Jinja chat template file (for example one copied from a model's tokenizer_config.json)",
+                    ));
+                }
                 llmq_tokenizer::render_chat(
                     &template,
                     &msgs,
@@ -167,7 +173,13 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
-    if req.prompt_tokens.len() + req.max_tokens > ctx && !quiet {
+    if req.prompt_tokens.is_empty() {
+        return Err(PipelineError::invalid(
+            "the prompt is empty (no tokens)",
+            "Pass a non-empty --prompt",
+        ));
+    }
+    if req.prompt_tokens.len() < ctx && req.prompt_tokens.len() + req.max_tokens > ctx && !quiet {
         log(&format!(
             "note: {} prompt tokens + --max-tokens {} exceed the context of {ctx}; output stops when the context is full",
             req.prompt_tokens.len(),

@@ -2,6 +2,8 @@
 //! `shared/docs/cli-contract.md`: global `--format human|json`, `--verbosity`,
 //! `--version`; results alone on stdout, progress and logs on stderr; exit codes 0–9.
 
+mod bench_cmd;
+mod calibrated_output;
 mod cli;
 mod eval_cmd;
 mod generate_cmd;

@@ -48,17 +48,8 @@ fn perplexity(model: &Path) -> f64 {
             model.display(),
             tail(&text)
         );
-        if let Some(line) = text.lines().find(|l| l.contains("Final estimate: PPL =")) {
-            let v: f64 = line
-                .split("PPL =")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!(v.is_finite() && v > 1.0, "{line}");
+        if let Some(v) = llama_perplexity_estimate(&text, 100) {
+            assert!(v.is_finite() && v > 1.0, "{v}");
             return v;
         }
         last = text;

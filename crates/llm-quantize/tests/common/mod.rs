@@ -125,3 +125,23 @@ pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     v.retain(|p| p.to_string_lossy().ends_with(suffix));
     v
 }
+
+/// llama-perplexity's estimate from its log: the `Final estimate: PPL = …` line, else the
+/// running estimate printed after the last of `chunks` chunks (`[chunks]value`, the same
+/// number to the 4 decimals both are printed with). Its log is written by a background
+/// thread, and on a loaded machine the final line has been seen missing.
+pub fn llama_perplexity_estimate(log: &str, chunks: usize) -> Option<f64> {
+    if let Some(v) = log.lines().find_map(|l| {
+        let rest = l.split("Final estimate: PPL = ").nth(1)?;
+        rest.split_whitespace().next()?.parse::<f64>().ok()
+    }) {
+        return Some(v);
+    }
+    let tag = format!("[{chunks}]");
+    let at = log.rfind(&tag)? + tag.len();
+    let num: String = log[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse().ok()
+}
