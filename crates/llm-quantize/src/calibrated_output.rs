@@ -49,6 +49,7 @@ pub fn print(mode: Mode, verbosity: Verbosity, o: &CalibratedOutcome, seconds: f
                     "original_dtype": s.original_dtype,
                     "original_size": s.original_size,
                     "layers_processed": s.layers,
+                    "layers_resumed": o.layers_resumed,
                     "architecture": s.architecture,
                     "method": o.method.name(),
                     "calibration": {
@@ -128,6 +129,12 @@ pub fn print(mode: Mode, verbosity: Verbosity, o: &CalibratedOutcome, seconds: f
             }
             println!("  Duration:        {seconds:.1} s");
             println!("  Peak memory:     {}", human_bytes(o.peak_memory_bytes));
+            if o.layers_resumed > 0 {
+                println!(
+                    "  Resumed:         {} of {} layers from checkpoint",
+                    o.layers_resumed, o.layers
+                );
+            }
             println!("{RULE}");
         }
     }

@@ -220,28 +220,7 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
             "e.g. --max-workers 4",
         ));
     }
-    let checkpoint = if a.no_checkpoints {
-        if a.resume.is_some() {
-            return Err(PipelineError::invalid(
-                "--resume needs checkpoints",
-                "Drop --no-checkpoints",
-            ));
-        }
-        None
-    } else {
-        let dir = match &a.resume {
-            Some(Some(p)) => p.clone(),
-            _ => a
-                .checkpoint_dir
-                .clone()
-                .or_else(|| std::env::var_os("LLM_QUANTIZE_CHECKPOINT_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(".checkpoint")),
-        };
-        Some(CheckpointOptions {
-            dir,
-            resume: a.resume.is_some(),
-        })
-    };
+    let checkpoint = checkpoint_options(&a)?;
     let req = QuantizeRequest {
         model: a.model.clone(),
         level: a.quant_level.clone(),
@@ -260,6 +239,32 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
     let outcome = llmq_pipeline::quantize_gguf(&req, &progress)?;
     output::print_quantize_result(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Checkpoint directory and resume flag from `--no-checkpoints`, `--checkpoint-dir`,
+/// `--resume [PATH]` and `LLM_QUANTIZE_CHECKPOINT_DIR` (default `./.checkpoint`).
+fn checkpoint_options(a: &QuantizeArgs) -> Result<Option<CheckpointOptions>, PipelineError> {
+    if a.no_checkpoints {
+        if a.resume.is_some() {
+            return Err(PipelineError::invalid(
+                "--resume needs checkpoints",
+                "Drop --no-checkpoints",
+            ));
+        }
+        return Ok(None);
+    }
+    let dir = match &a.resume {
+        Some(Some(p)) => p.clone(),
+        _ => a
+            .checkpoint_dir
+            .clone()
+            .or_else(|| std::env::var_os("LLM_QUANTIZE_CHECKPOINT_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".checkpoint")),
+    };
+    Ok(Some(CheckpointOptions {
+        dir,
+        resume: a.resume.is_some(),
+    }))
 }
 
 /// `quantize MODEL gptq|awq|compressed-tensors -q LEVEL`.
@@ -333,12 +338,7 @@ fn quantize_calibrated(
             "Drop --imatrix",
         ));
     }
-    if a.resume.is_some() {
-        return Err(PipelineError::invalid(
-            "--resume is not available for calibrated formats yet",
-            "Run again without --resume",
-        ));
-    }
+    let checkpoint = checkpoint_options(&a)?;
     if let Some(gb) = a.ram_budget_gb {
         if !(gb.is_finite() && gb > 0.0) {
             return Err(PipelineError::invalid(
@@ -381,6 +381,8 @@ fn quantize_calibrated(
         ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
         token: a.token.clone(),
         validate: !a.no_validate,
+        checkpoint,
+        stop_after_units: a.stop_after_layers,
     };
     let progress = BarProgress::new(verbosity);
     let outcome = llmq_pipeline::quantize_calibrated(&req, &progress)?;

@@ -15,6 +15,22 @@
 //! Activations are held in bf16, in memory up to half the RAM budget and in a
 //! temporary file beyond it.
 //!
+//! Checkpoints (unless `--no-checkpoints`; [`crate::calib_checkpoint`]): after block
+//! i is quantized and has run again with its quantized weights, the checkpoint
+//! records (a) block i's quantized modules (the integers, scales, zero points and
+//! g_idx the writers pack) with their report lines, the norms AWQ folded its scales
+//! into and the modules kept in full precision (routers), and (b) the bf16
+//! activations that feed block i+1 — only the latest snapshot is kept; round-to-
+//! nearest needs none, its activations stay the embeddings. Nothing else carries
+//! over between blocks (the engine's weights of block i are read only by block i;
+//! observer statistics and expert token counts are per block). Files are written
+//! under temporary names, fsynced and renamed, the state file last. `--resume`
+//! checks the fingerprint (source files, format and quantizer options, calibration
+//! tokens, output folder; a mismatch is a checkpoint error, exit 7), reloads blocks
+//! 0..=i and the snapshot, and continues with block i+1. Every step is
+//! deterministic (ordered maps, fixed batch order), so the output is byte-identical
+//! to an uninterrupted run. The checkpoint is removed once the output is in place.
+//!
 //! Fallbacks, all reported per tensor:
 //! * a routed expert that got fewer than [`MIN_EXPERT_TOKENS`] tokens is GPTQ'd with
 //!   the Hessian of *all* tokens at the MoE input (`Σ_e X_eᵀX_e / (top_k·n)`: every
@@ -25,8 +41,9 @@
 //! * a Hessian that is not positive definite gets dampening ×10 per retry up to
 //!   `max_damp_percent`, then an error naming the tensor.
 
+use crate::calib_checkpoint::{encode_block, BlockState, CalibCheckpoint};
 use crate::error::{PipelineError, Result};
-use crate::run::Progress;
+use crate::run::{CheckpointOptions, Progress};
 use crate::source::{self, ModelSummary, ResolvedModel};
 use half::bf16;
 use llmq_arch::{apply_transform, gguf_plan, GgufTensorSpec, Transform};
@@ -109,10 +126,14 @@ pub struct CalibratedRequest {
     pub ram_budget_bytes: Option<u64>,
     pub token: Option<String>,
     pub validate: bool,
+    /// per-block checkpoints (`None`: `--no-checkpoints`)
+    pub checkpoint: Option<CheckpointOptions>,
+    /// testing hook: stop (as if killed) after this many blocks were checkpointed
+    pub stop_after_units: Option<usize>,
 }
 
 /// One quantized tensor's report line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CalibTensorStat {
     /// HF weight name
     pub name: String,
@@ -153,6 +174,9 @@ pub struct CalibratedOutcome {
     pub peak_memory_bytes: u64,
     /// parameters in the source (for bits per weight)
     pub params: u64,
+    /// blocks taken from a checkpoint (`--resume`)
+    pub layers_resumed: usize,
+    pub layers: usize,
 }
 
 impl CalibratedOutcome {
@@ -376,6 +400,79 @@ impl ActStore {
         f.seek(SeekFrom::Start(off as u64 * 2))
             .and_then(|_| f.write_all(&bytes))
             .map_err(|e| PipelineError::io("cannot write activations", p, &e))
+    }
+}
+
+impl ActStore {
+    /// Total values held.
+    fn len(&self) -> usize {
+        self.lens.iter().sum::<usize>() * self.d
+    }
+
+    /// Every value as little-endian bf16, in sample order (a checkpoint snapshot).
+    fn save_to(&mut self, w: &mut dyn Write) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let werr = |e: std::io::Error| {
+            PipelineError::checkpoint(
+                format!("cannot write the activation snapshot: {e}"),
+                "Check free space in the checkpoint directory, or pass --no-checkpoints",
+            )
+        };
+        if let Some(m) = &self.mem {
+            let mut bytes = Vec::with_capacity(CHUNK * 2);
+            for c in m.chunks(CHUNK) {
+                bytes.clear();
+                bytes.extend(c.iter().flat_map(|v| v.to_le_bytes()));
+                w.write_all(&bytes).map_err(werr)?;
+            }
+            return Ok(());
+        }
+        let total = self.len() as u64 * 2;
+        let (p, f) = self.file.as_mut().expect("store has memory or a file");
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| PipelineError::io("cannot read activations", p, &e))?;
+        let n = std::io::copy(&mut (&*f).take(total), w).map_err(werr)?;
+        if n != total {
+            return Err(PipelineError::general(
+                format!("activation spill file {} is short", p.display()),
+                "Check the output directory",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replace every value with a snapshot written by [`ActStore::save_to`].
+    fn load_from(&mut self, r: &mut dyn Read) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let rerr = |e: std::io::Error| {
+            PipelineError::checkpoint(
+                format!("cannot read the activation snapshot: {e}"),
+                "Run without --resume to start over",
+            )
+        };
+        let total = self.len();
+        if let Some(m) = &mut self.mem {
+            let mut bytes = vec![0u8; CHUNK * 2];
+            for c in m.chunks_mut(CHUNK) {
+                let b = &mut bytes[..c.len() * 2];
+                r.read_exact(b).map_err(rerr)?;
+                for (d, s) in c.iter_mut().zip(b.chunks_exact(2)) {
+                    *d = u16::from_le_bytes([s[0], s[1]]);
+                }
+            }
+            return Ok(());
+        }
+        let (p, f) = self.file.as_mut().expect("store has memory or a file");
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| PipelineError::io("cannot write activations", p, &e))?;
+        let n = std::io::copy(&mut (&mut *r).take(total as u64 * 2), f).map_err(rerr)?;
+        if n != total as u64 * 2 {
+            return Err(PipelineError::checkpoint(
+                "the activation snapshot is short",
+                "Run without --resume to start over",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -643,14 +740,41 @@ pub fn quantize_calibrated(
         ));
     }
     let tmp_dir = out_dir.join(format!(".{folder}.partial"));
+
+    // checkpoint: fresh, or reopened for --resume (refused unless everything that
+    // determines the output is the same)
+    let fingerprint = calibrated_fingerprint(req, &dir, &calib, &final_dir);
+    let mut checkpoint = match &req.checkpoint {
+        Some(c) if c.resume => Some(CalibCheckpoint::load(&c.dir, &final_dir, &fingerprint)?),
+        Some(c) => Some(CalibCheckpoint::create(&c.dir, &final_dir, &fingerprint)?),
+        None => None,
+    };
+    if let Some(cp) = &checkpoint {
+        if cp.layers_done() > 0 {
+            progress.message(&format!(
+                "Resuming: {} of {} layers done in the checkpoint",
+                cp.layers_done(),
+                summary.layers
+            ));
+        }
+    }
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir)
             .map_err(|e| PipelineError::io("cannot remove stale partial output", &tmp_dir, &e))?;
     }
     std::fs::create_dir_all(&tmp_dir)
         .map_err(|e| PipelineError::io("cannot create output folder", &tmp_dir, &e))?;
-    let result = run_blocks(req, progress, &tensors, &mut model, &calib, &tmp_dir, &cfg);
-    let (stats, quantized_modules, overrides, spilled, ignored) = match result {
+    let result = run_blocks(
+        req,
+        progress,
+        &tensors,
+        &mut model,
+        &calib,
+        &tmp_dir,
+        &cfg,
+        checkpoint.as_mut(),
+    );
+    let (stats, quantized_modules, overrides, spilled, ignored, layers_resumed) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -689,6 +813,9 @@ pub fn quantize_calibrated(
     }
     std::fs::rename(&tmp_dir, &final_dir)
         .map_err(|e| PipelineError::io("cannot rename the finished output to", &final_dir, &e))?;
+    if let Some(cp) = checkpoint {
+        cp.remove();
+    }
     let file_size = std::fs::read_dir(&final_dir)
         .map(|r| {
             r.filter_map(|e| e.ok())
@@ -720,7 +847,44 @@ pub fn quantize_calibrated(
         spilled_to_disk: spilled,
         validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
+        layers_resumed,
+        layers: model.hp.n_layer,
     })
+}
+
+/// Identifies everything the output depends on: the source files, the format and
+/// quantizer options, the calibration tokens and the output folder.
+fn calibrated_fingerprint(
+    req: &CalibratedRequest,
+    src_dir: &Path,
+    calib: &CalibrationSet,
+    final_dir: &Path,
+) -> String {
+    let mut tokens = Vec::new();
+    for s in &calib.samples {
+        tokens.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        for t in s {
+            tokens.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+    crate::checkpoint::sha256_hex(
+        format!(
+            "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\nbits={}\ngroup={:?}\nsym={}\nact_order={}\ndamp={:x}\ntokens={}\noutput={}",
+            env!("CARGO_PKG_VERSION"),
+            crate::hf_source::files_identity(src_dir),
+            req.format,
+            req.level,
+            req.method,
+            req.bits,
+            req.group_size,
+            req.symmetric,
+            req.act_order,
+            req.damp_percent.to_bits(),
+            crate::checkpoint::sha256_hex(&tokens),
+            final_dir.display()
+        )
+        .as_bytes(),
+    )
 }
 
 /// Quantized module: the HF module name and its packed tensors' source.
@@ -734,6 +898,7 @@ type BlockResult = (
     HashMap<String, Vec<f32>>,
     bool,
     Vec<String>,
+    usize,
 );
 
 /// Batches of sample indices with at most `max_tokens` tokens each.
@@ -885,6 +1050,7 @@ fn quantize_one(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_blocks(
     req: &CalibratedRequest,
     progress: &dyn Progress,
@@ -893,6 +1059,7 @@ fn run_blocks(
     calib: &CalibrationSet,
     tmp_dir: &Path,
     cfg: &llmq_arch::ArchConfig,
+    mut checkpoint: Option<&mut CalibCheckpoint>,
 ) -> Result<BlockResult> {
     let d = model.hp.n_embd;
     let n_layer = model.hp.n_layer;
@@ -912,25 +1079,68 @@ fn run_blocks(
             tmp_dir.display()
         ));
     }
+    // Round-to-nearest needs no statistics: one batch finds the Linear inputs
+    // (experts it misses are added below), and no block outputs are needed, so its
+    // activations stay the embeddings and are never snapshotted.
+    let rtn = req.method == Method::Rtn;
     let mut store = ActStore::new(d, lens.clone(), spill.then_some(tmp_dir))?;
-    for (i, s) in calib.samples.iter().enumerate() {
-        let x = model.embed(s).map_err(engine_err)?;
-        store.write(i, &x)?;
-    }
-    let groups = batches(&lens, 4096);
-    let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
 
     let mut stats = Vec::new();
     let mut modules: BTreeMap<String, QModule> = BTreeMap::new();
     let mut overrides: HashMap<String, Vec<f32>> = HashMap::new();
     let mut ignored: BTreeSet<String> = BTreeSet::new();
-    progress.start(n_layer, 0);
-    for layer in 0..n_layer {
+
+    // blocks finished by an earlier run: their results, and the activations after them
+    let resumed = checkpoint
+        .as_deref()
+        .map_or(0, |c| c.layers_done())
+        .min(n_layer);
+    if let Some(cp) = checkpoint.as_deref() {
+        for layer in 0..resumed {
+            let b = cp.load_block(layer)?;
+            for (hf, q, st) in b.modules {
+                stats.push(st);
+                modules.insert(hf, QModule { q });
+            }
+            overrides.extend(b.overrides);
+            ignored.extend(b.ignored);
+        }
+    }
+    let restore = resumed > 0 && resumed < n_layer && !rtn;
+    match checkpoint.as_deref() {
+        Some(cp) if restore => {
+            if !cp.has_activations() {
+                return Err(PipelineError::checkpoint(
+                    "the checkpoint has no activation snapshot to continue from",
+                    "Run without --resume to start over",
+                ));
+            }
+            cp.read_activations(&mut |r: &mut dyn Read| store.load_from(r))?;
+        }
+        _ => {
+            for (i, s) in calib.samples.iter().enumerate() {
+                let x = model.embed(s).map_err(engine_err)?;
+                store.write(i, &x)?;
+            }
+        }
+    }
+    let groups = batches(&lens, 4096);
+    let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
+
+    progress.start(n_layer, resumed);
+    let mut written_now = 0usize;
+    for layer in resumed..n_layer {
         if crate::CANCEL.load(Ordering::SeqCst) {
-            return Err(PipelineError::cancelled(
-                "cancelled; nothing was written",
-                "Run the command again",
-            ));
+            return Err(match checkpoint {
+                Some(_) => PipelineError::cancelled(
+                    format!("cancelled after {layer} of {n_layer} layers; no complete output was written"),
+                    "Run the same command with --resume to continue",
+                ),
+                None => PipelineError::cancelled(
+                    "cancelled; nothing was written",
+                    "Run the command again; use checkpoints (the default) to be able to resume",
+                ),
+            });
         }
         let mut col = Collector {
             want_hessian: req.method == Method::Gptq,
@@ -938,9 +1148,6 @@ fn run_blocks(
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
         };
-        // Round-to-nearest needs no statistics: one batch finds the Linear inputs
-        // (experts it misses are added below), and no block outputs are needed.
-        let rtn = req.method == Method::Rtn;
         let collect_groups = if rtn { &groups[..1] } else { &groups[..] };
         run_batches(
             model,
@@ -951,11 +1158,16 @@ fn run_blocks(
             false,
         )?;
         // routers are kept in full precision
+        let mut block_ignored: Vec<String> = Vec::new();
         if let Some(s) = tensors.spec(layer, "ffn_gate_inp.weight") {
             for src in &s.sources {
-                ignored.insert(module_of(src).to_string());
+                block_ignored.push(module_of(src).to_string());
             }
         }
+        ignored.extend(block_ignored.iter().cloned());
+        // norms AWQ folds scales into in this block: compared against this copy
+        let overrides_before =
+            (checkpoint.is_some() && req.method == Method::Awq).then(|| overrides.clone());
         // dequantized HF weights of this block
         let mut deq: HashMap<String, Vec<f32>> = HashMap::new();
         let mut block_q: Vec<(String, IntQuantized, CalibTensorStat)> = Vec::new();
@@ -973,7 +1185,24 @@ fn run_blocks(
                 &mut overrides,
             )?,
         }
-        for (hf, q, st) in block_q {
+        let mut block = BlockState {
+            modules: block_q,
+            overrides: Vec::new(),
+            ignored: block_ignored,
+        };
+        let block_bytes = checkpoint.is_some().then(|| {
+            if let Some(before) = &overrides_before {
+                let mut changed: Vec<(String, Vec<f32>)> = overrides
+                    .iter()
+                    .filter(|(k, v)| before.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                changed.sort_by(|a, b| a.0.cmp(&b.0));
+                block.overrides = changed;
+            }
+            encode_block(&block)
+        });
+        for (hf, q, st) in block.modules {
             deq.insert(hf.clone(), q.dequantize());
             stats.push(st);
             modules.insert(hf, QModule { q });
@@ -999,7 +1228,32 @@ fn run_blocks(
         if !rtn {
             run_batches(model, layer, &mut store, &groups, None, true)?;
         }
+        if let (Some(cp), Some(bytes)) = (checkpoint.as_deref_mut(), &block_bytes) {
+            // the activations feeding the next block, unless there is none or they
+            // are still the embeddings (round-to-nearest)
+            if layer + 1 < n_layer && !rtn {
+                cp.save_block(
+                    layer,
+                    bytes,
+                    Some(&mut |w: &mut dyn Write| store.save_to(w)),
+                )?;
+            } else {
+                cp.save_block(layer, bytes, None)?;
+            }
+        }
+        written_now += 1;
         progress.unit_done(&format!("layer {layer}"));
+        crate::run::test_delay();
+        if let Some(limit) = req.stop_after_units {
+            if written_now >= limit && layer + 1 < n_layer {
+                // Simulated crash for tests: leave the checkpoint as a kill would.
+                progress.finish();
+                return Err(PipelineError::cancelled(
+                    "stopped early (test hook)",
+                    "resume",
+                ));
+            }
+        }
     }
     progress.finish();
     Ok((
@@ -1008,6 +1262,7 @@ fn run_blocks(
         overrides,
         spill,
         ignored.into_iter().collect(),
+        resumed,
     ))
 }
 

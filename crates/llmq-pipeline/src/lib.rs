@@ -3,6 +3,7 @@
 //! by layer through the quantizers into a GGUF written in place, with per-layer
 //! checkpoints, bounded memory and per-tensor error measurement.
 
+pub mod calib_checkpoint;
 pub mod calibrated;
 pub mod checkpoint;
 pub mod error;

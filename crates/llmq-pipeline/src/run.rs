@@ -367,7 +367,7 @@ pub fn run(
 
 /// Testing hook: `LLM_QUANTIZE_TEST_UNIT_DELAY_MS` slows each unit down so that a
 /// test can kill the process partway through.
-fn test_delay() {
+pub(crate) fn test_delay() {
     if let Some(ms) = std::env::var("LLM_QUANTIZE_TEST_UNIT_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
