@@ -90,54 +90,30 @@ pub mod avx2 {
         }
     }
 
+    /// `N` rows of activations against one weight row. One code path for every `N`,
+    /// so a row's result does not depend on how many rows are computed together
+    /// (batched serving gives the same tokens as a single stream).
     #[inline(always)]
-    unsafe fn dot1<L: Load8>(w: &[u8], a: &[u8]) -> f32 {
-        let a = act_f32(a);
-        let n = w.len() / L::BYTES;
-        assert!(a.len() >= n);
-        let (wp, ap) = (w.as_ptr(), a.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let j = i + 8 * k;
-                *acc = _mm256_fmadd_ps(L::load8(wp, j), _mm256_loadu_ps(ap.add(j)), *acc);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(L::load8(wp, i), _mm256_loadu_ps(ap.add(i)), acc[0]);
-            i += 8;
-        }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut sum = hsum_ps(s);
-        for j in i..n {
-            sum += L::scalar(w, j) * a[j];
-        }
-        sum
-    }
-
-    #[inline(always)]
-    unsafe fn dot4<L: Load8>(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    unsafe fn dot_n<L: Load8, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
         let a = a.map(act_f32);
         let n = w.len() / L::BYTES;
         assert!(a.iter().all(|a| a.len() >= n));
         let wp = w.as_ptr();
         let ap = a.map(|a| a.as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let mut acc = [[_mm256_setzero_ps(); N]; 2];
         let mut i = 0;
         while i + 16 <= n {
             for (h, acc) in acc.iter_mut().enumerate() {
                 let j = i + 8 * h;
                 let wv = L::load8(wp, j);
-                for t in 0..4 {
+                for t in 0..N {
                     acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(ap[t].add(j)), acc[t]);
                 }
             }
             i += 16;
         }
-        let mut out = [0.0f32; 4];
-        for t in 0..4 {
+        let mut out = [0.0f32; N];
+        for t in 0..N {
             out[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
             for j in i..n {
                 out[t] += L::scalar(w, j) * a[t][j];
@@ -150,11 +126,11 @@ pub mod avx2 {
         ($one:ident, $four:ident, $inner1:ident, $inner4:ident, $ty:ty) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $inner1(w: &[u8], a: &[u8]) -> f32 {
-                dot1::<$ty>(w, a)
+                dot_n::<$ty, 1>(w, [a])[0]
             }
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $inner4(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-                dot4::<$ty>(w, a)
+                dot_n::<$ty, 4>(w, a)
             }
             /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
             pub fn $one(w: &[u8], a: &[u8]) -> f32 {
