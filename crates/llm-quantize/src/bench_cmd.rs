@@ -84,6 +84,12 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
             "Pass --batch-size 512",
         ));
     }
+    if a.prompt_tokens == 0 && a.gen_tokens == 0 && a.dataset.is_none() {
+        return Err(PipelineError::invalid(
+            "nothing to measure: -p 0 and -n 0 without --dataset",
+            "Keep -p or -n above 0, or add --dataset FILE for perplexity",
+        ));
+    }
     if a.base.is_some() && a.dataset.is_none() {
         return Err(PipelineError::invalid(
             "--base needs --dataset (KL-divergence is measured on a text)",
@@ -181,7 +187,9 @@ fn peer_binary(a: &BenchArgs) -> Result<Option<PathBuf>, PipelineError> {
 }
 
 /// Run a command to completion; its stdout, stderr tail, success and peak RSS in bytes.
-fn run_measured(mut cmd: Command) -> std::io::Result<(String, String, bool, Option<u64>)> {
+/// Runs `cmd` to completion: its stdout, stderr, exit code (`None` when killed by a
+/// signal) and peak RSS in bytes where the platform reports it.
+fn run_measured(mut cmd: Command) -> std::io::Result<(String, String, Option<i32>, Option<u64>)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -196,12 +204,12 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(String, String, bool, Opti
     let mut out = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out)?;
     let err = err_thread.join().unwrap_or_default();
-    let (ok, rss) = wait_with_rusage(child)?;
-    Ok((out, err, ok, rss))
+    let (code, rss) = wait_with_rusage(child)?;
+    Ok((out, err, code, rss))
 }
 
 #[cfg(unix)]
-fn wait_with_rusage(child: std::process::Child) -> std::io::Result<(bool, Option<u64>)> {
+fn wait_with_rusage(child: std::process::Child) -> std::io::Result<(Option<i32>, Option<u64>)> {
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: plain FFI call with valid out-pointers; the child is ours and not yet reaped.
@@ -211,14 +219,14 @@ fn wait_with_rusage(child: std::process::Child) -> std::io::Result<(bool, Option
         return Err(std::io::Error::last_os_error());
     }
     std::mem::forget(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     // ru_maxrss is in KiB on Linux.
-    Ok((ok, Some(ru.ru_maxrss as u64 * 1024)))
+    Ok((code, Some(ru.ru_maxrss as u64 * 1024)))
 }
 
 #[cfg(not(unix))]
-fn wait_with_rusage(mut child: std::process::Child) -> std::io::Result<(bool, Option<u64>)> {
-    Ok((child.wait()?.success(), None))
+fn wait_with_rusage(mut child: std::process::Child) -> std::io::Result<(Option<i32>, Option<u64>)> {
+    Ok((child.wait()?.code(), None))
 }
 
 fn measure_in_child(
@@ -255,15 +263,17 @@ fn measure_in_child(
     if let Some(t) = &a.token {
         cmd.env("HF_TOKEN", t);
     }
-    let (out, err, ok, rss) = run_measured(cmd)
+    let (out, err, code, rss) = run_measured(cmd)
         .map_err(|e| PipelineError::general(format!("cannot run the benchmark: {e}"), ""))?;
     if verbosity != Verbosity::Quiet {
         for l in err.lines().filter(|l| !l.contains('\r')) {
             eprintln!("{l}");
         }
     }
-    if !ok {
-        return Err(PipelineError::general(
+    if code != Some(0) {
+        // The child printed its own error and hint above; keep its exit code.
+        return Err(PipelineError::from_exit_code(
+            code.unwrap_or(1),
             format!("benchmarking {model} failed"),
             "See the error above",
         ));
@@ -408,7 +418,9 @@ fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Valu
         if !quiet {
             log(&format!(
                 "{}: pp{} {}",
-                m.name, a.prompt_tokens, row["prompt"]
+                m.name,
+                a.prompt_tokens,
+                rate_text(&row["prompt"])
             ));
         }
     }
@@ -421,13 +433,27 @@ fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Valu
         }
         row["decode"] = rate_stats(a.gen_tokens, &secs);
         if !quiet {
-            log(&format!("{}: tg{} {}", m.name, a.gen_tokens, row["decode"]));
+            log(&format!(
+                "{}: tg{} {}",
+                m.name,
+                a.gen_tokens,
+                rate_text(&row["decode"])
+            ));
         }
     }
     if let Some(d) = &a.dataset {
         row["quality"] = quality(a, &m, d)?;
     }
     Ok(row)
+}
+
+/// `123.4 ± 5.6 t/s` from a [`rate_stats`] object, for progress lines.
+fn rate_text(v: &Value) -> String {
+    format!(
+        "{:.1} ± {:.1} t/s",
+        v["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
+        v["stddev"].as_f64().unwrap_or(f64::NAN)
+    )
 }
 
 fn quality(
@@ -510,9 +536,9 @@ fn run_llama_bench(
             cmd.env("LD_LIBRARY_PATH", j);
         }
     }
-    let (out, err, ok, rss) = run_measured(cmd)
+    let (out, err, code, rss) = run_measured(cmd)
         .map_err(|e| PipelineError::general(format!("cannot run llama-bench: {e}"), ""))?;
-    if !ok {
+    if code != Some(0) {
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
         return Err(PipelineError::general(
             format!("llama-bench failed on {model}: {}", tail.join(" | ")),

@@ -48,6 +48,27 @@ impl PipelineError {
     ctor!(cancelled, Cancelled);
     ctor!(general, General);
 
+    /// The error a child process of ours reported through its exit code (the inverse of
+    /// [`PipelineError::exit_code`]); codes outside the contract count as general errors.
+    pub fn from_exit_code(
+        code: i32,
+        message: impl Into<String>,
+        suggestion: impl Into<String>,
+    ) -> PipelineError {
+        let ctor = match code {
+            2 => PipelineError::invalid,
+            3 => PipelineError::not_found,
+            4 => PipelineError::auth,
+            5 => PipelineError::oom,
+            6 => PipelineError::validation,
+            7 => PipelineError::checkpoint,
+            8 => PipelineError::unsupported,
+            9 => PipelineError::cancelled,
+            _ => PipelineError::general,
+        };
+        ctor(message, suggestion)
+    }
+
     /// The process exit code the CLI contract assigns.
     pub fn exit_code(&self) -> i32 {
         match self {
