@@ -307,7 +307,7 @@ fn unsupported_architecture_is_a_clear_error() {
         ],
     ] {
         let r = lq(tmp.path(), &args);
-        assert_ne!(r.code, 0, "{args:?}");
+        assert_eq!(r.code, 8, "{args:?}: {}", r.stderr);
         assert!(
             r.stderr.contains("foobar") || r.stderr.contains("FooBar"),
             "{args:?}: {}",

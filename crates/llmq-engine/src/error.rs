@@ -3,7 +3,7 @@
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("unsupported architecture `{0}` (supported: llama, qwen2, qwen3, qwen3moe, gemma3, phi3, deepseek2)")]
+    #[error("unsupported architecture `{0}` (supported: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Gemma3, Phi3, Mixtral, DeepSeek-V3, GLM-4.7-Flash)")]
     UnsupportedArch(String),
     #[error("model metadata lacks `{0}`")]
     MissingKey(String),

@@ -81,8 +81,10 @@ impl WeightSource {
 
     /// Open a Hugging Face folder (`config.json` + safetensors).
     pub fn open_hf(dir: &Path) -> Result<WeightSource> {
-        let config = ArchConfig::from_path(&dir.join("config.json"))
-            .map_err(|e| EngineError::Source(e.to_string()))?;
+        let config = ArchConfig::from_path(&dir.join("config.json")).map_err(|e| match e {
+            llmq_arch::config::ConfigError::Unsupported(arch) => EngineError::UnsupportedArch(arch),
+            e => EngineError::Source(e.to_string()),
+        })?;
         let st = SafetensorsModel::open(dir).map_err(|e| EngineError::Source(e.to_string()))?;
         let quant = HfQuantScheme::detect(dir)?
             .map(|scheme| QuantizedModules::scan(scheme, &st))
