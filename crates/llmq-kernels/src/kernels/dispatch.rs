@@ -12,6 +12,9 @@ use llmq_formats::GgmlType;
 pub type DotFn = fn(&[u8], &[u8]) -> f32;
 /// One weight row against four activation rows.
 pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
+/// One weight row against eight activation rows interleaved block by block
+/// (`[block][row][block bytes]`, see `interleave8`).
+pub type Dot8Fn = fn(&[u8], &[u8]) -> [f32; 8];
 
 /// A fast kernel for one weight type.
 #[derive(Clone, Copy)]
@@ -20,6 +23,9 @@ pub struct Kernel {
     pub dot: DotFn,
     /// The 4-token variant, where the instruction set has one.
     pub dot4: Option<Dot4Fn>,
+    /// The 8-token variant (prompt processing), where there is one. Every variant gives
+    /// each row exactly what `dot` gives it.
+    pub dot8: Option<Dot8Fn>,
 }
 
 /// The weight types with a fast kernel (on every instruction set).
@@ -90,6 +96,21 @@ fn avx2(ty: GgmlType) -> Option<(DotFn, Dot4Fn)> {
     })
 }
 
+#[cfg(target_arch = "x86_64")]
+fn avx2_dot8(ty: GgmlType) -> Option<Dot8Fn> {
+    use lg::avx2 as l2;
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => l2::dot8_q4_0 as Dot8Fn,
+        Q4_1 => l2::dot8_q4_1,
+        Q5_0 => l2::dot8_q5_0,
+        Q5_1 => l2::dot8_q5_1,
+        Q8_0 => l2::dot8_q8_0,
+        IQ4NL => l2::dot8_iq4_nl,
+        _ => return None,
+    })
+}
+
 /// The kernel for `ty` on `isa` (which the caller has checked is available).
 pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
     let (act, dot) = scalar(ty)?;
@@ -98,6 +119,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             act,
             dot,
             dot4: None,
+            dot8: None,
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
@@ -106,6 +128,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
                 act,
                 dot,
                 dot4: Some(dot4),
+                dot8: avx2_dot8(ty),
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -113,6 +136,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             act,
             dot,
             dot4: None,
+            dot8: None,
         }),
     }
 }
@@ -137,6 +161,7 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
         act: Act::Q8_0,
         dot,
         dot4: None,
+        dot8: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -146,11 +171,13 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
                 act: Act::Q8_0,
                 dot: di::avx2::dot_int4,
                 dot4: Some(di::avx2::dot4_int4),
+                dot8: None,
             },
             8 => Kernel {
                 act: Act::Q8_0,
                 dot: di::avx2::dot_int8,
                 dot4: Some(di::avx2::dot4_int8),
+                dot8: None,
             },
             _ => scalar,
         }),

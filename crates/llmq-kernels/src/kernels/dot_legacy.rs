@@ -133,6 +133,11 @@ pub mod avx2 {
         const SIGNED: bool;
         /// `(weights, d, m)`, `d` broadcast.
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32);
+        /// The block's `m` alone (the third element of `decode`).
+        #[inline(always)]
+        unsafe fn min(_p: *const u8) -> f32 {
+            0.0
+        }
     }
 
     struct Q4_0;
@@ -160,6 +165,10 @@ pub mod avx2 {
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
             (nibbles_32(p.add(4)), load_f16x8(p), load_f16(p.add(2)))
         }
+        #[inline(always)]
+        unsafe fn min(p: *const u8) -> f32 {
+            load_f16(p.add(2))
+        }
     }
     impl Block for Q5_0 {
         const BYTES: usize = 22;
@@ -186,6 +195,10 @@ pub mod avx2 {
             let hi = _mm256_and_si256(bits_to_bytes_32(u32::from_le(qh)), _mm256_set1_epi8(16));
             let v = _mm256_or_si256(nibbles_32(p.add(8)), hi);
             (v, load_f16x8(p), load_f16(p.add(2)))
+        }
+        #[inline(always)]
+        unsafe fn min(p: *const u8) -> f32 {
+            load_f16(p.add(2))
         }
     }
     impl Block for Q8_0 {
@@ -265,8 +278,74 @@ pub mod avx2 {
         out
     }
 
+    /// [`dot_n`] for 8 activation rows stored interleaved (`[block][row][ACT bytes]`, one
+    /// stream for the prefetcher), same result to the bit: the even-block and odd-block
+    /// accumulators are filled in two separate passes (each in block order, as `dot_n`
+    /// fills them) and the `m` terms in a third, so only 8 vector accumulators are live
+    /// at a time and each weight block is decoded once for 8 rows.
+    #[inline(always)]
+    unsafe fn dot8_split<B: Block>(w: &[u8], a: &[u8]) -> [f32; 8] {
+        const N: usize = 8;
+        let nb = w.len() / B::BYTES;
+        assert!(a.len() >= nb * B::ACT * N);
+        let wp = w.as_ptr();
+        let base = a.as_ptr();
+        let ap: [*const u8; N] = std::array::from_fn(|t| base.add(t * B::ACT));
+        let mut acc0 = [_mm256_setzero_ps(); N];
+        let mut i = 0;
+        while i < nb {
+            step_dots::<B, N>(wp, &ap, i, N * B::ACT, &mut acc0);
+            i += 2;
+        }
+        let mut acc1 = [_mm256_setzero_ps(); N];
+        let mut i = 1;
+        while i < nb {
+            step_dots::<B, N>(wp, &ap, i, N * B::ACT, &mut acc1);
+            i += 2;
+        }
+        let mut msum = [0.0f32; N];
+        if B::ACT == 36 {
+            for i in 0..nb {
+                let m = B::min(wp.add(i * B::BYTES));
+                for t in 0..N {
+                    msum[t] += m * load_f16(ap[t].add(i * N * B::ACT + 2));
+                }
+            }
+        }
+        let mut out = [0.0f32; N];
+        for t in 0..N {
+            out[t] = hsum_ps(_mm256_add_ps(acc0[t], acc1[t])) + msum[t];
+        }
+        out
+    }
+
+    /// [`step`] without the `m` terms; activation block `i` of row `t` is at
+    /// `ap[t] + i·stride`.
+    #[inline(always)]
+    unsafe fn step_dots<B: Block, const N: usize>(
+        wp: *const u8,
+        ap: &[*const u8; N],
+        i: usize,
+        stride: usize,
+        acc: &mut [__m256; N],
+    ) {
+        let (v, d, _) = B::decode(wp.add(i * B::BYTES));
+        let av = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
+        for t in 0..N {
+            let yb = ap[t].add(i * stride);
+            let qy = load256(yb.add(B::ACT - 32));
+            let qy = if B::SIGNED {
+                _mm256_sign_epi8(qy, v)
+            } else {
+                qy
+            };
+            let p = _mm256_cvtepi32_ps(dot_u8i8(av, qy));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, load_f16x8(yb)), p, acc[t]);
+        }
+    }
+
     macro_rules! entry {
-        ($one:ident, $four:ident, $b:ty) => {
+        ($one:ident, $four:ident, $eight:ident, $b:ty) => {
             /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
             pub fn $one(w: &[u8], a: &[u8]) -> f32 {
                 #[target_feature(enable = "avx2,fma,f16c")]
@@ -283,12 +362,21 @@ pub mod avx2 {
                 }
                 unsafe { inner(w, a) }
             }
+            /// Eight interleaved activation rows ([`super::super::interleave8`]).
+            /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
+            pub fn $eight(w: &[u8], a: &[u8]) -> [f32; 8] {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(w: &[u8], a: &[u8]) -> [f32; 8] {
+                    dot8_split::<$b>(w, a)
+                }
+                unsafe { inner(w, a) }
+            }
         };
     }
-    entry!(dot_q4_0, dot4_q4_0, Q4_0);
-    entry!(dot_q4_1, dot4_q4_1, Q4_1);
-    entry!(dot_q5_0, dot4_q5_0, Q5_0);
-    entry!(dot_q5_1, dot4_q5_1, Q5_1);
-    entry!(dot_q8_0, dot4_q8_0, Q8_0);
-    entry!(dot_iq4_nl, dot4_iq4_nl, Iq4Nl);
+    entry!(dot_q4_0, dot4_q4_0, dot8_q4_0, Q4_0);
+    entry!(dot_q4_1, dot4_q4_1, dot8_q4_1, Q4_1);
+    entry!(dot_q5_0, dot4_q5_0, dot8_q5_0, Q5_0);
+    entry!(dot_q5_1, dot4_q5_1, dot8_q5_1, Q5_1);
+    entry!(dot_q8_0, dot4_q8_0, dot8_q8_0, Q8_0);
+    entry!(dot_iq4_nl, dot4_iq4_nl, dot8_iq4_nl, Iq4Nl);
 }

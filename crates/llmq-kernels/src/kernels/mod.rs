@@ -9,7 +9,11 @@
 //! (Q8_0, Q8_1 or Q8_K, [`act_quant`]) and integer dot products run straight on the
 //! packed blocks ([`dot_legacy`], [`dot_kquants`]); float weights (F32/F16/BF16) are
 //! widened on the fly ([`dot_float`]). Work is split over rayon in chunks of weight rows;
-//! with several activation rows each weight row is unpacked once per 4 tokens.
+//! with several activation rows each weight row is unpacked once per 4 tokens, or once
+//! per 8 for the legacy types in prompt processing, whose 8-row kernels read the
+//! activations interleaved block by block (`interleave8`) as one sequential stream.
+//! Every multi-row kernel sums in the same order as the one-row kernel, so a row's
+//! result never depends on how many rows share the call.
 //!
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
@@ -226,6 +230,23 @@ impl OutPtr {
 /// Below this many weight bytes × tokens a call runs on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 16;
 
+/// Groups of 8 activation rows (`rb` bytes each, blocks of `block` bytes) rewritten
+/// block-interleaved: `[group][block][row][block bytes]`, so an 8-row kernel reads one
+/// sequential stream. Rows past the last full group are left out.
+fn interleave8(acts: &[u8], rb: usize, n: usize, block: usize) -> Vec<u8> {
+    let groups = n / 8;
+    let mut out = vec![0u8; groups * 8 * rb];
+    for (g, dst) in out.chunks_mut(8 * rb).enumerate() {
+        for (b, dst) in dst.chunks_mut(8 * block).enumerate() {
+            for (t, dst) in dst.chunks_mut(block).enumerate() {
+                let src = (g * 8 + t) * rb + b * block;
+                dst.copy_from_slice(&acts[src..src + block]);
+            }
+        }
+    }
+    out
+}
+
 /// The row-chunked product over packed activations `acts` (`n` rows of `rb` bytes).
 fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [f32]) {
     let rows = w.rows;
@@ -243,9 +264,26 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     };
     let n_chunks = rows.div_ceil(chunk);
     let out = OutPtr(y.as_mut_ptr());
+    let packed8 = match k.dot8 {
+        Some(_) if n >= 8 => Some(interleave8(acts, rb, n, k.act.block_bytes())),
+        _ => None,
+    };
     let body = |ci: usize| {
         let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
         let mut t = 0;
+        if let (Some(dot8), Some(packed)) = (k.dot8, &packed8) {
+            while t + 8 <= n {
+                let a = &packed[t * rb..(t + 8) * rb];
+                for r in r0..r1 {
+                    let v = dot8(wrow(r), a);
+                    for (i, v) in v.into_iter().enumerate() {
+                        // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
+                        unsafe { out.write((t + i) * rows + r, v) };
+                    }
+                }
+                t += 8;
+            }
+        }
         if let Some(dot4) = k.dot4 {
             while t + 4 <= n {
                 let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
