@@ -1,11 +1,11 @@
 //! Checks our imatrix reader/writer against llama.cpp itself (the llama-cpp-python
 //! 0.3.36 build: `llama-imatrix`, `llama-quantize`).
 //!
-//! Needs: the llama.cpp binaries (`LLAMA_CPP_BIN_DIR`, default
-//! `~/.cache/llm-quantize/peer/llama.cpp-0.3.36/bin`), an F16 GGUF of the shared Llama
-//! model (`LLMQ_CALIB_F16_GGUF`, or made with `target/release/llm-quantize`), and the
-//! shared corpus (`LLMQ_SHARED_DIR`, default `<workspace>/../shared`). A test whose
-//! inputs are missing says so on stderr and passes without checking anything.
+//! Needs: the llama.cpp binaries (`LLAMA_CPP_BIN` as `scripts/test.sh` sets it, or
+//! `LLAMA_CPP_BIN_DIR`, default `~/.cache/llm-quantize/peer/llama.cpp-0.3.36/bin`), an
+//! F16 GGUF of the shared Llama model (`LLMQ_CALIB_F16_GGUF`, or made with
+//! `target/release/llm-quantize`), and the shared corpus (`LLMQ_SHARED_DIR`, default
+//! `<workspace>/../shared`). A missing input fails the test with what to do.
 
 use llmq_calib::imatrix::{ImatrixCollector, ImatrixData};
 use llmq_formats::gguf::GgufFile;
@@ -23,15 +23,23 @@ fn shared() -> PathBuf {
         .unwrap_or_else(|| workspace().join("../shared"))
 }
 
-fn bin(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("LLAMA_CPP_BIN_DIR")
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("LLAMA_CPP_BIN")
+        .or_else(|| std::env::var_os("LLAMA_CPP_BIN_DIR"))
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin"))
-        })?;
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/llm-quantize/peer/llama.cpp-0.3.36/bin")
+        });
     let p = dir.join(name);
-    p.exists().then_some(p)
+    assert!(
+        p.is_file(),
+        "{} missing: run `bash scripts/peer-llama-cpp.sh` (or set LLAMA_CPP_BIN)",
+        p.display()
+    );
+    p
 }
 
 struct Fixture {
@@ -41,34 +49,31 @@ struct Fixture {
 }
 
 /// F16 GGUF of the shared Llama model + calibration text, made once per test binary.
-fn fixture() -> Option<&'static Fixture> {
-    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
     make_fixture(&F, "llama", "LLMQ_CALIB_F16_GGUF")
 }
 
 /// The same for the shared Mixtral (MoE: 8 experts, 2 used).
-fn moe_fixture() -> Option<&'static Fixture> {
-    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+fn moe_fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
     make_fixture(&F, "mixtral", "LLMQ_CALIB_MOE_F16_GGUF")
 }
 
-fn make_fixture(
-    cell: &'static OnceLock<Option<Fixture>>,
-    model: &str,
-    env: &str,
-) -> Option<&'static Fixture> {
+fn make_fixture(cell: &'static OnceLock<Fixture>, model: &str, env: &str) -> &'static Fixture {
     cell.get_or_init(|| {
-        bin("llama-imatrix")?;
-        bin("llama-quantize")?;
-        let dir = tempfile::tempdir().ok()?;
+        bin("llama-imatrix");
+        bin("llama-quantize");
+        let dir = tempfile::tempdir().unwrap();
         let f16 = match std::env::var_os(env) {
             Some(p) => PathBuf::from(p),
             None => {
                 let exe = workspace().join("target/release/llm-quantize");
-                if !exe.exists() {
-                    eprintln!("skip: {} not built", exe.display());
-                    return None;
-                }
+                assert!(
+                    exe.exists(),
+                    "{} missing: `cargo build --release -p llm-quantize` (or set {env})",
+                    exe.display()
+                );
                 let out = dir.path().join("f16");
                 let st = Command::new(&exe)
                     .args(["quantize"])
@@ -77,33 +82,31 @@ fn make_fixture(
                     .arg(&out)
                     .args(["--no-checkpoints", "--no-validate"])
                     .output()
-                    .ok()?;
+                    .unwrap();
                 assert!(st.status.success(), "llm-quantize F16 failed: {st:?}");
                 std::fs::read_dir(&out)
-                    .ok()?
+                    .unwrap()
                     .filter_map(|e| e.ok())
                     .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "gguf"))?
+                    .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+                    .expect("llm-quantize wrote no .gguf")
             }
         };
-        let text = std::fs::read(shared().join("data/corpus/train.txt")).ok()?;
+        let corpus = shared().join("data/corpus/train.txt");
+        let text = std::fs::read(&corpus)
+            .unwrap_or_else(|e| panic!("{}: {e} (set LLMQ_SHARED_DIR)", corpus.display()));
         let calib = dir.path().join("calib.txt");
         let mut end = 20_000.min(text.len());
         while end < text.len() && (text[end] & 0xC0) == 0x80 {
             end += 1;
         }
-        std::fs::write(&calib, &text[..end]).ok()?;
-        Some(Fixture { dir, f16, calib })
-    })
-    .as_ref()
-    .or_else(|| {
-        eprintln!("skip: llama.cpp binaries, shared model or corpus not available");
-        None
+        std::fs::write(&calib, &text[..end]).unwrap();
+        Fixture { dir, f16, calib }
     })
 }
 
 fn run_imatrix(fx: &Fixture, out: &Path, extra: &[&str]) {
-    let o = Command::new(bin("llama-imatrix").unwrap())
+    let o = Command::new(bin("llama-imatrix"))
         .arg("-m")
         .arg(&fx.f16)
         .arg("-f")
@@ -123,7 +126,7 @@ fn run_imatrix(fx: &Fixture, out: &Path, extra: &[&str]) {
 /// Runs llama-quantize in `dir` with `--imatrix <imatrix_name>` (a path relative to
 /// `dir`, since llama-quantize stores the path in the output) and returns the output.
 fn run_quantize(fx: &Fixture, dir: &Path, imatrix_name: Option<&str>, level: &str) -> Vec<u8> {
-    let mut c = Command::new(bin("llama-quantize").unwrap());
+    let mut c = Command::new(bin("llama-quantize"));
     c.current_dir(dir);
     if let Some(name) = imatrix_name {
         c.args(["--imatrix", name]);
@@ -149,7 +152,7 @@ fn subdir(fx: &Fixture, name: &str) -> PathBuf {
 
 #[test]
 fn reads_llama_imatrix_gguf_and_matches_the_model() {
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let d = subdir(fx, "read");
     let path = d.join("imatrix.gguf");
     run_imatrix(fx, &path, &[]);
@@ -193,7 +196,7 @@ fn reads_llama_imatrix_gguf_and_matches_the_model() {
 
 #[test]
 fn llama_quantize_gives_identical_output_with_our_rewritten_imatrix() {
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let a = subdir(fx, "quant_orig");
     let b = subdir(fx, "quant_ours");
     let c = subdir(fx, "quant_none");
@@ -214,7 +217,7 @@ fn llama_quantize_gives_identical_output_with_our_rewritten_imatrix() {
 
 #[test]
 fn llama_quantize_accepts_an_imatrix_from_our_collector() {
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let model = GgufFile::open(&fx.f16).unwrap();
     let mut col = ImatrixCollector::new(128, vec!["synthetic".into()]);
     for t in model.tensors() {
@@ -249,7 +252,7 @@ fn llama_quantize_accepts_an_imatrix_from_our_collector() {
 
 #[test]
 fn legacy_dat_matches_llama_imatrix_byte_for_byte() {
-    let Some(fx) = fixture() else { return };
+    let fx = fixture();
     let d = subdir(fx, "dat");
     let dat = d.join("imatrix.dat");
     let gguf = d.join("imatrix.gguf");
@@ -289,7 +292,7 @@ fn legacy_dat_matches_llama_imatrix_byte_for_byte() {
 
 #[test]
 fn reads_a_moe_imatrix_with_per_expert_counts() {
-    let Some(fx) = moe_fixture() else { return };
+    let fx = moe_fixture();
     let d = subdir(fx, "moe");
     let path = d.join("imatrix.gguf");
     run_imatrix(fx, &path, &[]);

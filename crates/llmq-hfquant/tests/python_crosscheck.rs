@@ -43,7 +43,7 @@ fn write_case(
 
 #[test]
 fn compressed_tensors_package_decompresses_our_pack_quantized() {
-    let Some((py, src)) = python() else { return };
+    let (py, src) = python();
     let root = tempfile::tempdir().unwrap();
     let mut r = rng(11);
     // (name, preset, bits, symmetric, group_size, [(out, in)])
@@ -124,7 +124,7 @@ fn compressed_tensors_package_decompresses_our_pack_quantized() {
 
 #[test]
 fn gptqmodel_dequantizes_our_gptq_checkpoints() {
-    let Some((py, src)) = python() else { return };
+    let (py, src) = python();
     let root = tempfile::tempdir().unwrap();
     let mut r = rng(22);
     let mut n = 0;
@@ -173,7 +173,7 @@ fn gptqmodel_dequantizes_our_gptq_checkpoints() {
 
 #[test]
 fn autoawq_dequantizes_our_awq_checkpoints() {
-    let Some((py, src)) = python() else { return };
+    let (py, src) = python();
     let root = tempfile::tempdir().unwrap();
     let mut r = rng(33);
     for gs in [128usize, 64] {
@@ -202,7 +202,7 @@ fn autoawq_dequantizes_our_awq_checkpoints() {
 
 #[test]
 fn safetensors_python_loads_sharded_folder() {
-    let Some((py, src_py)) = python() else { return };
+    let (py, src_py) = python();
     let root = tempfile::tempdir().unwrap();
     let src = root.path().join("src");
     fs::create_dir_all(&src).unwrap();

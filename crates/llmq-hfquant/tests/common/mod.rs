@@ -98,9 +98,8 @@ pub fn base_config() -> serde_json::Value {
 
 /// The Python interpreter of scripts/install-py-test-deps.sh and its source folder:
 /// `$LLMQ_HFQUANT_PYTHON`, else the script's default location when present.
-/// `None` (the caller skips) when neither exists, except under CI (`CI` set), where
-/// a missing interpreter fails the test.
-pub fn python() -> Option<(PathBuf, PathBuf)> {
+/// A missing interpreter fails the test (the cross-checks never pass by skipping).
+pub fn python() -> (PathBuf, PathBuf) {
     let py = std::env::var_os("LLMQ_HFQUANT_PYTHON")
         .map(PathBuf::from)
         .or_else(|| {
@@ -120,18 +119,12 @@ pub fn python() -> Option<(PathBuf, PathBuf)> {
                 .and_then(Path::parent)
                 .map(|r| r.join("src"))
                 .unwrap();
-            Some((p, src))
+            (p, src)
         }
-        None if std::env::var_os("CI").is_some() => panic!(
+        None => panic!(
             "no Python with torch/compressed-tensors: run scripts/install-py-test-deps.sh \
              (and set LLMQ_HFQUANT_PYTHON to what it prints)"
         ),
-        None => {
-            eprintln!(
-                "SKIPPED: Python cross-check deps missing; run scripts/install-py-test-deps.sh"
-            );
-            None
-        }
     }
 }
 
