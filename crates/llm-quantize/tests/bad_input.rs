@@ -48,7 +48,7 @@ fn st_header(path: &Path) -> (u64, serde_json::Value, Vec<u8>) {
 
 fn write_st(path: &Path, header: &serde_json::Value, data: &[u8]) {
     let mut h = serde_json::to_vec(header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut b = (h.len() as u64).to_le_bytes().to_vec();

@@ -552,7 +552,7 @@ pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Ve
         Transform::PermuteQK { n_head } => {
             let rows = shape0[0];
             let cols: usize = shape0[1..].iter().product();
-            if *n_head == 0 || rows % (2 * n_head) != 0 {
+            if *n_head == 0 || !rows.is_multiple_of(2 * n_head) {
                 return Err(err(format!(
                     "{rows} rows do not split into {n_head} heads of pairs"
                 )));

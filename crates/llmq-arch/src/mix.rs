@@ -255,7 +255,7 @@ fn use_more_bits(i: i64, n: i64) -> bool {
 /// `tensor_type_fallback`: a type whose block does not divide ne[0].
 pub fn fallback(ncols: usize, target: GgmlType) -> GgmlType {
     use GgmlType::*;
-    if ncols % target.block_size() == 0 {
+    if ncols.is_multiple_of(target.block_size()) {
         return target;
     }
     let ret = match target {
@@ -266,7 +266,7 @@ pub fn fallback(ncols: usize, target: GgmlType) -> GgmlType {
         Q6K => Q8_0,
         other => other,
     };
-    if ncols % ret.block_size() != 0 {
+    if !ncols.is_multiple_of(ret.block_size()) {
         F16
     } else {
         ret
@@ -351,7 +351,7 @@ fn choose_one(
     let n_expert8 = model.n_expert == 8;
     if cat == Category::Output || (st.tied && cat == Category::TokenEmbd) {
         let nx = t.shape_ne[0];
-        if falcon || nx % ty.block_size() != 0 {
+        if falcon || !nx.is_multiple_of(ty.block_size()) {
             ty = G::Q8_0;
         } else if ty != G::Q8_0 {
             ty = G::Q6K;

@@ -75,7 +75,10 @@ pub fn awq_quantize(
     clip: Option<&[f32]>,
 ) -> IntQuantized {
     assert_eq!(w.len(), out * inp, "weight shape");
-    assert!(group_size > 0 && inp % group_size == 0, "group size");
+    assert!(
+        group_size > 0 && inp.is_multiple_of(group_size),
+        "group size"
+    );
     let maxq = (1u32 << bits) - 1;
     let ng = inp / group_size;
     let mut q = vec![0u8; out * inp];

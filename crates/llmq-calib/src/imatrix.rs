@@ -230,7 +230,7 @@ impl ImatrixData {
                 }
                 counts.push(cf.round() as u64);
             }
-            if counts.is_empty() || sum2.len() % counts.len() != 0 {
+            if counts.is_empty() || !sum2.len().is_multiple_of(counts.len()) {
                 return Err(format!(
                     "{name}: {} sums do not split into {} matrices",
                     sum2.len(),
@@ -515,7 +515,7 @@ impl ImatrixCollector {
             name: name.to_string(),
             why,
         };
-        if n_cols == 0 || x.len() % n_cols != 0 {
+        if n_cols == 0 || !x.len().is_multiple_of(n_cols) {
             return Err(bad(format!("{} activations for {n_cols} columns", x.len())));
         }
         let n_tokens = x.len() / n_cols;
@@ -566,7 +566,7 @@ impl ImatrixCollector {
             name: name.to_string(),
             why,
         };
-        if n_cols == 0 || n_used == 0 || ids.len() % n_used != 0 {
+        if n_cols == 0 || n_used == 0 || !ids.len().is_multiple_of(n_used) {
             return Err(bad("empty shape or ids not [n_tokens, n_used]".into()));
         }
         let n_tokens = ids.len() / n_used;

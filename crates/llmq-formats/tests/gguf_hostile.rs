@@ -41,7 +41,7 @@ impl Bytes {
     }
     /// Zero padding to `align`, then `n` data bytes.
     fn data(mut self, align: usize, n: usize) -> Self {
-        while self.0.len() % align != 0 {
+        while !self.0.len().is_multiple_of(align) {
             self.0.push(0);
         }
         self.0.extend((0..n).map(|i| i as u8));

@@ -218,7 +218,7 @@ pub fn pack(q: &IntQuantized, legacy_group_actorder: bool) -> Result<CtTensors> 
         return Err(unsupported(LAYOUT, format!("{} bits", q.bits)));
     }
     if let Some(g) = q.group_size {
-        if q.in_features % g != 0 {
+        if !q.in_features.is_multiple_of(g) {
             return Err(unsupported(
                 LAYOUT,
                 format!(

@@ -166,7 +166,10 @@ fn check_shape(q: &IntQuantized) -> Result<()> {
         ));
     }
     let b = q.bits as usize;
-    if (q.in_features * b) % 32 != 0 || (q.out_features * b) % 32 != 0 || q.in_features == 0 {
+    if !(q.in_features * b).is_multiple_of(32)
+        || !(q.out_features * b).is_multiple_of(32)
+        || q.in_features == 0
+    {
         return Err(unsupported(
             LAYOUT,
             format!(

@@ -264,7 +264,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HfTensor)]) -> Result<
         off += t.data.len();
     }
     let mut hbytes = serde_json::to_vec(&Value::Object(header)).expect("serializable header");
-    while hbytes.len() % 8 != 0 {
+    while !hbytes.len().is_multiple_of(8) {
         hbytes.push(b' ');
     }
     let f = File::create(path).map_err(io_err(path))?;

@@ -75,7 +75,7 @@ impl WeightType {
             WeightType::Ggml(t) => t.row_bytes(cols),
             WeightType::Int(t) => {
                 let b = t.block as usize;
-                (b > 0 && cols % b == 0).then(|| cols / b * int_block_bytes(t.bits, b))
+                (b > 0 && cols.is_multiple_of(b)).then(|| cols / b * int_block_bytes(t.bits, b))
             }
         }
     }
@@ -245,7 +245,7 @@ impl WeightMatrix {
         cols: usize,
         data: Bytes,
     ) -> Result<WeightMatrix, String> {
-        if cols % ty.block_size() != 0 {
+        if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!(
                 "{} rows of {cols} values are not whole {}-value blocks",
                 ty.name(),

@@ -538,7 +538,7 @@ impl LinearObserver for Collector {
                     .zip(row)
                     .for_each(|(s, v)| *s += v.abs() as f64);
                 let idx = acc.rows + r as u64;
-                if idx % acc.stride == 0 {
+                if idx.is_multiple_of(acc.stride) {
                     acc.sample.extend_from_slice(row);
                     if acc.sample.len() / cols >= AWQ_SAMPLE_ROWS {
                         // keep every other kept row, double the stride

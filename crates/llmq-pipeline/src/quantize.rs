@@ -58,7 +58,7 @@ impl run::TensorSource for WithImatrix {
         let n = job.row_len();
         let rows = job.numel() / n.max(1);
         let k = v.len() / n.max(1);
-        (n > 0 && v.len() % n == 0 && k > 0 && rows % k == 0).then_some(v)
+        (n > 0 && v.len() % n == 0 && k > 0 && rows.is_multiple_of(k)).then_some(v)
     }
 }
 

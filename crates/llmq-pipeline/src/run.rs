@@ -570,7 +570,7 @@ pub fn quantize_rows_at(
     // Stacked experts: one importance vector per expert, over its rows.
     let total_rows = job.numel() / n.max(1);
     let n_mat = imatrix.map_or(1, |w| (w.len() / n).max(1));
-    if n_mat > 1 && total_rows % n_mat == 0 {
+    if n_mat > 1 && total_rows.is_multiple_of(n_mat) {
         let per = total_rows / n_mat;
         let w = imatrix.expect("n_mat > 1 needs weights");
         let mut r = 0;

@@ -91,7 +91,7 @@ fn check(
     n_per_row: usize,
     n_bytes: usize,
 ) -> Result<usize, QuantError> {
-    if n_per_row == 0 || n_elems % n_per_row != 0 {
+    if n_per_row == 0 || !n_elems.is_multiple_of(n_per_row) {
         return Err(QuantError::Size {
             what: format!("{n_elems} elements is not a whole number of rows of {n_per_row}"),
         });
@@ -161,7 +161,7 @@ pub fn dequantize_with(
 ) -> Result<(), QuantError> {
     let bs = ty.block_size();
     let ts = ty.type_size();
-    if dst.len() % bs != 0 || src.len() != dst.len() / bs * ts {
+    if !dst.len().is_multiple_of(bs) || src.len() != dst.len() / bs * ts {
         return Err(QuantError::Size {
             what: format!("{ty}: {} bytes for {} values", src.len(), dst.len()),
         });

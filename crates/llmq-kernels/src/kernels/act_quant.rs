@@ -41,16 +41,6 @@ impl Act {
         }
     }
 
-    /// Bytes of one activation block (4 for `F32`, one value).
-    pub fn block_bytes(self) -> usize {
-        match self {
-            Act::F32 => 4,
-            Act::Q8_0 => Q8_0_BYTES,
-            Act::Q8_1 => Q8_1_BYTES,
-            Act::Q8K => Q8_K_BYTES,
-        }
-    }
-
     /// Quantize one row `x` into `out` (`row_bytes(x.len())` bytes). Not for `F32`.
     pub fn quantize(self, isa: Isa, x: &[f32], out: &mut [u8]) {
         debug_assert_eq!(out.len(), self.row_bytes(x.len()));

@@ -96,18 +96,32 @@ fn avx2(ty: GgmlType) -> Option<(DotFn, Dot4Fn)> {
     })
 }
 
+/// The 8-row kernel: AVX-VNNI's where the CPU has it (same results, fewer
+/// instructions), else AVX2's.
 #[cfg(target_arch = "x86_64")]
 fn avx2_dot8(ty: GgmlType) -> Option<Dot8Fn> {
     use lg::avx2 as l2;
     use GgmlType::*;
+    let vnni = vnni_available();
+    let pick = |plain: Dot8Fn, vnni_fn: Dot8Fn| if vnni { vnni_fn } else { plain };
     Some(match ty {
-        Q4_0 => l2::dot8_q4_0 as Dot8Fn,
-        Q4_1 => l2::dot8_q4_1,
-        Q5_0 => l2::dot8_q5_0,
-        Q5_1 => l2::dot8_q5_1,
-        Q8_0 => l2::dot8_q8_0,
-        IQ4NL => l2::dot8_iq4_nl,
+        Q4_0 => pick(l2::dot8_q4_0, l2::dot8_vnni_q4_0),
+        Q4_1 => pick(l2::dot8_q4_1, l2::dot8_vnni_q4_1),
+        Q5_0 => pick(l2::dot8_q5_0, l2::dot8_vnni_q5_0),
+        Q5_1 => pick(l2::dot8_q5_1, l2::dot8_vnni_q5_1),
+        Q8_0 => pick(l2::dot8_q8_0, l2::dot8_vnni_q8_0),
+        IQ4NL => pick(l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
         _ => return None,
+    })
+}
+
+/// Whether AVX-VNNI is there (and not switched off with `LLMQ_KERNELS_NO_VNNI=1`).
+#[cfg(target_arch = "x86_64")]
+fn vnni_available() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        is_x86_feature_detected!("avxvnni")
+            && !std::env::var("LLMQ_KERNELS_NO_VNNI").is_ok_and(|v| v != "0")
     })
 }
 

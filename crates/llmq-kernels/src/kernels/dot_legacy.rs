@@ -116,6 +116,39 @@ pub fn dot_iq4_nl(w: &[u8], a: &[u8]) -> f32 {
     })
 }
 
+/// Bytes of one group block of [`interleave8`]: 8 f32 scales, 8 × 32 quants, and
+/// for Q8_1 the 8 rows' f32 sums.
+pub fn group8_block_bytes(with_sum: bool) -> usize {
+    32 + 8 * 32 + if with_sum { 32 } else { 0 }
+}
+
+/// Groups of 8 Q8_0 / Q8_1 activation rows (`rb` bytes each) rewritten for the 8-row
+/// kernels: `[group][block][group block]`, a group block holding the 8 rows' scales
+/// `d` as f32, their 32 quants each, and (Q8_1) their sums `s` as f32, so a kernel reads
+/// one sequential stream and widens no f16 in its inner loop (f16 → f32 is exact, so
+/// the results do not change). Rows past the last full group are left out.
+pub fn interleave8(acts: &[u8], rb: usize, n: usize, with_sum: bool) -> Vec<u8> {
+    let ab = if with_sum { 36 } else { 34 };
+    let gb = group8_block_bytes(with_sum);
+    let nb = rb / ab;
+    let mut out = vec![0u8; n / 8 * nb * gb];
+    for (g, dst) in out.chunks_exact_mut(nb * gb).enumerate() {
+        for (b, dst) in dst.chunks_exact_mut(gb).enumerate() {
+            for t in 0..8 {
+                let src = &acts[(g * 8 + t) * rb + b * ab..][..ab];
+                let d = h(src, 0);
+                dst[4 * t..4 * t + 4].copy_from_slice(&d.to_le_bytes());
+                dst[32 + 32 * t..64 + 32 * t].copy_from_slice(&src[ab - 32..]);
+                if with_sum {
+                    let s = h(src, 2);
+                    dst[288 + 4 * t..292 + 4 * t].copy_from_slice(&s.to_le_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     #![allow(unsafe_op_in_unsafe_fn)]
@@ -278,37 +311,62 @@ pub mod avx2 {
         out
     }
 
-    /// [`dot_n`] for 8 activation rows stored interleaved (`[block][row][ACT bytes]`, one
-    /// stream for the prefetcher), same result to the bit: the even-block and odd-block
-    /// accumulators are filled in two separate passes (each in block order, as `dot_n`
-    /// fills them) and the `m` terms in a third, so only 8 vector accumulators are live
-    /// at a time and each weight block is decoded once for 8 rows.
+    /// How the 4-row and 8-row kernels turn a `u8 × i8` block product into 8 `i32`
+    /// lanes (each the sum of 4 adjacent products). Both give the same integers: no pair
+    /// sum of `maddubs` can saturate with these operands (|weight| ≤ 128, |act| ≤ 127).
+    trait Dp {
+        unsafe fn dp(a: __m256i, b: __m256i) -> __m256i;
+    }
+    /// AVX2: `maddubs` then `madd` with ones.
+    struct MaddUbs;
+    impl Dp for MaddUbs {
+        #[inline(always)]
+        unsafe fn dp(a: __m256i, b: __m256i) -> __m256i {
+            dot_u8i8(a, b)
+        }
+    }
+    /// AVX-VNNI: one `vpdpbusd`.
+    struct Vnni;
+    impl Dp for Vnni {
+        #[inline(always)]
+        unsafe fn dp(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b)
+        }
+    }
+
+    /// [`dot_n`] for 8 activation rows in the group layout of [`super::interleave8`],
+    /// same result to the bit: the even-block and odd-block accumulators are filled in
+    /// two separate passes (each in block order, as `dot_n` fills them) and the `m`
+    /// terms in a third, so only 8 vector accumulators are live at a time and each
+    /// weight block is decoded once for 8 rows. The rows' scales are already f32, so the
+    /// 8 products `d_w·d_a` take one vector multiply.
     #[inline(always)]
-    unsafe fn dot8_split<B: Block>(w: &[u8], a: &[u8]) -> [f32; 8] {
+    unsafe fn dot8_split<B: Block, D: Dp>(w: &[u8], a: &[u8]) -> [f32; 8] {
         const N: usize = 8;
         let nb = w.len() / B::BYTES;
-        assert!(a.len() >= nb * B::ACT * N);
+        let gb = super::group8_block_bytes(B::ACT == 36);
+        assert!(a.len() >= nb * gb);
         let wp = w.as_ptr();
-        let base = a.as_ptr();
-        let ap: [*const u8; N] = std::array::from_fn(|t| base.add(t * B::ACT));
+        let ap = a.as_ptr();
         let mut acc0 = [_mm256_setzero_ps(); N];
         let mut i = 0;
         while i < nb {
-            step_dots::<B, N>(wp, &ap, i, N * B::ACT, &mut acc0);
+            step8::<B, D>(wp.add(i * B::BYTES), ap.add(i * gb), &mut acc0);
             i += 2;
         }
         let mut acc1 = [_mm256_setzero_ps(); N];
         let mut i = 1;
         while i < nb {
-            step_dots::<B, N>(wp, &ap, i, N * B::ACT, &mut acc1);
+            step8::<B, D>(wp.add(i * B::BYTES), ap.add(i * gb), &mut acc1);
             i += 2;
         }
         let mut msum = [0.0f32; N];
         if B::ACT == 36 {
             for i in 0..nb {
                 let m = B::min(wp.add(i * B::BYTES));
-                for t in 0..N {
-                    msum[t] += m * load_f16(ap[t].add(i * N * B::ACT + 2));
+                let s = ap.add(i * gb + 32 + 32 * N) as *const f32;
+                for (t, msum) in msum.iter_mut().enumerate() {
+                    *msum += m * s.add(t).read_unaligned();
                 }
             }
         }
@@ -319,33 +377,31 @@ pub mod avx2 {
         out
     }
 
-    /// [`step`] without the `m` terms; activation block `i` of row `t` is at
-    /// `ap[t] + i·stride`.
+    /// One weight block `wb` against one group block `gb` (8 f32 scales, then 8 × 32
+    /// quants), without the `m` terms.
     #[inline(always)]
-    unsafe fn step_dots<B: Block, const N: usize>(
-        wp: *const u8,
-        ap: &[*const u8; N],
-        i: usize,
-        stride: usize,
-        acc: &mut [__m256; N],
-    ) {
-        let (v, d, _) = B::decode(wp.add(i * B::BYTES));
+    unsafe fn step8<B: Block, D: Dp>(wb: *const u8, gb: *const u8, acc: &mut [__m256; 8]) {
+        let (v, d, _) = B::decode(wb);
         let av = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
-        for t in 0..N {
-            let yb = ap[t].add(i * stride);
-            let qy = load256(yb.add(B::ACT - 32));
+        let mut ds = [0.0f32; 8];
+        _mm256_storeu_ps(
+            ds.as_mut_ptr(),
+            _mm256_mul_ps(d, _mm256_loadu_ps(gb as *const f32)),
+        );
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let qy = load256(gb.add(32 + 32 * t));
             let qy = if B::SIGNED {
                 _mm256_sign_epi8(qy, v)
             } else {
                 qy
             };
-            let p = _mm256_cvtepi32_ps(dot_u8i8(av, qy));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, load_f16x8(yb)), p, acc[t]);
+            let p = _mm256_cvtepi32_ps(D::dp(av, qy));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(ds[t]), p, *acc);
         }
     }
 
     macro_rules! entry {
-        ($one:ident, $four:ident, $eight:ident, $b:ty) => {
+        ($one:ident, $four:ident, $eight:ident, $vnni:ident, $b:ty) => {
             /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
             pub fn $one(w: &[u8], a: &[u8]) -> f32 {
                 #[target_feature(enable = "avx2,fma,f16c")]
@@ -362,21 +418,36 @@ pub mod avx2 {
                 }
                 unsafe { inner(w, a) }
             }
-            /// Eight interleaved activation rows ([`super::super::interleave8`]).
+            /// Eight activation rows in the group layout ([`super::interleave8`]).
             /// Only handed out by the dispatcher when AVX2/FMA/F16C were detected.
             pub fn $eight(w: &[u8], a: &[u8]) -> [f32; 8] {
                 #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn inner(w: &[u8], a: &[u8]) -> [f32; 8] {
-                    dot8_split::<$b>(w, a)
+                    dot8_split::<$b, MaddUbs>(w, a)
+                }
+                unsafe { inner(w, a) }
+            }
+            /// [`$eight`] with AVX-VNNI's `vpdpbusd`; only handed out when AVX-VNNI
+            /// was detected too.
+            pub fn $vnni(w: &[u8], a: &[u8]) -> [f32; 8] {
+                #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+                unsafe fn inner(w: &[u8], a: &[u8]) -> [f32; 8] {
+                    dot8_split::<$b, Vnni>(w, a)
                 }
                 unsafe { inner(w, a) }
             }
         };
     }
-    entry!(dot_q4_0, dot4_q4_0, dot8_q4_0, Q4_0);
-    entry!(dot_q4_1, dot4_q4_1, dot8_q4_1, Q4_1);
-    entry!(dot_q5_0, dot4_q5_0, dot8_q5_0, Q5_0);
-    entry!(dot_q5_1, dot4_q5_1, dot8_q5_1, Q5_1);
-    entry!(dot_q8_0, dot4_q8_0, dot8_q8_0, Q8_0);
-    entry!(dot_iq4_nl, dot4_iq4_nl, dot8_iq4_nl, Iq4Nl);
+    entry!(dot_q4_0, dot4_q4_0, dot8_q4_0, dot8_vnni_q4_0, Q4_0);
+    entry!(dot_q4_1, dot4_q4_1, dot8_q4_1, dot8_vnni_q4_1, Q4_1);
+    entry!(dot_q5_0, dot4_q5_0, dot8_q5_0, dot8_vnni_q5_0, Q5_0);
+    entry!(dot_q5_1, dot4_q5_1, dot8_q5_1, dot8_vnni_q5_1, Q5_1);
+    entry!(dot_q8_0, dot4_q8_0, dot8_q8_0, dot8_vnni_q8_0, Q8_0);
+    entry!(
+        dot_iq4_nl,
+        dot4_iq4_nl,
+        dot8_iq4_nl,
+        dot8_vnni_iq4_nl,
+        Iq4Nl
+    );
 }

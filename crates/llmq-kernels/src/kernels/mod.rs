@@ -11,7 +11,7 @@
 //! widened on the fly ([`dot_float`]). Work is split over rayon in chunks of weight rows;
 //! with several activation rows each weight row is unpacked once per 4 tokens, or once
 //! per 8 for the legacy types in prompt processing, whose 8-row kernels read the
-//! activations interleaved block by block (`interleave8`) as one sequential stream.
+//! activations interleaved block by block (`dot_legacy::interleave8`) as one stream.
 //! Every multi-row kernel sums in the same order as the one-row kernel, so a row's
 //! result never depends on how many rows share the call.
 //!
@@ -230,23 +230,6 @@ impl OutPtr {
 /// Below this many weight bytes × tokens a call runs on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 16;
 
-/// Groups of 8 activation rows (`rb` bytes each, blocks of `block` bytes) rewritten
-/// block-interleaved: `[group][block][row][block bytes]`, so an 8-row kernel reads one
-/// sequential stream. Rows past the last full group are left out.
-fn interleave8(acts: &[u8], rb: usize, n: usize, block: usize) -> Vec<u8> {
-    let groups = n / 8;
-    let mut out = vec![0u8; groups * 8 * rb];
-    for (g, dst) in out.chunks_mut(8 * rb).enumerate() {
-        for (b, dst) in dst.chunks_mut(8 * block).enumerate() {
-            for (t, dst) in dst.chunks_mut(block).enumerate() {
-                let src = (g * 8 + t) * rb + b * block;
-                dst.copy_from_slice(&acts[src..src + block]);
-            }
-        }
-    }
-    out
-}
-
 /// The row-chunked product over packed activations `acts` (`n` rows of `rb` bytes).
 fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [f32]) {
     let rows = w.rows;
@@ -265,15 +248,16 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     let n_chunks = rows.div_ceil(chunk);
     let out = OutPtr(y.as_mut_ptr());
     let packed8 = match k.dot8 {
-        Some(_) if n >= 8 => Some(interleave8(acts, rb, n, k.act.block_bytes())),
+        Some(_) if n >= 8 => Some(dot_legacy::interleave8(acts, rb, n, k.act == Act::Q8_1)),
         _ => None,
     };
     let body = |ci: usize| {
         let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
         let mut t = 0;
         if let (Some(dot8), Some(packed)) = (k.dot8, &packed8) {
+            let gbytes = packed.len() / (n / 8);
             while t + 8 <= n {
-                let a = &packed[t * rb..(t + 8) * rb];
+                let a = &packed[t / 8 * gbytes..(t / 8 + 1) * gbytes];
                 for r in r0..r1 {
                     let v = dot8(wrow(r), a);
                     for (i, v) in v.into_iter().enumerate() {

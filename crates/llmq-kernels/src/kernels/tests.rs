@@ -568,3 +568,132 @@ fn rows_are_independent_of_batch_size() {
         }
     }
 }
+
+/// The 8-row kernels (AVX2 `maddubs` and AVX-VNNI `vpdpbusd`) give each row exactly
+/// what the 1-row kernel gives it, on random block bytes with extreme quants (Q8_0
+/// weights of −128 and 127, activations of ±127), where a saturating pair sum would
+/// show.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn eight_row_kernels_equal_the_one_row_kernel_at_extreme_values() {
+    use super::dot_legacy::{avx2 as l2, interleave8};
+    if !Isa::Avx2.available() {
+        return;
+    }
+    let vnni = is_x86_feature_detected!("avxvnni");
+    type One = fn(&[u8], &[u8]) -> f32;
+    type Eight = fn(&[u8], &[u8]) -> [f32; 8];
+    /// name, weight block bytes, activation block bytes, offsets of the weight's f16
+    /// `d` (and `m`), then the 1-row, 8-row and 8-row VNNI kernels
+    type Case = (
+        &'static str,
+        usize,
+        usize,
+        &'static [usize],
+        One,
+        Eight,
+        Eight,
+    );
+    let cases: [Case; 6] = [
+        (
+            "q4_0",
+            18,
+            34,
+            &[0],
+            l2::dot_q4_0,
+            l2::dot8_q4_0,
+            l2::dot8_vnni_q4_0,
+        ),
+        (
+            "q4_1",
+            20,
+            36,
+            &[0, 2],
+            l2::dot_q4_1,
+            l2::dot8_q4_1,
+            l2::dot8_vnni_q4_1,
+        ),
+        (
+            "q5_0",
+            22,
+            34,
+            &[0],
+            l2::dot_q5_0,
+            l2::dot8_q5_0,
+            l2::dot8_vnni_q5_0,
+        ),
+        (
+            "q5_1",
+            24,
+            36,
+            &[0, 2],
+            l2::dot_q5_1,
+            l2::dot8_q5_1,
+            l2::dot8_vnni_q5_1,
+        ),
+        (
+            "q8_0",
+            34,
+            34,
+            &[0],
+            l2::dot_q8_0,
+            l2::dot8_q8_0,
+            l2::dot8_vnni_q8_0,
+        ),
+        (
+            "iq4_nl",
+            18,
+            34,
+            &[0],
+            l2::dot_iq4_nl,
+            l2::dot8_iq4_nl,
+            l2::dot8_vnni_iq4_nl,
+        ),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let f16b = |v: f32| f16::from_f32(v).to_bits().to_le_bytes();
+    for (name, wb, ab, scales, one, eight, eight_vnni) in cases {
+        let nb = 7;
+        let mut w: Vec<u8> = (0..nb * wb).map(|_| rng.gen()).collect();
+        for b in 0..nb {
+            for &o in scales {
+                let s = rng.gen_range(0.001f32..0.1) * if o == 0 { 1.0 } else { -1.0 };
+                w[b * wb + o..b * wb + o + 2].copy_from_slice(&f16b(s));
+            }
+            if name == "q8_0" {
+                w[b * wb + 2] = 0x80; // −128
+                w[b * wb + 3] = 0x7f;
+            }
+        }
+        let mut acts = vec![0u8; 8 * nb * ab];
+        for blk in acts.chunks_exact_mut(ab) {
+            blk[..2].copy_from_slice(&f16b(rng.gen_range(0.001f32..0.1)));
+            for q in &mut blk[ab - 32..] {
+                *q = match rng.gen_range(0..4) {
+                    0 => 127u8,
+                    1 => (-127i8) as u8,
+                    _ => rng.gen_range(-127i8..=127) as u8,
+                };
+            }
+            let sum: i32 = blk[ab - 32..].iter().map(|&q| q as i8 as i32).sum();
+            if ab == 36 {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                blk[2..4].copy_from_slice(&f16b(d * sum as f32));
+            }
+        }
+        let rb = nb * ab;
+        let want: Vec<u32> = (0..8)
+            .map(|t| one(&w, &acts[t * rb..(t + 1) * rb]).to_bits())
+            .collect();
+        let packed = interleave8(&acts, rb, 8, ab == 36);
+        let got: Vec<u32> = eight(&w, &packed).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{name}: 8-row AVX2 kernel");
+        if vnni {
+            let got: Vec<u32> = eight_vnni(&w, &packed)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(got, want, "{name}: 8-row AVX-VNNI kernel");
+        }
+    }
+}
