@@ -18,8 +18,11 @@ SAMPLES=("$@")
 WORK="${WORK:-/tmp/llmq-calib-bench}"
 SHARED="${SHARED:-$PWD/../shared}"
 mkdir -p "$WORK"
-cargo build --release -q -p llm-quantize
-LQ="$PWD/target/release/llm-quantize"
+# LQ: a prebuilt binary to measure (default: build target/release/llm-quantize)
+if [ -z "${LQ:-}" ]; then
+  cargo build --release -q -p llm-quantize
+  LQ="$PWD/target/release/llm-quantize"
+fi
 HF="$WORK/qwen2.5-coder-0.5b-hf"
 if [ ! -f "$HF/config.json" ]; then
   mkdir -p "$HF"

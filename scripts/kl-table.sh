@@ -14,8 +14,11 @@ cd "$(dirname "$0")/.."
 SHARED="${SHARED:-$PWD/../shared}"
 MODELS=("$@")
 [ ${#MODELS[@]} -eq 0 ] && MODELS=("$SHARED"/models/*/)
-cargo build --release -q -p llm-quantize
-LQ="$PWD/target/release/llm-quantize"
+# LQ: a prebuilt binary to measure (default: build target/release/llm-quantize)
+if [ -z "${LQ:-}" ]; then
+  cargo build --release -q -p llm-quantize
+  LQ="$PWD/target/release/llm-quantize"
+fi
 TEST="$SHARED/data/corpus/test.txt"
 W="$(mktemp -d)"
 trap 'rm -rf "$W"' EXIT
