@@ -12,8 +12,8 @@ use llmq_formats::GgmlType;
 pub type DotFn = fn(&[u8], &[u8]) -> f32;
 /// One weight row against four activation rows.
 pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
-/// One weight row against eight activation rows interleaved block by block
-/// (`[block][row][block bytes]`, see `interleave8`).
+/// One weight row against eight activation rows in the group layout of
+/// `dot_legacy::interleave8`.
 pub type Dot8Fn = fn(&[u8], &[u8]) -> [f32; 8];
 
 /// A fast kernel for one weight type.

@@ -13,6 +13,7 @@
 //! others with Q8_0, as ggml's `vec_dot_type`. Per block the integer dot is exact; the
 //! float part is `d_w·d_a·Σ q_w q_a (+ m_w·s_a)`.
 
+use super::act_quant::{Q8_0_BYTES, Q8_1_BYTES};
 use half::f16;
 
 /// `kvalues_iq4nl`.
@@ -119,8 +120,13 @@ pub fn dot_iq4_nl(w: &[u8], a: &[u8]) -> f32 {
 /// Bytes of one group block of [`interleave8`]: 8 f32 scales, 8 × 32 quants, and
 /// for Q8_1 the 8 rows' f32 sums.
 pub fn group8_block_bytes(with_sum: bool) -> usize {
-    32 + 8 * 32 + if with_sum { 32 } else { 0 }
+    GROUP8_SUMS + if with_sum { 32 } else { 0 }
 }
+
+/// Offset of the quants in a group block (after the 8 f32 scales).
+const GROUP8_QUANTS: usize = 32;
+/// Offset of the f32 sums (Q8_1) in a group block.
+const GROUP8_SUMS: usize = GROUP8_QUANTS + 8 * 32;
 
 /// Groups of 8 Q8_0 / Q8_1 activation rows (`rb` bytes each) rewritten for the 8-row
 /// kernels: `[group][block][group block]`, a group block holding the 8 rows' scales
@@ -128,7 +134,7 @@ pub fn group8_block_bytes(with_sum: bool) -> usize {
 /// one sequential stream and widens no f16 in its inner loop (f16 → f32 is exact, so
 /// the results do not change). Rows past the last full group are left out.
 pub fn interleave8(acts: &[u8], rb: usize, n: usize, with_sum: bool) -> Vec<u8> {
-    let ab = if with_sum { 36 } else { 34 };
+    let ab = if with_sum { Q8_1_BYTES } else { Q8_0_BYTES };
     let gb = group8_block_bytes(with_sum);
     let nb = rb / ab;
     let mut out = vec![0u8; n / 8 * nb * gb];
@@ -138,10 +144,12 @@ pub fn interleave8(acts: &[u8], rb: usize, n: usize, with_sum: bool) -> Vec<u8> 
                 let src = &acts[(g * 8 + t) * rb + b * ab..][..ab];
                 let d = h(src, 0);
                 dst[4 * t..4 * t + 4].copy_from_slice(&d.to_le_bytes());
-                dst[32 + 32 * t..64 + 32 * t].copy_from_slice(&src[ab - 32..]);
+                let q = GROUP8_QUANTS + 32 * t;
+                dst[q..q + 32].copy_from_slice(&src[ab - 32..]);
                 if with_sum {
                     let s = h(src, 2);
-                    dst[288 + 4 * t..292 + 4 * t].copy_from_slice(&s.to_le_bytes());
+                    let o = GROUP8_SUMS + 4 * t;
+                    dst[o..o + 4].copy_from_slice(&s.to_le_bytes());
                 }
             }
         }
@@ -311,7 +319,7 @@ pub mod avx2 {
         out
     }
 
-    /// How the 4-row and 8-row kernels turn a `u8 × i8` block product into 8 `i32`
+    /// How the 8-row kernels turn a `u8 × i8` block product into 8 `i32`
     /// lanes (each the sum of 4 adjacent products). Both give the same integers: no pair
     /// sum of `maddubs` can saturate with these operands (|weight| ≤ 128, |act| ≤ 127).
     trait Dp {
@@ -364,7 +372,7 @@ pub mod avx2 {
         if B::ACT == 36 {
             for i in 0..nb {
                 let m = B::min(wp.add(i * B::BYTES));
-                let s = ap.add(i * gb + 32 + 32 * N) as *const f32;
+                let s = ap.add(i * gb + super::GROUP8_SUMS) as *const f32;
                 for (t, msum) in msum.iter_mut().enumerate() {
                     *msum += m * s.add(t).read_unaligned();
                 }
@@ -389,7 +397,7 @@ pub mod avx2 {
             _mm256_mul_ps(d, _mm256_loadu_ps(gb as *const f32)),
         );
         for (t, acc) in acc.iter_mut().enumerate() {
-            let qy = load256(gb.add(32 + 32 * t));
+            let qy = load256(gb.add(super::GROUP8_QUANTS + 32 * t));
             let qy = if B::SIGNED {
                 _mm256_sign_epi8(qy, v)
             } else {
