@@ -7,7 +7,7 @@ use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation};
 use crate::gguf_names::{gguf_plan, GgufTensorSpec};
 use crate::gguf_tokenizer::tokenizer_metadata;
 use crate::meta::{MetaList, MetaValue};
-use crate::mix::{choose_types, Mix, MixModel, MixTensor};
+use crate::mix::{choose_types, Mix, MixModel};
 use crate::{ArchConfig, ArchError};
 use llmq_formats::GgmlType;
 use std::path::Path;
@@ -41,15 +41,7 @@ pub fn gguf_export(
     };
     let (mut metadata, deviations) = arch_metadata(cfg, &name, mix.file_type())?;
     metadata.extend(tok);
-    let mix_tensors: Vec<MixTensor> = plan
-        .tensors
-        .iter()
-        .map(|t| MixTensor {
-            name: t.gguf_name.clone(),
-            shape_ne: t.shape_ne.clone(),
-        })
-        .collect();
-    let types = choose_types(mix, &MixModel::from_config(cfg), &mix_tensors)?;
+    let types = choose_types(mix, &MixModel::from_config(cfg), &plan.mix_tensors())?;
     Ok(GgufExport {
         metadata,
         tensors: plan.tensors.into_iter().zip(types).collect(),

@@ -24,6 +24,7 @@
 //! order).
 
 use crate::config::{ArchConfig, Family};
+use crate::mix::MixTensor;
 use crate::ArchError;
 use std::collections::BTreeMap;
 
@@ -130,6 +131,19 @@ pub struct GgufPlan {
     pub tensors: Vec<GgufTensorSpec>,
     /// HF tensors the converter deliberately leaves out, with the reason
     pub skipped: Vec<(String, String)>,
+}
+
+impl GgufPlan {
+    /// The planned tensors as the mix rules see them (name and shape), in plan order.
+    pub fn mix_tensors(&self) -> Vec<MixTensor> {
+        self.tensors
+            .iter()
+            .map(|t| MixTensor {
+                name: t.gguf_name.clone(),
+                shape_ne: t.shape_ne.clone(),
+            })
+            .collect()
+    }
 }
 
 /// The `general.architecture` string llama.cpp uses for a family.

@@ -8,9 +8,7 @@ mod common;
 use common::{shared_models, MODELS};
 use llmq_arch::gguf_meta::{arch_metadata, llama_cpp_safe_name};
 use llmq_arch::gguf_tokenizer::tokenizer_metadata;
-use llmq_arch::{
-    apply_transform, choose_types, gguf_plan, ArchConfig, MetaValue, Mix, MixModel, MixTensor,
-};
+use llmq_arch::{apply_transform, choose_types, gguf_plan, ArchConfig, MetaValue, Mix, MixModel};
 use llmq_formats::safetensors::SafetensorsModel;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -266,14 +264,7 @@ fn mixes_match_llama_quantize() {
         let cfg = ArchConfig::from_path(&dir.join(m)).unwrap();
         let st = SafetensorsModel::open(&dir.join(m)).unwrap();
         let plan = gguf_plan(&cfg, &hf_tensors(&st)).unwrap();
-        let tensors: Vec<MixTensor> = plan
-            .tensors
-            .iter()
-            .map(|t| MixTensor {
-                name: t.gguf_name.clone(),
-                shape_ne: t.shape_ne.clone(),
-            })
-            .collect();
+        let tensors = plan.mix_tensors();
         let model = MixModel::from_config(&cfg);
         let names: Vec<&str> = r["models"][m]["tensors"]
             .as_array()
