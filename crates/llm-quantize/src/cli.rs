@@ -34,7 +34,7 @@ pub enum Command {
     /// Token ids of a text under a model's tokenizer (as llama.cpp's llama-tokenize)
     Tokenize(crate::tokenize_cmd::TokenizeArgs),
     /// OpenAI-compatible HTTP server with continuous batching (binds 127.0.0.1 by default)
-    Serve(Box<crate::serve::ServeArgs>),
+    Serve(Box<crate::serve_cmd::ServeArgs>),
     /// Models and formats side by side: size, bpw, prompt and decode tokens/s, peak
     /// memory, perplexity and KL (optionally against llama.cpp's llama-bench)
     Bench(Box<crate::bench_cmd::BenchArgs>),
@@ -156,7 +156,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Command::Eval(a) => crate::eval_cmd::run(*a, mode, verbosity),
         Command::Generate(a) => crate::generate_cmd::run(*a, mode, verbosity),
         Command::Tokenize(a) => crate::tokenize_cmd::run(a, mode),
-        Command::Serve(a) => crate::serve::run(*a, mode, verbosity),
+        Command::Serve(a) => crate::serve_cmd::run(*a, mode, verbosity),
         Command::Bench(a) => crate::bench_cmd::run(*a, mode, verbosity),
     };
     match result {

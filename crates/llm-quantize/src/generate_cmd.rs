@@ -2,18 +2,16 @@
 //! stdout as tokens arrive, with the model's chat template under `--chat`; prompt and
 //! decode speeds on stderr.
 
-use crate::generation::{FinishReason, GenRequest, Session};
 use crate::model_load::{engine_error, load};
 use crate::output::{Mode, Verbosity};
 use crate::progress::log;
 use clap::Args;
 use llmq_engine::sampling::SamplingParams;
-use llmq_engine::{Logits, SeqStep};
 use llmq_pipeline::PipelineError;
+use llmq_runtime::{FinishReason, GenRequest, RuntimeError, Session};
 use llmq_tokenizer::ChatMessage;
 use serde_json::json;
 use std::io::Write;
-use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -106,7 +104,7 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", &a.prompt));
-        let rendered = match &a.chat_template {
+        let template = match &a.chat_template {
             Some(path) => {
                 let template = std::fs::read_to_string(path).map_err(|e| {
                     PipelineError::invalid(
@@ -120,17 +118,11 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
                         "Pass a Jinja chat template file (for example one copied from a model's tokenizer_config.json)",
                     ));
                 }
-                llmq_tokenizer::render_chat(
-                    &template,
-                    &msgs,
-                    true,
-                    &m.tokenizer.bos_token(),
-                    &m.tokenizer.eos_token(),
-                )
+                Some(template)
             }
-            None => m.tokenizer.apply_chat_template(&msgs, true),
+            None => None,
         };
-        rendered.map_err(|e| {
+        llmq_runtime::render_chat(&m.tokenizer, template.as_deref(), &msgs).map_err(|e| {
             PipelineError::invalid(
                 format!("--chat: {e}"),
                 "Pass --chat-template FILE, or drop --chat and write the prompt in the format the model expects",
@@ -139,22 +131,10 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
     } else {
         a.prompt.clone()
     };
-    // A rendered chat template already holds its special tokens as text.
-    let prompt_tokens = m
-        .tokenizer
-        .encode(
-            &text,
-            !a.chat || !text_starts_with_bos(&m.tokenizer, &text),
-            a.chat,
-        )
+    let prompt_tokens = llmq_runtime::prompt_tokens(&m.tokenizer, &text, a.chat)
         .map_err(|e| PipelineError::general(format!("tokenizing the prompt failed: {e}"), ""))?;
     let ctx = a.ctx_size.unwrap_or(m.model.hp.n_ctx_train).max(1);
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = a.seed.unwrap_or_else(llmq_runtime::random_seed);
     if a.seed.is_none() && !quiet {
         log(&format!("seed {seed}"));
     }
@@ -186,38 +166,28 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
             req.max_tokens
         ));
     }
-    let mut s = Session::new(&m.model, &m.tokenizer, req, ctx)
-        .map_err(|e| PipelineError::invalid(e, "Shorten the prompt or raise --ctx-size"))?;
+    let mut s = Session::new(&m.model, &m.tokenizer, req, ctx).map_err(|e| {
+        PipelineError::invalid(e.to_string(), "Shorten the prompt or raise --ctx-size")
+    })?;
     let stream = mode == Mode::Human && !a.no_stream;
     let mut out = String::new();
     let stdout = std::io::stdout();
-    let t0 = Instant::now();
-    let mut t_prompt = 0.0;
     const PROMPT_CHUNK: usize = 512;
-    while s.finish.is_none() {
-        let input = s.next_input(PROMPT_CHUNK).to_vec();
-        let mut steps = [SeqStep {
-            tokens: &input,
-            cache: &mut s.cache,
-            logits: Logits::Last,
-        }];
-        let logits = m.model.forward(&mut steps).map_err(engine_error)?;
-        let was_prompt = s.in_prompt();
-        let piece = s.accept(input.len(), Some(&logits[0]));
-        if was_prompt && !s.in_prompt() {
-            t_prompt = t0.elapsed().as_secs_f64();
-        }
-        if stream && !piece.is_empty() {
+    let stats = llmq_runtime::generate(&m.model, &mut s, PROMPT_CHUNK, |piece| {
+        if stream {
             let mut h = stdout.lock();
             let _ = h.write_all(piece.as_bytes());
             let _ = h.flush();
         }
-        out.push_str(&piece);
-    }
-    let total = t0.elapsed().as_secs_f64();
+        out.push_str(piece);
+    })
+    .map_err(|e| match e {
+        RuntimeError::Engine(e) => engine_error(e),
+        e => PipelineError::general(e.to_string(), ""),
+    })?;
     let n_gen = s.generated.len();
-    let decode_secs = (total - t_prompt).max(1e-9);
-    let prompt_tps = s.n_prompt as f64 / t_prompt.max(1e-9);
+    let decode_secs = (stats.total_secs - stats.prompt_secs).max(1e-9);
+    let prompt_tps = s.n_prompt as f64 / stats.prompt_secs.max(1e-9);
     // the first generated token comes from the prompt pass
     let decode_tps = n_gen.saturating_sub(1) as f64 / decode_secs;
     let finish = s.finish.unwrap_or(FinishReason::Length);
@@ -253,14 +223,4 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
         ));
     }
     Ok(())
-}
-
-/// Whether a rendered chat text already begins with the BOS token's text.
-fn text_starts_with_bos(tok: &llmq_tokenizer::Tokenizer, text: &str) -> bool {
-    tok.bos_id()
-        .map(|b| {
-            let s = String::from_utf8_lossy(&tok.token_to_bytes(b)).to_string();
-            !s.is_empty() && text.starts_with(&s)
-        })
-        .unwrap_or(false)
 }

@@ -7,11 +7,10 @@ mod calibrated_output;
 mod cli;
 mod eval_cmd;
 mod generate_cmd;
-mod generation;
 mod model_load;
 mod output;
 mod progress;
-mod serve;
+mod serve_cmd;
 mod tokenize_cmd;
 
 use clap::Parser;

@@ -9,12 +9,7 @@ use llmq_pipeline::{NoProgress, PipelineError};
 use llmq_tokenizer::Tokenizer;
 use std::time::Instant;
 
-/// A model ready to run.
-pub struct LoadedModel {
-    pub name: String,
-    pub model: Model,
-    pub tokenizer: Tokenizer,
-}
+pub use llmq_runtime::LoadedModel;
 
 /// Map an engine error to the CLI contract's exit codes.
 pub fn engine_error(e: EngineError) -> PipelineError {

@@ -3,12 +3,12 @@
 //! (architecture keys, then tokenizer keys) and the tensors in the converter's order,
 //! each with the type `llama-quantize` would give it.
 
-use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation, MetaError};
-use crate::gguf_names::{gguf_plan, GgufTensorSpec, PlanError};
-use crate::gguf_tokenizer::{tokenizer_metadata, TokenizerError};
+use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation};
+use crate::gguf_names::{gguf_plan, GgufTensorSpec};
+use crate::gguf_tokenizer::tokenizer_metadata;
 use crate::meta::{MetaList, MetaValue};
-use crate::mix::{choose_types, Mix, MixError, MixModel, MixTensor};
-use crate::ArchConfig;
+use crate::mix::{choose_types, Mix, MixModel};
+use crate::{ArchConfig, ArchError};
 use llmq_formats::GgmlType;
 use std::path::Path;
 
@@ -24,19 +24,6 @@ pub struct GgufExport {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Errors assembling an export.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Meta(#[from] MetaError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    Mix(#[from] MixError),
-}
-
 /// Build the export for the model folder `dir` (tokenizer files), its config and HF
 /// tensor list, with `general.name` = `name` (made loadable, see `llama_cpp_safe_name`).
 pub fn gguf_export(
@@ -45,7 +32,7 @@ pub fn gguf_export(
     hf_tensors: &[(String, Vec<usize>)],
     mix: Mix,
     name: &str,
-) -> Result<GgufExport, ExportError> {
+) -> Result<GgufExport, ArchError> {
     let plan = gguf_plan(cfg, hf_tensors)?;
     let tok = tokenizer_metadata(dir, cfg.family, cfg.vocab_size)?;
     let name = match tok.get("tokenizer.ggml.tokens") {
@@ -54,15 +41,7 @@ pub fn gguf_export(
     };
     let (mut metadata, deviations) = arch_metadata(cfg, &name, mix.file_type())?;
     metadata.extend(tok);
-    let mix_tensors: Vec<MixTensor> = plan
-        .tensors
-        .iter()
-        .map(|t| MixTensor {
-            name: t.gguf_name.clone(),
-            shape_ne: t.shape_ne.clone(),
-        })
-        .collect();
-    let types = choose_types(mix, &MixModel::from_config(cfg), &mix_tensors)?;
+    let types = choose_types(mix, &MixModel::from_config(cfg), &plan.mix_tensors())?;
     Ok(GgufExport {
         metadata,
         tensors: plan.tensors.into_iter().zip(types).collect(),

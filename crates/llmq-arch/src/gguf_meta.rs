@@ -20,6 +20,7 @@
 use crate::config::{ArchConfig, Family, RouterScoring};
 use crate::gguf_names::gguf_arch;
 use crate::meta::{MetaList, MetaValue};
+use crate::ArchError;
 use serde_json::Value;
 
 /// `general.quantization_version` (ggml's `GGML_QNT_VERSION`).
@@ -36,13 +37,6 @@ pub struct Deviation {
     pub converter: Option<MetaValue>,
     pub ours: MetaValue,
     pub why: &'static str,
-}
-
-/// Errors building metadata.
-#[derive(Debug, thiserror::Error)]
-pub enum MetaError {
-    #[error("{0}")]
-    Unrepresentable(String),
 }
 
 fn u32v(x: usize) -> MetaValue {
@@ -81,10 +75,10 @@ fn raw_usize(cfg: &ArchConfig, key: &str) -> Option<usize> {
 
 /// Number of dense layers before the first MoE layer, if the MoE layers form a suffix
 /// (what `leading_dense_block_count` can express).
-pub fn leading_dense_blocks(cfg: &ArchConfig) -> Result<usize, MetaError> {
+pub fn leading_dense_blocks(cfg: &ArchConfig) -> Result<usize, ArchError> {
     let lead = cfg.layers.iter().take_while(|l| !l.moe).count();
     if cfg.layers[lead..].iter().any(|l| !l.moe) {
-        return Err(MetaError::Unrepresentable(format!(
+        return Err(ArchError::Unrepresentable(format!(
             "dense layers {:?} do not form a leading block; deepseek2 GGUF cannot express this",
             cfg.layers
                 .iter()
@@ -122,7 +116,7 @@ pub fn arch_metadata(
     cfg: &ArchConfig,
     name: &str,
     file_type: u32,
-) -> Result<(MetaList, Vec<Deviation>), MetaError> {
+) -> Result<(MetaList, Vec<Deviation>), ArchError> {
     let arch = gguf_arch(cfg.family);
     let k = |s: &str| format!("{arch}.{s}");
     let mut m = MetaList::default();

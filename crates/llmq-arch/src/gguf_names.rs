@@ -24,6 +24,8 @@
 //! order).
 
 use crate::config::{ArchConfig, Family};
+use crate::mix::MixTensor;
+use crate::ArchError;
 use std::collections::BTreeMap;
 
 /// What a GGUF tensor is, independent of the architecture's naming.
@@ -131,22 +133,17 @@ pub struct GgufPlan {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Errors building a plan or applying a transform.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    #[error("HF tensors with no GGUF mapping for {family:?}: {names:?}")]
-    Unmapped { family: Family, names: Vec<String> },
-    #[error("layer {layer}: expert tensors incomplete ({have} of {want}): {example}")]
-    IncompleteExperts {
-        layer: usize,
-        have: usize,
-        want: usize,
-        example: String,
-    },
-    #[error("tensor {name}: {why}")]
-    Shape { name: String, why: String },
-    #[error("duplicate GGUF tensor name {0}")]
-    Duplicate(String),
+impl GgufPlan {
+    /// The planned tensors as the mix rules see them (name and shape), in plan order.
+    pub fn mix_tensors(&self) -> Vec<MixTensor> {
+        self.tensors
+            .iter()
+            .map(|t| MixTensor {
+                name: t.gguf_name.clone(),
+                shape_ne: t.shape_ne.clone(),
+            })
+            .collect()
+    }
 }
 
 /// The `general.architecture` string llama.cpp uses for a family.
@@ -295,7 +292,7 @@ fn single(
 pub fn gguf_plan(
     cfg: &ArchConfig,
     hf_tensors: &[(String, Vec<usize>)],
-) -> Result<GgufPlan, PlanError> {
+) -> Result<GgufPlan, ArchError> {
     let family = cfg.family;
     let mut sorted: Vec<&(String, Vec<usize>)> = hf_tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -396,7 +393,7 @@ pub fn gguf_plan(
                         (0..n_experts).map(|e| &group[&(proj, e)]).collect();
                     let s0 = &members[0].1;
                     if s0.len() != 2 || members.iter().any(|m| &m.1 != s0) {
-                        return Err(PlanError::Shape {
+                        return Err(ArchError::Shape {
                             name: members[0].0.clone(),
                             why: "experts of one layer must be 2-D matrices of equal shape".into(),
                         });
@@ -420,7 +417,7 @@ pub fn gguf_plan(
                 let n_head = cfg.num_kv_heads;
                 let (nope, v_dim) = (mla.qk_nope_head_dim, mla.v_head_dim);
                 if shape.len() != 2 || shape[0] != n_head * (nope + v_dim) {
-                    return Err(PlanError::Shape {
+                    return Err(ArchError::Shape {
                         name: name.to_string(),
                         why: format!(
                             "expected [{} x (nope {nope} + v {v_dim}), lora], got {shape:?}",
@@ -490,7 +487,7 @@ pub fn gguf_plan(
     }
 
     if !unmapped.is_empty() {
-        return Err(PlanError::Unmapped {
+        return Err(ArchError::Unmapped {
             family,
             names: unmapped,
         });
@@ -501,7 +498,7 @@ pub fn gguf_plan(
             .next()
             .map(|v| v.0.clone())
             .unwrap_or_default();
-        return Err(PlanError::IncompleteExperts {
+        return Err(ArchError::IncompleteExperts {
             layer,
             have: group.len(),
             want: 3 * n_experts,
@@ -511,7 +508,7 @@ pub fn gguf_plan(
     let mut seen = std::collections::HashSet::new();
     for t in &out {
         if !seen.insert(t.gguf_name.as_str()) {
-            return Err(PlanError::Duplicate(t.gguf_name.clone()));
+            return Err(ArchError::Duplicate(t.gguf_name.clone()));
         }
     }
     Ok(GgufPlan {
@@ -523,8 +520,8 @@ pub fn gguf_plan(
 
 /// Build a GGUF tensor's data (row-major in PyTorch order, i.e. ggml `ne[0]` contiguous)
 /// from its sources converted to f32, in `spec.sources` order.
-pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Vec<f32>, PlanError> {
-    let err = |why: String| PlanError::Shape {
+pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Vec<f32>, ArchError> {
+    let err = |why: String| ArchError::Shape {
         name: spec.gguf_name.clone(),
         why,
     };

@@ -19,6 +19,7 @@
 
 use crate::config::Family;
 use crate::meta::{MetaList, MetaValue};
+use crate::ArchError;
 use serde_json::Value;
 use std::path::Path;
 
@@ -30,36 +31,17 @@ pub const TOKEN_USER_DEFINED: i32 = 4;
 pub const TOKEN_UNUSED: i32 = 5;
 pub const TOKEN_BYTE: i32 = 6;
 
-/// Errors reading a tokenizer.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{file} is not valid JSON: {source}")]
-    Json {
-        file: String,
-        source: serde_json::Error,
-    },
-    #[error("unsupported tokenizer: {0}")]
-    Unsupported(String),
-    #[error("malformed tokenizer.json: {0}")]
-    Malformed(String),
-}
-
-fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
+fn read_json(path: &Path) -> Result<Option<Value>, ArchError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+    let text = std::fs::read_to_string(path).map_err(|source| ArchError::Io {
         path: path.display().to_string(),
         source,
     })?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|source| TokenizerError::Json {
+        .map_err(|source| ArchError::TokenizerJson {
             file: path.display().to_string(),
             source,
         })
@@ -70,16 +52,16 @@ pub fn tokenizer_metadata(
     dir: &Path,
     family: Family,
     vocab_size: usize,
-) -> Result<MetaList, TokenizerError> {
+) -> Result<MetaList, ArchError> {
     let tok = read_json(&dir.join("tokenizer.json"))?.ok_or_else(|| {
-        TokenizerError::Unsupported(format!("no tokenizer.json in {}", dir.display()))
+        ArchError::UnsupportedTokenizer(format!("no tokenizer.json in {}", dir.display()))
     })?;
     let tc = read_json(&dir.join("tokenizer_config.json"))?;
     let cfg = read_json(&dir.join("config.json"))?;
     let jinja = dir.join("chat_template.jinja");
     let jinja = if jinja.is_file() {
         Some(
-            std::fs::read_to_string(&jinja).map_err(|source| TokenizerError::Io {
+            std::fs::read_to_string(&jinja).map_err(|source| ArchError::Io {
                 path: jinja.display().to_string(),
                 source,
             })?,
@@ -91,11 +73,11 @@ pub fn tokenizer_metadata(
 }
 
 /// The `tokenizer.ggml.pre` value for a byte-level BPE pre-tokenizer.
-pub fn pre_tokenizer_name(tokenizer_json: &Value) -> Result<&'static str, TokenizerError> {
+pub fn pre_tokenizer_name(tokenizer_json: &Value) -> Result<&'static str, ArchError> {
     let pre = tokenizer_json
         .get("pre_tokenizer")
         .filter(|p| !p.is_null())
-        .ok_or_else(|| TokenizerError::Unsupported("no pre_tokenizer".into()))?;
+        .ok_or_else(|| ArchError::UnsupportedTokenizer("no pre_tokenizer".into()))?;
     let ty = pre.get("type").and_then(Value::as_str).unwrap_or("");
     if ty == "ByteLevel" {
         let prefix = pre
@@ -109,11 +91,11 @@ pub fn pre_tokenizer_name(tokenizer_json: &Value) -> Result<&'static str, Tokeni
         if !prefix && regex {
             return Ok("gpt-2");
         }
-        return Err(TokenizerError::Unsupported(format!(
+        return Err(ArchError::UnsupportedTokenizer(format!(
             "ByteLevel pre-tokenizer with add_prefix_space={prefix}, use_regex={regex} has no llama.cpp equivalent"
         )));
     }
-    Err(TokenizerError::Unsupported(format!(
+    Err(ArchError::UnsupportedTokenizer(format!(
         "pre-tokenizer `{ty}`: only the GPT-2 ByteLevel split is recognised (llama.cpp names others by a hash of known models)"
     )))
 }
@@ -152,10 +134,10 @@ pub fn tokenizer_metadata_from_json(
     chat_template_file: Option<String>,
     family: Family,
     vocab_size: usize,
-) -> Result<MetaList, TokenizerError> {
+) -> Result<MetaList, ArchError> {
     let model = tok
         .get("model")
-        .ok_or_else(|| TokenizerError::Malformed("no `model`".into()))?;
+        .ok_or_else(|| ArchError::MalformedTokenizer("no `model`".into()))?;
     let mtype = model.get("type").and_then(Value::as_str).unwrap_or("");
     let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
     let llama_family = matches!(family, Family::Llama | Family::Mistral | Family::Mixtral);
@@ -189,7 +171,7 @@ pub fn tokenizer_metadata_from_json(
     } else if mtype == "BPE" && byte_fallback && decoder_seq && llama_family {
         let (list, scores, types) = vocab_llama_hf(model, tok, tokenizer_config)?;
         if list.len() > vocab_size {
-            return Err(TokenizerError::Malformed(format!(
+            return Err(ArchError::MalformedTokenizer(format!(
                 "{} tokens for vocab_size {vocab_size}",
                 list.len()
             )));
@@ -202,7 +184,7 @@ pub fn tokenizer_metadata_from_json(
         m.set("tokenizer.ggml.token_type", MetaValue::ArrI32(types));
         n
     } else {
-        return Err(TokenizerError::Unsupported(format!(
+        return Err(ArchError::UnsupportedTokenizer(format!(
             "tokenizer model `{mtype}` (byte_fallback {byte_fallback}) for {family:?}: only \
              byte-level BPE, and SentencePiece-style BPE for Llama-family models, are implemented"
         )));
@@ -243,11 +225,11 @@ fn added_tokens(tok: &Value) -> Vec<&Value> {
         .unwrap_or_default()
 }
 
-fn model_vocab(model: &Value) -> Result<&serde_json::Map<String, Value>, TokenizerError> {
+fn model_vocab(model: &Value) -> Result<&serde_json::Map<String, Value>, ArchError> {
     model
         .get("vocab")
         .and_then(Value::as_object)
-        .ok_or_else(|| TokenizerError::Malformed("model.vocab is not an object".into()))
+        .ok_or_else(|| ArchError::MalformedTokenizer("model.vocab is not an object".into()))
 }
 
 /// `get_vocab_base`: ids `0..vocab_size`, holes as `[PADi]` (unused), added tokens
@@ -256,17 +238,17 @@ fn vocab_gpt2(
     model: &Value,
     tok: &Value,
     vocab_size: usize,
-) -> Result<(Vec<String>, Vec<i32>), TokenizerError> {
+) -> Result<(Vec<String>, Vec<i32>), ArchError> {
     let vocab = model_vocab(model)?;
     let added = added_tokens(tok);
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     for (text, id) in vocab {
         let id = id
             .as_u64()
-            .ok_or_else(|| TokenizerError::Malformed(format!("id of {text:?}")))?
+            .ok_or_else(|| ArchError::MalformedTokenizer(format!("id of {text:?}")))?
             as usize;
         if id >= vocab_size {
-            return Err(TokenizerError::Malformed(format!(
+            return Err(ArchError::MalformedTokenizer(format!(
                 "token id {id} >= vocab_size {vocab_size}"
             )));
         }
@@ -277,7 +259,7 @@ fn vocab_gpt2(
         let id = a
             .get("id")
             .and_then(Value::as_u64)
-            .ok_or_else(|| TokenizerError::Malformed("added token id".into()))?
+            .ok_or_else(|| ArchError::MalformedTokenizer("added token id".into()))?
             as usize;
         let content = a
             .get("content")
@@ -285,7 +267,7 @@ fn vocab_gpt2(
             .unwrap_or("")
             .to_string();
         if id >= vocab_size {
-            return Err(TokenizerError::Malformed(format!(
+            return Err(ArchError::MalformedTokenizer(format!(
                 "added token id {id} >= vocab_size {vocab_size}"
             )));
         }
@@ -360,14 +342,14 @@ fn vocab_llama_hf(
     model: &Value,
     tok: &Value,
     tokenizer_config: Option<&Value>,
-) -> Result<SpmVocab, TokenizerError> {
+) -> Result<SpmVocab, ArchError> {
     let vocab = model_vocab(model)?;
     let base = vocab.len();
     let mut tokens: Vec<Option<String>> = vec![None; base];
     for (text, id) in vocab {
         let id = id.as_u64().map(|x| x as usize).filter(|x| *x < base);
         let id = id.ok_or_else(|| {
-            TokenizerError::Malformed(format!("base vocabulary ids are not 0..{base}"))
+            ArchError::MalformedTokenizer(format!("base vocabulary ids are not 0..{base}"))
         })?;
         tokens[id] = Some(text.clone());
     }
@@ -392,7 +374,7 @@ fn vocab_llama_hf(
     let mut scores = Vec::with_capacity(base + extra.len());
     let mut types = Vec::with_capacity(base + extra.len());
     for (i, t) in tokens.into_iter().enumerate() {
-        let t = t.ok_or_else(|| TokenizerError::Malformed(format!("no token with id {i}")))?;
+        let t = t.ok_or_else(|| ArchError::MalformedTokenizer(format!("no token with id {i}")))?;
         let is_byte = t.len() == 6
             && t.starts_with("<0x")
             && t.ends_with('>')
@@ -409,7 +391,7 @@ fn vocab_llama_hf(
     }
     for (k, (id, text)) in extra.into_iter().enumerate() {
         if id != base + k {
-            return Err(TokenizerError::Malformed(format!(
+            return Err(ArchError::MalformedTokenizer(format!(
                 "added token ids beyond the base vocabulary are not contiguous at {id}"
             )));
         }
@@ -567,7 +549,7 @@ fn special_vocab(
 
 /// Merges as `"a b"` strings; pair-form merges with spaces inside a part encode the space
 /// as U+0120 + 256 offset (`chr(ord(' ') + 256)`), as gguf-py does.
-fn parse_merges(v: Option<&Value>) -> Result<Vec<String>, TokenizerError> {
+fn parse_merges(v: Option<&Value>) -> Result<Vec<String>, ArchError> {
     let Some(arr) = v.and_then(Value::as_array) else {
         return Ok(vec![]);
     };
@@ -575,17 +557,17 @@ fn parse_merges(v: Option<&Value>) -> Result<Vec<String>, TokenizerError> {
         .map(|m| match m {
             Value::String(s) => Ok(s.clone()),
             Value::Array(pair) if pair.len() == 2 => {
-                let enc = |p: &Value| -> Result<String, TokenizerError> {
+                let enc = |p: &Value| -> Result<String, ArchError> {
                     let s = p
                         .as_str()
-                        .ok_or_else(|| TokenizerError::Malformed("merge part".into()))?;
+                        .ok_or_else(|| ArchError::MalformedTokenizer("merge part".into()))?;
                     Ok(s.chars()
                         .map(|c| if c == ' ' { '\u{120}' } else { c })
                         .collect())
                 };
                 Ok(format!("{} {}", enc(&pair[0])?, enc(&pair[1])?))
             }
-            _ => Err(TokenizerError::Malformed(format!(
+            _ => Err(ArchError::MalformedTokenizer(format!(
                 "unknown merge entry {m}"
             ))),
         })
@@ -642,7 +624,7 @@ mod tests {
     fn sentencepiece_style_is_unsupported() {
         let tok = json!({"model": {"type": "Unigram", "vocab": []}});
         let e = tokenizer_metadata_from_json(&tok, None, None, None, Family::Llama, 4).unwrap_err();
-        assert!(matches!(e, TokenizerError::Unsupported(_)), "{e}");
+        assert!(matches!(e, ArchError::UnsupportedTokenizer(_)), "{e}");
         let tok = json!({"model": {"type": "BPE", "vocab": {}, "byte_fallback": true}});
         assert!(tokenizer_metadata_from_json(&tok, None, None, None, Family::Llama, 4).is_err());
         let tok =

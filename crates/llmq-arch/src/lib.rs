@@ -3,6 +3,7 @@
 //! llama.cpp needs to load a model as GGUF (tensor names, metadata, tokenizer, mixes).
 
 pub mod config;
+pub mod error;
 pub mod gguf_export;
 pub mod gguf_meta;
 pub mod gguf_names;
@@ -11,10 +12,10 @@ pub mod meta;
 pub mod mix;
 
 pub use config::{ArchConfig, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring};
-pub use gguf_export::{gguf_export, ExportError, GgufExport};
+pub use error::{ArchError, Result};
+pub use gguf_export::{gguf_export, GgufExport};
 pub use gguf_names::{
-    apply_transform, gguf_arch, gguf_plan, GgufPlan, GgufTensorSpec, PlanError, TensorRole,
-    Transform,
+    apply_transform, gguf_arch, gguf_plan, GgufPlan, GgufTensorSpec, TensorRole, Transform,
 };
 pub use meta::{MetaList, MetaValue};
 pub use mix::{choose_types, Mix, MixModel, MixTensor};

@@ -7,6 +7,7 @@
 //! by `blk.N.` layer, non-block tensors first, then by name); the `attn_v` / `ffn_*`
 //! counters follow that order, whatever order the input is given in.
 
+use crate::ArchError;
 use llmq_formats::GgmlType;
 
 /// The llama-quantize mixes this project produces.
@@ -148,19 +149,6 @@ pub struct MixTensor {
     pub shape_ne: Vec<usize>,
 }
 
-/// Errors choosing types.
-#[derive(Debug, thiserror::Error)]
-pub enum MixError {
-    #[error("cannot determine the layer of {0} (MoE models need `blk.N.` names)")]
-    NoLayer(String),
-    #[error("tensor {name}: layer {layer} out of range [0, {n_layer})")]
-    BadLayer {
-        name: String,
-        layer: usize,
-        n_layer: usize,
-    },
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Category {
     TokenEmbd,
@@ -287,7 +275,7 @@ pub fn choose_types(
     mix: Mix,
     model: &MixModel,
     tensors: &[MixTensor],
-) -> Result<Vec<GgmlType>, MixError> {
+) -> Result<Vec<GgmlType>, ArchError> {
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| loader_key(&tensors[a].name).cmp(&loader_key(&tensors[b].name)));
     let mut st = State {
@@ -317,15 +305,15 @@ pub fn choose_types(
     Ok(out)
 }
 
-fn layer_of(model: &MixModel, counter: i64, name: &str) -> Result<(i64, i64), MixError> {
+fn layer_of(model: &MixModel, counter: i64, name: &str) -> Result<(i64, i64), ArchError> {
     let n = model.n_layer as i64;
     if model.n_expert > 1 {
         let l = loader_key(name).0;
         if l < 0 {
-            return Err(MixError::NoLayer(name.into()));
+            return Err(ArchError::NoLayer(name.into()));
         }
         if l >= n {
-            return Err(MixError::BadLayer {
+            return Err(ArchError::BadLayer {
                 name: name.into(),
                 layer: l as usize,
                 n_layer: model.n_layer,
@@ -342,7 +330,7 @@ fn choose_one(
     model: &MixModel,
     st: &mut State,
     t: &MixTensor,
-) -> Result<GgmlType, MixError> {
+) -> Result<GgmlType, ArchError> {
     use GgmlType as G;
     use Mix as M;
     let cat = category(&t.name);

@@ -3,38 +3,16 @@
 //! holds the tensors/metadata of `convert_hf_to_gguf.py` output (F16, plus value probes of
 //! an F32 conversion) and the per-tensor types `llama-quantize` chose for twelve mixes.
 
+mod common;
+
+use common::{shared_models, MODELS};
 use llmq_arch::gguf_meta::{arch_metadata, llama_cpp_safe_name};
 use llmq_arch::gguf_tokenizer::tokenizer_metadata;
-use llmq_arch::{
-    apply_transform, choose_types, gguf_plan, ArchConfig, MetaValue, Mix, MixModel, MixTensor,
-};
+use llmq_arch::{apply_transform, choose_types, gguf_plan, ArchConfig, MetaValue, Mix, MixModel};
 use llmq_formats::safetensors::SafetensorsModel;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-
-const MODELS: [&str; 10] = [
-    "llama",
-    "qwen2",
-    "qwen3",
-    "mistral",
-    "gemma3",
-    "phi3",
-    "mixtral",
-    "qwen3-moe",
-    "deepseek-v3",
-    "glm4-moe-lite",
-];
-
-fn shared_models() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models");
-    assert!(
-        p.join("llama/config.json").is_file(),
-        "shared models not found at {} (expected the workspace's sibling `shared/models`)",
-        p.display()
-    );
-    p
-}
 
 fn reference() -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama_cpp_reference.json");
@@ -286,14 +264,7 @@ fn mixes_match_llama_quantize() {
         let cfg = ArchConfig::from_path(&dir.join(m)).unwrap();
         let st = SafetensorsModel::open(&dir.join(m)).unwrap();
         let plan = gguf_plan(&cfg, &hf_tensors(&st)).unwrap();
-        let tensors: Vec<MixTensor> = plan
-            .tensors
-            .iter()
-            .map(|t| MixTensor {
-                name: t.gguf_name.clone(),
-                shape_ne: t.shape_ne.clone(),
-            })
-            .collect();
+        let tensors = plan.mix_tensors();
         let model = MixModel::from_config(&cfg);
         let names: Vec<&str> = r["models"][m]["tensors"]
             .as_array()

@@ -14,10 +14,8 @@
 
 use crate::error::{EngineError, Result};
 use crate::hf_quant::{HfQuantScheme, QuantizedModules};
-use llmq_arch::{
-    apply_transform, gguf_plan, ArchConfig, GgufTensorSpec, MetaList, MetaValue, Transform,
-};
-use llmq_formats::gguf::{GgufArray, GgufFile, GgufValue};
+use llmq_arch::{apply_transform, gguf_plan, ArchConfig, GgufTensorSpec, Transform};
+use llmq_formats::gguf::{GgufFile, GgufValue};
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use llmq_formats::GgmlType;
 use llmq_kernels::{ByteOwner, Bytes, IntAct, WeightMatrix};
@@ -51,27 +49,6 @@ impl ByteOwner for U16Buf {
     }
 }
 
-fn meta_to_map(meta: &MetaList) -> HashMap<String, GgufValue> {
-    meta.0
-        .iter()
-        .map(|(k, v)| {
-            let g = match v {
-                MetaValue::U32(x) => GgufValue::U32(*x),
-                MetaValue::I32(x) => GgufValue::I32(*x),
-                MetaValue::F32(x) => GgufValue::F32(*x),
-                MetaValue::Bool(x) => GgufValue::Bool(*x),
-                MetaValue::Str(x) => GgufValue::String(x.clone()),
-                MetaValue::ArrU32(x) => GgufValue::Array(GgufArray::U32(x.clone())),
-                MetaValue::ArrI32(x) => GgufValue::Array(GgufArray::I32(x.clone())),
-                MetaValue::ArrF32(x) => GgufValue::Array(GgufArray::F32(x.clone())),
-                MetaValue::ArrBool(x) => GgufValue::Array(GgufArray::Bool(x.clone())),
-                MetaValue::ArrStr(x) => GgufValue::Array(GgufArray::String(x.clone())),
-            };
-            (k.clone(), g)
-        })
-        .collect()
-}
-
 impl WeightSource {
     /// Open a GGUF file.
     pub fn open_gguf(path: &Path) -> Result<WeightSource> {
@@ -100,7 +77,7 @@ impl WeightSource {
         let (meta, _) = llmq_arch::gguf_meta::arch_metadata(&config, "model", 1)
             .map_err(|e| EngineError::Source(e.to_string()))?;
         Ok(WeightSource::Hf(Box::new(HfWeights {
-            metadata: meta_to_map(&meta),
+            metadata: meta.to_gguf().into_iter().collect(),
             plan: plan
                 .tensors
                 .into_iter()

@@ -7,9 +7,8 @@ use crate::error::{PipelineError, Result};
 use crate::quantize::Planned;
 use crate::run::{TensorJob, TensorSource, WorkUnit};
 use crate::source::ModelSummary;
-use llmq_arch::meta::{MetaList, MetaValue};
 use llmq_arch::mix::{self, Mix, MixModel, MixTensor};
-use llmq_formats::gguf::{GgufArray, GgufFile, GgufPlan, GgufValue, PlannedTensor};
+use llmq_formats::gguf::{GgufFile, GgufPlan, GgufValue, PlannedTensor};
 use std::path::Path;
 
 struct GgufTensors {
@@ -64,28 +63,6 @@ impl TensorSource for GgufTensors {
         let t = self.file.tensor(&job.name)?;
         (t.ggml_type == job.ty).then(|| self.file.tensor_bytes(t).to_vec())
     }
-}
-
-/// Convert the plain metadata values of `llmq_arch` to GGUF values.
-pub fn meta_to_gguf(meta: &MetaList) -> Vec<(String, GgufValue)> {
-    meta.0
-        .iter()
-        .map(|(k, v)| {
-            let g = match v {
-                MetaValue::U32(x) => GgufValue::U32(*x),
-                MetaValue::I32(x) => GgufValue::I32(*x),
-                MetaValue::F32(x) => GgufValue::F32(*x),
-                MetaValue::Bool(x) => GgufValue::Bool(*x),
-                MetaValue::Str(x) => GgufValue::String(x.clone()),
-                MetaValue::ArrU32(x) => GgufValue::Array(GgufArray::U32(x.clone())),
-                MetaValue::ArrI32(x) => GgufValue::Array(GgufArray::I32(x.clone())),
-                MetaValue::ArrF32(x) => GgufValue::Array(GgufArray::F32(x.clone())),
-                MetaValue::ArrBool(x) => GgufValue::Array(GgufArray::Bool(x.clone())),
-                MetaValue::ArrStr(x) => GgufValue::Array(GgufArray::String(x.clone())),
-            };
-            (k.clone(), g)
-        })
-        .collect()
 }
 
 /// Group jobs into work units: unit 0 holds the tensors outside any block

@@ -4,13 +4,14 @@
 //! each tensor's sources from the memory-mapped safetensors only when a worker asks.
 
 use crate::error::{PipelineError, Result};
-use crate::gguf_source::{meta_to_gguf, units_by_layer};
+use crate::gguf_source::units_by_layer;
 use crate::quantize::Planned;
 use crate::run::{TensorJob, TensorSource, WorkUnit};
 use crate::source::{self, safetensors_error};
-use llmq_arch::gguf_export::{gguf_export, ExportError};
+use llmq_arch::gguf_export::gguf_export;
 use llmq_arch::gguf_names::{apply_transform, GgufTensorSpec, Transform};
 use llmq_arch::mix::Mix;
+use llmq_arch::ArchError;
 use llmq_formats::gguf::{GgufPlan, PlannedTensor};
 use llmq_formats::safetensors::SafetensorsModel;
 use llmq_formats::GgmlType;
@@ -99,7 +100,7 @@ pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     let export = gguf_export(dir, &cfg, &hf, level, name).map_err(export_error)?;
-    let metadata = meta_to_gguf(&export.metadata);
+    let metadata = export.metadata.to_gguf();
     let (specs, types): (Vec<GgufTensorSpec>, Vec<GgmlType>) = export.tensors.into_iter().unzip();
 
     let jobs: Vec<TensorJob> = specs
@@ -142,23 +143,26 @@ pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
     })
 }
 
-fn export_error(e: ExportError) -> PipelineError {
+fn export_error(e: ArchError) -> PipelineError {
     match e {
-        ExportError::Tokenizer(t) => PipelineError::validation(
-            format!("tokenizer: {t}"),
+        ArchError::Io { .. }
+        | ArchError::TokenizerJson { .. }
+        | ArchError::UnsupportedTokenizer(_)
+        | ArchError::MalformedTokenizer(_) => PipelineError::validation(
+            format!("tokenizer: {e}"),
             "The folder needs a valid tokenizer.json",
         ),
-        ExportError::Meta(m) => PipelineError::unsupported(
-            m.to_string(),
+        ArchError::Unrepresentable(_) => PipelineError::unsupported(
+            e.to_string(),
             "This configuration cannot be expressed in GGUF",
         ),
-        ExportError::Plan(p) => PipelineError::validation(
-            p.to_string(),
+        ArchError::NoLayer(_) | ArchError::BadLayer { .. } => {
+            PipelineError::general(e.to_string(), "Report this as a bug, with the model")
+        }
+        _ => PipelineError::validation(
+            e.to_string(),
             "The checkpoint's tensors do not match its config.json",
         ),
-        ExportError::Mix(m) => {
-            PipelineError::general(m.to_string(), "Report this as a bug, with the model")
-        }
     }
 }
 

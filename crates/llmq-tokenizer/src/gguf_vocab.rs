@@ -536,20 +536,7 @@ impl GgufVocab {
     }
 
     fn spm_tokenize(&self, text: &str, out: &mut Vec<u32>) {
-        // symbols: (byte start, byte len, prev, next)
-        let mut sym: Vec<Sym> = Vec::new();
-        for (i, c) in text.char_indices() {
-            sym.push(Sym {
-                start: i,
-                len: c.len_utf8(),
-                prev: sym.len() as isize - 1,
-                next: -1,
-            });
-            let k = sym.len();
-            if k >= 2 {
-                sym[k - 2].next = (k - 1) as isize;
-            }
-        }
+        let mut sym = Sym::chain(text);
         let mut heap: BinaryHeap<SpmBigram> = BinaryHeap::new();
         let try_add = |sym: &[Sym], heap: &mut BinaryHeap<SpmBigram>, l: isize, r: isize| {
             if l < 0 || r < 0 {
@@ -571,20 +558,11 @@ impl GgufVocab {
             try_add(&sym, &mut heap, i as isize - 1, i as isize);
         }
         while let Some(b) = heap.pop() {
-            let (l, r) = (b.left, b.right);
-            if sym[l].len == 0 || sym[r].len == 0 || sym[l].len + sym[r].len != b.size {
+            let Some((p, nx)) = Sym::merge(&mut sym, b.left, b.right, b.size) else {
                 continue;
-            }
-            sym[l].len += sym[r].len;
-            sym[r].len = 0;
-            sym[l].next = sym[r].next;
-            if sym[r].next >= 0 {
-                let nx = sym[r].next as usize;
-                sym[nx].prev = l as isize;
-            }
-            let (p, nx) = (sym[l].prev, sym[l].next);
-            try_add(&sym, &mut heap, p, l as isize);
-            try_add(&sym, &mut heap, l as isize, nx);
+            };
+            try_add(&sym, &mut heap, p, b.left as isize);
+            try_add(&sym, &mut heap, b.left as isize, nx);
         }
         let mut i: isize = if sym.is_empty() { -1 } else { 0 };
         while i >= 0 {
@@ -639,19 +617,7 @@ impl GgufVocab {
                     continue;
                 }
             }
-            let mut sym: Vec<Sym> = Vec::new();
-            for (i, c) in enc.char_indices() {
-                sym.push(Sym {
-                    start: i,
-                    len: c.len_utf8(),
-                    prev: sym.len() as isize - 1,
-                    next: -1,
-                });
-                let k = sym.len();
-                if k >= 2 {
-                    sym[k - 2].next = (k - 1) as isize;
-                }
-            }
+            let mut sym = Sym::chain(&enc);
             let mut heap: BinaryHeap<std::cmp::Reverse<(u32, usize, usize, usize)>> =
                 BinaryHeap::new();
             let mut try_add = |sym: &[Sym], heap: &mut BinaryHeap<_>, l: isize, r: isize| {
@@ -671,17 +637,9 @@ impl GgufVocab {
                 try_add(&sym, &mut heap, i as isize - 1, i as isize);
             }
             while let Some(std::cmp::Reverse((_, l, r, size))) = heap.pop() {
-                if sym[l].len == 0 || sym[r].len == 0 || sym[l].len + sym[r].len != size {
+                let Some((p, nx)) = Sym::merge(&mut sym, l, r, size) else {
                     continue;
-                }
-                sym[l].len += sym[r].len;
-                sym[r].len = 0;
-                sym[l].next = sym[r].next;
-                if sym[r].next >= 0 {
-                    let nx = sym[r].next as usize;
-                    sym[nx].prev = l as isize;
-                }
-                let (p, nx) = (sym[l].prev, sym[l].next);
+                };
                 try_add(&sym, &mut heap, p, l as isize);
                 try_add(&sym, &mut heap, l as isize, nx);
             }
@@ -748,11 +706,50 @@ impl GgufVocab {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// A symbol of the merge loops (SPM and BPE): a byte range of the text, linked to its
+/// neighbours (-1: none); a merged-away symbol has `len` 0.
 struct Sym {
     start: usize,
     len: usize,
     prev: isize,
     next: isize,
+}
+
+impl Sym {
+    /// One symbol per character of `text`, linked in order.
+    fn chain(text: &str) -> Vec<Sym> {
+        let mut sym: Vec<Sym> = Vec::new();
+        for (i, c) in text.char_indices() {
+            sym.push(Sym {
+                start: i,
+                len: c.len_utf8(),
+                prev: sym.len() as isize - 1,
+                next: -1,
+            });
+            let k = sym.len();
+            if k >= 2 {
+                sym[k - 2].next = (k - 1) as isize;
+            }
+        }
+        sym
+    }
+
+    /// Merge `r` into its left neighbour `l` when the pair, `size` bytes long when it
+    /// was queued, is still current; returns the merged symbol's (prev, next), the two
+    /// new pairs to try. `None` for a stale pair.
+    fn merge(sym: &mut [Sym], l: usize, r: usize, size: usize) -> Option<(isize, isize)> {
+        if sym[l].len == 0 || sym[r].len == 0 || sym[l].len + sym[r].len != size {
+            return None;
+        }
+        sym[l].len += sym[r].len;
+        sym[r].len = 0;
+        sym[l].next = sym[r].next;
+        if sym[r].next >= 0 {
+            let nx = sym[r].next as usize;
+            sym[nx].prev = l as isize;
+        }
+        Some((sym[l].prev, sym[l].next))
+    }
 }
 
 struct SpmBigram {

@@ -347,6 +347,48 @@ fn is(f: u16, mask: u16) -> bool {
     f & mask != 0
 }
 
+/// Length of the English contraction at `pos` (`'s 't 'm 'd 're 've 'll`, lower case
+/// unless `ignore_case`), 0 when there is none.
+fn contraction(cpts: &[u32], pos: usize, ignore_case: bool) -> usize {
+    let n = cpts.len();
+    if cpts[pos] != u32::from('\'') || pos + 1 >= n {
+        return 0;
+    }
+    let fold = |c: u32| -> u32 {
+        if ignore_case && (u32::from('A')..=u32::from('Z')).contains(&c) {
+            c + 32
+        } else {
+            c
+        }
+    };
+    let nx = fold(cpts[pos + 1]);
+    if [b's', b't', b'm', b'd'].iter().any(|&c| nx == u32::from(c)) {
+        return 2;
+    }
+    if pos + 2 < n {
+        let nn = fold(cpts[pos + 2]);
+        let pair = |a: u8, b: u8| nx == u32::from(a) && nn == u32::from(b);
+        if pair(b'r', b'e') || pair(b'v', b'e') || pair(b'l', b'l') {
+            return 3;
+        }
+    }
+    0
+}
+
+/// Where the piece at `pos` ends after a run of `nws` whitespace characters there:
+/// `\s+(?!\S)` leaves the run's last character to the word that follows it, `\s+`
+/// takes a run at the end of the text whole, and with no whitespace the piece is one
+/// character.
+fn whitespace_end(s: &Seg, pos: usize, nws: usize) -> usize {
+    if nws > 1 && s.cpt(pos + nws).is_some() {
+        pos + nws - 1
+    } else if nws > 0 {
+        pos + nws
+    } else {
+        pos + 1
+    }
+}
+
 /// GPT-2: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`,
 /// as llama.cpp's `unicode_regex_split_custom_gpt2`.
 fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
@@ -363,22 +405,11 @@ fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
     while pos < n {
         let cpt = cpts[pos];
         let flags = s.flags(pos);
-        if cpt == u32::from('\'') && pos + 1 < n {
-            let nx = cpts[pos + 1];
-            if [b's', b't', b'm', b'd'].iter().any(|&c| nx == u32::from(c)) {
-                pos += 2;
-                add(pos, out);
-                continue;
-            }
-            if pos + 2 < n {
-                let nn = cpts[pos + 2];
-                let pair = |a: u8, b: u8| nx == u32::from(a) && nn == u32::from(b);
-                if pair(b'r', b'e') || pair(b'v', b'e') || pair(b'l', b'l') {
-                    pos += 3;
-                    add(pos, out);
-                    continue;
-                }
-            }
+        let c = contraction(cpts, pos, false);
+        if c > 0 {
+            pos += c;
+            add(pos, out);
+            continue;
         }
         let space = cpt == u32::from(' ');
         let f2 = if space { s.flags(pos + 1) } else { flags };
@@ -411,17 +442,7 @@ fn split_gpt2(cpts: &[u32], out: &mut Vec<usize>) {
         while is(s.flags(pos + nws), F_WHITESPACE) {
             nws += 1;
         }
-        if nws > 1 && s.cpt(pos + nws).is_some() {
-            pos += nws - 1;
-            add(pos, out);
-            continue;
-        }
-        if nws > 0 {
-            pos += nws;
-            add(pos, out);
-            continue;
-        }
-        pos += 1;
+        pos = whitespace_end(&s, pos, nws);
         add(pos, out);
     }
 }
@@ -439,34 +460,16 @@ fn split_llama3(cpts: &[u32], single_digits: bool, out: &mut Vec<usize>) {
         }
         prev = end;
     };
-    let lower = |c: u32| -> u32 {
-        if (u32::from('A')..=u32::from('Z')).contains(&c) {
-            c + 32
-        } else {
-            c
-        }
-    };
     let is_rn = |c: Option<u32>| c == Some(u32::from('\r')) || c == Some(u32::from('\n'));
     let mut pos = 0usize;
     while pos < n {
         let cpt = cpts[pos];
         let flags = s.flags(pos);
-        if cpt == u32::from('\'') && pos + 1 < n {
-            let nx = lower(cpts[pos + 1]);
-            if [b's', b't', b'm', b'd'].iter().any(|&c| nx == u32::from(c)) {
-                pos += 2;
-                add(pos, out);
-                continue;
-            }
-            if pos + 2 < n {
-                let nn = lower(cpts[pos + 2]);
-                let pair = |a: u8, b: u8| nx == u32::from(a) && nn == u32::from(b);
-                if pair(b'r', b'e') || pair(b'v', b'e') || pair(b'l', b'l') {
-                    pos += 3;
-                    add(pos, out);
-                    continue;
-                }
-            }
+        let c = contraction(cpts, pos, true);
+        if c > 0 {
+            pos += c;
+            add(pos, out);
+            continue;
         }
         if !(is_rn(Some(cpt)) || is(flags, F_NUMBER))
             && (is(flags, F_LETTER) || is(s.flags(pos + 1), F_LETTER))
@@ -523,17 +526,7 @@ fn split_llama3(cpts: &[u32], single_digits: bool, out: &mut Vec<usize>) {
             add(pos, out);
             continue;
         }
-        if nws > 1 && s.cpt(pos + nws).is_some() {
-            pos += nws - 1;
-            add(pos, out);
-            continue;
-        }
-        if nws > 0 {
-            pos += nws;
-            add(pos, out);
-            continue;
-        }
-        pos += 1;
+        pos = whitespace_end(&s, pos, nws);
         add(pos, out);
     }
 }

@@ -4,8 +4,8 @@
 //! request's event receiver, so when the client disconnects hyper drops the body, the
 //! receiver closes and the scheduler cancels the sequence.
 
-use super::api::ResponseMeta;
-use super::scheduler::Event;
+use crate::api::ResponseMeta;
+use crate::scheduler::Event;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -50,7 +50,7 @@ pub fn response(
         let mut out = String::new();
         if st.opening {
             st.opening = false;
-            if st.meta.endpoint == super::api::Endpoint::Chat {
+            if st.meta.endpoint == crate::api::Endpoint::Chat {
                 event(
                     &st.meta.chunk(true, Some(""), None, st.include_usage),
                     &mut out,
@@ -70,11 +70,11 @@ pub fn response(
                 }
                 Some(Event::Done { finish, usage }) => {
                     let last = match st.meta.endpoint {
-                        super::api::Endpoint::Chat => {
+                        crate::api::Endpoint::Chat => {
                             st.meta
                                 .chunk(false, None, Some(finish.as_str()), st.include_usage)
                         }
-                        super::api::Endpoint::Completion => {
+                        crate::api::Endpoint::Completion => {
                             st.meta
                                 .chunk(false, Some(""), Some(finish.as_str()), st.include_usage)
                         }
@@ -94,7 +94,7 @@ pub fn response(
                     break;
                 }
                 None => {
-                    let e = super::api::ApiError::internal("generation ended unexpectedly");
+                    let e = crate::api::ApiError::internal("generation ended unexpectedly");
                     event(&e.body(), &mut out);
                     out.push_str(DONE);
                     st.done = true;

@@ -230,7 +230,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         ));
     }
     let seed = match get(&o, "seed") {
-        None => random_seed(),
+        None => llmq_runtime::random_seed(),
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap(),
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap() as u64,
         Some(v) => return Err(type_error("seed", "an integer", v)),
@@ -286,18 +286,6 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         include_usage,
         ignore_eos,
     })
-}
-
-fn random_seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ COUNTER
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// A field, with JSON `null` read as absent.

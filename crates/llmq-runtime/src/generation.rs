@@ -1,11 +1,13 @@
 //! One text generation in progress: prompt, KV cache, sampler, streamed detokenization
 //! and stop conditions (EOS, stop strings, token limit). The forward pass is driven from
-//! outside ([`Session::next_input`] / [`Session::accept`]) so `generate` runs one session
-//! and `serve` can batch many in one forward step.
+//! outside ([`Session::next_input`] / [`Session::accept`]) so [`generate`] runs one
+//! session to the end and the server can batch many in one forward step.
 
+use crate::RuntimeError;
 use llmq_engine::sampling::{Sampler, SamplingParams};
-use llmq_engine::{KvCache, Model};
+use llmq_engine::{KvCache, Logits, Model, SeqStep};
 use llmq_tokenizer::{StreamDecoder, Tokenizer};
+use std::time::Instant;
 
 /// Why a generation ended (OpenAI's `finish_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,15 +64,13 @@ impl<'t> Session<'t> {
         tok: &'t Tokenizer,
         req: GenRequest,
         ctx: usize,
-    ) -> Result<Session<'t>, String> {
+    ) -> Result<Session<'t>, RuntimeError> {
         let n = req.prompt_tokens.len();
         if n == 0 {
-            return Err("the prompt is empty (no tokens)".into());
+            return Err(RuntimeError::EmptyPrompt);
         }
         if n >= ctx {
-            return Err(format!(
-                "the prompt has {n} tokens but the context holds {ctx}: shorten the prompt or raise --ctx-size"
-            ));
+            return Err(RuntimeError::PromptTooLong { n, ctx });
         }
         Ok(Session {
             cache: KvCache::new(model, ctx),
@@ -176,4 +176,60 @@ impl<'t> Session<'t> {
         self.pending.drain(..cut);
         out
     }
+}
+
+/// Timings of a generation run by [`generate`], in seconds from its start.
+#[derive(Debug, Clone, Copy)]
+pub struct GenStats {
+    /// when the prompt was done (the first token was sampled then)
+    pub prompt_secs: f64,
+    /// when generation ended
+    pub total_secs: f64,
+}
+
+/// Run one session to the end on `model`: the prompt in chunks of at most
+/// `prompt_chunk` tokens, then one token per forward step. `on_text` receives each
+/// piece of text as soon as it is final.
+pub fn generate(
+    model: &Model,
+    s: &mut Session,
+    prompt_chunk: usize,
+    mut on_text: impl FnMut(&str),
+) -> Result<GenStats, RuntimeError> {
+    let t0 = Instant::now();
+    let mut prompt_secs = 0.0;
+    while s.finish.is_none() {
+        let input = s.next_input(prompt_chunk).to_vec();
+        let mut steps = [SeqStep {
+            tokens: &input,
+            cache: &mut s.cache,
+            logits: Logits::Last,
+        }];
+        let logits = model.forward(&mut steps)?;
+        let was_prompt = s.in_prompt();
+        let piece = s.accept(input.len(), Some(&logits[0]));
+        if was_prompt && !s.in_prompt() {
+            prompt_secs = t0.elapsed().as_secs_f64();
+        }
+        if !piece.is_empty() {
+            on_text(&piece);
+        }
+    }
+    Ok(GenStats {
+        prompt_secs,
+        total_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// A sampling seed from the clock, different for every call in this process.
+pub fn random_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }

@@ -11,12 +11,10 @@
 //!
 //! [`Model::forward`]: llmq_engine::Model::forward
 
-use super::api::{ApiError, Usage};
-use super::metrics::Metrics;
-use crate::generation::{FinishReason, GenRequest, Session};
-use crate::model_load::LoadedModel;
-use crate::progress::log;
+use crate::api::{ApiError, Usage};
+use crate::metrics::Metrics;
 use llmq_engine::{Logits, SeqStep};
+use llmq_runtime::{FinishReason, GenRequest, LoadedModel, Session};
 use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,6 +56,8 @@ pub struct Config {
     pub prompt_chunk: usize,
     /// one log line per finished request
     pub log_requests: bool,
+    /// where log lines go (stderr, with the front end's prefix)
+    pub log: fn(&str),
 }
 
 struct Active<'t> {
@@ -133,7 +133,7 @@ fn run(engine: &LoadedModel, cfg: Config, m: &Metrics, mut rx: mpsc::UnboundedRe
             if gone {
                 m.requests_cancelled.fetch_add(1, Relaxed);
                 if cfg.log_requests {
-                    log(&format!(
+                    (cfg.log)(&format!(
                         "{}: client disconnected after {} tokens; slot freed",
                         a.job.label,
                         a.s.generated.len()
@@ -171,7 +171,8 @@ fn run(engine: &LoadedModel, cfg: Config, m: &Metrics, mut rx: mpsc::UnboundedRe
                 Err(e) => {
                     m.requests_failed.fetch_add(1, Relaxed);
                     let _ = job.events.send(Event::Error(
-                        ApiError::invalid(Some("messages"), e).with_code("context_length_exceeded"),
+                        ApiError::invalid(Some("messages"), e.to_string())
+                            .with_code("context_length_exceeded"),
                     ));
                 }
             }
@@ -230,7 +231,7 @@ fn step(
         Ok(l) => l,
         Err(e) => {
             let err = ApiError::internal(format!("the engine failed: {e}"));
-            log(&format!("forward step failed: {e}"));
+            (cfg.log)(&format!("forward step failed: {e}"));
             for a in active.drain(..) {
                 let _ = a.job.events.send(Event::Error(err.clone()));
                 m.requests_failed.fetch_add(1, Relaxed);
@@ -287,7 +288,7 @@ fn step(
                 .unwrap_or(0.0);
             let decode = a.first_token.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0);
             let tps = u.completion_tokens.saturating_sub(1) as f64 / decode.max(1e-9);
-            log(&format!(
+            (cfg.log)(&format!(
                 "{}: prompt {} tokens, generated {} tokens, first token after {:.2} s, {:.1} tokens/s, finish: {}",
                 a.job.label,
                 u.prompt_tokens,
