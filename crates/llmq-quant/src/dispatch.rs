@@ -1,4 +1,8 @@
-//! Type-dispatched entry points over whole tensors (rows × `n_per_row`).
+//! This crate's row of the type table ([`TYPES`]: quantize / dequantize functions per
+//! [`GgmlType`]) and the type-dispatched entry points over whole tensors (rows ×
+//! `n_per_row`). The table sits here because the layers split a type's traits the
+//! way their knowledge splits: `llmq-formats` has the bytes (block structs, sizes,
+//! names, ids), this crate the algorithms, `llmq-kernels` the dot products.
 
 use llmq_formats::GgmlType;
 
@@ -17,71 +21,91 @@ pub enum QuantError {
     Size { what: String },
 }
 
-/// The types this crate can quantize to (and dequantize from).
-pub const QUANTIZABLE: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4NL,
-    GgmlType::IQ4XS,
+/// Quantize one row: values, optional importance weights (one per value), output bytes.
+pub type RowQuant = fn(&[f32], Option<&[f32]>, &mut [u8]);
+/// Dequantize whole blocks: packed bytes to values.
+pub type RowDequant = fn(&[u8], &mut [f32]);
+
+/// One row of this layer's type table: the algorithms for one [`GgmlType`] (its bytes
+/// are `ty.layout()`, in `llmq-formats`). Every type here can be quantized to and
+/// dequantized from, on the fast path (`quantize`, `dequantize`) or the scalar
+/// reference (`*_ref`, the same bytes and values).
+#[derive(Clone, Copy)]
+pub struct QuantTraits {
+    pub ty: GgmlType,
+    pub quantize: RowQuant,
+    pub quantize_ref: RowQuant,
+    pub dequantize: RowDequant,
+    pub dequantize_ref: RowDequant,
+}
+
+macro_rules! traits {
+    ($ty:ident: float $q:ident, $d:ident) => {
+        QuantTraits {
+            ty: GgmlType::$ty,
+            quantize: crate::float::$q,
+            quantize_ref: crate::float::$q,
+            dequantize: crate::float::$d,
+            dequantize_ref: crate::float::$d,
+        }
+    };
+    ($ty:ident: $m:ident) => {
+        QuantTraits {
+            ty: GgmlType::$ty,
+            quantize: crate::$m::quantize_row,
+            quantize_ref: crate::$m::quantize_row_ref,
+            dequantize: crate::$m::dequantize_row,
+            dequantize_ref: crate::$m::dequantize_row_ref,
+        }
+    };
+}
+
+/// The types this crate computes, one row each (a new block type adds its row here).
+pub const TYPES: &[QuantTraits] = &[
+    traits!(F32: float quantize_row_f32, dequantize_row_f32),
+    traits!(F16: float quantize_row_f16, dequantize_row_f16),
+    traits!(BF16: float quantize_row_bf16, dequantize_row_bf16),
+    traits!(Q8_0: q8_0),
+    traits!(Q4_0: q4_0),
+    traits!(Q4_1: q4_1),
+    traits!(Q5_0: q5_0),
+    traits!(Q5_1: q5_1),
+    traits!(Q2K: q2_k),
+    traits!(Q3K: q3_k),
+    traits!(Q4K: q4_k),
+    traits!(Q5K: q5_k),
+    traits!(Q6K: q6_k),
+    traits!(IQ4NL: iq4_nl),
+    traits!(IQ4XS: iq4_xs),
 ];
 
-type RowQuant = fn(&[f32], Option<&[f32]>, &mut [u8]);
-type RowDequant = fn(&[u8], &mut [f32]);
+/// The types this crate can quantize to (and dequantize from): those of [`TYPES`].
+pub const QUANTIZABLE: &[GgmlType] = &{
+    let mut out = [GgmlType::F32; TYPES.len()];
+    let mut i = 0;
+    while i < TYPES.len() {
+        out[i] = TYPES[i].ty;
+        i += 1;
+    }
+    out
+};
+
+/// The row of `ty`, if this crate computes it.
+pub fn traits(ty: GgmlType) -> Option<&'static QuantTraits> {
+    TYPES.iter().find(|t| t.ty == ty)
+}
+
+/// Whether `ty` can be quantized to and dequantized from.
+pub fn is_quantizable(ty: GgmlType) -> bool {
+    traits(ty).is_some()
+}
 
 fn row_fns(ty: GgmlType, reference: bool) -> Result<(RowQuant, RowDequant), QuantError> {
-    use GgmlType::*;
-    macro_rules! pick {
-        ($m:ident) => {
-            if reference {
-                (
-                    crate::$m::quantize_row_ref as RowQuant,
-                    crate::$m::dequantize_row_ref as RowDequant,
-                )
-            } else {
-                (
-                    crate::$m::quantize_row as RowQuant,
-                    crate::$m::dequantize_row as RowDequant,
-                )
-            }
-        };
-    }
-    Ok(match ty {
-        F32 => (
-            crate::float::quantize_row_f32 as RowQuant,
-            crate::float::dequantize_row_f32 as RowDequant,
-        ),
-        F16 => (
-            crate::float::quantize_row_f16,
-            crate::float::dequantize_row_f16,
-        ),
-        BF16 => (
-            crate::float::quantize_row_bf16,
-            crate::float::dequantize_row_bf16,
-        ),
-        Q8_0 => pick!(q8_0),
-        Q4_0 => pick!(q4_0),
-        Q4_1 => pick!(q4_1),
-        Q5_0 => pick!(q5_0),
-        Q5_1 => pick!(q5_1),
-        Q2K => pick!(q2_k),
-        Q3K => pick!(q3_k),
-        Q4K => pick!(q4_k),
-        Q5K => pick!(q5_k),
-        Q6K => pick!(q6_k),
-        IQ4NL => pick!(iq4_nl),
-        IQ4XS => pick!(iq4_xs),
-        other => return Err(QuantError::Unsupported(other)),
+    let t = traits(ty).ok_or(QuantError::Unsupported(ty))?;
+    Ok(if reference {
+        (t.quantize_ref, t.dequantize_ref)
+    } else {
+        (t.quantize, t.dequantize)
     })
 }
 

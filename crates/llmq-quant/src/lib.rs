@@ -7,6 +7,7 @@
 //! column of the row, i.e. per input feature), as llama.cpp's `quantize_*` do.
 
 pub mod float;
+pub mod isa;
 pub mod search;
 
 pub mod iq4_nl;
