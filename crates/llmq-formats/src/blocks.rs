@@ -9,7 +9,16 @@
 //! (`BlockQ4K::QS` is `16..144`) computed with `offset_of!`, and `BYTES` (its size).
 //! The structs derive `bytemuck::Pod` (which also proves they have no padding), so a
 //! whole block can be read with `bytemuck::pod_read_unaligned` where that is clearer.
+//!
+//! [`TYPE_LAYOUTS`] is this layer's row per type (name, block size, bytes per block).
+//! The layers above key their own rows by the same [`GgmlType`]: `llmq_quant::TYPES`
+//! (quantize / dequantize) and `llmq_kernels::kernels::KERNELS` (dot products), so
+//! bytes, algorithms and kernels each stay in the crate that knows them. A new block
+//! type for a GGML id already in [`GgmlType`] is: its struct and row here, its
+//! algorithms in a module of `llmq-quant` and that module's row in `llmq-quant`'s
+//! `lib.rs` (three files); a fast kernel adds a `dot_*` function and a `KERNELS` row.
 
+use crate::ggml_type::GgmlType;
 use half::f16;
 
 /// Defines a block struct, its size assertion and one byte-range constant per field.
@@ -171,6 +180,68 @@ ggml_block! {
         scales_l / SCALES_L: [u8; QK_K / 64],
         qs / QS: [u8; QK_K / 2],
     }
+}
+
+/// One row of the type table: what the bytes of a type look like. The algorithms on
+/// these bytes have rows of their own in the layers that know them (`llmq_quant::TYPES`:
+/// quantize / dequantize; `llmq_kernels::kernels::KERNELS`: dot products), keyed by
+/// the same [`GgmlType`], so this crate stays free of algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeLayout {
+    pub ty: GgmlType,
+    /// The name `llama-quantize` prints (`Q4_K`, `IQ4_XS`, `F16`).
+    pub name: &'static str,
+    /// Elements per block (1 for plain types).
+    pub block_size: usize,
+    /// Bytes per block (per element for plain types): the block struct's size where
+    /// [`crate::blocks`] defines one.
+    pub type_size: usize,
+}
+
+macro_rules! layouts {
+    ($( $ty:ident $name:literal $block:expr, $size:expr; )+) => {
+        /// The type table, in id order.
+        pub const TYPE_LAYOUTS: &[TypeLayout] = &[
+            $( TypeLayout { ty: GgmlType::$ty, name: $name, block_size: $block, type_size: $size }, )+
+        ];
+        /// Every known type, in id order.
+        pub const ALL_TYPES: &[GgmlType] = &[ $( GgmlType::$ty, )+ ];
+    };
+}
+
+layouts! {
+    F32 "F32" 1, 4;
+    F16 "F16" 1, 2;
+    Q4_0 "Q4_0" QK, BlockQ4_0::BYTES;
+    Q4_1 "Q4_1" QK, BlockQ4_1::BYTES;
+    Q5_0 "Q5_0" QK, BlockQ5_0::BYTES;
+    Q5_1 "Q5_1" QK, BlockQ5_1::BYTES;
+    Q8_0 "Q8_0" QK, BlockQ8_0::BYTES;
+    Q8_1 "Q8_1" QK, BlockQ8_1::BYTES;
+    Q2K "Q2_K" QK_K, BlockQ2K::BYTES;
+    Q3K "Q3_K" QK_K, BlockQ3K::BYTES;
+    Q4K "Q4_K" QK_K, BlockQ4K::BYTES;
+    Q5K "Q5_K" QK_K, BlockQ5K::BYTES;
+    Q6K "Q6_K" QK_K, BlockQ6K::BYTES;
+    Q8K "Q8_K" QK_K, BlockQ8K::BYTES;
+    IQ2XXS "IQ2_XXS" QK_K, 66;
+    IQ2XS "IQ2_XS" QK_K, 74;
+    IQ3XXS "IQ3_XXS" QK_K, 98;
+    IQ1S "IQ1_S" QK_K, 50;
+    IQ4NL "IQ4_NL" QK, BlockIq4Nl::BYTES;
+    IQ3S "IQ3_S" QK_K, 110;
+    IQ2S "IQ2_S" QK_K, 82;
+    IQ4XS "IQ4_XS" QK_K, BlockIq4Xs::BYTES;
+    I8 "I8" 1, 1;
+    I16 "I16" 1, 2;
+    I32 "I32" 1, 4;
+    I64 "I64" 1, 8;
+    F64 "F64" 1, 8;
+    IQ1M "IQ1_M" QK_K, 56;
+    BF16 "BF16" 1, 2;
+    TQ1_0 "TQ1_0" QK_K, 54;
+    TQ2_0 "TQ2_0" QK_K, 66;
+    MXFP4 "MXFP4" QK, 17;
 }
 
 /// The little-endian `u16` (an f16's bits) of field `at` of block bytes `b`.

@@ -1,9 +1,9 @@
 //! The GGML tensor types: ids, block sizes and bytes per block, as laid out in
-//! llama.cpp's `ggml/src/ggml-common.h` and listed in `ggml/docs/gguf.md`: one
-//! [`TypeLayout`] row per type in [`TYPE_LAYOUTS`], block sizes taken from the structs
-//! of [`crate::blocks`].
+//! llama.cpp's `ggml/src/ggml-common.h` and listed in `ggml/docs/gguf.md`. The enum
+//! names every id GGUF files use; what each type's bytes look like is its row of
+//! [`TYPE_LAYOUTS`], which lives beside the block structs in [`crate::blocks`].
 
-use crate::blocks::*;
+pub use crate::blocks::{TypeLayout, ALL_TYPES, TYPE_LAYOUTS};
 use std::fmt;
 
 /// A GGML tensor element type. Discriminants are the on-disk type ids.
@@ -42,68 +42,6 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
-}
-
-/// One row of the type table: what the bytes of a type look like. The algorithms on
-/// these bytes have rows of their own in the layers that know them (`llmq_quant::TYPES`:
-/// quantize / dequantize; `llmq_kernels::kernels::KERNELS`: dot products), keyed by
-/// the same [`GgmlType`], so this crate stays free of algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TypeLayout {
-    pub ty: GgmlType,
-    /// The name `llama-quantize` prints (`Q4_K`, `IQ4_XS`, `F16`).
-    pub name: &'static str,
-    /// Elements per block (1 for plain types).
-    pub block_size: usize,
-    /// Bytes per block (per element for plain types): the block struct's size where
-    /// [`crate::blocks`] defines one.
-    pub type_size: usize,
-}
-
-macro_rules! layouts {
-    ($( $ty:ident $name:literal $block:expr, $size:expr; )+) => {
-        /// The type table, in id order.
-        pub const TYPE_LAYOUTS: &[TypeLayout] = &[
-            $( TypeLayout { ty: GgmlType::$ty, name: $name, block_size: $block, type_size: $size }, )+
-        ];
-        /// Every known type, in id order.
-        pub const ALL_TYPES: &[GgmlType] = &[ $( GgmlType::$ty, )+ ];
-    };
-}
-
-layouts! {
-    F32 "F32" 1, 4;
-    F16 "F16" 1, 2;
-    Q4_0 "Q4_0" QK, BlockQ4_0::BYTES;
-    Q4_1 "Q4_1" QK, BlockQ4_1::BYTES;
-    Q5_0 "Q5_0" QK, BlockQ5_0::BYTES;
-    Q5_1 "Q5_1" QK, BlockQ5_1::BYTES;
-    Q8_0 "Q8_0" QK, BlockQ8_0::BYTES;
-    Q8_1 "Q8_1" QK, BlockQ8_1::BYTES;
-    Q2K "Q2_K" QK_K, BlockQ2K::BYTES;
-    Q3K "Q3_K" QK_K, BlockQ3K::BYTES;
-    Q4K "Q4_K" QK_K, BlockQ4K::BYTES;
-    Q5K "Q5_K" QK_K, BlockQ5K::BYTES;
-    Q6K "Q6_K" QK_K, BlockQ6K::BYTES;
-    Q8K "Q8_K" QK_K, BlockQ8K::BYTES;
-    IQ2XXS "IQ2_XXS" QK_K, 66;
-    IQ2XS "IQ2_XS" QK_K, 74;
-    IQ3XXS "IQ3_XXS" QK_K, 98;
-    IQ1S "IQ1_S" QK_K, 50;
-    IQ4NL "IQ4_NL" QK, BlockIq4Nl::BYTES;
-    IQ3S "IQ3_S" QK_K, 110;
-    IQ2S "IQ2_S" QK_K, 82;
-    IQ4XS "IQ4_XS" QK_K, BlockIq4Xs::BYTES;
-    I8 "I8" 1, 1;
-    I16 "I16" 1, 2;
-    I32 "I32" 1, 4;
-    I64 "I64" 1, 8;
-    F64 "F64" 1, 8;
-    IQ1M "IQ1_M" QK_K, 56;
-    BF16 "BF16" 1, 2;
-    TQ1_0 "TQ1_0" QK_K, 54;
-    TQ2_0 "TQ2_0" QK_K, 66;
-    MXFP4 "MXFP4" QK, 17;
 }
 
 /// Row index in [`TYPE_LAYOUTS`] by type id (`u8::MAX`: unknown id).

@@ -1,9 +1,7 @@
-//! This crate's row of the type table ([`TYPES`]: quantize / dequantize functions per
-//! [`GgmlType`]) and the type-dispatched entry points over whole tensors (rows ×
-//! `n_per_row`). The table sits here because the layers split a type's traits the
-//! way their knowledge splits: `llmq-formats` has the bytes (block structs, sizes,
-//! names, ids), this crate the algorithms, `llmq-kernels` the dot products.
+//! Type-dispatched entry points over whole tensors (rows × `n_per_row`), through the
+//! type table ([`TYPES`], in `lib.rs`).
 
+use crate::{QuantTraits, RowDequant, RowQuant, TYPES};
 use llmq_formats::GgmlType;
 
 /// What can go wrong when quantizing or dequantizing a buffer.
@@ -20,75 +18,6 @@ pub enum QuantError {
     #[error("buffer size mismatch: {what}")]
     Size { what: String },
 }
-
-/// Quantize one row: values, optional importance weights (one per value), output bytes.
-pub type RowQuant = fn(&[f32], Option<&[f32]>, &mut [u8]);
-/// Dequantize whole blocks: packed bytes to values.
-pub type RowDequant = fn(&[u8], &mut [f32]);
-
-/// One row of this layer's type table: the algorithms for one [`GgmlType`] (its bytes
-/// are `ty.layout()`, in `llmq-formats`). Every type here can be quantized to and
-/// dequantized from, on the fast path (`quantize`, `dequantize`) or the scalar
-/// reference (`*_ref`, the same bytes and values).
-#[derive(Clone, Copy)]
-pub struct QuantTraits {
-    pub ty: GgmlType,
-    pub quantize: RowQuant,
-    pub quantize_ref: RowQuant,
-    pub dequantize: RowDequant,
-    pub dequantize_ref: RowDequant,
-}
-
-macro_rules! traits {
-    ($ty:ident: float $q:ident, $d:ident) => {
-        QuantTraits {
-            ty: GgmlType::$ty,
-            quantize: crate::float::$q,
-            quantize_ref: crate::float::$q,
-            dequantize: crate::float::$d,
-            dequantize_ref: crate::float::$d,
-        }
-    };
-    ($ty:ident: $m:ident) => {
-        QuantTraits {
-            ty: GgmlType::$ty,
-            quantize: crate::$m::quantize_row,
-            quantize_ref: crate::$m::quantize_row_ref,
-            dequantize: crate::$m::dequantize_row,
-            dequantize_ref: crate::$m::dequantize_row_ref,
-        }
-    };
-}
-
-/// The types this crate computes, one row each (a new block type adds its row here).
-pub const TYPES: &[QuantTraits] = &[
-    traits!(F32: float quantize_row_f32, dequantize_row_f32),
-    traits!(F16: float quantize_row_f16, dequantize_row_f16),
-    traits!(BF16: float quantize_row_bf16, dequantize_row_bf16),
-    traits!(Q8_0: q8_0),
-    traits!(Q4_0: q4_0),
-    traits!(Q4_1: q4_1),
-    traits!(Q5_0: q5_0),
-    traits!(Q5_1: q5_1),
-    traits!(Q2K: q2_k),
-    traits!(Q3K: q3_k),
-    traits!(Q4K: q4_k),
-    traits!(Q5K: q5_k),
-    traits!(Q6K: q6_k),
-    traits!(IQ4NL: iq4_nl),
-    traits!(IQ4XS: iq4_xs),
-];
-
-/// The types this crate can quantize to (and dequantize from): those of [`TYPES`].
-pub const QUANTIZABLE: &[GgmlType] = &{
-    let mut out = [GgmlType::F32; TYPES.len()];
-    let mut i = 0;
-    while i < TYPES.len() {
-        out[i] = TYPES[i].ty;
-        i += 1;
-    }
-    out
-};
 
 /// The row of `ty`, if this crate computes it.
 pub fn traits(ty: GgmlType) -> Option<&'static QuantTraits> {
