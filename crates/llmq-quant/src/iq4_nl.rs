@@ -449,7 +449,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
     {
         let d = fp16_bits_to_fp32(le_u16(xb, BlockIq4Nl::D));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[2 + j];
+            let q = xb[BlockIq4Nl::QS.start + j];
             yb[j] = d * LEVELS[(q & 0x0f) as usize] as f32;
             yb[j + 16] = d * LEVELS[(q >> 4) as usize] as f32;
         }

@@ -63,7 +63,7 @@ fn quantize_super_block<const FAST: bool>(
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut scales_h = 0u16;
     let mut scales_l = [0u8; SUB_BLOCKS / 2];
-    let (_, qs) = y.split_at_mut(8);
+    let (_, qs) = y.split_at_mut(BlockIq4Xs::QS.start);
     for (ib, &scale) in scales.iter().enumerate() {
         let l = nearest_int(id * scale).clamp(-32, 31);
         let dl = d * l as f32;
@@ -138,7 +138,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         for ib in 0..SUB_BLOCKS {
             let dl = d * (block_scale_bits(scales_h, &xb[BlockIq4Xs::SCALES_L], ib) - 32) as f32;
             for j in 0..16 {
-                let q = xb[8 + 16 * ib + j];
+                let q = xb[BlockIq4Xs::QS.start + 16 * ib + j];
                 yb[32 * ib + j] = dl * LEVELS_F32[(q & 0x0f) as usize];
                 yb[32 * ib + j + 16] = dl * LEVELS_F32[(q >> 4) as usize];
             }

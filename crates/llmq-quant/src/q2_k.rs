@@ -218,7 +218,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         let mut o = 0;
         let mut is = 0;
         for half in 0..2 {
-            let q = &b[16 + 32 * half..48 + 32 * half];
+            let q = &b[BlockQ2K::QS.start + 32 * half..][..32];
             for shift in [0, 2, 4, 6] {
                 for part in 0..2 {
                     let sc = scales[is];

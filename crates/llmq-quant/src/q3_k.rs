@@ -211,7 +211,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         let mut is = 0;
         let mut m = 1u8;
         for half in 0..2 {
-            let q = &b[32 + 32 * half..64 + 32 * half];
+            let q = &b[BlockQ3K::QS.start + 32 * half..][..32];
             for shift in [0, 2, 4, 6] {
                 for part in 0..2 {
                     let dl = d_all * unpack_scale(is, scales) as f32;

@@ -56,7 +56,7 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = (c_trunc(xb[j] * id + 8.5) as i8).min(15) as u8;
                     let hi = (c_trunc(xb[j + 16] * id + 8.5) as i8).min(15) as u8;
-                    yb[2 + j] = lo | (hi << 4);
+                    yb[BlockQ4_0::QS.start + j] = lo | (hi << 4);
                 }
             }
         }
@@ -106,7 +106,7 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         };
         yb[BlockQ4_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         for j in 0..BLOCK_VALUES / 2 {
-            yb[2 + j] = levels[j] as u8 | ((levels[j + 16] as u8) << 4);
+            yb[BlockQ4_0::QS.start + j] = levels[j] as u8 | ((levels[j + 16] as u8) << 4);
         }
     }
 }
@@ -156,7 +156,7 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
         *l = (c_trunc(v * id + 8.5) as i8).min(15) as u8;
     }
     for j in 0..BLOCK_VALUES / 2 {
-        yb[2 + j] = levels[j] | (levels[j + 16] << 4);
+        yb[BlockQ4_0::QS.start + j] = levels[j] | (levels[j + 16] << 4);
     }
 }
 
@@ -206,7 +206,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
     {
         let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_0::D));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[2 + j];
+            let q = xb[BlockQ4_0::QS.start + j];
             yb[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
             yb[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
         }

@@ -63,7 +63,7 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = (c_trunc((xb[j] - min) * id + 0.5) as i8).min(15) as u8;
                     let hi = (c_trunc((xb[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
-                    yb[4 + j] = lo | (hi << 4);
+                    yb[BlockQ4_1::QS.start + j] = lo | (hi << 4);
                 }
             }
         }
@@ -114,7 +114,7 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         yb[BlockQ4_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         yb[BlockQ4_1::M].copy_from_slice(&fp32_to_fp16_bits(-min_offset).to_le_bytes());
         for j in 0..BLOCK_VALUES / 2 {
-            yb[4 + j] = levels[j] | (levels[j + 16] << 4);
+            yb[BlockQ4_1::QS.start + j] = levels[j] | (levels[j + 16] << 4);
         }
     }
 }
@@ -166,7 +166,7 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
         *l = (c_trunc((v - min) * id + 0.5) as i8).min(15) as u8;
     }
     for j in 0..BLOCK_VALUES / 2 {
-        yb[4 + j] = levels[j] | (levels[j + 16] << 4);
+        yb[BlockQ4_1::QS.start + j] = levels[j] | (levels[j + 16] << 4);
     }
 }
 
@@ -213,7 +213,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::D));
         let m = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::M));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[4 + j];
+            let q = xb[BlockQ4_1::QS.start + j];
             yb[j] = (q & 0x0f) as f32 * d + m;
             yb[j + 16] = (q >> 4) as f32 * d + m;
         }

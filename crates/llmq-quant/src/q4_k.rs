@@ -299,7 +299,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         let min = fp16_bits_to_fp32(le_u16(b, BlockQ4K::DMIN));
         let scales = &b[BlockQ4K::SCALES];
         for (g, out) in out.chunks_exact_mut(64).enumerate() {
-            let q: &[u8; 32] = b[16 + 32 * g..48 + 32 * g].try_into().unwrap();
+            let q: &[u8; 32] = b[BlockQ4K::QS.start + 32 * g..][..32].try_into().unwrap();
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);

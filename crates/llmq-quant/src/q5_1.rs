@@ -66,7 +66,7 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = c_trunc((xb[j] - min) * id + 0.5) as u8;
                     let hi = c_trunc((xb[j + 16] - min) * id + 0.5) as u8;
-                    yb[8 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+                    yb[BlockQ5_1::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
                     qh |= ((lo as u32 & 0x10) >> 4) << j;
                     qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
                 }
@@ -123,7 +123,7 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         for j in 0..BLOCK_VALUES / 2 {
             let lo = levels[j];
             let hi = levels[j + 16];
-            yb[8 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+            yb[BlockQ5_1::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
             qh |= ((lo as u32 & 0x10) >> 4) << j;
             qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
         }
@@ -184,7 +184,7 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     }
     yb[BlockQ5_1::QH].copy_from_slice(&qh.to_le_bytes());
     for j in 0..BLOCK_VALUES / 2 {
-        yb[8 + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
+        yb[BlockQ5_1::QS.start + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
     }
 }
 
@@ -203,7 +203,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         let m = fp16_bits_to_fp32(le_u16(xb, BlockQ5_1::M));
         let qh = u32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]);
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[8 + j];
+            let q = xb[BlockQ5_1::QS.start + j];
             let high_lo = ((qh >> j) << 4) & 0x10;
             let high_hi = (qh >> (j + 12)) & 0x10;
             yb[j] = ((q & 0x0f) as u32 | high_lo) as f32 * d + m;

@@ -97,7 +97,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         let mut o = 0;
         let (mut u1, mut u2) = (1u8, 2u8);
         for g in 0..4 {
-            let ql = &b[48 + 32 * g..80 + 32 * g];
+            let ql = &b[BlockQ5K::QS.start + 32 * g..][..32];
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -136,7 +136,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         let scales = &b[BlockQ5K::SCALES];
         let qh: &[u8; 32] = b[BlockQ5K::QH].try_into().unwrap();
         for (g, out) in out.chunks_exact_mut(64).enumerate() {
-            let ql: &[u8; 32] = b[48 + 32 * g..80 + 32 * g].try_into().unwrap();
+            let ql: &[u8; 32] = b[BlockQ5K::QS.start + 32 * g..][..32].try_into().unwrap();
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);

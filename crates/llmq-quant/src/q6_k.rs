@@ -132,7 +132,7 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
     {
         let d = fp16_bits_to_fp32(le_u16(b, BlockQ6K::D));
         for half in 0..2 {
-            let ql = &b[64 * half..64 * half + 64];
+            let ql = &b[BlockQ6K::QL.start + 64 * half..][..64];
             let qh = &b[BlockQ6K::QH.start + 32 * half..][..32];
             let sc = &b[BlockQ6K::SCALES.start + 8 * half..][..8];
             let out = &mut out[128 * half..128 * half + 128];
@@ -170,8 +170,12 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
             let out: &mut [f32; 128] = out.try_into().unwrap();
             for part in 0..2 {
                 let off = 16 * part;
-                let ql0: &[u8; 16] = b[64 * half + off..][..16].try_into().unwrap();
-                let ql1: &[u8; 16] = b[64 * half + 32 + off..][..16].try_into().unwrap();
+                let ql0: &[u8; 16] = b[BlockQ6K::QL.start + 64 * half + off..][..16]
+                    .try_into()
+                    .unwrap();
+                let ql1: &[u8; 16] = b[BlockQ6K::QL.start + 64 * half + 32 + off..][..16]
+                    .try_into()
+                    .unwrap();
                 let qh: &[u8; 16] = b[BlockQ6K::QH.start + 32 * half + off..][..16]
                     .try_into()
                     .unwrap();
