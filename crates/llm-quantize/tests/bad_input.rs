@@ -269,10 +269,11 @@ fn gguf_with_a_type_we_do_not_compute_is_unsupported() {
     for ty in [GgmlType::IQ2XXS, GgmlType::MXFP4] {
         let m = gguf_with_uncomputable_tensor(dir.path(), ty);
         let m = m.to_str().unwrap();
-        let commands: [&[&str]; 4] = [
+        let commands: [&[&str]; 5] = [
             &["eval", m, "--dataset", dataset.to_str().unwrap()],
             &["generate", m, "--prompt", "Once upon", "--max-tokens", "2"],
             &["bench", "--models", m, "-p", "8", "-n", "2", "-r", "1"],
+            &["serve", m, "--port", "0"],
             &["quantize", m, "gguf", "-q", "Q4_K_M", "-o", "out"],
         ];
         for args in commands {
