@@ -271,11 +271,16 @@ fn measure_in_child(
         }
     }
     if code != Some(0) {
-        // The child printed its own error and hint above; keep its exit code.
+        // Keep the child's exit code, and its message and hint (its JSON on stdout).
+        let child: Option<Value> = serde_json::from_str(out.trim()).ok();
+        let field = |k: &str| child.as_ref().and_then(|v| v[k].as_str().map(String::from));
         return Err(PipelineError::from_exit_code(
             code.unwrap_or(1),
-            format!("benchmarking {model} failed"),
-            "See the error above",
+            match field("message") {
+                Some(m) => format!("benchmarking {model} failed: {m}"),
+                None => format!("benchmarking {model} failed"),
+            },
+            field("suggestion").unwrap_or_else(|| "See the error above".into()),
         ));
     }
     let mut v: Value = serde_json::from_str(out.trim()).map_err(|e| {

@@ -18,6 +18,10 @@ pub fn engine_error(e: EngineError) -> PipelineError {
             e.to_string(),
             "Run a model of a supported architecture, or check `llm-quantize info MODEL`",
         ),
+        EngineError::UnsupportedType { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "Re-quantize the model to a type llm-quantize runs (e.g. `quantize MODEL gguf -q Q4_K_M`), or run it with llama.cpp",
+        ),
         EngineError::ContextOverflow { .. } => PipelineError::invalid(
             e.to_string(),
             "Shorten the input or lower --max-tokens / --max-length",

@@ -216,3 +216,84 @@ fn full_output_filesystem() {
         "temp file left without checkpoints"
     );
 }
+
+/// Our own F16 GGUF of the shared Llama with `blk.0.attn_q.weight` relabelled as
+/// `ty` (zero bytes of that type's size): a well-formed file holding a type the engine
+/// does not compute.
+fn gguf_with_uncomputable_tensor(dir: &Path, ty: llmq_formats::GgmlType) -> std::path::PathBuf {
+    use llmq_formats::gguf::{GgufFile, GgufPlan, GgufStreamWriter, PlannedTensor};
+    let r = lq(
+        dir,
+        &[
+            "quantize",
+            shared_model("llama").to_str().unwrap(),
+            "gguf",
+            "-q",
+            "F16",
+            "-o",
+            "f16",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let src = GgufFile::open(&files_ending(&dir.join("f16"), ".gguf")[0]).unwrap();
+    let target = "blk.0.attn_q.weight";
+    let mut plan = GgufPlan::new();
+    plan.metadata = src.metadata().to_vec();
+    plan.alignment = src.alignment();
+    for t in src.tensors() {
+        let ggml_type = if t.name == target { ty } else { t.ggml_type };
+        plan = plan.with_tensor(PlannedTensor::new(&t.name, t.shape_ne.clone(), ggml_type));
+    }
+    let out = dir.join(format!("relabelled-{}.gguf", ty.name()));
+    let w = GgufStreamWriter::create(&out, &plan).unwrap();
+    for t in src.tensors() {
+        if t.name == target {
+            let ne0 = t.shape_ne[0] as usize;
+            let rows = (t.n_elements() as usize) / ne0;
+            let n = ty.row_bytes(ne0).expect("whole blocks") * rows;
+            w.write_tensor(t.name.as_str(), &vec![0u8; n]).unwrap();
+        } else {
+            w.write_tensor(t.name.as_str(), src.tensor_bytes(t))
+                .unwrap();
+        }
+    }
+    w.finish().unwrap();
+    out
+}
+
+#[test]
+fn gguf_with_a_type_we_do_not_compute_is_unsupported() {
+    use llmq_formats::GgmlType;
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = shared().join("data/corpus/valid.txt");
+    for ty in [GgmlType::IQ2XXS, GgmlType::MXFP4] {
+        let m = gguf_with_uncomputable_tensor(dir.path(), ty);
+        let m = m.to_str().unwrap();
+        let commands: [&[&str]; 5] = [
+            &["eval", m, "--dataset", dataset.to_str().unwrap()],
+            &["generate", m, "--prompt", "Once upon", "--max-tokens", "2"],
+            &["bench", "--models", m, "-p", "8", "-n", "2", "-r", "1"],
+            &["serve", m, "--port", "0"],
+            &["quantize", m, "gguf", "-q", "Q4_K_M", "-o", "out"],
+        ];
+        for args in commands {
+            let mut full = vec!["--format", "json"];
+            full.extend_from_slice(args);
+            let r = lq(dir.path(), &full);
+            assert_eq!(
+                r.code, 8,
+                "{args:?}\nstdout:\n{}\nstderr:\n{}",
+                r.stdout, r.stderr
+            );
+            let msg = r.json()["message"].as_str().unwrap().to_string();
+            assert!(
+                msg.contains("blk.0.attn_q.weight") && msg.contains(ty.name()),
+                "{args:?}: message {msg:?} names neither tensor nor type"
+            );
+        }
+        // `info` still describes the file, naming the type.
+        let r = lq(dir.path(), &["info", m]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains(ty.name()), "{}", r.stdout);
+    }
+}

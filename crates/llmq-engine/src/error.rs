@@ -19,12 +19,30 @@ pub enum EngineError {
     },
     #[error("tensor `{name}`: {why}")]
     BadTensor { name: String, why: String },
+    #[error("tensor `{name}` is stored as {ty}, a type this engine does not compute")]
+    UnsupportedType { name: String, ty: String },
     #[error("{0}")]
     Source(String),
     #[error("sequence of {len} tokens exceeds the context of {ctx} tokens")]
     ContextOverflow { len: usize, ctx: usize },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
+}
+
+impl EngineError {
+    /// What the kernels said about tensor `name`.
+    pub fn tensor(name: &str, e: llmq_kernels::KernelError) -> EngineError {
+        match e {
+            llmq_kernels::KernelError::UnsupportedType(t) => EngineError::UnsupportedType {
+                name: name.into(),
+                ty: t.name().into(),
+            },
+            llmq_kernels::KernelError::Layout(why) => EngineError::BadTensor {
+                name: name.into(),
+                why,
+            },
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

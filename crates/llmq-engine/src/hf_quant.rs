@@ -503,15 +503,15 @@ impl QuantizedModules {
     /// Module `prefix` repacked for the kernels.
     pub fn matrix(&self, st: &SafetensorsModel, prefix: &str, act: IntAct) -> Result<WeightMatrix> {
         let q = self.int_quantized(st, prefix)?;
-        int_matrix(&q, act).map_err(|why| EngineError::BadTensor {
-            name: prefix.to_string(),
-            why,
-        })
+        int_matrix(&q, act).map_err(|e| EngineError::tensor(prefix, e))
     }
 }
 
 /// Repacks an [`IntQuantized`] weight into the kernels' block layout.
-pub fn int_matrix(q: &IntQuantized, act: IntAct) -> std::result::Result<WeightMatrix, String> {
+pub fn int_matrix(
+    q: &IntQuantized,
+    act: IntAct,
+) -> std::result::Result<WeightMatrix, llmq_kernels::KernelError> {
     let g_idx = q.g_idx_or_default();
     WeightMatrix::from_int_groups(
         &IntGroups {

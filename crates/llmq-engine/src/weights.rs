@@ -149,10 +149,6 @@ impl WeightSource {
         };
         let cols = shape.first().copied().unwrap_or(1);
         let rows: usize = shape.iter().skip(1).product();
-        let bad = |why: String| EngineError::BadTensor {
-            name: name.into(),
-            why,
-        };
         match self {
             WeightSource::Gguf(f) => {
                 let info = f.tensor(name).expect("shape came from this tensor");
@@ -161,7 +157,7 @@ impl WeightSource {
                 let bytes = Bytes::new(owner, start, info.n_bytes as usize);
                 WeightMatrix::new(info.ggml_type, rows, cols, bytes)
                     .map(Some)
-                    .map_err(bad)
+                    .map_err(|e| EngineError::tensor(name, e))
             }
             WeightSource::Hf(h) => h.matrix(name, rows, cols).map(Some),
         }
@@ -204,7 +200,7 @@ impl HfWeights {
                     .iter()
                     .map(|m| qm.matrix(&self.st, m, self.int_act))
                     .collect::<Result<Vec<_>>>()?;
-                WeightMatrix::stack_rows(&parts).map_err(bad)?
+                WeightMatrix::stack_rows(&parts).map_err(|e| EngineError::tensor(name, e))?
             }
             Transform::PermuteQK { n_head } => {
                 let w = qm.matrix(&self.st, modules[0], self.int_act)?;
@@ -214,7 +210,8 @@ impl HfWeights {
                     .into_iter()
                     .map(|r| r as usize)
                     .collect();
-                w.permute_rows(&order).map_err(bad)?
+                w.permute_rows(&order)
+                    .map_err(|e| EngineError::tensor(name, e))?
             }
             _ => return Ok(None),
         };
@@ -283,9 +280,6 @@ impl HfWeights {
         } else {
             (GgmlType::F32, Bytes::whole(Arc::new(values)))
         };
-        WeightMatrix::new(ty, rows, cols, bytes).map_err(|why| EngineError::BadTensor {
-            name: name.into(),
-            why,
-        })
+        WeightMatrix::new(ty, rows, cols, bytes).map_err(|e| EngineError::tensor(name, e))
     }
 }

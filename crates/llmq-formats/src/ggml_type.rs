@@ -1,6 +1,9 @@
 //! The GGML tensor types: ids, block sizes and bytes per block, as laid out in
-//! llama.cpp's `ggml/src/ggml-common.h` and listed in `ggml/docs/gguf.md`.
+//! llama.cpp's `ggml/src/ggml-common.h` and listed in `ggml/docs/gguf.md`. The enum
+//! names every id GGUF files use; what each type's bytes look like is its row of
+//! [`TYPE_LAYOUTS`], which lives beside the block structs in [`crate::blocks`].
 
+pub use crate::blocks::{TypeLayout, ALL_TYPES, TYPE_LAYOUTS};
 use std::fmt;
 
 /// A GGML tensor element type. Discriminants are the on-disk type ids.
@@ -41,46 +44,22 @@ pub enum GgmlType {
     MXFP4 = 39,
 }
 
-/// Every known type, in id order.
-pub const ALL_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q8_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::Q8K,
-    GgmlType::IQ2XXS,
-    GgmlType::IQ2XS,
-    GgmlType::IQ3XXS,
-    GgmlType::IQ1S,
-    GgmlType::IQ4NL,
-    GgmlType::IQ3S,
-    GgmlType::IQ2S,
-    GgmlType::IQ4XS,
-    GgmlType::I8,
-    GgmlType::I16,
-    GgmlType::I32,
-    GgmlType::I64,
-    GgmlType::F64,
-    GgmlType::IQ1M,
-    GgmlType::BF16,
-    GgmlType::TQ1_0,
-    GgmlType::TQ2_0,
-    GgmlType::MXFP4,
-];
+/// Row index in [`TYPE_LAYOUTS`] by type id (`u8::MAX`: unknown id).
+const ROW_OF_ID: [u8; 64] = {
+    let mut idx = [u8::MAX; 64];
+    let mut i = 0;
+    while i < TYPE_LAYOUTS.len() {
+        idx[TYPE_LAYOUTS[i].ty as usize] = i as u8;
+        i += 1;
+    }
+    idx
+};
 
 impl GgmlType {
     /// The type with on-disk id `id`, if known.
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        ALL_TYPES.iter().copied().find(|t| *t as u32 == id)
+        let row = *ROW_OF_ID.get(id as usize)?;
+        (row != u8::MAX).then(|| TYPE_LAYOUTS[row as usize].ty)
     }
 
     /// The on-disk id.
@@ -88,49 +67,22 @@ impl GgmlType {
         self as u32
     }
 
+    /// This type's row of the type table.
+    #[inline]
+    pub fn layout(self) -> &'static TypeLayout {
+        &TYPE_LAYOUTS[ROW_OF_ID[self as usize] as usize]
+    }
+
     /// Elements per block (1 for plain types).
+    #[inline]
     pub fn block_size(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL | MXFP4 => 32,
-            _ => 256,
-        }
+        self.layout().block_size
     }
 
     /// Bytes per block (per element for plain types).
+    #[inline]
     pub fn type_size(self) -> usize {
-        use GgmlType::*;
-        match self {
-            F32 | I32 => 4,
-            F16 | BF16 | I16 => 2,
-            I8 => 1,
-            I64 | F64 => 8,
-            Q4_0 => 18,
-            Q4_1 => 20,
-            Q5_0 => 22,
-            Q5_1 => 24,
-            Q8_0 => 34,
-            Q8_1 => 36,
-            Q2K => 84,
-            Q3K => 110,
-            Q4K => 144,
-            Q5K => 176,
-            Q6K => 210,
-            Q8K => 292,
-            IQ2XXS => 66,
-            IQ2XS => 74,
-            IQ3XXS => 98,
-            IQ1S => 50,
-            IQ4NL => 18,
-            IQ3S => 110,
-            IQ2S => 82,
-            IQ4XS => 136,
-            IQ1M => 56,
-            TQ1_0 => 54,
-            TQ2_0 => 66,
-            MXFP4 => 17,
-        }
+        self.layout().type_size
     }
 
     /// Bytes of one row of `n` elements; `None` when `n` is not a multiple of the block.
@@ -152,41 +104,7 @@ impl GgmlType {
     /// The name llama.cpp prints (`q4_K`, `iq4_xs`, `f16`, ...), upper-cased the way
     /// `llama-quantize` names file types in its help (`Q4_K`, `IQ4_XS`).
     pub fn name(self) -> &'static str {
-        use GgmlType::*;
-        match self {
-            F32 => "F32",
-            F16 => "F16",
-            Q4_0 => "Q4_0",
-            Q4_1 => "Q4_1",
-            Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1",
-            Q8_0 => "Q8_0",
-            Q8_1 => "Q8_1",
-            Q2K => "Q2_K",
-            Q3K => "Q3_K",
-            Q4K => "Q4_K",
-            Q5K => "Q5_K",
-            Q6K => "Q6_K",
-            Q8K => "Q8_K",
-            IQ2XXS => "IQ2_XXS",
-            IQ2XS => "IQ2_XS",
-            IQ3XXS => "IQ3_XXS",
-            IQ1S => "IQ1_S",
-            IQ4NL => "IQ4_NL",
-            IQ3S => "IQ3_S",
-            IQ2S => "IQ2_S",
-            IQ4XS => "IQ4_XS",
-            I8 => "I8",
-            I16 => "I16",
-            I32 => "I32",
-            I64 => "I64",
-            F64 => "F64",
-            IQ1M => "IQ1_M",
-            BF16 => "BF16",
-            TQ1_0 => "TQ1_0",
-            TQ2_0 => "TQ2_0",
-            MXFP4 => "MXFP4",
-        }
+        self.layout().name
     }
 
     /// Parse a name as printed by [`GgmlType::name`] (case-insensitive).
@@ -220,5 +138,13 @@ mod tests {
         assert_eq!(GgmlType::Q3K.row_bytes(512), Some(220));
         assert_eq!(GgmlType::Q3K.row_bytes(100), None);
         assert_eq!(GgmlType::from_id(4), None);
+        assert_eq!(GgmlType::from_id(1000), None);
+        for (i, row) in TYPE_LAYOUTS.iter().enumerate() {
+            assert_eq!(row.ty.layout(), row);
+            assert!(
+                i == 0 || TYPE_LAYOUTS[i - 1].ty < row.ty,
+                "rows in id order"
+            );
+        }
     }
 }

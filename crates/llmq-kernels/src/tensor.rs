@@ -8,86 +8,13 @@
 //! ([`WeightType::Int`]); those may store their input columns in an act-order
 //! permutation ([`ColumnOrder`]), which `matmul` applies to the activations.
 
-use crate::int_blocks::{int_block_bytes, IntGroups, PackedInt};
+use crate::dequant::dequantize_row;
+use crate::error::KernelError;
+use crate::int_blocks::{IntGroups, PackedInt};
+pub use crate::weight_type::{IntAct, IntType, WeightType};
 use llmq_formats::gguf::GgufFile;
 use llmq_formats::GgmlType;
 use std::sync::Arc;
-
-/// Activations an integer-weight matrix is multiplied with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IntAct {
-    /// Quantized per 32 columns to Q8_0 (fast, integer dot products; what llama.cpp
-    /// does for Q4_0/Q8_0). Needs 32-column blocks; other blocks use `F32`.
-    Q8_0,
-    /// Plain f32 (exact to f32 rounding: `x · dequant(W)ᵀ`).
-    F32,
-}
-
-/// Group-wise integer weights ([`crate::int_blocks`] layout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IntType {
-    /// 2..=8
-    pub bits: u8,
-    /// input columns per block (a power of two dividing 32)
-    pub block: u16,
-    pub act: IntAct,
-}
-
-/// How a matrix's rows are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightType {
-    Ggml(GgmlType),
-    Int(IntType),
-}
-
-impl From<GgmlType> for WeightType {
-    fn from(t: GgmlType) -> Self {
-        WeightType::Ggml(t)
-    }
-}
-
-impl PartialEq<GgmlType> for WeightType {
-    fn eq(&self, other: &GgmlType) -> bool {
-        *self == WeightType::Ggml(*other)
-    }
-}
-
-impl WeightType {
-    /// `"Q4_K"`, or `"INT4_G32"`-style names for integer weights.
-    pub fn name(self) -> String {
-        match self {
-            WeightType::Ggml(t) => t.name().to_string(),
-            WeightType::Int(t) => format!("INT{}_B{}", t.bits, t.block),
-        }
-    }
-
-    /// Values per block.
-    pub fn block_size(self) -> usize {
-        match self {
-            WeightType::Ggml(t) => t.block_size(),
-            WeightType::Int(t) => t.block as usize,
-        }
-    }
-
-    /// Bytes of a row of `cols` values (`None` if not whole blocks).
-    pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        match self {
-            WeightType::Ggml(t) => t.row_bytes(cols),
-            WeightType::Int(t) => {
-                let b = t.block as usize;
-                (b > 0 && cols.is_multiple_of(b)).then(|| cols / b * int_block_bytes(t.bits, b))
-            }
-        }
-    }
-
-    /// The GGML type, if this is one.
-    pub fn ggml(self) -> Option<GgmlType> {
-        match self {
-            WeightType::Ggml(t) => Some(t),
-            WeightType::Int(_) => None,
-        }
-    }
-}
 
 /// The order in which a matrix stores its input columns: stored column `j` of row `r`
 /// is input column `perm(r)[j]` (act-order checkpoints, made contiguous per group at
@@ -244,21 +171,24 @@ impl WeightMatrix {
         rows: usize,
         cols: usize,
         data: Bytes,
-    ) -> Result<WeightMatrix, String> {
+    ) -> Result<WeightMatrix, KernelError> {
+        if !crate::dequant::computes(ty) {
+            return Err(KernelError::UnsupportedType(ty));
+        }
         if !cols.is_multiple_of(ty.block_size()) {
-            return Err(format!(
+            return Err(KernelError::Layout(format!(
                 "{} rows of {cols} values are not whole {}-value blocks",
                 ty.name(),
                 ty.block_size()
-            ));
+            )));
         }
         let want = ty.row_bytes(cols).map(|b| b * rows);
         if want != Some(data.len()) {
-            return Err(format!(
+            return Err(KernelError::Layout(format!(
                 "{} matrix {rows}x{cols} needs {want:?} bytes, got {}",
                 ty.name(),
                 data.len()
-            ));
+            )));
         }
         Ok(WeightMatrix {
             ty: WeightType::Ggml(ty),
@@ -275,7 +205,7 @@ impl WeightMatrix {
         rows: usize,
         cols: usize,
         act: IntAct,
-    ) -> Result<WeightMatrix, String> {
+    ) -> Result<WeightMatrix, KernelError> {
         let act = if p.block == 32 { act } else { IntAct::F32 };
         let ty = WeightType::Int(IntType {
             bits: p.bits,
@@ -283,11 +213,11 @@ impl WeightMatrix {
             act,
         });
         if ty.row_bytes(cols).map(|b| b * rows) != Some(p.data.len()) {
-            return Err(format!(
+            return Err(KernelError::Layout(format!(
                 "{} matrix {rows}x{cols}: {} bytes do not fit",
                 ty.name(),
                 p.data.len()
-            ));
+            )));
         }
         if p.perm.as_ref().is_some_and(|q| q.len() != cols) {
             return Err("column permutation length differs from cols".into());
@@ -302,7 +232,7 @@ impl WeightMatrix {
     }
 
     /// Repacks group-wise integer weights (codes, scales, zeros, g_idx).
-    pub fn from_int_groups(g: &IntGroups<'_>, act: IntAct) -> Result<WeightMatrix, String> {
+    pub fn from_int_groups(g: &IntGroups<'_>, act: IntAct) -> Result<WeightMatrix, KernelError> {
         Self::from_packed_int(g.pack()?, g.rows, g.cols, act)
     }
 
@@ -318,7 +248,7 @@ impl WeightMatrix {
 
     /// Rows of several matrices of one type and width, one after another (experts
     /// stacked into one tensor). Copies the bytes.
-    pub fn stack_rows(parts: &[WeightMatrix]) -> Result<WeightMatrix, String> {
+    pub fn stack_rows(parts: &[WeightMatrix]) -> Result<WeightMatrix, KernelError> {
         let first = parts.first().ok_or("nothing to stack")?;
         let (ty, cols) = (first.ty, first.cols);
         if parts.iter().any(|p| p.ty != ty || p.cols != cols) {
@@ -341,7 +271,7 @@ impl WeightMatrix {
                 .iter()
                 .map(|p| match &p.col_order {
                     Some(o) if o.segments(p.rows).len() == 1 => Ok(o.perm_of_row(0).to_vec()),
-                    Some(_) => Err("stacking a stacked act-order matrix".to_string()),
+                    Some(_) => Err(KernelError::from("stacking a stacked act-order matrix")),
                     None => Ok(ident.clone()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -361,7 +291,7 @@ impl WeightMatrix {
     }
 
     /// A copy whose row `r` is row `order[r]` of `self`.
-    pub fn permute_rows(&self, order: &[usize]) -> Result<WeightMatrix, String> {
+    pub fn permute_rows(&self, order: &[usize]) -> Result<WeightMatrix, KernelError> {
         if order.len() != self.rows || order.iter().any(|&r| r >= self.rows) {
             return Err("row order does not match the rows".into());
         }
@@ -428,7 +358,7 @@ impl WeightMatrix {
 
     /// Row `r` as f32 values (natural column order) into `out`.
     pub fn row_f32_into(&self, r: usize, out: &mut [f32]) {
-        crate::kernels::dequantize_row(self.ty, self.row(r), out);
+        dequantize_row(self.ty, self.row(r), out);
         if let Some(o) = &self.col_order {
             let stored = out.to_vec();
             for (&c, v) in o.perm_of_row(r).iter().zip(stored) {

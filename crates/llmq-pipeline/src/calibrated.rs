@@ -305,6 +305,10 @@ fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
             format!("architecture `{a}` is not supported by the calibration engine"),
             "Use gguf output, or one of the supported architectures",
         ),
+        e @ llmq_engine::EngineError::UnsupportedType { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "Calibrate from the original Hugging Face checkpoint instead",
+        ),
         e => PipelineError::general(e.to_string(), "Check the model files"),
     }
 }

@@ -1,5 +1,7 @@
-//! Type-dispatched entry points over whole tensors (rows × `n_per_row`).
+//! Type-dispatched entry points over whole tensors (rows × `n_per_row`), through the
+//! type table ([`TYPES`], in `lib.rs`).
 
+use crate::{QuantTraits, RowDequant, RowQuant, TYPES};
 use llmq_formats::GgmlType;
 
 /// What can go wrong when quantizing or dequantizing a buffer.
@@ -17,71 +19,22 @@ pub enum QuantError {
     Size { what: String },
 }
 
-/// The types this crate can quantize to (and dequantize from).
-pub const QUANTIZABLE: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4NL,
-    GgmlType::IQ4XS,
-];
+/// The row of `ty`, if this crate computes it.
+pub fn traits(ty: GgmlType) -> Option<&'static QuantTraits> {
+    TYPES.iter().find(|t| t.ty == ty)
+}
 
-type RowQuant = fn(&[f32], Option<&[f32]>, &mut [u8]);
-type RowDequant = fn(&[u8], &mut [f32]);
+/// Whether `ty` can be quantized to and dequantized from.
+pub fn is_quantizable(ty: GgmlType) -> bool {
+    traits(ty).is_some()
+}
 
 fn row_fns(ty: GgmlType, reference: bool) -> Result<(RowQuant, RowDequant), QuantError> {
-    use GgmlType::*;
-    macro_rules! pick {
-        ($m:ident) => {
-            if reference {
-                (
-                    crate::$m::quantize_row_ref as RowQuant,
-                    crate::$m::dequantize_row_ref as RowDequant,
-                )
-            } else {
-                (
-                    crate::$m::quantize_row as RowQuant,
-                    crate::$m::dequantize_row as RowDequant,
-                )
-            }
-        };
-    }
-    Ok(match ty {
-        F32 => (
-            crate::float::quantize_row_f32 as RowQuant,
-            crate::float::dequantize_row_f32 as RowDequant,
-        ),
-        F16 => (
-            crate::float::quantize_row_f16,
-            crate::float::dequantize_row_f16,
-        ),
-        BF16 => (
-            crate::float::quantize_row_bf16,
-            crate::float::dequantize_row_bf16,
-        ),
-        Q8_0 => pick!(q8_0),
-        Q4_0 => pick!(q4_0),
-        Q4_1 => pick!(q4_1),
-        Q5_0 => pick!(q5_0),
-        Q5_1 => pick!(q5_1),
-        Q2K => pick!(q2_k),
-        Q3K => pick!(q3_k),
-        Q4K => pick!(q4_k),
-        Q5K => pick!(q5_k),
-        Q6K => pick!(q6_k),
-        IQ4NL => pick!(iq4_nl),
-        IQ4XS => pick!(iq4_xs),
-        other => return Err(QuantError::Unsupported(other)),
+    let t = traits(ty).ok_or(QuantError::Unsupported(ty))?;
+    Ok(if reference {
+        (t.quantize_ref, t.dequantize_ref)
+    } else {
+        (t.quantize, t.dequantize)
     })
 }
 

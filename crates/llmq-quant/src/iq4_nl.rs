@@ -16,16 +16,15 @@
 //! instead of a binary search. All give the reference's bytes exactly (see the tests).
 
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits, GROUP_MAX_EPS};
+use llmq_formats::blocks::{le_u16, BlockIq4Nl, KVALUES_IQ4NL};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
-/// Bytes per block: f16 scale + 16 bytes of nibbles.
-pub const BLOCK_BYTES: usize = 2 + BLOCK_VALUES / 2;
+pub const BLOCK_VALUES: usize = BlockIq4Nl::VALUES;
+/// Bytes per block: f16 scale + 16 bytes of nibbles ([`BlockIq4Nl`]).
+pub const BLOCK_BYTES: usize = BlockIq4Nl::BYTES;
 
-/// The 16 non-linear levels (`kvalues_iq4nl`), ascending.
-pub(crate) const LEVELS: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+/// The 16 non-linear levels (`kvalues_iq4nl`), ascending: the codebook of the layout.
+pub(crate) const LEVELS: [i8; 16] = KVALUES_IQ4NL;
 
 /// Midpoints between neighbouring levels: a value below `MIDPOINTS[k]` is nearer level
 /// `k` than level `k+1`, and a value on a midpoint goes up (as in `best_index_int8`).
@@ -210,7 +209,7 @@ fn candidate_sums_fast(
     sumq2: &mut [f32; CANDIDATES],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { candidate_sums_avx2(xb, weight, inverse_scales, sumqx, sumq2) };
         return;
@@ -321,7 +320,7 @@ unsafe fn candidate_sums_avx2(
 #[inline(always)]
 pub(crate) fn pack_levels<const FAST: bool>(xb: &[f32; 32], inverse_scale: f32, qs: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if FAST && std::arch::is_x86_feature_detected!("avx2") {
+    if FAST && crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { pack_levels_avx2(xb, inverse_scale, (&mut qs[..16]).try_into().unwrap()) };
         return;
@@ -407,9 +406,9 @@ fn quantize_blocks<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut
         let qw = imatrix.map(|w| &w[ib * BLOCK_VALUES..(ib + 1) * BLOCK_VALUES]);
         block_weights(xb, qw, sigma2(xb), &mut weight);
         let d = block_scale::<FAST>(xb, &weight);
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockIq4Nl::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        pack_levels::<FAST>(xb, id, &mut yb[2..]);
+        pack_levels::<FAST>(xb, id, &mut yb[BlockIq4Nl::QS]);
     }
 }
 
@@ -423,7 +422,7 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
 pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     check_sizes(x, imatrix, y);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, imatrix, y) };
         return;
@@ -448,9 +447,9 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockIq4Nl::D));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[2 + j];
+            let q = xb[BlockIq4Nl::QS.start + j];
             yb[j] = d * LEVELS[(q & 0x0f) as usize] as f32;
             yb[j + 16] = d * LEVELS[(q >> 4) as usize] as f32;
         }
@@ -465,7 +464,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "IQ4_NL dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -496,9 +495,9 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockIq4Nl::D));
         let (lo, hi) = yb.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[2..]) {
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[BlockIq4Nl::QS]) {
             *l = d * LEVELS_F32[(q & 0x0f) as usize];
             *h = d * LEVELS_F32[(q >> 4) as usize];
         }

@@ -12,11 +12,12 @@
 
 use crate::iq4_nl::{block_scale, block_weights, pack_levels, sigma2, LEVELS_F32};
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int};
+use llmq_formats::blocks::{le_u16, BlockIq4Xs};
 
 /// Values per super-block.
-pub const BLOCK_VALUES: usize = 256;
+pub const BLOCK_VALUES: usize = BlockIq4Xs::VALUES;
 /// Bytes per super-block: f16 `d`, u16 `scales_h`, 4 bytes `scales_l`, 128 bytes `qs`.
-pub const BLOCK_BYTES: usize = 2 + 2 + 4 + BLOCK_VALUES / 2;
+pub const BLOCK_BYTES: usize = BlockIq4Xs::BYTES;
 
 const SUB_BLOCKS: usize = BLOCK_VALUES / 32;
 
@@ -58,11 +59,11 @@ fn quantize_super_block<const FAST: bool>(
         }
     }
     let d = -max_scale / 32.0;
-    y[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    y[BlockIq4Xs::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut scales_h = 0u16;
     let mut scales_l = [0u8; SUB_BLOCKS / 2];
-    let (_, qs) = y.split_at_mut(8);
+    let (_, qs) = y.split_at_mut(BlockIq4Xs::QS.start);
     for (ib, &scale) in scales.iter().enumerate() {
         let l = nearest_int(id * scale).clamp(-32, 31);
         let dl = d * l as f32;
@@ -73,8 +74,8 @@ fn quantize_super_block<const FAST: bool>(
         scales_l[ib / 2] |= (biased & 0x0f) << (4 * (ib % 2));
         scales_h |= ((biased >> 4) as u16) << (2 * ib);
     }
-    y[2..4].copy_from_slice(&scales_h.to_le_bytes());
-    y[4..8].copy_from_slice(&scales_l);
+    y[BlockIq4Xs::SCALES_H].copy_from_slice(&scales_h.to_le_bytes());
+    y[BlockIq4Xs::SCALES_L].copy_from_slice(&scales_l);
 }
 
 #[inline(always)]
@@ -99,7 +100,7 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
 pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     check_sizes(x, imatrix, y);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, imatrix, y) };
         return;
@@ -132,12 +133,12 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockIq4Xs::D));
+        let scales_h = le_u16(xb, BlockIq4Xs::SCALES_H);
         for ib in 0..SUB_BLOCKS {
-            let dl = d * (block_scale_bits(scales_h, &xb[4..8], ib) - 32) as f32;
+            let dl = d * (block_scale_bits(scales_h, &xb[BlockIq4Xs::SCALES_L], ib) - 32) as f32;
             for j in 0..16 {
-                let q = xb[8 + 16 * ib + j];
+                let q = xb[BlockIq4Xs::QS.start + 16 * ib + j];
                 yb[32 * ib + j] = dl * LEVELS_F32[(q & 0x0f) as usize];
                 yb[32 * ib + j + 16] = dl * LEVELS_F32[(q >> 4) as usize];
             }
@@ -153,7 +154,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "IQ4_XS dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -173,11 +174,11 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
-        let qs = &xb[8..];
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockIq4Xs::D));
+        let scales_h = le_u16(xb, BlockIq4Xs::SCALES_H);
+        let qs = &xb[BlockIq4Xs::QS];
         for (ib, (out, q)) in yb.chunks_exact_mut(32).zip(qs.chunks_exact(16)).enumerate() {
-            let dl = d * (block_scale_bits(scales_h, &xb[4..8], ib) - 32) as f32;
+            let dl = d * (block_scale_bits(scales_h, &xb[BlockIq4Xs::SCALES_L], ib) - 32) as f32;
             let (lo, hi) = out.split_at_mut(16);
             for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
                 *l = dl * LEVELS_F32[(q & 0x0f) as usize];

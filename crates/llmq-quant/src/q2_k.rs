@@ -15,11 +15,12 @@ use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_qkx2_quants, make_qkx2_quants_fast,
     make_qkx3_quants, make_qkx3_quants_fast, make_qp_quants, nearest_int,
 };
+use llmq_formats::blocks::{le_u16, BlockQ2K};
 
 /// Values per super-block.
-const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = BlockQ2K::VALUES;
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 84;
+const BLOCK_BYTES: usize = BlockQ2K::BYTES;
 
 /// Pack 256 two-bit levels into 64 bytes as Q2_K and Q3_K store them: in each half of
 /// 128 values, value `32·s + l` goes to bits `2s..2s+2` of byte `l` of that half's 32.
@@ -183,10 +184,10 @@ fn quantize_row_with<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &m
             None => block_plain::<FAST>(xb),
             Some(w) => block_weighted::<FAST>(xb, &w[i * BLOCK_VALUES..(i + 1) * BLOCK_VALUES]),
         };
-        yb[0..16].copy_from_slice(&scales);
-        pack_2bit(&levels, &mut yb[16..80]);
-        yb[80..82].copy_from_slice(&d.to_le_bytes());
-        yb[82..84].copy_from_slice(&dmin.to_le_bytes());
+        yb[BlockQ2K::SCALES].copy_from_slice(&scales);
+        pack_2bit(&levels, &mut yb[BlockQ2K::QS]);
+        yb[BlockQ2K::D].copy_from_slice(&d.to_le_bytes());
+        yb[BlockQ2K::DMIN].copy_from_slice(&dmin.to_le_bytes());
     }
 }
 
@@ -211,13 +212,13 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let scales = &b[0..16];
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[80], b[81]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[82], b[83]]));
+        let scales = &b[BlockQ2K::SCALES];
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ2K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ2K::DMIN));
         let mut o = 0;
         let mut is = 0;
         for half in 0..2 {
-            let q = &b[16 + 32 * half..48 + 32 * half];
+            let q = &b[BlockQ2K::QS.start + 32 * half..][..32];
             for shift in [0, 2, 4, 6] {
                 for part in 0..2 {
                     let sc = scales[is];
@@ -247,8 +248,8 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[80], b[81]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[82], b[83]]));
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ2K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ2K::DMIN));
         for (j, out) in out.chunks_exact_mut(16).enumerate() {
             // Sub-block j: half j/8, bit pair (j/2)%4, bytes 16·(j%2)..+16 of that half.
             let sc = b[j];

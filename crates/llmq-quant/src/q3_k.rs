@@ -16,11 +16,12 @@ use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_q3_quants, make_qx_quants, make_qx_quants_fast,
     nearest_int,
 };
+use llmq_formats::blocks::{le_u16, BlockQ3K};
 
 /// Values per super-block.
-const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = BlockQ3K::VALUES;
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 110;
+const BLOCK_BYTES: usize = BlockQ3K::BYTES;
 
 /// Pack sixteen 6-bit scales (already offset by 32, so `0..64`) into 12 bytes: low
 /// nibbles of scales 0..8 in the low nibbles of bytes 0..8, of scales 8..16 in their high
@@ -68,7 +69,7 @@ fn finish_block(
             *l = (nearest_int(v / dl).clamp(-4, 3) + 4) as u8;
         }
     }
-    let hmask = &mut y[0..32];
+    let hmask = &mut y[BlockQ3K::HMASK];
     hmask.fill(0);
     for (j, l) in levels.iter_mut().enumerate() {
         if *l > 3 {
@@ -76,9 +77,9 @@ fn finish_block(
             *l -= 4;
         }
     }
-    pack_2bit(levels, &mut y[32..96]);
-    y[96..108].copy_from_slice(&scales);
-    y[108..110].copy_from_slice(&d.to_le_bytes());
+    pack_2bit(levels, &mut y[BlockQ3K::QS]);
+    y[BlockQ3K::SCALES].copy_from_slice(&scales);
+    y[BlockQ3K::D].copy_from_slice(&d.to_le_bytes());
 }
 
 /// `quantize_row_q3_K_ref` for one super-block.
@@ -203,14 +204,14 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let hm = &b[0..32];
-        let scales = &b[96..108];
-        let d_all = fp16_bits_to_fp32(u16::from_le_bytes([b[108], b[109]]));
+        let hm = &b[BlockQ3K::HMASK];
+        let scales = &b[BlockQ3K::SCALES];
+        let d_all = fp16_bits_to_fp32(le_u16(b, BlockQ3K::D));
         let mut o = 0;
         let mut is = 0;
         let mut m = 1u8;
         for half in 0..2 {
-            let q = &b[32 + 32 * half..64 + 32 * half];
+            let q = &b[BlockQ3K::QS.start + 32 * half..][..32];
             for shift in [0, 2, 4, 6] {
                 for part in 0..2 {
                     let dl = d_all * unpack_scale(is, scales) as f32;
@@ -241,13 +242,15 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
-        let d_all = fp16_bits_to_fp32(u16::from_le_bytes([b[108], b[109]]));
+        let d_all = fp16_bits_to_fp32(le_u16(b, BlockQ3K::D));
         for (j, out) in out.chunks_exact_mut(16).enumerate() {
-            let dl = d_all * unpack_scale(j, &b[96..108]) as f32;
+            let dl = d_all * unpack_scale(j, &b[BlockQ3K::SCALES]) as f32;
             let pair = (j / 2) % 4;
             let hbit = (j / 2) as u32;
             let start = 16 * (j % 2);
-            let q: &[u8; 16] = b[32 + 32 * (j / 8) + start..][..16].try_into().unwrap();
+            let q: &[u8; 16] = b[BlockQ3K::QS.start + 32 * (j / 8) + start..][..16]
+                .try_into()
+                .unwrap();
             let hm: &[u8; 16] = b[start..start + 16].try_into().unwrap();
             for l in 0..16 {
                 let low = ((q[l] >> (2 * pair)) & 3) as i32;

@@ -9,11 +9,12 @@
 //! `block_q4_0` in `ggml/src/ggml-common.h`.
 
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits, make_qx_quants, make_qx_quants_fast};
+use llmq_formats::blocks::{le_u16, BlockQ4_0};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
+pub const BLOCK_VALUES: usize = BlockQ4_0::VALUES;
 /// Bytes per block: f16 scale + 16 bytes of nibbles.
-pub const BLOCK_BYTES: usize = 2 + BLOCK_VALUES / 2;
+pub const BLOCK_BYTES: usize = BlockQ4_0::BYTES;
 
 fn check_sizes(x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) {
     assert_eq!(
@@ -51,11 +52,11 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 }
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+                yb[BlockQ4_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = (c_trunc(xb[j] * id + 8.5) as i8).min(15) as u8;
                     let hi = (c_trunc(xb[j + 16] * id + 8.5) as i8).min(15) as u8;
-                    yb[2 + j] = lo | (hi << 4);
+                    yb[BlockQ4_0::QS.start + j] = lo | (hi << 4);
                 }
             }
         }
@@ -72,7 +73,7 @@ pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, y) };
         return;
@@ -103,9 +104,9 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         } else {
             make_qx_quants(8, xb, &mut levels, 1, Some(&weight))
         };
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ4_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         for j in 0..BLOCK_VALUES / 2 {
-            yb[2 + j] = levels[j] as u8 | ((levels[j + 16] as u8) << 4);
+            yb[BlockQ4_0::QS.start + j] = levels[j] as u8 | ((levels[j + 16] as u8) << 4);
         }
     }
 }
@@ -128,9 +129,9 @@ unsafe fn quantize_blocks_avx2(x: &[f32], y: &mut [u8]) {
             quantize_block(xb, yb);
             continue;
         }
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ4_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         let levels = avx2::truncate_to_levels(&avx2::scale_offset(&v, id, 8.5), 15);
-        avx2::store_nibbles(levels, (&mut yb[2..]).try_into().unwrap());
+        avx2::store_nibbles(levels, (&mut yb[BlockQ4_0::QS]).try_into().unwrap());
     }
 }
 
@@ -149,13 +150,13 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     let max = first_absmax_value(xb);
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    yb[BlockQ4_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
     let mut levels = [0u8; BLOCK_VALUES];
     for (l, &v) in levels.iter_mut().zip(xb) {
         *l = (c_trunc(v * id + 8.5) as i8).min(15) as u8;
     }
     for j in 0..BLOCK_VALUES / 2 {
-        yb[2 + j] = levels[j] | (levels[j + 16] << 4);
+        yb[BlockQ4_0::QS.start + j] = levels[j] | (levels[j + 16] << 4);
     }
 }
 
@@ -203,9 +204,9 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_0::D));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[2 + j];
+            let q = xb[BlockQ4_0::QS.start + j];
             yb[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
             yb[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
         }
@@ -220,7 +221,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "Q4_0 dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -242,9 +243,9 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
     {
         let xb: &[u8; BLOCK_BYTES] = xb.try_into().unwrap();
         let yb: &mut [f32; BLOCK_VALUES] = yb.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_0::D));
         let (lo, hi) = yb.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[2..]) {
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[BlockQ4_0::QS]) {
             *l = ((q & 0x0f) as i32 - 8) as f32 * d;
             *h = ((q >> 4) as i32 - 8) as f32 * d;
         }

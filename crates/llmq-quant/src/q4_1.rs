@@ -13,11 +13,12 @@ use crate::q4_0::c_trunc;
 use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_qkx3_quants, make_qkx3_quants_fast,
 };
+use llmq_formats::blocks::{le_u16, BlockQ4_1};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
+pub const BLOCK_VALUES: usize = BlockQ4_1::VALUES;
 /// Bytes per block: f16 scale, f16 minimum, 16 bytes of nibbles.
-pub const BLOCK_BYTES: usize = 4 + BLOCK_VALUES / 2;
+pub const BLOCK_BYTES: usize = BlockQ4_1::BYTES;
 
 fn check_sizes(x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) {
     assert_eq!(
@@ -57,12 +58,12 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 }
                 let d = (max - min) / 15.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-                yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+                yb[BlockQ4_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+                yb[BlockQ4_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = (c_trunc((xb[j] - min) * id + 0.5) as i8).min(15) as u8;
                     let hi = (c_trunc((xb[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
-                    yb[4 + j] = lo | (hi << 4);
+                    yb[BlockQ4_1::QS.start + j] = lo | (hi << 4);
                 }
             }
         }
@@ -79,7 +80,7 @@ pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, y) };
         return;
@@ -110,10 +111,10 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         } else {
             make_qkx3_quants(15, xb, Some(&weight), &mut levels, -0.9, 0.05, 36, false)
         };
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-        yb[2..4].copy_from_slice(&fp32_to_fp16_bits(-min_offset).to_le_bytes());
+        yb[BlockQ4_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ4_1::M].copy_from_slice(&fp32_to_fp16_bits(-min_offset).to_le_bytes());
         for j in 0..BLOCK_VALUES / 2 {
-            yb[4 + j] = levels[j] | (levels[j + 16] << 4);
+            yb[BlockQ4_1::QS.start + j] = levels[j] | (levels[j + 16] << 4);
         }
     }
 }
@@ -136,10 +137,10 @@ unsafe fn quantize_blocks_avx2(x: &[f32], y: &mut [u8]) {
             quantize_block(xb, yb);
             continue;
         }
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-        yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+        yb[BlockQ4_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ4_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
         let levels = avx2::truncate_to_levels(&avx2::shift_scale_half(&v, min, id), 15);
-        avx2::store_nibbles(levels, (&mut yb[4..]).try_into().unwrap());
+        avx2::store_nibbles(levels, (&mut yb[BlockQ4_1::QS]).try_into().unwrap());
     }
 }
 
@@ -158,14 +159,14 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     let (min, max) = min_max(xb);
     let d = (max - min) / 15.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-    yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+    yb[BlockQ4_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    yb[BlockQ4_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
     let mut levels = [0u8; BLOCK_VALUES];
     for (l, &v) in levels.iter_mut().zip(xb) {
         *l = (c_trunc((v - min) * id + 0.5) as i8).min(15) as u8;
     }
     for j in 0..BLOCK_VALUES / 2 {
-        yb[4 + j] = levels[j] | (levels[j + 16] << 4);
+        yb[BlockQ4_1::QS.start + j] = levels[j] | (levels[j + 16] << 4);
     }
 }
 
@@ -209,10 +210,10 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let m = fp16_bits_to_fp32(u16::from_le_bytes([xb[2], xb[3]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::D));
+        let m = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::M));
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[4 + j];
+            let q = xb[BlockQ4_1::QS.start + j];
             yb[j] = (q & 0x0f) as f32 * d + m;
             yb[j + 16] = (q >> 4) as f32 * d + m;
         }
@@ -227,7 +228,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "Q4_1 dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -249,10 +250,10 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
     {
         let xb: &[u8; BLOCK_BYTES] = xb.try_into().unwrap();
         let yb: &mut [f32; BLOCK_VALUES] = yb.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let m = fp16_bits_to_fp32(u16::from_le_bytes([xb[2], xb[3]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::D));
+        let m = fp16_bits_to_fp32(le_u16(xb, BlockQ4_1::M));
         let (lo, hi) = yb.split_at_mut(16);
-        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[4..]) {
+        for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&xb[BlockQ4_1::QS]) {
             *l = (q & 0x0f) as f32 * d + m;
             *h = (q >> 4) as f32 * d + m;
         }

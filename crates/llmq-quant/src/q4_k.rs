@@ -15,11 +15,12 @@ use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_qkx2_quants, make_qkx2_quants_fast,
     make_qkx3_quants, make_qkx3_quants_fast, make_qp_quants, nearest_int,
 };
+use llmq_formats::blocks::{le_u16, BlockQ4K};
 
 /// Values per super-block.
-const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = BlockQ4K::VALUES;
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 144;
+const BLOCK_BYTES: usize = BlockQ4K::BYTES;
 
 /// Pack eight 6-bit sub-block scales and mins into the 12-byte k4 layout shared by Q4_K
 /// and Q5_K: entries 0..4 take a whole byte each (`scales[j]`, `scales[j+4]`); entries
@@ -204,10 +205,10 @@ fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut 
         None => affine_block_plain::<FAST>(x, 15, -1.0, 20),
         Some(w) => affine_block_weighted::<FAST>(x, w, 15, false),
     };
-    y[0..2].copy_from_slice(&block.d.to_le_bytes());
-    y[2..4].copy_from_slice(&block.dmin.to_le_bytes());
-    y[4..16].copy_from_slice(&block.scales);
-    let (qs, levels) = (&mut y[16..144], &block.levels);
+    y[BlockQ4K::D].copy_from_slice(&block.d.to_le_bytes());
+    y[BlockQ4K::DMIN].copy_from_slice(&block.dmin.to_le_bytes());
+    y[BlockQ4K::SCALES].copy_from_slice(&block.scales);
+    let (qs, levels) = (&mut y[BlockQ4K::QS], &block.levels);
     for g in 0..4 {
         for l in 0..32 {
             qs[32 * g + l] = levels[64 * g + l] | (levels[64 * g + 32 + l] << 4);
@@ -258,10 +259,10 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[0], b[1]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[2], b[3]]));
-        let scales = &b[4..16];
-        let qs = &b[16..144];
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ4K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ4K::DMIN));
+        let scales = &b[BlockQ4K::SCALES];
+        let qs = &b[BlockQ4K::QS];
         let mut o = 0;
         for g in 0..4 {
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
@@ -294,11 +295,11 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[0], b[1]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[2], b[3]]));
-        let scales = &b[4..16];
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ4K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ4K::DMIN));
+        let scales = &b[BlockQ4K::SCALES];
         for (g, out) in out.chunks_exact_mut(64).enumerate() {
-            let q: &[u8; 32] = b[16 + 32 * g..48 + 32 * g].try_into().unwrap();
+            let q: &[u8; 32] = b[BlockQ4K::QS.start + 32 * g..][..32].try_into().unwrap();
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);

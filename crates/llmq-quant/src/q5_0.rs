@@ -13,11 +13,12 @@
 use crate::q4_0::avx2;
 use crate::q4_0::{c_trunc, first_absmax_value};
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits, make_qx_quants, make_qx_quants_fast};
+use llmq_formats::blocks::{le_u16, le_u32, BlockQ5_0};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
+pub const BLOCK_VALUES: usize = BlockQ5_0::VALUES;
 /// Bytes per block: f16 scale + 4 bytes of high bits + 16 bytes of nibbles.
-pub const BLOCK_BYTES: usize = 2 + 4 + BLOCK_VALUES / 2;
+pub const BLOCK_BYTES: usize = BlockQ5_0::BYTES;
 
 fn check_sizes(x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) {
     assert_eq!(
@@ -55,16 +56,16 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 }
                 let d = max / -16.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+                yb[BlockQ5_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
                 let mut qh = 0u32;
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = (c_trunc(xb[j] * id + 16.5) as i8).min(31) as u8;
                     let hi = (c_trunc(xb[j + 16] * id + 16.5) as i8).min(31) as u8;
-                    yb[6 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+                    yb[BlockQ5_0::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
                     qh |= ((lo as u32 & 0x10) >> 4) << j;
                     qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
                 }
-                yb[2..6].copy_from_slice(&qh.to_le_bytes());
+                yb[BlockQ5_0::QH].copy_from_slice(&qh.to_le_bytes());
             }
         }
     }
@@ -80,7 +81,7 @@ pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, y) };
         return;
@@ -111,16 +112,16 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         } else {
             make_qx_quants(16, xb, &mut levels, 1, Some(&weight))
         };
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ5_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         let mut qh = 0u32;
         for j in 0..BLOCK_VALUES / 2 {
             let lo = levels[j] as u8;
             let hi = levels[j + 16] as u8;
-            yb[6 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+            yb[BlockQ5_0::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
             qh |= ((lo as u32 & 0x10) >> 4) << j;
             qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
         }
-        yb[2..6].copy_from_slice(&qh.to_le_bytes());
+        yb[BlockQ5_0::QH].copy_from_slice(&qh.to_le_bytes());
     }
 }
 
@@ -142,10 +143,10 @@ unsafe fn quantize_blocks_avx2(x: &[f32], y: &mut [u8]) {
             quantize_block(xb, yb);
             continue;
         }
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ5_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         let levels = avx2::truncate_to_levels(&avx2::scale_offset(&v, id, 16.5), 31);
-        yb[2..6].copy_from_slice(&avx2::fifth_bits(levels).to_le_bytes());
-        avx2::store_nibbles(levels, (&mut yb[6..]).try_into().unwrap());
+        yb[BlockQ5_0::QH].copy_from_slice(&avx2::fifth_bits(levels).to_le_bytes());
+        avx2::store_nibbles(levels, (&mut yb[BlockQ5_0::QS]).try_into().unwrap());
     }
 }
 
@@ -164,7 +165,7 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     let max = first_absmax_value(xb);
     let d = max / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    yb[BlockQ5_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
     let mut levels = [0u8; BLOCK_VALUES];
     for (l, &v) in levels.iter_mut().zip(xb) {
         *l = (c_trunc(v * id + 16.5) as i8).min(31) as u8;
@@ -173,9 +174,9 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     for (j, &l) in levels.iter().enumerate() {
         qh |= ((l as u32) >> 4) << j;
     }
-    yb[2..6].copy_from_slice(&qh.to_le_bytes());
+    yb[BlockQ5_0::QH].copy_from_slice(&qh.to_le_bytes());
     for j in 0..BLOCK_VALUES / 2 {
-        yb[6 + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
+        yb[BlockQ5_0::QS.start + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
     }
 }
 
@@ -190,10 +191,10 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ5_0::D));
+        let qh = le_u32(xb, BlockQ5_0::QH);
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[6 + j];
+            let q = xb[BlockQ5_0::QS.start + j];
             let high_lo = ((qh >> j) << 4) & 0x10;
             let high_hi = (qh >> (j + 12)) & 0x10;
             yb[j] = (((q & 0x0f) as u32 | high_lo) as i32 - 16) as f32 * d;
@@ -210,7 +211,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "Q5_0 dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -232,10 +233,10 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
     {
         let xb: &[u8; BLOCK_BYTES] = xb.try_into().unwrap();
         let yb: &mut [f32; BLOCK_VALUES] = yb.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ5_0::D));
+        let qh = le_u32(xb, BlockQ5_0::QH);
         let mut levels = [0i32; BLOCK_VALUES];
-        for (j, &q) in xb[6..].iter().enumerate() {
+        for (j, &q) in xb[BlockQ5_0::QS].iter().enumerate() {
             levels[j] = (q & 0x0f) as i32;
             levels[j + 16] = (q >> 4) as i32;
         }

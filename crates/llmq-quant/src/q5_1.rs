@@ -15,11 +15,12 @@ use crate::q4_1::min_max;
 use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_qkx3_quants, make_qkx3_quants_fast,
 };
+use llmq_formats::blocks::{le_u16, BlockQ5_1};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
+pub const BLOCK_VALUES: usize = BlockQ5_1::VALUES;
 /// Bytes per block: f16 scale, f16 minimum, 4 bytes of high bits, 16 bytes of nibbles.
-pub const BLOCK_BYTES: usize = 4 + 4 + BLOCK_VALUES / 2;
+pub const BLOCK_BYTES: usize = BlockQ5_1::BYTES;
 
 fn check_sizes(x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) {
     assert_eq!(
@@ -59,17 +60,17 @@ pub fn quantize_row_ref(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
                 }
                 let d = (max - min) / 31.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-                yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+                yb[BlockQ5_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+                yb[BlockQ5_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
                 let mut qh = 0u32;
                 for j in 0..BLOCK_VALUES / 2 {
                     let lo = c_trunc((xb[j] - min) * id + 0.5) as u8;
                     let hi = c_trunc((xb[j + 16] - min) * id + 0.5) as u8;
-                    yb[8 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+                    yb[BlockQ5_1::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
                     qh |= ((lo as u32 & 0x10) >> 4) << j;
                     qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
                 }
-                yb[4..8].copy_from_slice(&qh.to_le_bytes());
+                yb[BlockQ5_1::QH].copy_from_slice(&qh.to_le_bytes());
             }
         }
     }
@@ -85,7 +86,7 @@ pub fn quantize_row(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, y) };
         return;
@@ -116,17 +117,17 @@ fn quantize_row_weighted<const FAST: bool>(x: &[f32], imatrix: &[f32], y: &mut [
         } else {
             make_qkx3_quants(31, xb, Some(&weight), &mut levels, -0.9, 0.05, 36, false)
         };
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-        yb[2..4].copy_from_slice(&fp32_to_fp16_bits(-min_offset).to_le_bytes());
+        yb[BlockQ5_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ5_1::M].copy_from_slice(&fp32_to_fp16_bits(-min_offset).to_le_bytes());
         let mut qh = 0u32;
         for j in 0..BLOCK_VALUES / 2 {
             let lo = levels[j];
             let hi = levels[j + 16];
-            yb[8 + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+            yb[BlockQ5_1::QS.start + j] = (lo & 0x0f) | ((hi & 0x0f) << 4);
             qh |= ((lo as u32 & 0x10) >> 4) << j;
             qh |= ((hi as u32 & 0x10) >> 4) << (j + 16);
         }
-        yb[4..8].copy_from_slice(&qh.to_le_bytes());
+        yb[BlockQ5_1::QH].copy_from_slice(&qh.to_le_bytes());
     }
 }
 
@@ -148,11 +149,11 @@ unsafe fn quantize_blocks_avx2(x: &[f32], y: &mut [u8]) {
             quantize_block(xb, yb);
             continue;
         }
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-        yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+        yb[BlockQ5_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ5_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
         let levels = avx2::truncate_to_levels(&avx2::shift_scale_half(&v, min, id), 31);
-        yb[4..8].copy_from_slice(&avx2::fifth_bits(levels).to_le_bytes());
-        avx2::store_nibbles(levels, (&mut yb[8..]).try_into().unwrap());
+        yb[BlockQ5_1::QH].copy_from_slice(&avx2::fifth_bits(levels).to_le_bytes());
+        avx2::store_nibbles(levels, (&mut yb[BlockQ5_1::QS]).try_into().unwrap());
     }
 }
 
@@ -171,8 +172,8 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     let (min, max) = min_max(xb);
     let d = (max - min) / 31.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-    yb[2..4].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
+    yb[BlockQ5_1::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    yb[BlockQ5_1::M].copy_from_slice(&fp32_to_fp16_bits(min).to_le_bytes());
     let mut levels = [0u8; BLOCK_VALUES];
     for (l, &v) in levels.iter_mut().zip(xb) {
         *l = c_trunc((v - min) * id + 0.5) as u8;
@@ -181,9 +182,9 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
     for (j, &l) in levels.iter().enumerate() {
         qh |= ((l as u32 >> 4) & 1) << j;
     }
-    yb[4..8].copy_from_slice(&qh.to_le_bytes());
+    yb[BlockQ5_1::QH].copy_from_slice(&qh.to_le_bytes());
     for j in 0..BLOCK_VALUES / 2 {
-        yb[8 + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
+        yb[BlockQ5_1::QS.start + j] = (levels[j] & 0x0f) | ((levels[j + 16] & 0x0f) << 4);
     }
 }
 
@@ -198,11 +199,11 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let m = fp16_bits_to_fp32(u16::from_le_bytes([xb[2], xb[3]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ5_1::D));
+        let m = fp16_bits_to_fp32(le_u16(xb, BlockQ5_1::M));
         let qh = u32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]);
         for j in 0..BLOCK_VALUES / 2 {
-            let q = xb[8 + j];
+            let q = xb[BlockQ5_1::QS.start + j];
             let high_lo = ((qh >> j) << 4) & 0x10;
             let high_hi = (qh >> (j + 12)) & 0x10;
             yb[j] = ((q & 0x0f) as u32 | high_lo) as f32 * d + m;
@@ -219,7 +220,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "Q5_1 dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -241,11 +242,11 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
     {
         let xb: &[u8; BLOCK_BYTES] = xb.try_into().unwrap();
         let yb: &mut [f32; BLOCK_VALUES] = yb.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        let m = fp16_bits_to_fp32(u16::from_le_bytes([xb[2], xb[3]]));
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ5_1::D));
+        let m = fp16_bits_to_fp32(le_u16(xb, BlockQ5_1::M));
         let qh = u32::from_le_bytes([xb[4], xb[5], xb[6], xb[7]]);
         let mut levels = [0u32; BLOCK_VALUES];
-        for (j, &q) in xb[8..].iter().enumerate() {
+        for (j, &q) in xb[BlockQ5_1::QS].iter().enumerate() {
             levels[j] = (q & 0x0f) as u32;
             levels[j + 16] = (q >> 4) as u32;
         }

@@ -12,21 +12,22 @@
 
 use crate::q4_k::{affine_block_plain, affine_block_weighted, unpack_scale_min};
 use crate::search::fp16_bits_to_fp32;
+use llmq_formats::blocks::{le_u16, BlockQ5K};
 
 /// Values per super-block.
-const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = BlockQ5K::VALUES;
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 176;
+const BLOCK_BYTES: usize = BlockQ5K::BYTES;
 
 fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     let block = match imatrix {
         None => affine_block_plain::<FAST>(x, 31, -0.5, 15),
         Some(w) => affine_block_weighted::<FAST>(x, w, 31, true),
     };
-    y[0..2].copy_from_slice(&block.d.to_le_bytes());
-    y[2..4].copy_from_slice(&block.dmin.to_le_bytes());
-    y[4..16].copy_from_slice(&block.scales);
-    let (qh, qs) = y[16..176].split_at_mut(32);
+    y[BlockQ5K::D].copy_from_slice(&block.d.to_le_bytes());
+    y[BlockQ5K::DMIN].copy_from_slice(&block.dmin.to_le_bytes());
+    y[BlockQ5K::SCALES].copy_from_slice(&block.scales);
+    let (qh, qs) = y[BlockQ5K::QH.start..].split_at_mut(BlockQ5K::QH.len());
     qh.fill(0);
     for g in 0..4 {
         let (bit_lo, bit_hi) = (1u8 << (2 * g), 2u8 << (2 * g));
@@ -89,14 +90,14 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[0], b[1]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[2], b[3]]));
-        let scales = &b[4..16];
-        let qh = &b[16..48];
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ5K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ5K::DMIN));
+        let scales = &b[BlockQ5K::SCALES];
+        let qh = &b[BlockQ5K::QH];
         let mut o = 0;
         let (mut u1, mut u2) = (1u8, 2u8);
         for g in 0..4 {
-            let ql = &b[48 + 32 * g..80 + 32 * g];
+            let ql = &b[BlockQ5K::QS.start + 32 * g..][..32];
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -130,12 +131,12 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[0], b[1]]));
-        let min = fp16_bits_to_fp32(u16::from_le_bytes([b[2], b[3]]));
-        let scales = &b[4..16];
-        let qh: &[u8; 32] = b[16..48].try_into().unwrap();
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ5K::D));
+        let min = fp16_bits_to_fp32(le_u16(b, BlockQ5K::DMIN));
+        let scales = &b[BlockQ5K::SCALES];
+        let qh: &[u8; 32] = b[BlockQ5K::QH].try_into().unwrap();
         for (g, out) in out.chunks_exact_mut(64).enumerate() {
-            let ql: &[u8; 32] = b[48 + 32 * g..80 + 32 * g].try_into().unwrap();
+            let ql: &[u8; 32] = b[BlockQ5K::QS.start + 32 * g..][..32].try_into().unwrap();
             let (sc1, m1) = unpack_scale_min(2 * g, scales);
             let (sc2, m2) = unpack_scale_min(2 * g + 1, scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);

@@ -17,11 +17,12 @@ use crate::search::{
     fp16_bits_to_fp32, fp32_to_fp16_bits, make_qx_quants, make_qx_quants_fast, nearest_int,
     GROUP_MAX_EPS,
 };
+use llmq_formats::blocks::{le_u16, BlockQ6K};
 
 /// Values per super-block.
-const BLOCK_VALUES: usize = 256;
+const BLOCK_VALUES: usize = BlockQ6K::VALUES;
 /// Bytes per super-block.
-const BLOCK_BYTES: usize = 210;
+const BLOCK_BYTES: usize = BlockQ6K::BYTES;
 
 fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
     let mut levels = [0i8; BLOCK_VALUES];
@@ -67,8 +68,8 @@ fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut 
         }
     }
     let levels = levels.map(|l| l as u8);
-    let (ql, rest) = y.split_at_mut(128);
-    let (qh, rest) = rest.split_at_mut(64);
+    let (ql, rest) = y.split_at_mut(BlockQ6K::QL.len());
+    let qh = &mut rest[..BlockQ6K::QH.len()];
     for half in 0..2 {
         let lv = &levels[128 * half..128 * half + 128];
         let ql = &mut ql[64 * half..64 * half + 64];
@@ -80,10 +81,10 @@ fn quantize_block<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut 
             qh[l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
         }
     }
-    for (o, &s) in rest[..16].iter_mut().zip(&scales) {
+    for (o, &s) in y[BlockQ6K::SCALES].iter_mut().zip(&scales) {
         *o = s as u8;
     }
-    rest[16..18].copy_from_slice(&d.to_le_bytes());
+    y[BlockQ6K::D].copy_from_slice(&d.to_le_bytes());
 }
 
 fn quantize_row_with<const FAST: bool>(x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) {
@@ -129,11 +130,11 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[208], b[209]]));
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ6K::D));
         for half in 0..2 {
-            let ql = &b[64 * half..64 * half + 64];
-            let qh = &b[128 + 32 * half..160 + 32 * half];
-            let sc = &b[192 + 8 * half..200 + 8 * half];
+            let ql = &b[BlockQ6K::QL.start + 64 * half..][..64];
+            let qh = &b[BlockQ6K::QH.start + 32 * half..][..32];
+            let sc = &b[BlockQ6K::SCALES.start + 8 * half..][..8];
             let out = &mut out[128 * half..128 * half + 128];
             for l in 0..32 {
                 let is = l / 16;
@@ -164,15 +165,22 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
         let b: &[u8; BLOCK_BYTES] = b.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([b[208], b[209]]));
+        let d = fp16_bits_to_fp32(le_u16(b, BlockQ6K::D));
         for (half, out) in out.chunks_exact_mut(128).enumerate() {
             let out: &mut [f32; 128] = out.try_into().unwrap();
             for part in 0..2 {
                 let off = 16 * part;
-                let ql0: &[u8; 16] = b[64 * half + off..][..16].try_into().unwrap();
-                let ql1: &[u8; 16] = b[64 * half + 32 + off..][..16].try_into().unwrap();
-                let qh: &[u8; 16] = b[128 + 32 * half + off..][..16].try_into().unwrap();
-                let sc = |s: usize| d * b[192 + 8 * half + part + 2 * s] as i8 as f32;
+                let ql0: &[u8; 16] = b[BlockQ6K::QL.start + 64 * half + off..][..16]
+                    .try_into()
+                    .unwrap();
+                let ql1: &[u8; 16] = b[BlockQ6K::QL.start + 64 * half + 32 + off..][..16]
+                    .try_into()
+                    .unwrap();
+                let qh: &[u8; 16] = b[BlockQ6K::QH.start + 32 * half + off..][..16]
+                    .try_into()
+                    .unwrap();
+                let sc =
+                    |s: usize| d * b[BlockQ6K::SCALES.start + 8 * half + part + 2 * s] as i8 as f32;
                 let (d0, d1, d2, d3) = (sc(0), sc(1), sc(2), sc(3));
                 for l in 0..16 {
                     let q0 = ((ql0[l] & 0xf) | ((qh[l] & 3) << 4)) as i32 - 32;

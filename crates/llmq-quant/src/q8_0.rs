@@ -7,11 +7,12 @@
 use crate::q4_0::avx2;
 use crate::q4_0::c_trunc;
 use crate::search::{fp16_bits_to_fp32, fp32_to_fp16_bits};
+use llmq_formats::blocks::{le_u16, BlockQ8_0};
 
 /// Values per block.
-pub const BLOCK_VALUES: usize = 32;
+pub const BLOCK_VALUES: usize = BlockQ8_0::VALUES;
 /// Bytes per block: f16 scale + 32 × i8.
-pub const BLOCK_BYTES: usize = 2 + BLOCK_VALUES;
+pub const BLOCK_BYTES: usize = BlockQ8_0::BYTES;
 
 /// Quantize one row (whole blocks). llama.cpp ignores importance weights for Q8_0, and
 /// so does this.
@@ -37,8 +38,8 @@ pub fn quantize_row_ref(x: &[f32], _imatrix: Option<&[f32]>, y: &mut [u8]) {
         }
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
-        for (q, &v) in yb[2..].iter_mut().zip(xb) {
+        yb[BlockQ8_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        for (q, &v) in yb[BlockQ8_0::QS].iter_mut().zip(xb) {
             *q = c_trunc((v * id).round()) as u8;
         }
     }
@@ -58,7 +59,7 @@ pub fn quantize_row(x: &[f32], _imatrix: Option<&[f32]>, y: &mut [u8]) {
         "Q8_0 output size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { quantize_blocks_avx2(x, y) };
         return;
@@ -83,9 +84,9 @@ unsafe fn quantize_blocks_avx2(x: &[f32], y: &mut [u8]) {
             quantize_block(xb, yb);
             continue;
         }
-        yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+        yb[BlockQ8_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
         let levels = avx2::round_to_i8(&avx2::scale(&v, id));
-        avx2::store32(levels, (&mut yb[2..]).try_into().unwrap());
+        avx2::store32(levels, (&mut yb[BlockQ8_0::QS]).try_into().unwrap());
     }
 }
 
@@ -116,7 +117,7 @@ fn quantize_block(xb: &[f32; BLOCK_VALUES], yb: &mut [u8; BLOCK_BYTES]) {
         .fold(0.0f32, |m, &a| if a > m { a } else { m });
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    yb[..2].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
+    yb[BlockQ8_0::D].copy_from_slice(&fp32_to_fp16_bits(d).to_le_bytes());
     let (_, qs) = yb.split_at_mut(2);
     for (q, &v) in qs.iter_mut().zip(xb) {
         *q = c_trunc((v * id).round()) as u8;
@@ -134,8 +135,8 @@ pub fn dequantize_row_ref(x: &[u8], y: &mut [f32]) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y.chunks_exact_mut(BLOCK_VALUES))
     {
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        for (out, &q) in yb.iter_mut().zip(&xb[2..]) {
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ8_0::D));
+        for (out, &q) in yb.iter_mut().zip(&xb[BlockQ8_0::QS]) {
             *out = (q as i8) as f32 * d;
         }
     }
@@ -149,7 +150,7 @@ pub fn dequantize_row(x: &[u8], y: &mut [f32]) {
         "Q8_0 dequant size"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if crate::isa::avx2() {
         // SAFETY: AVX2 support was checked just above.
         unsafe { dequantize_blocks_avx2(x, y) };
         return;
@@ -171,8 +172,8 @@ fn dequantize_blocks(x: &[u8], y: &mut [f32]) {
     {
         let xb: &[u8; BLOCK_BYTES] = xb.try_into().unwrap();
         let yb: &mut [f32; BLOCK_VALUES] = yb.try_into().unwrap();
-        let d = fp16_bits_to_fp32(u16::from_le_bytes([xb[0], xb[1]]));
-        for (out, &q) in yb.iter_mut().zip(&xb[2..]) {
+        let d = fp16_bits_to_fp32(le_u16(xb, BlockQ8_0::D));
+        for (out, &q) in yb.iter_mut().zip(&xb[BlockQ8_0::QS]) {
             *out = (q as i8) as f32 * d;
         }
     }

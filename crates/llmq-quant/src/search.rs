@@ -753,7 +753,7 @@ fn affine_search_lanes<const MAD: bool, const LE: bool>(
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2")
+        crate::isa::avx2()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

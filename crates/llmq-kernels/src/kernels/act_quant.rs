@@ -14,11 +14,22 @@
 
 use super::Isa;
 use half::f16;
+use llmq_formats::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 
 /// Bytes of one Q8_0 / Q8_1 / Q8_K block.
-pub const Q8_0_BYTES: usize = 34;
-pub const Q8_1_BYTES: usize = 36;
-pub const Q8_K_BYTES: usize = 292;
+pub const Q8_0_BYTES: usize = BlockQ8_0::BYTES;
+pub const Q8_1_BYTES: usize = BlockQ8_1::BYTES;
+pub const Q8_K_BYTES: usize = BlockQ8K::BYTES;
+
+/// Where a Q8_0 (`with_sum == false`) or Q8_1 block keeps its `qs`.
+#[inline(always)]
+pub(crate) const fn q8_01_qs_at(with_sum: bool) -> usize {
+    if with_sum {
+        BlockQ8_1::QS.start
+    } else {
+        BlockQ8_0::QS.start
+    }
+}
 
 /// The activation format a weight type's dot product consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +73,7 @@ impl Act {
 /// Scalar Q8_0 (`with_sum == false`) or Q8_1 rows.
 pub fn quantize_q8_01(x: &[f32], out: &mut [u8], with_sum: bool) {
     let bb = if with_sum { Q8_1_BYTES } else { Q8_0_BYTES };
-    let off = bb - 32;
+    let off = q8_01_qs_at(with_sum);
     for (xb, yb) in x.chunks_exact(32).zip(out.chunks_exact_mut(bb)) {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -73,10 +84,10 @@ pub fn quantize_q8_01(x: &[f32], out: &mut [u8], with_sum: bool) {
             sum += r;
             *q = r as i8 as u8;
         }
-        yb[..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        yb[BlockQ8_0::D].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
         if with_sum {
             let s = f16::from_f32(d * sum as f32);
-            yb[2..4].copy_from_slice(&s.to_bits().to_le_bytes());
+            yb[BlockQ8_1::S].copy_from_slice(&s.to_bits().to_le_bytes());
         }
     }
 }
@@ -89,13 +100,14 @@ fn nearest_int(v: f32) -> i32 {
 
 /// Writes one Q8_K block's trailer (`d`, `bsums`) from its `qs`.
 fn finish_q8_k(yb: &mut [u8], d: f32) {
-    yb[..4].copy_from_slice(&d.to_le_bytes());
+    yb[BlockQ8K::D].copy_from_slice(&d.to_le_bytes());
     for g in 0..16 {
-        let s: i32 = yb[4 + 16 * g..20 + 16 * g]
+        let s: i32 = yb[BlockQ8K::QS.start + 16 * g..][..16]
             .iter()
             .map(|&q| q as i8 as i32)
             .sum();
-        yb[260 + 2 * g..262 + 2 * g].copy_from_slice(&(s as i16).to_le_bytes());
+        let at = BlockQ8K::BSUMS.start + 2 * g;
+        yb[at..at + 2].copy_from_slice(&(s as i16).to_le_bytes());
     }
 }
 
@@ -114,7 +126,7 @@ pub fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
             continue;
         }
         let iscale = -127.0 / max;
-        for (q, &v) in yb[4..260].iter_mut().zip(xb) {
+        for (q, &v) in yb[BlockQ8K::QS].iter_mut().zip(xb) {
             *q = nearest_int(iscale * v).min(127) as i8 as u8;
         }
         finish_q8_k(yb, 1.0 / iscale);
@@ -156,7 +168,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize_q8_01(x: &[f32], out: &mut [u8], with_sum: bool) {
         let bb = if with_sum { Q8_1_BYTES } else { Q8_0_BYTES };
-        let off = bb - 32;
+        let off = q8_01_qs_at(with_sum);
         let nb = x.len() / 32;
         assert!(out.len() >= nb * bb);
         let sign = _mm256_set1_ps(-0.0);
@@ -188,12 +200,12 @@ mod avx2 {
             let yb = out.as_mut_ptr().add(bb * i);
             _mm256_storeu_si256(yb.add(off) as *mut __m256i, q);
             let db = f32_to_f16_bits(d).to_le_bytes();
-            *yb = db[0];
-            *yb.add(1) = db[1];
+            *yb.add(BlockQ8_0::D.start) = db[0];
+            *yb.add(BlockQ8_0::D.start + 1) = db[1];
             if with_sum {
                 let s = f32_to_f16_bits(d * hsum_epi32(sum) as f32).to_le_bytes();
-                *yb.add(2) = s[0];
-                *yb.add(3) = s[1];
+                *yb.add(BlockQ8_1::S.start) = s[0];
+                *yb.add(BlockQ8_1::S.start + 1) = s[1];
             }
         }
     }
@@ -245,14 +257,18 @@ mod avx2 {
                 ]);
                 // values are within [-127, 128]; clamp the top like MIN(127, v)
                 let v = _mm256_min_epi8(v, lim);
-                _mm256_storeu_si256(yb.as_mut_ptr().add(4 + 32 * k) as *mut __m256i, v);
+                _mm256_storeu_si256(
+                    yb.as_mut_ptr().add(BlockQ8K::QS.start + 32 * k) as *mut __m256i,
+                    v,
+                );
                 let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones, v), _mm256_set1_epi16(1));
                 _mm256_storeu_si256(quads.as_mut_ptr().add(8 * k) as *mut __m256i, s);
             }
             yb[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
             for g in 0..16 {
                 let s = quads[4 * g] + quads[4 * g + 1] + quads[4 * g + 2] + quads[4 * g + 3];
-                yb[260 + 2 * g..262 + 2 * g].copy_from_slice(&(s as i16).to_le_bytes());
+                let at = BlockQ8K::BSUMS.start + 2 * g;
+                yb[at..at + 2].copy_from_slice(&(s as i16).to_le_bytes());
             }
         }
     }

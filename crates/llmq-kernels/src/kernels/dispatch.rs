@@ -1,11 +1,14 @@
 //! Which kernel computes which weight type: the activation format (ggml's `vec_dot_type`,
 //! see `type_traits_cpu` in llama.cpp `ggml/src/ggml-cpu/ggml-cpu.c`) and the dot
-//! product for the instruction set in use. Types not listed here have no fast kernel and
-//! `matmul` falls back to the reference path.
+//! product for the instruction set in use, one [`KernelRow`] per type in [`KERNELS`].
+//! Types not listed here have no fast kernel and `matmul` falls back to the reference
+//! path. A new kernel is one row here plus its dot product in a `dot_*` module.
 
 use super::act_quant::Act;
 use super::{dot_float as fl, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa};
-use crate::tensor::{IntAct, IntType};
+#[cfg(target_arch = "x86_64")]
+use super::{dot_float::avx2 as f2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2};
+use crate::weight_type::{IntAct, IntType};
 use llmq_formats::GgmlType;
 
 /// One weight row against one activation row (both packed).
@@ -28,130 +31,120 @@ pub struct Kernel {
     pub dot8: Option<Dot8Fn>,
 }
 
-/// The weight types with a fast kernel (on every instruction set).
-pub const FAST_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::IQ4NL,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::IQ4XS,
+/// This layer's row of the type table: how `matmul` computes weights of `ty` from
+/// packed blocks. A type without a row runs [`super::matmul_reference`] (dequantized
+/// rows), so every row's type must also be in `llmq_quant::TYPES` (checked by a test).
+#[derive(Clone, Copy)]
+pub struct KernelRow {
+    pub ty: GgmlType,
+    /// The activation format (ggml's `vec_dot_type`).
+    pub act: Act,
+    /// The portable dot product.
+    pub scalar: DotFn,
+    /// The AVX2 one-row and four-row dot products.
+    #[cfg(target_arch = "x86_64")]
+    pub avx2: (DotFn, Dot4Fn),
+    /// The AVX2 and AVX-VNNI eight-row kernels (prompt processing), where there are.
+    #[cfg(target_arch = "x86_64")]
+    pub dot8: Option<(Dot8Fn, Dot8Fn)>,
+}
+
+macro_rules! row {
+    ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr $(, dot8: $d8:expr, $v8:expr)?) => {
+        KernelRow {
+            ty: GgmlType::$ty,
+            act: Act::$act,
+            scalar: $scalar,
+            #[cfg(target_arch = "x86_64")]
+            avx2: ($d, $d4),
+            #[cfg(target_arch = "x86_64")]
+            dot8: row!(@dot8 $($d8, $v8)?),
+        }
+    };
+    (@dot8) => { None };
+    (@dot8 $d8:expr, $v8:expr) => { Some(($d8 as Dot8Fn, $v8 as Dot8Fn)) };
+}
+
+/// The weight types with a fast kernel, one row each (on every instruction set).
+pub const KERNELS: &[KernelRow] = &[
+    row!(F32, F32, fl::dot_f32, avx2: f2::dot_f32, f2::dot4_f32),
+    row!(F16, F32, fl::dot_f16, avx2: f2::dot_f16, f2::dot4_f16),
+    row!(BF16, F32, fl::dot_bf16, avx2: f2::dot_bf16, f2::dot4_bf16),
+    row!(Q4_0, Q8_0, lg::dot_q4_0, avx2: l2::dot_q4_0, l2::dot4_q4_0,
+        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0),
+    row!(Q4_1, Q8_1, lg::dot_q4_1, avx2: l2::dot_q4_1, l2::dot4_q4_1,
+        dot8: l2::dot8_q4_1, l2::dot8_vnni_q4_1),
+    row!(Q5_0, Q8_0, lg::dot_q5_0, avx2: l2::dot_q5_0, l2::dot4_q5_0,
+        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0),
+    row!(Q5_1, Q8_1, lg::dot_q5_1, avx2: l2::dot_q5_1, l2::dot4_q5_1,
+        dot8: l2::dot8_q5_1, l2::dot8_vnni_q5_1),
+    row!(Q8_0, Q8_0, lg::dot_q8_0, avx2: l2::dot_q8_0, l2::dot4_q8_0,
+        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0),
+    row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
+        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
+    row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
+    row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
+    row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k),
+    row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k),
+    row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k),
+    row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs),
 ];
 
-/// The activation format and scalar dot product of `ty`.
-fn scalar(ty: GgmlType) -> Option<(Act, DotFn)> {
-    use GgmlType::*;
-    Some(match ty {
-        F32 => (Act::F32, fl::dot_f32 as DotFn),
-        F16 => (Act::F32, fl::dot_f16),
-        BF16 => (Act::F32, fl::dot_bf16),
-        Q4_0 => (Act::Q8_0, lg::dot_q4_0),
-        Q4_1 => (Act::Q8_1, lg::dot_q4_1),
-        Q5_0 => (Act::Q8_0, lg::dot_q5_0),
-        Q5_1 => (Act::Q8_1, lg::dot_q5_1),
-        Q8_0 => (Act::Q8_0, lg::dot_q8_0),
-        IQ4NL => (Act::Q8_0, lg::dot_iq4_nl),
-        Q2K => (Act::Q8K, kq::dot_q2_k),
-        Q3K => (Act::Q8K, kq::dot_q3_k),
-        Q4K => (Act::Q8K, kq::dot_q4_k),
-        Q5K => (Act::Q8K, kq::dot_q5_k),
-        Q6K => (Act::Q8K, kq::dot_q6_k),
-        IQ4XS => (Act::Q8K, kq::dot_iq4_xs),
-        _ => return None,
-    })
-}
+/// The types of [`KERNELS`].
+pub const FAST_TYPES: &[GgmlType] = &{
+    let mut out = [GgmlType::F32; KERNELS.len()];
+    let mut i = 0;
+    while i < KERNELS.len() {
+        out[i] = KERNELS[i].ty;
+        i += 1;
+    }
+    out
+};
 
-#[cfg(target_arch = "x86_64")]
-fn avx2(ty: GgmlType) -> Option<(DotFn, Dot4Fn)> {
-    use super::dot_kquants_avx2 as k2;
-    use fl::avx2 as f2;
-    use lg::avx2 as l2;
-    use GgmlType::*;
-    Some(match ty {
-        F32 => (f2::dot_f32 as DotFn, f2::dot4_f32 as Dot4Fn),
-        F16 => (f2::dot_f16, f2::dot4_f16),
-        BF16 => (f2::dot_bf16, f2::dot4_bf16),
-        Q4_0 => (l2::dot_q4_0, l2::dot4_q4_0),
-        Q4_1 => (l2::dot_q4_1, l2::dot4_q4_1),
-        Q5_0 => (l2::dot_q5_0, l2::dot4_q5_0),
-        Q5_1 => (l2::dot_q5_1, l2::dot4_q5_1),
-        Q8_0 => (l2::dot_q8_0, l2::dot4_q8_0),
-        IQ4NL => (l2::dot_iq4_nl, l2::dot4_iq4_nl),
-        Q2K => (k2::dot_q2_k, k2::dot4_q2_k),
-        Q3K => (k2::dot_q3_k, k2::dot4_q3_k),
-        Q4K => (k2::dot_q4_k, k2::dot4_q4_k),
-        Q5K => (k2::dot_q5_k, k2::dot4_q5_k),
-        Q6K => (k2::dot_q6_k, k2::dot4_q6_k),
-        IQ4XS => (k2::dot_iq4_xs, k2::dot4_iq4_xs),
-        _ => return None,
-    })
-}
+/// Row index in [`KERNELS`] by type id (`u8::MAX`: none).
+const ROW_OF_ID: [u8; 64] = {
+    let mut idx = [u8::MAX; 64];
+    let mut i = 0;
+    while i < KERNELS.len() {
+        idx[KERNELS[i].ty as usize] = i as u8;
+        i += 1;
+    }
+    idx
+};
 
-/// The 8-row kernel: AVX-VNNI's where the CPU has it (same results, fewer
-/// instructions), else AVX2's.
-#[cfg(target_arch = "x86_64")]
-fn avx2_dot8(ty: GgmlType) -> Option<Dot8Fn> {
-    use lg::avx2 as l2;
-    use GgmlType::*;
-    let vnni = vnni_available();
-    let pick = |plain: Dot8Fn, vnni_fn: Dot8Fn| if vnni { vnni_fn } else { plain };
-    Some(match ty {
-        Q4_0 => pick(l2::dot8_q4_0, l2::dot8_vnni_q4_0),
-        Q4_1 => pick(l2::dot8_q4_1, l2::dot8_vnni_q4_1),
-        Q5_0 => pick(l2::dot8_q5_0, l2::dot8_vnni_q5_0),
-        Q5_1 => pick(l2::dot8_q5_1, l2::dot8_vnni_q5_1),
-        Q8_0 => pick(l2::dot8_q8_0, l2::dot8_vnni_q8_0),
-        IQ4NL => pick(l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
-        _ => return None,
-    })
-}
-
-/// Whether AVX-VNNI is there (and not switched off with `LLMQ_KERNELS_NO_VNNI=1`).
-#[cfg(target_arch = "x86_64")]
-fn vnni_available() -> bool {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VNNI.get_or_init(|| {
-        is_x86_feature_detected!("avxvnni")
-            && !std::env::var("LLMQ_KERNELS_NO_VNNI").is_ok_and(|v| v != "0")
-    })
+/// The row of `ty`, if it has a fast kernel.
+pub fn row(ty: GgmlType) -> Option<&'static KernelRow> {
+    match ROW_OF_ID.get(ty as usize) {
+        Some(&i) if i != u8::MAX => Some(&KERNELS[i as usize]),
+        _ => None,
+    }
 }
 
 /// The kernel for `ty` on `isa` (which the caller has checked is available).
 pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
-    let (act, dot) = scalar(ty)?;
+    let r = row(ty)?;
+    let scalar = Kernel {
+        act: r.act,
+        dot: r.scalar,
+        dot4: None,
+        dot8: None,
+    };
     match isa {
-        Isa::Scalar => Some(Kernel {
-            act,
-            dot,
-            dot4: None,
-            dot8: None,
-        }),
+        Isa::Scalar => Some(scalar),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            let (dot, dot4) = avx2(ty)?;
+            // AVX-VNNI's 8-row kernel where the CPU has it (same results, fewer
+            // instructions), else AVX2's.
+            let vnni = llmq_quant::isa::vnni();
             Some(Kernel {
-                act,
-                dot,
-                dot4: Some(dot4),
-                dot8: avx2_dot8(ty),
+                act: r.act,
+                dot: r.avx2.0,
+                dot4: Some(r.avx2.1),
+                dot8: r.dot8.map(|(plain, v)| if vnni { v } else { plain }),
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => Some(Kernel {
-            act,
-            dot,
-            dot4: None,
-            dot8: None,
-        }),
+        Isa::Avx2 => Some(scalar),
     }
 }
 

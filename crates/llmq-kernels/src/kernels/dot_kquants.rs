@@ -18,16 +18,20 @@
 //! small product per super-block, so the inner loops multiply unsigned weights directly.
 
 use super::dot_legacy::{h, IQ4NL_VALUES};
+use llmq_formats::blocks::{
+    le_u16, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+};
 
 /// Q8_K activation block pieces.
 #[inline]
 fn q8k(y: &[u8]) -> (f32, &[u8], [i32; 16]) {
-    let d = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+    let d = f32::from_le_bytes(y[BlockQ8K::D].try_into().unwrap());
     let mut bs = [0i32; 16];
     for (g, b) in bs.iter_mut().enumerate() {
-        *b = i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32;
+        let at = BlockQ8K::BSUMS.start + 2 * g;
+        *b = i16::from_le_bytes([y[at], y[at + 1]]) as i32;
     }
-    (d, &y[4..260], bs)
+    (d, &y[BlockQ8K::QS], bs)
 }
 
 #[inline]
@@ -77,10 +81,11 @@ pub(crate) fn scales_q3_k(s: &[u8]) -> [i8; 16] {
 /// The 8 six-bit scales of IQ4_XS (before subtracting 32).
 #[inline]
 pub(crate) fn scales_iq4_xs(x: &[u8]) -> [i32; 8] {
-    let sh = u16::from_le_bytes([x[2], x[3]]) as i32;
+    let sh = le_u16(x, BlockIq4Xs::SCALES_H) as i32;
+    let sl = &x[BlockIq4Xs::SCALES_L];
     let mut out = [0i32; 8];
     for (ib, o) in out.iter_mut().enumerate() {
-        let lo = (x[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+        let lo = (sl[ib / 2] >> (4 * (ib % 2))) & 0xf;
         *o = lo as i32 | (((sh >> (2 * ib)) & 3) << 4);
     }
     out
@@ -88,13 +93,16 @@ pub(crate) fn scales_iq4_xs(x: &[u8]) -> [i32; 8] {
 
 pub fn dot_q2_k(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(84).zip(a.chunks_exact(292)) {
+    for (x, y) in w
+        .chunks_exact(BlockQ2K::BYTES)
+        .zip(a.chunks_exact(BlockQ8K::BYTES))
+    {
         let (yd, qy, bs) = q8k(y);
-        let sc = &x[..16];
+        let sc = &x[BlockQ2K::SCALES];
         let summ: i32 = (0..16).map(|g| (sc[g] >> 4) as i32 * bs[g]).sum();
         let mut isum = 0i32;
         for half in 0..2 {
-            let q = &x[16 + 32 * half..48 + 32 * half];
+            let q = &x[BlockQ2K::QS.start + 32 * half..][..32];
             for j in 0..4 {
                 for part in 0..2 {
                     let g = 8 * half + 2 * j + part;
@@ -105,20 +113,24 @@ pub fn dot_q2_k(w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        sum += yd * h(x, 80) * isum as f32 - yd * h(x, 82) * summ as f32;
+        sum += yd * h(x, BlockQ2K::D.start) * isum as f32
+            - yd * h(x, BlockQ2K::DMIN.start) * summ as f32;
     }
     sum
 }
 
 pub fn dot_q3_k(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(110).zip(a.chunks_exact(292)) {
+    for (x, y) in w
+        .chunks_exact(BlockQ3K::BYTES)
+        .zip(a.chunks_exact(BlockQ8K::BYTES))
+    {
         let (yd, qy, _) = q8k(y);
-        let hm = &x[..32];
-        let sc = scales_q3_k(&x[96..108]);
+        let hm = &x[BlockQ3K::HMASK];
+        let sc = scales_q3_k(&x[BlockQ3K::SCALES]);
         let mut isum = 0i32;
         for half in 0..2 {
-            let q = &x[32 + 32 * half..64 + 32 * half];
+            let q = &x[BlockQ3K::QS.start + 32 * half..][..32];
             for j in 0..4 {
                 let bit = 1u8 << (4 * half + j);
                 for part in 0..2 {
@@ -131,18 +143,23 @@ pub fn dot_q3_k(w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        sum += yd * h(x, 108) * isum as f32;
+        sum += yd * h(x, BlockQ3K::D.start) * isum as f32;
     }
     sum
 }
 
 /// Q4_K (`qh == None`) and Q5_K.
 fn dot_q45_k(w: &[u8], a: &[u8], five: bool) -> f32 {
-    let (bytes, qs_off) = if five { (176, 48) } else { (144, 16) };
+    // Q4_K and Q5_K share the head (`d`, `dmin`, `scales`); Q5_K adds `qh` before `qs`.
+    let (bytes, qs_off) = if five {
+        (BlockQ5K::BYTES, BlockQ5K::QS.start)
+    } else {
+        (BlockQ4K::BYTES, BlockQ4K::QS.start)
+    };
     let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(bytes).zip(a.chunks_exact(292)) {
+    for (x, y) in w.chunks_exact(bytes).zip(a.chunks_exact(BlockQ8K::BYTES)) {
         let (yd, qy, bs) = q8k(y);
-        let (sc, m) = scale_min_k4(&x[4..16]);
+        let (sc, m) = scale_min_k4(&x[BlockQ4K::SCALES]);
         let summ: i32 = (0..8)
             .map(|j| m[j] as i32 * (bs[2 * j] + bs[2 * j + 1]))
             .sum();
@@ -151,7 +168,7 @@ fn dot_q45_k(w: &[u8], a: &[u8], five: bool) -> f32 {
             let q = &x[qs_off + 32 * j..qs_off + 32 * j + 32];
             let hb = |l: usize, k: usize| -> i32 {
                 if five {
-                    (((x[16 + l] >> k) & 1) << 4) as i32
+                    (((x[BlockQ5K::QH.start + l] >> k) & 1) << 4) as i32
                 } else {
                     0
                 }
@@ -161,7 +178,8 @@ fn dot_q45_k(w: &[u8], a: &[u8], five: bool) -> f32 {
             isum += sc[2 * j] as i32 * idot(lo, &qy[64 * j..64 * j + 32]);
             isum += sc[2 * j + 1] as i32 * idot(hi, &qy[64 * j + 32..64 * j + 64]);
         }
-        sum += yd * h(x, 0) * isum as f32 - yd * h(x, 2) * summ as f32;
+        sum += yd * h(x, BlockQ4K::D.start) * isum as f32
+            - yd * h(x, BlockQ4K::DMIN.start) * summ as f32;
     }
     sum
 }
@@ -176,13 +194,16 @@ pub fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
 
 pub fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
+    for (x, y) in w
+        .chunks_exact(BlockQ6K::BYTES)
+        .zip(a.chunks_exact(BlockQ8K::BYTES))
+    {
         let (yd, qy, _) = q8k(y);
         let mut isum = 0i32;
         for half in 0..2 {
-            let ql = &x[64 * half..64 * half + 64];
-            let qh = &x[128 + 32 * half..160 + 32 * half];
-            let sc = &x[192 + 8 * half..200 + 8 * half];
+            let ql = &x[BlockQ6K::QL.start + 64 * half..][..64];
+            let qh = &x[BlockQ6K::QH.start + 32 * half..][..32];
+            let sc = &x[BlockQ6K::SCALES.start + 8 * half..][..8];
             let qy = &qy[128 * half..128 * half + 128];
             // four runs of 32 values: (low/high nibble of ql[0..32] / ql[32..64], qh bits)
             for k in 0..4 {
@@ -201,26 +222,29 @@ pub fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
                 }
             }
         }
-        sum += yd * h(x, 208) * isum as f32;
+        sum += yd * h(x, BlockQ6K::D.start) * isum as f32;
     }
     sum
 }
 
 pub fn dot_iq4_xs(w: &[u8], a: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(136).zip(a.chunks_exact(292)) {
+    for (x, y) in w
+        .chunks_exact(BlockIq4Xs::BYTES)
+        .zip(a.chunks_exact(BlockQ8K::BYTES))
+    {
         let (yd, qy, _) = q8k(y);
         let ls = scales_iq4_xs(x);
         let mut isum = 0i32;
         for ib in 0..8 {
-            let qs = &x[8 + 16 * ib..24 + 16 * ib];
+            let qs = &x[BlockIq4Xs::QS.start + 16 * ib..][..16];
             let lo = qs.iter().map(|&b| IQ4NL_VALUES[(b & 15) as usize] as i32);
             let hi = qs.iter().map(|&b| IQ4NL_VALUES[(b >> 4) as usize] as i32);
             let s =
                 idot(lo, &qy[32 * ib..32 * ib + 16]) + idot(hi, &qy[32 * ib + 16..32 * ib + 32]);
             isum += (ls[ib] - 32) * s;
         }
-        sum += yd * h(x, 0) * isum as f32;
+        sum += yd * h(x, BlockIq4Xs::D.start) * isum as f32;
     }
     sum
 }

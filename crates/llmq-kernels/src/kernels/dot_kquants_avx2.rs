@@ -12,13 +12,23 @@
 use super::dot_kquants::{scales_iq4_xs, scales_q3_k};
 use super::dot_legacy::IQ4NL_VALUES;
 use super::simd::*;
+use llmq_formats::blocks::{
+    BlockIq4Xs as Iq4Xs, BlockQ2K as Q2K, BlockQ3K as Q3K, BlockQ4K as Q4K, BlockQ5K as Q5K,
+    BlockQ6K as Q6K, BlockQ8K,
+};
 use std::arch::x86_64::*;
 
-const Q8K: usize = 292;
+/// Bytes of a Q8_K activation block, and where its `qs` and `bsums` start.
+const Q8K: usize = BlockQ8K::BYTES;
+const Y_QS: usize = BlockQ8K::QS.start;
+const Y_BSUMS: usize = BlockQ8K::BSUMS.start;
+
+// Q4_K and Q5_K share the head (`d`, `dmin`, `scales`) that `q45_k` reads.
+const _: () = assert!(Q4K::SCALES.start == Q5K::SCALES.start && Q4K::DMIN.start == Q5K::DMIN.start);
 
 #[inline(always)]
 unsafe fn act_d(yb: *const u8) -> f32 {
-    (yb as *const f32).read_unaligned()
+    (yb.add(BlockQ8K::D.start) as *const f32).read_unaligned()
 }
 
 #[inline(always)]
@@ -79,7 +89,11 @@ unsafe fn elem_ctrl(k: i32) -> __m256i {
 
 #[inline(always)]
 unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    let (bytes, qs_off) = if FIVE { (176, 48) } else { (144, 16) };
+    let (bytes, qs_off) = if FIVE {
+        (Q5K::BYTES, Q5K::QS.start)
+    } else {
+        (Q4K::BYTES, Q4K::QS.start)
+    };
     let nb = check(w, bytes, &a);
     let m4 = _mm256_set1_epi8(0x0f);
     let m5 = _mm256_set1_epi8(0x10);
@@ -89,7 +103,7 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
         let xs = &w[i * bytes..(i + 1) * bytes];
         let x = xs.as_ptr();
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
-        let u = scale_min_words(&xs[4..16]);
+        let u = scale_min_words(&xs[Q4K::SCALES]);
         let ms = _mm256_cvtepu8_epi16(_mm_setr_epi32(
             u[0] as i32,
             u[1] as i32,
@@ -99,7 +113,7 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
         let scales = _mm256_permute2x128_si256::<0x00>(ms, ms);
         let mins = _mm256_extracti128_si256::<1>(ms);
         let mut hbits = if FIVE {
-            load256(x.add(16))
+            load256(x.add(Q5K::QH.start))
         } else {
             _mm256_setzero_si256()
         };
@@ -113,17 +127,23 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(hbits), m5));
                 hbits = _mm256_srli_epi16::<2>(hbits);
             }
-            let off = 4 + 64 * j;
+            let off = Y_QS + 64 * j;
             let sc_lo = _mm256_shuffle_epi8(scales, elem_ctrl(2 * j as i32));
             let sc_hi = _mm256_shuffle_epi8(scales, elem_ctrl(2 * j as i32 + 1));
             mac(&mut sumi, lo, sc_lo, &ys, off);
             mac(&mut sumi, hi, sc_hi, &ys, off + 32);
         }
-        let (d, dmin) = (load_f16(x), load_f16(x.add(2)));
+        let (d, dmin) = (
+            load_f16(x.add(Q4K::D.start)),
+            load_f16(x.add(Q4K::DMIN.start)),
+        );
         for t in 0..N {
             let yd = act_d(ys[t]);
             // Σ_j m_j · (bsum_2j + bsum_2j+1)
-            let bs = _mm_hadd_epi16(load128(ys[t].add(260)), load128(ys[t].add(276)));
+            let bs = _mm_hadd_epi16(
+                load128(ys[t].add(Y_BSUMS)),
+                load128(ys[t].add(Y_BSUMS + 16)),
+            );
             let pm = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs));
             accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin * yd), pm, accm[t]);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
@@ -140,18 +160,18 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
 
 #[inline(always)]
 unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    let nb = check(w, 210, &a);
+    let nb = check(w, Q6K::BYTES, &a);
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
-        let x = w.as_ptr().add(i * 210);
+        let x = w.as_ptr().add(i * Q6K::BYTES);
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
-        let sc16 = _mm256_cvtepi8_epi16(load128(x.add(192)));
+        let sc16 = _mm256_cvtepi8_epi16(load128(x.add(Q6K::SCALES.start)));
         let mut sumi = [_mm256_setzero_si256(); N];
         for t in 0..N {
             // the −32 offset: Σ_g sc[g]·32·bsum[g]
-            let off = _mm256_madd_epi16(sc16, load256(ys[t].add(260)));
+            let off = _mm256_madd_epi16(sc16, load256(ys[t].add(Y_BSUMS)));
             sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<5>(off));
         }
         for half in 0..2 {
@@ -160,9 +180,9 @@ unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
             } else {
                 _mm256_permute2x128_si256::<0x11>(sc16, sc16)
             };
-            let ql0 = load256(x.add(64 * half));
-            let ql1 = load256(x.add(64 * half + 32));
-            let qh = load256(x.add(128 + 32 * half));
+            let ql0 = load256(x.add(Q6K::QL.start + 64 * half));
+            let ql1 = load256(x.add(Q6K::QL.start + 64 * half + 32));
+            let qh = load256(x.add(Q6K::QH.start + 32 * half));
             let u = [
                 _mm256_or_si256(
                     _mm256_and_si256(ql0, m4),
@@ -183,10 +203,10 @@ unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
             ];
             for (k, u) in u.iter().enumerate() {
                 let scv = _mm256_shuffle_epi8(s, pair_ctrl(k as i32));
-                mac(&mut sumi, *u, scv, &ys, 4 + 128 * half + 32 * k);
+                mac(&mut sumi, *u, scv, &ys, Y_QS + 128 * half + 32 * k);
             }
         }
-        let d = load_f16(x.add(208));
+        let d = load_f16(x.add(Q6K::D.start));
         for t in 0..N {
             let dd = _mm256_set1_ps(d * act_d(ys[t]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
@@ -201,14 +221,14 @@ unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
 
 #[inline(always)]
 unsafe fn q2_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    let nb = check(w, 84, &a);
+    let nb = check(w, Q2K::BYTES, &a);
     let m3 = _mm256_set1_epi8(3);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut accm = [0.0f32; N];
     for i in 0..nb {
-        let x = w.as_ptr().add(i * 84);
+        let x = w.as_ptr().add(i * Q2K::BYTES);
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
-        let sc = load128(x);
+        let sc = load128(x.add(Q2K::SCALES.start));
         let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x0f)));
         let mins16 =
             _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(0x0f)));
@@ -219,18 +239,21 @@ unsafe fn q2_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
             } else {
                 _mm256_permute2x128_si256::<0x11>(sc16, sc16)
             };
-            let mut q = load256(x.add(16 + 32 * half));
+            let mut q = load256(x.add(Q2K::QS.start + 32 * half));
             for j in 0..4 {
                 let u = _mm256_and_si256(q, m3);
                 q = _mm256_srli_epi16::<2>(q);
                 let scv = _mm256_shuffle_epi8(s, pair_ctrl(j));
-                mac(&mut sumi, u, scv, &ys, 4 + 128 * half + 32 * j as usize);
+                mac(&mut sumi, u, scv, &ys, Y_QS + 128 * half + 32 * j as usize);
             }
         }
-        let (d, dmin) = (load_f16(x.add(80)), load_f16(x.add(82)));
+        let (d, dmin) = (
+            load_f16(x.add(Q2K::D.start)),
+            load_f16(x.add(Q2K::DMIN.start)),
+        );
         for t in 0..N {
             let yd = act_d(ys[t]);
-            let msum = hsum_epi32(_mm256_madd_epi16(load256(ys[t].add(260)), mins16));
+            let msum = hsum_epi32(_mm256_madd_epi16(load256(ys[t].add(Y_BSUMS)), mins16));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
             accm[t] += dmin * yd * msum as f32;
         }
@@ -244,40 +267,40 @@ unsafe fn q2_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
 
 #[inline(always)]
 unsafe fn q3_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    let nb = check(w, 110, &a);
+    let nb = check(w, Q3K::BYTES, &a);
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm256_set1_epi8(4);
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
-        let xs = &w[i * 110..(i + 1) * 110];
+        let xs = &w[i * Q3K::BYTES..(i + 1) * Q3K::BYTES];
         let x = xs.as_ptr();
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
-        let scales = scales_q3_k(&xs[96..108]);
+        let scales = scales_q3_k(&xs[Q3K::SCALES]);
         let sc16 = _mm256_cvtepi8_epi16(load128(scales.as_ptr() as *const u8));
         let mut sumi = [_mm256_setzero_si256(); N];
         for t in 0..N {
             // the −4 offset: Σ_g sc[g]·4·bsum[g]
-            let off = _mm256_madd_epi16(sc16, load256(ys[t].add(260)));
+            let off = _mm256_madd_epi16(sc16, load256(ys[t].add(Y_BSUMS)));
             sumi[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32::<2>(off));
         }
-        let mut hm = load256(x);
+        let mut hm = load256(x.add(Q3K::HMASK.start));
         for half in 0..2 {
             let s = if half == 0 {
                 _mm256_permute2x128_si256::<0x00>(sc16, sc16)
             } else {
                 _mm256_permute2x128_si256::<0x11>(sc16, sc16)
             };
-            let mut q = load256(x.add(32 + 32 * half));
+            let mut q = load256(x.add(Q3K::QS.start + 32 * half));
             for j in 0..4 {
                 let hb = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), m4);
                 let u = _mm256_or_si256(_mm256_and_si256(q, m3), hb);
                 q = _mm256_srli_epi16::<2>(q);
                 hm = _mm256_srli_epi16::<1>(hm);
                 let scv = _mm256_shuffle_epi8(s, pair_ctrl(j));
-                mac(&mut sumi, u, scv, &ys, 4 + 128 * half + 32 * j as usize);
+                mac(&mut sumi, u, scv, &ys, Y_QS + 128 * half + 32 * j as usize);
             }
         }
-        let d = load_f16(x.add(108));
+        let d = load_f16(x.add(Q3K::D.start));
         for t in 0..N {
             let dd = _mm256_set1_ps(d * act_d(ys[t]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
@@ -292,26 +315,26 @@ unsafe fn q3_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
 
 #[inline(always)]
 unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
-    let nb = check(w, 136, &a);
+    let nb = check(w, Iq4Xs::BYTES, &a);
     let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
     let mut acc = [_mm256_setzero_ps(); N];
     for i in 0..nb {
-        let xs = &w[i * 136..(i + 1) * 136];
+        let xs = &w[i * Iq4Xs::BYTES..(i + 1) * Iq4Xs::BYTES];
         let x = xs.as_ptr();
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
         let ls = scales_iq4_xs(xs);
         let mut sumi = [_mm256_setzero_si256(); N];
         for (ib, l) in ls.iter().enumerate() {
-            let v = _mm256_shuffle_epi8(table, nibbles_32(x.add(8 + 16 * ib)));
+            let v = _mm256_shuffle_epi8(table, nibbles_32(x.add(Iq4Xs::QS.start + 16 * ib)));
             let av = _mm256_sign_epi8(v, v);
             let scv = _mm256_set1_epi16((l - 32) as i16);
             for t in 0..N {
-                let y = _mm256_sign_epi8(load256(ys[t].add(4 + 32 * ib)), v);
+                let y = _mm256_sign_epi8(load256(ys[t].add(Y_QS + 32 * ib)), v);
                 let p = _mm256_maddubs_epi16(av, y);
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(p, scv));
             }
         }
-        let d = load_f16(x);
+        let d = load_f16(x.add(Iq4Xs::D.start));
         for t in 0..N {
             let dd = _mm256_set1_ps(d * act_d(ys[t]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[t]), acc[t]);

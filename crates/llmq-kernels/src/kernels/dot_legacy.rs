@@ -13,13 +13,15 @@
 //! others with Q8_0, as ggml's `vec_dot_type`. Per block the integer dot is exact; the
 //! float part is `d_w·d_a·Σ q_w q_a (+ m_w·s_a)`.
 
-use super::act_quant::{Q8_0_BYTES, Q8_1_BYTES};
+use super::act_quant::{q8_01_qs_at, Q8_0_BYTES, Q8_1_BYTES};
 use half::f16;
+use llmq_formats::blocks::le_u32;
+use llmq_formats::blocks::{
+    BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, KVALUES_IQ4NL,
+};
 
-/// `kvalues_iq4nl`.
-pub const IQ4NL_VALUES: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+/// `kvalues_iq4nl` (the codebook lives with the block layout in `llmq-formats`).
+pub const IQ4NL_VALUES: [i8; 16] = KVALUES_IQ4NL;
 
 #[inline]
 pub(crate) fn h(b: &[u8], off: usize) -> f32 {
@@ -32,7 +34,8 @@ fn i8s(b: &[u8]) -> impl Iterator<Item = i32> + '_ {
 }
 
 /// Generic scalar driver: `decode` writes a block's 32 integer weights and returns
-/// `(d, m)`; `bytes` is the weight block size, `act` the activation block size (34 or 36).
+/// `(d, m)`; `bytes` is the weight block size, `act` the activation block size (Q8_0's
+/// or Q8_1's).
 #[inline(always)]
 fn scalar_dot(
     w: &[u8],
@@ -43,12 +46,14 @@ fn scalar_dot(
 ) -> f32 {
     let mut sum = 0.0f32;
     let mut q = [0i32; 32];
+    let with_sum = act == Q8_1_BYTES;
+    let qs_at = q8_01_qs_at(with_sum);
     for (x, y) in w.chunks_exact(bytes).zip(a.chunks_exact(act)) {
         let (d, m) = decode(x, &mut q);
-        let s: i32 = q.iter().zip(i8s(&y[act - 32..])).map(|(a, b)| a * b).sum();
-        sum += d * h(y, 0) * s as f32;
-        if act == 36 {
-            sum += m * h(y, 2);
+        let s: i32 = q.iter().zip(i8s(&y[qs_at..])).map(|(a, b)| a * b).sum();
+        sum += d * h(y, BlockQ8_0::D.start) * s as f32;
+        if with_sum {
+            sum += m * h(y, BlockQ8_1::S.start);
         }
     }
     sum
@@ -68,52 +73,53 @@ fn high_bits(qh: u32, q: &mut [i32; 32]) {
 }
 
 pub fn dot_q4_0(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 18, 34, |x, q| {
-        nibbles(&x[2..], q, 8);
-        (h(x, 0), 0.0)
+    scalar_dot(w, a, BlockQ4_0::BYTES, Q8_0_BYTES, |x, q| {
+        nibbles(&x[BlockQ4_0::QS], q, 8);
+        (h(x, BlockQ4_0::D.start), 0.0)
     })
 }
 
 pub fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 20, 36, |x, q| {
-        nibbles(&x[4..], q, 0);
-        (h(x, 0), h(x, 2))
+    scalar_dot(w, a, BlockQ4_1::BYTES, Q8_1_BYTES, |x, q| {
+        nibbles(&x[BlockQ4_1::QS], q, 0);
+        (h(x, BlockQ4_1::D.start), h(x, BlockQ4_1::M.start))
     })
 }
 
 pub fn dot_q5_0(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 22, 34, |x, q| {
-        nibbles(&x[6..], q, 0);
-        high_bits(u32::from_le_bytes([x[2], x[3], x[4], x[5]]), q);
+    scalar_dot(w, a, BlockQ5_0::BYTES, Q8_0_BYTES, |x, q| {
+        nibbles(&x[BlockQ5_0::QS], q, 0);
+        high_bits(le_u32(x, BlockQ5_0::QH), q);
         q.iter_mut().for_each(|v| *v -= 16);
-        (h(x, 0), 0.0)
+        (h(x, BlockQ5_0::D.start), 0.0)
     })
 }
 
 pub fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 24, 36, |x, q| {
-        nibbles(&x[8..], q, 0);
-        high_bits(u32::from_le_bytes([x[4], x[5], x[6], x[7]]), q);
-        (h(x, 0), h(x, 2))
+    scalar_dot(w, a, BlockQ5_1::BYTES, Q8_1_BYTES, |x, q| {
+        nibbles(&x[BlockQ5_1::QS], q, 0);
+        high_bits(le_u32(x, BlockQ5_1::QH), q);
+        (h(x, BlockQ5_1::D.start), h(x, BlockQ5_1::M.start))
     })
 }
 
 pub fn dot_q8_0(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 34, 34, |x, q| {
-        for (v, b) in q.iter_mut().zip(i8s(&x[2..])) {
+    scalar_dot(w, a, BlockQ8_0::BYTES, Q8_0_BYTES, |x, q| {
+        for (v, b) in q.iter_mut().zip(i8s(&x[BlockQ8_0::QS])) {
             *v = b;
         }
-        (h(x, 0), 0.0)
+        (h(x, BlockQ8_0::D.start), 0.0)
     })
 }
 
 pub fn dot_iq4_nl(w: &[u8], a: &[u8]) -> f32 {
-    scalar_dot(w, a, 18, 34, |x, q| {
+    scalar_dot(w, a, BlockIq4Nl::BYTES, Q8_0_BYTES, |x, q| {
+        let qs = &x[BlockIq4Nl::QS];
         for j in 0..16 {
-            q[j] = IQ4NL_VALUES[(x[2 + j] & 15) as usize] as i32;
-            q[j + 16] = IQ4NL_VALUES[(x[2 + j] >> 4) as usize] as i32;
+            q[j] = IQ4NL_VALUES[(qs[j] & 15) as usize] as i32;
+            q[j + 16] = IQ4NL_VALUES[(qs[j] >> 4) as usize] as i32;
         }
-        (h(x, 0), 0.0)
+        (h(x, BlockIq4Nl::D.start), 0.0)
     })
 }
 
@@ -142,12 +148,12 @@ pub fn interleave8(acts: &[u8], rb: usize, n: usize, with_sum: bool) -> Vec<u8> 
         for (b, dst) in dst.chunks_exact_mut(gb).enumerate() {
             for t in 0..8 {
                 let src = &acts[(g * 8 + t) * rb + b * ab..][..ab];
-                let d = h(src, 0);
+                let d = h(src, BlockQ8_0::D.start);
                 dst[4 * t..4 * t + 4].copy_from_slice(&d.to_le_bytes());
                 let q = GROUP8_QUANTS + 32 * t;
-                dst[q..q + 32].copy_from_slice(&src[ab - 32..]);
+                dst[q..q + 32].copy_from_slice(&src[q8_01_qs_at(with_sum)..]);
                 if with_sum {
-                    let s = h(src, 2);
+                    let s = h(src, BlockQ8_1::S.start);
                     let o = GROUP8_SUMS + 4 * t;
                     dst[o..o + 4].copy_from_slice(&s.to_le_bytes());
                 }
@@ -162,13 +168,17 @@ pub mod avx2 {
     #![allow(unsafe_op_in_unsafe_fn)]
     use super::IQ4NL_VALUES;
     use crate::kernels::simd::*;
+    use llmq_formats::blocks::{
+        BlockIq4Nl as BIq4Nl, BlockQ4_0 as BQ4_0, BlockQ4_1 as BQ4_1, BlockQ5_0 as BQ5_0,
+        BlockQ5_1 as BQ5_1, BlockQ8_0 as BQ8_0, BlockQ8_1 as BQ8_1,
+    };
     use std::arch::x86_64::*;
 
     /// One 32-value weight format: how to turn a block into 32 bytes.
     trait Block {
         /// Weight block bytes.
         const BYTES: usize;
-        /// Activation block bytes: 34 (Q8_0) or 36 (Q8_1, with `s` and the `m` term).
+        /// Activation block bytes: Q8_0's, or Q8_1's (with `s` and the `m` term).
         const ACT: usize;
         /// Whether the decoded bytes are signed (else unsigned, multiplied directly).
         const SIGNED: bool;
@@ -189,77 +199,90 @@ pub mod avx2 {
     struct Iq4Nl;
 
     impl Block for Q4_0 {
-        const BYTES: usize = 18;
-        const ACT: usize = 34;
+        const BYTES: usize = BQ4_0::BYTES;
+        const ACT: usize = BQ8_0::BYTES;
         const SIGNED: bool = true;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
-            let v = _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8));
-            (v, load_f16x8(p), 0.0)
+            let q = nibbles_32(p.add(BQ4_0::QS.start));
+            let v = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+            (v, load_f16x8(p.add(BQ4_0::D.start)), 0.0)
         }
     }
     impl Block for Q4_1 {
-        const BYTES: usize = 20;
-        const ACT: usize = 36;
+        const BYTES: usize = BQ4_1::BYTES;
+        const ACT: usize = BQ8_1::BYTES;
         const SIGNED: bool = false;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
-            (nibbles_32(p.add(4)), load_f16x8(p), load_f16(p.add(2)))
+            (
+                nibbles_32(p.add(BQ4_1::QS.start)),
+                load_f16x8(p.add(BQ4_1::D.start)),
+                load_f16(p.add(BQ4_1::M.start)),
+            )
         }
         #[inline(always)]
         unsafe fn min(p: *const u8) -> f32 {
-            load_f16(p.add(2))
+            load_f16(p.add(BQ4_1::M.start))
         }
     }
     impl Block for Q5_0 {
-        const BYTES: usize = 22;
-        const ACT: usize = 34;
+        const BYTES: usize = BQ5_0::BYTES;
+        const ACT: usize = BQ8_0::BYTES;
         const SIGNED: bool = true;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
-            let qh = (p.add(2) as *const u32).read_unaligned();
+            let qh = (p.add(BQ5_0::QH.start) as *const u32).read_unaligned();
             let hi = _mm256_andnot_si256(bits_to_bytes_32(u32::from_le(qh)), _mm256_set1_epi8(-16));
             (
-                _mm256_or_si256(nibbles_32(p.add(6)), hi),
-                load_f16x8(p),
+                _mm256_or_si256(nibbles_32(p.add(BQ5_0::QS.start)), hi),
+                load_f16x8(p.add(BQ5_0::D.start)),
                 0.0,
             )
         }
     }
     impl Block for Q5_1 {
-        const BYTES: usize = 24;
-        const ACT: usize = 36;
+        const BYTES: usize = BQ5_1::BYTES;
+        const ACT: usize = BQ8_1::BYTES;
         const SIGNED: bool = false;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
-            let qh = (p.add(4) as *const u32).read_unaligned();
+            let qh = (p.add(BQ5_1::QH.start) as *const u32).read_unaligned();
             let hi = _mm256_and_si256(bits_to_bytes_32(u32::from_le(qh)), _mm256_set1_epi8(16));
-            let v = _mm256_or_si256(nibbles_32(p.add(8)), hi);
-            (v, load_f16x8(p), load_f16(p.add(2)))
+            let v = _mm256_or_si256(nibbles_32(p.add(BQ5_1::QS.start)), hi);
+            (
+                v,
+                load_f16x8(p.add(BQ5_1::D.start)),
+                load_f16(p.add(BQ5_1::M.start)),
+            )
         }
         #[inline(always)]
         unsafe fn min(p: *const u8) -> f32 {
-            load_f16(p.add(2))
+            load_f16(p.add(BQ5_1::M.start))
         }
     }
     impl Block for Q8_0 {
-        const BYTES: usize = 34;
-        const ACT: usize = 34;
+        const BYTES: usize = BQ8_0::BYTES;
+        const ACT: usize = BQ8_0::BYTES;
         const SIGNED: bool = true;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
-            (load256(p.add(2)), load_f16x8(p), 0.0)
+            (
+                load256(p.add(BQ8_0::QS.start)),
+                load_f16x8(p.add(BQ8_0::D.start)),
+                0.0,
+            )
         }
     }
     impl Block for Iq4Nl {
-        const BYTES: usize = 18;
-        const ACT: usize = 34;
+        const BYTES: usize = BIq4Nl::BYTES;
+        const ACT: usize = BQ8_0::BYTES;
         const SIGNED: bool = true;
         #[inline(always)]
         unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
             let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
-            let v = _mm256_shuffle_epi8(table, nibbles_32(p.add(2)));
-            (v, load_f16x8(p), 0.0)
+            let v = _mm256_shuffle_epi8(table, nibbles_32(p.add(BIq4Nl::QS.start)));
+            (v, load_f16x8(p.add(BIq4Nl::D.start)), 0.0)
         }
     }
 
@@ -276,16 +299,18 @@ pub mod avx2 {
         let av = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
         for t in 0..N {
             let yb = ap[t].add(i * B::ACT);
-            let qy = load256(yb.add(B::ACT - 32));
+            let with_sum = B::ACT == BQ8_1::BYTES;
+            let qy = load256(yb.add(super::q8_01_qs_at(with_sum)));
             let qy = if B::SIGNED {
                 _mm256_sign_epi8(qy, v)
             } else {
                 qy
             };
             let p = _mm256_cvtepi32_ps(dot_u8i8(av, qy));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, load_f16x8(yb)), p, acc[t]);
-            if B::ACT == 36 {
-                msum[t] += m * load_f16(yb.add(2));
+            let da = load_f16x8(yb.add(BQ8_0::D.start));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), p, acc[t]);
+            if with_sum {
+                msum[t] += m * load_f16(yb.add(BQ8_1::S.start));
             }
         }
     }
@@ -352,7 +377,7 @@ pub mod avx2 {
     unsafe fn dot8_split<B: Block, D: Dp>(w: &[u8], a: &[u8]) -> [f32; 8] {
         const N: usize = 8;
         let nb = w.len() / B::BYTES;
-        let gb = super::group8_block_bytes(B::ACT == 36);
+        let gb = super::group8_block_bytes(B::ACT == BQ8_1::BYTES);
         assert!(a.len() >= nb * gb);
         let wp = w.as_ptr();
         let ap = a.as_ptr();
@@ -369,7 +394,7 @@ pub mod avx2 {
             i += 2;
         }
         let mut msum = [0.0f32; N];
-        if B::ACT == 36 {
+        if B::ACT == BQ8_1::BYTES {
             for i in 0..nb {
                 let m = B::min(wp.add(i * B::BYTES));
                 let s = ap.add(i * gb + super::GROUP8_SUMS) as *const f32;

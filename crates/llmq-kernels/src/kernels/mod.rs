@@ -21,8 +21,10 @@
 //! gather the activation columns by their stored column order first.
 //!
 //! Every kernel has a scalar version beside its AVX2/FMA/F16C one, chosen at run time
-//! ([`Isa::detect`]; set `LLMQ_KERNELS_SCALAR=1` to force the scalar path). Types without
-//! a fast kernel ([`has_fast_kernel`]) go through [`matmul_reference`].
+//! ([`Isa::detect`], `llmq_quant::isa`, the one place that detects CPU features; set
+//! `LLMQ_KERNELS_SCALAR=1` to force the scalar path). Which kernel serves which type is
+//! one table, [`KERNELS`]; types without a row there ([`has_fast_kernel`]) go through
+//! [`matmul_reference`].
 
 pub mod act_quant;
 mod dispatch;
@@ -38,8 +40,10 @@ mod simd;
 #[cfg(test)]
 mod tests;
 
-pub use dispatch::FAST_TYPES;
-pub use reference::{dequantize_row, matmul_reference};
+pub use crate::dequant::dequantize_row;
+pub use dispatch::{KernelRow, FAST_TYPES, KERNELS};
+pub use llmq_quant::isa::Isa;
+pub use reference::matmul_reference;
 
 use crate::tensor::{IntType, WeightMatrix, WeightType};
 use act_quant::Act;
@@ -47,47 +51,6 @@ use dispatch::Kernel;
 use llmq_formats::GgmlType;
 use rayon::prelude::*;
 use std::cell::Cell;
-use std::sync::OnceLock;
-
-/// The instruction set a kernel runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// Portable Rust (any target).
-    Scalar,
-    /// x86-64 with AVX2, FMA and F16C.
-    Avx2,
-}
-
-impl Isa {
-    /// Whether this CPU can run `self`.
-    pub fn available(self) -> bool {
-        match self {
-            Isa::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
-        }
-    }
-
-    /// The best available instruction set (cached); `LLMQ_KERNELS_SCALAR=1` forces
-    /// [`Isa::Scalar`].
-    pub fn detect() -> Isa {
-        static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            let forced = std::env::var("LLMQ_KERNELS_SCALAR").is_ok_and(|v| v != "0");
-            if !forced && Isa::Avx2.available() {
-                Isa::Avx2
-            } else {
-                Isa::Scalar
-            }
-        })
-    }
-}
 
 /// Whether `matmul` has a fast (packed-block) kernel for `ty`; other types run through
 /// [`matmul_reference`].

@@ -1,31 +1,12 @@
 //! Reference implementation: each weight row is dequantized once into a per-thread
-//! buffer (`llmq_quant::dequantize`, the layouts of llama.cpp `ggml/src/ggml-common.h`;
-//! [`crate::int_blocks`] for integer weights)
+//! buffer ([`crate::dequant`]: `llmq_quant`'s dequantizers, [`crate::int_blocks`] for
+//! integer weights)
 //! and dotted in f32 with every activation row (parallel over rows). Exact apart from f32
 //! summation order; the fast kernels are tested against it, and types without a fast
 //! kernel run through it.
 
-use crate::int_blocks::dequantize_int_row;
-use crate::tensor::{WeightMatrix, WeightType};
-use llmq_formats::GgmlType;
+use crate::tensor::WeightMatrix;
 use rayon::prelude::*;
-
-/// Dequantize one packed row of `ty` into `out` (`out.len()` values, in stored column
-/// order: see [`WeightMatrix::row_f32`] for act-order matrices).
-pub fn dequantize_row(ty: impl Into<WeightType>, src: &[u8], out: &mut [f32]) {
-    let ty = match ty.into() {
-        WeightType::Ggml(t) => t,
-        WeightType::Int(t) => return dequantize_int_row(t.bits, t.block as usize, src, out),
-    };
-    match ty {
-        GgmlType::F32 => {
-            for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        _ => llmq_quant::dequantize(ty, src, out).expect("dequantizable weight type"),
-    }
-}
 
 /// `y = x · Wᵀ` for `n` rows of `x`, through dequantized f32 rows.
 pub fn matmul_reference(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32]) {

@@ -264,6 +264,39 @@ fn every_quantizable_type_has_a_fast_kernel() {
         assert!(has_fast_kernel(ty), "{ty:?}");
     }
     assert!(!has_fast_kernel(GgmlType::IQ2XXS));
+    // and the other way: a kernel row without a dequantizer would leave the reference
+    // path (and `row_f32`) unable to read the weights.
+    for &ty in FAST_TYPES {
+        assert!(llmq_quant::is_quantizable(ty), "{ty:?}");
+        assert!(crate::dequant::computes(ty), "{ty:?}");
+    }
+}
+
+#[test]
+fn types_nothing_computes_are_refused_when_the_matrix_is_built() {
+    use crate::error::KernelError;
+    use std::sync::Arc;
+    for ty in [
+        GgmlType::IQ2XXS,
+        GgmlType::IQ1M,
+        GgmlType::MXFP4,
+        GgmlType::TQ2_0,
+    ] {
+        let n = ty.row_bytes(256).unwrap() * 2;
+        let data = Bytes::whole(Arc::new(vec![0u8; n]));
+        let err = WeightMatrix::new(ty, 2, 256, data).unwrap_err();
+        assert_eq!(err, KernelError::UnsupportedType(ty));
+        assert!(err.to_string().contains(ty.name()), "{err}");
+        let mut out = [0.0f32; 256];
+        assert_eq!(
+            crate::dequant::try_dequantize_row(ty, &vec![0u8; n / 2], &mut out),
+            Err(KernelError::UnsupportedType(ty))
+        );
+    }
+    // a computable type with bytes that do not fit is a layout error
+    let data = Bytes::whole(Arc::new(vec![0u8; 10]));
+    let err = WeightMatrix::new(GgmlType::Q4_0, 1, 32, data).unwrap_err();
+    assert!(matches!(err, KernelError::Layout(_)), "{err:?}");
 }
 
 // ---- group-wise integer weights (GPTQ / AWQ / compressed-tensors) ----
