@@ -272,7 +272,7 @@ fn measure_in_child(
     }
     if code != Some(0) {
         // The child printed its own error and hint above; keep its exit code.
-        return Err(PipelineError::from_exit_code(
+        return Err(crate::exit_codes::from_exit_code(
             code.unwrap_or(1),
             format!("benchmarking {model} failed"),
             "See the error above",

@@ -771,15 +771,15 @@ mod tests {
             CalibCheckpoint::load(dir.path(), &out, "other")
                 .err()
                 .unwrap()
-                .exit_code(),
-            7
+                .kind(),
+            crate::ErrorKind::Checkpoint
         );
         // a damaged block is refused
         std::fs::write(folder.join("block-00001.bin"), b"junk").unwrap();
-        assert_eq!(back.load_block(1).unwrap_err().exit_code(), 7);
+        assert_eq!(back.load_block(1).unwrap_err().kind(), crate::ErrorKind::Checkpoint);
         back.remove();
         assert!(!folder.exists());
         let err = CalibCheckpoint::load(dir.path(), &out, "fp").err().unwrap();
-        assert_eq!(err.exit_code(), 7);
+        assert_eq!(err.kind(), crate::ErrorKind::Checkpoint);
     }
 }

@@ -128,8 +128,6 @@ pub struct CalibratedRequest {
     pub validate: bool,
     /// per-block checkpoints (`None`: `--no-checkpoints`)
     pub checkpoint: Option<CheckpointOptions>,
-    /// testing hook: stop (as if killed) after this many blocks were checkpointed
-    pub stop_after_units: Option<usize>,
 }
 
 /// One quantized tensor's report line.
@@ -1243,8 +1241,8 @@ fn run_blocks(
         }
         written_now += 1;
         progress.unit_done(&format!("layer {layer}"));
-        crate::run::test_delay();
-        if let Some(limit) = req.stop_after_units {
+        crate::test_hooks::after_unit();
+        if let Some(limit) = crate::test_hooks::get().stop_after_units {
             if written_now >= limit && layer + 1 < n_layer {
                 // Simulated crash for tests: leave the checkpoint as a kill would.
                 progress.finish();
