@@ -471,21 +471,7 @@ fn quality(
         Some(b) => Some(load(b, a.token.clone(), true)?),
         None => None,
     };
-    let tokens = m
-        .tokenizer
-        .encode(&text, false, false)
-        .map_err(|e| PipelineError::general(format!("tokenizing the dataset failed: {e}"), ""))?;
-    if let Some(b) = &base {
-        let bt = b.tokenizer.encode(&text, false, false).map_err(|e| {
-            PipelineError::general(format!("tokenizing the dataset failed: {e}"), "")
-        })?;
-        if bt != tokens {
-            return Err(PipelineError::invalid(
-                "the base model tokenizes the dataset differently",
-                "Compare a quantized model with the original it was made from",
-            ));
-        }
-    }
+    let tokens = crate::eval_cmd::tokenize_dataset(m, base.as_ref(), &text, false)?;
     let o = PplOptions {
         protocol: PplProtocol::Golden,
         max_length: a.max_length,

@@ -63,6 +63,9 @@ mod tests {
         }
         assert_eq!(exit_code(&from_exit_code(42, "m", "s")), 1);
         assert_eq!(exit_code(&PipelineError::checkpoint("m", "s")), 7);
-        assert_eq!(error_type(&PipelineError::unsupported("m", "s")), "UnsupportedConversionError");
+        assert_eq!(
+            error_type(&PipelineError::unsupported("m", "s")),
+            "UnsupportedConversionError"
+        );
     }
 }

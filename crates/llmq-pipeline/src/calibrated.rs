@@ -1934,22 +1934,12 @@ impl LinearObserver for ImatrixObserver {
             None => (1, 0),
         };
         let mut sq = vec![0.0f32; cols];
-        for r in x.chunks_exact(cols) {
-            sq.iter_mut().zip(r).for_each(|(s, v)| *s += v * v);
-        }
+        llmq_calib::add_squares(&mut sq, x);
         for w in site.weights {
-            let ent = self
-                .entries
+            self.entries
                 .entry(format!("blk.{}.{w}", site.layer))
-                .or_insert_with(|| llmq_calib::ImatrixEntry {
-                    sum2: vec![0.0; n_mat * cols],
-                    counts: vec![0; n_mat],
-                });
-            ent.sum2[e * cols..(e + 1) * cols]
-                .iter_mut()
-                .zip(&sq)
-                .for_each(|(s, v)| *s += v);
-            ent.counts[e] += rows as u64;
+                .or_insert_with(|| llmq_calib::ImatrixEntry::zeros(n_mat, cols))
+                .add_sums(e, &sq, rows as u64);
         }
     }
 }
