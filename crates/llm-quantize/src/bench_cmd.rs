@@ -274,7 +274,7 @@ fn measure_in_child(
         // Keep the child's exit code, and its message and hint (its JSON on stdout).
         let child: Option<Value> = serde_json::from_str(out.trim()).ok();
         let field = |k: &str| child.as_ref().and_then(|v| v[k].as_str().map(String::from));
-        return Err(PipelineError::from_exit_code(
+        return Err(crate::exit_codes::from_exit_code(
             code.unwrap_or(1),
             match field("message") {
                 Some(m) => format!("benchmarking {model} failed: {m}"),
@@ -476,21 +476,7 @@ fn quality(
         Some(b) => Some(load(b, a.token.clone(), true)?),
         None => None,
     };
-    let tokens = m
-        .tokenizer
-        .encode(&text, false, false)
-        .map_err(|e| PipelineError::general(format!("tokenizing the dataset failed: {e}"), ""))?;
-    if let Some(b) = &base {
-        let bt = b.tokenizer.encode(&text, false, false).map_err(|e| {
-            PipelineError::general(format!("tokenizing the dataset failed: {e}"), "")
-        })?;
-        if bt != tokens {
-            return Err(PipelineError::invalid(
-                "the base model tokenizes the dataset differently",
-                "Compare a quantized model with the original it was made from",
-            ));
-        }
-    }
+    let tokens = crate::eval_cmd::tokenize_dataset(m, base.as_ref(), &text, false)?;
     let o = PplOptions {
         protocol: PplProtocol::Golden,
         max_length: a.max_length,

@@ -163,13 +163,17 @@ pub fn dispatch(cli: Cli) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             output::print_error(mode, &e);
-            e.exit_code()
+            crate::exit_codes::exit_code(&e)
         }
     }
 }
 
 fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
     let started = Instant::now();
+    llmq_pipeline::test_hooks::install(llmq_pipeline::test_hooks::TestHooks {
+        stop_after_units: a.stop_after_layers,
+        ..llmq_pipeline::test_hooks::TestHooks::from_env()
+    });
     if matches!(
         a.output_format,
         OutputFormat::Gptq | OutputFormat::Awq | OutputFormat::CompressedTensors
@@ -231,7 +235,6 @@ fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pip
         max_workers: a.max_workers,
         ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
         token: a.token.clone(),
-        stop_after_units: a.stop_after_layers,
         imatrix: a.imatrix.clone(),
         imatrix_calibration,
     };
@@ -382,7 +385,6 @@ fn quantize_calibrated(
         token: a.token.clone(),
         validate: !a.no_validate,
         checkpoint,
-        stop_after_units: a.stop_after_layers,
     };
     let progress = BarProgress::new(verbosity);
     let outcome = llmq_pipeline::quantize_calibrated(&req, &progress)?;

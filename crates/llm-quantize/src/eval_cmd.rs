@@ -2,7 +2,7 @@
 //! window protocol of the shared goldens or llama.cpp's (`--ppl-protocol`), and with
 //! `--base MODEL` the KL-divergence and same-top-token rate against the original.
 
-use crate::model_load::{engine_error, load};
+use crate::model_load::{engine_error, load, LoadedModel};
 use crate::output::{thousands, Mode, Verbosity};
 use crate::progress::{log, CountBar};
 use clap::{Args, ValueEnum};
@@ -103,6 +103,32 @@ pub fn read_dataset(path: &PathBuf) -> Result<String, PipelineError> {
     Ok(parts.join("\n\n"))
 }
 
+/// The dataset's tokens under `m`'s tokenizer, checked to be the same under `base`'s
+/// (a KL-divergence compares the two models token by token): the setup `eval` and
+/// `bench` share.
+pub fn tokenize_dataset(
+    m: &LoadedModel,
+    base: Option<&LoadedModel>,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, PipelineError> {
+    let encode = |m: &LoadedModel| {
+        m.tokenizer
+            .encode(text, add_special, false)
+            .map_err(|e| PipelineError::general(format!("tokenizing the dataset failed: {e}"), ""))
+    };
+    let tokens = encode(m)?;
+    if let Some(b) = base {
+        if encode(b)? != tokens {
+            return Err(PipelineError::invalid(
+                "the base model tokenizes the dataset differently from the model",
+                "Compare a quantized model with the original it was made from",
+            ));
+        }
+    }
+    Ok(tokens)
+}
+
 pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
     if a.max_length < 2 {
         return Err(PipelineError::invalid(
@@ -147,21 +173,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
         ProtocolArg::LlamaCpp => PplProtocol::LlamaCpp,
     };
     let add_special = protocol == PplProtocol::LlamaCpp;
-    let tokens = m
-        .tokenizer
-        .encode(&text, add_special, false)
-        .map_err(|e| PipelineError::general(format!("tokenizing the dataset failed: {e}"), ""))?;
-    if let Some(b) = &base {
-        let bt = b.tokenizer.encode(&text, add_special, false).map_err(|e| {
-            PipelineError::general(format!("tokenizing the dataset failed: {e}"), "")
-        })?;
-        if bt != tokens {
-            return Err(PipelineError::invalid(
-                "the base model tokenizes the dataset differently from the model",
-                "Compare a quantized model with the original it was made from",
-            ));
-        }
-    }
+    let tokens = tokenize_dataset(&m, base.as_ref(), &text, add_special)?;
     let o = PplOptions {
         protocol,
         max_length: a.max_length,

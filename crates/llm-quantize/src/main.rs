@@ -6,6 +6,7 @@ mod bench_cmd;
 mod calibrated_output;
 mod cli;
 mod eval_cmd;
+mod exit_codes;
 mod generate_cmd;
 mod model_load;
 mod output;

@@ -197,8 +197,8 @@ pub fn print_error(mode: Mode, e: &PipelineError) {
         Mode::Json => {
             let v = json!({
                 "status": "error",
-                "error_code": e.exit_code(),
-                "error_type": e.error_type(),
+                "error_code": crate::exit_codes::exit_code(e),
+                "error_type": crate::exit_codes::error_type(e),
                 "message": e.to_string(),
                 "suggestion": e.suggestion(),
             });

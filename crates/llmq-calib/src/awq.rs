@@ -27,7 +27,7 @@
 
 use faer::{Accum, Mat, Par};
 use half::f16;
-use llmq_hfquant::IntQuantized;
+use llmq_hfquant::{rtn, IntQuantized};
 use rayon::prelude::*;
 
 /// Grid points of the scale search (AutoAWQ `n_grid`).
@@ -47,20 +47,14 @@ fn group_params(vals: &[f32], maxq: u32) -> (f16, u8) {
         lo = 0.0;
         hi = 0.0;
     }
-    let s = ((hi - lo).max(1e-5)) / maxq as f32;
-    let mut sh = f16::from_f32(s);
-    if !sh.is_finite() {
-        sh = f16::MAX;
-    } else if sh.to_f32() <= 0.0 {
-        sh = f16::from_bits(1);
-    }
+    let sh = rtn::f16_scale(((hi - lo).max(1e-5)) / maxq as f32);
     let z = (-(lo / sh.to_f32()).round_ties_even()).clamp(0.0, maxq as f32);
     (sh, z as u8)
 }
 
 #[inline]
 fn code(x: f32, s: f16, z: u8, maxq: u32) -> u8 {
-    ((x / s.to_f32()).round_ties_even() + z as f32).clamp(0.0, maxq as f32) as u8
+    rtn::quantize_value(x, s, z, maxq as u8)
 }
 
 /// Asymmetric group-wise quantization of `w` (`[out, in]`, row-major) as AutoAWQ

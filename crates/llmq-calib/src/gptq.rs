@@ -39,7 +39,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use half::f16;
-use llmq_hfquant::IntQuantized;
+use llmq_hfquant::{rtn, IntQuantized};
 use rayon::prelude::*;
 
 /// GPTQ settings (names as in AutoGPTQ's `BaseQuantizeConfig`).
@@ -111,49 +111,17 @@ struct Params {
     zero: u8,
 }
 
-fn find_params(vals: &[f32], maxq: u32, sym: bool) -> Params {
-    let mut xmin = 0.0f32;
-    let mut xmax = 0.0f32;
-    for &v in vals {
-        xmin = xmin.min(v);
-        xmax = xmax.max(v);
-    }
-    if sym {
-        xmax = xmax.max(xmin.abs());
-        if xmin < 0.0 {
-            xmin = -xmax;
-        }
-    }
-    if xmin == 0.0 && xmax == 0.0 {
-        xmin = -1.0;
-        xmax = 1.0;
-    }
-    let scale = (xmax - xmin) / maxq as f32;
-    let mut s = f16::from_f32(scale);
-    if s.is_infinite() {
-        s = f16::MAX;
-    } else if s.to_f32() <= 0.0 {
-        s = f16::from_bits(1); // smallest subnormal: tiny groups stay representable
-    }
-    let zero = if sym {
-        maxq.div_ceil(2) // (maxq + 1) / 2 = 2^(bits-1)
-    } else {
-        (-xmin / s.to_f32())
-            .round_ties_even()
-            .clamp(0.0, maxq as f32) as u32
-    };
-    Params {
-        scale: s,
-        zero: zero as u8,
-    }
+/// The shared min-max grid ([`llmq_hfquant::rtn::group_params`]) of `vals`.
+fn find_params(vals: &[f32], bits: u8, sym: bool) -> Params {
+    let (scale, zero) = rtn::group_params(vals, bits, sym);
+    Params { scale, zero }
 }
 
+/// Code of `x` and its dequantized value.
 #[inline]
 fn quantize(x: f32, p: Params, maxq: u32) -> (u8, f32) {
-    let s = p.scale.to_f32();
-    let z = p.zero as f32;
-    let q = ((x / s).round_ties_even() + z).clamp(0.0, maxq as f32);
-    (q as u8, s * (q - z))
+    let q = rtn::quantize_value(x, p.scale, p.zero, maxq as u8);
+    (q, p.scale.to_f32() * (q as f32 - p.zero as f32))
 }
 
 fn check_config(cfg: &GptqConfig) -> Result<(), GptqError> {
@@ -188,39 +156,12 @@ pub fn rtn_quantize(
     group_size: Option<usize>,
     sym: bool,
 ) -> IntQuantized {
-    assert_eq!(w.len(), out_features * in_features, "weight shape");
-    let maxq = (1u32 << bits) - 1;
-    let gs = group_size.unwrap_or(in_features.max(1));
-    let ng = match group_size {
-        Some(g) => in_features.div_ceil(g),
-        None => 1,
-    };
-    let mut q = vec![0u8; w.len()];
-    let mut scales = vec![f16::ZERO; out_features * ng];
-    let mut zeros = vec![0u8; out_features * ng];
-    for o in 0..out_features {
-        let row = &w[o * in_features..(o + 1) * in_features];
-        for g in 0..ng {
-            let cols = g * gs..((g + 1) * gs).min(in_features);
-            let p = find_params(&row[cols.clone()], maxq, sym);
-            scales[o * ng + g] = p.scale;
-            zeros[o * ng + g] = p.zero;
-            for c in cols {
-                q[o * in_features + c] = quantize(row[c], p, maxq).0;
-            }
-        }
-    }
-    IntQuantized {
+    let cfg = rtn::RtnConfig {
         bits,
         group_size,
         symmetric: sym,
-        out_features,
-        in_features,
-        q,
-        scales,
-        zeros,
-        g_idx: None,
-    }
+    };
+    rtn::quantize_rtn(w, out_features, in_features, &cfg).expect("weight shape and bits")
 }
 
 /// Upper-triangular `U` (row-major, f32) with `(H + damp·I)⁻¹ = UᵀU`, or the failing
@@ -328,7 +269,7 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
     let channel_params: Option<Vec<Params>> = match cfg.group_size {
         None => Some(
             (0..rows)
-                .map(|o| find_params(&w[o * n..(o + 1) * n], maxq, cfg.sym))
+                .map(|o| find_params(&w[o * n..(o + 1) * n], cfg.bits, cfg.sym))
                 .collect(),
         ),
         Some(_) => None,
@@ -357,7 +298,7 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
                     let cols = k * g..((k + 1) * g).min(n);
                     v.push(find_params(
                         &w[o * n + cols.start..o * n + cols.end],
-                        maxq,
+                        cfg.bits,
                         cfg.sym,
                     ));
                 }
@@ -464,7 +405,7 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
                     let k = col / gs;
                     let end = (col + gs).min(n);
                     for (o, c) in cur.iter_mut().enumerate() {
-                        let p = find_params(&wp[o * n + col..o * n + end], maxq, cfg.sym);
+                        let p = find_params(&wp[o * n + col..o * n + end], cfg.bits, cfg.sym);
                         *c = p;
                         scales[o * n_groups + k] = p.scale;
                         zeros[o * n_groups + k] = p.zero;

@@ -77,6 +77,25 @@ pub struct ImatrixEntry {
 }
 
 impl ImatrixEntry {
+    /// An empty entry for `n_mat` matrices (experts) of `n_cols` columns.
+    pub fn zeros(n_mat: usize, n_cols: usize) -> Self {
+        ImatrixEntry {
+            sum2: vec![0.0; n_mat * n_cols],
+            counts: vec![0; n_mat],
+        }
+    }
+
+    /// Adds the column sums `sq` (from [`add_squares`]) of `rows` activation rows seen
+    /// by matrix `mat`.
+    pub fn add_sums(&mut self, mat: usize, sq: &[f32], rows: u64) {
+        let n = sq.len();
+        self.sum2[mat * n..(mat + 1) * n]
+            .iter_mut()
+            .zip(sq)
+            .for_each(|(s, v)| *s += v);
+        self.counts[mat] += rows;
+    }
+
     /// Number of matrices (experts) this entry covers.
     pub fn n_mat(&self) -> usize {
         self.counts.len()
@@ -488,6 +507,17 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// `acc[j] += x[t][j]²` for every row `t` of `x` (`[n_rows, acc.len()]`, row-major),
+/// row by row in f32 as llama.cpp's `collect_imatrix` adds them: the one Σx² kernel of
+/// every importance collector, so their sums agree to the bit.
+pub fn add_squares(acc: &mut [f32], x: &[f32]) {
+    for row in x.chunks_exact(acc.len()) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v * v;
+        }
+    }
+}
+
 /// Accumulates activation statistics as llama.cpp's `IMatrixCollector` does.
 #[derive(Debug, Clone)]
 pub struct ImatrixCollector {
@@ -533,11 +563,7 @@ impl ImatrixCollector {
                 e.0.len()
             )));
         }
-        for row in x.chunks_exact(n_cols) {
-            for (a, &v) in e.0.iter_mut().zip(row) {
-                *a += v * v;
-            }
-        }
+        add_squares(&mut e.0, x);
         if !e.0.iter().all(|v| v.is_finite()) {
             return Err(ImatrixError::NonFinite {
                 name: name.to_string(),
@@ -609,9 +635,7 @@ impl ImatrixCollector {
                 let acc = &mut e.0[ex * n_cols..(ex + 1) * n_cols];
                 e.1[ex] += 1;
                 touched[ex] = true;
-                for (a, &v) in acc.iter_mut().zip(xr) {
-                    *a += v * v;
-                }
+                add_squares(acc, xr);
             }
         }
         for (ex, _) in touched.iter().enumerate().filter(|(_, &t)| t) {

@@ -9,4 +9,4 @@ pub mod imatrix;
 pub use gptq::{
     gptq_quantize, rtn_quantize, GptqConfig, GptqError, GptqResult, HessianAccumulator,
 };
-pub use imatrix::{ImatrixCollector, ImatrixData, ImatrixEntry, ImatrixError};
+pub use imatrix::{add_squares, ImatrixCollector, ImatrixData, ImatrixEntry, ImatrixError};

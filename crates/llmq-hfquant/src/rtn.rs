@@ -14,6 +14,11 @@
 //! One deliberate difference: the scale is rounded to f16 (what the files store)
 //! *before* zero and q are computed, so `IntQuantized::dequantize` reproduces
 //! exactly what a loader computes from the file.
+//!
+//! These pieces are the one min-max group quantizer of the workspace: GPTQ
+//! (`llmq-calib`) takes its grid from [`group_params`], and AWQ, whose grid differs
+//! (no forced zero, a minimum range), shares the f16 clamp [`f16_scale`] and the
+//! rounding [`quantize_value`].
 
 use half::f16;
 

@@ -20,7 +20,7 @@ use crate::calibrated::CalibTensorStat;
 use crate::checkpoint::sha256_hex;
 use crate::error::{PipelineError, Result};
 use half::f16;
-use llmq_hfquant::IntQuantized;
+use llmq_hfquant::{bitpack, IntQuantized};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -470,34 +470,30 @@ impl<'a> Dec<'a> {
     }
 }
 
-/// `v`'s values (each below `2^bits`) packed LSB first.
+/// `v`'s values (each below `2^bits`) packed LSB first into bytes: the bytes of
+/// [`bitpack::pack_stream`]'s little-endian words, cut to `ceil(len·bits/8)`.
 fn pack_bits(v: &[u8], bits: u8) -> Vec<u8> {
-    let b = bits as usize;
-    let mut out = vec![0u8; (v.len() * b).div_ceil(8) + 1];
-    for (k, &x) in v.iter().enumerate() {
-        let pos = k * b;
-        let w = (x as u16) << (pos % 8);
-        out[pos / 8] |= w as u8;
-        out[pos / 8 + 1] |= (w >> 8) as u8;
-    }
-    out.truncate((v.len() * b).div_ceil(8));
+    let mut out: Vec<u8> = bitpack::pack_stream(v.iter().copied(), bits)
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    out.truncate((v.len() * bits as usize).div_ceil(8));
     out
 }
 
 fn unpack_bits(p: &[u8], bits: u8, n: usize) -> DResult<Vec<u8>> {
-    let b = bits as usize;
-    if p.len() != (n * b).div_ceil(8) {
+    if p.len() != (n * bits as usize).div_ceil(8) {
         return Err("packed integers have the wrong length".into());
     }
-    let mask: u16 = (1u16 << b) - 1;
-    Ok((0..n)
-        .map(|k| {
-            let pos = k * b;
-            let lo = p[pos / 8] as u16;
-            let hi = p.get(pos / 8 + 1).copied().unwrap_or(0) as u16;
-            (((lo | (hi << 8)) >> (pos % 8)) & mask) as u8
+    let words: Vec<u32> = p
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
         })
-        .collect())
+        .collect();
+    Ok(bitpack::unpack_stream(&words, bits, n))
 }
 
 /// Integers as stored: bit-packed when every value fits `bits` (1..=7), else raw.
@@ -771,15 +767,18 @@ mod tests {
             CalibCheckpoint::load(dir.path(), &out, "other")
                 .err()
                 .unwrap()
-                .exit_code(),
-            7
+                .kind(),
+            crate::ErrorKind::Checkpoint
         );
         // a damaged block is refused
         std::fs::write(folder.join("block-00001.bin"), b"junk").unwrap();
-        assert_eq!(back.load_block(1).unwrap_err().exit_code(), 7);
+        assert_eq!(
+            back.load_block(1).unwrap_err().kind(),
+            crate::ErrorKind::Checkpoint
+        );
         back.remove();
         assert!(!folder.exists());
         let err = CalibCheckpoint::load(dir.path(), &out, "fp").err().unwrap();
-        assert_eq!(err.exit_code(), 7);
+        assert_eq!(err.kind(), crate::ErrorKind::Checkpoint);
     }
 }

@@ -128,8 +128,6 @@ pub struct CalibratedRequest {
     pub validate: bool,
     /// per-block checkpoints (`None`: `--no-checkpoints`)
     pub checkpoint: Option<CheckpointOptions>,
-    /// testing hook: stop (as if killed) after this many blocks were checkpointed
-    pub stop_after_units: Option<usize>,
 }
 
 /// One quantized tensor's report line.
@@ -1247,8 +1245,8 @@ fn run_blocks(
         }
         written_now += 1;
         progress.unit_done(&format!("layer {layer}"));
-        crate::run::test_delay();
-        if let Some(limit) = req.stop_after_units {
+        crate::test_hooks::after_unit();
+        if let Some(limit) = crate::test_hooks::get().stop_after_units {
             if written_now >= limit && layer + 1 < n_layer {
                 // Simulated crash for tests: leave the checkpoint as a kill would.
                 progress.finish();
@@ -1940,22 +1938,12 @@ impl LinearObserver for ImatrixObserver {
             None => (1, 0),
         };
         let mut sq = vec![0.0f32; cols];
-        for r in x.chunks_exact(cols) {
-            sq.iter_mut().zip(r).for_each(|(s, v)| *s += v * v);
-        }
+        llmq_calib::add_squares(&mut sq, x);
         for w in site.weights {
-            let ent = self
-                .entries
+            self.entries
                 .entry(format!("blk.{}.{w}", site.layer))
-                .or_insert_with(|| llmq_calib::ImatrixEntry {
-                    sum2: vec![0.0; n_mat * cols],
-                    counts: vec![0; n_mat],
-                });
-            ent.sum2[e * cols..(e + 1) * cols]
-                .iter_mut()
-                .zip(&sq)
-                .for_each(|(s, v)| *s += v);
-            ent.counts[e] += rows as u64;
+                .or_insert_with(|| llmq_calib::ImatrixEntry::zeros(n_mat, cols))
+                .add_sums(e, &sq, rows as u64);
         }
     }
 }

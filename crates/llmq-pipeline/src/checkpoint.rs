@@ -154,10 +154,10 @@ mod tests {
         assert_eq!(back.state.units_done, vec![3]);
         assert_eq!(back.state.tensors["t"], rec);
         let err = Checkpoint::load(dir.path(), &out, "other").err().unwrap();
-        assert_eq!(err.exit_code(), 7);
+        assert_eq!(err.kind(), crate::ErrorKind::Checkpoint);
         let err = Checkpoint::load(dir.path(), &dir.path().join("none.gguf"), "abc")
             .err()
             .unwrap();
-        assert_eq!(err.exit_code(), 7);
+        assert_eq!(err.kind(), crate::ErrorKind::Checkpoint);
     }
 }

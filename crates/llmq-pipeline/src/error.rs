@@ -1,7 +1,29 @@
-//! The pipeline's error type. Each variant maps to one exit code of the CLI contract
-//! (`../shared/docs/cli-contract.md`): 1 general, 2 invalid arguments, 3 model not
-//! found, 4 authentication required, 5 out of memory, 6 validation failed,
-//! 7 checkpoint error, 8 unsupported conversion, 9 cancelled.
+//! The pipeline's error type: what went wrong, by [`ErrorKind`], with a message and
+//! what the user can do about it. Exit codes and the contract's `error_type` names are
+//! the command line's business (the CLI crate maps kinds to them).
+
+/// The kind of failure, independent of how a front end reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// anything not covered below (e.g. disk full)
+    General,
+    /// the request itself is wrong
+    InvalidArgument,
+    /// the model (folder, Hub id, file) does not exist
+    ModelNotFound,
+    /// a gated or private model needs credentials
+    AuthRequired,
+    /// the work does not fit the memory budget
+    OutOfMemory,
+    /// corrupt input or an output that fails its re-check
+    Validation,
+    /// a checkpoint is missing, corrupt or from another run
+    Checkpoint,
+    /// an architecture, dtype, format or conversion this version cannot handle
+    Unsupported,
+    /// stopped by the user (or a test hook standing in for a kill)
+    Cancelled,
+}
 
 /// Something that stopped a pipeline run, with what the user can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -48,54 +70,39 @@ impl PipelineError {
     ctor!(cancelled, Cancelled);
     ctor!(general, General);
 
-    /// The error a child process of ours reported through its exit code (the inverse of
-    /// [`PipelineError::exit_code`]); codes outside the contract count as general errors.
-    pub fn from_exit_code(
-        code: i32,
+    /// An error of `kind` (for callers that classify a failure themselves, e.g. from a
+    /// child process's exit status).
+    pub fn new(
+        kind: ErrorKind,
         message: impl Into<String>,
         suggestion: impl Into<String>,
     ) -> PipelineError {
-        let ctor = match code {
-            2 => PipelineError::invalid,
-            3 => PipelineError::not_found,
-            4 => PipelineError::auth,
-            5 => PipelineError::oom,
-            6 => PipelineError::validation,
-            7 => PipelineError::checkpoint,
-            8 => PipelineError::unsupported,
-            9 => PipelineError::cancelled,
-            _ => PipelineError::general,
+        let ctor = match kind {
+            ErrorKind::InvalidArgument => PipelineError::invalid,
+            ErrorKind::ModelNotFound => PipelineError::not_found,
+            ErrorKind::AuthRequired => PipelineError::auth,
+            ErrorKind::OutOfMemory => PipelineError::oom,
+            ErrorKind::Validation => PipelineError::validation,
+            ErrorKind::Checkpoint => PipelineError::checkpoint,
+            ErrorKind::Unsupported => PipelineError::unsupported,
+            ErrorKind::Cancelled => PipelineError::cancelled,
+            ErrorKind::General => PipelineError::general,
         };
         ctor(message, suggestion)
     }
 
-    /// The process exit code the CLI contract assigns.
-    pub fn exit_code(&self) -> i32 {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            PipelineError::General { .. } => 1,
-            PipelineError::InvalidArgument { .. } => 2,
-            PipelineError::ModelNotFound { .. } => 3,
-            PipelineError::AuthRequired { .. } => 4,
-            PipelineError::OutOfMemory { .. } => 5,
-            PipelineError::Validation { .. } => 6,
-            PipelineError::Checkpoint { .. } => 7,
-            PipelineError::Unsupported { .. } => 8,
-            PipelineError::Cancelled { .. } => 9,
-        }
-    }
-
-    /// The contract's `error_type` name.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            PipelineError::General { .. } => "QuantizationError",
-            PipelineError::InvalidArgument { .. } => "InvalidArgumentError",
-            PipelineError::ModelNotFound { .. } => "ModelNotFoundError",
-            PipelineError::AuthRequired { .. } => "AuthenticationError",
-            PipelineError::OutOfMemory { .. } => "OutOfMemoryError",
-            PipelineError::Validation { .. } => "ValidationError",
-            PipelineError::Checkpoint { .. } => "CheckpointError",
-            PipelineError::Unsupported { .. } => "UnsupportedConversionError",
-            PipelineError::Cancelled { .. } => "CancelledError",
+            PipelineError::General { .. } => ErrorKind::General,
+            PipelineError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            PipelineError::ModelNotFound { .. } => ErrorKind::ModelNotFound,
+            PipelineError::AuthRequired { .. } => ErrorKind::AuthRequired,
+            PipelineError::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            PipelineError::Validation { .. } => ErrorKind::Validation,
+            PipelineError::Checkpoint { .. } => ErrorKind::Checkpoint,
+            PipelineError::Unsupported { .. } => ErrorKind::Unsupported,
+            PipelineError::Cancelled { .. } => ErrorKind::Cancelled,
         }
     }
 

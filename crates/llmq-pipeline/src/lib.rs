@@ -15,11 +15,13 @@ pub mod memory;
 pub mod quantize;
 pub mod run;
 pub mod source;
+#[doc(hidden)]
+pub mod test_hooks;
 
 pub use calibrated::{
     quantize_calibrated, CalibTensorStat, CalibratedOutcome, CalibratedRequest, HfFormat, Method,
 };
-pub use error::{PipelineError, Result};
+pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use quantize::{quantize_gguf, QuantizeOutcome, QuantizeRequest};
 pub use run::{CheckpointOptions, NoProgress, Progress, CANCEL};

@@ -21,8 +21,6 @@ pub struct QuantizeRequest {
     pub max_workers: Option<usize>,
     pub ram_budget_bytes: Option<u64>,
     pub token: Option<String>,
-    /// testing hook (see [`RunOptions::stop_after_units`])
-    pub stop_after_units: Option<usize>,
     /// llama.cpp importance matrix file (`--imatrix`)
     pub imatrix: Option<PathBuf>,
     /// compute the importance matrix from calibration text (`--calibration-data`)
@@ -263,7 +261,6 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         max_workers: req.max_workers,
         ram_budget_bytes: req.ram_budget_bytes,
         fingerprint,
-        stop_after_units: req.stop_after_units,
     };
     let report = run::run(
         &planned.plan,

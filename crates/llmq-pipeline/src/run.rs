@@ -99,8 +99,6 @@ pub struct RunOptions {
     pub ram_budget_bytes: Option<u64>,
     /// identifies inputs and options (for checkpoints)
     pub fingerprint: String,
-    /// testing hook: stop (as if killed) after this many units have been written
-    pub stop_after_units: Option<usize>,
 }
 
 /// Error statistics for one tensor.
@@ -261,6 +259,7 @@ pub fn run(
             )
         })?;
 
+    let stop_after_units = crate::test_hooks::get().stop_after_units;
     progress.start(units.len(), units_resumed);
     let next = AtomicUsize::new(0);
     let written_units = AtomicUsize::new(0);
@@ -276,7 +275,7 @@ pub fn run(
                 }
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&u) = todo.get(k) else { return };
-                if let Some(limit) = opts.stop_after_units {
+                if let Some(limit) = stop_after_units {
                     if written_units.load(Ordering::SeqCst) >= limit {
                         return;
                     }
@@ -299,7 +298,7 @@ pub fn run(
                         written_units.fetch_add(1, Ordering::SeqCst);
                         progress.unit_done(&units[u].label);
                         drop(g);
-                        test_delay();
+                        crate::test_hooks::after_unit();
                     }
                     Err(e) => {
                         failure.lock().unwrap().get_or_insert(e);
@@ -332,7 +331,7 @@ pub fn run(
             hint,
         ));
     }
-    if opts.stop_after_units.is_some() && stats.iter().any(Option::is_none) {
+    if stop_after_units.is_some() && stats.iter().any(Option::is_none) {
         // Simulated crash for tests: leave the .tmp and checkpoint as a kill would.
         return Err(PipelineError::cancelled(
             "stopped early (test hook)",
@@ -363,17 +362,6 @@ pub fn run(
         workers: wp.workers,
         validated: opts.validate,
     })
-}
-
-/// Testing hook: `LLM_QUANTIZE_TEST_UNIT_DELAY_MS` slows each unit down so that a
-/// test can kill the process partway through.
-pub(crate) fn test_delay() {
-    if let Some(ms) = std::env::var("LLM_QUANTIZE_TEST_UNIT_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
 }
 
 fn writer_error(out: &Path, e: llmq_formats::gguf::GgufError) -> PipelineError {
