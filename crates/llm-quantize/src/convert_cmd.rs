@@ -80,10 +80,9 @@ fn kl_estimate(a: &ConvertArgs, converted: &str, quiet: bool) -> Result<KlStats,
     let text = crate::eval_cmd::read_dataset(path)?;
     let src = load(&a.input_model, a.token.clone(), quiet)?;
     let out = load(converted, None, quiet)?;
-    let tokens = src
-        .tokenizer
-        .encode(&text, false, false)
-        .map_err(|e| PipelineError::general(format!("tokenizing the calibration data failed: {e}"), ""))?;
+    let tokens = src.tokenizer.encode(&text, false, false).map_err(|e| {
+        PipelineError::general(format!("tokenizing the calibration data failed: {e}"), "")
+    })?;
     let o = PplOptions {
         protocol: PplProtocol::Golden,
         max_length: 256.min(src.model.hp.n_ctx_train.max(2)),
@@ -175,7 +174,14 @@ pub fn run(a: ConvertArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipel
     }
     let report = prepared.report.clone();
     let output = prepared.commit()?;
-    print(mode, verbosity, &report, &output, kl.as_ref(), started.elapsed().as_secs_f64());
+    print(
+        mode,
+        verbosity,
+        &report,
+        &output,
+        kl.as_ref(),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 
@@ -274,8 +280,15 @@ fn print(
             if verbosity >= Verbosity::Verbose && !lossy.is_empty() {
                 println!("{RULE}");
                 println!("  Changed tensors (relative RMSE):");
-                for t in lossy.iter().take(if verbosity == Verbosity::Debug { usize::MAX } else { 10 }) {
-                    println!("    {:<40} {} -> {}  rel {:.4}", t.name, t.from, t.to, t.rel_rmse);
+                for t in lossy.iter().take(if verbosity == Verbosity::Debug {
+                    usize::MAX
+                } else {
+                    10
+                }) {
+                    println!(
+                        "    {:<40} {} -> {}  rel {:.4}",
+                        t.name, t.from, t.to, t.rel_rmse
+                    );
                 }
             }
             println!("{RULE}");

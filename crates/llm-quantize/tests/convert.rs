@@ -129,21 +129,28 @@ fn lossless_gptq_to_compressed_tensors_and_back_is_bit_exact() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["lossless"], true);
     assert_same_weights(&sources()["gptq-g128"], &back.path().join("rt"));
-    let cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(back.path().join("rt/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(back.path().join("rt/config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["quantization_config"]["checkpoint_format"], "gptq_v2");
 }
 
 #[test]
 fn lossless_awq_to_w4a16_asym_and_gptq_g32_to_q4_0() {
     let t = tempfile::tempdir().unwrap();
-    let r = convert(t.path(), &src("awq"), "compressed-tensors", &["-q", "W4A16_ASYM"]);
+    let r = convert(
+        t.path(),
+        &src("awq"),
+        "compressed-tensors",
+        &["-q", "W4A16_ASYM"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
     assert_eq!(v["lossless"], true, "{v}");
-    assert_same_weights(&sources()["awq"], Path::new(v["output_path"].as_str().unwrap()));
+    assert_same_weights(
+        &sources()["awq"],
+        Path::new(v["output_path"].as_str().unwrap()),
+    );
 
     // 4-bit g32 symmetric is exactly Q4_0; no -q needed
     let r = convert(t.path(), &src("gptq-g32"), "gguf", &[]);
@@ -163,8 +170,14 @@ fn gguf_py_dequantizes_like_source(gguf: &Path, source: &Path) {
     let w = weights(source);
     let d = tempfile::tempdir().unwrap();
     let pairs = [
-        ("blk.0.attn_output.weight", "model.layers.0.self_attn.o_proj.weight"),
-        ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight"),
+        (
+            "blk.0.attn_output.weight",
+            "model.layers.0.self_attn.o_proj.weight",
+        ),
+        (
+            "blk.1.ffn_down.weight",
+            "model.layers.1.mlp.down_proj.weight",
+        ),
         ("blk.3.ffn_up.weight", "model.layers.3.mlp.up_proj.weight"),
     ];
     let expected: Vec<(String, HfTensor)> = pairs
@@ -212,10 +225,16 @@ fn lossy_pair_exits_9_without_force_and_writes_nothing() {
     let v = r.json();
     assert_eq!(v["status"], "error");
     assert_eq!(v["error_code"], 9);
-    assert!(v["message"].as_str().unwrap().contains("relative RMSE"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("relative RMSE"),
+        "{v}"
+    );
     // human mode without a terminal (stdin is not a TTY here)
     let o = t.path().to_str().unwrap();
-    let r = lq(t.path(), &["convert", &src("awq"), "gguf", "-q", "Q4_K_M", "-o", o]);
+    let r = lq(
+        t.path(),
+        &["convert", &src("awq"), "gguf", "-q", "Q4_K_M", "-o", o],
+    );
     assert_eq!(r.code, 9, "{}", r.stderr);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
     let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().collect();
@@ -246,7 +265,19 @@ fn force_writes_a_lossy_conversion_with_its_estimate() {
         t.path(),
         &src("gptq-g128"),
         "awq",
-        &["--group-size", "64", "-q", "4bit", "--force", "-n", "g64", "--calibration-data", text.to_str().unwrap(), "--calibration-samples", "2"],
+        &[
+            "--group-size",
+            "64",
+            "-q",
+            "4bit",
+            "--force",
+            "-n",
+            "g64",
+            "--calibration-data",
+            text.to_str().unwrap(),
+            "--calibration-samples",
+            "2",
+        ],
     );
     // g128 -> g64 keeps every scale: lossless after all, so no estimate is needed
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -255,7 +286,17 @@ fn force_writes_a_lossy_conversion_with_its_estimate() {
         t.path(),
         &src("awq"),
         "gptq",
-        &["-q", "2bit", "--force", "-n", "two", "--calibration-data", text.to_str().unwrap(), "--calibration-samples", "2"],
+        &[
+            "-q",
+            "2bit",
+            "--force",
+            "-n",
+            "two",
+            "--calibration-data",
+            text.to_str().unwrap(),
+            "--calibration-samples",
+            "2",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let v = r.json();
@@ -271,7 +312,11 @@ fn unsupported_pairs_exit_8() {
     let llama = shared_model("llama");
     let r = convert(t.path(), llama.to_str().unwrap(), "gptq", &[]);
     assert_eq!(r.code, 8, "{}", r.stdout);
-    assert!(r.json()["suggestion"].as_str().unwrap().contains("gptq"), "{}", r.stdout);
+    assert!(
+        r.json()["suggestion"].as_str().unwrap().contains("gptq"),
+        "{}",
+        r.stdout
+    );
     // a target format convert does not write
     let r = convert(t.path(), &src("gptq-g128"), "exl3", &[]);
     assert_eq!(r.code, 8, "{}", r.stdout);
@@ -324,7 +369,14 @@ fn python_home_readers(outputs: &[(String, PathBuf, PathBuf)]) {
             p.exists().then_some(p)
         })
         .expect("no Python with compressed-tensors/GPTQModel/AutoAWQ: run scripts/install-py-test-deps.sh");
-    let pysrc = py.parent().unwrap().parent().unwrap().parent().unwrap().join("src");
+    let pysrc = py
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("src");
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../llmq-hfquant/tests/py");
     for (fmt, script) in [
         ("gptq", "check_gptq.py"),
@@ -340,15 +392,16 @@ fn python_home_readers(outputs: &[(String, PathBuf, PathBuf)]) {
                     std::fs::copy(out.join(f), case_dir.join(f)).unwrap();
                 }
             }
-            let cfg: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("config.json")).unwrap(),
-            )
-            .unwrap();
+            let cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
             let qc = &cfg["quantization_config"];
             let case = match fmt {
                 "gptq" => serde_json::json!({"bits": qc["bits"], "symmetric": qc["sym"],
                     "group_size": qc["group_size"], "act_order": qc["desc_act"], "format": qc["checkpoint_format"]}),
-                "awq" => serde_json::json!({"bits": 4, "symmetric": false, "group_size": qc["group_size"]}),
+                "awq" => {
+                    serde_json::json!({"bits": 4, "symmetric": false, "group_size": qc["group_size"]})
+                }
                 _ => {
                     let w = &qc["config_groups"]["group_0"]["weights"];
                     serde_json::json!({"preset": null, "bits": w["num_bits"], "symmetric": w["symmetric"], "group_size": w["group_size"]})

@@ -43,7 +43,10 @@ impl Kind {
                     "weight_shape",
                 ],
             ),
-            Kind::CtInt => ("weight", &["weight_scale", "weight_zero_point", "weight_g_idx"]),
+            Kind::CtInt => (
+                "weight",
+                &["weight_scale", "weight_zero_point", "weight_g_idx"],
+            ),
         }
     }
 }
@@ -112,8 +115,14 @@ fn f16_scales(t: HfTensor, name: &str) -> Result<HfTensor> {
 
 fn as_i64s(t: &HfTensor) -> Option<Vec<i64>> {
     t.to_i64_vec()
-        .or_else(|| t.to_i32_vec().map(|v| v.into_iter().map(i64::from).collect()))
-        .or_else(|| t.to_i8_vec().map(|v| v.into_iter().map(i64::from).collect()))
+        .or_else(|| {
+            t.to_i32_vec()
+                .map(|v| v.into_iter().map(i64::from).collect())
+        })
+        .or_else(|| {
+            t.to_i8_vec()
+                .map(|v| v.into_iter().map(i64::from).collect())
+        })
 }
 
 impl QuantizedModules {
@@ -123,7 +132,9 @@ impl QuantizedModules {
         for info in st.tensors() {
             let (name, shape) = (&info.name, &info.shape);
             let found = match &scheme {
-                HfQuantScheme::Gptq { .. } => name.strip_suffix(".qweight").map(|p| (p, Kind::Gptq)),
+                HfQuantScheme::Gptq { .. } => {
+                    name.strip_suffix(".qweight").map(|p| (p, Kind::Gptq))
+                }
                 HfQuantScheme::Awq { .. } => name.strip_suffix(".qweight").map(|p| (p, Kind::Awq)),
                 HfQuantScheme::CompressedTensors { .. } => {
                     if let Some(p) = name.strip_suffix(".weight_packed") {
@@ -229,7 +240,12 @@ impl QuantizedModules {
         };
         let bad = |e: Error| tensor_err(prefix, e.to_string());
         let mut q = match (&self.scheme, kind) {
-            (HfQuantScheme::Gptq { group_size, format, .. }, _) => {
+            (
+                HfQuantScheme::Gptq {
+                    group_size, format, ..
+                },
+                _,
+            ) => {
                 let scales = f16_scales(need("scales")?, prefix)?;
                 let n_groups = scales.shape.first().copied().unwrap_or(1);
                 let g_idx = match fetch("g_idx")? {
@@ -326,7 +342,10 @@ impl QuantizedModules {
             if (0..=maxq).contains(&c) {
                 Ok(c as u8)
             } else {
-                Err(tensor_err(&name(what), format!("value {v} outside {bits} bits")))
+                Err(tensor_err(
+                    &name(what),
+                    format!("value {v} outside {bits} bits"),
+                ))
             }
         };
         let w = fetch("weight")?.ok_or_else(|| tensor_err(&name("weight"), "missing"))?;
@@ -352,7 +371,11 @@ impl QuantizedModules {
             Some(z) if !scheme.symmetric => {
                 let v = as_i64s(&z)
                     .ok_or_else(|| tensor_err(&name("weight_zero_point"), "not an integer"))?;
-                let v: Vec<i64> = if v.len() == 1 { vec![v[0]; out * ng] } else { v };
+                let v: Vec<i64> = if v.len() == 1 {
+                    vec![v[0]; out * ng]
+                } else {
+                    v
+                };
                 v.into_iter()
                     .map(|z| to_code(z, "weight_zero_point"))
                     .collect::<Result<Vec<u8>>>()?
@@ -372,7 +395,8 @@ impl QuantizedModules {
                 .and_then(|g| g.to_i32_vec())
                 .map(|g| g.into_iter().map(|x| x as u32).collect()),
         };
-        r.validate().map_err(|e| tensor_err(prefix, e.to_string()))?;
+        r.validate()
+            .map_err(|e| tensor_err(prefix, e.to_string()))?;
         Ok(r)
     }
 }

@@ -260,16 +260,24 @@ fn ct_weights(g: &Value, gname: &str) -> Result<CtWeightScheme> {
         )));
     }
     if w.get("dynamic").and_then(Value::as_bool) == Some(true) {
-        return Err(unsupported("compressed-tensors dynamic weight quantization"));
+        return Err(unsupported(
+            "compressed-tensors dynamic weight quantization",
+        ));
     }
     let bits = get_i64(w, &["num_bits"]).unwrap_or(8);
     if !(2..=8).contains(&bits) {
-        return Err(unsupported(format!("compressed-tensors {bits}-bit weights")));
+        return Err(unsupported(format!(
+            "compressed-tensors {bits}-bit weights"
+        )));
     }
     let strategy = match get_str(w, &["strategy"]).unwrap_or("tensor") {
-        "group" => CtStrategy::Group(group_size_of(get_i64(w, &["group_size"]))?.ok_or_else(
-            || bad_config(format!("config group {gname}: group strategy without group_size")),
-        )?),
+        "group" => {
+            CtStrategy::Group(group_size_of(get_i64(w, &["group_size"]))?.ok_or_else(|| {
+                bad_config(format!(
+                    "config group {gname}: group strategy without group_size"
+                ))
+            })?)
+        }
         "channel" => CtStrategy::Channel,
         s => {
             return Err(unsupported(format!(

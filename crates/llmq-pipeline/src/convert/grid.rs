@@ -146,7 +146,11 @@ fn fit_block(x: &[f32], lo: i32, hi: i32) -> Option<(f16, Vec<i32>)> {
         let df = d.to_f32();
         let mut ks = Vec::with_capacity(x.len());
         for &v in x {
-            let k = if df == 0.0 { 0 } else { (v / df).round() as i32 };
+            let k = if df == 0.0 {
+                0
+            } else {
+                (v / df).round() as i32
+            };
             if k < lo || k > hi || value(df, k).to_bits() != v.to_bits() {
                 continue 'cand;
             }
@@ -212,22 +216,52 @@ mod tests {
         let q = int4(true, 32);
         // more bits, finer groups, asymmetric storage: all exact
         for grid in [
-            IntGrid { bits: 8, group_size: Some(32), symmetric: true, allow_g_idx: false },
-            IntGrid { bits: 4, group_size: Some(16), symmetric: false, allow_g_idx: false },
-            IntGrid { bits: 4, group_size: Some(32), symmetric: true, allow_g_idx: true },
+            IntGrid {
+                bits: 8,
+                group_size: Some(32),
+                symmetric: true,
+                allow_g_idx: false,
+            },
+            IntGrid {
+                bits: 4,
+                group_size: Some(16),
+                symmetric: false,
+                allow_g_idx: false,
+            },
+            IntGrid {
+                bits: 4,
+                group_size: Some(32),
+                symmetric: true,
+                allow_g_idx: true,
+            },
         ] {
             let r = remap(&q, &grid).expect("exact");
             assert_eq!(r.dequantize(), q.dequantize(), "{grid:?}");
         }
         // coarser groups with different scales: not exact
-        let coarse = IntGrid { bits: 4, group_size: Some(64), symmetric: true, allow_g_idx: false };
+        let coarse = IntGrid {
+            bits: 4,
+            group_size: Some(64),
+            symmetric: true,
+            allow_g_idx: false,
+        };
         assert!(remap(&q, &coarse).is_none());
         // fewer bits: codes do not fit
-        let two = IntGrid { bits: 2, group_size: Some(32), symmetric: false, allow_g_idx: false };
+        let two = IntGrid {
+            bits: 2,
+            group_size: Some(32),
+            symmetric: false,
+            allow_g_idx: false,
+        };
         assert!(remap(&q, &two).is_none());
         // asymmetric zero points cannot become symmetric
         let a = int4(false, 32);
-        let sym = IntGrid { bits: 4, group_size: Some(32), symmetric: true, allow_g_idx: false };
+        let sym = IntGrid {
+            bits: 4,
+            group_size: Some(32),
+            symmetric: true,
+            allow_g_idx: false,
+        };
         assert!(remap(&a, &sym).is_none());
     }
 

@@ -215,7 +215,10 @@ fn output_path(req: &ConvertRequest, name: &str, level: &str) -> Result<PathBuf>
     let dir = &req.output_dir;
     if dir.exists() && !dir.is_dir() {
         return Err(PipelineError::invalid(
-            format!("output directory {} exists and is not a directory", dir.display()),
+            format!(
+                "output directory {} exists and is not a directory",
+                dir.display()
+            ),
             "Choose another --output-dir",
         ));
     }
@@ -239,7 +242,10 @@ fn output_path(req: &ConvertRequest, name: &str, level: &str) -> Result<PathBuf>
             "Choose another --output-name",
         ));
     }
-    if out.is_dir() && !out.join("config.json").is_file() && out.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+    if out.is_dir()
+        && !out.join("config.json").is_file()
+        && out.read_dir().is_ok_and(|mut d| d.next().is_some())
+    {
         return Err(PipelineError::invalid(
             format!("{} exists and is not a model folder", out.display()),
             "Choose another --output-name or --output-dir",
@@ -265,7 +271,12 @@ fn temp_for(out: &Path) -> PathBuf {
 fn size_of(p: &Path) -> u64 {
     if p.is_dir() {
         std::fs::read_dir(p)
-            .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|r| {
+                r.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0)
     } else {
         std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
@@ -334,10 +345,7 @@ pub fn prepare(req: &ConvertRequest, progress: &dyn Progress) -> Result<Prepared
     let output = output_path(req, &name, &level)?;
     let temp = temp_for(&output);
     remove_path(&temp);
-    progress.message(&format!(
-        "Converting to {} {level}",
-        req.format.name()
-    ));
+    progress.message(&format!("Converting to {} {level}", req.format.name()));
     // from here the temporary output is removed on any error
     let mut prepared = PreparedConversion {
         report: ConvertReport {

@@ -226,8 +226,7 @@ pub fn describe_grid(g: &IntGrid) -> String {
 /// The `-q` level a grid corresponds to in the target's naming.
 pub fn level_name(target: &Target, g: &IntGrid) -> String {
     match target {
-        Target::CompressedTensors(_) if g.group_size == Some(128) => match (g.bits, g.symmetric)
-        {
+        Target::CompressedTensors(_) if g.group_size == Some(128) => match (g.bits, g.symmetric) {
             (4, true) => "W4A16".into(),
             (4, false) => "W4A16_ASYM".into(),
             (8, true) => "W8A16".into(),

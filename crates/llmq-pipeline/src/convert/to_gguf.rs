@@ -147,7 +147,10 @@ pub(super) fn convert(
             sources.pop().expect("one source")
         } else {
             apply_transform(spec, &sources).map_err(|e| {
-                PipelineError::validation(e.to_string(), "The checkpoint does not match its config.json")
+                PipelineError::validation(
+                    e.to_string(),
+                    "The checkpoint does not match its config.json",
+                )
             })?
         };
         drop(sources);
@@ -157,7 +160,11 @@ pub(super) fn convert(
             None => {
                 let n = llmq_quant::quantized_size(*ty, values.len(), row).ok_or_else(|| {
                     PipelineError::unsupported(
-                        format!("{} cannot hold rows of {row} as {}", spec.gguf_name, ty.name()),
+                        format!(
+                            "{} cannot hold rows of {row} as {}",
+                            spec.gguf_name,
+                            ty.name()
+                        ),
                         "Choose another -q level",
                     )
                 })?;
@@ -178,11 +185,19 @@ pub(super) fn convert(
         let lossless = bits_equal(&values, &back);
         stats.push(TensorConversion {
             name: spec.gguf_name.clone(),
-            from: if *quantized { from } else { format!("{from} (dense)") },
+            from: if *quantized {
+                from
+            } else {
+                format!("{from} (dense)")
+            },
             to: ty.name().to_string(),
             numel: values.len(),
             lossless,
-            rel_rmse: if lossless { 0.0 } else { rel_rmse(&values, &back) },
+            rel_rmse: if lossless {
+                0.0
+            } else {
+                rel_rmse(&values, &back)
+            },
         });
         written.push(Written {
             name: spec.gguf_name.clone(),

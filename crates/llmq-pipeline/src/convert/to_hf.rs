@@ -100,12 +100,18 @@ pub(super) fn convert(
 }
 
 /// The tensors of one quantized module in the target layout.
-fn write_module(target: &Target, prefix: &str, q: &IntQuantized) -> Result<Vec<(String, HfTensor)>> {
+fn write_module(
+    target: &Target,
+    prefix: &str,
+    q: &IntQuantized,
+) -> Result<Vec<(String, HfTensor)>> {
     Ok(match target {
         Target::Gptq(_, fmt) => llmq_hfquant::gptq::pack(q, *fmt)
             .map_err(hf_err)?
             .to_hf_tensors(prefix),
-        Target::Awq(_) => llmq_hfquant::awq::pack(q).map_err(hf_err)?.to_hf_tensors(prefix),
+        Target::Awq(_) => llmq_hfquant::awq::pack(q)
+            .map_err(hf_err)?
+            .to_hf_tensors(prefix),
         Target::CompressedTensors(_) => ct::pack(q, !q.has_default_g_idx())
             .map_err(hf_err)?
             .to_hf_tensors(prefix),
@@ -114,7 +120,12 @@ fn write_module(target: &Target, prefix: &str, q: &IntQuantized) -> Result<Vec<(
 }
 
 /// The target's `quantization_config`; `ignored` are linear modules left unquantized.
-fn quantization_config(target: &Target, grid: &IntGrid, ignored: &[String], any_g_idx: bool) -> Value {
+fn quantization_config(
+    target: &Target,
+    grid: &IntGrid,
+    ignored: &[String],
+    any_g_idx: bool,
+) -> Value {
     match target {
         Target::Gptq(_, fmt) => {
             let c = GptqConfig {
@@ -190,7 +201,8 @@ pub(super) fn write(
             HfWeight::Int(q) => {
                 any_g_idx |= !q.has_default_g_idx();
                 let prefix = c.name.strip_suffix(".weight").unwrap_or(&c.name);
-                w.add_all(write_module(target, prefix, q)?).map_err(hf_err)?;
+                w.add_all(write_module(target, prefix, q)?)
+                    .map_err(hf_err)?;
             }
             HfWeight::Dense(t) => w.add(c.name.clone(), t.clone()).map_err(hf_err)?,
         }
