@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Quantize a model (hub id, local folder or GGUF file) to a format
     Quantize(Box<QuantizeArgs>),
+    /// Convert a quantized model to another format (lossless where the target grid holds
+    /// the source exactly; a lossy conversion warns and needs confirmation or --force)
+    Convert(Box<crate::convert_cmd::ConvertArgs>),
     /// Show architecture and sizes of a model or a quantized file
     Info(InfoArgs),
     /// Perplexity of a model on a text; with --base, KL-divergence against the original
@@ -152,6 +155,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     let verbosity = cli.verbosity;
     let result = match cli.command {
         Command::Quantize(a) => quantize(*a, mode, verbosity),
+        Command::Convert(a) => crate::convert_cmd::run(*a, mode, verbosity),
         Command::Info(a) => info(a, mode),
         Command::Eval(a) => crate::eval_cmd::run(*a, mode, verbosity),
         Command::Generate(a) => crate::generate_cmd::run(*a, mode, verbosity),

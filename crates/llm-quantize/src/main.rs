@@ -5,6 +5,7 @@
 mod bench_cmd;
 mod calibrated_output;
 mod cli;
+mod convert_cmd;
 mod eval_cmd;
 mod exit_codes;
 mod generate_cmd;

@@ -11,6 +11,15 @@ pub enum Error {
     /// The layout cannot represent this tensor (bits, shape, act-order, ...).
     #[error("{layout} cannot store this tensor: {what}")]
     Unsupported { layout: &'static str, what: String },
+    /// A checkpoint this crate cannot read (method, format, bits, ...).
+    #[error("unsupported quantized checkpoint: {0}")]
+    UnsupportedCheckpoint(String),
+    /// A `quantization_config` that does not make sense.
+    #[error("quantization config: {0}")]
+    Config(String),
+    /// A stored tensor is missing, of the wrong dtype or shape.
+    #[error("tensor `{name}`: {why}")]
+    Tensor { name: String, why: String },
     #[error("I/O error at {path}: {source}")]
     Io {
         path: PathBuf,

@@ -10,6 +10,9 @@
 //! | [`gptq`] | `qweight/qzeros/scales/g_idx` | AutoGPTQ `qlinear_cuda_old.py`, GPTQModel |
 //! | [`awq`] | AutoAWQ GEMM | AutoAWQ `modules/linear/gemm.py`, `utils/packing_utils.py` |
 //! | [`compressed_tensors`] | `pack-quantized` | `compressed-tensors` package |
+//!
+//! [`read`] reads such folders back (the inverse of the writers), into [`IntQuantized`]
+//! per quantized module and dense tensors for the rest.
 
 pub mod awq;
 pub mod bitpack;
@@ -17,6 +20,7 @@ pub mod compressed_tensors;
 pub mod error;
 pub mod gptq;
 pub mod int_quantized;
+pub mod read;
 pub mod rtn;
 pub mod tensor;
 pub mod writer;

@@ -6,6 +6,7 @@
 pub mod calib_checkpoint;
 pub mod calibrated;
 pub mod checkpoint;
+pub mod convert;
 pub mod error;
 pub mod gguf_source;
 pub mod hf_source;
