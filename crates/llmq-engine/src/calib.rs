@@ -9,6 +9,8 @@
 //! normalized `q_a` output. Weights are named as GGUF tensors without the `blk.N.`
 //! prefix (`attn_q.weight`, `ffn_gate_exps.weight` with `expert = Some(e)`, …).
 
+use crate::backend::Backend;
+
 /// Where in a block a Linear input sits, in the order the block computes them (the
 /// stages of GPTQ's "true sequential" mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,13 +83,16 @@ impl Tap<'_> {
         }
     }
 
+    /// Report `rows` input rows held in `x` (a backend buffer) at `stage`, fetching
+    /// them to the host only when the observer wants them.
     #[inline]
-    pub fn see(
+    pub fn see<B: Backend>(
         &mut self,
+        be: &B,
         stage: LinearStage,
         expert: Option<usize>,
         weights: &[&'static str],
-        x: &[f32],
+        x: &B::Buf,
         rows: usize,
     ) {
         if let Some(o) = self.obs.as_deref_mut() {
@@ -99,11 +104,16 @@ impl Tap<'_> {
                         expert,
                         weights,
                     },
-                    x,
+                    &be.to_host(x),
                     rows,
                 );
             }
         }
+    }
+
+    /// Whether an observer is attached.
+    pub fn is_observed(&self) -> bool {
+        self.obs.is_some()
     }
 
     pub fn expert_counts(&mut self, counts: &[usize]) {

@@ -1,0 +1,189 @@
+//! The backend interface: the [`Backend`] trait (buffers, weights and the operations a
+//! decoder block needs) and the plain descriptions its operations take (RoPE settings,
+//! attention geometry, the batch's token map).
+
+use crate::hparams::{MoeParams, RopeKind};
+use llmq_kernels::WeightMatrix;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// The gating nonlinearity of a gated MLP (`down(act(gate·x) * up·x)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (`x·σ(x)`): every architecture but Gemma
+    Silu,
+    /// tanh-approximated GELU (Gemma)
+    GeluTanh,
+}
+
+/// Rotary position embedding settings (RoFormer, Su et al. 2021).
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    /// dimensions rotated at the start of each head
+    pub n_rot: usize,
+    pub base: f32,
+    /// positions are divided by this (linear scaling)
+    pub scale: f32,
+    pub kind: RopeKind,
+}
+
+/// Where each token of a forward batch belongs: its sequence (an index into the
+/// per-sequence caches) and its position in that sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenMap<'a> {
+    pub seq: &'a [usize],
+    pub pos: &'a [usize],
+}
+
+impl TokenMap<'_> {
+    /// Tokens in the batch.
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+}
+
+/// Geometry of standard (multi-head / grouped-query) attention.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    /// multiplies `q·k`
+    pub scale: f32,
+    /// key j is visible from query i when i - window < j <= i
+    pub window: Option<usize>,
+}
+
+/// Geometry of multi-head latent attention in the absorbed form (DeepSeek-V2, arXiv
+/// 2405.04434): cache rows are `[latent (lora) | roped shared key (rope)]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MlaShape {
+    pub n_head: usize,
+    pub kv_lora_rank: usize,
+    pub qk_rope: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
+}
+
+/// One sequence's cached keys and values for one layer, as attention reads them.
+pub struct KvView<'a, B: Backend> {
+    pub k: &'a B::Buf,
+    pub v: &'a B::Buf,
+}
+
+/// The tokens routed to each expert of a MoE layer: `(token, weight)` per expert, in
+/// token order.
+pub type Routing = Vec<Vec<(usize, f32)>>;
+
+/// The operations of a decoder over buffers the backend owns.
+pub trait Backend: Sized {
+    /// Activations, norm weights, biases and KV cache rows (f32, row-major).
+    type Buf: Clone;
+    /// A weight matrix in the backend's memory, in whatever format it was loaded.
+    type Weight: Clone;
+
+    // --- memory -------------------------------------------------------------------
+
+    /// Host values into a buffer.
+    fn upload(&self, v: Vec<f32>) -> Self::Buf;
+    /// A buffer of `n` zeros.
+    fn zeros(&self, n: usize) -> Self::Buf;
+    /// Values in a buffer.
+    fn len(&self, b: &Self::Buf) -> usize;
+    /// A buffer's values on the host (borrowed where the buffer already is there).
+    fn to_host<'a>(&self, b: &'a Self::Buf) -> Cow<'a, [f32]>;
+    /// A buffer's values on the host, consuming it.
+    fn download(&self, b: Self::Buf) -> Vec<f32>;
+    /// Move a weight matrix into the backend's memory (once, at load time).
+    fn upload_weight(&self, w: WeightMatrix) -> Self::Weight;
+    /// An empty KV-cache buffer that will grow to at most `max_rows` rows of `width`.
+    fn cache_buf(&self, max_rows: usize, width: usize) -> Self::Buf;
+    /// Append rows `rows` of `src` (rows of `width`) to `dst`.
+    fn append_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, width: usize, rows: Range<usize>);
+    /// Keep the first `rows` rows of `width`.
+    fn truncate_rows(&self, b: &mut Self::Buf, width: usize, rows: usize);
+
+    // --- layout -------------------------------------------------------------------
+
+    /// Rows `rows` (in that order) of `x` (rows of `width`).
+    fn gather_rows(&self, x: &Self::Buf, width: usize, rows: &[usize]) -> Self::Buf;
+    /// Columns `[start, start + len)` of every row of `x` (rows of `width`).
+    fn slice_cols(&self, x: &Self::Buf, width: usize, start: usize, len: usize) -> Self::Buf;
+    /// Write `src` (rows of `src_width`) into columns `[start, start + src_width)` of
+    /// every row of `dst` (rows of `width`).
+    fn write_cols(
+        &self,
+        dst: &mut Self::Buf,
+        width: usize,
+        start: usize,
+        src: &Self::Buf,
+        src_width: usize,
+    );
+    /// Rows of `a` (width `wa`) followed column-wise by rows of `b` (width `wb`).
+    fn concat_cols(&self, a: &Self::Buf, wa: usize, b: &Self::Buf, wb: usize) -> Self::Buf;
+
+    // --- arithmetic ---------------------------------------------------------------
+
+    /// Rows of the embedding table `table` for `ids`, times `scale` where given.
+    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: Option<f32>) -> Self::Buf;
+    /// `x · Wᵀ` for `n` rows of `x`: `[n, w.rows]`.
+    fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize) -> Self::Buf;
+    /// RMSNorm (Zhang & Sennrich 2019) of every `w.len()`-wide row, into a new buffer.
+    /// Gemma's `1 + w` is folded into `w` when the weights load.
+    fn rms_norm(&self, x: &Self::Buf, w: &Self::Buf, eps: f32) -> Self::Buf;
+    /// RMSNorm in place.
+    fn rms_norm_inplace(&self, x: &mut Self::Buf, w: &Self::Buf, eps: f32);
+    /// `x[r] += b` for every `b.len()`-wide row.
+    fn add_bias(&self, x: &mut Self::Buf, b: &Self::Buf);
+    /// `x += y` (the residual stream).
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf);
+    /// Rotate the first `rope.n_rot` values of every `head_dim`-wide head of every
+    /// buffer in `xs`; row `t` of each (one row per token) is at position `pos[t]`.
+    fn rope(&self, xs: &mut [&mut Self::Buf], head_dim: usize, pos: &[usize], rope: Rope);
+    /// `act(gate) * up`, element-wise, in `gate`'s buffer.
+    fn glu(&self, gate: Self::Buf, up: &Self::Buf, act: Activation) -> Self::Buf;
+    /// `act(g) * u` for rows `[g | u]` of `2 * ff` values (fused gate|up).
+    fn glu_fused(&self, gate_up: &Self::Buf, ff: usize, act: Activation) -> Self::Buf;
+    /// `x = tanh(x / cap) * cap` (Gemma's final logit soft-capping).
+    fn softcap(&self, x: &mut Self::Buf, cap: f32);
+    /// `dst[t] += w * src[k]` for the `k`-th `(t, w)` of `rows` (rows of `width`): the
+    /// weighted sum of expert outputs.
+    fn scatter_add_rows(
+        &self,
+        dst: &mut Self::Buf,
+        width: usize,
+        src: &Self::Buf,
+        rows: &[(usize, f32)],
+    );
+    /// MoE routing from router logits (`[tokens, n_expert]`): which tokens go to which
+    /// expert, with what weight. The answer is on the host: it drives the dispatch.
+    fn route(&self, logits: &Self::Buf, bias: Option<&Self::Buf>, p: &MoeParams) -> Routing;
+    /// Causal softmax attention of `q` (`[tokens, n_head * head_dim_k]`) over each
+    /// token's sequence cache (`caches[seq]`, keys and values up to and including the
+    /// token's position, within the sliding window), query head `h` reading KV head
+    /// `h / (n_head / n_head_kv)`: `[tokens, n_head * head_dim_v]`.
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        caches: &[KvView<'_, Self>],
+        tokens: TokenMap<'_>,
+        shape: &AttnShape,
+    ) -> Self::Buf;
+    /// Absorbed MLA attention: scores `q_lat·latent + q_rope·k_rope` over each token's
+    /// cache rows (`caches[seq]`), output the attention-weighted latents:
+    /// `[tokens * n_head, kv_lora_rank]`. `q_lat` is `[tokens * n_head, lora]`,
+    /// `q_rope` `[tokens * n_head, rope]`.
+    fn mla_attention(
+        &self,
+        q_lat: &Self::Buf,
+        q_rope: &Self::Buf,
+        caches: &[&Self::Buf],
+        tokens: TokenMap<'_>,
+        shape: &MlaShape,
+    ) -> Self::Buf;
+}

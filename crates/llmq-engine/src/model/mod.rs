@@ -1,0 +1,219 @@
+//! One configurable decoder for every supported architecture, following llama.cpp's
+//! graphs (`src/models/*.cpp`) over GGUF tensors and transformers' modeling files for
+//! the semantics: Llama/Mistral/Mixtral, Qwen2 (q/k/v bias), Qwen3 (q/k norm),
+//! Qwen3-MoE, Gemma 3 (scaled embeddings, sandwich norms, per-layer sliding window and
+//! RoPE base, GELU), Phi-3 (fused qkv and gate|up) and DeepSeek-V2/V3 / GLM-4.7-Flash
+//! (multi-head latent attention, DeepSeek-V2 paper arXiv 2405.04434, computed in the
+//! absorbed form over the cached latent; sigmoid or softmax routing with correction
+//! bias, group-limited top-k, shared experts, leading dense layers).
+//!
+//! The forward pass takes a batch of sequences, each with its own KV cache, and runs
+//! all their new tokens through each weight product together. Every operation goes
+//! through a [`Backend`] (the CPU one by default); weights are [`Linear`]s whose format
+//! the model never looks at.
+//!
+//! Submodules: `load` (tensors → layers), `kv_cache`, `attention` (standard
+//! attention), `mla` (multi-head latent attention), `mlp` (dense MLP and MoE) and
+//! `surgery` (the calibration hooks: one block alone, weight replacement).
+
+mod attention;
+mod kv_cache;
+mod load;
+mod mla;
+mod mlp;
+mod surgery;
+
+pub use crate::routing::route;
+pub use kv_cache::{KvCache, Logits, SeqStep};
+
+use crate::backend::{Activation, Backend, Cpu, Linear, TokenMap};
+use crate::calib::Tap;
+use crate::error::{EngineError, Result};
+use crate::hparams::Hparams;
+use attention::Attention;
+use mlp::FeedForward;
+
+/// One decoder block.
+struct Layer<B: Backend> {
+    attn_norm: B::Buf,
+    attn: Attention<B>,
+    /// Gemma's sandwich norms
+    post_attn_norm: Option<B::Buf>,
+    ffn_norm: B::Buf,
+    ffn: FeedForward<B>,
+    post_ffn_norm: Option<B::Buf>,
+}
+
+/// A loaded model on backend `B`.
+pub struct Model<B: Backend = Cpu> {
+    pub hp: Hparams,
+    be: B,
+    tok_embd: Linear<B>,
+    output_norm: B::Buf,
+    output: Linear<B>,
+    layers: Vec<Layer<B>>,
+    act: Activation,
+}
+
+impl<B: Backend> Model<B> {
+    /// Vocabulary size (rows of the output head).
+    pub fn n_vocab(&self) -> usize {
+        self.hp.n_vocab
+    }
+
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+
+    /// Run the new tokens of every sequence; returns, per sequence, the logits it asked
+    /// for (`rows × n_vocab`, row-major).
+    pub fn forward(&self, seqs: &mut [SeqStep<'_, B>]) -> Result<Vec<Vec<f32>>> {
+        let hp = &self.hp;
+        let be = &self.be;
+        let d = hp.n_embd;
+        // token → (sequence, position)
+        let mut tok_seq = Vec::new();
+        let mut tok_pos = Vec::new();
+        let mut ids = Vec::new();
+        for (s, step) in seqs.iter().enumerate() {
+            let end = step.cache.len() + step.tokens.len();
+            if end > step.cache.max_len() {
+                return Err(EngineError::ContextOverflow {
+                    len: end,
+                    ctx: step.cache.max_len(),
+                });
+            }
+            for (i, &t) in step.tokens.iter().enumerate() {
+                if t as usize >= hp.n_vocab {
+                    return Err(EngineError::BadToken {
+                        id: t,
+                        vocab: hp.n_vocab,
+                    });
+                }
+                tok_seq.push(s);
+                tok_pos.push(step.cache.len() + i);
+                ids.push(t);
+            }
+        }
+        let tokens = TokenMap {
+            seq: &tok_seq,
+            pos: &tok_pos,
+        };
+        let mut x = self.embed_ids(&ids);
+        let mut tap = Tap::none();
+        for li in 0..self.layers.len() {
+            self.layer_forward(li, &mut x, seqs, tokens, &mut tap)?;
+        }
+        for step in seqs.iter_mut() {
+            step.cache.advance(step.tokens.len());
+        }
+        // logits for the rows asked for
+        let mut out_rows = Vec::new();
+        let mut start = 0;
+        for step in seqs.iter() {
+            let n = step.tokens.len();
+            match step.logits {
+                Logits::None => {}
+                Logits::Last if n > 0 => out_rows.push(start + n - 1),
+                Logits::Last => {}
+                Logits::All => out_rows.extend(start..start + n),
+            }
+            start += n;
+        }
+        let mut sel = be.gather_rows(&x, d, &out_rows);
+        be.rms_norm_inplace(&mut sel, &self.output_norm, hp.eps);
+        let mut logits = self.output.forward(be, &sel, out_rows.len());
+        if let Some(c) = hp.final_softcap {
+            be.softcap(&mut logits, c);
+        }
+        let logits = be.download(logits);
+        let v = hp.n_vocab;
+        let mut result = Vec::with_capacity(seqs.len());
+        let mut k = 0;
+        for step in seqs.iter() {
+            let n = match step.logits {
+                Logits::None => 0,
+                Logits::Last => usize::from(!step.tokens.is_empty()),
+                Logits::All => step.tokens.len(),
+            };
+            result.push(logits[k * v..(k + n) * v].to_vec());
+            k += n;
+        }
+        Ok(result)
+    }
+
+    /// The embedding rows of `tokens` (`[tokens, n_embd]`), the input of block 0.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.n_vocab) {
+            return Err(EngineError::BadToken {
+                id: t,
+                vocab: self.hp.n_vocab,
+            });
+        }
+        Ok(self.be.download(self.embed_ids(tokens)))
+    }
+
+    /// Embedding rows of `ids` (scaled where the architecture does).
+    fn embed_ids(&self, ids: &[u32]) -> B::Buf {
+        self.be
+            .embed(self.tok_embd.weight(), ids, self.hp.embed_scale)
+    }
+
+    /// One decoder block over `x` (`[tokens, n_embd]`), in place.
+    fn layer_forward(
+        &self,
+        li: usize,
+        x: &mut B::Buf,
+        seqs: &mut [SeqStep<'_, B>],
+        tokens: TokenMap<'_>,
+        tap: &mut Tap<'_>,
+    ) -> Result<()> {
+        let hp = &self.hp;
+        let be = &self.be;
+        let layer = &self.layers[li];
+        let xn = be.rms_norm(x, &layer.attn_norm, hp.eps);
+        let mut a = match &layer.attn {
+            Attention::Standard(at) => at.forward(be, hp, li, &xn, seqs, tokens, tap),
+            Attention::Mla(at) => at.forward(be, hp, li, &xn, seqs, tokens, tap),
+        };
+        if let Some(w) = &layer.post_attn_norm {
+            be.rms_norm_inplace(&mut a, w, hp.eps);
+        }
+        be.add_assign(x, &a);
+        let h = be.rms_norm(x, &layer.ffn_norm, hp.eps);
+        let mut f = layer.ffn.forward(be, &h, tokens.len(), tap, self.act);
+        if let Some(w) = &layer.post_ffn_norm {
+            be.rms_norm_inplace(&mut f, w, hp.eps);
+        }
+        be.add_assign(x, &f);
+        Ok(())
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Floats per position in each layer's K and V cache.
+    fn cache_widths(&self) -> (usize, usize) {
+        match &self.hp.mla {
+            Some(m) => (m.kv_lora_rank + m.qk_rope, 0),
+            None => (
+                self.hp.n_head_kv * self.hp.head_dim_k,
+                self.hp.n_head_kv * self.hp.head_dim_v,
+            ),
+        }
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for up to `max_len` positions.
+    pub fn new(model: &Model<B>, max_len: usize) -> KvCache<B> {
+        let (kw, vw) = model.cache_widths();
+        KvCache::empty(&model.be, model.hp.n_layer, max_len, kw, vw)
+    }
+
+    /// Forget everything after the first `n` positions.
+    pub fn truncate(&mut self, n: usize, model: &Model<B>) {
+        let (kw, vw) = model.cache_widths();
+        self.truncate_rows(&model.be, n, kw, vw);
+    }
+}
