@@ -1,0 +1,284 @@
+//! AWQ (Lin et al., arXiv 2306.00978) of every Linear of one block: scale and clip
+//! search on the observed inputs, scales folded into the norms (or the previous
+//! projection), the folded weights put back into the engine.
+
+use super::blocks::rmse;
+use super::observe::{Collector, SiteKey};
+use super::write::round_to;
+use super::{engine_err, CalibTensorStat, CalibratedRequest, Tensors, MIN_EXPERT_TOKENS};
+use crate::error::Result;
+use llmq_arch::Transform;
+use llmq_calib::awq::{self as awq_algo, AwqLayer};
+use llmq_engine::{LinearStage, Model};
+use llmq_hfquant::IntQuantized;
+use std::collections::{BTreeMap, HashMap};
+
+/// The norm (engine name, HF name) whose weight produces a site's input, when the
+/// AWQ scales can be folded into it.
+pub(super) fn fold_norm(
+    tensors: &Tensors,
+    layer: usize,
+    stage: LinearStage,
+    weights: &[&'static str],
+    moe_layer: bool,
+) -> Option<(String, String, bool)> {
+    let gguf = match stage {
+        LinearStage::AttnInput => "attn_norm.weight",
+        LinearStage::AttnLatent if weights[0] == "attn_q_b.weight" => "attn_q_a_norm.weight",
+        LinearStage::AttnLatent => "attn_kv_a_norm.weight",
+        LinearStage::FfnInput if !moe_layer => "ffn_norm.weight",
+        _ => return None,
+    };
+    let spec = tensors.spec(layer, gguf)?;
+    if spec.sources.len() != 1 {
+        return None;
+    }
+    let add_one = matches!(spec.transform, Transform::AddOne);
+    Some((spec.gguf_name.clone(), spec.sources[0].clone(), add_one))
+}
+
+/// AWQ of every Linear of one block, folding the scales into the norms (and the up
+/// projections into the down projections' inputs).
+pub(super) fn quantize_block_awq(
+    req: &CalibratedRequest,
+    tensors: &Tensors,
+    model: &mut Model,
+    layer: usize,
+    col: &Collector,
+    out: &mut Vec<(String, IntQuantized, CalibTensorStat)>,
+    overrides: &mut HashMap<String, Vec<f32>>,
+) -> Result<()> {
+    let gs = req.group_size.expect("checked: AWQ has groups");
+    let bits = req.bits;
+    let moe_layer = tensors.spec(layer, "ffn_gate_inp.weight").is_some();
+    // weights (HF name → current f32 values, with scales applied) and the per-input
+    // scales each one's input is divided by
+    let mut w_cur: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut info: BTreeMap<String, (SiteKey, Option<f32>, Option<String>)> = BTreeMap::new();
+    let mut site_scales: HashMap<SiteKey, Vec<f32>> = HashMap::new();
+    let mut keys: Vec<&SiteKey> = col.sites.keys().collect();
+    keys.sort();
+    // 1. scale search, stage by stage (FfnDown after FfnInput, so up is final)
+    for key in keys.iter().copied() {
+        let acc = &col.sites[key];
+        let (stage, expert, _) = *key;
+        let mut hf: Vec<String> = Vec::new();
+        for g in &acc.weights {
+            for n in tensors.hf_names(layer, g, expert) {
+                if !hf.contains(&n) {
+                    hf.push(n);
+                }
+            }
+        }
+        for n in &hf {
+            if !w_cur.contains_key(n) {
+                w_cur.insert(n.clone(), tensors.hf_f32(n)?);
+            }
+        }
+        let inp = acc.cols;
+        let n_rows = acc.sample.len() / inp.max(1);
+        if expert.is_some() && acc.rows < MIN_EXPERT_TOKENS {
+            for n in &hf {
+                info.insert(
+                    n.clone(),
+                    (
+                        *key,
+                        None,
+                        Some(format!(
+                            "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): no AWQ search, round-to-nearest",
+                            acc.rows
+                        )),
+                    ),
+                );
+            }
+            continue;
+        }
+        // where can 1/s go?
+        let target: Option<(String, String, bool)> =
+            fold_norm(tensors, layer, stage, &acc.weights, moe_layer);
+        let prev_up: Option<String> = if stage == LinearStage::FfnDown {
+            let up = match expert {
+                Some(_) => "ffn_up_exps.weight",
+                None if acc.weights[0] == "ffn_down_shexp.weight" => "ffn_up_shexp.weight",
+                None => "ffn_up.weight",
+            };
+            // a fused gate|up (Phi-3) cannot take a scale on the up half alone here
+            let fused = expert.is_none()
+                && up == "ffn_up.weight"
+                && tensors.spec(layer, "ffn_gate.weight").is_none();
+            if fused {
+                None
+            } else {
+                tensors.hf_names(layer, up, expert).into_iter().next()
+            }
+        } else {
+            None
+        };
+        let can_scale = target.is_some() || prev_up.is_some();
+        let mut ratio = None;
+        let mut note = None;
+        if can_scale && n_rows > 0 {
+            let mean: Vec<f32> = acc
+                .abs_sum
+                .iter()
+                .map(|s| (*s / acc.rows as f64) as f32)
+                .collect();
+            let shapes: Vec<usize> = hf.iter().map(|n| tensors.shape(n)[0]).collect();
+            let layers: Vec<AwqLayer<'_>> = hf
+                .iter()
+                .zip(&shapes)
+                .map(|(n, &o)| AwqLayer {
+                    w: &w_cur[n],
+                    out: o,
+                })
+                .collect();
+            let found = awq_algo::search_scale(&layers, inp, &mean, &acc.sample, n_rows, bits, gs);
+            let s = found.scales;
+            ratio = Some(found.ratio);
+            // weights' columns × s
+            for n in &hf {
+                let w = w_cur.get_mut(n).unwrap();
+                for row in w.chunks_mut(inp) {
+                    row.iter_mut().zip(&s).for_each(|(v, s)| *v *= s);
+                }
+            }
+            if let Some((gguf, hfn, add_one)) = &target {
+                // effective norm weight / s, rounded to what the file stores
+                let cur: Vec<f32> = match overrides.get(hfn) {
+                    Some(v) => v.clone(),
+                    None => tensors.hf_f32(hfn)?,
+                };
+                let st_dtype = tensors.st.info(hfn).map(|i| i.dtype);
+                let new_hf: Vec<f32> = cur
+                    .iter()
+                    .zip(&s)
+                    .map(|(&w, &s)| {
+                        let eff = if *add_one { w + 1.0 } else { w };
+                        let v = eff / s - if *add_one { 1.0 } else { 0.0 };
+                        round_to(v, st_dtype)
+                    })
+                    .collect();
+                let eff: Vec<f32> = new_hf
+                    .iter()
+                    .map(|&v| if *add_one { v + 1.0 } else { v })
+                    .collect();
+                model.replace_vector(gguf, eff).map_err(engine_err)?;
+                overrides.insert(hfn.clone(), new_hf);
+            } else if let Some(up) = &prev_up {
+                // rows of up / s (up is quantized afterwards, with this folded in)
+                if !w_cur.contains_key(up) {
+                    w_cur.insert(up.clone(), tensors.hf_f32(up)?);
+                }
+                let upw = w_cur.get_mut(up).unwrap();
+                let up_in = upw.len() / s.len();
+                for (r, row) in upw.chunks_mut(up_in).enumerate() {
+                    row.iter_mut().for_each(|v| *v /= s[r]);
+                }
+            }
+            site_scales.insert(*key, s);
+        } else if !can_scale {
+            note = Some("input cannot take AWQ scales here (shared with the router, GQA v→o, or fused): clip search only".to_string());
+        }
+        for n in &hf {
+            info.insert(n.clone(), (*key, ratio, note.clone()));
+        }
+    }
+    // 2. clip search and quantization, with inputs divided by the scales
+    for (n, (key, ratio, note)) in &info {
+        let acc = &col.sites[key];
+        let (stage, expert, _) = *key;
+        let inp = acc.cols;
+        let shape = tensors.shape(n);
+        let o = shape[0];
+        let w = &w_cur[n];
+        let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
+        let n_rows = acc.sample.len() / inp.max(1);
+        let no_clip = starved
+            || n_rows == 0
+            || (stage == LinearStage::AttnInput
+                && (n.contains("q_proj") || n.contains("k_proj") || n.contains("qkv")));
+        let clip = if no_clip {
+            None
+        } else {
+            let mut x = acc.sample.clone();
+            if let Some(s) = site_scales.get(key) {
+                for row in x.chunks_mut(inp) {
+                    row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+                }
+            }
+            Some(awq_algo::search_clip(w, o, inp, &x, n_rows, bits, gs))
+        };
+        let q = awq_algo::awq_quantize(w, o, inp, bits, gs, clip.as_deref());
+        // error against the original weight, in the original basis
+        let mut deq = q.dequantize();
+        if let Some(s) = site_scales.get(key) {
+            for row in deq.chunks_mut(inp) {
+                row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+            }
+        }
+        let orig = tensors.hf_f32(n)?;
+        let (r, rel) = rmse(&orig, &deq);
+        let label = if starved {
+            "rtn:few-tokens".to_string()
+        } else {
+            "awq".to_string()
+        };
+        out.push((
+            n.clone(),
+            q,
+            CalibTensorStat {
+                name: n.clone(),
+                out_features: o,
+                in_features: inp,
+                method: label,
+                tokens: acc.rows,
+                rmse: r,
+                rel_rmse: rel,
+                damp_percent: None,
+                loss: None,
+                awq_ratio: *ratio,
+                note: note.clone(),
+            },
+        ));
+    }
+    // experts that never fired: RTN with AWQ's quantizer
+    for e in 0..col.expert_tokens.len() {
+        for g in [
+            "ffn_gate_exps.weight",
+            "ffn_up_exps.weight",
+            "ffn_down_exps.weight",
+        ] {
+            for n in tensors.hf_names(layer, g, Some(e)) {
+                if info.contains_key(&n) {
+                    continue;
+                }
+                // its up may have been scaled? no: a missing expert has no sites at all
+                let shape = tensors.shape(&n);
+                let (o, i) = (shape[0], shape[1]);
+                let w = tensors.hf_f32(&n)?;
+                let q = awq_algo::awq_quantize(&w, o, i, bits, gs, None);
+                let (r, rel) = rmse(&w, &q.dequantize());
+                out.push((
+                    n.clone(),
+                    q,
+                    CalibTensorStat {
+                        name: n.clone(),
+                        out_features: o,
+                        in_features: i,
+                        method: "rtn:no-tokens".into(),
+                        tokens: 0,
+                        rmse: r,
+                        rel_rmse: rel,
+                        damp_percent: None,
+                        loss: None,
+                        awq_ratio: None,
+                        note: Some(format!(
+                            "expert {e} got no calibration tokens: round-to-nearest"
+                        )),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The quantize stage of calibrated quantization, block-sequential: for each block,
+//! measure its Linear inputs on the stored activations, quantize every Linear with the
+//! method (GPTQ / RTN in [`super::gptq_block`], AWQ in [`super::awq_block`]), put the
+//! dequantized weights back into the engine, run the block again so the next one is
+//! calibrated on the quantized model, and checkpoint the block.
+
+use super::activations::{batches, run_batches, ActStore};
+use super::awq_block::quantize_block_awq;
+use super::gptq_block::quantize_block_gptq;
+use super::observe::Collector;
+use super::{engine_err, module_of, CalibTensorStat, CalibratedRequest, Method, Tensors};
+use crate::calib_checkpoint::{encode_block, BlockState, CalibCheckpoint};
+use crate::error::{PipelineError, Result};
+use crate::run::Progress;
+use llmq_arch::{apply_transform, GgufTensorSpec};
+use llmq_calib::dataset::CalibrationSet;
+use llmq_calib::{gptq_quantize, GptqConfig};
+use llmq_engine::Model;
+use llmq_hfquant::IntQuantized;
+use llmq_kernels::WeightMatrix;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// Quantized module: the HF module name and its packed tensors' source.
+pub(super) struct QModule {
+    pub(super) q: IntQuantized,
+}
+
+pub(super) type BlockResult = (
+    Vec<CalibTensorStat>,
+    BTreeMap<String, QModule>,
+    HashMap<String, Vec<f32>>,
+    bool,
+    Vec<String>,
+    usize,
+);
+
+pub(super) fn rmse(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let mut e = 0.0f64;
+    let mut s = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        e += ((x - y) as f64).powi(2);
+        s += (*x as f64).powi(2);
+    }
+    let n = a.len().max(1) as f64;
+    let r = (e / n).sqrt();
+    (r, if s > 0.0 { r / (s / n).sqrt() } else { 0.0 })
+}
+
+/// What quantizing one weight needs besides the weight.
+pub(super) enum Calib<'a> {
+    Hessian(&'a [f64]),
+    None,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantize_one(
+    req: &CalibratedRequest,
+    name: &str,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    calib: Calib<'_>,
+    tokens: u64,
+    method_label: String,
+    note: Option<String>,
+) -> Result<(IntQuantized, CalibTensorStat)> {
+    let (q, damp, loss, label) = match calib {
+        Calib::Hessian(h) => {
+            let cfg = GptqConfig {
+                bits: req.bits,
+                group_size: req.group_size,
+                sym: req.symmetric,
+                desc_act: req.act_order,
+                static_groups: false,
+                damp_percent: req.damp_percent,
+                max_damp_percent: 10.0,
+                block_size: 128,
+            };
+            let r = gptq_quantize(name, w, out, inp, h, &cfg).map_err(|e| match e {
+                llmq_calib::GptqError::NotPositiveDefinite { .. } => PipelineError::general(
+                    e.to_string(),
+                    "Give more (or more varied) --calibration-data, raise --damp-percent, or use --method rtn",
+                ),
+                llmq_calib::GptqError::NonFinite { .. } => PipelineError::general(
+                    e.to_string(),
+                    "The model's activations on the calibration data are not finite: check the model weights",
+                ),
+                e => PipelineError::general(e.to_string(), "Report this as a bug"),
+            })?;
+            (
+                r.quantized,
+                Some(r.damp_percent),
+                Some(r.loss),
+                method_label,
+            )
+        }
+        Calib::None => (
+            llmq_calib::rtn_quantize(w, out, inp, req.bits, req.group_size, req.symmetric),
+            None,
+            None,
+            method_label,
+        ),
+    };
+    let deq = q.dequantize();
+    let (r, rel) = rmse(w, &deq);
+    if !r.is_finite() {
+        return Err(PipelineError::validation(
+            format!("tensor {name}: quantization produced non-finite values"),
+            "Report this as a bug",
+        ));
+    }
+    Ok((
+        q,
+        CalibTensorStat {
+            name: name.to_string(),
+            out_features: out,
+            in_features: inp,
+            method: label,
+            tokens,
+            rmse: r,
+            rel_rmse: rel,
+            damp_percent: damp,
+            loss,
+            awq_ratio: None,
+            note,
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_blocks(
+    req: &CalibratedRequest,
+    progress: &dyn Progress,
+    tensors: &Tensors,
+    model: &mut Model,
+    calib: &CalibrationSet,
+    tmp_dir: &Path,
+    cfg: &llmq_arch::ArchConfig,
+    mut checkpoint: Option<&mut CalibCheckpoint>,
+) -> Result<BlockResult> {
+    let d = model.hp.n_embd;
+    let n_layer = model.hp.n_layer;
+    let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
+    let total_tokens: usize = lens.iter().sum();
+    let need = total_tokens as u64 * d as u64 * 2;
+    let budget = req
+        .ram_budget_bytes
+        .or_else(crate::memory::available_bytes)
+        .unwrap_or(u64::MAX)
+        / 2;
+    let spill = need > budget;
+    if spill {
+        progress.message(&format!(
+            "activations ({:.1} MB in bf16) exceed half the RAM budget: spilling them to {}",
+            need as f64 / 1e6,
+            tmp_dir.display()
+        ));
+    }
+    // Round-to-nearest needs no statistics: one batch finds the Linear inputs
+    // (experts it misses are added below), and no block outputs are needed, so its
+    // activations stay the embeddings and are never snapshotted.
+    let rtn = req.method == Method::Rtn;
+    let mut store = ActStore::new(d, lens.clone(), spill.then_some(tmp_dir))?;
+
+    let mut stats = Vec::new();
+    let mut modules: BTreeMap<String, QModule> = BTreeMap::new();
+    let mut overrides: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut ignored: BTreeSet<String> = BTreeSet::new();
+
+    // blocks finished by an earlier run: their results, and the activations after them
+    let resumed = checkpoint
+        .as_deref()
+        .map_or(0, |c| c.layers_done())
+        .min(n_layer);
+    if let Some(cp) = checkpoint.as_deref() {
+        for layer in 0..resumed {
+            let b = cp.load_block(layer)?;
+            for (hf, q, st) in b.modules {
+                stats.push(st);
+                modules.insert(hf, QModule { q });
+            }
+            overrides.extend(b.overrides);
+            ignored.extend(b.ignored);
+        }
+    }
+    let restore = resumed > 0 && resumed < n_layer && !rtn;
+    match checkpoint.as_deref() {
+        Some(cp) if restore => {
+            if !cp.has_activations() {
+                return Err(PipelineError::checkpoint(
+                    "the checkpoint has no activation snapshot to continue from",
+                    "Run without --resume to start over",
+                ));
+            }
+            cp.read_activations(&mut |r: &mut dyn Read| store.load_from(r))?;
+        }
+        _ => {
+            for (i, s) in calib.samples.iter().enumerate() {
+                let x = model.embed(s).map_err(engine_err)?;
+                store.write(i, &x)?;
+            }
+        }
+    }
+    let groups = batches(&lens, 4096);
+    let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
+
+    progress.start(n_layer, resumed);
+    let mut written_now = 0usize;
+    for layer in resumed..n_layer {
+        if crate::CANCEL.load(Ordering::SeqCst) {
+            return Err(match checkpoint {
+                Some(_) => PipelineError::cancelled(
+                    format!("cancelled after {layer} of {n_layer} layers; no complete output was written"),
+                    "Run the same command with --resume to continue",
+                ),
+                None => PipelineError::cancelled(
+                    "cancelled; nothing was written",
+                    "Run the command again; use checkpoints (the default) to be able to resume",
+                ),
+            });
+        }
+        let mut col = Collector {
+            want_hessian: req.method == Method::Gptq,
+            want_awq: req.method == Method::Awq,
+            sites: BTreeMap::new(),
+            expert_tokens: Vec::new(),
+        };
+        let collect_groups = if rtn { &groups[..1] } else { &groups[..] };
+        run_batches(
+            model,
+            layer,
+            &mut store,
+            collect_groups,
+            Some(&mut col),
+            false,
+        )?;
+        // routers are kept in full precision
+        let mut block_ignored: Vec<String> = Vec::new();
+        if let Some(s) = tensors.spec(layer, "ffn_gate_inp.weight") {
+            for src in &s.sources {
+                block_ignored.push(module_of(src).to_string());
+            }
+        }
+        ignored.extend(block_ignored.iter().cloned());
+        // norms AWQ folds scales into in this block: compared against this copy
+        let overrides_before =
+            (checkpoint.is_some() && req.method == Method::Awq).then(|| overrides.clone());
+        // dequantized HF weights of this block
+        let mut deq: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut block_q: Vec<(String, IntQuantized, CalibTensorStat)> = Vec::new();
+        match req.method {
+            Method::Gptq | Method::Rtn => {
+                quantize_block_gptq(req, tensors, layer, &col, top_k, &mut block_q)?
+            }
+            Method::Awq => quantize_block_awq(
+                req,
+                tensors,
+                model,
+                layer,
+                &col,
+                &mut block_q,
+                &mut overrides,
+            )?,
+        }
+        let mut block = BlockState {
+            modules: block_q,
+            overrides: Vec::new(),
+            ignored: block_ignored,
+        };
+        let block_bytes = checkpoint.is_some().then(|| {
+            if let Some(before) = &overrides_before {
+                let mut changed: Vec<(String, Vec<f32>)> = overrides
+                    .iter()
+                    .filter(|(k, v)| before.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                changed.sort_by(|a, b| a.0.cmp(&b.0));
+                block.overrides = changed;
+            }
+            encode_block(&block)
+        });
+        for (hf, q, st) in block.modules {
+            deq.insert(hf.clone(), q.dequantize());
+            stats.push(st);
+            modules.insert(hf, QModule { q });
+        }
+        // put the quantized weights into the engine
+        let mut specs: Vec<&GgufTensorSpec> = tensors
+            .specs
+            .values()
+            .filter(|s| s.layer == Some(layer))
+            .filter(|s| !s.sources.is_empty() && s.sources.iter().all(|n| deq.contains_key(n)))
+            .collect();
+        specs.sort_by(|a, b| a.gguf_name.cmp(&b.gguf_name));
+        for spec in specs {
+            let srcs: Vec<Vec<f32>> = spec.sources.iter().map(|n| deq[n].clone()).collect();
+            let vals = apply_transform(spec, &srcs)
+                .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?;
+            let cols = spec.shape_ne.first().copied().unwrap_or(1);
+            let rows: usize = spec.shape_ne.iter().skip(1).product();
+            model
+                .replace_weight(&spec.gguf_name, WeightMatrix::from_f32(rows, cols, vals))
+                .map_err(engine_err)?;
+        }
+        if !rtn {
+            run_batches::<Collector>(model, layer, &mut store, &groups, None, true)?;
+        }
+        if let (Some(cp), Some(bytes)) = (checkpoint.as_deref_mut(), &block_bytes) {
+            // the activations feeding the next block, unless there is none or they
+            // are still the embeddings (round-to-nearest)
+            if layer + 1 < n_layer && !rtn {
+                cp.save_block(
+                    layer,
+                    bytes,
+                    Some(&mut |w: &mut dyn Write| store.save_to(w)),
+                )?;
+            } else {
+                cp.save_block(layer, bytes, None)?;
+            }
+        }
+        written_now += 1;
+        progress.unit_done(&format!("layer {layer}"));
+        crate::test_hooks::after_unit();
+        if let Some(limit) = crate::test_hooks::get().stop_after_units {
+            if written_now >= limit && layer + 1 < n_layer {
+                // Simulated crash for tests: leave the checkpoint as a kill would.
+                progress.finish();
+                return Err(PipelineError::cancelled(
+                    "stopped early (test hook)",
+                    "resume",
+                ));
+            }
+        }
+    }
+    progress.finish();
+    Ok((
+        stats,
+        modules,
+        overrides,
+        spill,
+        ignored.into_iter().collect(),
+        resumed,
+    ))
+}

@@ -1,0 +1,72 @@
+//! GPTQ layout (GPTQModel `qweight`/`qzeros`/`scales`/`g_idx`, v1 or v2 zero points),
+//! with `quantize_config.json` beside config.json.
+
+use super::IntWriter;
+use crate::calibrated::CalibratedRequest;
+use llmq_hfquant::gptq::{self, GptqFormat};
+use llmq_hfquant::{HfTensor, IntQuantized};
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub(super) struct GptqWriter<'a> {
+    pub(super) req: &'a CalibratedRequest,
+    pub(super) fmt: GptqFormat,
+}
+
+impl IntWriter for GptqWriter<'_> {
+    fn pack(
+        &self,
+        prefix: &str,
+        q: &IntQuantized,
+    ) -> llmq_hfquant::Result<Vec<(String, HfTensor)>> {
+        Ok(gptq::pack(q, self.fmt)?.to_hf_tensors(prefix))
+    }
+
+    fn read(
+        &self,
+        get: &dyn Fn(&str) -> Option<HfTensor>,
+        prefix: &str,
+        _like: &IntQuantized,
+    ) -> Result<IntQuantized, String> {
+        let req = self.req;
+        let t =
+            gptq::GptqTensors::from_hf_tensors(req.bits, get, prefix).map_err(|e| e.to_string())?;
+        gptq::unpack(&t, req.group_size, req.symmetric, self.fmt).map_err(|e| e.to_string())
+    }
+
+    fn quantization_config(&self, ignored: &[String], _any_g_idx: bool) -> Value {
+        let req = self.req;
+        let c = gptq::GptqConfig {
+            bits: req.bits,
+            group_size: req.group_size,
+            desc_act: req.act_order,
+            sym: req.symmetric,
+            format: self.fmt,
+            damp_percent: req.damp_percent,
+            true_sequential: false,
+            static_groups: false,
+            lm_head: false,
+            quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
+        };
+        let mut v = c.quantization_config();
+        if !ignored.is_empty() {
+            // GPTQModel's per-module override: "-:" = not quantized
+            let dynamic: serde_json::Map<String, Value> = ignored
+                .iter()
+                .map(|m| (format!("-:^{}$", m.replace('.', "\\.")), json!({})))
+                .collect();
+            v["dynamic"] = Value::Object(dynamic);
+        }
+        v["meta"]["calibration_method"] = json!(req.method.name());
+        v
+    }
+
+    fn extra_files(&self, dir: &Path, qc: &Value) -> llmq_hfquant::Result<()> {
+        let mut v = qc.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("model_name_or_path".into(), Value::Null);
+            m.insert("model_file_base_name".into(), json!("model"));
+        }
+        llmq_hfquant::writer::write_json(&dir.join("quantize_config.json"), &v)
+    }
+}

@@ -1,0 +1,144 @@
+//! GPTQ (Frantar et al., arXiv 2210.17323) or round-to-nearest of every Linear of one
+//! block, with the MoE fallbacks: a starved expert is GPTQ'd with the all-token
+//! Hessian of the MoE input, and a down projection that saw no tokens is rounded.
+
+use super::blocks::{quantize_one, Calib};
+use super::observe::{Collector, SiteAcc, SiteKey};
+use super::{CalibTensorStat, CalibratedRequest, Method, Tensors, MIN_EXPERT_TOKENS};
+use crate::error::Result;
+use llmq_engine::LinearStage;
+use llmq_hfquant::IntQuantized;
+use std::collections::BTreeSet;
+
+/// GPTQ (or RTN) of every Linear of one block.
+pub(super) fn quantize_block_gptq(
+    req: &CalibratedRequest,
+    tensors: &Tensors,
+    layer: usize,
+    col: &Collector,
+    top_k: usize,
+    out: &mut Vec<(String, IntQuantized, CalibTensorStat)>,
+) -> Result<()> {
+    // all-token Hessian of the MoE input (fallback for starved experts)
+    let mut moe_all: Option<(Vec<f64>, u64)> = None;
+    if req.method == Method::Gptq {
+        let mut sum: Option<Vec<f64>> = None;
+        let mut n = 0u64;
+        for ((stage, e, _), acc) in &col.sites {
+            if *stage == LinearStage::FfnInput && e.is_some() {
+                if let Some(h) = &acc.hess {
+                    // h.finish() = 2/rows · XᵀX; re-weight by rows
+                    let hv = h.clone().finish();
+                    let s = sum.get_or_insert_with(|| vec![0.0; hv.len()]);
+                    s.iter_mut()
+                        .zip(&hv)
+                        .for_each(|(a, b)| *a += b * acc.rows as f64);
+                    n += acc.rows;
+                }
+            }
+        }
+        if let Some(mut s) = sum {
+            if n > 0 {
+                // Σ rows_e·H_e = 2·Σ X_eᵀX_e = 2·top_k·XᵀX over n/top_k tokens → mean over tokens
+                s.iter_mut().for_each(|v| *v /= n as f64);
+                moe_all = Some((s, n / top_k as u64));
+            }
+        }
+    }
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    // sites that were seen
+    let mut jobs: Vec<(SiteKey, &SiteAcc)> = col.sites.iter().map(|(k, v)| (*k, v)).collect();
+    // experts that never fired are not reported as sites: add them
+    let n_exp = col.expert_tokens.len();
+    let mut missing: Vec<(usize, &'static str, LinearStage)> = Vec::new();
+    for e in 0..n_exp {
+        for (stage, first) in [
+            (LinearStage::FfnInput, "ffn_gate_exps.weight"),
+            (LinearStage::FfnDown, "ffn_down_exps.weight"),
+        ] {
+            if !col.sites.contains_key(&(stage, Some(e), first)) {
+                missing.push((e, first, stage));
+            }
+        }
+    }
+    jobs.sort_by_key(|(k, _)| *k);
+    for (key, acc) in jobs {
+        let (stage, expert, _) = key;
+        let h_site = acc.hess.as_ref().map(|h| h.clone().finish());
+        for gguf in &acc.weights {
+            for hf in tensors.hf_names(layer, gguf, expert) {
+                if !done.insert(hf.clone()) {
+                    continue;
+                }
+                let shape = tensors.shape(&hf);
+                let (o, i) = (shape[0], shape[1]);
+                let w = tensors.hf_f32(&hf)?;
+                let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
+                let (calib, label, note) = match (&h_site, req.method) {
+                    (_, Method::Rtn) => (Calib::None, "rtn".to_string(), None),
+                    (Some(h), Method::Gptq) if !starved => {
+                        (Calib::Hessian(h), "gptq".to_string(), None)
+                    }
+                    (_, Method::Gptq) => match (&moe_all, stage) {
+                        (Some((h, n)), LinearStage::FfnInput) => (
+                            Calib::Hessian(h),
+                            "gptq:all-tokens-hessian".to_string(),
+                            Some(format!(
+                                "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): Hessian of all {n} tokens at the MoE input",
+                                acc.rows
+                            )),
+                        ),
+                        _ => (
+                            Calib::None,
+                            "rtn:few-tokens".to_string(),
+                            Some(format!(
+                                "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): round-to-nearest",
+                                acc.rows
+                            )),
+                        ),
+                    },
+                    _ => (Calib::None, "rtn".to_string(), None),
+                };
+                let (q, st) = quantize_one(req, &hf, &w, o, i, calib, acc.rows, label, note)?;
+                out.push((hf, q, st));
+            }
+        }
+    }
+    for (e, first, stage) in missing {
+        let weights: &[&str] = if stage == LinearStage::FfnInput {
+            &["ffn_gate_exps.weight", "ffn_up_exps.weight"]
+        } else {
+            &[first]
+        };
+        for gguf in weights {
+            for hf in tensors.hf_names(layer, gguf, Some(e)) {
+                if !done.insert(hf.clone()) {
+                    continue;
+                }
+                let shape = tensors.shape(&hf);
+                let (o, i) = (shape[0], shape[1]);
+                let w = tensors.hf_f32(&hf)?;
+                let (calib, label, note) = match (&moe_all, stage, req.method) {
+                    (Some((h, n)), LinearStage::FfnInput, Method::Gptq) => (
+                        Calib::Hessian(h),
+                        "gptq:all-tokens-hessian".to_string(),
+                        Some(format!(
+                            "expert {e} got no calibration tokens: Hessian of all {n} tokens at the MoE input"
+                        )),
+                    ),
+                    (_, _, Method::Rtn) => (Calib::None, "rtn".to_string(), None),
+                    _ => (
+                        Calib::None,
+                        "rtn:no-tokens".to_string(),
+                        Some(format!(
+                            "expert {e} got no calibration tokens: round-to-nearest"
+                        )),
+                    ),
+                };
+                let (q, st) = quantize_one(req, &hf, &w, o, i, calib, 0, label, note)?;
+                out.push((hf, q, st));
+            }
+        }
+    }
+    Ok(())
+}

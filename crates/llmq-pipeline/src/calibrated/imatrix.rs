@@ -1,0 +1,138 @@
+//! The importance matrix for GGUF k-quants (llama.cpp's imatrix): the calibration
+//! samples run block by block through the engine with an observer that sums `x²` per
+//! input column of every Linear (and expert).
+
+use super::activations::{batches, run_batches, ActStore};
+use super::calibration::calibration_set;
+use super::engine_err;
+use crate::error::{PipelineError, Result};
+use crate::run::Progress;
+use llmq_engine::{LinearObserver, LinearSite, Model, WeightSource};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// Collects llama.cpp-style importance statistics (`Σ x²` per input column and the
+/// rows seen, per weight and expert) for every Linear of the model.
+struct ImatrixObserver {
+    entries: BTreeMap<String, llmq_calib::ImatrixEntry>,
+    n_expert: usize,
+}
+
+impl LinearObserver for ImatrixObserver {
+    fn observe(&mut self, site: &LinearSite<'_>, x: &[f32], rows: usize) {
+        if rows == 0 {
+            return;
+        }
+        let cols = x.len() / rows;
+        let (n_mat, e) = match site.expert {
+            Some(e) => (self.n_expert.max(e + 1), e),
+            None => (1, 0),
+        };
+        let mut sq = vec![0.0f32; cols];
+        llmq_calib::add_squares(&mut sq, x);
+        for w in site.weights {
+            self.entries
+                .entry(format!("blk.{}.{w}", site.layer))
+                .or_insert_with(|| llmq_calib::ImatrixEntry::zeros(n_mat, cols))
+                .add_sums(e, &sq, rows as u64);
+        }
+    }
+}
+
+/// What [`collect_imatrix`] needs.
+#[derive(Debug, Clone)]
+pub struct ImatrixRequest {
+    pub calibration_data: Option<PathBuf>,
+    pub calibration_samples: usize,
+    pub seq_len: usize,
+    pub ram_budget_bytes: Option<u64>,
+}
+
+/// Runs the calibration samples through the model (a Hugging Face folder or a GGUF
+/// file), block by block with bounded activations, and returns the importance matrix
+/// of every Linear (GGUF tensor names), as llama-imatrix computes it over the same
+/// text. Also returns the notes about the data.
+pub fn collect_imatrix(
+    model_path: &Path,
+    req: &ImatrixRequest,
+    progress: &dyn Progress,
+) -> Result<(llmq_calib::ImatrixData, Vec<String>)> {
+    let src = WeightSource::open(model_path).map_err(engine_err)?;
+    let model = Model::load(&src).map_err(engine_err)?;
+    let tok = match &src {
+        WeightSource::Gguf(f) => llmq_tokenizer::Tokenizer::from_gguf(f),
+        WeightSource::Hf(_) => llmq_tokenizer::Tokenizer::from_hf_dir(model_path),
+    }
+    .map_err(|e| {
+        PipelineError::invalid(
+            format!("cannot load the tokenizer of {}: {e}", model_path.display()),
+            "Computing an imatrix needs the model's tokenizer",
+        )
+    })?;
+    drop(src);
+    let (calib, notes, seq_len) = calibration_set(
+        &tok,
+        req.calibration_data.as_deref(),
+        req.calibration_samples,
+        req.seq_len,
+        model.hp.n_ctx_train.max(2),
+    )?;
+    progress.message(&format!(
+        "Computing the importance matrix: {} samples, {} tokens from {}",
+        calib.samples.len(),
+        calib.n_tokens(),
+        calib.source
+    ));
+    let d = model.hp.n_embd;
+    let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
+    let need = lens.iter().sum::<usize>() as u64 * d as u64 * 2;
+    let budget = req
+        .ram_budget_bytes
+        .or_else(crate::memory::available_bytes)
+        .unwrap_or(u64::MAX)
+        / 2;
+    let spill_dir =
+        std::env::temp_dir().join(format!("llm-quantize-imatrix-{}", std::process::id()));
+    let spill = need > budget;
+    if spill {
+        std::fs::create_dir_all(&spill_dir)
+            .map_err(|e| PipelineError::io("cannot create", &spill_dir, &e))?;
+    }
+    let res = (|| {
+        let mut store = ActStore::new(d, lens.clone(), spill.then_some(spill_dir.as_path()))?;
+        for (i, s) in calib.samples.iter().enumerate() {
+            let x = model.embed(s).map_err(engine_err)?;
+            store.write(i, &x)?;
+        }
+        let groups = batches(&lens, 4096);
+        let mut obs = ImatrixObserver {
+            entries: BTreeMap::new(),
+            n_expert: model.hp.moe.as_ref().map(|m| m.n_expert).unwrap_or(0),
+        };
+        for layer in 0..model.hp.n_layer {
+            if crate::CANCEL.load(Ordering::SeqCst) {
+                return Err(PipelineError::cancelled(
+                    "cancelled while computing the importance matrix",
+                    "Run the command again",
+                ));
+            }
+            run_batches(&model, layer, &mut store, &groups, Some(&mut obs), true)?;
+        }
+        Ok(obs.entries)
+    })();
+    if spill {
+        let _ = std::fs::remove_dir_all(&spill_dir);
+    }
+    let entries = res?;
+    Ok((
+        llmq_calib::ImatrixData {
+            entries,
+            datasets: vec![calib.source.clone()],
+            chunk_count: calib.samples.len() as u32,
+            chunk_size: seq_len as u32,
+            legacy: false,
+        },
+        notes,
+    ))
+}

@@ -1,0 +1,222 @@
+//! `quantize MODEL gptq|awq|compressed-tensors -q LEVEL`: calibrated integer
+//! quantization into Hugging Face checkpoints (GPTQModel / AutoAWQ GEMM /
+//! compressed-tensors pack-quantized layouts, `llmq_hfquant`).
+//!
+//! The driver is block-sequential, as GPTQ (arXiv 2210.17323, §4 "Step 3") and AWQ
+//! (arXiv 2306.00978) run it: calibration samples are embedded, then for each block
+//! i: (1) block i runs on the stored outputs of block i−1 with a
+//! [`LinearObserver`] that accumulates what the quantizers need per distinct Linear
+//! input (`H = 2/n·XᵀX` for GPTQ — q/k/v share one, gate/up share one —, `mean|x|`
+//! and a row sample for AWQ, and the tokens routed to every expert); (2) every Linear
+//! of the block is quantized; (3) its dequantized weights (and, for AWQ, the norms
+//! the scales were folded into) are put back into the engine and block i runs again,
+//! so block i+1 is calibrated on the *quantized* model's activations.
+//!
+//! Activations are held in bf16, in memory up to half the RAM budget and in a
+//! temporary file beyond it.
+//!
+//! Checkpoints (unless `--no-checkpoints`; [`crate::calib_checkpoint`]): after block
+//! i is quantized and has run again with its quantized weights, the checkpoint
+//! records (a) block i's quantized modules (the integers, scales, zero points and
+//! g_idx the writers pack) with their report lines, the norms AWQ folded its scales
+//! into and the modules kept in full precision (routers), and (b) the bf16
+//! activations that feed block i+1 — only the latest snapshot is kept; round-to-
+//! nearest needs none, its activations stay the embeddings. Nothing else carries
+//! over between blocks (the engine's weights of block i are read only by block i;
+//! observer statistics and expert token counts are per block). Files are written
+//! under temporary names, fsynced and renamed, the state file last. `--resume`
+//! checks the fingerprint (source files, format and quantizer options, calibration
+//! tokens, output folder; a mismatch is a checkpoint error, exit 7), reloads blocks
+//! 0..=i and the snapshot, and continues with block i+1. Every step is
+//! deterministic (ordered maps, fixed batch order), so the output is byte-identical
+//! to an uninterrupted run. The checkpoint is removed once the output is in place.
+//!
+//! Fallbacks, all reported per tensor:
+//! * a routed expert that got fewer than [`MIN_EXPERT_TOKENS`] tokens is GPTQ'd with
+//!   the Hessian of *all* tokens at the MoE input (`Σ_e X_eᵀX_e / (top_k·n)`: every
+//!   token reaches exactly `top_k` experts), and its down projection, whose input
+//!   never existed, falls back to round-to-nearest;
+//! * AWQ: an expert with too few tokens gets no scale/clip search (RTN with AWQ's
+//!   quantizer); the MoE input is not scaled (the router shares it), only clipped.
+//! * a Hessian that is not positive definite gets dampening ×10 per retry up to
+//!   `max_damp_percent`, then an error naming the tensor.
+//!
+//! The modules follow the stages: `request` (what is asked, and what no layout can
+//! store), `calibration` (calibrate), `observe` and `activations` (measure),
+//! `blocks` with `gptq_block` / `awq_block` (quantize), `write` with the layout
+//! registry `formats` (write), `validate`, and `driver`, which runs them in order and
+//! renames the finished folder; `imatrix` reuses the calibrate and measure stages for
+//! GGUF importance matrices.
+
+mod activations;
+mod awq_block;
+mod blocks;
+mod calibration;
+mod driver;
+mod formats;
+mod gptq_block;
+mod imatrix;
+mod observe;
+mod request;
+mod validate;
+mod write;
+
+use blocks::QModule;
+pub use driver::quantize_calibrated;
+pub use imatrix::{collect_imatrix, ImatrixRequest};
+pub use request::{CalibratedRequest, HfFormat, Method};
+
+use crate::error::{PipelineError, Result};
+use crate::source::ModelSummary;
+use llmq_arch::{GgufTensorSpec, Transform};
+use llmq_formats::safetensors::SafetensorsModel;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Experts with fewer routed calibration tokens than this use the fallback.
+pub const MIN_EXPERT_TOKENS: u64 = 16;
+/// Rows kept per Linear input for AWQ's searches (AutoAWQ's clip search uses 512
+/// tokens; its scale search uses all, which costs too much on CPUs).
+pub const AWQ_SAMPLE_ROWS: usize = 512;
+
+/// One quantized tensor's report line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibTensorStat {
+    /// HF weight name
+    pub name: String,
+    pub out_features: usize,
+    pub in_features: usize,
+    /// `gptq`, `awq`, `rtn`, or a fallback (`gptq:all-tokens-hessian`, `rtn:no-tokens`)
+    pub method: String,
+    /// calibration rows that reached this Linear
+    pub tokens: u64,
+    pub rmse: f64,
+    pub rel_rmse: f64,
+    /// GPTQ: the dampening that made H positive definite
+    pub damp_percent: Option<f64>,
+    /// GPTQ: `Σ (w − q)² / (2·U_ii²)`; AWQ: output MSE on the sample rows
+    pub loss: Option<f64>,
+    /// AWQ: the chosen exponent α
+    pub awq_ratio: Option<f32>,
+    pub note: Option<String>,
+}
+
+/// What a calibrated run produced.
+#[derive(Debug, Clone)]
+pub struct CalibratedOutcome {
+    pub output: PathBuf,
+    pub format: HfFormat,
+    pub level: String,
+    pub method: Method,
+    pub file_size: u64,
+    pub summary: ModelSummary,
+    pub tensors: Vec<CalibTensorStat>,
+    pub calibration_source: String,
+    pub calibration_samples: usize,
+    pub calibration_tokens: usize,
+    pub seq_len: usize,
+    pub notes: Vec<String>,
+    pub spilled_to_disk: bool,
+    pub validated: bool,
+    pub peak_memory_bytes: u64,
+    /// parameters in the source (for bits per weight)
+    pub params: u64,
+    /// blocks taken from a checkpoint (`--resume`)
+    pub layers_resumed: usize,
+    pub layers: usize,
+}
+
+impl CalibratedOutcome {
+    pub fn mean_relative_rmse(&self) -> Option<f64> {
+        let (mut s, mut n) = (0.0, 0usize);
+        for t in &self.tensors {
+            let k = t.out_features * t.in_features;
+            s += t.rel_rmse * k as f64;
+            n += k;
+        }
+        (n > 0).then(|| s / n as f64)
+    }
+    pub fn mean_rmse(&self) -> Option<f64> {
+        let (mut s, mut n) = (0.0, 0usize);
+        for t in &self.tensors {
+            let k = t.out_features * t.in_features;
+            s += t.rmse * k as f64;
+            n += k;
+        }
+        (n > 0).then(|| s / n as f64)
+    }
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.params == 0 {
+            0.0
+        } else {
+            self.file_size as f64 * 8.0 / self.params as f64
+        }
+    }
+    /// The `n` tensors with the largest relative RMSE.
+    pub fn worst_tensors(&self, n: usize) -> Vec<&CalibTensorStat> {
+        let mut v: Vec<&CalibTensorStat> = self.tensors.iter().collect();
+        v.sort_by(|a, b| {
+            b.rel_rmse
+                .partial_cmp(&a.rel_rmse)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        v.truncate(n);
+        v
+    }
+}
+
+pub(super) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
+    match e {
+        llmq_engine::EngineError::UnsupportedArch(a) => PipelineError::unsupported(
+            format!("architecture `{a}` is not supported by the calibration engine"),
+            "Use gguf output, or one of the supported architectures",
+        ),
+        e @ llmq_engine::EngineError::UnsupportedType { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "Calibrate from the original Hugging Face checkpoint instead",
+        ),
+        e => PipelineError::general(e.to_string(), "Check the model files"),
+    }
+}
+
+pub(super) fn hf_err(e: llmq_hfquant::Error) -> PipelineError {
+    PipelineError::general(e.to_string(), "Report this as a bug")
+}
+
+/// HF-side view of the model: the GGUF plan (engine names) and the safetensors.
+pub(super) struct Tensors {
+    pub(super) st: SafetensorsModel,
+    /// GGUF name → spec
+    pub(super) specs: HashMap<String, GgufTensorSpec>,
+}
+
+impl Tensors {
+    pub(super) fn hf_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.st.f32(name).map_err(|e| {
+            PipelineError::general(format!("tensor {name}: {e}"), "Check the model files")
+        })
+    }
+    pub(super) fn shape(&self, name: &str) -> Vec<usize> {
+        self.st
+            .info(name)
+            .map(|i| i.shape.clone())
+            .unwrap_or_default()
+    }
+    /// HF weight names behind an engine site weight (`attn_q.weight`, expert e).
+    pub(super) fn hf_names(&self, layer: usize, gguf: &str, expert: Option<usize>) -> Vec<String> {
+        let Some(spec) = self.specs.get(&format!("blk.{layer}.{gguf}")) else {
+            return Vec::new();
+        };
+        match (&spec.transform, expert) {
+            (Transform::Stack, Some(e)) => spec.sources.get(e).cloned().into_iter().collect(),
+            _ => spec.sources.clone(),
+        }
+    }
+    pub(super) fn spec(&self, layer: usize, gguf: &str) -> Option<&GgufTensorSpec> {
+        self.specs.get(&format!("blk.{layer}.{gguf}"))
+    }
+}
+
+pub(super) fn module_of(weight: &str) -> &str {
+    weight.strip_suffix(".weight").unwrap_or(weight)
+}

@@ -1,0 +1,49 @@
+//! The validate stage of calibrated quantization: every quantized module is read back
+//! from the written files through the format's unpacker and must dequantize to
+//! exactly what was quantized.
+
+use super::formats::writer_for;
+use super::write::st_to_hf_dtype;
+use super::{module_of, CalibratedRequest, QModule};
+use crate::error::{PipelineError, Result};
+use crate::source;
+use llmq_formats::safetensors::{SafetensorsModel, StDtype};
+use llmq_hfquant::{Dtype, HfTensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Re-reads every quantized module from the written files and checks it unpacks to
+/// exactly the integers that were quantized.
+pub(super) fn validate_output(
+    dir: &Path,
+    req: &CalibratedRequest,
+    modules: &BTreeMap<String, QModule>,
+) -> Result<()> {
+    let st = SafetensorsModel::open(dir).map_err(source::safetensors_error)?;
+    let get = |name: &str| -> Option<HfTensor> {
+        let v = st.get(name).ok()?;
+        let dt = match v.info.dtype {
+            StDtype::Other("I32") => Dtype::I32,
+            StDtype::Other("I64") => Dtype::I64,
+            d => st_to_hf_dtype(d)?,
+        };
+        Some(HfTensor::from_raw(dt, &v.info.shape, v.bytes.to_vec()))
+    };
+    let writer = writer_for(req);
+    for (hf, m) in modules {
+        let prefix = module_of(hf);
+        let back = writer.read(&get, prefix, &m.q).map_err(|e| {
+            PipelineError::validation(
+                format!("output tensor {prefix} does not read back: {e}"),
+                "Report this as a bug",
+            )
+        })?;
+        if back.dequantize() != m.q.dequantize() {
+            return Err(PipelineError::validation(
+                format!("output tensor {prefix} reads back different values"),
+                "Report this as a bug",
+            ));
+        }
+    }
+    Ok(())
+}

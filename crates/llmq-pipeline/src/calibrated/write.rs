@@ -1,0 +1,93 @@
+//! The write stage of calibrated quantization: the quantized modules packed by the
+//! output format's writer ([`super::formats`]), every other tensor copied (AWQ's
+//! folded norms in the source dtype), sharded safetensors, config.json with the
+//! format's `quantization_config`, the format's extra files and the tokenizer files.
+
+use super::formats::writer_for;
+use super::{hf_err, module_of, CalibratedRequest, QModule, Tensors};
+use crate::error::{PipelineError, Result};
+use crate::source;
+use half::bf16;
+use llmq_formats::safetensors::StDtype;
+use llmq_hfquant::{Dtype, HfTensor, ShardedWriter};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+pub(super) fn round_to(v: f32, d: Option<StDtype>) -> f32 {
+    match d {
+        Some(StDtype::BF16) => bf16::from_f32(v).to_f32(),
+        Some(StDtype::F16) => half::f16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+pub(super) fn st_to_hf_dtype(d: StDtype) -> Option<Dtype> {
+    match d {
+        StDtype::F32 => Some(Dtype::F32),
+        StDtype::F16 => Some(Dtype::F16),
+        StDtype::BF16 => Some(Dtype::BF16),
+        StDtype::Other(_) => None,
+    }
+}
+
+pub(super) fn f32_as(d: Dtype, v: &[f32]) -> Vec<u8> {
+    match d {
+        Dtype::BF16 => v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+        Dtype::F16 => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Packs the quantized modules, copies every other tensor (with AWQ's folded norms),
+/// writes config.json, quantize_config.json and the tokenizer files.
+pub(super) fn write_rest(
+    tensors: &Tensors,
+    modules: &BTreeMap<String, QModule>,
+    overrides: &HashMap<String, Vec<f32>>,
+    tmp_dir: &Path,
+    req: &CalibratedRequest,
+    ignored: &[String],
+    src_dir: &Path,
+) -> Result<()> {
+    let mut w = ShardedWriter::new(tmp_dir, llmq_hfquant::writer::DEFAULT_MAX_SHARD_BYTES)
+        .map_err(hf_err)?;
+    let writer = writer_for(req);
+    let mut any_g_idx = false;
+    for (hf, m) in modules {
+        any_g_idx |= !m.q.has_default_g_idx();
+        w.add_all(writer.pack(module_of(hf), &m.q).map_err(hf_err)?)
+            .map_err(hf_err)?;
+    }
+    let mut names: Vec<String> = tensors.st.tensors().map(|t| t.name.clone()).collect();
+    names.sort();
+    for n in names {
+        if modules.contains_key(&n) {
+            continue;
+        }
+        let view = tensors.st.get(&n).map_err(source::safetensors_error)?;
+        let dt = st_to_hf_dtype(view.info.dtype).ok_or_else(|| {
+            PipelineError::unsupported(
+                format!("tensor {n} has dtype {}", view.info.dtype.name()),
+                "Only F32/F16/BF16 sources are supported",
+            )
+        })?;
+        let shape = view.info.shape.clone();
+        let bytes = match overrides.get(&n) {
+            Some(v) => f32_as(dt, v),
+            None => view.bytes.to_vec(),
+        };
+        w.add(n.clone(), HfTensor::from_raw(dt, &shape, bytes))
+            .map_err(hf_err)?;
+        tensors.st.release(&n);
+    }
+    w.finish().map_err(hf_err)?;
+    let qc = writer.quantization_config(ignored, any_g_idx);
+    llmq_hfquant::writer::copy_model_files(src_dir, tmp_dir, &qc).map_err(hf_err)?;
+    writer.extra_files(tmp_dir, &qc).map_err(hf_err)
+}
