@@ -143,7 +143,7 @@ pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
     })
 }
 
-fn export_error(e: ArchError) -> PipelineError {
+pub(crate) fn export_error(e: ArchError) -> PipelineError {
     match e {
         ArchError::Io { .. }
         | ArchError::TokenizerJson { .. }

@@ -12,8 +12,8 @@ use super::to_hf::hf_err;
 use super::{bits_equal, rel_rmse, TensorConversion};
 use crate::checkpoint::sha256_hex;
 use crate::error::{PipelineError, Result};
-use crate::gguf_source::meta_to_gguf;
-use llmq_arch::gguf_export::{gguf_export, ExportError};
+use crate::hf_source::export_error;
+use llmq_arch::gguf_export::gguf_export;
 use llmq_arch::gguf_names::{apply_transform, Transform};
 use llmq_arch::mix::Mix;
 use llmq_arch::ArchConfig;
@@ -22,23 +22,6 @@ use llmq_formats::GgmlType;
 use llmq_hfquant::read::{HfCheckpoint, HfWeight};
 use llmq_hfquant::Dtype;
 use std::path::Path;
-
-fn export_error(e: ExportError) -> PipelineError {
-    match e {
-        ExportError::Tokenizer(t) => PipelineError::validation(
-            format!("tokenizer: {t}"),
-            "The folder needs a valid tokenizer.json",
-        ),
-        ExportError::Meta(m) => PipelineError::unsupported(
-            m.to_string(),
-            "This configuration cannot be expressed in GGUF",
-        ),
-        other => PipelineError::validation(
-            other.to_string(),
-            "The checkpoint's tensors do not match its config.json",
-        ),
-    }
-}
 
 fn gguf_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
     PipelineError::general(
@@ -116,7 +99,7 @@ pub(super) fn convert(
         types.push((quantized, ty));
     }
     let plan = GgufPlan {
-        metadata: meta_to_gguf(&export.metadata),
+        metadata: export.metadata.to_gguf(),
         tensors: export
             .tensors
             .iter()
