@@ -16,7 +16,9 @@
 # parallel, default 1). Timings are left out; only bytes and numbers are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARED:-$PWD/../shared}"
+# canonical path: the imatrix files record the calibration file's path as given, so two
+# checkouts (worktrees) must pass the same string
+SHARED="$(cd "${SHARED:-$PWD/../shared}" && pwd -P)"
 if [ -z "${LQ:-}" ]; then
   cargo build --release -q -p llm-quantize
   LQ="$PWD/target/release/llm-quantize"
