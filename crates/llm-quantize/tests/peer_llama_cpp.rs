@@ -12,11 +12,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-/// llama-perplexity's final estimate over the first 100 windows of 256 tokens. Its log
+/// Windows of 256 tokens scored by llama-perplexity: enough to compare two files of one
+/// model (their ratio is what is checked, and most tensors are byte-identical).
+const CHUNKS: usize = 40;
+
+/// llama-perplexity's final estimate over the first `CHUNKS` windows of 256 tokens. Its log
 /// is written by a background thread; on a loaded machine the last lines have been
 /// seen missing, so the run is repeated (at most 3 times) until the estimate appears.
 fn perplexity(model: &Path) -> f64 {
     let test = shared().join("data/corpus/test.txt");
+    let chunks = CHUNKS.to_string();
     let mut last = String::new();
     for _ in 0..3 {
         let o = Command::new(llama_cpp_bin("llama-perplexity"))
@@ -32,7 +37,7 @@ fn perplexity(model: &Path) -> f64 {
                 "-t",
                 "2",
                 "--chunks",
-                "100",
+                chunks.as_str(),
                 "--no-warmup",
             ])
             .output()
@@ -48,7 +53,7 @@ fn perplexity(model: &Path) -> f64 {
             model.display(),
             tail(&text)
         );
-        if let Some(v) = llama_perplexity_estimate(&text, 100) {
+        if let Some(v) = llama_perplexity_estimate(&text, CHUNKS) {
             assert!(v.is_finite() && v > 1.0, "{v}");
             return v;
         }
