@@ -349,6 +349,21 @@ impl GptqConfig {
         })
     }
 
+    /// [`Self::quantization_config`] with the modules in `ignored` (full names, e.g.
+    /// `lm_head`) left unquantized through GPTQModel's per-module override `dynamic`
+    /// (`"-:^name$"` = not quantized).
+    pub fn quantization_config_excluding(&self, ignored: &[String]) -> Value {
+        let mut v = self.quantization_config();
+        if !ignored.is_empty() {
+            let dynamic: serde_json::Map<String, Value> = ignored
+                .iter()
+                .map(|m| (format!("-:^{}$", m.replace('.', "\\.")), json!({})))
+                .collect();
+            v["dynamic"] = Value::Object(dynamic);
+        }
+        v
+    }
+
     /// `quantize_config.json` (AutoGPTQ `BaseQuantizeConfig` fields).
     pub fn quantize_config_json(&self) -> Value {
         let mut v = self.quantization_config();

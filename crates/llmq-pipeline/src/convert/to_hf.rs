@@ -140,16 +140,7 @@ fn quantization_config(
                 lm_head: false,
                 quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
             };
-            let mut v = c.quantization_config();
-            if !ignored.is_empty() {
-                // GPTQModel's per-module override: "-:" = not quantized
-                let dynamic: serde_json::Map<String, Value> = ignored
-                    .iter()
-                    .map(|m| (format!("-:^{}$", m.replace('.', "\\.")), json!({})))
-                    .collect();
-                v["dynamic"] = Value::Object(dynamic);
-            }
-            v
+            c.quantization_config_excluding(ignored)
         }
         Target::Awq(_) => {
             let ig = (!ignored.is_empty()).then_some(ignored);

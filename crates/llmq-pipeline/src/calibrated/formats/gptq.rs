@@ -48,15 +48,7 @@ impl IntWriter for GptqWriter<'_> {
             lm_head: false,
             quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
         };
-        let mut v = c.quantization_config();
-        if !ignored.is_empty() {
-            // GPTQModel's per-module override: "-:" = not quantized
-            let dynamic: serde_json::Map<String, Value> = ignored
-                .iter()
-                .map(|m| (format!("-:^{}$", m.replace('.', "\\.")), json!({})))
-                .collect();
-            v["dynamic"] = Value::Object(dynamic);
-        }
+        let mut v = c.quantization_config_excluding(ignored);
         v["meta"]["calibration_method"] = json!(req.method.name());
         v
     }
