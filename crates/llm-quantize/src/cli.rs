@@ -1,11 +1,9 @@
 //! Argument definitions (clap) and command dispatch.
 
 use crate::output::{self, Mode, Verbosity};
-use crate::progress::BarProgress;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use llmq_pipeline::{CheckpointOptions, PipelineError, QuantizeRequest};
+use llmq_pipeline::PipelineError;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Turn Hugging Face LLM checkpoints into compact quantized models.
 #[derive(Parser, Debug)]
@@ -54,13 +52,6 @@ pub enum OutputFormat {
     Safetensors,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MethodArg {
-    Gptq,
-    Awq,
-    Rtn,
-}
-
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// Model: Hugging Face Hub id (org/name), local folder, or a .gguf file
@@ -106,8 +97,8 @@ pub struct QuantizeArgs {
     pub checkpoint_format: String,
     /// Weight quantizer: gptq (default for gptq and compressed-tensors), awq (default
     /// for awq) or rtn (round-to-nearest, no calibration)
-    #[arg(long, value_enum)]
-    pub method: Option<MethodArg>,
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<llmq_pipeline::Method>,
     /// Importance matrix file (llama.cpp imatrix) for k-quants and IQ4
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
@@ -140,6 +131,17 @@ pub struct QuantizeArgs {
     pub stop_after_layers: Option<usize>,
 }
 
+/// A `--method` name from the pipeline's method registry.
+fn parse_method(s: &str) -> Result<llmq_pipeline::Method, String> {
+    llmq_pipeline::Method::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = llmq_pipeline::Method::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect();
+        format!("unknown method `{s}`; use one of: {}", names.join(", "))
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Model: hub id, local folder or quantized file
@@ -154,7 +156,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     let mode = cli.format;
     let verbosity = cli.verbosity;
     let result = match cli.command {
-        Command::Quantize(a) => quantize(*a, mode, verbosity),
+        Command::Quantize(a) => crate::quantize_cmd::run(*a, mode, verbosity),
         Command::Convert(a) => crate::convert_cmd::run(*a, mode, verbosity),
         Command::Info(a) => info(a, mode),
         Command::Eval(a) => crate::eval_cmd::run(*a, mode, verbosity),
@@ -172,243 +174,8 @@ pub fn dispatch(cli: Cli) -> i32 {
     }
 }
 
-fn quantize(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
-    let started = Instant::now();
-    llmq_pipeline::test_hooks::install(llmq_pipeline::test_hooks::TestHooks {
-        stop_after_units: a.stop_after_layers,
-        ..llmq_pipeline::test_hooks::TestHooks::from_env()
-    });
-    if matches!(
-        a.output_format,
-        OutputFormat::Gptq | OutputFormat::Awq | OutputFormat::CompressedTensors
-    ) {
-        return quantize_calibrated(a, mode, verbosity, started);
-    }
-    if a.output_format != OutputFormat::Gguf {
-        return Err(PipelineError::unsupported(
-            format!(
-                "output format `{}` is not available in this version",
-                format_name(a.output_format)
-            ),
-            "Use `gguf`, `gptq`, `awq` or `compressed-tensors`; EXL3 and safetensors writers are planned",
-        ));
-    }
-    if a.calibration_data.is_some() && a.imatrix.is_some() {
-        return Err(PipelineError::invalid(
-            "--calibration-data and --imatrix both give importance weights",
-            "Pass one of them",
-        ));
-    }
-    if a.method.is_some() || a.act_order || a.symmetric.is_some() {
-        return Err(PipelineError::invalid(
-            "--method, --act-order and --symmetric apply to gptq, awq and compressed-tensors",
-            "For GGUF, --imatrix FILE or --calibration-data FILE give importance-weighted k-quants",
-        ));
-    }
-    let imatrix_calibration =
-        a.calibration_data
-            .as_ref()
-            .map(|p| llmq_pipeline::calibrated::ImatrixRequest {
-                calibration_data: Some(p.clone()),
-                calibration_samples: a.calibration_samples,
-                seq_len: a.calibration_seq_len,
-                ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
-            });
-    if let Some(gb) = a.ram_budget_gb {
-        if !(gb.is_finite() && gb > 0.0) {
-            return Err(PipelineError::invalid(
-                "--ram-budget-gb must be a positive number",
-                "e.g. --ram-budget-gb 16",
-            ));
-        }
-    }
-    if a.max_workers == Some(0) {
-        return Err(PipelineError::invalid(
-            "--max-workers must be at least 1",
-            "e.g. --max-workers 4",
-        ));
-    }
-    let checkpoint = checkpoint_options(&a)?;
-    let req = QuantizeRequest {
-        model: a.model.clone(),
-        level: a.quant_level.clone(),
-        output_dir: a.output_dir.clone(),
-        output_name: a.output_name.clone(),
-        checkpoint,
-        validate: !a.no_validate,
-        max_workers: a.max_workers,
-        ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
-        token: a.token.clone(),
-        imatrix: a.imatrix.clone(),
-        imatrix_calibration,
-    };
-    let progress = BarProgress::new(verbosity);
-    let outcome = llmq_pipeline::quantize_gguf(&req, &progress)?;
-    output::print_quantize_result(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// Checkpoint directory and resume flag from `--no-checkpoints`, `--checkpoint-dir`,
-/// `--resume [PATH]` and `LLM_QUANTIZE_CHECKPOINT_DIR` (default `./.checkpoint`).
-fn checkpoint_options(a: &QuantizeArgs) -> Result<Option<CheckpointOptions>, PipelineError> {
-    if a.no_checkpoints {
-        if a.resume.is_some() {
-            return Err(PipelineError::invalid(
-                "--resume needs checkpoints",
-                "Drop --no-checkpoints",
-            ));
-        }
-        return Ok(None);
-    }
-    let dir = match &a.resume {
-        Some(Some(p)) => p.clone(),
-        _ => a
-            .checkpoint_dir
-            .clone()
-            .or_else(|| std::env::var_os("LLM_QUANTIZE_CHECKPOINT_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(".checkpoint")),
-    };
-    Ok(Some(CheckpointOptions {
-        dir,
-        resume: a.resume.is_some(),
-    }))
-}
-
-/// `quantize MODEL gptq|awq|compressed-tensors -q LEVEL`.
-fn quantize_calibrated(
-    a: QuantizeArgs,
-    mode: Mode,
-    verbosity: Verbosity,
-    started: Instant,
-) -> Result<(), PipelineError> {
-    use llmq_pipeline::{HfFormat, Method};
-    let level = a.quant_level.trim().to_string();
-    let bad_level = |fmt: &str, allowed: &str| {
-        PipelineError::invalid(
-            format!("unknown {fmt} quantization level `{level}`"),
-            format!("Use one of: {allowed}"),
-        )
-    };
-    let (format, bits, default_sym, default_method, level_name) = match a.output_format {
-        OutputFormat::Gptq => {
-            let bits = match level.to_ascii_lowercase().as_str() {
-                "2bit" => 2,
-                "3bit" => 3,
-                "4bit" => 4,
-                "8bit" => 8,
-                _ => return Err(bad_level("GPTQ", "2bit, 3bit, 4bit, 8bit")),
-            };
-            let fmt = match a.checkpoint_format.as_str() {
-                "gptq" | "gptq_v1" | "v1" => llmq_hfquant::gptq::GptqFormat::V1,
-                "gptq_v2" | "v2" => llmq_hfquant::gptq::GptqFormat::V2,
-                other => {
-                    return Err(PipelineError::invalid(
-                        format!("--checkpoint-format `{other}` is not supported"),
-                        "Use gptq (v1) or gptq_v2",
-                    ))
-                }
-            };
-            (
-                HfFormat::Gptq(fmt),
-                bits,
-                true,
-                Method::Gptq,
-                format!("{bits}bit"),
-            )
-        }
-        OutputFormat::Awq => {
-            if !level.eq_ignore_ascii_case("4bit") {
-                return Err(bad_level("AWQ", "4bit"));
-            }
-            (HfFormat::Awq, 4, false, Method::Awq, "4bit".to_string())
-        }
-        _ => {
-            let up = level.to_ascii_uppercase();
-            let (bits, sym) = match up.as_str() {
-                "W4A16" => (4, true),
-                "W4A16_ASYM" => (4, false),
-                "W8A16" => (8, true),
-                "NVFP4A16" | "MXFP4A16" | "FP8" => {
-                    return Err(PipelineError::unsupported(
-                        format!("compressed-tensors {up} is not available in this version"),
-                        "Use W4A16, W4A16_ASYM or W8A16",
-                    ))
-                }
-                _ => return Err(bad_level("compressed-tensors", "W4A16, W4A16_ASYM, W8A16")),
-            };
-            (HfFormat::CompressedTensors, bits, sym, Method::Gptq, up)
-        }
-    };
-    if a.imatrix.is_some() {
-        return Err(PipelineError::invalid(
-            "--imatrix applies to GGUF k-quants only",
-            "Drop --imatrix",
-        ));
-    }
-    let checkpoint = checkpoint_options(&a)?;
-    if let Some(gb) = a.ram_budget_gb {
-        if !(gb.is_finite() && gb > 0.0) {
-            return Err(PipelineError::invalid(
-                "--ram-budget-gb must be a positive number",
-                "e.g. --ram-budget-gb 16",
-            ));
-        }
-    }
-    let group_size = match a.group_size {
-        -1 => None,
-        g if g > 0 => Some(g as usize),
-        g => {
-            return Err(PipelineError::invalid(
-                format!("--group-size {g} is not valid"),
-                "Use 32, 64, 128 or -1 (per channel)",
-            ))
-        }
-    };
-    let method = match a.method {
-        None => default_method,
-        Some(MethodArg::Gptq) => Method::Gptq,
-        Some(MethodArg::Awq) => Method::Awq,
-        Some(MethodArg::Rtn) => Method::Rtn,
-    };
-    let req = llmq_pipeline::CalibratedRequest {
-        model: a.model.clone(),
-        format,
-        level: level_name,
-        method,
-        bits,
-        group_size,
-        symmetric: a.symmetric.unwrap_or(default_sym),
-        act_order: a.act_order,
-        damp_percent: a.damp_percent,
-        calibration_data: a.calibration_data.clone(),
-        calibration_samples: a.calibration_samples,
-        seq_len: a.calibration_seq_len,
-        output_dir: a.output_dir.clone(),
-        output_name: a.output_name.clone(),
-        ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
-        token: a.token.clone(),
-        validate: !a.no_validate,
-        checkpoint,
-    };
-    let progress = BarProgress::new(verbosity);
-    let outcome = llmq_pipeline::quantize_calibrated(&req, &progress)?;
-    crate::calibrated_output::print(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
-    Ok(())
-}
-
 fn info(a: InfoArgs, mode: Mode) -> Result<(), PipelineError> {
     let info = llmq_pipeline::model_info(&a.model, a.token.clone())?;
     output::print_info(mode, &info);
     Ok(())
-}
-
-fn format_name(f: OutputFormat) -> &'static str {
-    match f {
-        OutputFormat::Gguf => "gguf",
-        OutputFormat::Gptq => "gptq",
-        OutputFormat::Awq => "awq",
-        OutputFormat::CompressedTensors => "compressed-tensors",
-        OutputFormat::Exl3 => "exl3",
-        OutputFormat::Safetensors => "safetensors",
-    }
 }

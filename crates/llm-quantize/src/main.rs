@@ -3,7 +3,6 @@
 //! `--version`; results alone on stdout, progress and logs on stderr; exit codes 0–9.
 
 mod bench_cmd;
-mod calibrated_output;
 mod cli;
 mod convert_cmd;
 mod eval_cmd;
@@ -12,6 +11,8 @@ mod generate_cmd;
 mod model_load;
 mod output;
 mod progress;
+mod quantize_cmd;
+mod quantize_output;
 mod serve_cmd;
 mod tokenize_cmd;
 

@@ -2,7 +2,7 @@
 //! (quantization result, model info, error). Nothing else is printed on stdout.
 
 use clap::ValueEnum;
-use llmq_pipeline::{ModelInfo, PipelineError, QuantizeOutcome};
+use llmq_pipeline::{ModelInfo, PipelineError};
 use serde_json::json;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,8 +18,6 @@ pub enum Verbosity {
     Verbose,
     Debug,
 }
-
-const RULE: &str = "======================================================================";
 
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -45,120 +43,6 @@ pub fn human_bytes(n: u64) -> String {
         format!("{:.2} KB", f / 1e3)
     } else {
         format!("{n} B")
-    }
-}
-
-pub fn print_quantize_result(mode: Mode, verbosity: Verbosity, o: &QuantizeOutcome, seconds: f64) {
-    let r = &o.report;
-    let ratio = if o.summary.original_size > 0 {
-        r.file_size as f64 / o.summary.original_size as f64
-    } else {
-        0.0
-    };
-    match mode {
-        Mode::Json => {
-            let worst: Vec<_> = o
-                .worst_tensors(10)
-                .iter()
-                .map(|t| json!({"name": t.name, "type": t.ty.name(), "rmse": t.rmse, "relative_rmse": t.rel_rmse}))
-                .collect();
-            let v = json!({
-                "status": "success",
-                "output_path": r.output.display().to_string(),
-                "format": "gguf",
-                "quantization_level": o.level,
-                "file_size": r.file_size,
-                "compression_ratio": (ratio * 10000.0).round() / 10000.0,
-                "duration_seconds": (seconds * 100.0).round() / 100.0,
-                "peak_memory_bytes": o.peak_memory_bytes,
-                "validation_status": if r.validated { "valid" } else { "skipped" },
-                "metadata": {
-                    "original_dtype": o.summary.original_dtype,
-                    "original_size": o.summary.original_size,
-                    "layers_processed": o.summary.layers,
-                    "architecture": o.summary.architecture,
-                    "tensors": r.tensors.len(),
-                    "layers_resumed": r.units_resumed,
-                    "workers": r.workers,
-                    "mean_rmse": r.mean_rmse(),
-                    "mean_relative_rmse": o.mean_relative_rmse(),
-                    "bits_per_weight": o.bits_per_weight(),
-                    "worst_tensors": worst,
-                }
-            });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap());
-        }
-        Mode::Human => {
-            if verbosity == Verbosity::Quiet {
-                println!("{}", r.output.display());
-                return;
-            }
-            let s = &o.summary;
-            println!("{RULE}");
-            println!("LLM-QUANTIZE: GGUF {}", o.level);
-            println!("{RULE}");
-            println!("  Model:      {} ({} layers)", s.name, s.layers);
-            println!("  Arch:       {}", s.architecture);
-            println!("  Hidden:     {}", thousands(s.hidden as u64));
-            match s.experts {
-                Some(e) => println!("  MoE:        Yes ({e} experts)"),
-                None => println!("  MoE:        No"),
-            }
-            println!("  Vocabulary: {}", thousands(s.vocab as u64));
-            println!("{RULE}");
-            println!("  Output:          {}", r.output.display());
-            println!(
-                "  Original size:   {} ({})",
-                human_bytes(s.original_size),
-                s.original_dtype
-            );
-            println!(
-                "  Quantized size:  {} ({:.2} bpw)",
-                human_bytes(r.file_size),
-                o.bits_per_weight()
-            );
-            println!(
-                "  Compression:     {:.2}x",
-                if r.file_size > 0 {
-                    s.original_size as f64 / r.file_size as f64
-                } else {
-                    0.0
-                }
-            );
-            match r.mean_rmse() {
-                Some(m) => println!(
-                    "  Mean RMSE:       {m:.6} (relative {:.4})",
-                    o.mean_relative_rmse().unwrap_or(0.0)
-                ),
-                None => println!("  Mean RMSE:       not measured (--no-validate)"),
-            }
-            println!("  Duration:        {seconds:.1} s");
-            println!("  Peak memory:     {}", human_bytes(o.peak_memory_bytes));
-            if r.units_resumed > 0 {
-                println!(
-                    "  Resumed:         {} of {} layers from checkpoint",
-                    r.units_resumed, r.units
-                );
-            }
-            if verbosity >= Verbosity::Verbose && r.validated {
-                println!("{RULE}");
-                println!("  Worst tensors (relative RMSE):");
-                for t in o.worst_tensors(if verbosity == Verbosity::Debug {
-                    usize::MAX
-                } else {
-                    10
-                }) {
-                    println!(
-                        "    {:<40} {:<7} rmse {:.6}  rel {:.4}",
-                        t.name,
-                        t.ty.name(),
-                        t.rmse.unwrap_or(0.0),
-                        t.rel_rmse.unwrap_or(0.0)
-                    );
-                }
-            }
-            println!("{RULE}");
-        }
     }
 }
 

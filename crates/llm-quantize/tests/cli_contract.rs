@@ -70,7 +70,19 @@ fn quantize_json_result_has_every_contract_field() {
     assert!(mean > 0.0 && mean < 0.2, "{mean}");
     // Nothing half-written or left behind.
     assert!(files_ending(&dir.path().join("out"), ".tmp").is_empty());
-    assert!(files_ending(&dir.path().join(".checkpoint"), ".json").is_empty());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join(".checkpoint"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "checkpoint left behind: {left:?}");
+    // every tensor has a report line with its type and method
+    let report = v["metadata"]["tensors_report"].as_array().unwrap();
+    assert_eq!(
+        report.len(),
+        v["metadata"]["tensors"].as_u64().unwrap() as usize
+    );
+    assert!(report
+        .iter()
+        .all(|t| t["type"].is_string() && t["method"].is_string()));
     // Results alone on stdout: the progress went to stderr.
     assert!(r.stderr.contains("[llm-quantize]"), "{}", r.stderr);
 }

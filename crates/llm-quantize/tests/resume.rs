@@ -5,8 +5,17 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// Layers recorded in the GGUF checkpoint (`quantize-<hash>/state.json`) under `cp_dir`.
 fn units_done(cp_dir: &std::path::Path) -> usize {
-    for f in files_ending(cp_dir, ".json") {
+    let states = std::fs::read_dir(cp_dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("quantize-"))
+                .map(|e| e.path().join("state.json"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for f in states {
         if let Ok(t) = std::fs::read_to_string(&f) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 return v["units_done"].as_array().map(|a| a.len()).unwrap_or(0);

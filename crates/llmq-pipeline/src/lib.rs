@@ -1,28 +1,34 @@
-//! The quantize pipeline: resolve a source (local folder, Hub id, GGUF file), plan
-//! the output (tensor names, types from the mix rules, metadata), then stream layer
-//! by layer through the quantizers into a GGUF written in place, with per-layer
-//! checkpoints, bounded memory and per-tensor error measurement.
+//! The quantize pipeline: one request type ([`QuantizeRequest`]) and one driver
+//! ([`quantize`]) for every output format — source (local folder, Hub id, GGUF file)
+//! → calibrate → measure → allocate → quantize → write → validate — with the method
+//! registry choosing the executor, per-layer checkpoints, bounded memory and a
+//! per-tensor error report; plus `convert` between quantized formats and `info`.
 
-pub mod calib_checkpoint;
+pub mod allocate;
 pub mod calibrated;
 pub mod checkpoint;
 pub mod convert;
+pub mod driver;
 pub mod error;
 pub mod gguf_source;
 pub mod hf_source;
 pub mod hub;
 pub mod info;
 pub mod memory;
+pub mod methods;
 pub mod quantize;
+pub mod report;
+pub mod request;
 pub mod run;
 pub mod source;
+pub mod staging;
 #[doc(hidden)]
 pub mod test_hooks;
 
-pub use calibrated::{
-    quantize_calibrated, CalibTensorStat, CalibratedOutcome, CalibratedRequest, HfFormat, Method,
-};
+pub use checkpoint::CheckpointOptions;
+pub use driver::quantize;
 pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
-pub use quantize::{quantize_gguf, QuantizeOutcome, QuantizeRequest};
-pub use run::{CheckpointOptions, NoProgress, Progress, CANCEL};
+pub use report::{CalibrationDetail, CalibrationSummary, QuantizeOutcome, TensorReport};
+pub use request::{CalibrationRequest, IntGrid, Method, OutputFormat, QuantizeRequest};
+pub use run::{NoProgress, Progress, CANCEL};

@@ -1,31 +1,20 @@
-//! `quantize MODEL gguf -q LEVEL`: resolve the source, plan the GGUF, pick the output
-//! path, check the disk, then hand the jobs to the driver in [`crate::run`].
+//! The streaming executor's stages for GGUF output (`quantize MODEL gguf -q LEVEL`):
+//! plan the GGUF from the source (tensor names, metadata, the level's mix rules),
+//! calibrate (an importance matrix from a file or from calibration text), allocate
+//! (every tensor's type, [`crate::allocate`]), pick the output path and check the
+//! disk, then quantize, write and validate through [`crate::run`].
 
+use crate::allocate::Allocation;
 use crate::error::{PipelineError, Result};
-use crate::run::{self, CheckpointOptions, Progress, RunOptions, RunReport, TensorStat};
+use crate::report::QuantizeOutcome;
+use crate::request::QuantizeRequest;
+use crate::run::{self, Progress, RunOptions};
 use crate::source::{self, ModelSummary, ResolvedModel};
+use crate::staging::{self, OutputKind};
 use crate::{gguf_source, hf_source};
 use llmq_arch::mix::Mix;
 use llmq_formats::gguf::GgufPlan;
-use std::path::{Path, PathBuf};
-
-/// Everything `quantize` needs.
-#[derive(Debug, Clone)]
-pub struct QuantizeRequest {
-    pub model: String,
-    pub level: String,
-    pub output_dir: PathBuf,
-    pub output_name: Option<String>,
-    pub checkpoint: Option<CheckpointOptions>,
-    pub validate: bool,
-    pub max_workers: Option<usize>,
-    pub ram_budget_bytes: Option<u64>,
-    pub token: Option<String>,
-    /// llama.cpp importance matrix file (`--imatrix`)
-    pub imatrix: Option<PathBuf>,
-    /// compute the importance matrix from calibration text (`--calibration-data`)
-    pub imatrix_calibration: Option<crate::calibrated::ImatrixRequest>,
-}
+use std::path::Path;
 
 /// A tensor source with importance weights from an imatrix.
 struct WithImatrix {
@@ -74,56 +63,6 @@ fn imatrix_fingerprint(d: &llmq_calib::ImatrixData) -> String {
     crate::checkpoint::sha256_hex(&bytes)
 }
 
-/// The result of a successful run.
-#[derive(Debug, Clone)]
-pub struct QuantizeOutcome {
-    pub report: RunReport,
-    pub summary: ModelSummary,
-    pub level: String,
-    pub peak_memory_bytes: u64,
-    /// parameters in the output (for bits per weight)
-    pub output_params: u64,
-}
-
-impl QuantizeOutcome {
-    /// The `n` tensors with the largest relative RMSE.
-    pub fn worst_tensors(&self, n: usize) -> Vec<&TensorStat> {
-        let mut v: Vec<&TensorStat> = self
-            .report
-            .tensors
-            .iter()
-            .filter(|t| t.rel_rmse.is_some())
-            .collect();
-        v.sort_by(|a, b| {
-            b.rel_rmse
-                .partial_cmp(&a.rel_rmse)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        v.truncate(n);
-        v
-    }
-
-    /// Mean relative RMSE weighted by element count.
-    pub fn mean_relative_rmse(&self) -> Option<f64> {
-        let (mut s, mut n) = (0.0, 0usize);
-        for t in &self.report.tensors {
-            if let Some(r) = t.rel_rmse {
-                s += r * t.numel as f64;
-                n += t.numel;
-            }
-        }
-        (n > 0).then(|| s / n as f64)
-    }
-
-    /// Whole-file bits per weight.
-    pub fn bits_per_weight(&self) -> f64 {
-        if self.output_params == 0 {
-            return 0.0;
-        }
-        self.report.file_size as f64 * 8.0 / self.output_params as f64
-    }
-}
-
 /// What a source contributes: the output plan, the jobs and their source.
 pub struct Planned {
     pub plan: GgufPlan,
@@ -135,19 +74,26 @@ pub struct Planned {
     pub identity: String,
 }
 
-/// Quantize to GGUF.
-pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<QuantizeOutcome> {
-    let mix = Mix::from_name(&req.level).ok_or_else(|| {
+/// The GGUF mix of a level name.
+pub(crate) fn gguf_mix(level: &str) -> Result<Mix> {
+    Mix::from_name(level).ok_or_else(|| {
         PipelineError::invalid(
-            format!("unknown GGUF quantization level `{}`", req.level),
+            format!("unknown GGUF quantization level `{level}`"),
             format!(
                 "Use one of: {}",
                 Mix::all().map(|m| m.name()).collect::<Vec<_>>().join(", ")
             ),
         )
-    })?;
-    progress.message(&format!("Loading model: {}", req.model));
-    let resolved = source::resolve(&req.model, req.token.clone(), progress)?;
+    })
+}
+
+/// Quantize to GGUF.
+pub(crate) fn quantize_streaming(
+    req: &QuantizeRequest,
+    resolved: ResolvedModel,
+    progress: &dyn Progress,
+) -> Result<QuantizeOutcome> {
+    let mix = gguf_mix(&req.level)?;
     let name = source::display_name(&req.model);
     let planned = match &resolved {
         ResolvedModel::HfDir(dir) => hf_source::plan(dir, &name, mix)?,
@@ -159,7 +105,15 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         "Architecture: {} ({} layers)",
         s.architecture, s.layers
     ));
-    let imatrix = match (&req.imatrix, &req.imatrix_calibration) {
+    let imatrix_calibration =
+        req.wants_imatrix_calibration()
+            .then(|| crate::calibrated::ImatrixRequest {
+                calibration_data: req.calibration.data.clone(),
+                calibration_samples: req.calibration.samples,
+                seq_len: req.calibration.seq_len,
+                ram_budget_bytes: req.ram_budget_bytes,
+            });
+    let imatrix = match (&req.imatrix, &imatrix_calibration) {
         (Some(p), _) => Some(llmq_calib::ImatrixData::read(p).map_err(|e| {
             PipelineError::invalid(
                 format!("cannot use imatrix {}: {e}", p.display()),
@@ -200,31 +154,19 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
         ));
         planned.source = Box::new(src);
     }
+    // allocate: the mix rules' type for every tensor
+    let alloc = Allocation::from_gguf_jobs(&planned.jobs);
+    alloc.apply_to_gguf(&mut planned.jobs, &mut planned.plan)?;
     progress.message(&format!("Quantizing to GGUF {}", mix.name()));
 
     let out_dir = &req.output_dir;
-    if out_dir.exists() && !out_dir.is_dir() {
-        return Err(PipelineError::invalid(
-            format!(
-                "output directory {} exists and is not a directory",
-                out_dir.display()
-            ),
-            "Choose another --output-dir",
-        ));
-    }
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| PipelineError::io("cannot create output directory", out_dir, &e))?;
-    let file_name = match &req.output_name {
-        Some(n) if n.contains('/') || n.is_empty() => {
-            return Err(PipelineError::invalid(
-                format!("--output-name `{n}` must be a plain file name"),
-                "e.g. -n model-Q4_K_M.gguf",
-            ))
-        }
-        Some(n) => n.clone(),
-        None => format!("{name}-{}.gguf", mix.name()),
-    };
-    let output = out_dir.join(file_name);
+    staging::prepare_output_dir(out_dir)?;
+    let output = staging::output_path(
+        out_dir,
+        req.output_name.as_deref(),
+        format!("{name}-{}.gguf", mix.name()),
+        OutputKind::File,
+    )?;
     let need = planned
         .plan
         .layout()
@@ -287,11 +229,25 @@ pub fn quantize_gguf(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Q
     ));
     let output_params = planned.jobs.iter().map(|j| j.numel() as u64).sum();
     Ok(QuantizeOutcome {
-        report,
-        summary: planned.summary,
+        output: report.output,
+        format: req.format.name().to_string(),
         level: mix.name().to_string(),
+        method: if imatrix_id.is_some() {
+            "k-quant+imatrix"
+        } else {
+            "k-quant"
+        }
+        .to_string(),
+        file_size: report.file_size,
+        summary: planned.summary,
+        tensors: report.tensors,
+        params: output_params,
+        calibration: None,
+        units: report.units,
+        units_resumed: report.units_resumed,
+        workers: Some(report.workers),
+        validated: report.validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
-        output_params,
     })
 }
 

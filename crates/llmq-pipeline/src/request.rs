@@ -1,83 +1,159 @@
-//! What a calibrated run is asked for: the output layout, the method and the integer
-//! grid, with the checks that reject combinations no layout can store.
+//! What a quantize run is asked for, for every output format: the output layout and
+//! level, the method, the integer grid (Hugging Face layouts), calibration, and where
+//! the output and its checkpoints go; with the checks that reject combinations no
+//! layout can store.
 
+use crate::checkpoint::CheckpointOptions;
 use crate::error::{PipelineError, Result};
-use crate::run::CheckpointOptions;
+pub use crate::methods::Method;
 use llmq_hfquant::gptq::GptqFormat;
 use std::path::PathBuf;
 
-/// The checkpoint layout written.
+/// The output layout written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HfFormat {
+pub enum OutputFormat {
+    /// a GGUF file (llama.cpp)
+    Gguf,
+    /// GPTQModel / AutoGPTQ checkpoint folder
     Gptq(GptqFormat),
+    /// AutoAWQ GEMM checkpoint folder
     Awq,
+    /// compressed-tensors pack-quantized checkpoint folder
     CompressedTensors,
 }
 
-impl HfFormat {
+impl OutputFormat {
     pub fn name(self) -> &'static str {
         match self {
-            HfFormat::Gptq(_) => "gptq",
-            HfFormat::Awq => "awq",
-            HfFormat::CompressedTensors => "compressed-tensors",
+            OutputFormat::Gguf => "gguf",
+            OutputFormat::Gptq(_) => "gptq",
+            OutputFormat::Awq => "awq",
+            OutputFormat::CompressedTensors => "compressed-tensors",
         }
     }
 }
 
-/// How weights are quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Gptq,
-    Awq,
-    Rtn,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Gptq => "gptq",
-            Method::Awq => "awq",
-            Method::Rtn => "rtn",
-        }
-    }
-}
-
-/// Everything a calibrated run needs (validated by [`CalibratedRequest::check`]).
-#[derive(Debug, Clone)]
-pub struct CalibratedRequest {
-    pub model: String,
-    pub format: HfFormat,
-    /// the level as given (`4bit`, `W4A16`, …)
-    pub level: String,
-    pub method: Method,
+/// An integer grid: `bits` per weight, one scale (and zero point, when asymmetric) per
+/// `group_size` inputs (`None`: per output channel), optionally in activation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntGrid {
     pub bits: u8,
-    /// `None` = per channel
     pub group_size: Option<usize>,
     pub symmetric: bool,
     pub act_order: bool,
-    pub damp_percent: f64,
-    pub calibration_data: Option<PathBuf>,
-    pub calibration_samples: usize,
-    pub seq_len: usize,
-    pub output_dir: PathBuf,
-    pub output_name: Option<String>,
-    pub ram_budget_bytes: Option<u64>,
-    pub token: Option<String>,
-    pub validate: bool,
-    /// per-block checkpoints (`None`: `--no-checkpoints`)
-    pub checkpoint: Option<CheckpointOptions>,
 }
 
-impl CalibratedRequest {
-    pub(super) fn check(&self) -> Result<()> {
+/// Calibration text and how much of it to use.
+#[derive(Debug, Clone)]
+pub struct CalibrationRequest {
+    /// a text or JSONL file (`None`: the bundled set)
+    pub data: Option<PathBuf>,
+    pub samples: usize,
+    pub seq_len: usize,
+}
+
+/// Everything a quantize run needs (checked by [`QuantizeRequest::check`]).
+#[derive(Debug, Clone)]
+pub struct QuantizeRequest {
+    /// hub id, local folder or GGUF file
+    pub model: String,
+    pub format: OutputFormat,
+    /// the level as given (`Q4_K_M`, `4bit`, `W4A16`, …)
+    pub level: String,
+    pub method: Method,
+    /// the grid of the Hugging Face layouts (`None` for GGUF, whose types come from
+    /// the level's mix rules)
+    pub grid: Option<IntGrid>,
+    /// GPTQ's relative dampening of the Hessian diagonal
+    pub damp_percent: f64,
+    /// GGUF: a llama.cpp importance matrix file
+    pub imatrix: Option<PathBuf>,
+    /// calibration text: always used by calibrated methods; for GGUF, given data is
+    /// turned into an importance matrix
+    pub calibration: CalibrationRequest,
+    pub output_dir: PathBuf,
+    pub output_name: Option<String>,
+    /// per-layer checkpoints (`None`: none)
+    pub checkpoint: Option<CheckpointOptions>,
+    /// re-read and check the output before naming it
+    pub validate: bool,
+    /// parallel layers (GGUF streaming)
+    pub max_workers: Option<usize>,
+    pub ram_budget_bytes: Option<u64>,
+    /// Hugging Face Hub token
+    pub token: Option<String>,
+}
+
+impl QuantizeRequest {
+    /// The integer grid of a Hugging Face layout.
+    pub(crate) fn int_grid(&self) -> Result<IntGrid> {
+        self.grid.ok_or_else(|| {
+            PipelineError::invalid(
+                format!("{} output needs an integer grid", self.format.name()),
+                "Give the level (e.g. 4bit)",
+            )
+        })
+    }
+
+    /// Whether GGUF output computes an importance matrix from calibration text.
+    pub(crate) fn wants_imatrix_calibration(&self) -> bool {
+        self.format == OutputFormat::Gguf && self.calibration.data.is_some()
+    }
+
+    /// Reject what no layout can store and options that do not apply.
+    pub(crate) fn check(&self) -> Result<()> {
         let inv = |m: String, s: &str| Err(PipelineError::invalid(m, s));
-        if !matches!(self.bits, 2 | 3 | 4 | 8) {
-            return inv(format!("{} bits", self.bits), "Use 2, 3, 4 or 8 bits");
+        if self.calibration.samples == 0 {
+            return inv(
+                "--calibration-samples must be at least 1".into(),
+                "e.g. --calibration-samples 128",
+            );
         }
-        if let Some(g) = self.group_size {
-            if ![32, 64, 128].contains(&g) {
+        if self.calibration.seq_len < 2 {
+            return inv(
+                "--calibration-seq-len must be at least 2".into(),
+                "e.g. --calibration-seq-len 512",
+            );
+        }
+        if self.format == OutputFormat::Gguf {
+            if self.method != Method::KQuant || self.grid.is_some() {
                 return inv(
-                    format!("--group-size {g} is not supported"),
+                    format!(
+                        "GGUF takes its types from the level's mix rules: method {} and an integer grid do not apply",
+                        self.method.name()
+                    ),
+                    "For GGUF, --imatrix FILE or --calibration-data FILE give importance-weighted k-quants",
+                );
+            }
+            if self.calibration.data.is_some() && self.imatrix.is_some() {
+                return inv(
+                    "--calibration-data and --imatrix both give importance weights".into(),
+                    "Pass one of them",
+                );
+            }
+            crate::quantize::gguf_mix(&self.level)?;
+            return Ok(());
+        }
+        if self.imatrix.is_some() {
+            return inv(
+                "--imatrix applies to GGUF k-quants only".into(),
+                "Drop --imatrix",
+            );
+        }
+        if self.method == Method::KQuant {
+            return inv(
+                format!("k-quants write GGUF, not {}", self.format.name()),
+                "Use --method gptq, awq or rtn",
+            );
+        }
+        let g = self.int_grid()?;
+        if !matches!(g.bits, 2 | 3 | 4 | 8) {
+            return inv(format!("{} bits", g.bits), "Use 2, 3, 4 or 8 bits");
+        }
+        if let Some(gs) = g.group_size {
+            if ![32, 64, 128].contains(&gs) {
+                return inv(
+                    format!("--group-size {gs} is not supported"),
                     "Use --group-size 32, 64, 128 or -1 (per channel)",
                 );
             }
@@ -88,36 +164,24 @@ impl CalibratedRequest {
                 "e.g. --damp-percent 0.01",
             );
         }
-        if self.calibration_samples == 0 {
-            return inv(
-                "--calibration-samples must be at least 1".into(),
-                "e.g. --calibration-samples 128",
-            );
-        }
-        if self.seq_len < 2 {
-            return inv(
-                "--calibration-seq-len must be at least 2".into(),
-                "e.g. --calibration-seq-len 512",
-            );
-        }
         match self.format {
-            HfFormat::Awq => {
-                if self.bits != 4 || self.symmetric || self.group_size.is_none() {
+            OutputFormat::Awq => {
+                if g.bits != 4 || g.symmetric || g.group_size.is_none() {
                     return inv(
                         format!(
                             "AWQ GEMM stores 4-bit asymmetric groups (got {} bits, {}, group {:?})",
-                            self.bits,
-                            if self.symmetric {
+                            g.bits,
+                            if g.symmetric {
                                 "symmetric"
                             } else {
                                 "asymmetric"
                             },
-                            self.group_size
+                            g.group_size
                         ),
                         "Use `awq -q 4bit` with a group size of 32, 64 or 128",
                     );
                 }
-                if self.act_order {
+                if g.act_order {
                     return inv(
                         "AWQ checkpoints have no act-order (g_idx)".into(),
                         "Drop --act-order, or quantize to gptq",
@@ -130,19 +194,19 @@ impl CalibratedRequest {
                     );
                 }
             }
-            HfFormat::Gptq(_) | HfFormat::CompressedTensors => {
+            OutputFormat::Gptq(_) | OutputFormat::CompressedTensors => {
                 // AWQ's zero points can be 0, which GPTQ v1 cannot store
-                let v1 = self.format == HfFormat::Gptq(GptqFormat::V1);
-                if self.method == Method::Awq && (self.symmetric || v1 || self.group_size.is_none())
-                {
+                let v1 = self.format == OutputFormat::Gptq(GptqFormat::V1);
+                if self.method == Method::Awq && (g.symmetric || v1 || g.group_size.is_none()) {
                     return inv(
                         "--method awq needs an asymmetric, grouped layout".into(),
                         "Use `awq -q 4bit`, `gptq --checkpoint-format gptq_v2 --symmetric false`, or compressed-tensors W4A16_ASYM",
                     );
                 }
             }
+            OutputFormat::Gguf => {}
         }
-        if self.method == Method::Awq && self.act_order {
+        if self.method == Method::Awq && g.act_order {
             return inv("AWQ has no act-order".into(), "Drop --act-order");
         }
         Ok(())

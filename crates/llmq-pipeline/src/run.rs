@@ -4,11 +4,14 @@
 //! is resident), checks it is finite, quantizes its rows in parallel, measures the
 //! error against the source, and writes the bytes straight to their planned offset in
 //! the output's `.tmp` file. Finished units are checkpointed; the file is re-read and
-//! checked before it is renamed to its final name.
+//! checked before it is renamed to its final name. This is the executor of the
+//! streaming methods of the registry ([`crate::methods`]: the GGML block quantizers).
 
-use crate::checkpoint::{sha256_hex, Checkpoint, TensorRecord};
+use crate::checkpoint::units::TensorRecord;
+use crate::checkpoint::{sha256_hex, CheckpointOptions, UnitCheckpoint};
 use crate::error::{PipelineError, Result};
 use crate::memory;
+use crate::report::TensorReport;
 use llmq_formats::gguf::{temp_path_for, GgufFile, GgufPlan, GgufStreamWriter};
 use llmq_formats::GgmlType;
 use rayon::prelude::*;
@@ -82,13 +85,6 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// Checkpoint settings.
-#[derive(Debug, Clone)]
-pub struct CheckpointOptions {
-    pub dir: PathBuf,
-    pub resume: bool,
-}
-
 /// Options of one run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -101,41 +97,45 @@ pub struct RunOptions {
     pub fingerprint: String,
 }
 
-/// Error statistics for one tensor.
-#[derive(Debug, Clone)]
-pub struct TensorStat {
-    pub name: String,
-    pub ty: GgmlType,
-    pub numel: usize,
-    pub rmse: Option<f64>,
-    pub rel_rmse: Option<f64>,
-    /// SHA-256 of the bytes written
-    pub sha256: String,
-}
-
 /// What a run produced.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub output: PathBuf,
     pub file_size: u64,
-    pub tensors: Vec<TensorStat>,
+    pub tensors: Vec<TensorReport>,
     pub units: usize,
     pub units_resumed: usize,
     pub workers: usize,
     pub validated: bool,
 }
 
-impl RunReport {
-    /// Mean relative RMSE over quantized tensors, weighted by element count.
-    pub fn mean_rmse(&self) -> Option<f64> {
-        let (mut s, mut n) = (0.0, 0usize);
-        for t in &self.tensors {
-            if let Some(r) = t.rmse {
-                s += r * t.numel as f64;
-                n += t.numel;
-            }
-        }
-        (n > 0).then(|| s / n as f64)
+/// One written tensor's report line; `method` says how its bytes were made.
+fn tensor_report(
+    job: &TensorJob,
+    method: &str,
+    rmse: Option<f64>,
+    rel_rmse: Option<f64>,
+    sha256: String,
+) -> TensorReport {
+    let cols = job.row_len();
+    TensorReport {
+        name: job.name.clone(),
+        shape: [job.numel() / cols.max(1), cols],
+        quant: job.ty.name().to_string(),
+        method: method.to_string(),
+        rmse,
+        rel_rmse,
+        sha256: Some(sha256),
+        calibration: None,
+    }
+}
+
+/// The method label of a quantized job.
+fn quantized_method(job: &TensorJob, imatrix: bool) -> &'static str {
+    match job.ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => "convert",
+        _ if imatrix => "k-quant+imatrix",
+        _ => "k-quant",
     }
 }
 
@@ -166,8 +166,8 @@ pub fn run(
 
     // Checkpoint state and the writer (fresh, or reopened for --resume).
     let mut checkpoint = match &opts.checkpoint {
-        Some(c) if c.resume => Some(Checkpoint::load(&c.dir, out, &opts.fingerprint)?),
-        Some(c) => Some(Checkpoint::create(&c.dir, out, &opts.fingerprint)?),
+        Some(c) if c.resume => Some(UnitCheckpoint::load(&c.dir, out, &opts.fingerprint)?),
+        Some(c) => Some(UnitCheckpoint::create(&c.dir, out, &opts.fingerprint)?),
         None => None,
     };
     let resuming = opts.checkpoint.as_ref().is_some_and(|c| c.resume);
@@ -188,7 +188,7 @@ pub fn run(
 
     // Units already finished whose bytes are intact.
     let mut done = vec![false; units.len()];
-    let mut stats: Vec<Option<TensorStat>> = vec![None; jobs.len()];
+    let mut stats: Vec<Option<TensorReport>> = vec![None; jobs.len()];
     if let Some(cp) = checkpoint.as_mut() {
         for &u in cp.state.units_done.clone().iter() {
             if u >= units.len() {
@@ -211,14 +211,13 @@ pub fn run(
                         .mark_written(&jobs[j].name)
                         .map_err(|e| io_err("cannot resume", &e))?;
                     let r = &cp.state.tensors[&jobs[j].name];
-                    stats[j] = Some(TensorStat {
-                        name: jobs[j].name.clone(),
-                        ty: jobs[j].ty,
-                        numel: jobs[j].numel(),
-                        rmse: r.rmse,
-                        rel_rmse: r.rel_rmse,
-                        sha256: r.sha256.clone(),
-                    });
+                    stats[j] = Some(tensor_report(
+                        &jobs[j],
+                        &r.method,
+                        r.rmse,
+                        r.rel_rmse,
+                        r.sha256.clone(),
+                    ));
                 }
             } else {
                 cp.forget(u, &names);
@@ -338,7 +337,7 @@ pub fn run(
             "resume",
         ));
     }
-    let stats: Vec<TensorStat> = stats
+    let stats: Vec<TensorReport> = stats
         .into_iter()
         .map(|s| s.expect("every job ran"))
         .collect();
@@ -381,7 +380,7 @@ fn job_peak_bytes(j: &TensorJob) -> u64 {
             * (n / j.row_len().max(1) as u64)
 }
 
-type UnitRecords = Vec<(usize, TensorStat, TensorRecord)>;
+type UnitRecords = Vec<(usize, TensorReport, TensorRecord)>;
 
 fn process_unit(
     unit: &WorkUnit,
@@ -403,15 +402,9 @@ fn process_unit(
                 sha256: sha256.clone(),
                 rmse,
                 rel_rmse: rmse,
+                method: "copy".into(),
             };
-            let stat = TensorStat {
-                name: job.name.clone(),
-                ty: job.ty,
-                numel: job.numel(),
-                rmse,
-                rel_rmse: rmse,
-                sha256,
-            };
+            let stat = tensor_report(job, "copy", rmse, rmse, sha256);
             out.push((j, stat, rec));
             source.release(job);
             continue;
@@ -421,19 +414,14 @@ fn process_unit(
         writer
             .write_tensor(&job.name, &bytes)
             .map_err(|e| writer_error(&PathBuf::from(&job.name), e))?;
+        let method = quantized_method(job, imatrix.is_some());
         let rec = TensorRecord {
             sha256: sha256_hex(&bytes),
             rmse,
             rel_rmse: rel,
+            method: method.into(),
         };
-        let stat = TensorStat {
-            name: job.name.clone(),
-            ty: job.ty,
-            numel: job.numel(),
-            rmse,
-            rel_rmse: rel,
-            sha256: rec.sha256.clone(),
-        };
+        let stat = tensor_report(job, method, rmse, rel, rec.sha256.clone());
         out.push((j, stat, rec));
         source.release(job);
     }
@@ -625,7 +613,7 @@ fn verify_written(
     path: &Path,
     plan: &GgufPlan,
     jobs: &[TensorJob],
-    stats: &[TensorStat],
+    stats: &[TensorReport],
 ) -> Result<()> {
     let bad = |m: String| {
         PipelineError::validation(
@@ -651,7 +639,7 @@ fn verify_written(
                 job.name
             )));
         }
-        if stat.sha256 != sha256_hex(f.tensor_bytes(t)) {
+        if stat.sha256.as_deref() != Some(sha256_hex(f.tensor_bytes(t)).as_str()) {
             return Err(bad(format!(
                 "tensor {} bytes differ from what was written",
                 job.name

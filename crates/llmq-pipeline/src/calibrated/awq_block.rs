@@ -3,14 +3,16 @@
 //! projection), the folded weights put back into the engine.
 
 use super::blocks::rmse;
-use super::observe::{Collector, SiteKey};
+use super::methods::BlockCx;
+use super::observe::SiteKey;
 use super::write::round_to;
-use super::{engine_err, CalibTensorStat, CalibratedRequest, Tensors, MIN_EXPERT_TOKENS};
-use crate::error::Result;
+use super::{engine_err, Tensors, MIN_EXPERT_TOKENS};
+use crate::allocate::Allocation;
+use crate::error::{PipelineError, Result};
+use crate::report::{CalibrationDetail, TensorReport};
 use llmq_arch::Transform;
 use llmq_calib::awq::{self as awq_algo, AwqLayer};
-use llmq_engine::{LinearStage, Model};
-use llmq_hfquant::IntQuantized;
+use llmq_engine::LinearStage;
 use std::collections::{BTreeMap, HashMap};
 
 /// The norm (engine name, HF name) whose weight produces a site's input, when the
@@ -39,17 +41,17 @@ pub(super) fn fold_norm(
 
 /// AWQ of every Linear of one block, folding the scales into the norms (and the up
 /// projections into the down projections' inputs).
-pub(super) fn quantize_block_awq(
-    req: &CalibratedRequest,
-    tensors: &Tensors,
-    model: &mut Model,
-    layer: usize,
-    col: &Collector,
-    out: &mut Vec<(String, IntQuantized, CalibTensorStat)>,
-    overrides: &mut HashMap<String, Vec<f32>>,
-) -> Result<()> {
-    let gs = req.group_size.expect("checked: AWQ has groups");
-    let bits = req.bits;
+pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
+    let BlockCx {
+        alloc,
+        tensors,
+        model,
+        layer,
+        col,
+        out,
+        overrides,
+        ..
+    } = cx;
     let moe_layer = tensors.spec(layer, "ffn_gate_inp.weight").is_some();
     // weights (HF name → current f32 values, with scales applied) and the per-input
     // scales each one's input is divided by
@@ -77,6 +79,7 @@ pub(super) fn quantize_block_awq(
         }
         let inp = acc.cols;
         let n_rows = acc.sample.len() / inp.max(1);
+        let (bits, gs) = shared_grid(alloc, &hf)?;
         if expert.is_some() && acc.rows < MIN_EXPERT_TOKENS {
             for n in &hf {
                 info.insert(
@@ -193,6 +196,7 @@ pub(super) fn quantize_block_awq(
         let w = &w_cur[n];
         let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
         let n_rows = acc.sample.len() / inp.max(1);
+        let (bits, gs) = awq_grid(alloc, n)?;
         let no_clip = starved
             || n_rows == 0
             || (stage == LinearStage::AttnInput
@@ -223,23 +227,19 @@ pub(super) fn quantize_block_awq(
         } else {
             "awq".to_string()
         };
-        out.push((
-            n.clone(),
-            q,
-            CalibTensorStat {
-                name: n.clone(),
-                out_features: o,
-                in_features: inp,
-                method: label,
+        let report = TensorReport::integer(
+            n,
+            &q,
+            label,
+            (r, rel),
+            CalibrationDetail {
                 tokens: acc.rows,
-                rmse: r,
-                rel_rmse: rel,
-                damp_percent: None,
-                loss: None,
                 awq_ratio: *ratio,
                 note: note.clone(),
+                ..Default::default()
             },
-        ));
+        );
+        out.push((n.clone(), q, report));
     }
     // experts that never fired: RTN with AWQ's quantizer
     for e in 0..col.expert_tokens.len() {
@@ -256,29 +256,59 @@ pub(super) fn quantize_block_awq(
                 let shape = tensors.shape(&n);
                 let (o, i) = (shape[0], shape[1]);
                 let w = tensors.hf_f32(&n)?;
+                let (bits, gs) = awq_grid(alloc, &n)?;
                 let q = awq_algo::awq_quantize(&w, o, i, bits, gs, None);
                 let (r, rel) = rmse(&w, &q.dequantize());
-                out.push((
-                    n.clone(),
-                    q,
-                    CalibTensorStat {
-                        name: n.clone(),
-                        out_features: o,
-                        in_features: i,
-                        method: "rtn:no-tokens".into(),
+                let report = TensorReport::integer(
+                    &n,
+                    &q,
+                    "rtn:no-tokens".into(),
+                    (r, rel),
+                    CalibrationDetail {
                         tokens: 0,
-                        rmse: r,
-                        rel_rmse: rel,
-                        damp_percent: None,
-                        loss: None,
-                        awq_ratio: None,
                         note: Some(format!(
                             "expert {e} got no calibration tokens: round-to-nearest"
                         )),
+                        ..Default::default()
                     },
-                ));
+                );
+                out.push((n.clone(), q, report));
             }
         }
     }
     Ok(())
+}
+
+/// AWQ's grid of one weight: bits and group size (AWQ always has groups).
+fn awq_grid(alloc: &Allocation, name: &str) -> Result<(u8, usize)> {
+    let g = alloc.int_grid(name)?;
+    let gs = g.group_size.ok_or_else(|| {
+        PipelineError::invalid(
+            format!("{name}: AWQ needs grouped quantization, not per channel"),
+            "Give a group size of 32, 64 or 128",
+        )
+    })?;
+    Ok((g.bits, gs))
+}
+
+/// The one grid of the weights sharing an input: AWQ's scale search assumes it.
+fn shared_grid(alloc: &Allocation, names: &[String]) -> Result<(u8, usize)> {
+    let mut grids = names.iter().map(|n| awq_grid(alloc, n));
+    let first = match grids.next() {
+        Some(g) => g?,
+        // no weights at this input: nothing is quantized on the grid
+        None => return Ok((4, 128)),
+    };
+    for g in grids {
+        if g? != first {
+            return Err(PipelineError::unsupported(
+                format!(
+                    "weights sharing an input ({}) are allocated different grids",
+                    names.join(", ")
+                ),
+                "AWQ searches one scale per shared input: allocate one grid to them",
+            ));
+        }
+    }
+    Ok(first)
 }

@@ -5,12 +5,15 @@
 //! calibrated on the quantized model, and checkpoint the block.
 
 use super::activations::{batches, run_batches, ActStore};
-use super::awq_block::quantize_block_awq;
-use super::gptq_block::quantize_block_gptq;
+use super::methods::{block_method, BlockCx};
 use super::observe::Collector;
-use super::{engine_err, module_of, CalibTensorStat, CalibratedRequest, Method, Tensors};
-use crate::calib_checkpoint::{encode_block, BlockState, CalibCheckpoint};
+use super::{engine_err, module_of, Tensors};
+use crate::allocate::Allocation;
+use crate::checkpoint::block_codec::{encode_block, BlockState};
+use crate::checkpoint::BlockCheckpoint;
 use crate::error::{PipelineError, Result};
+use crate::report::{CalibrationDetail, TensorReport};
+use crate::request::{IntGrid, QuantizeRequest};
 use crate::run::Progress;
 use llmq_arch::{apply_transform, GgufTensorSpec};
 use llmq_calib::dataset::CalibrationSet;
@@ -29,7 +32,7 @@ pub(super) struct QModule {
 }
 
 pub(super) type BlockResult = (
-    Vec<CalibTensorStat>,
+    Vec<TensorReport>,
     BTreeMap<String, QModule>,
     HashMap<String, Vec<f32>>,
     bool,
@@ -57,7 +60,8 @@ pub(super) enum Calib<'a> {
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize_one(
-    req: &CalibratedRequest,
+    req: &QuantizeRequest,
+    grid: IntGrid,
     name: &str,
     w: &[f32],
     out: usize,
@@ -66,14 +70,14 @@ pub(super) fn quantize_one(
     tokens: u64,
     method_label: String,
     note: Option<String>,
-) -> Result<(IntQuantized, CalibTensorStat)> {
+) -> Result<(IntQuantized, TensorReport)> {
     let (q, damp, loss, label) = match calib {
         Calib::Hessian(h) => {
             let cfg = GptqConfig {
-                bits: req.bits,
-                group_size: req.group_size,
-                sym: req.symmetric,
-                desc_act: req.act_order,
+                bits: grid.bits,
+                group_size: grid.group_size,
+                sym: grid.symmetric,
+                desc_act: grid.act_order,
                 static_groups: false,
                 damp_percent: req.damp_percent,
                 max_damp_percent: 10.0,
@@ -98,7 +102,7 @@ pub(super) fn quantize_one(
             )
         }
         Calib::None => (
-            llmq_calib::rtn_quantize(w, out, inp, req.bits, req.group_size, req.symmetric),
+            llmq_calib::rtn_quantize(w, out, inp, grid.bits, grid.group_size, grid.symmetric),
             None,
             None,
             method_label,
@@ -112,35 +116,41 @@ pub(super) fn quantize_one(
             "Report this as a bug",
         ));
     }
-    Ok((
-        q,
-        CalibTensorStat {
-            name: name.to_string(),
-            out_features: out,
-            in_features: inp,
-            method: label,
+    let report = TensorReport::integer(
+        name,
+        &q,
+        label,
+        (r, rel),
+        CalibrationDetail {
             tokens,
-            rmse: r,
-            rel_rmse: rel,
             damp_percent: damp,
             loss,
             awq_ratio: None,
             note,
         },
-    ))
+    );
+    Ok((q, report))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_blocks(
-    req: &CalibratedRequest,
+    req: &QuantizeRequest,
+    alloc: &Allocation,
     progress: &dyn Progress,
     tensors: &Tensors,
     model: &mut Model,
     calib: &CalibrationSet,
     tmp_dir: &Path,
     cfg: &llmq_arch::ArchConfig,
-    mut checkpoint: Option<&mut CalibCheckpoint>,
+    mut checkpoint: Option<&mut BlockCheckpoint>,
 ) -> Result<BlockResult> {
+    let method = block_method(req.method).ok_or_else(|| {
+        PipelineError::general(
+            format!("{} is not a block-sequential method", req.method.name()),
+            "Report this as a bug",
+        )
+    })?;
+    let needs = method.needs();
     let d = model.hp.n_embd;
     let n_layer = model.hp.n_layer;
     let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
@@ -162,7 +172,7 @@ pub(super) fn run_blocks(
     // Round-to-nearest needs no statistics: one batch finds the Linear inputs
     // (experts it misses are added below), and no block outputs are needed, so its
     // activations stay the embeddings and are never snapshotted.
-    let rtn = req.method == Method::Rtn;
+    let rtn = !needs.block_outputs;
     let mut store = ActStore::new(d, lens.clone(), spill.then_some(tmp_dir))?;
 
     let mut stats = Vec::new();
@@ -223,8 +233,8 @@ pub(super) fn run_blocks(
             });
         }
         let mut col = Collector {
-            want_hessian: req.method == Method::Gptq,
-            want_awq: req.method == Method::Awq,
+            want_hessian: needs.hessian,
+            want_awq: needs.awq_stats,
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
         };
@@ -246,25 +256,21 @@ pub(super) fn run_blocks(
         }
         ignored.extend(block_ignored.iter().cloned());
         // norms AWQ folds scales into in this block: compared against this copy
-        let overrides_before =
-            (checkpoint.is_some() && req.method == Method::Awq).then(|| overrides.clone());
+        let overrides_before = checkpoint.is_some().then(|| overrides.clone());
         // dequantized HF weights of this block
         let mut deq: HashMap<String, Vec<f32>> = HashMap::new();
-        let mut block_q: Vec<(String, IntQuantized, CalibTensorStat)> = Vec::new();
-        match req.method {
-            Method::Gptq | Method::Rtn => {
-                quantize_block_gptq(req, tensors, layer, &col, top_k, &mut block_q)?
-            }
-            Method::Awq => quantize_block_awq(
-                req,
-                tensors,
-                model,
-                layer,
-                &col,
-                &mut block_q,
-                &mut overrides,
-            )?,
-        }
+        let mut block_q: Vec<(String, IntQuantized, TensorReport)> = Vec::new();
+        method.quantize_block(BlockCx {
+            req,
+            alloc,
+            tensors,
+            model,
+            layer,
+            col: &col,
+            top_k,
+            out: &mut block_q,
+            overrides: &mut overrides,
+        })?;
         let mut block = BlockState {
             modules: block_q,
             overrides: Vec::new(),

@@ -3,25 +3,30 @@
 //! Hessian of the MoE input, and a down projection that saw no tokens is rounded.
 
 use super::blocks::{quantize_one, Calib};
-use super::observe::{Collector, SiteAcc, SiteKey};
-use super::{CalibTensorStat, CalibratedRequest, Method, Tensors, MIN_EXPERT_TOKENS};
+use super::methods::BlockCx;
+use super::observe::{SiteAcc, SiteKey};
+use super::MIN_EXPERT_TOKENS;
 use crate::error::Result;
+use crate::request::Method;
 use llmq_engine::LinearStage;
-use llmq_hfquant::IntQuantized;
 use std::collections::BTreeSet;
 
-/// GPTQ (or RTN) of every Linear of one block.
-pub(super) fn quantize_block_gptq(
-    req: &CalibratedRequest,
-    tensors: &Tensors,
-    layer: usize,
-    col: &Collector,
-    top_k: usize,
-    out: &mut Vec<(String, IntQuantized, CalibTensorStat)>,
-) -> Result<()> {
+/// GPTQ (`gptq`) or round-to-nearest of every Linear of one block; each tensor's grid
+/// and method come from the allocation.
+pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
+    let BlockCx {
+        req,
+        alloc,
+        tensors,
+        layer,
+        col,
+        top_k,
+        out,
+        ..
+    } = cx;
     // all-token Hessian of the MoE input (fallback for starved experts)
     let mut moe_all: Option<(Vec<f64>, u64)> = None;
-    if req.method == Method::Gptq {
+    if gptq {
         let mut sum: Option<Vec<f64>> = None;
         let mut n = 0u64;
         for ((stage, e, _), acc) in &col.sites {
@@ -74,7 +79,8 @@ pub(super) fn quantize_block_gptq(
                 let (o, i) = (shape[0], shape[1]);
                 let w = tensors.hf_f32(&hf)?;
                 let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
-                let (calib, label, note) = match (&h_site, req.method) {
+                let spec = alloc.spec(&hf)?;
+                let (calib, label, note) = match (&h_site, spec.method) {
                     (_, Method::Rtn) => (Calib::None, "rtn".to_string(), None),
                     (Some(h), Method::Gptq) if !starved => {
                         (Calib::Hessian(h), "gptq".to_string(), None)
@@ -99,7 +105,8 @@ pub(super) fn quantize_block_gptq(
                     },
                     _ => (Calib::None, "rtn".to_string(), None),
                 };
-                let (q, st) = quantize_one(req, &hf, &w, o, i, calib, acc.rows, label, note)?;
+                let grid = alloc.int_grid(&hf)?;
+                let (q, st) = quantize_one(req, grid, &hf, &w, o, i, calib, acc.rows, label, note)?;
                 out.push((hf, q, st));
             }
         }
@@ -118,7 +125,8 @@ pub(super) fn quantize_block_gptq(
                 let shape = tensors.shape(&hf);
                 let (o, i) = (shape[0], shape[1]);
                 let w = tensors.hf_f32(&hf)?;
-                let (calib, label, note) = match (&moe_all, stage, req.method) {
+                let spec = alloc.spec(&hf)?;
+                let (calib, label, note) = match (&moe_all, stage, spec.method) {
                     (Some((h, n)), LinearStage::FfnInput, Method::Gptq) => (
                         Calib::Hessian(h),
                         "gptq:all-tokens-hessian".to_string(),
@@ -135,7 +143,8 @@ pub(super) fn quantize_block_gptq(
                         )),
                     ),
                 };
-                let (q, st) = quantize_one(req, &hf, &w, o, i, calib, 0, label, note)?;
+                let grid = alloc.int_grid(&hf)?;
+                let (q, st) = quantize_one(req, grid, &hf, &w, o, i, calib, 0, label, note)?;
                 out.push((hf, q, st));
             }
         }

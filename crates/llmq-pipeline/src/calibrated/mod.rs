@@ -15,7 +15,7 @@
 //! Activations are held in bf16, in memory up to half the RAM budget and in a
 //! temporary file beyond it.
 //!
-//! Checkpoints (unless `--no-checkpoints`; [`crate::calib_checkpoint`]): after block
+//! Checkpoints (unless `--no-checkpoints`; [`crate::checkpoint::blocks`]): after block
 //! i is quantized and has run again with its quantized weights, the checkpoint
 //! records (a) block i's quantized modules (the integers, scales, zero points and
 //! g_idx the writers pack) with their report lines, the norms AWQ folded its scales
@@ -41,12 +41,12 @@
 //! * a Hessian that is not positive definite gets dampening ×10 per retry up to
 //!   `max_damp_percent`, then an error naming the tensor.
 //!
-//! The modules follow the stages: `request` (what is asked, and what no layout can
-//! store), `calibration` (calibrate), `observe` and `activations` (measure),
-//! `blocks` with `gptq_block` / `awq_block` (quantize), `write` with the layout
-//! registry `formats` (write), `validate`, and `driver`, which runs them in order and
-//! renames the finished folder; `imatrix` reuses the calibrate and measure stages for
-//! GGUF importance matrices.
+//! The modules follow the stages: `calibration` (calibrate), `observe` and
+//! `activations` (measure), `blocks` with the registry entries of `methods`
+//! (`gptq_block` / `awq_block`: quantize, each tensor on the grid the allocation
+//! gives it), `write` with the layout registry `formats` (write), `validate`, and
+//! `driver`, the executor [`crate::driver`] hands block-sequential methods to;
+//! `imatrix` reuses the calibrate and measure stages for GGUF importance matrices.
 
 mod activations;
 mod awq_block;
@@ -56,114 +56,25 @@ mod driver;
 mod formats;
 mod gptq_block;
 mod imatrix;
+mod methods;
 mod observe;
-mod request;
 mod validate;
 mod write;
 
 use blocks::QModule;
-pub use driver::quantize_calibrated;
+pub(crate) use driver::quantize_blocks;
 pub use imatrix::{collect_imatrix, ImatrixRequest};
-pub use request::{CalibratedRequest, HfFormat, Method};
 
 use crate::error::{PipelineError, Result};
-use crate::source::ModelSummary;
 use llmq_arch::{GgufTensorSpec, Transform};
 use llmq_formats::safetensors::SafetensorsModel;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// Experts with fewer routed calibration tokens than this use the fallback.
 pub const MIN_EXPERT_TOKENS: u64 = 16;
 /// Rows kept per Linear input for AWQ's searches (AutoAWQ's clip search uses 512
 /// tokens; its scale search uses all, which costs too much on CPUs).
 pub const AWQ_SAMPLE_ROWS: usize = 512;
-
-/// One quantized tensor's report line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CalibTensorStat {
-    /// HF weight name
-    pub name: String,
-    pub out_features: usize,
-    pub in_features: usize,
-    /// `gptq`, `awq`, `rtn`, or a fallback (`gptq:all-tokens-hessian`, `rtn:no-tokens`)
-    pub method: String,
-    /// calibration rows that reached this Linear
-    pub tokens: u64,
-    pub rmse: f64,
-    pub rel_rmse: f64,
-    /// GPTQ: the dampening that made H positive definite
-    pub damp_percent: Option<f64>,
-    /// GPTQ: `Σ (w − q)² / (2·U_ii²)`; AWQ: output MSE on the sample rows
-    pub loss: Option<f64>,
-    /// AWQ: the chosen exponent α
-    pub awq_ratio: Option<f32>,
-    pub note: Option<String>,
-}
-
-/// What a calibrated run produced.
-#[derive(Debug, Clone)]
-pub struct CalibratedOutcome {
-    pub output: PathBuf,
-    pub format: HfFormat,
-    pub level: String,
-    pub method: Method,
-    pub file_size: u64,
-    pub summary: ModelSummary,
-    pub tensors: Vec<CalibTensorStat>,
-    pub calibration_source: String,
-    pub calibration_samples: usize,
-    pub calibration_tokens: usize,
-    pub seq_len: usize,
-    pub notes: Vec<String>,
-    pub spilled_to_disk: bool,
-    pub validated: bool,
-    pub peak_memory_bytes: u64,
-    /// parameters in the source (for bits per weight)
-    pub params: u64,
-    /// blocks taken from a checkpoint (`--resume`)
-    pub layers_resumed: usize,
-    pub layers: usize,
-}
-
-impl CalibratedOutcome {
-    pub fn mean_relative_rmse(&self) -> Option<f64> {
-        let (mut s, mut n) = (0.0, 0usize);
-        for t in &self.tensors {
-            let k = t.out_features * t.in_features;
-            s += t.rel_rmse * k as f64;
-            n += k;
-        }
-        (n > 0).then(|| s / n as f64)
-    }
-    pub fn mean_rmse(&self) -> Option<f64> {
-        let (mut s, mut n) = (0.0, 0usize);
-        for t in &self.tensors {
-            let k = t.out_features * t.in_features;
-            s += t.rmse * k as f64;
-            n += k;
-        }
-        (n > 0).then(|| s / n as f64)
-    }
-    pub fn bits_per_weight(&self) -> f64 {
-        if self.params == 0 {
-            0.0
-        } else {
-            self.file_size as f64 * 8.0 / self.params as f64
-        }
-    }
-    /// The `n` tensors with the largest relative RMSE.
-    pub fn worst_tensors(&self, n: usize) -> Vec<&CalibTensorStat> {
-        let mut v: Vec<&CalibTensorStat> = self.tensors.iter().collect();
-        v.sort_by(|a, b| {
-            b.rel_rmse
-                .partial_cmp(&a.rel_rmse)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        v.truncate(n);
-        v
-    }
-}
 
 pub(super) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
     match e {

@@ -2,10 +2,11 @@
 //! from the written files through the format's unpacker and must dequantize to
 //! exactly what was quantized.
 
-use super::formats::writer_for;
+use super::formats::{grid_of, int_writer};
 use super::write::st_to_hf_dtype;
-use super::{module_of, CalibratedRequest, QModule};
+use super::{module_of, QModule};
 use crate::error::{PipelineError, Result};
+use crate::request::QuantizeRequest;
 use crate::source;
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use llmq_hfquant::{Dtype, HfTensor};
@@ -16,7 +17,7 @@ use std::path::Path;
 /// exactly the integers that were quantized.
 pub(super) fn validate_output(
     dir: &Path,
-    req: &CalibratedRequest,
+    req: &QuantizeRequest,
     modules: &BTreeMap<String, QModule>,
 ) -> Result<()> {
     let st = SafetensorsModel::open(dir).map_err(source::safetensors_error)?;
@@ -29,9 +30,9 @@ pub(super) fn validate_output(
         };
         Some(HfTensor::from_raw(dt, &v.info.shape, v.bytes.to_vec()))
     };
-    let writer = writer_for(req);
     for (hf, m) in modules {
         let prefix = module_of(hf);
+        let writer = int_writer(req, grid_of(&m.q))?;
         let back = writer.read(&get, prefix, &m.q).map_err(|e| {
             PipelineError::validation(
                 format!("output tensor {prefix} does not read back: {e}"),

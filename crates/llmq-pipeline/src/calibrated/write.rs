@@ -3,9 +3,10 @@
 //! folded norms in the source dtype), sharded safetensors, config.json with the
 //! format's `quantization_config`, the format's extra files and the tokenizer files.
 
-use super::formats::writer_for;
-use super::{hf_err, module_of, CalibratedRequest, QModule, Tensors};
+use super::formats::{grid_of, int_writer};
+use super::{hf_err, module_of, QModule, Tensors};
 use crate::error::{PipelineError, Result};
+use crate::request::QuantizeRequest;
 use crate::source;
 use half::bf16;
 use llmq_formats::safetensors::StDtype;
@@ -51,16 +52,16 @@ pub(super) fn write_rest(
     modules: &BTreeMap<String, QModule>,
     overrides: &HashMap<String, Vec<f32>>,
     tmp_dir: &Path,
-    req: &CalibratedRequest,
+    req: &QuantizeRequest,
     ignored: &[String],
     src_dir: &Path,
 ) -> Result<()> {
     let mut w = ShardedWriter::new(tmp_dir, llmq_hfquant::writer::DEFAULT_MAX_SHARD_BYTES)
         .map_err(hf_err)?;
-    let writer = writer_for(req);
     let mut any_g_idx = false;
     for (hf, m) in modules {
         any_g_idx |= !m.q.has_default_g_idx();
+        let writer = int_writer(req, grid_of(&m.q))?;
         w.add_all(writer.pack(module_of(hf), &m.q).map_err(hf_err)?)
             .map_err(hf_err)?;
     }
@@ -87,6 +88,8 @@ pub(super) fn write_rest(
         tensors.st.release(&n);
     }
     w.finish().map_err(hf_err)?;
+    // the checkpoint-wide config states the requested grid
+    let writer = int_writer(req, req.int_grid()?)?;
     let qc = writer.quantization_config(ignored, any_g_idx);
     llmq_hfquant::writer::copy_model_files(src_dir, tmp_dir, &qc).map_err(hf_err)?;
     writer.extra_files(tmp_dir, &qc).map_err(hf_err)

@@ -1,22 +1,22 @@
 //! AutoAWQ GEMM layout (`qweight`/`qzeros`/`scales`, 4-bit, column-permuted packing).
 
 use super::{fetch, IntWriter};
-use crate::calibrated::CalibratedRequest;
+use crate::request::IntGrid;
 use llmq_hfquant::awq;
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
 
-pub(super) struct AwqWriter<'a> {
-    pub(super) req: &'a CalibratedRequest,
+pub(super) struct AwqWriter {
+    pub(super) grid: IntGrid,
 }
 
-impl AwqWriter<'_> {
+impl AwqWriter {
     fn group_size(&self) -> usize {
-        self.req.group_size.unwrap_or(128)
+        self.grid.group_size.unwrap_or(128)
     }
 }
 
-impl IntWriter for AwqWriter<'_> {
+impl IntWriter for AwqWriter {
     fn pack(
         &self,
         prefix: &str,

@@ -2,14 +2,15 @@
 //! with `quantize_config.json` beside config.json.
 
 use super::IntWriter;
-use crate::calibrated::CalibratedRequest;
+use crate::request::{IntGrid, QuantizeRequest};
 use llmq_hfquant::gptq::{self, GptqFormat};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::{json, Value};
 use std::path::Path;
 
 pub(super) struct GptqWriter<'a> {
-    pub(super) req: &'a CalibratedRequest,
+    pub(super) req: &'a QuantizeRequest,
+    pub(super) grid: IntGrid,
     pub(super) fmt: GptqFormat,
 }
 
@@ -28,19 +29,19 @@ impl IntWriter for GptqWriter<'_> {
         prefix: &str,
         _like: &IntQuantized,
     ) -> Result<IntQuantized, String> {
-        let req = self.req;
+        let g = self.grid;
         let t =
-            gptq::GptqTensors::from_hf_tensors(req.bits, get, prefix).map_err(|e| e.to_string())?;
-        gptq::unpack(&t, req.group_size, req.symmetric, self.fmt).map_err(|e| e.to_string())
+            gptq::GptqTensors::from_hf_tensors(g.bits, get, prefix).map_err(|e| e.to_string())?;
+        gptq::unpack(&t, g.group_size, g.symmetric, self.fmt).map_err(|e| e.to_string())
     }
 
     fn quantization_config(&self, ignored: &[String], _any_g_idx: bool) -> Value {
-        let req = self.req;
+        let (req, g) = (self.req, self.grid);
         let c = gptq::GptqConfig {
-            bits: req.bits,
-            group_size: req.group_size,
-            desc_act: req.act_order,
-            sym: req.symmetric,
+            bits: g.bits,
+            group_size: g.group_size,
+            desc_act: g.act_order,
+            sym: g.symmetric,
             format: self.fmt,
             damp_percent: req.damp_percent,
             true_sequential: false,

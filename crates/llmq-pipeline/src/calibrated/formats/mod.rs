@@ -1,13 +1,13 @@
 //! The output writers of calibrated quantization: one [`IntWriter`] per Hugging Face
 //! layout, each in a file of its own, all packing the one integer representation
 //! ([`IntQuantized`]) through `llmq-hfquant`. [`writer_for`] is the registry: adding a
-//! layout is one file here, one arm there and one [`HfFormat`] variant.
+//! layout is one file here, one arm there and one [`OutputFormat`] variant.
 
 mod awq;
 mod compressed_tensors;
 mod gptq;
 
-use super::{CalibratedRequest, HfFormat};
+use crate::request::{IntGrid, OutputFormat, QuantizeRequest};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
 use std::path::Path;
@@ -34,13 +34,38 @@ pub(super) trait IntWriter {
     }
 }
 
-/// The writer of the requested layout.
-pub(super) fn writer_for(req: &CalibratedRequest) -> Box<dyn IntWriter + '_> {
-    match req.format {
-        HfFormat::Gptq(fmt) => Box::new(gptq::GptqWriter { req, fmt }),
-        HfFormat::Awq => Box::new(awq::AwqWriter { req }),
-        HfFormat::CompressedTensors => Box::new(compressed_tensors::CtWriter { req }),
+/// The writer of the requested layout, for modules on `grid` (`None`: GGUF, which
+/// has no integer-grid writer).
+pub(super) fn writer_for(req: &QuantizeRequest, grid: IntGrid) -> Option<Box<dyn IntWriter + '_>> {
+    Some(match req.format {
+        OutputFormat::Gptq(fmt) => Box::new(gptq::GptqWriter { req, grid, fmt }),
+        OutputFormat::Awq => Box::new(awq::AwqWriter { grid }),
+        OutputFormat::CompressedTensors => Box::new(compressed_tensors::CtWriter { grid }),
+        OutputFormat::Gguf => return None,
+    })
+}
+
+/// The grid a quantized module is on.
+pub(super) fn grid_of(q: &IntQuantized) -> IntGrid {
+    IntGrid {
+        bits: q.bits,
+        group_size: q.group_size,
+        symmetric: q.symmetric,
+        act_order: q.g_idx.is_some(),
     }
+}
+
+/// The writer of `req`'s layout for modules on `grid`, or an error for GGUF.
+pub(super) fn int_writer(
+    req: &QuantizeRequest,
+    grid: IntGrid,
+) -> crate::error::Result<Box<dyn IntWriter + '_>> {
+    writer_for(req, grid).ok_or_else(|| {
+        crate::error::PipelineError::general(
+            format!("{} has no integer-grid writer", req.format.name()),
+            "Report this as a bug",
+        )
+    })
 }
 
 /// `prefix.name` from `get`, or why not.

@@ -1,0 +1,224 @@
+//! `quantize MODEL FORMAT -q LEVEL`: the command-line flags turned into one
+//! [`QuantizeRequest`] (the level parsed per format, the flags that do not apply to
+//! the format refused in the flags' own words), run by the pipeline's one driver, and
+//! the result printed ([`crate::quantize_output`]).
+
+use crate::cli::{OutputFormat, QuantizeArgs};
+use crate::output::{Mode, Verbosity};
+use crate::progress::BarProgress;
+use llmq_hfquant::gptq::GptqFormat;
+use llmq_pipeline::{
+    CalibrationRequest, CheckpointOptions, IntGrid, Method, OutputFormat as Format, PipelineError,
+    QuantizeRequest,
+};
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub fn run(a: QuantizeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
+    let started = Instant::now();
+    llmq_pipeline::test_hooks::install(llmq_pipeline::test_hooks::TestHooks {
+        stop_after_units: a.stop_after_layers,
+        ..llmq_pipeline::test_hooks::TestHooks::from_env()
+    });
+    let req = request(&a)?;
+    let progress = BarProgress::new(verbosity);
+    let outcome = llmq_pipeline::quantize(&req, &progress)?;
+    crate::quantize_output::print(mode, verbosity, &outcome, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The pipeline request the flags ask for.
+fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
+    let (format, level, method, grid) = match a.output_format {
+        OutputFormat::Gguf => gguf_target(a)?,
+        OutputFormat::Gptq | OutputFormat::Awq | OutputFormat::CompressedTensors => {
+            hf_target(a)?
+        }
+        other => {
+            return Err(PipelineError::unsupported(
+                format!(
+                    "output format `{}` is not available in this version",
+                    format_name(other)
+                ),
+                "Use `gguf`, `gptq`, `awq` or `compressed-tensors`; EXL3 and safetensors writers are planned",
+            ))
+        }
+    };
+    if let Some(gb) = a.ram_budget_gb {
+        if !(gb.is_finite() && gb > 0.0) {
+            return Err(PipelineError::invalid(
+                "--ram-budget-gb must be a positive number",
+                "e.g. --ram-budget-gb 16",
+            ));
+        }
+    }
+    if a.max_workers == Some(0) {
+        return Err(PipelineError::invalid(
+            "--max-workers must be at least 1",
+            "e.g. --max-workers 4",
+        ));
+    }
+    Ok(QuantizeRequest {
+        model: a.model.clone(),
+        format,
+        level,
+        method,
+        grid,
+        damp_percent: a.damp_percent,
+        imatrix: a.imatrix.clone(),
+        calibration: CalibrationRequest {
+            data: a.calibration_data.clone(),
+            samples: a.calibration_samples,
+            seq_len: a.calibration_seq_len,
+        },
+        output_dir: a.output_dir.clone(),
+        output_name: a.output_name.clone(),
+        checkpoint: checkpoint_options(a)?,
+        validate: !a.no_validate,
+        max_workers: a.max_workers,
+        ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
+        token: a.token.clone(),
+    })
+}
+
+type Target = (Format, String, Method, Option<IntGrid>);
+
+/// GGUF: the level names the mix; the integer-grid flags do not apply.
+fn gguf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
+    if a.calibration_data.is_some() && a.imatrix.is_some() {
+        return Err(PipelineError::invalid(
+            "--calibration-data and --imatrix both give importance weights",
+            "Pass one of them",
+        ));
+    }
+    if a.method.is_some_and(|m| m != Method::KQuant) || a.act_order || a.symmetric.is_some() {
+        return Err(PipelineError::invalid(
+            "--method, --act-order and --symmetric apply to gptq, awq and compressed-tensors",
+            "For GGUF, --imatrix FILE or --calibration-data FILE give importance-weighted k-quants",
+        ));
+    }
+    Ok((Format::Gguf, a.quant_level.clone(), Method::KQuant, None))
+}
+
+/// gptq, awq, compressed-tensors: the level gives bits (and symmetry); the grid
+/// flags complete it.
+fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
+    let level = a.quant_level.trim().to_string();
+    let bad_level = |fmt: &str, allowed: &str| {
+        PipelineError::invalid(
+            format!("unknown {fmt} quantization level `{level}`"),
+            format!("Use one of: {allowed}"),
+        )
+    };
+    let (format, bits, default_sym, default_method, level_name) = match a.output_format {
+        OutputFormat::Gptq => {
+            let bits = match level.to_ascii_lowercase().as_str() {
+                "2bit" => 2,
+                "3bit" => 3,
+                "4bit" => 4,
+                "8bit" => 8,
+                _ => return Err(bad_level("GPTQ", "2bit, 3bit, 4bit, 8bit")),
+            };
+            let fmt = match a.checkpoint_format.as_str() {
+                "gptq" | "gptq_v1" | "v1" => GptqFormat::V1,
+                "gptq_v2" | "v2" => GptqFormat::V2,
+                other => {
+                    return Err(PipelineError::invalid(
+                        format!("--checkpoint-format `{other}` is not supported"),
+                        "Use gptq (v1) or gptq_v2",
+                    ))
+                }
+            };
+            (
+                Format::Gptq(fmt),
+                bits,
+                true,
+                Method::Gptq,
+                format!("{bits}bit"),
+            )
+        }
+        OutputFormat::Awq => {
+            if !level.eq_ignore_ascii_case("4bit") {
+                return Err(bad_level("AWQ", "4bit"));
+            }
+            (Format::Awq, 4, false, Method::Awq, "4bit".to_string())
+        }
+        _ => {
+            let up = level.to_ascii_uppercase();
+            let (bits, sym) = match up.as_str() {
+                "W4A16" => (4, true),
+                "W4A16_ASYM" => (4, false),
+                "W8A16" => (8, true),
+                "NVFP4A16" | "MXFP4A16" | "FP8" => {
+                    return Err(PipelineError::unsupported(
+                        format!("compressed-tensors {up} is not available in this version"),
+                        "Use W4A16, W4A16_ASYM or W8A16",
+                    ))
+                }
+                _ => return Err(bad_level("compressed-tensors", "W4A16, W4A16_ASYM, W8A16")),
+            };
+            (Format::CompressedTensors, bits, sym, Method::Gptq, up)
+        }
+    };
+    if a.imatrix.is_some() {
+        return Err(PipelineError::invalid(
+            "--imatrix applies to GGUF k-quants only",
+            "Drop --imatrix",
+        ));
+    }
+    let group_size = match a.group_size {
+        -1 => None,
+        g if g > 0 => Some(g as usize),
+        g => {
+            return Err(PipelineError::invalid(
+                format!("--group-size {g} is not valid"),
+                "Use 32, 64, 128 or -1 (per channel)",
+            ))
+        }
+    };
+    let method = a.method.unwrap_or(default_method);
+    let grid = IntGrid {
+        bits,
+        group_size,
+        symmetric: a.symmetric.unwrap_or(default_sym),
+        act_order: a.act_order,
+    };
+    Ok((format, level_name, method, Some(grid)))
+}
+
+/// Checkpoint directory and resume flag from `--no-checkpoints`, `--checkpoint-dir`,
+/// `--resume [PATH]` and `LLM_QUANTIZE_CHECKPOINT_DIR` (default `./.checkpoint`).
+fn checkpoint_options(a: &QuantizeArgs) -> Result<Option<CheckpointOptions>, PipelineError> {
+    if a.no_checkpoints {
+        if a.resume.is_some() {
+            return Err(PipelineError::invalid(
+                "--resume needs checkpoints",
+                "Drop --no-checkpoints",
+            ));
+        }
+        return Ok(None);
+    }
+    let dir = match &a.resume {
+        Some(Some(p)) => p.clone(),
+        _ => a
+            .checkpoint_dir
+            .clone()
+            .or_else(|| std::env::var_os("LLM_QUANTIZE_CHECKPOINT_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".checkpoint")),
+    };
+    Ok(Some(CheckpointOptions {
+        dir,
+        resume: a.resume.is_some(),
+    }))
+}
+
+fn format_name(f: OutputFormat) -> &'static str {
+    match f {
+        OutputFormat::Gguf => "gguf",
+        OutputFormat::Gptq => "gptq",
+        OutputFormat::Awq => "awq",
+        OutputFormat::CompressedTensors => "compressed-tensors",
+        OutputFormat::Exl3 => "exl3",
+        OutputFormat::Safetensors => "safetensors",
+    }
+}
