@@ -42,18 +42,22 @@ pub(super) struct Converted {
 }
 
 /// Moves one quantized module onto `grid`: exactly when possible, else by RTN.
-fn to_grid(q: &IntQuantized, grid: &IntGrid) -> Result<(IntQuantized, bool)> {
+pub(super) fn to_grid(q: &IntQuantized, grid: &IntGrid) -> Result<(IntQuantized, bool)> {
     if let Some(r) = remap(q, grid) {
         return Ok((r, true));
     }
-    let w = q.dequantize();
+    let r = rtn(&q.dequantize(), q.out_features, q.in_features, grid)?;
+    Ok((r, false))
+}
+
+/// Round-to-nearest of `[rows, cols]` values on `grid`.
+pub(super) fn rtn(w: &[f32], rows: usize, cols: usize, grid: &IntGrid) -> Result<IntQuantized> {
     let cfg = RtnConfig {
         bits: grid.bits,
         group_size: grid.group_size,
         symmetric: grid.symmetric,
     };
-    let r = quantize_rtn(&w, q.out_features, q.in_features, &cfg).map_err(hf_err)?;
-    Ok((r, false))
+    quantize_rtn(w, rows, cols, &cfg).map_err(hf_err)
 }
 
 /// Converts every weight of `ck` for `target` on `grid`.
