@@ -84,8 +84,9 @@ impl<'a> MetaReader<'a> {
     pub fn finish(&self) -> Result<(), ArchError> {
         let used = self.used.borrow();
         for (k, _) in self.kv {
-            let descriptive = (k.starts_with("general.") && k != "general.alignment")
-                || k.starts_with("quantize.imatrix.");
+            // general.* describes the file (name, license, alignment ...), and
+            // quantize.imatrix.* how it was made; neither changes what the model computes
+            let descriptive = k.starts_with("general.") || k.starts_with("quantize.imatrix.");
             if !descriptive && !used.contains(k) {
                 return Err(not_rev(format!(
                     "metadata key {k} has no Hugging Face equivalent here (not reversed)"

@@ -229,3 +229,49 @@ pub fn hf_tokenizer(m: &MetaReader, model_max_length: u64) -> Result<HfTokenizer
         pad_token_id: ids[4],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Family;
+    use crate::gguf_tokenizer::tokenizer_metadata_from_json;
+
+    #[test]
+    fn byte_level_bpe_round_trips_through_gguf_metadata() {
+        let tok = json!({
+            "model": {"type": "BPE", "vocab": {"<s>": 0, "a": 1, "b": 2, "ab": 3, "\u{120}a": 4},
+                      "merges": [["a", "b"], ["\u{120}", "a"]]},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+            "added_tokens": [{"id": 0, "content": "<s>", "special": true}],
+            "post_processor": {"type": "ByteLevel"}
+        });
+        let tc = json!({"bos_token": "<s>", "eos_token": "<s>", "chat_template": "{{ x }}"});
+        let meta = tokenizer_metadata_from_json(&tok, Some(&tc), None, None, Family::Qwen2, 6)
+            .unwrap()
+            .to_gguf();
+        let mut kv = meta.clone();
+        kv.push(("general.architecture".into(), "qwen2".into()));
+        let m = MetaReader::new(&kv);
+        let t = hf_tokenizer(&m, 64).unwrap();
+        m.finish().unwrap();
+        let j = &t.tokenizer_json;
+        // the [PAD5] hole is left out; ids, merges and the special token come back
+        assert_eq!(j["model"]["vocab"], tok["model"]["vocab"]);
+        assert_eq!(j["model"]["merges"], tok["model"]["merges"]);
+        assert_eq!(j["added_tokens"][0]["content"], "<s>");
+        assert_eq!(j["added_tokens"][0]["special"], true);
+        assert_eq!(j["post_processor"]["type"], "ByteLevel");
+        assert_eq!(t.bos_token_id, Some(0));
+        assert_eq!(t.tokenizer_config["chat_template"], "{{ x }}");
+        assert_eq!(t.tokenizer_config["bos_token"], "<s>");
+        // SentencePiece vocabularies are refused
+        let mut spm = kv.clone();
+        for (k, v) in spm.iter_mut() {
+            if k == "tokenizer.ggml.model" {
+                *v = "llama".into();
+            }
+        }
+        let e = hf_tokenizer(&MetaReader::new(&spm), 64).unwrap_err();
+        assert!(e.to_string().contains("`llama`"), "{e}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod run;
 pub mod source;
 #[doc(hidden)]
 pub mod test_hooks;
+pub mod writers;
 
 pub use calibrated::{
     quantize_calibrated, CalibTensorStat, CalibratedOutcome, CalibratedRequest, HfFormat, Method,

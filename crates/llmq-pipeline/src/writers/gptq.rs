@@ -1,19 +1,18 @@
 //! GPTQ layout (GPTQModel `qweight`/`qzeros`/`scales`/`g_idx`, v1 or v2 zero points),
 //! with `quantize_config.json` beside config.json.
 
-use super::IntWriter;
-use crate::calibrated::CalibratedRequest;
+use super::{IntWriter, LayoutSpec};
 use llmq_hfquant::gptq::{self, GptqFormat};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::{json, Value};
 use std::path::Path;
 
-pub(super) struct GptqWriter<'a> {
-    pub(super) req: &'a CalibratedRequest,
+pub(super) struct GptqWriter {
+    pub(super) spec: LayoutSpec,
     pub(super) fmt: GptqFormat,
 }
 
-impl IntWriter for GptqWriter<'_> {
+impl IntWriter for GptqWriter {
     fn pack(
         &self,
         prefix: &str,
@@ -28,28 +27,30 @@ impl IntWriter for GptqWriter<'_> {
         prefix: &str,
         _like: &IntQuantized,
     ) -> Result<IntQuantized, String> {
-        let req = self.req;
+        let s = &self.spec;
         let t =
-            gptq::GptqTensors::from_hf_tensors(req.bits, get, prefix).map_err(|e| e.to_string())?;
-        gptq::unpack(&t, req.group_size, req.symmetric, self.fmt).map_err(|e| e.to_string())
+            gptq::GptqTensors::from_hf_tensors(s.bits, get, prefix).map_err(|e| e.to_string())?;
+        gptq::unpack(&t, s.group_size, s.symmetric, self.fmt).map_err(|e| e.to_string())
     }
 
     fn quantization_config(&self, ignored: &[String], _any_g_idx: bool) -> Value {
-        let req = self.req;
+        let s = &self.spec;
         let c = gptq::GptqConfig {
-            bits: req.bits,
-            group_size: req.group_size,
-            desc_act: req.act_order,
-            sym: req.symmetric,
+            bits: s.bits,
+            group_size: s.group_size,
+            desc_act: s.act_order,
+            sym: s.symmetric,
             format: self.fmt,
-            damp_percent: req.damp_percent,
+            damp_percent: s.damp_percent,
             true_sequential: false,
             static_groups: false,
             lm_head: false,
             quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
         };
         let mut v = c.quantization_config_excluding(ignored);
-        v["meta"]["calibration_method"] = json!(req.method.name());
+        if let Some(m) = s.method {
+            v["meta"]["calibration_method"] = json!(m);
+        }
         v
     }
 

@@ -1,22 +1,21 @@
 //! AutoAWQ GEMM layout (`qweight`/`qzeros`/`scales`, 4-bit, column-permuted packing).
 
-use super::{fetch, IntWriter};
-use crate::calibrated::CalibratedRequest;
+use super::{fetch, IntWriter, LayoutSpec};
 use llmq_hfquant::awq;
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
 
-pub(super) struct AwqWriter<'a> {
-    pub(super) req: &'a CalibratedRequest,
+pub(super) struct AwqWriter {
+    pub(super) spec: LayoutSpec,
 }
 
-impl AwqWriter<'_> {
+impl AwqWriter {
     fn group_size(&self) -> usize {
-        self.req.group_size.unwrap_or(128)
+        self.spec.group_size.unwrap_or(128)
     }
 }
 
-impl IntWriter for AwqWriter<'_> {
+impl IntWriter for AwqWriter {
     fn pack(
         &self,
         prefix: &str,
