@@ -156,26 +156,28 @@ pub fn hf_tokenizer(m: &MetaReader, model_max_length: u64) -> Result<HfTokenizer
         let mut single = Vec::new();
         let mut pair = Vec::new();
         let mut st = Map::new();
-        let sp = |(t, _): &(String, u32)| json!({"SpecialToken": {"id": t, "type_id": 0}});
-        let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
+        // the second sequence of a pair and its special tokens have type id 1
+        let sp =
+            |(t, _): &(String, u32), ty: u32| json!({"SpecialToken": {"id": t, "type_id": ty}});
+        let seq = |s: &str, ty: u32| json!({"Sequence": {"id": s, "type_id": ty}});
         let b = add_bos.then(|| piece(bos, "bos")).transpose()?;
         let e = add_eos.then(|| piece(eos, "eos")).transpose()?;
         if let Some(x) = &b {
-            single.push(sp(x));
-            pair.push(sp(x));
+            single.push(sp(x, 0));
+            pair.push(sp(x, 0));
         }
-        single.push(seq("A"));
-        pair.push(seq("A"));
+        single.push(seq("A", 0));
+        pair.push(seq("A", 0));
         if let Some(x) = &e {
-            single.push(sp(x));
-            pair.push(sp(x));
+            single.push(sp(x, 0));
+            pair.push(sp(x, 0));
         }
         if let Some(x) = &b {
-            pair.push(sp(x));
+            pair.push(sp(x, 1));
         }
-        pair.push(seq("B"));
+        pair.push(seq("B", 1));
         if let Some(x) = &e {
-            pair.push(sp(x));
+            pair.push(sp(x, 1));
         }
         for (t, id) in b.iter().chain(e.iter()) {
             st.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
@@ -235,6 +237,7 @@ mod tests {
     use super::*;
     use crate::config::Family;
     use crate::gguf_tokenizer::tokenizer_metadata_from_json;
+    use llmq_formats::gguf::GgufValue;
 
     #[test]
     fn byte_level_bpe_round_trips_through_gguf_metadata() {
@@ -264,6 +267,17 @@ mod tests {
         assert_eq!(t.bos_token_id, Some(0));
         assert_eq!(t.tokenizer_config["chat_template"], "{{ x }}");
         assert_eq!(t.tokenizer_config["bos_token"], "<s>");
+        // add_bos_token: a template puts BOS before each sequence
+        let mut bos = kv.clone();
+        bos.retain(|(k, _)| k != "tokenizer.ggml.add_bos_token");
+        bos.push(("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(true)));
+        let t = hf_tokenizer(&MetaReader::new(&bos), 64).unwrap();
+        let post = &t.tokenizer_json["post_processor"];
+        assert_eq!(post["type"], "TemplateProcessing");
+        assert_eq!(post["single"][0]["SpecialToken"]["id"], "<s>");
+        assert_eq!(post["single"][1]["Sequence"]["id"], "A");
+        assert_eq!(post["special_tokens"]["<s>"]["ids"], json!([0]));
+        assert_eq!(t.tokenizer_config["add_bos_token"], true);
         // SentencePiece vocabularies are refused
         let mut spm = kv.clone();
         for (k, v) in spm.iter_mut() {
