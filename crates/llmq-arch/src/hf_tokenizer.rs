@@ -1,16 +1,17 @@
 //! A Hugging Face `tokenizer.json` + `tokenizer_config.json` from GGUF tokenizer
 //! metadata: the reverse of [`crate::gguf_tokenizer`] for byte-level BPE (GGUF
-//! `tokenizer.ggml.model = gpt2` with pre-tokenizer `gpt-2`, llama.cpp
-//! `LLAMA_VOCAB_PRE_TYPE_GPT2`), in the `tokenizers` JSON layout (model `BPE`,
-//! `ByteLevel` pre-tokenizer, post-processor and decoder).
+//! `tokenizer.ggml.model = gpt2`) with the pre-tokenizers `gpt-2`, `qwen2` and
+//! `llama-bpe` (llama.cpp `llama-vocab.cpp`: their split regexes, which are those of the
+//! models' own tokenizer.json files), in the `tokenizers` JSON layout (model `BPE`,
+//! `ByteLevel` byte mapping and decoder).
 //!
 //! Token types (`gguf.TokenType`): control tokens become special added tokens,
 //! user-defined tokens non-special added tokens, unused `[PADn]` holes are left out.
 //! Merges `"a b"` become pairs. BOS/EOS are added by a `TemplateProcessing`
 //! post-processor only when `tokenizer.ggml.add_bos_token` / `add_eos_token` say so.
 //! Refused ([`ArchError::NotReversible`]): SentencePiece (`llama`) and other tokenizer
-//! models, other pre-tokenizers (their split regexes are known to llama.cpp by name
-//! only), `add_space_prefix = true`.
+//! models, other pre-tokenizers (llama.cpp knows their regexes by name only: each needs
+//! its row here), `add_space_prefix = true`.
 
 use crate::gguf_tokenizer::{TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED};
 use crate::hf_config::MetaReader;
@@ -41,6 +42,32 @@ const SPECIAL_KEYS: [(&str, &str); 7] = [
     ("mask", "tokenizer.ggml.mask_token_id"),
 ];
 
+/// llama.cpp's split regex for `qwen2` (`llama-vocab.cpp`, as in Qwen2's tokenizer.json).
+const QWEN2_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's split regex for `llama-bpe` / `llama3` (Llama 3's tokenizer.json).
+const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizers` pre-tokenizer for a `tokenizer.ggml.pre`, and whether BPE skips
+/// merges for words already in the vocabulary (llama.cpp's `ignore_merges`, set for the
+/// Llama 3 split). `gpt-2` is `ByteLevel`'s own regex; the others split by their regex
+/// first and then map bytes (llama.cpp applies no normalizer for any of them).
+fn pre_tokenizer(pre: &str) -> Option<(Value, bool)> {
+    let split = |re: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]})
+    };
+    match pre {
+        "gpt-2" => Some((
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            false,
+        )),
+        "qwen2" => Some((split(QWEN2_RE), false)),
+        "llama-bpe" | "llama3" | "llama-v3" => Some((split(LLAMA3_RE), true)),
+        _ => None,
+    }
+}
+
 /// Builds the tokenizer files; `model_max_length` is the context length.
 pub fn hf_tokenizer(m: &MetaReader, model_max_length: u64) -> Result<HfTokenizer, ArchError> {
     let model = m
@@ -52,12 +79,12 @@ pub fn hf_tokenizer(m: &MetaReader, model_max_length: u64) -> Result<HfTokenizer
         )));
     }
     let pre = m.string("tokenizer.ggml.pre").unwrap_or("default");
-    if pre != "gpt-2" {
-        return Err(not_rev(format!(
-            "tokenizer.ggml.pre `{pre}` is not reversed (only `gpt-2`: llama.cpp knows the \
-             other split regexes by name only)"
-        )));
-    }
+    let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
+        not_rev(format!(
+            "tokenizer.ggml.pre `{pre}` is not reversed (only gpt-2, qwen2, llama-bpe: \
+             llama.cpp knows the other split regexes by name only)"
+        ))
+    })?;
     if let Some(v) = m.get("tokenizer.ggml.add_space_prefix") {
         if v.as_bool() != Some(false) {
             return Err(not_rev(
@@ -192,12 +219,12 @@ pub fn hf_tokenizer(m: &MetaReader, model_max_length: u64) -> Result<HfTokenizer
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+            "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
     });
     let mut tc = Map::new();
     tc.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
