@@ -9,7 +9,7 @@
 //! | [`scheme`] | `quantization_config` → [`HfQuantScheme`] |
 //! | [`modules`] | find the quantized modules, decode each into `IntQuantized` |
 //! | [`checkpoint`] | a whole folder: config, tensor list, [`HfWeight`] per tensor |
-//! | [`ggml`] | GGUF `Q4_0` / `Q8_0` blocks → `IntQuantized` (exact) |
+//! | [`ggml`] | GGUF `Q4_0` / `Q5_0` / `Q8_0` blocks → `IntQuantized` (exact) |
 
 pub mod checkpoint;
 pub mod ggml;

@@ -2,7 +2,7 @@
 //! tensor names reversed by `llmq_arch::gguf_to_hf` (config, tokenizer, the forward
 //! plan's transforms undone), each tensor read into the representation the writers take.
 //!
-//! - The linear layers of the blocks stored as `Q4_0` / `Q8_0` are integer groups
+//! - The linear layers of the blocks stored as `Q4_0` / `Q5_0` / `Q8_0` are integer groups
 //!   already (`llmq_hfquant::read::int_from_ggml`): rows are permuted / split without
 //!   touching a group, then moved onto the target grid exactly where it can hold them
 //!   ([`super::grid::remap`]); every other quantized type is dequantized and
@@ -80,7 +80,7 @@ fn quantized_role(role: TensorRole) -> bool {
 }
 
 /// The integer grid a GGML type is closest to (bits, group, symmetric), which a target
-/// keeps when `-q` / `--group-size` do not say otherwise. Exact only for `Q4_0`/`Q8_0`.
+/// keeps when `-q` / `--group-size` do not say otherwise. Exact for `Q4_0`/`Q5_0`/`Q8_0`.
 fn nominal_grid(ty: GgmlType) -> Option<IntGrid> {
     use GgmlType as T;
     let (bits, group, symmetric) = match ty {
@@ -127,7 +127,7 @@ impl GgufInput {
                     "GGUF type {} is not converted to an integer grid",
                     ty.name()
                 ),
-                "Convert from a Q4_0/Q8_0/K-quant/IQ4 GGUF",
+                "Convert from a Q4_0/Q5_0/Q8_0/K-quant/IQ4 GGUF",
             )
         })?;
         Ok((ty, grid))

@@ -30,7 +30,8 @@ pub use target::{Target, TargetFormat};
 /// The pairs `convert` supports, for messages.
 pub const SUPPORTED_PAIRS: &str = "gptq, awq or compressed-tensors (a quantized Hugging Face \
 folder), or a quantized GGUF file (architectures llama, qwen2, qwen3, qwen3moe, gemma3, phi3; \
-byte-level BPE tokenizer) -> gguf, gptq, awq or compressed-tensors";
+byte-level BPE tokenizer with pre-tokenizer gpt-2, qwen2 or llama-bpe) -> gguf, gptq, awq or \
+compressed-tensors";
 
 /// Everything `convert` needs.
 #[derive(Debug, Clone)]
