@@ -1,6 +1,6 @@
 //! `convert` with a GGUF input, on GGUF files that `quantize` makes from the shared
-//! models: Q8_0 → GPTQ / compressed-tensors is lossless, a K-quant is requantized with
-//! its estimate; both are checked against transformers' own GGUF loader
+//! models: Q8_0 and Q4_0 → GPTQ / compressed-tensors are lossless, a K-quant is
+//! requantized with its estimate; all are checked against transformers' own GGUF loader
 //! (`tests/py/gguf_reference.py`: weights name by name, logits, tokenizer). The other
 //! architectures whose GGUF `quantize` writes are converted and run by our engine, GGUF
 //! → GGUF keeps or requantizes types, and what is not reversed exits 8.
@@ -93,7 +93,13 @@ fn gguf_to_gptq_and_compressed_tensors_agree_with_transformers_gguf_loader() {
         .collect::<String>()
         + " <|im_start|>user\nhi<|im_end|>";
     let mut cases = Vec::new();
-    for (level, lossless) in [("Q8_0", true), ("Q4_K_M", false)] {
+    // Q4_0 and Q8_0 are 4-/8-bit groups of 32 with symmetric f16 scales: held exactly
+    for (level, grid) in [
+        ("Q8_0", Some("8bit g32 sym")),
+        ("Q4_0", Some("4bit g32 sym")),
+        ("Q4_K_M", None),
+    ] {
+        let lossless = grid.is_some();
         let src = gguf("llama", level);
         let force: &[&str] = if lossless { &[] } else { &["--force"] };
         let mut outputs = Vec::new();
@@ -106,9 +112,8 @@ fn gguf_to_gptq_and_compressed_tensors_agree_with_transformers_gguf_loader() {
             assert_eq!(case["lossless"], lossless, "{}", r.stdout);
             let v = r.json();
             assert_eq!(v["metadata"]["input_format"], "gguf");
-            if lossless {
-                // 8-bit g32 symmetric holds Q8_0 exactly
-                assert_eq!(v["metadata"]["target_grid"], "8bit g32 sym", "{v}");
+            if let Some(g) = grid {
+                assert_eq!(v["metadata"]["target_grid"], g, "{v}");
                 assert_eq!(v["metadata"]["mean_relative_rmse"], 0.0);
             } else {
                 let rmse = v["metadata"]["mean_relative_rmse"].as_f64().unwrap();
