@@ -14,6 +14,8 @@
 #     LLMQ_TORCH_CPU_INDEX.)
 #   - compressed-tensors (+ transformers, pydantic, ...) as published on PyPI
 #   - safetensors, numpy, threadpoolctl (imported by the GPTQModel files run)
+#   - gguf and accelerate: transformers' own GGUF loader, the reference of the
+#     `convert model.gguf ...` test (crates/llm-quantize/tests/convert_gguf.rs)
 #   - the sources (not installed: they need CUDA to build) of AutoAWQ and
 #     GPTQModel, unpacked under src/: the tests execute their CPU/torch unpack
 #     functions straight from those files.
@@ -27,11 +29,13 @@ NUMPY_VERSION="2.4.6"
 THREADPOOLCTL_VERSION="3.6.0"
 AUTOAWQ_VERSION="0.2.9"
 GPTQMODEL_VERSION="7.7.0"
+GGUF_VERSION="0.19.0"
+ACCELERATE_VERSION="1.15.0"
 
 ROOT="${LLM_QUANTIZE_PY_TEST_DIR:-$HOME/.cache/llm-quantize/py-test-deps}"
 VENV="$ROOT/venv"
 PY="$VENV/bin/python"
-STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION"
+STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION-$GGUF_VERSION-$ACCELERATE_VERSION"
 
 if [ -f "$STAMP" ] && [ -x "$PY" ] \
   && [ -f "$ROOT/src/autoawq-$AUTOAWQ_VERSION/awq/utils/packing_utils.py" ] \
@@ -61,7 +65,8 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] 
 fi
 
 "${PIP[@]}" install -q "compressed-tensors==$CT_VERSION" "safetensors==$SAFETENSORS_VERSION" \
-  "numpy==$NUMPY_VERSION" "threadpoolctl==3.6.0" >&2
+  "numpy==$NUMPY_VERSION" "threadpoolctl==3.6.0" "gguf==$GGUF_VERSION" \
+  "accelerate==$ACCELERATE_VERSION" >&2
 
 # Reference sources executed by the tests (their packages need CUDA to build).
 mkdir -p "$ROOT/src"
@@ -73,7 +78,7 @@ rm -rf "$ROOT/src/autoawq-$AUTOAWQ_VERSION" "$ROOT/src/gptqmodel-$GPTQMODEL_VERS
 tar xzf "$work/autoawq-$AUTOAWQ_VERSION.tar.gz" -C "$ROOT/src"
 tar xzf "$work/gptqmodel-$GPTQMODEL_VERSION.tar.gz" -C "$ROOT/src"
 
-"$PY" -c "import torch, compressed_tensors, safetensors, numpy; torch.zeros(1)" >&2
+"$PY" -c "import torch, compressed_tensors, safetensors, numpy, gguf, accelerate; torch.zeros(1)" >&2
 rm -f "$ROOT"/installed-*
 touch "$STAMP"
 echo "$PY"

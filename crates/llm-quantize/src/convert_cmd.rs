@@ -1,5 +1,5 @@
 //! `convert INPUT_MODEL OUTPUT_FORMAT` (CLI contract): converts a quantized checkpoint
-//! to another format through `llmq_pipeline::convert`. A lossless result is written at
+//! (Hugging Face folder or GGUF file) to another format through `llmq_pipeline::convert`. A lossless result is written at
 //! once and said to be lossless; a lossy one prints a quality warning (relative RMSE of
 //! the weights, plus KL-divergence against the source on `--calibration-data`), asks
 //! on a terminal, and without a terminal or with `--format json` exits 9 unless
@@ -21,12 +21,16 @@ const RULE: &str = "============================================================
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Quantized model: a GPTQ, AWQ or compressed-tensors folder (or Hub id)
+    /// Quantized model: a GPTQ, AWQ or compressed-tensors folder (or Hub id), or a
+    /// quantized GGUF file (llama, qwen2, qwen3, qwen3moe, gemma3, phi3; byte-level BPE
+    /// tokenizer)
     pub input_model: String,
     /// Target format: gguf, gptq, awq, compressed-tensors
     pub output_format: String,
     /// Target level (gguf Q4_0, Q4_K_M, …; gptq 2bit/3bit/4bit/8bit; awq 4bit;
-    /// compressed-tensors W4A16, W4A16_ASYM, W8A16); default: the source's grid
+    /// compressed-tensors W4A16, W4A16_ASYM, W8A16); default: the source's grid (for a
+    /// GGUF source: Q4_0 → 4-bit g32 sym, Q8_0 → 8-bit g32 sym, both exact; a GGUF
+    /// target keeps the source's level)
     #[arg(short = 'q', long = "quant-level")]
     pub quant_level: Option<String>,
     /// Output directory

@@ -8,8 +8,8 @@ use crate::output::{Mode, Verbosity};
 use crate::progress::BarProgress;
 use llmq_hfquant::gptq::GptqFormat;
 use llmq_pipeline::{
-    CalibrationRequest, CheckpointOptions, IntGrid, Method, OutputFormat as Format, PipelineError,
-    QuantizeRequest,
+    CalibrationRequest, CheckpointOptions, IntGrid, Layout, Method, OutputFormat as Format,
+    PipelineError, QuantizeRequest,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -119,18 +119,17 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
                 "8bit" => 8,
                 _ => return Err(bad_level("GPTQ", "2bit, 3bit, 4bit, 8bit")),
             };
-            let fmt = match a.checkpoint_format.as_str() {
-                "gptq" | "gptq_v1" | "v1" => GptqFormat::V1,
-                "gptq_v2" | "v2" => GptqFormat::V2,
-                other => {
-                    return Err(PipelineError::invalid(
-                        format!("--checkpoint-format `{other}` is not supported"),
-                        "Use gptq (v1) or gptq_v2",
-                    ))
-                }
-            };
+            let fmt = GptqFormat::from_name(&a.checkpoint_format).ok_or_else(|| {
+                PipelineError::invalid(
+                    format!(
+                        "--checkpoint-format `{}` is not supported",
+                        a.checkpoint_format
+                    ),
+                    "Use gptq (v1) or gptq_v2",
+                )
+            })?;
             (
-                Format::Gptq(fmt),
+                Format::Hf(Layout::Gptq(fmt)),
                 bits,
                 true,
                 Method::Gptq,
@@ -141,7 +140,13 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
             if !level.eq_ignore_ascii_case("4bit") {
                 return Err(bad_level("AWQ", "4bit"));
             }
-            (Format::Awq, 4, false, Method::Awq, "4bit".to_string())
+            (
+                Format::Hf(Layout::Awq),
+                4,
+                false,
+                Method::Awq,
+                "4bit".to_string(),
+            )
         }
         _ => {
             let up = level.to_ascii_uppercase();
@@ -157,7 +162,13 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
                 }
                 _ => return Err(bad_level("compressed-tensors", "W4A16, W4A16_ASYM, W8A16")),
             };
-            (Format::CompressedTensors, bits, sym, Method::Gptq, up)
+            (
+                Format::Hf(Layout::CompressedTensors),
+                bits,
+                sym,
+                Method::Gptq,
+                up,
+            )
         }
     };
     if a.imatrix.is_some() {

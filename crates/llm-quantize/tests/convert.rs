@@ -1,10 +1,11 @@
 //! `convert` end to end on the shared `llama` model, from round-to-nearest sources
 //! made once per run (GPTQ 4-bit g128 and g32 symmetric, AWQ 4-bit g128,
 //! compressed-tensors W4A16): every supported pair, lossless pairs proven bit-exact by
-//! reading both folders back, lossy pairs refused with exit 9 unless `--force` (nothing
-//! written), unsupported pairs exit 8, `info` on every output, and each output checked
-//! by its home reader (gguf-py for GGUF; the compressed-tensors / GPTQModel / AutoAWQ
-//! unpacking code of `llmq-hfquant/tests/py` for the rest).
+//! reading both folders back (GPTQ → GGUF Q4_0 → GPTQ included), lossy pairs refused
+//! with exit 9 unless `--force` (nothing written), unsupported pairs exit 8, `info` on
+//! every output, and each output checked by its home reader (gguf-py for GGUF; the
+//! compressed-tensors / GPTQModel / AutoAWQ unpacking code of `llmq-hfquant/tests/py`
+//! for the rest). GGUF inputs are tested in `convert_gguf.rs`.
 
 mod common;
 
@@ -320,13 +321,23 @@ fn unsupported_pairs_exit_8() {
     // a target format convert does not write
     let r = convert(t.path(), &src("gptq-g128"), "exl3", &[]);
     assert_eq!(r.code, 8, "{}", r.stdout);
-    // a GGUF input
+}
+
+/// GPTQ 4-bit g32 symmetric → GGUF Q4_0 → GPTQ: both steps exact, so the round trip
+/// gives the source's weights back bit for bit (the GGUF reader undoes the Q/K
+/// permutation the GGUF writer applied).
+#[test]
+fn gptq_g32_to_q4_0_and_back_is_bit_exact() {
+    let t = tempfile::tempdir().unwrap();
     let g = convert(t.path(), &src("gptq-g32"), "gguf", &[]);
     assert_eq!(g.code, 0, "{}", g.stderr);
     let gguf = g.json()["output_path"].as_str().unwrap().to_string();
-    let r = convert(t.path(), &gguf, "gptq", &[]);
-    assert_eq!(r.code, 8, "{}", r.stdout);
-    assert!(r.json()["message"].as_str().unwrap().contains("GGUF"));
+    let r = convert(t.path(), &gguf, "gptq", &["-n", "back"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = r.json();
+    assert_eq!(v["lossless"], true, "{v}");
+    assert_eq!(v["metadata"]["target_grid"], "4bit g32 sym", "{v}");
+    assert_same_weights(&sources()["gptq-g32"], &t.path().join("back"));
 }
 
 /// Every supported pair (sources × targets), forced where lossy, each output read by

@@ -59,6 +59,10 @@ pub enum ArchError {
     /// The mix rules cannot place a tensor in a layer.
     #[error("cannot determine the layer of {0} (MoE models need `blk.N.` names)")]
     NoLayer(String),
+    /// A GGUF model (architecture, metadata key, tokenizer or tensor) that the
+    /// GGUF → Hugging Face reverse mapping does not handle.
+    #[error("cannot convert this GGUF to Hugging Face: {0}")]
+    NotReversible(String),
     /// A tensor names a layer the model does not have.
     #[error("tensor {name}: layer {layer} out of range [0, {n_layer})")]
     BadLayer {

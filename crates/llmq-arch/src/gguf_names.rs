@@ -223,7 +223,7 @@ fn expert_split(tail: &str) -> Option<(usize, ExpertProj)> {
 
 /// Map a per-layer HF tensor (without the `model.layers.N.` prefix) to (GGUF base name
 /// with suffix, role).
-fn map_layer_tensor(family: Family, tail: &str) -> Option<(&'static str, TensorRole)> {
+pub(crate) fn map_layer_tensor(family: Family, tail: &str) -> Option<(&'static str, TensorRole)> {
     use TensorRole as R;
     let gemma = family == Family::Gemma3;
     Some(match tail {

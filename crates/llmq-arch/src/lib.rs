@@ -1,6 +1,7 @@
 //! Architecture knowledge shared by the quantize pipeline and the inference engine:
 //! the typed model configuration read from a Hugging Face `config.json`, and what
-//! llama.cpp needs to load a model as GGUF (tensor names, metadata, tokenizer, mixes).
+//! llama.cpp needs to load a model as GGUF (tensor names, metadata, tokenizer, mixes),
+//! and the way back from GGUF to a Hugging Face model (`hf_*` modules).
 
 pub mod config;
 pub mod error;
@@ -8,6 +9,9 @@ pub mod gguf_export;
 pub mod gguf_meta;
 pub mod gguf_names;
 pub mod gguf_tokenizer;
+pub mod hf_config;
+pub mod hf_from_gguf;
+pub mod hf_tokenizer;
 pub mod meta;
 pub mod mix;
 
@@ -17,5 +21,6 @@ pub use gguf_export::{gguf_export, GgufExport};
 pub use gguf_names::{
     apply_transform, gguf_arch, gguf_plan, GgufPlan, GgufTensorSpec, TensorRole, Transform,
 };
+pub use hf_from_gguf::{gguf_to_hf, HfModel, Inverse};
 pub use meta::{MetaList, MetaValue};
 pub use mix::{choose_types, Mix, MixModel, MixTensor};

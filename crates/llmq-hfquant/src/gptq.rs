@@ -45,6 +45,16 @@ pub enum GptqFormat {
 }
 
 impl GptqFormat {
+    /// The layout a `checkpoint_format` value (or its short forms `v1`, `v2`,
+    /// `gptq_v1`) names.
+    pub fn from_name(name: &str) -> Option<GptqFormat> {
+        match name {
+            "gptq" | "gptq_v1" | "v1" => Some(GptqFormat::V1),
+            "gptq_v2" | "v2" => Some(GptqFormat::V2),
+            _ => None,
+        }
+    }
+
     /// The `checkpoint_format` value.
     pub fn checkpoint_format(self) -> &'static str {
         match self {

@@ -92,6 +92,41 @@ impl IntQuantized {
             .collect()
     }
 
+    /// The output rows `rows` (in that order) as a weight of their own: a row
+    /// permutation or a slice, exact since every group lies within one row.
+    pub fn select_rows(&self, rows: &[usize]) -> IntQuantized {
+        let (i, ng) = (self.in_features, self.n_groups());
+        let mut r = IntQuantized {
+            out_features: rows.len(),
+            q: Vec::with_capacity(rows.len() * i),
+            scales: Vec::with_capacity(rows.len() * ng),
+            zeros: Vec::with_capacity(rows.len() * ng),
+            ..self.clone_header()
+        };
+        for &o in rows {
+            r.q.extend_from_slice(&self.q[o * i..(o + 1) * i]);
+            r.scales
+                .extend_from_slice(&self.scales[o * ng..(o + 1) * ng]);
+            r.zeros.extend_from_slice(&self.zeros[o * ng..(o + 1) * ng]);
+        }
+        r
+    }
+
+    /// Everything but the per-row arrays.
+    fn clone_header(&self) -> IntQuantized {
+        IntQuantized {
+            bits: self.bits,
+            group_size: self.group_size,
+            symmetric: self.symmetric,
+            out_features: 0,
+            in_features: self.in_features,
+            q: Vec::new(),
+            scales: Vec::new(),
+            zeros: Vec::new(),
+            g_idx: self.g_idx.clone(),
+        }
+    }
+
     /// Checks sizes and value ranges; every layout calls this before packing.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Invalid(m));

@@ -24,11 +24,12 @@ pub mod source;
 pub mod staging;
 #[doc(hidden)]
 pub mod test_hooks;
+pub mod writers;
 
 pub use checkpoint::CheckpointOptions;
 pub use driver::quantize;
 pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use report::{CalibrationDetail, CalibrationSummary, QuantizeOutcome, TensorReport};
-pub use request::{CalibrationRequest, IntGrid, Method, OutputFormat, QuantizeRequest};
+pub use request::{CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest};
 pub use run::{NoProgress, Progress, CANCEL};

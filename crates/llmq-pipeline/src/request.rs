@@ -6,29 +6,24 @@
 use crate::checkpoint::CheckpointOptions;
 use crate::error::{PipelineError, Result};
 pub use crate::methods::Method;
+pub use crate::writers::Layout;
 use llmq_hfquant::gptq::GptqFormat;
 use std::path::PathBuf;
 
-/// The output layout written.
+/// The output written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     /// a GGUF file (llama.cpp)
     Gguf,
-    /// GPTQModel / AutoGPTQ checkpoint folder
-    Gptq(GptqFormat),
-    /// AutoAWQ GEMM checkpoint folder
-    Awq,
-    /// compressed-tensors pack-quantized checkpoint folder
-    CompressedTensors,
+    /// a Hugging Face checkpoint folder in one of the writer registry's layouts
+    Hf(Layout),
 }
 
 impl OutputFormat {
     pub fn name(self) -> &'static str {
         match self {
             OutputFormat::Gguf => "gguf",
-            OutputFormat::Gptq(_) => "gptq",
-            OutputFormat::Awq => "awq",
-            OutputFormat::CompressedTensors => "compressed-tensors",
+            OutputFormat::Hf(l) => l.name(),
         }
     }
 }
@@ -165,7 +160,7 @@ impl QuantizeRequest {
             );
         }
         match self.format {
-            OutputFormat::Awq => {
+            OutputFormat::Hf(Layout::Awq) => {
                 if g.bits != 4 || g.symmetric || g.group_size.is_none() {
                     return inv(
                         format!(
@@ -194,9 +189,9 @@ impl QuantizeRequest {
                     );
                 }
             }
-            OutputFormat::Gptq(_) | OutputFormat::CompressedTensors => {
+            OutputFormat::Hf(Layout::Gptq(_) | Layout::CompressedTensors) => {
                 // AWQ's zero points can be 0, which GPTQ v1 cannot store
-                let v1 = self.format == OutputFormat::Gptq(GptqFormat::V1);
+                let v1 = self.format == OutputFormat::Hf(Layout::Gptq(GptqFormat::V1));
                 if self.method == Method::Awq && (g.symmetric || v1 || g.group_size.is_none()) {
                     return inv(
                         "--method awq needs an asymmetric, grouped layout".into(),

@@ -9,11 +9,14 @@
 //! | [`scheme`] | `quantization_config` → [`HfQuantScheme`] |
 //! | [`modules`] | find the quantized modules, decode each into `IntQuantized` |
 //! | [`checkpoint`] | a whole folder: config, tensor list, [`HfWeight`] per tensor |
+//! | [`ggml`] | GGUF `Q4_0` / `Q5_0` / `Q8_0` blocks → `IntQuantized` (exact) |
 
 pub mod checkpoint;
+pub mod ggml;
 pub mod modules;
 pub mod scheme;
 
-pub use checkpoint::{HfCheckpoint, HfWeight};
+pub use checkpoint::{dense_f32, HfCheckpoint, HfWeight};
+pub use ggml::int_from_ggml;
 pub use modules::{read_tensor, QuantizedModules};
 pub use scheme::{CtFormat, CtGroup, HfQuantScheme};

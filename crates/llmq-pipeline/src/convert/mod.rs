@@ -6,8 +6,12 @@
 //! result). Dropping a [`PreparedConversion`] removes the temporary output.
 //!
 //! Supported pairs: GPTQ (v1/v2), AWQ (GEMM) and compressed-tensors (pack-quantized,
-//! int-quantized) folders → `gguf`, `gptq`, `awq`, `compressed-tensors`.
+//! int-quantized) folders, and quantized GGUF files ([`from_gguf`]: the metadata,
+//! tokenizer and tensor layout reversed by `llmq_arch::gguf_to_hf`), → `gguf`, `gptq`,
+//! `awq`, `compressed-tensors`. GGUF → GGUF is a requantization (`gguf_source`'s plan),
+//! lossless for every tensor whose type stays.
 
+mod from_gguf;
 pub mod grid;
 pub mod target;
 mod to_gguf;
@@ -25,7 +29,9 @@ pub use target::{Target, TargetFormat};
 
 /// The pairs `convert` supports, for messages.
 pub const SUPPORTED_PAIRS: &str = "gptq, awq or compressed-tensors (a quantized Hugging Face \
-folder) -> gguf, gptq, awq or compressed-tensors";
+folder), or a quantized GGUF file (architectures llama, qwen2, qwen3, qwen3moe, gemma3, phi3; \
+byte-level BPE tokenizer with pre-tokenizer gpt-2, qwen2 or llama-bpe) -> gguf, gptq, awq or \
+compressed-tensors";
 
 /// Everything `convert` needs.
 #[derive(Debug, Clone)]
@@ -293,7 +299,7 @@ pub fn prepare(req: &ConvertRequest, progress: &dyn Progress) -> Result<Prepared
     )?;
     progress.message(&format!("Loading model: {}", req.input));
     let dir = match source::resolve(&req.input, req.token.clone(), progress)? {
-        ResolvedModel::GgufFile(_) => return Err(unsupported_pair("a GGUF file")),
+        ResolvedModel::GgufFile(p) => return prepare_from_gguf(req, &target, &p, progress),
         ResolvedModel::HfDir(d) => d,
     };
     let name = source::display_name(&req.input);
@@ -380,6 +386,108 @@ pub fn prepare(req: &ConvertRequest, progress: &dyn Progress) -> Result<Prepared
         (_, None) => unreachable!("integer targets have a grid"),
     };
     prepared.report.tensors = tensors;
+    prepared.report.file_size = size_of(&temp);
+    Ok(prepared)
+}
+
+/// `prepare` for a GGUF input.
+fn prepare_from_gguf(
+    req: &ConvertRequest,
+    target: &Target,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<PreparedConversion> {
+    let name = source::display_name(&req.input);
+    if let Target::Gguf(m) = target {
+        let f = llmq_formats::gguf::GgufFile::open(path).map_err(|e| {
+            PipelineError::validation(
+                format!("{} is not a readable GGUF file: {e}", path.display()),
+                "Re-download or re-create the file",
+            )
+        })?;
+        let dominant = crate::gguf_source::dominant_type(&f);
+        let same = f
+            .file_type()
+            .and_then(|ft| Mix::all().find(|m| m.file_type() == ft));
+        drop(f);
+        let mix = m.or(same).ok_or_else(|| {
+            PipelineError::invalid(
+                "the GGUF's general.file_type names no level: give the level with -q",
+                "e.g. -q Q4_K_M",
+            )
+        })?;
+        let planned = crate::gguf_source::plan(path, &name, mix)?;
+        let summary = planned.summary.clone();
+        drop(planned);
+        let level = mix.name().to_string();
+        let output = output_path(req, &name, &level)?;
+        let temp = temp_for(&output);
+        remove_path(&temp);
+        progress.message(&format!("Converting to gguf {level}"));
+        let mut prepared = PreparedConversion {
+            report: ConvertReport {
+                summary,
+                input_format: "gguf".into(),
+                input_grid: dominant,
+                format: req.format,
+                level: level.clone(),
+                target_grid: None,
+                tensors: Vec::new(),
+                file_size: 0,
+            },
+            temp: temp.clone(),
+            output,
+            committed: false,
+        };
+        let (stats, written) = to_gguf::requantize(path, mix, &name, &temp, progress)?;
+        progress.message("Validating output...");
+        to_gguf::verify(&temp, &written)?;
+        prepared.report.tensors = stats;
+        prepared.report.file_size = size_of(&temp);
+        return Ok(prepared);
+    }
+    let input = from_gguf::open(path)?;
+    let (src_ty, src_grid) = input.source_grid()?;
+    let input_grid = format!("{} ({})", src_ty.name(), target::describe_grid(&src_grid));
+    progress.message(&format!("Source: gguf {input_grid}"));
+    let g = target::resolve_grid(target, src_grid)?;
+    let level = target::level_name(target, &g);
+    let output = output_path(req, &name, &level)?;
+    let temp = temp_for(&output);
+    remove_path(&temp);
+    progress.message(&format!("Converting to {} {level}", req.format.name()));
+    let mut prepared = PreparedConversion {
+        report: ConvertReport {
+            summary: input.summary(&name),
+            input_format: "gguf".into(),
+            input_grid,
+            format: req.format,
+            level,
+            target_grid: Some(target::describe_grid(&g)),
+            tensors: Vec::new(),
+            file_size: 0,
+        },
+        temp: temp.clone(),
+        output,
+        committed: false,
+    };
+    let (weights, stats) = from_gguf::convert(&input, &g, progress)?;
+    // config.json and the tokenizer files, staged beside the output for the writer
+    let staged = temp.with_file_name(format!(
+        "{}.model-files",
+        temp.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    remove_path(&staged);
+    let written = input
+        .write_model_files(&staged)
+        .and_then(|_| to_hf::write(&weights, target, &g, &staged, &temp));
+    remove_path(&staged);
+    written?;
+    progress.message("Validating output...");
+    to_hf::verify(&temp, &weights)?;
+    prepared.report.tensors = stats;
     prepared.report.file_size = size_of(&temp);
     Ok(prepared)
 }

@@ -107,16 +107,13 @@ impl Target {
                         _ => Err(bad_level("GPTQ", l, "2bit, 3bit, 4bit, 8bit")),
                     })
                     .transpose()?;
-                let fmt = match checkpoint_format.unwrap_or("gptq") {
-                    "gptq" | "gptq_v1" | "v1" => GptqFormat::V1,
-                    "gptq_v2" | "v2" => GptqFormat::V2,
-                    other => {
-                        return Err(PipelineError::invalid(
-                            format!("--checkpoint-format `{other}` is not supported"),
-                            "Use gptq (v1) or gptq_v2",
-                        ))
-                    }
-                };
+                let name = checkpoint_format.unwrap_or("gptq");
+                let fmt = GptqFormat::from_name(name).ok_or_else(|| {
+                    PipelineError::invalid(
+                        format!("--checkpoint-format `{name}` is not supported"),
+                        "Use gptq (v1) or gptq_v2",
+                    )
+                })?;
                 let spec = GridSpec {
                     bits,
                     group_size: group,

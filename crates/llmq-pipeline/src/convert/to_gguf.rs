@@ -234,3 +234,69 @@ pub(super) fn verify(path: &Path, written: &[Written]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Requantizes the GGUF file `src` to `mix` at `path` (`gguf_source`'s plan: the
+/// metadata kept, types from the mix rules); a tensor whose type does not change is
+/// copied byte for byte, the others are dequantized and fitted exactly onto the new
+/// type where possible, else quantized.
+pub(super) fn requantize(
+    src: &Path,
+    mix: Mix,
+    name: &str,
+    path: &Path,
+    progress: &dyn crate::Progress,
+) -> Result<(Vec<TensorConversion>, Vec<Written>)> {
+    let planned = crate::gguf_source::plan(src, name, mix)?;
+    let source = GgufFile::open(src).map_err(|e| {
+        PipelineError::validation(format!("{}: {e}", src.display()), "Re-create the file")
+    })?;
+    let writer = write_plan(path, &planned.plan)?;
+    let mut stats = Vec::new();
+    let mut written = Vec::new();
+    for job in &planned.jobs {
+        let from = source
+            .tensor(&job.name)
+            .map(|t| t.ggml_type)
+            .expect("planned from this file");
+        let (bytes, lossless, rmse, values) = match planned.source.passthrough(job) {
+            Some(b) => (b, true, 0.0, None),
+            None => {
+                let values = planned.source.load_f32(job)?;
+                let row = job.row_len();
+                let bytes = match fit_ggml(job.ty, &values, row) {
+                    Some(b) => b,
+                    None => crate::run::quantize_rows(job, &values, None)?,
+                };
+                let mut back = vec![0f32; values.len()];
+                llmq_quant::dequantize(job.ty, &bytes, &mut back).map_err(|e| {
+                    PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
+                })?;
+                let same = bits_equal(&values, &back);
+                let r = if same { 0.0 } else { rel_rmse(&values, &back) };
+                (bytes, same, r, Some(values))
+            }
+        };
+        stats.push(TensorConversion {
+            name: job.name.clone(),
+            from: from.name().to_string(),
+            to: job.ty.name().to_string(),
+            numel: job.numel(),
+            lossless,
+            rel_rmse: rmse,
+        });
+        written.push(Written {
+            name: job.name.clone(),
+            ty: job.ty,
+            bytes_sha: sha256_hex(&bytes),
+            source_sha: match (&values, lossless) {
+                (Some(v), true) => Some(f32_bits_sha(v)),
+                _ => None,
+            },
+        });
+        write_tensor(&writer, &job.name, &bytes)?;
+        planned.source.release(job);
+    }
+    writer.finish().map_err(|e| gguf_err(path, e))?;
+    progress.message(&format!("Converted {} tensors", stats.len()));
+    Ok((stats, written))
+}

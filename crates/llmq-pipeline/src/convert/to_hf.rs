@@ -2,22 +2,21 @@
 //! pack-quantized): each quantized module is moved onto the target grid exactly
 //! ([`super::grid::remap`]) or, where the grid cannot hold it, requantized from its
 //! dequantized values with round-to-nearest; every other tensor is copied as stored.
-//! The writer calls sit in [`write_module`] and [`quantization_config`], one arm per
-//! target; [`verify`] re-reads the written folder and compares bit for bit.
+//! The folder is written through the writer registry ([`crate::writers`], shared with
+//! calibrated quantization); [`verify`] re-reads it with `llmq_hfquant::read` and
+//! compares bit for bit.
 
 use super::grid::{remap, IntGrid};
 use super::target::Target;
 use super::{bits_equal, rel_rmse, TensorConversion};
 use crate::error::{PipelineError, Result};
 use crate::source::safetensors_error;
+use crate::writers::{self, IntWriter, Layout, LayoutSpec};
 use llmq_formats::safetensors::SafetensorsModel;
-use llmq_hfquant::compressed_tensors::{self as ct, CtStrategy, CtWeightScheme};
-use llmq_hfquant::gptq::GptqConfig;
 use llmq_hfquant::read::{HfCheckpoint, HfWeight};
 use llmq_hfquant::rtn::{quantize_rtn, RtnConfig};
-use llmq_hfquant::writer::{copy_model_files, write_json, ShardedWriter, DEFAULT_MAX_SHARD_BYTES};
-use llmq_hfquant::{HfTensor, IntQuantized};
-use serde_json::{json, Value};
+use llmq_hfquant::writer::{copy_model_files, ShardedWriter, DEFAULT_MAX_SHARD_BYTES};
+use llmq_hfquant::IntQuantized;
 use std::path::Path;
 
 pub(super) fn hf_err(e: llmq_hfquant::Error) -> PipelineError {
@@ -42,18 +41,22 @@ pub(super) struct Converted {
 }
 
 /// Moves one quantized module onto `grid`: exactly when possible, else by RTN.
-fn to_grid(q: &IntQuantized, grid: &IntGrid) -> Result<(IntQuantized, bool)> {
+pub(super) fn to_grid(q: &IntQuantized, grid: &IntGrid) -> Result<(IntQuantized, bool)> {
     if let Some(r) = remap(q, grid) {
         return Ok((r, true));
     }
-    let w = q.dequantize();
+    let r = rtn(&q.dequantize(), q.out_features, q.in_features, grid)?;
+    Ok((r, false))
+}
+
+/// Round-to-nearest of `[rows, cols]` values on `grid`.
+pub(super) fn rtn(w: &[f32], rows: usize, cols: usize, grid: &IntGrid) -> Result<IntQuantized> {
     let cfg = RtnConfig {
         bits: grid.bits,
         group_size: grid.group_size,
         symmetric: grid.symmetric,
     };
-    let r = quantize_rtn(&w, q.out_features, q.in_features, &cfg).map_err(hf_err)?;
-    Ok((r, false))
+    quantize_rtn(w, rows, cols, &cfg).map_err(hf_err)
 }
 
 /// Converts every weight of `ck` for `target` on `grid`.
@@ -99,68 +102,27 @@ pub(super) fn convert(
     Ok((out, stats))
 }
 
-/// The tensors of one quantized module in the target layout.
-fn write_module(
-    target: &Target,
-    prefix: &str,
-    q: &IntQuantized,
-) -> Result<Vec<(String, HfTensor)>> {
-    Ok(match target {
-        Target::Gptq(_, fmt) => llmq_hfquant::gptq::pack(q, *fmt)
-            .map_err(hf_err)?
-            .to_hf_tensors(prefix),
-        Target::Awq(_) => llmq_hfquant::awq::pack(q)
-            .map_err(hf_err)?
-            .to_hf_tensors(prefix),
-        Target::CompressedTensors(_) => ct::pack(q, !q.has_default_g_idx())
-            .map_err(hf_err)?
-            .to_hf_tensors(prefix),
+/// The registry's writer for `target` on `grid`; convert records no calibration
+/// method, `desc_act` when a module has an act-order permutation, and GPTQ's
+/// conventional damping 0.01.
+fn writer(target: &Target, grid: &IntGrid, any_g_idx: bool) -> Box<dyn IntWriter> {
+    let layout = match target {
+        Target::Gptq(_, fmt) => Layout::Gptq(*fmt),
+        Target::Awq(_) => Layout::Awq,
+        Target::CompressedTensors(_) => Layout::CompressedTensors,
         Target::Gguf(_) => unreachable!("gguf is written by to_gguf"),
-    })
-}
-
-/// The target's `quantization_config`; `ignored` are linear modules left unquantized.
-fn quantization_config(
-    target: &Target,
-    grid: &IntGrid,
-    ignored: &[String],
-    any_g_idx: bool,
-) -> Value {
-    match target {
-        Target::Gptq(_, fmt) => {
-            let c = GptqConfig {
-                bits: grid.bits,
-                group_size: grid.group_size,
-                desc_act: any_g_idx,
-                sym: grid.symmetric,
-                format: *fmt,
-                damp_percent: 0.01,
-                true_sequential: false,
-                static_groups: false,
-                lm_head: false,
-                quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
-            };
-            c.quantization_config_excluding(ignored)
-        }
-        Target::Awq(_) => {
-            let ig = (!ignored.is_empty()).then_some(ignored);
-            llmq_hfquant::awq::quantization_config(grid.group_size.unwrap_or(128), ig)
-        }
-        Target::CompressedTensors(_) => {
-            let scheme = CtWeightScheme {
-                num_bits: grid.bits,
-                symmetric: grid.symmetric,
-                strategy: match grid.group_size {
-                    Some(g) => CtStrategy::Group(g),
-                    None => CtStrategy::Channel,
-                },
-            };
-            let mut ig = vec!["lm_head".to_string()];
-            ig.extend(ignored.iter().cloned());
-            ct::quantization_config(&scheme, &ig, any_g_idx)
-        }
-        Target::Gguf(_) => unreachable!("gguf has no quantization_config"),
-    }
+    };
+    writers::writer_for(
+        layout,
+        LayoutSpec {
+            bits: grid.bits,
+            group_size: grid.group_size,
+            symmetric: grid.symmetric,
+            act_order: any_g_idx,
+            damp_percent: 0.01,
+            method: None,
+        },
+    )
 }
 
 /// Linear modules inside the blocks that stay dense (not embeddings, norms or head).
@@ -176,8 +138,9 @@ fn ignored_modules(weights: &[Converted]) -> Vec<String> {
         .collect()
 }
 
-/// Writes the folder into `dir`: shards, `config.json` with the new
-/// `quantization_config`, tokenizer files, and `quantize_config.json` for GPTQ.
+/// Writes the folder into `dir` through the writer registry: shards, `config.json` with
+/// the new `quantization_config`, tokenizer files, and the layout's extra files
+/// (`quantize_config.json` for GPTQ).
 pub(super) fn write(
     weights: &[Converted],
     target: &Target,
@@ -185,31 +148,25 @@ pub(super) fn write(
     src_dir: &Path,
     dir: &Path,
 ) -> Result<()> {
+    let any_g_idx = weights
+        .iter()
+        .any(|c| matches!(&c.weight, HfWeight::Int(q) if !q.has_default_g_idx()));
+    let layout = writer(target, grid, any_g_idx);
     let mut w = ShardedWriter::new(dir, DEFAULT_MAX_SHARD_BYTES).map_err(hf_err)?;
-    let mut any_g_idx = false;
     for c in weights {
         match &c.weight {
             HfWeight::Int(q) => {
-                any_g_idx |= !q.has_default_g_idx();
                 let prefix = c.name.strip_suffix(".weight").unwrap_or(&c.name);
-                w.add_all(write_module(target, prefix, q)?)
+                w.add_all(layout.pack(prefix, q).map_err(hf_err)?)
                     .map_err(hf_err)?;
             }
             HfWeight::Dense(t) => w.add(c.name.clone(), t.clone()).map_err(hf_err)?,
         }
     }
     w.finish().map_err(hf_err)?;
-    let qc = quantization_config(target, grid, &ignored_modules(weights), any_g_idx);
+    let qc = layout.quantization_config(&ignored_modules(weights), any_g_idx);
     copy_model_files(src_dir, dir, &qc).map_err(hf_err)?;
-    if let Target::Gptq(..) = target {
-        let mut v = qc.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.insert("model_name_or_path".into(), Value::Null);
-            m.insert("model_file_base_name".into(), json!("model"));
-        }
-        write_json(&dir.join("quantize_config.json"), &v).map_err(hf_err)?;
-    }
-    Ok(())
+    layout.extra_files(dir, &qc).map_err(hf_err)
 }
 
 /// Re-reads the written folder and checks every weight dequantizes to exactly the

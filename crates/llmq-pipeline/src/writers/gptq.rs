@@ -1,20 +1,18 @@
 //! GPTQ layout (GPTQModel `qweight`/`qzeros`/`scales`/`g_idx`, v1 or v2 zero points),
 //! with `quantize_config.json` beside config.json.
 
-use super::IntWriter;
-use crate::request::{IntGrid, QuantizeRequest};
+use super::{IntWriter, LayoutSpec};
 use llmq_hfquant::gptq::{self, GptqFormat};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::{json, Value};
 use std::path::Path;
 
-pub(super) struct GptqWriter<'a> {
-    pub(super) req: &'a QuantizeRequest,
-    pub(super) grid: IntGrid,
+pub(super) struct GptqWriter {
+    pub(super) spec: LayoutSpec,
     pub(super) fmt: GptqFormat,
 }
 
-impl IntWriter for GptqWriter<'_> {
+impl IntWriter for GptqWriter {
     fn pack(
         &self,
         prefix: &str,
@@ -29,28 +27,30 @@ impl IntWriter for GptqWriter<'_> {
         prefix: &str,
         _like: &IntQuantized,
     ) -> Result<IntQuantized, String> {
-        let g = self.grid;
+        let s = &self.spec;
         let t =
-            gptq::GptqTensors::from_hf_tensors(g.bits, get, prefix).map_err(|e| e.to_string())?;
-        gptq::unpack(&t, g.group_size, g.symmetric, self.fmt).map_err(|e| e.to_string())
+            gptq::GptqTensors::from_hf_tensors(s.bits, get, prefix).map_err(|e| e.to_string())?;
+        gptq::unpack(&t, s.group_size, s.symmetric, self.fmt).map_err(|e| e.to_string())
     }
 
     fn quantization_config(&self, ignored: &[String], _any_g_idx: bool) -> Value {
-        let (req, g) = (self.req, self.grid);
+        let s = &self.spec;
         let c = gptq::GptqConfig {
-            bits: g.bits,
-            group_size: g.group_size,
-            desc_act: g.act_order,
-            sym: g.symmetric,
+            bits: s.bits,
+            group_size: s.group_size,
+            desc_act: s.act_order,
+            sym: s.symmetric,
             format: self.fmt,
-            damp_percent: req.damp_percent,
+            damp_percent: s.damp_percent,
             true_sequential: false,
             static_groups: false,
             lm_head: false,
             quantizer: format!("llm-quantize:{}", env!("CARGO_PKG_VERSION")),
         };
         let mut v = c.quantization_config_excluding(ignored);
-        v["meta"]["calibration_method"] = json!(req.method.name());
+        if let Some(m) = s.method {
+            v["meta"]["calibration_method"] = json!(m);
+        }
         v
     }
 

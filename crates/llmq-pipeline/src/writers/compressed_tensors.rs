@@ -1,22 +1,21 @@
 //! compressed-tensors `pack-quantized` layout (`weight_packed`/`weight_scale`, optional
 //! `weight_zero_point` and `weight_g_idx`); `lm_head` is always listed as ignored.
 
-use super::{fetch, IntWriter};
-use crate::request::IntGrid;
+use super::{fetch, IntWriter, LayoutSpec};
 use llmq_hfquant::compressed_tensors::{self as ct, CtStrategy, CtWeightScheme};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
 
 pub(super) struct CtWriter {
-    pub(super) grid: IntGrid,
+    pub(super) spec: LayoutSpec,
 }
 
 impl CtWriter {
     fn scheme(&self) -> CtWeightScheme {
         CtWeightScheme {
-            num_bits: self.grid.bits,
-            symmetric: self.grid.symmetric,
-            strategy: match self.grid.group_size {
+            num_bits: self.spec.bits,
+            symmetric: self.spec.symmetric,
+            strategy: match self.spec.group_size {
                 Some(g) => CtStrategy::Group(g),
                 None => CtStrategy::Channel,
             },
@@ -42,7 +41,7 @@ impl IntWriter for CtWriter {
         let p = fetch(get, prefix, "weight_packed")?;
         let s = fetch(get, prefix, "weight_scale")?;
         let t = ct::CtTensors {
-            num_bits: self.grid.bits,
+            num_bits: self.spec.bits,
             out_features: like.out_features,
             in_features: like.in_features,
             n_groups: like.n_groups(),

@@ -1,18 +1,17 @@
 //! AutoAWQ GEMM layout (`qweight`/`qzeros`/`scales`, 4-bit, column-permuted packing).
 
-use super::{fetch, IntWriter};
-use crate::request::IntGrid;
+use super::{fetch, IntWriter, LayoutSpec};
 use llmq_hfquant::awq;
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
 
 pub(super) struct AwqWriter {
-    pub(super) grid: IntGrid,
+    pub(super) spec: LayoutSpec,
 }
 
 impl AwqWriter {
     fn group_size(&self) -> usize {
-        self.grid.group_size.unwrap_or(128)
+        self.spec.group_size.unwrap_or(128)
     }
 }
 
