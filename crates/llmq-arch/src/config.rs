@@ -2,6 +2,7 @@
 //! 4 and 5 spellings: `rope_theta` or `rope_parameters`, `torch_dtype` or `dtype`).
 //! Every behaviour is read from the config, never assumed from a fixture.
 
+use crate::rope::RopeScaling;
 use crate::ArchError;
 use serde_json::Value;
 use std::path::Path;
@@ -109,6 +110,8 @@ pub struct LayerSpec {
     /// `Some(w)`: key j visible from query i when i - w < j <= i
     pub sliding_window: Option<usize>,
     pub rope_theta: f64,
+    /// how this layer's RoPE frequencies are scaled
+    pub rope_scaling: RopeScaling,
     /// whether the MLP of this layer is a mixture of experts
     pub moe: bool,
 }
@@ -219,6 +222,52 @@ fn rope_theta(v: &Value, layer_type: Option<&str>) -> Result<Option<f64>, ArchEr
         }
     }
     opt_f64(v, "rope_theta")
+}
+
+/// The RoPE parameter dict of a layer type: `rope_parameters[layer_type]` when the
+/// config has one per layer type, else `rope_parameters`, else legacy `rope_scaling`.
+/// Gemma 3's legacy `rope_scaling` concerns its global layers only.
+fn rope_scaling(
+    v: &Value,
+    family: Family,
+    layer_type: Option<&str>,
+) -> Result<RopeScaling, ArchError> {
+    let params = get(v, "rope_parameters")
+        .filter(|p| p.is_object())
+        .or_else(|| get(v, "rope_scaling").filter(|p| p.is_object()));
+    let Some(p) = params else {
+        return Ok(RopeScaling::Default);
+    };
+    let per_type = ["full_attention", "sliding_attention"]
+        .iter()
+        .any(|k| get(p, k).is_some());
+    let p = if per_type {
+        match get(p, layer_type.unwrap_or("full_attention")) {
+            Some(one) => one,
+            None => return Ok(RopeScaling::Default),
+        }
+    } else if family == Family::Gemma3 && layer_type == Some("sliding_attention") {
+        return Ok(RopeScaling::Default);
+    } else {
+        p
+    };
+    RopeScaling::from_params(p, v)
+}
+
+/// The gated MLP activations the engine computes, per family; anything else is refused.
+fn check_hidden_act(family: Family, act: &str) -> Result<(), ArchError> {
+    let ok = match family {
+        Family::Gemma3 => matches!(act, "gelu_pytorch_tanh" | "gelu_new"),
+        _ => matches!(act, "silu" | "swish"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ArchError::UnsupportedValue {
+            key: "hidden_act".into(),
+            value: format!("\"{act}\""),
+        })
+    }
 }
 
 impl ArchConfig {
@@ -375,6 +424,7 @@ impl ArchConfig {
             layers.push(LayerSpec {
                 sliding_window: window,
                 rope_theta: theta,
+                rope_scaling: rope_scaling(&v, family, lt)?,
                 moe: moe_layer(i)?,
             });
         }
@@ -387,8 +437,13 @@ impl ArchConfig {
         let hidden_act = get(&v, "hidden_act")
             .or(get(&v, "hidden_activation"))
             .and_then(Value::as_str)
-            .unwrap_or("silu")
+            .unwrap_or(if family == Family::Gemma3 {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            })
             .to_string();
+        check_hidden_act(family, &hidden_act)?;
         let attention_bias = match family {
             Family::Qwen2 => true,
             _ => opt_bool(&v, "attention_bias").unwrap_or(false),

@@ -14,6 +14,9 @@
 //! * GLM-4.7-Flash: its config gives the dense layers as `mlp_layer_types`, not
 //!   `first_k_dense_replace`, so the converter writes `leading_dense_block_count` 0; we
 //!   count the leading dense layers.
+//! * Qwen3-MoE / Mixtral with `norm_topk_prob: false`: the converter writes no
+//!   `expert_weights_norm` and llama.cpp always renormalises for these architectures; we
+//!   write `false` so that our reader computes what transformers does.
 //! * `general.name` containing `phi3` breaks llama.cpp's vocab loader for vocabularies
 //!   without SentencePiece's special tokens: see [`llama_cpp_safe_name`].
 
@@ -54,6 +57,73 @@ fn rope_params(raw: &Value) -> Option<&Value> {
     )
 }
 
+/// The RoPE parameter dict the converter reads for the scaling keys:
+/// `rope_parameters` (its `full_attention` entry when per layer type), else legacy
+/// `rope_scaling`.
+fn rope_scaling_params(raw: &Value) -> Option<&Value> {
+    let p = raw
+        .get("rope_parameters")
+        .filter(|v| v.is_object())
+        .or_else(|| raw.get("rope_scaling").filter(|v| v.is_object()))?;
+    Some(
+        p.get("full_attention")
+            .filter(|v| v.is_object())
+            .unwrap_or(p),
+    )
+}
+
+/// `{arch}.rope.scaling.*` as `TextModel.set_gguf_parameters` writes them: type and
+/// factor for `linear`; for `yarn` also the original context and the optional YaRN keys.
+/// `llama3` is carried by the `rope_freqs.weight` tensor instead.
+fn rope_scaling_keys(cfg: &ArchConfig, k: &dyn Fn(&str) -> String, m: &mut MetaList) {
+    let Some(p) = rope_scaling_params(&cfg.raw) else {
+        return;
+    };
+    let ty = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str);
+    let f = |key: &str| p.get(key).and_then(Value::as_f64);
+    let Some(factor) = f("factor") else {
+        return;
+    };
+    match ty {
+        Some("linear") => {
+            m.set(k("rope.scaling.type"), MetaValue::Str("linear".into()));
+            m.set(k("rope.scaling.factor"), MetaValue::F32(factor as f32));
+        }
+        Some("yarn") => {
+            m.set(k("rope.scaling.type"), MetaValue::Str("yarn".into()));
+            m.set(k("rope.scaling.factor"), MetaValue::F32(factor as f32));
+            let orig = p
+                .get("original_max_position_embeddings")
+                .or_else(|| cfg.raw.get("original_max_position_embeddings"))
+                .and_then(Value::as_u64)
+                .unwrap_or(cfg.max_position_embeddings as u64);
+            m.set(
+                k("rope.scaling.original_context_length"),
+                MetaValue::U32(orig as u32),
+            );
+            let optional = [
+                ("extrapolation_factor", "rope.scaling.yarn_ext_factor"),
+                ("attention_factor", "rope.scaling.yarn_attn_factor"),
+                ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                ("beta_slow", "rope.scaling.yarn_beta_slow"),
+            ];
+            for (hf, gguf) in optional {
+                let v = match hf {
+                    "attention_factor" => f("attention_factor").or_else(|| f("attn_factor")),
+                    _ => f(hf),
+                };
+                if let Some(v) = v {
+                    m.set(k(gguf), MetaValue::F32(v as f32));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn rope_theta_full(cfg: &ArchConfig) -> Option<f64> {
     rope_params(&cfg.raw)
         .and_then(|p| p.get("rope_theta"))
@@ -71,6 +141,26 @@ fn rope_theta_swa(cfg: &ArchConfig) -> Option<f64> {
 
 fn raw_usize(cfg: &ArchConfig, key: &str) -> Option<usize> {
     cfg.raw.get(key).and_then(Value::as_u64).map(|x| x as usize)
+}
+
+/// `expert_weights_norm = false` for softmax-routed MoE configs with
+/// `norm_topk_prob: false` (see the module notes: a deviation from the converter).
+fn no_renormalisation(
+    cfg: &ArchConfig,
+    k: &dyn Fn(&str) -> String,
+    m: &mut MetaList,
+    dev: &mut Vec<Deviation>,
+) {
+    if cfg.moe.as_ref().is_some_and(|moe| !moe.norm_topk_prob) {
+        let ours = MetaValue::Bool(false);
+        dev.push(Deviation {
+            key: k("expert_weights_norm"),
+            converter: None,
+            ours: ours.clone(),
+            why: "norm_topk_prob is false; llama.cpp renormalises the chosen experts' weights for this architecture regardless",
+        });
+        m.set(k("expert_weights_norm"), ours);
+    }
 }
 
 /// Number of dense layers before the first MoE layer, if the MoE layers form a suffix
@@ -171,6 +261,7 @@ pub fn arch_metadata(
         k("attention.head_count_kv"),
         u32v(if is_mla { 1 } else { cfg.num_kv_heads }),
     );
+    rope_scaling_keys(cfg, &k, &mut m);
     m.set(k("rope.freq_base"), MetaValue::F32(theta as f32));
     if let Some(t) = rope_theta_swa(cfg) {
         m.set(k("rope.freq_base_swa"), MetaValue::F32(t as f32));
@@ -210,6 +301,7 @@ pub fn arch_metadata(
             m.set(k("vocab_size"), u32v(cfg.vocab_size));
             let rope_dim = raw_usize(cfg, "head_dim").unwrap_or(cfg.hidden_size / cfg.num_heads);
             m.set(k("rope.dimension_count"), u32v(rope_dim));
+            no_renormalisation(cfg, &k, &mut m, &mut dev);
         }
         Family::Qwen3Moe => {
             if let Some(x) = raw_usize(cfg, "moe_intermediate_size") {
@@ -218,6 +310,7 @@ pub fn arch_metadata(
             if let Some(x) = raw_usize(cfg, "shared_expert_intermediate_size") {
                 m.set(k("expert_shared_feed_forward_length"), u32v(x));
             }
+            no_renormalisation(cfg, &k, &mut m, &mut dev);
         }
         Family::Gemma3 => {
             m.set(k("context_length"), u32v(cfg.max_position_embeddings));
@@ -310,6 +403,16 @@ pub fn arch_metadata(
                 m.set(k("expert_weights_norm"), MetaValue::Bool(true));
             }
             m.set(k("rope.dimension_count"), u32v(mla.qk_rope_head_dim));
+            if let Some(all) = rope_scaling_params(&cfg.raw)
+                .and_then(|p| p.get("mscale_all_dim"))
+                .and_then(Value::as_f64)
+            {
+                // the converter's deepseek2 convention: 0.1 * mscale_all_dim
+                m.set(
+                    k("rope.scaling.yarn_log_multiplier"),
+                    MetaValue::F32((0.1 * all) as f32),
+                );
+            }
             if scoring_key.is_none() && moe.scoring == RouterScoring::Sigmoid {
                 let ours = MetaValue::U32(GATING_SIGMOID);
                 dev.push(Deviation {

@@ -73,6 +73,8 @@ pub enum TensorRole {
     FfnGateShexp,
     FfnUpShexp,
     FfnDownShexp,
+    /// per-pair RoPE frequency factors (llama3 scaling), generated from the config
+    RopeFreqs,
 }
 
 /// How the GGUF tensor is built from its HF sources.
@@ -100,6 +102,8 @@ pub enum Transform {
     },
     /// every element plus one (Gemma3 RMSNorm weights are stored as `w`, used as `1 + w`)
     AddOne,
+    /// no sources: these values, computed from the config (`rope_freqs.weight`)
+    Generated(Vec<f32>),
 }
 
 /// One GGUF tensor of the plan.
@@ -505,6 +509,10 @@ pub fn gguf_plan(
             example,
         });
     }
+    if let Some(freqs) = rope_freqs(cfg)? {
+        // the converter yields its generated tensors before the checkpoint's
+        out.insert(0, freqs);
+    }
     let mut seen = std::collections::HashSet::new();
     for t in &out {
         if !seen.insert(t.gguf_name.as_str()) {
@@ -516,6 +524,51 @@ pub fn gguf_plan(
         tensors: out,
         skipped,
     })
+}
+
+/// `rope_freqs.weight` for llama3 RoPE scaling, as `LlamaModel.generate_extra_tensors`
+/// writes it (per-pair factors of the full-attention layers). Other families' converters
+/// write none, so their GGUF could not carry the scaling: refused.
+fn rope_freqs(cfg: &ArchConfig) -> Result<Option<GgufTensorSpec>, ArchError> {
+    let Some(layer) = cfg
+        .layers
+        .iter()
+        .find(|l| l.sliding_window.is_none())
+        .or(cfg.layers.first())
+    else {
+        return Ok(None);
+    };
+    if !matches!(layer.rope_scaling, crate::RopeScaling::Llama3 { .. }) {
+        return Ok(None);
+    }
+    if !matches!(
+        cfg.family,
+        Family::Llama | Family::Mistral | Family::Mixtral
+    ) {
+        return Err(ArchError::Unrepresentable(format!(
+            "llama3 RoPE scaling on {} cannot be written to GGUF (llama.cpp reads rope_freqs only for llama)",
+            cfg.architecture
+        )));
+    }
+    let dim = cfg
+        .raw
+        .get("head_dim")
+        .and_then(serde_json::Value::as_u64)
+        .map(|d| d as usize)
+        .unwrap_or(cfg.hidden_size / cfg.num_heads);
+    let factors = layer
+        .rope_scaling
+        .freq_factors(layer.rope_theta, dim)
+        .expect("llama3 scaling has factors");
+    Ok(Some(GgufTensorSpec {
+        gguf_name: "rope_freqs.weight".into(),
+        role: TensorRole::RopeFreqs,
+        layer: None,
+        sources: vec![],
+        source_shapes: vec![],
+        shape_ne: vec![factors.len()],
+        transform: Transform::Generated(factors),
+    }))
 }
 
 /// Build a GGUF tensor's data (row-major in PyTorch order, i.e. ggml `ne[0]` contiguous)
@@ -541,10 +594,15 @@ pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Ve
             )));
         }
     }
-    let shape0 = &spec.source_shapes[0];
+    let shape0 = match (&spec.transform, spec.source_shapes.first()) {
+        (Transform::Generated(values), _) => return Ok(values.clone()),
+        (_, Some(s)) => s,
+        (_, None) => return Err(err("no sources".into())),
+    };
     Ok(match &spec.transform {
         Transform::None => sources[0].clone(),
         Transform::AddOne => sources[0].iter().map(|x| x + 1.0).collect(),
+        Transform::Generated(values) => values.clone(),
         Transform::Stack => sources.concat(),
         Transform::PermuteQK { n_head } => {
             let rows = shape0[0];

@@ -10,6 +10,7 @@ pub mod gguf_names;
 pub mod gguf_tokenizer;
 pub mod meta;
 pub mod mix;
+pub mod rope;
 
 pub use config::{ArchConfig, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring};
 pub use error::{ArchError, Result};
@@ -19,3 +20,4 @@ pub use gguf_names::{
 };
 pub use meta::{MetaList, MetaValue};
 pub use mix::{choose_types, Mix, MixModel, MixTensor};
+pub use rope::{RopeScaling, Yarn};

@@ -85,6 +85,21 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
+/// A GGUF's `rope_freqs.weight` (llama3 scaling: per-pair frequency divisors, as
+/// llama.cpp applies them to every layer) into the layers' RoPE settings.
+fn apply_rope_freqs(src: &WeightSource, hp: &mut Hparams) -> Result<()> {
+    let name = "rope_freqs.weight";
+    let Some(v) = src.vector(name)? else {
+        return Ok(());
+    };
+    check_len(name, &Some(v.clone()), hp.n_rot / 2)?;
+    let factors: std::sync::Arc<[f32]> = v.into();
+    for lp in &mut hp.layers {
+        lp.rope.factors = Some(factors.clone());
+    }
+    Ok(())
+}
+
 impl Model<Cpu> {
     /// Load a model from its weight source onto the CPU.
     pub fn load(src: &WeightSource) -> Result<Model> {
@@ -101,8 +116,9 @@ impl<B: Backend> Model<B> {
             .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?;
         let n_vocab = embd_shape.get(1).copied().unwrap_or(0);
         let mut hp = Hparams::from_metadata(&meta, n_vocab)?;
-        if let Some(cfg) = src.hf_config() {
-            hp.apply_hf_config(cfg);
+        match src.hf_config() {
+            Some(cfg) => hp.apply_hf_config(cfg),
+            None => apply_rope_freqs(src, &mut hp)?,
         }
         let d = hp.n_embd;
         let ld = Loader { src, be: &be };
