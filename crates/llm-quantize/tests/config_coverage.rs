@@ -1,7 +1,7 @@
 //! Config switches the shared models do not use, proven against models nobody here
 //! wrote: `scripts/tiny-config-models.py` builds tiny random-initialised models with
-//! transformers itself (llama3, linear and YaRN RoPE scaling; Qwen3-MoE with
-//! `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
+//! transformers itself (llama3, linear and YaRN RoPE scaling, DeepSeek-V3's YaRN with
+//! `mscale`/`mscale_all_dim`; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
 //! them from the safetensors folder and from our F16 GGUF (log-prob within 1e-3, the
 //! shared models' tolerance; argmax where the golden margin is clear; the same again
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
@@ -23,6 +23,7 @@ const HARNESS: &[&str] = &[
     "llama3-rope",
     "linear-rope",
     "yarn-rope",
+    "deepseek-yarn",
     "qwen3-moe-nonorm",
 ];
 
