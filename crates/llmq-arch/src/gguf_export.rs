@@ -3,7 +3,7 @@
 //! (architecture keys, then tokenizer keys) and the tensors in the converter's order,
 //! each with the type `llama-quantize` would give it.
 
-use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation};
+use crate::gguf_meta::{arch_metadata, check_gguf_rope, llama_cpp_safe_name, Deviation};
 use crate::gguf_names::{gguf_plan, GgufTensorSpec};
 use crate::gguf_tokenizer::tokenizer_metadata;
 use crate::meta::{MetaList, MetaValue};
@@ -33,6 +33,7 @@ pub fn gguf_export(
     mix: Mix,
     name: &str,
 ) -> Result<GgufExport, ArchError> {
+    check_gguf_rope(cfg)?;
     let plan = gguf_plan(cfg, hf_tensors)?;
     let tok = tokenizer_metadata(dir, cfg.family, cfg.vocab_size)?;
     let name = match tok.get("tokenizer.ggml.tokens") {

@@ -143,6 +143,64 @@ fn raw_usize(cfg: &ArchConfig, key: &str) -> Option<usize> {
     cfg.raw.get(key).and_then(Value::as_u64).map(|x| x as usize)
 }
 
+/// Refuse RoPE settings our GGUF keys cannot carry (the engine computes them from
+/// `config.json`, but a GGUF reader, ours or llama.cpp's, would silently compute
+/// something else): scaling on Phi-3 (its converter writes no scaling keys), a
+/// scaling on sliding layers other than the full layers' (one set of keys per file,
+/// except Gemma 3 whose local layers llama.cpp never scales), YaRN without `truncate`
+/// (llama.cpp always truncates), and YaRN `mscale` values the keys cannot express.
+pub fn check_gguf_rope(cfg: &ArchConfig) -> Result<(), ArchError> {
+    use crate::rope::{RopeScaling, Yarn};
+    let refuse = |why: String| Err(ArchError::Unrepresentable(why));
+    let full = cfg
+        .layers
+        .iter()
+        .find(|l| l.sliding_window.is_none())
+        .or(cfg.layers.first());
+    let Some(full) = full else { return Ok(()) };
+    for l in &cfg.layers {
+        let want = if cfg.family == Family::Gemma3 && l.sliding_window.is_some() {
+            &RopeScaling::Default
+        } else {
+            &full.rope_scaling
+        };
+        if &l.rope_scaling != want {
+            return refuse(format!(
+                "RoPE scaling differs between layer types ({} and {}); GGUF carries one",
+                full.rope_scaling.name(),
+                l.rope_scaling.name()
+            ));
+        }
+    }
+    match &full.rope_scaling {
+        RopeScaling::Default => Ok(()),
+        s if cfg.family == Family::Phi3 => refuse(format!(
+            "{} RoPE scaling on Phi-3 cannot be written to GGUF",
+            s.name()
+        )),
+        RopeScaling::Yarn(Yarn {
+            truncate: false, ..
+        }) => refuse(
+            "YaRN with truncate=false cannot be written to GGUF (llama.cpp truncates)".into(),
+        ),
+        RopeScaling::Yarn(y) if y.attention_factor.is_none() => {
+            let mla = cfg.mla.is_some();
+            match (y.mscale, y.mscale_all_dim) {
+                // deepseek2 writes mscale_all_dim; llama.cpp takes mscale as 1
+                (Some(m), Some(_)) if mla && m != 1.0 => {
+                    refuse(format!("YaRN mscale {m} (not 1) cannot be written to GGUF"))
+                }
+                (Some(m), Some(a)) if !mla && m != 0.0 && a != 0.0 => refuse(format!(
+                    "YaRN mscale {m} / mscale_all_dim {a} cannot be written to GGUF for {}",
+                    cfg.architecture
+                )),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `expert_weights_norm = false` for softmax-routed MoE configs with
 /// `norm_topk_prob: false` (see the module notes: a deviation from the converter).
 fn no_renormalisation(
@@ -448,6 +506,60 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(llama_cpp_safe_name("Phi3", &sp), "Phi3");
+    }
+
+    fn llama_with(extra: &str) -> ArchConfig {
+        ArchConfig::from_json_str(&format!(
+            r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,
+            "max_position_embeddings":256{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn rope_scaling_keys_as_the_converter_writes_them() {
+        let yarn = llama_with(
+            r#","rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":10000.0,
+            "original_max_position_embeddings":64,"beta_fast":16.0}"#,
+        );
+        let (m, _) = arch_metadata(&yarn, "t", 1).unwrap();
+        assert_eq!(
+            m.get("llama.rope.scaling.type"),
+            Some(&MetaValue::Str("yarn".into()))
+        );
+        assert_eq!(
+            m.get("llama.rope.scaling.original_context_length"),
+            Some(&MetaValue::U32(64))
+        );
+        assert_eq!(
+            m.get("llama.rope.scaling.yarn_beta_fast"),
+            Some(&MetaValue::F32(16.0))
+        );
+        assert_eq!(m.get("llama.rope.scaling.yarn_beta_slow"), None);
+        check_gguf_rope(&yarn).unwrap();
+        // legacy spelling, linear
+        let lin = llama_with(r#","rope_scaling":{"type":"linear","factor":2.0}"#);
+        let (m, _) = arch_metadata(&lin, "t", 1).unwrap();
+        assert_eq!(
+            m.get("llama.rope.scaling.factor"),
+            Some(&MetaValue::F32(2.0))
+        );
+        // llama3 goes into rope_freqs.weight, not keys
+        let l3 = llama_with(
+            r#","rope_parameters":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":64}"#,
+        );
+        let (m, _) = arch_metadata(&l3, "t", 1).unwrap();
+        assert_eq!(m.get("llama.rope.scaling.type"), None);
+        let no_truncate = llama_with(
+            r#","rope_parameters":{"rope_type":"yarn","factor":4.0,"truncate":false,
+            "original_max_position_embeddings":64}"#,
+        );
+        assert!(matches!(
+            check_gguf_rope(&no_truncate),
+            Err(ArchError::Unrepresentable(_))
+        ));
     }
 
     #[test]
