@@ -132,6 +132,24 @@ MODELS = {
         ),
         "rope_parameters",
     ),
+    "phi3-longrope": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        "phi3",
+        dict(
+            pad_token_id=None,
+            # Phi3Config copies the top-level value over the one in rope_parameters
+            original_max_position_embeddings=256,
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                original_max_position_embeddings=256,
+                short_factor=[1.0 + 0.1 * i for i in range(32)],
+                long_factor=[1.0 + 0.5 * i for i in range(32)],
+            ),
+        ),
+        "rope_parameters",
+    ),
     "qwen3-moe-nonorm": (
         "Qwen3MoeConfig",
         "Qwen3MoeForCausalLM",

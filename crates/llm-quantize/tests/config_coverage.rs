@@ -1,11 +1,12 @@
 //! Config switches the shared models do not use, proven against models nobody here
 //! wrote: `scripts/tiny-config-models.py` builds tiny random-initialised models with
 //! transformers itself (llama3, linear and YaRN RoPE scaling, DeepSeek-V3's YaRN with
-//! `mscale`/`mscale_all_dim`; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
+//! `mscale`/`mscale_all_dim`, Phi-3 LongRoPE; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
 //! them from the safetensors folder and from our F16 GGUF (log-prob within 1e-3, the
 //! shared models' tolerance; argmax where the golden margin is clear; the same again
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
-//! GGUF of the llama3 model must equal our llama.cpp-protocol perplexity within 0.5 %.
+//! GGUF of the llama3 and LongRoPE models must equal our llama.cpp-protocol perplexity
+//! within 0.5 %. LongRoPE past the original context (its long regime) is refused.
 //! Also: a `rope_type`, RoPE scaling or `hidden_act` we do not implement is exit 8 naming
 //! the key and value, for `eval`, `generate` and `quantize`.
 //!
@@ -24,6 +25,7 @@ const HARNESS: &[&str] = &[
     "linear-rope",
     "yarn-rope",
     "deepseek-yarn",
+    "phi3-longrope",
     "qwen3-moe-nonorm",
 ];
 
@@ -286,7 +288,24 @@ fn harness_models_match_transformers_and_llama_cpp() {
                 ));
             }
         }
-        if *name == "llama3-rope" {
+        if *name == "phi3-longrope" {
+            // past the original 256 positions transformers switches to the long factors
+            let model = Model::load(&WeightSource::open_hf(&dir).unwrap()).unwrap();
+            let mut cache = KvCache::new(&model, 512);
+            let ids = vec![1u32; 257];
+            let mut steps = [SeqStep {
+                tokens: &ids,
+                cache: &mut cache,
+                logits: Logits::Last,
+            }];
+            match model.forward(&mut steps) {
+                Err(e @ llmq_engine::EngineError::UnsupportedValue { .. }) => {
+                    assert!(e.to_string().contains("longrope"), "{e}")
+                }
+                other => failures.push(format!("{name}: 257 tokens gave {:?}", other.map(|_| ()))),
+            }
+        }
+        if ["llama3-rope", "phi3-longrope"].contains(name) {
             let (ctx, chunks) = (256, 4);
             let want = llama_perplexity(&gguf, ctx, chunks);
             let got = our_perplexity(tmp.path(), &gguf, ctx, chunks);
@@ -333,11 +352,10 @@ fn unimplemented_config_values_are_exit_8_naming_key_and_value() {
         ),
         (
             "rope_type",
-            "longrope",
+            "ntk-by-parts",
             // legacy spelling: `rope_scaling.type`
-            edited_llama(tmp.path(), "longrope", |c| {
-                c["rope_scaling"] = serde_json::json!({
-                    "type": "longrope", "short_factor": [1.0], "long_factor": [1.0]});
+            edited_llama(tmp.path(), "legacy", |c| {
+                c["rope_scaling"] = serde_json::json!({"type": "ntk-by-parts", "factor": 2.0});
                 c.as_object_mut().unwrap().remove("rope_parameters");
             }),
         ),

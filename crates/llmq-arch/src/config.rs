@@ -433,6 +433,27 @@ impl ArchConfig {
             .and_then(|p| opt_f64(p, "partial_rotary_factor").ok().flatten())
             .or(opt_f64(&v, "partial_rotary_factor")?)
             .unwrap_or(1.0);
+        let rot_dims = match &mla {
+            Some(m) => m.qk_rope_head_dim,
+            None => (head_dim as f64 * partial_rotary_factor) as usize,
+        };
+        for l in &layers {
+            if let RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } = &l.rope_scaling
+            {
+                for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != rot_dims / 2 {
+                        return Err(ArchError::BadValue {
+                            key: k.into(),
+                            why: format!("{} values for {} rotary pairs", f.len(), rot_dims / 2),
+                        });
+                    }
+                }
+            }
+        }
 
         let hidden_act = get(&v, "hidden_act")
             .or(get(&v, "hidden_activation"))

@@ -174,6 +174,7 @@ pub fn check_gguf_rope(cfg: &ArchConfig) -> Result<(), ArchError> {
     }
     match &full.rope_scaling {
         RopeScaling::Default => Ok(()),
+        RopeScaling::LongRope { .. } => Ok(()),
         s if cfg.family == Family::Phi3 => refuse(format!(
             "{} RoPE scaling on Phi-3 cannot be written to GGUF",
             s.name()
@@ -301,6 +302,28 @@ pub fn arch_metadata(
             k("attention.sliding_window"),
             u32v(raw_usize(cfg, "sliding_window").unwrap_or(0)),
         );
+        if let Some(crate::RopeScaling::LongRope {
+            attention_factor, ..
+        }) = cfg.layers.first().map(|l| &l.rope_scaling)
+        {
+            // `Phi3MiniModel.generate_extra_tensors`: from max/original positions only
+            let scale = cfg.max_position_embeddings as f64 / orig_ctx as f64;
+            let conv = if scale > 1.0 {
+                (1.0 + scale.ln() / (orig_ctx as f64).ln()).sqrt()
+            } else {
+                1.0
+            };
+            let ours = MetaValue::F32(*attention_factor as f32);
+            if (conv as f32) != (*attention_factor as f32) {
+                dev.push(Deviation {
+                    key: k("rope.scaling.attn_factor"),
+                    converter: Some(MetaValue::F32(conv as f32)),
+                    ours: ours.clone(),
+                    why: "the config's factor / attention_factor give transformers another cos/sin factor than max/original positions",
+                });
+            }
+            m.set(k("rope.scaling.attn_factor"), ours);
+        }
         m.set(
             "general.quantization_version",
             MetaValue::U32(GGML_QUANT_VERSION),

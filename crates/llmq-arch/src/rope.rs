@@ -9,10 +9,18 @@
 //!   and `beta_slow` rotations, cos/sin scaled by `attention_factor` (default
 //!   `0.1·ln(factor) + 1`, or DeepSeek's `mscale`/`mscale_all_dim` ratio).
 //!
+//! * `longrope` (Phi-3.5 / Phi-4-mini, Ding et al. 2024, arXiv 2402.13753): per-pair
+//!   `short_factor`s while the sequence fits `original_max_position_embeddings`, cos/sin
+//!   scaled by `sqrt(1 + ln(factor) / ln(original))`. transformers switches every
+//!   position to `long_factor` once a sequence grows past the original length; we
+//!   implement the short regime exactly and refuse longer sequences
+//!   ([`RopeScaling::exact_positions`]).
+//!
 //! A variant is described by per-pair *frequency factors* `f_i`: pair `i` of an
 //! `n_rot`-dim rotation turns at `base^(-2i/n_rot) / f_i` radians per position (what
-//! llama.cpp's `rope_freqs.weight` holds), plus a factor on cos and sin. `dynamic` and
-//! `longrope` are refused ([`ArchError::UnsupportedValue`]), as is any unknown type.
+//! llama.cpp's `rope_freqs.weight` holds), plus a factor on cos and sin. `dynamic` (NTK,
+//! frequencies that change with the sequence length) is refused
+//! ([`ArchError::UnsupportedValue`]), as is any unknown type.
 
 use crate::ArchError;
 use serde_json::Value;
@@ -49,6 +57,14 @@ pub enum RopeScaling {
         original_max_position_embeddings: f64,
     },
     Yarn(Yarn),
+    /// LongRoPE in its short regime (see the module notes)
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        /// cos/sin multiplier
+        attention_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// `0.1·mscale·ln(scale) + 1` for `scale > 1`, else 1 (YaRN Eq. 21, transformers'
@@ -164,6 +180,40 @@ impl RopeScaling {
                         .unwrap_or(true),
                 })
             }
+            "longrope" | "su" => {
+                let original = orig(ty)?;
+                let factor = match num(p, "factor")? {
+                    Some(f) => f,
+                    None => req(top, "max_position_embeddings", ty)? / original,
+                };
+                let attention_factor = match num(p, "attention_factor")? {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / original.ln()).sqrt(),
+                };
+                let list = |k: &str| -> Result<Vec<f64>, ArchError> {
+                    let bad = || ArchError::BadValue {
+                        key: k.into(),
+                        why: "expected a list of positive numbers".into(),
+                    };
+                    let a = p
+                        .get(k)
+                        .and_then(Value::as_array)
+                        .ok_or_else(|| ArchError::MissingKey(format!("{k} (rope_type {ty})")))?;
+                    a.iter()
+                        .map(|x| x.as_f64().filter(|v| *v > 0.0).ok_or_else(bad))
+                        .collect()
+                };
+                RopeScaling::LongRope {
+                    short_factor: list("short_factor")?,
+                    long_factor: list("long_factor")?,
+                    attention_factor,
+                    original_max_position_embeddings: positive(
+                        "original_max_position_embeddings",
+                        original,
+                    )? as usize,
+                }
+            }
             other => {
                 return Err(ArchError::UnsupportedValue {
                     key: "rope_type".into(),
@@ -180,6 +230,7 @@ impl RopeScaling {
             RopeScaling::Linear { .. } => "linear",
             RopeScaling::Llama3 { .. } => "llama3",
             RopeScaling::Yarn(_) => "yarn",
+            RopeScaling::LongRope { .. } => "longrope",
         }
     }
 
@@ -190,6 +241,13 @@ impl RopeScaling {
         let inv = |i: usize| base.powf(-((2 * i) as f64) / n_rot as f64);
         match self {
             RopeScaling::Default | RopeScaling::Linear { .. } => None,
+            RopeScaling::LongRope { short_factor, .. } => Some(
+                short_factor
+                    .iter()
+                    .take(n_rot / 2)
+                    .map(|f| *f as f32)
+                    .collect(),
+            ),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -247,6 +305,18 @@ impl RopeScaling {
         }
     }
 
+    /// Sequences up to this length are computed exactly; longer ones are refused
+    /// (LongRoPE's long regime is not implemented). `None`: no limit.
+    pub fn exact_positions(&self) -> Option<usize> {
+        match self {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => Some(*original_max_position_embeddings),
+            _ => None,
+        }
+    }
+
     /// The uniform position scale (`linear`'s factor; 1 otherwise).
     pub fn position_scale(&self) -> f64 {
         match self {
@@ -265,6 +335,9 @@ impl RopeScaling {
                 }
                 _ => yarn_get_mscale(y.factor, 1.0),
             },
+            RopeScaling::LongRope {
+                attention_factor, ..
+            } => *attention_factor,
             _ => 1.0,
         }
     }
@@ -293,7 +366,7 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_types_name_the_key_and_value() {
-        for ty in ["dynamic", "longrope", "su", "fancy"] {
+        for ty in ["dynamic", "fancy"] {
             let e = RopeScaling::from_params(&json!({"rope_type": ty, "factor": 2.0}), &json!({}))
                 .unwrap_err();
             let s = e.to_string();

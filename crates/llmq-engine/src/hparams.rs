@@ -141,6 +141,10 @@ pub struct Hparams {
     pub rope_kind: RopeKind,
     /// the RoPE scaling of full-attention layers (each layer's settings are in `layers`)
     pub rope_scaling: RopeScaling,
+    /// the pre-training context the RoPE scaling refers to (`original_context_length`)
+    pub n_ctx_orig: usize,
+    /// sequences longer than this are refused (LongRoPE's long regime is not implemented)
+    pub rope_exact_ctx: Option<usize>,
     pub attn_scale: f32,
     pub embed_scale: Option<f32>,
     pub final_softcap: Option<f32>,
@@ -328,6 +332,11 @@ impl Hparams {
         let n_ctx_train = m.usize_opt("context_length")?.unwrap_or(4096);
         let rope_base = m.f32_opt("rope.freq_base")?.unwrap_or(10000.0);
         let rope_scaling = rope_scaling_of(&m, n_ctx_train)?;
+        let n_ctx_orig = m
+            .usize_opt("rope.scaling.original_context_length")?
+            .unwrap_or(n_ctx_train);
+        // llama.cpp multiplies every rotation's cos/sin by `rope.scaling.attn_factor`
+        let attn_factor_key = m.f32_opt("rope.scaling.attn_factor")?.unwrap_or(1.0);
 
         let mla = if arch == Arch::Deepseek2 {
             let kv_lora_rank = m.usize("attention.kv_lora_rank")?;
@@ -447,10 +456,14 @@ impl Hparams {
                 LayerParams {
                     sliding_window: if swa { window } else { None },
                     rope_base: base,
-                    rope: if scaled {
-                        RopeFreqs::from_scaling(&rope_scaling, base as f64, n_rot_eff)
-                    } else {
-                        RopeFreqs::NONE
+                    rope: {
+                        let mut r = if scaled {
+                            RopeFreqs::from_scaling(&rope_scaling, base as f64, n_rot_eff)
+                        } else {
+                            RopeFreqs::NONE
+                        };
+                        r.attn_factor *= attn_factor_key;
+                        r
                     },
                     moe: moe.is_some() && i >= leading_dense,
                 }
@@ -481,6 +494,8 @@ impl Hparams {
             n_rot: mla.as_ref().map(|p| p.qk_rope).unwrap_or(n_rot),
             rope_kind,
             rope_scaling,
+            n_ctx_orig,
+            rope_exact_ctx: None,
             attn_scale,
             embed_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
             final_softcap: m.f32_opt("final_logit_softcapping")?.filter(|c| *c > 0.0),
@@ -507,6 +522,7 @@ impl Hparams {
             .or(cfg.layers.first())
         {
             self.rope_scaling = full.rope_scaling.clone();
+            self.rope_exact_ctx = full.rope_scaling.exact_positions();
         }
         if self.mla.is_some() {
             self.attn_scale = mla_attn_scale(self.head_dim_k, &self.rope_scaling);

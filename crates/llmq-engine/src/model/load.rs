@@ -85,12 +85,20 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-/// A GGUF's `rope_freqs.weight` (llama3 scaling: per-pair frequency divisors, as
-/// llama.cpp applies them to every layer) into the layers' RoPE settings.
+/// A GGUF's per-pair RoPE frequency factors into the layers' RoPE settings:
+/// `rope_freqs.weight` (llama3 scaling, applied by llama.cpp to every layer) or Phi-3's
+/// `rope_factors_short.weight` (LongRoPE's short regime; longer sequences than the
+/// original context are then refused).
 fn apply_rope_freqs(src: &WeightSource, hp: &mut Hparams) -> Result<()> {
-    let name = "rope_freqs.weight";
-    let Some(v) = src.vector(name)? else {
-        return Ok(());
+    let (name, v) = match src.vector("rope_freqs.weight")? {
+        Some(v) => ("rope_freqs.weight", v),
+        None => match src.vector("rope_factors_short.weight")? {
+            Some(v) => {
+                hp.rope_exact_ctx = Some(hp.n_ctx_orig);
+                ("rope_factors_short.weight", v)
+            }
+            None => return Ok(()),
+        },
     };
     check_len(name, &Some(v.clone()), hp.n_rot / 2)?;
     let factors: std::sync::Arc<[f32]> = v.into();

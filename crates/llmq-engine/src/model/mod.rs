@@ -78,6 +78,14 @@ impl<B: Backend> Model<B> {
         let mut ids = Vec::new();
         for (s, step) in seqs.iter().enumerate() {
             let end = step.cache.len() + step.tokens.len();
+            if let Some(limit) = hp.rope_exact_ctx.filter(|l| end > *l) {
+                return Err(EngineError::UnsupportedValue {
+                    key: "rope_type".into(),
+                    value: format!(
+                        "\"longrope\" beyond original_max_position_embeddings {limit} (a sequence of {end} tokens; the long-factor regime is not implemented)"
+                    ),
+                });
+            }
             if end > step.cache.max_len() {
                 return Err(EngineError::ContextOverflow {
                     len: end,
