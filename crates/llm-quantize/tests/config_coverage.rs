@@ -344,14 +344,6 @@ fn unimplemented_config_values_are_exit_8_naming_key_and_value() {
         ),
         (
             "rope_type",
-            "dynamic",
-            edited_llama(tmp.path(), "dynamic", |c| {
-                c["rope_parameters"] = serde_json::json!({
-                    "rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0});
-            }),
-        ),
-        (
-            "rope_type",
             "ntk-by-parts",
             // legacy spelling: `rope_scaling.type`
             edited_llama(tmp.path(), "legacy", |c| {
@@ -365,6 +357,26 @@ fn unimplemented_config_values_are_exit_8_naming_key_and_value() {
             edited_llama(tmp.path(), "relu", |c| c["hidden_act"] = "relu".into()),
         ),
     ];
+    // dynamic NTK is plain RoPE within max_position_embeddings; past it, refused
+    let dynamic = edited_llama(tmp.path(), "dynamic", |c| {
+        c["rope_parameters"] = serde_json::json!({
+            "rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0});
+        c["max_position_embeddings"] = 16.into();
+    });
+    let m = dynamic.to_str().unwrap();
+    let args = [
+        "generate",
+        m,
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "40",
+    ];
+    let r = lq(tmp.path(), &[&args[..], &["--ctx-size", "64"]].concat());
+    assert_eq!(r.code, 8, "dynamic past its context: {}", r.stderr);
+    assert!(r.stderr.contains("dynamic"), "{}", r.stderr);
+    let r = lq(tmp.path(), &args[..4]);
+    assert_eq!(r.code, 0, "dynamic within its context: {}", r.stderr);
     for (key, value, dir) in &cases {
         let m = dir.to_str().unwrap();
         let runs: [&[&str]; 3] = [

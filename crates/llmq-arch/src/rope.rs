@@ -16,11 +16,14 @@
 //!   implement the short regime exactly and refuse longer sequences
 //!   ([`RopeScaling::exact_positions`]).
 //!
+//! * `dynamic` (NTK-aware): transformers raises the base once a sequence grows past
+//!   `max_position_embeddings` (and keeps it raised across calls); up to that length it is
+//!   plain RoPE, which is what we compute, refusing longer sequences.
+//!
 //! A variant is described by per-pair *frequency factors* `f_i`: pair `i` of an
 //! `n_rot`-dim rotation turns at `base^(-2i/n_rot) / f_i` radians per position (what
-//! llama.cpp's `rope_freqs.weight` holds), plus a factor on cos and sin. `dynamic` (NTK,
-//! frequencies that change with the sequence length) is refused
-//! ([`ArchError::UnsupportedValue`]), as is any unknown type.
+//! llama.cpp's `rope_freqs.weight` holds), plus a factor on cos and sin. An unknown type
+//! is refused ([`ArchError::UnsupportedValue`]).
 
 use crate::ArchError;
 use serde_json::Value;
@@ -57,6 +60,11 @@ pub enum RopeScaling {
         original_max_position_embeddings: f64,
     },
     Yarn(Yarn),
+    /// dynamic NTK within `max_position_embeddings` (plain RoPE there)
+    Dynamic {
+        factor: f64,
+        max_position_embeddings: usize,
+    },
     /// LongRoPE in its short regime (see the module notes)
     LongRope {
         short_factor: Vec<f64>,
@@ -180,6 +188,13 @@ impl RopeScaling {
                         .unwrap_or(true),
                 })
             }
+            "dynamic" => RopeScaling::Dynamic {
+                factor: positive("factor", req(p, "factor", ty)?)?,
+                max_position_embeddings: positive(
+                    "max_position_embeddings",
+                    req(top, "max_position_embeddings", ty)?,
+                )? as usize,
+            },
             "longrope" | "su" => {
                 let original = orig(ty)?;
                 let factor = match num(p, "factor")? {
@@ -231,6 +246,7 @@ impl RopeScaling {
             RopeScaling::Llama3 { .. } => "llama3",
             RopeScaling::Yarn(_) => "yarn",
             RopeScaling::LongRope { .. } => "longrope",
+            RopeScaling::Dynamic { .. } => "dynamic",
         }
     }
 
@@ -240,7 +256,7 @@ impl RopeScaling {
     pub fn freq_factors(&self, base: f64, n_rot: usize) -> Option<Vec<f32>> {
         let inv = |i: usize| base.powf(-((2 * i) as f64) / n_rot as f64);
         match self {
-            RopeScaling::Default | RopeScaling::Linear { .. } => None,
+            RopeScaling::Default | RopeScaling::Linear { .. } | RopeScaling::Dynamic { .. } => None,
             RopeScaling::LongRope { short_factor, .. } => Some(
                 short_factor
                     .iter()
@@ -306,13 +322,18 @@ impl RopeScaling {
     }
 
     /// Sequences up to this length are computed exactly; longer ones are refused
-    /// (LongRoPE's long regime is not implemented). `None`: no limit.
+    /// (LongRoPE's long regime and dynamic NTK's raised base are not implemented).
+    /// `None`: no limit.
     pub fn exact_positions(&self) -> Option<usize> {
         match self {
             RopeScaling::LongRope {
                 original_max_position_embeddings,
                 ..
             } => Some(*original_max_position_embeddings),
+            RopeScaling::Dynamic {
+                max_position_embeddings,
+                ..
+            } => Some(*max_position_embeddings),
             _ => None,
         }
     }
@@ -366,12 +387,25 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_types_name_the_key_and_value() {
-        for ty in ["dynamic", "fancy"] {
+        for ty in ["ntk-by-parts", "fancy"] {
             let e = RopeScaling::from_params(&json!({"rope_type": ty, "factor": 2.0}), &json!({}))
                 .unwrap_err();
             let s = e.to_string();
             assert!(s.contains("rope_type") && s.contains(ty), "{s}");
         }
+    }
+
+    #[test]
+    fn dynamic_is_plain_rope_within_the_trained_context() {
+        let s = RopeScaling::from_params(
+            &json!({"rope_type":"dynamic","factor":2.0}),
+            &json!({"max_position_embeddings": 128}),
+        )
+        .unwrap();
+        assert_eq!(s.freq_factors(10000.0, 64), None);
+        assert_eq!(s.position_scale(), 1.0);
+        assert_eq!(s.attention_factor(), 1.0);
+        assert_eq!(s.exact_positions(), Some(128));
     }
 
     #[test]

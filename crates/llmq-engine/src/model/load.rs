@@ -94,6 +94,14 @@ fn apply_rope_freqs(src: &WeightSource, hp: &mut Hparams) -> Result<()> {
         Some(v) => ("rope_freqs.weight", v),
         None => match src.vector("rope_factors_short.weight")? {
             Some(v) => {
+                let long = src.vector("rope_factors_long.weight")?.unwrap_or_default();
+                let f64s = |v: &[f32]| v.iter().map(|x| f64::from(*x)).collect();
+                hp.rope_scaling = llmq_arch::RopeScaling::LongRope {
+                    short_factor: f64s(&v),
+                    long_factor: f64s(&long),
+                    attention_factor: hp.layers.first().map_or(1.0, |l| l.rope.attn_factor) as f64,
+                    original_max_position_embeddings: hp.n_ctx_orig,
+                };
                 hp.rope_exact_ctx = Some(hp.n_ctx_orig);
                 ("rope_factors_short.weight", v)
             }

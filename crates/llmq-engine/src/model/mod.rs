@@ -82,7 +82,8 @@ impl<B: Backend> Model<B> {
                 return Err(EngineError::UnsupportedValue {
                     key: "rope_type".into(),
                     value: format!(
-                        "\"longrope\" beyond original_max_position_embeddings {limit} (a sequence of {end} tokens; the long-factor regime is not implemented)"
+                        "\"{}\" beyond {limit} positions (a sequence of {end} tokens: transformers changes the frequencies there)",
+                        hp.rope_scaling.name()
                     ),
                 });
             }
