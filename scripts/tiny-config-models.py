@@ -150,6 +150,22 @@ MODELS = {
         ),
         "rope_parameters",
     ),
+    # Gemma 3's released configs: linear scaling on the full-attention layers only
+    "gemma3-linear": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        "gemma3",
+        dict(
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=32,
+            query_pre_attn_scalar=64,
+            rope_parameters=dict(
+                full_attention=dict(rope_type="linear", factor=8.0, rope_theta=1000000.0),
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+            ),
+        ),
+        "rope_parameters",
+    ),
     "qwen3-moe-nonorm": (
         "Qwen3MoeConfig",
         "Qwen3MoeForCausalLM",
@@ -169,6 +185,15 @@ MODELS = {
 DEFAULTS = {
     "rope_parameters": dict(rope_type="default", rope_theta=10000.0),
     "norm_topk_prob": True,
+}
+# per model, where the plain value differs
+PLAIN = {
+    "gemma3-linear": dict(
+        rope_parameters=dict(
+            full_attention=dict(rope_type="default", rope_theta=1000000.0),
+            sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+        )
+    ),
 }
 
 
@@ -221,7 +246,7 @@ def main():
 
         # the same weights without the switch: how much it moves the log-probs
         plain = copy.deepcopy(overrides)
-        plain[switch] = DEFAULTS[switch]
+        plain[switch] = PLAIN.get(name, DEFAULTS)[switch]
         ref = build(cls_cfg, cls_model, plain)
         ref.load_state_dict(model.state_dict())
         ref_lp, _, _ = logprobs(ref, ids)

@@ -1,11 +1,12 @@
 //! Config switches the shared models do not use, proven against models nobody here
 //! wrote: `scripts/tiny-config-models.py` builds tiny random-initialised models with
 //! transformers itself (llama3, linear and YaRN RoPE scaling, DeepSeek-V3's YaRN with
-//! `mscale`/`mscale_all_dim`, Phi-3 LongRoPE; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
+//! `mscale`/`mscale_all_dim`, Phi-3 LongRoPE, Gemma 3's linear scaling of its full layers
+//! only; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
 //! them from the safetensors folder and from our F16 GGUF (log-prob within 1e-3, the
 //! shared models' tolerance; argmax where the golden margin is clear; the same again
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
-//! GGUF of the llama3 and LongRoPE models must equal our llama.cpp-protocol perplexity
+//! GGUF of the llama3, LongRoPE and Gemma 3 models must equal our llama.cpp-protocol perplexity
 //! within 0.5 %. LongRoPE past the original context (its long regime) is refused.
 //! Also: a `rope_type`, RoPE scaling or `hidden_act` we do not implement is exit 8 naming
 //! the key and value, for `eval`, `generate` and `quantize`.
@@ -26,6 +27,7 @@ const HARNESS: &[&str] = &[
     "yarn-rope",
     "deepseek-yarn",
     "phi3-longrope",
+    "gemma3-linear",
     "qwen3-moe-nonorm",
 ];
 
@@ -305,7 +307,7 @@ fn harness_models_match_transformers_and_llama_cpp() {
                 other => failures.push(format!("{name}: 257 tokens gave {:?}", other.map(|_| ()))),
             }
         }
-        if ["llama3-rope", "phi3-longrope"].contains(name) {
+        if ["llama3-rope", "phi3-longrope", "gemma3-linear"].contains(name) {
             let (ctx, chunks) = (256, 4);
             let want = llama_perplexity(&gguf, ctx, chunks);
             let got = our_perplexity(tmp.path(), &gguf, ctx, chunks);

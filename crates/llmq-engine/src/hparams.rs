@@ -451,8 +451,9 @@ impl Hparams {
             .map(|i| {
                 let swa = swa_layers[i] && window.is_some();
                 let base = if swa { rope_base_swa } else { rope_base };
-                // llama.cpp: Gemma 3's local layers do not scale their frequencies
-                let scaled = !(swa && arch == Arch::Gemma3);
+                // llama.cpp scales no sliding layer's frequencies (`rope_freq_scale_train_swa`
+                // is 1 for the architectures we read)
+                let scaled = !swa;
                 LayerParams {
                     sliding_window: if swa { window } else { None },
                     rope_base: base,
