@@ -3,8 +3,9 @@
 //! (architecture keys, then tokenizer keys) and the tensors in the converter's order,
 //! each with the type `llama-quantize` would give it.
 
-use crate::gguf_meta::{arch_metadata, check_gguf_rope, llama_cpp_safe_name, Deviation};
+use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation};
 use crate::gguf_names::{gguf_plan, GgufTensorSpec};
+use crate::gguf_rope::check_gguf_rope;
 use crate::gguf_tokenizer::tokenizer_metadata;
 use crate::meta::{MetaList, MetaValue};
 use crate::mix::{choose_types, Mix, MixModel};

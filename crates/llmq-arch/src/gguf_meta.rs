@@ -17,11 +17,16 @@
 //! * Qwen3-MoE / Mixtral with `norm_topk_prob: false`: the converter writes no
 //!   `expert_weights_norm` and llama.cpp always renormalises for these architectures; we
 //!   write `false` so that our reader computes what transformers does.
+//! * Phi-3 LongRoPE: the converter derives `rope.scaling.attn_factor` from the max and
+//!   original positions only; when the config's `factor` / `attention_factor` give
+//!   transformers another value, we write that one.
+//! * RoPE scaling keys and tensors: see `gguf_rope`.
 //! * `general.name` containing `phi3` breaks llama.cpp's vocab loader for vocabularies
 //!   without SentencePiece's special tokens: see [`llama_cpp_safe_name`].
 
 use crate::config::{ArchConfig, Family, RouterScoring};
 use crate::gguf_names::gguf_arch;
+use crate::gguf_rope::{rope_scaling_keys, rope_scaling_params};
 use crate::meta::{MetaList, MetaValue};
 use crate::ArchError;
 use serde_json::Value;
@@ -57,73 +62,6 @@ fn rope_params(raw: &Value) -> Option<&Value> {
     )
 }
 
-/// The RoPE parameter dict the converter reads for the scaling keys:
-/// `rope_parameters` (its `full_attention` entry when per layer type), else legacy
-/// `rope_scaling`.
-fn rope_scaling_params(raw: &Value) -> Option<&Value> {
-    let p = raw
-        .get("rope_parameters")
-        .filter(|v| v.is_object())
-        .or_else(|| raw.get("rope_scaling").filter(|v| v.is_object()))?;
-    Some(
-        p.get("full_attention")
-            .filter(|v| v.is_object())
-            .unwrap_or(p),
-    )
-}
-
-/// `{arch}.rope.scaling.*` as `TextModel.set_gguf_parameters` writes them: type and
-/// factor for `linear`; for `yarn` also the original context and the optional YaRN keys.
-/// `llama3` is carried by the `rope_freqs.weight` tensor instead.
-fn rope_scaling_keys(cfg: &ArchConfig, k: &dyn Fn(&str) -> String, m: &mut MetaList) {
-    let Some(p) = rope_scaling_params(&cfg.raw) else {
-        return;
-    };
-    let ty = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str);
-    let f = |key: &str| p.get(key).and_then(Value::as_f64);
-    let Some(factor) = f("factor") else {
-        return;
-    };
-    match ty {
-        Some("linear") => {
-            m.set(k("rope.scaling.type"), MetaValue::Str("linear".into()));
-            m.set(k("rope.scaling.factor"), MetaValue::F32(factor as f32));
-        }
-        Some("yarn") => {
-            m.set(k("rope.scaling.type"), MetaValue::Str("yarn".into()));
-            m.set(k("rope.scaling.factor"), MetaValue::F32(factor as f32));
-            let orig = p
-                .get("original_max_position_embeddings")
-                .or_else(|| cfg.raw.get("original_max_position_embeddings"))
-                .and_then(Value::as_u64)
-                .unwrap_or(cfg.max_position_embeddings as u64);
-            m.set(
-                k("rope.scaling.original_context_length"),
-                MetaValue::U32(orig as u32),
-            );
-            let optional = [
-                ("extrapolation_factor", "rope.scaling.yarn_ext_factor"),
-                ("attention_factor", "rope.scaling.yarn_attn_factor"),
-                ("beta_fast", "rope.scaling.yarn_beta_fast"),
-                ("beta_slow", "rope.scaling.yarn_beta_slow"),
-            ];
-            for (hf, gguf) in optional {
-                let v = match hf {
-                    "attention_factor" => f("attention_factor").or_else(|| f("attn_factor")),
-                    _ => f(hf),
-                };
-                if let Some(v) = v {
-                    m.set(k(gguf), MetaValue::F32(v as f32));
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 fn rope_theta_full(cfg: &ArchConfig) -> Option<f64> {
     rope_params(&cfg.raw)
         .and_then(|p| p.get("rope_theta"))
@@ -141,65 +79,6 @@ fn rope_theta_swa(cfg: &ArchConfig) -> Option<f64> {
 
 fn raw_usize(cfg: &ArchConfig, key: &str) -> Option<usize> {
     cfg.raw.get(key).and_then(Value::as_u64).map(|x| x as usize)
-}
-
-/// Refuse RoPE settings our GGUF keys cannot carry (the engine computes them from
-/// `config.json`, but a GGUF reader, ours or llama.cpp's, would silently compute
-/// something else): scaling on Phi-3 (its converter writes no scaling keys), a
-/// scaling on sliding layers other than the full layers' (one set of keys per file,
-/// except Gemma 3 whose local layers llama.cpp never scales), YaRN without `truncate`
-/// (llama.cpp always truncates), and YaRN `mscale` values the keys cannot express.
-pub fn check_gguf_rope(cfg: &ArchConfig) -> Result<(), ArchError> {
-    use crate::rope::{RopeScaling, Yarn};
-    let refuse = |why: String| Err(ArchError::Unrepresentable(why));
-    let full = cfg
-        .layers
-        .iter()
-        .find(|l| l.sliding_window.is_none())
-        .or(cfg.layers.first());
-    let Some(full) = full else { return Ok(()) };
-    for l in &cfg.layers {
-        let want = if cfg.family == Family::Gemma3 && l.sliding_window.is_some() {
-            &RopeScaling::Default
-        } else {
-            &full.rope_scaling
-        };
-        if &l.rope_scaling != want {
-            return refuse(format!(
-                "RoPE scaling differs between layer types ({} and {}); GGUF carries one",
-                full.rope_scaling.name(),
-                l.rope_scaling.name()
-            ));
-        }
-    }
-    match &full.rope_scaling {
-        RopeScaling::Default => Ok(()),
-        RopeScaling::LongRope { .. } => Ok(()),
-        s if cfg.family == Family::Phi3 => refuse(format!(
-            "{} RoPE scaling on Phi-3 cannot be written to GGUF",
-            s.name()
-        )),
-        RopeScaling::Yarn(Yarn {
-            truncate: false, ..
-        }) => refuse(
-            "YaRN with truncate=false cannot be written to GGUF (llama.cpp truncates)".into(),
-        ),
-        RopeScaling::Yarn(y) if y.attention_factor.is_none() => {
-            let mla = cfg.mla.is_some();
-            match (y.mscale, y.mscale_all_dim) {
-                // deepseek2 writes mscale_all_dim; llama.cpp takes mscale as 1
-                (Some(m), Some(_)) if mla && m != 1.0 => {
-                    refuse(format!("YaRN mscale {m} (not 1) cannot be written to GGUF"))
-                }
-                (Some(m), Some(a)) if !mla && m != 0.0 && a != 0.0 => refuse(format!(
-                    "YaRN mscale {m} / mscale_all_dim {a} cannot be written to GGUF for {}",
-                    cfg.architecture
-                )),
-                _ => Ok(()),
-            }
-        }
-        _ => Ok(()),
-    }
 }
 
 /// `expert_weights_norm = false` for softmax-routed MoE configs with
@@ -517,6 +396,7 @@ pub fn arch_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf_rope::check_gguf_rope;
 
     #[test]
     fn phi3_name_is_defused_only_when_needed() {

@@ -24,6 +24,7 @@
 //! order).
 
 use crate::config::{ArchConfig, Family};
+use crate::gguf_rope::rope_tensors;
 use crate::mix::MixTensor;
 use crate::ArchError;
 use std::collections::BTreeMap;
@@ -510,8 +511,19 @@ pub fn gguf_plan(
         });
     }
     // the converter yields its generated tensors before the checkpoint's
-    for (i, t) in rope_tensors(cfg)?.into_iter().enumerate() {
-        out.insert(i, t);
+    for (i, (name, values)) in rope_tensors(cfg)?.into_iter().enumerate() {
+        out.insert(
+            i,
+            GgufTensorSpec {
+                gguf_name: name.into(),
+                role: TensorRole::RopeFreqs,
+                layer: None,
+                sources: vec![],
+                source_shapes: vec![],
+                shape_ne: vec![values.len()],
+                transform: Transform::Generated(values),
+            },
+        );
     }
     let mut seen = std::collections::HashSet::new();
     for t in &out {
@@ -524,78 +536,6 @@ pub fn gguf_plan(
         tensors: out,
         skipped,
     })
-}
-
-fn generated(name: &str, values: Vec<f32>) -> GgufTensorSpec {
-    GgufTensorSpec {
-        gguf_name: name.into(),
-        role: TensorRole::RopeFreqs,
-        layer: None,
-        sources: vec![],
-        source_shapes: vec![],
-        shape_ne: vec![values.len()],
-        transform: Transform::Generated(values),
-    }
-}
-
-/// The RoPE tensors the converter generates from the config: `rope_freqs.weight` for
-/// llama3 scaling (`LlamaModel.generate_extra_tensors`: per-pair factors of the
-/// full-attention layers), `rope_factors_long/short.weight` for Phi-3 LongRoPE
-/// (`Phi3MiniModel`). Other families' converters write none, so their GGUF could not
-/// carry the scaling: refused.
-fn rope_tensors(cfg: &ArchConfig) -> Result<Vec<GgufTensorSpec>, ArchError> {
-    use crate::RopeScaling;
-    let Some(layer) = cfg
-        .layers
-        .iter()
-        .find(|l| l.sliding_window.is_none())
-        .or(cfg.layers.first())
-    else {
-        return Ok(vec![]);
-    };
-    let unrepresentable = || {
-        Err(ArchError::Unrepresentable(format!(
-            "{} RoPE scaling on {} cannot be written to GGUF (llama.cpp's converter writes no factors for it)",
-            layer.rope_scaling.name(),
-            cfg.architecture
-        )))
-    };
-    match &layer.rope_scaling {
-        RopeScaling::Llama3 { .. } => {
-            if !matches!(
-                cfg.family,
-                Family::Llama | Family::Mistral | Family::Mixtral
-            ) {
-                return unrepresentable();
-            }
-            let dim = cfg
-                .raw
-                .get("head_dim")
-                .and_then(serde_json::Value::as_u64)
-                .map(|d| d as usize)
-                .unwrap_or(cfg.hidden_size / cfg.num_heads);
-            let factors = layer
-                .rope_scaling
-                .freq_factors(layer.rope_theta, dim)
-                .expect("llama3 scaling has factors");
-            Ok(vec![generated("rope_freqs.weight", factors)])
-        }
-        RopeScaling::LongRope {
-            short_factor,
-            long_factor,
-            ..
-        } => {
-            if cfg.family != Family::Phi3 {
-                return unrepresentable();
-            }
-            let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
-            Ok(vec![
-                generated("rope_factors_long.weight", f32s(long_factor)),
-                generated("rope_factors_short.weight", f32s(short_factor)),
-            ])
-        }
-        _ => Ok(vec![]),
-    }
 }
 
 /// Build a GGUF tensor's data (row-major in PyTorch order, i.e. ggml `ne[0]` contiguous)

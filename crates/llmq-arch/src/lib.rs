@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf_export;
 pub mod gguf_meta;
 pub mod gguf_names;
+pub mod gguf_rope;
 pub mod gguf_tokenizer;
 pub mod meta;
 pub mod mix;
