@@ -8,8 +8,9 @@
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
 //! GGUF of the llama3, LongRoPE and Gemma 3 models must equal our llama.cpp-protocol perplexity
 //! within 0.5 %. LongRoPE past the original context (its long regime) is refused.
-//! Also: a `rope_type`, RoPE scaling or `hidden_act` we do not implement is exit 8 naming
-//! the key and value, for `eval`, `generate` and `quantize`.
+//! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement is
+//! exit 8 naming the key and value, for `eval`, `generate` and `quantize`; dynamic NTK
+//! past its trained context likewise.
 //!
 //! The models are generated at test time; the parity test is skipped only when
 //! `LLMQ_HFQUANT_PYTHON` (the venv of `scripts/install-py-test-deps.sh`) is unset.
@@ -354,6 +355,13 @@ fn unimplemented_config_values_are_exit_8_naming_key_and_value() {
             edited_llama(tmp.path(), "legacy", |c| {
                 c["rope_scaling"] = serde_json::json!({"type": "ntk-by-parts", "factor": 2.0});
                 c.as_object_mut().unwrap().remove("rope_parameters");
+            }),
+        ),
+        (
+            "attn_logit_softcapping",
+            "50",
+            edited_llama(tmp.path(), "softcap", |c| {
+                c["attn_logit_softcapping"] = 50.0.into()
             }),
         ),
         (

@@ -465,6 +465,13 @@ impl ArchConfig {
             })
             .to_string();
         check_hidden_act(family, &hidden_act)?;
+        // attention-score soft-capping (Gemma 2 style) is not computed by the engine
+        if let Some(cap) = get(&v, "attn_logit_softcapping").filter(|c| c.as_f64() != Some(0.0)) {
+            return Err(ArchError::UnsupportedValue {
+                key: "attn_logit_softcapping".into(),
+                value: cap.to_string(),
+            });
+        }
         let attention_bias = match family {
             Family::Qwen2 => true,
             _ => opt_bool(&v, "attention_bias").unwrap_or(false),
