@@ -345,7 +345,10 @@ impl ArchConfig {
                 expert_intermediate_size: opt_usize(&v, "moe_intermediate_size")?
                     .unwrap_or(intermediate_size),
                 n_shared_experts: 0,
-                norm_topk_prob: opt_bool(&v, "norm_topk_prob").unwrap_or(family == Family::Mixtral),
+                // transformers' Mixtral always renormalises (it has no such switch);
+                // Qwen3-MoE reads it, default false
+                norm_topk_prob: family == Family::Mixtral
+                    || opt_bool(&v, "norm_topk_prob").unwrap_or(false),
                 scoring: RouterScoring::Softmax,
                 n_group: 1,
                 topk_group: 1,
@@ -525,6 +528,53 @@ impl ArchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MOE: &str = r#""hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
+        "vocab_size":4,"intermediate_size":8,"num_experts_per_tok":2"#;
+
+    #[test]
+    fn norm_topk_prob_as_transformers_reads_it() {
+        let cfg = |arch: &str, extra: &str| {
+            ArchConfig::from_json_str(&format!(
+                r#"{{"architectures":["{arch}"],{MOE},"num_local_experts":4{extra}}}"#
+            ))
+            .unwrap()
+            .moe
+            .unwrap()
+            .norm_topk_prob
+        };
+        assert!(cfg("MixtralForCausalLM", r#","norm_topk_prob":false"#));
+        assert!(!cfg("Qwen3MoeForCausalLM", ""));
+        assert!(!cfg("Qwen3MoeForCausalLM", r#","norm_topk_prob":false"#));
+        assert!(cfg("Qwen3MoeForCausalLM", r#","norm_topk_prob":true"#));
+    }
+
+    #[test]
+    fn rope_scaling_per_layer_type_and_refused_activations() {
+        let c = ArchConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,"sliding_window":4,
+            "layer_types":["sliding_attention","full_attention"],
+            "rope_parameters":{"sliding_attention":{"rope_type":"default","rope_theta":10000.0},
+              "full_attention":{"rope_type":"linear","factor":8.0,"rope_theta":1000000.0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.layers[0].rope_scaling, RopeScaling::Default);
+        assert_eq!(
+            c.layers[1].rope_scaling,
+            RopeScaling::Linear { factor: 8.0 }
+        );
+        assert_eq!(c.layers[1].rope_theta, 1e6);
+        let e = ArchConfig::from_json_str(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,"hidden_act":"relu"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ArchError::UnsupportedValue { key, .. } if key == "hidden_act"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn missing_keys_and_unknown_architectures_are_clear_errors() {
