@@ -7,7 +7,8 @@
 //! shared models' tolerance; argmax where the golden margin is clear; the same again
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
 //! GGUF of the llama3, LongRoPE and Gemma 3 models must equal our llama.cpp-protocol perplexity
-//! within 0.5 %. LongRoPE past the original context (its long regime) is refused.
+//! within 0.5 %. LongRoPE past the original context (its long regime) is refused. The
+//! same configs in transformers 4's spelling (`rope_scaling`, `type`) give the same logits.
 //! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement is
 //! exit 8 naming the key and value, for `eval`, `generate` and `quantize`; dynamic NTK
 //! past its trained context likewise.
@@ -275,10 +276,15 @@ fn harness_models_match_transformers_and_llama_cpp() {
             ));
         }
         let gguf = f16_gguf(tmp.path(), &dir, name);
-        for (path, src) in [
+        let legacy = legacy_copy(&dir, &tmp.path().join(format!("{name}-legacy")));
+        let mut sources = vec![
             ("safetensors", WeightSource::open_hf(&dir).unwrap()),
             ("F16 GGUF", WeightSource::open_gguf(&gguf).unwrap()),
-        ] {
+        ];
+        if let Some(d) = &legacy {
+            sources.push(("legacy cfg", WeightSource::open_hf(d).unwrap()));
+        }
+        for (path, src) in sources {
             let model = Model::load(&src).unwrap();
             let p = parity(&model, &g);
             eprintln!(
@@ -323,6 +329,29 @@ fn harness_models_match_transformers_and_llama_cpp() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The model in a transformers-4 style config (`rope_theta` and `rope_scaling` at the top
+/// level, the type as `type`), when its `rope_parameters` are one dict with a scaling.
+fn legacy_copy(dir: &Path, dst: &Path) -> Option<PathBuf> {
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut rope = cfg.as_object_mut()?.remove("rope_parameters")?;
+    let r = rope.as_object_mut()?;
+    let ty = r.remove("rope_type")?;
+    if ty == "default" || r.contains_key("full_attention") {
+        return None;
+    }
+    cfg["rope_theta"] = r.remove("rope_theta")?;
+    r.insert("type".into(), ty);
+    cfg["rope_scaling"] = rope;
+    let out = copy_model(dir, dst);
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    Some(out)
 }
 
 /// A copy of the shared llama (folder `label`) with its config.json changed by `edit`.
