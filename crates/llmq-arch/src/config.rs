@@ -436,6 +436,13 @@ impl ArchConfig {
             .and_then(|p| opt_f64(p, "partial_rotary_factor").ok().flatten())
             .or(opt_f64(&v, "partial_rotary_factor")?)
             .unwrap_or(1.0);
+        // only Phi-3 (of our families) rotates part of the head in transformers
+        if partial_rotary_factor != 1.0 && family != Family::Phi3 {
+            return Err(ArchError::UnsupportedValue {
+                key: "partial_rotary_factor".into(),
+                value: partial_rotary_factor.to_string(),
+            });
+        }
         let rot_dims = match &mla {
             Some(m) => m.qk_rope_head_dim,
             None => (head_dim as f64 * partial_rotary_factor) as usize,
