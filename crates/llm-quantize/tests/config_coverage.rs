@@ -6,8 +6,8 @@
 //! them from the safetensors folder and from our F16 GGUF (log-prob within 1e-3, the
 //! shared models' tolerance; argmax where the golden margin is clear; the same again
 //! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
-//! GGUF of the llama3, LongRoPE and Gemma 3 models must equal our llama.cpp-protocol perplexity
-//! within 0.5 %. LongRoPE past the original context (its long regime) is refused. The
+//! GGUF of the llama3, linear, YaRN, LongRoPE and Gemma 3 models must equal our
+//! llama.cpp-protocol perplexity within 0.5 %. LongRoPE past the original context (its long regime) is refused. The
 //! same configs in transformers 4's spelling (`rope_scaling`, `type`) give the same logits.
 //! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement is
 //! exit 8 naming the key and value, for `eval`, `generate` and `quantize`; dynamic NTK
@@ -315,7 +315,16 @@ fn harness_models_match_transformers_and_llama_cpp() {
                 other => failures.push(format!("{name}: 257 tokens gave {:?}", other.map(|_| ()))),
             }
         }
-        if ["llama3-rope", "phi3-longrope", "gemma3-linear"].contains(name) {
+        // not deepseek-yarn: llama.cpp takes its mscale as mscale_all_dim when that is not
+        // 1 (`llama_context`, DeepSeek-2 special case), transformers as given
+        let peer = [
+            "llama3-rope",
+            "linear-rope",
+            "yarn-rope",
+            "phi3-longrope",
+            "gemma3-linear",
+        ];
+        if peer.contains(name) {
             let (ctx, chunks) = (256, 4);
             let (chunks, want) = llama_perplexity(&gguf, ctx, chunks);
             let got = our_perplexity(tmp.path(), &gguf, ctx, chunks);
