@@ -1,14 +1,15 @@
 //! Config switches the shared models do not use, proven against models nobody here
 //! wrote: `scripts/tiny-config-models.py` builds tiny random-initialised models with
 //! transformers itself (llama3, linear and YaRN RoPE scaling, DeepSeek-V3's YaRN with
-//! `mscale`/`mscale_all_dim`, Phi-3 LongRoPE, Gemma 3's linear scaling of its full layers
-//! only; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in float32. The engine must match
-//! them from the safetensors folder and from our F16 GGUF (log-prob within 1e-3, the
-//! shared models' tolerance; argmax where the golden margin is clear; the same again
-//! through the KV cache, one token at a time), and llama.cpp's `llama-perplexity` on our
-//! GGUF of the llama3, linear, YaRN, LongRoPE and Gemma 3 models must equal our
-//! llama.cpp-protocol perplexity within 0.5 %. LongRoPE past the original context (its long regime) is refused. The
-//! same configs in transformers 4's spelling (`rope_scaling`, `type`) give the same logits.
+//! `mscale`/`mscale_all_dim`, Phi-3 LongRoPE, Gemma 3's linear scaling of its full
+//! layers only; Qwen3-MoE with `norm_topk_prob: false`) and their golden log-probs in
+//! float32. The engine must match them from the safetensors folder and from our F16 GGUF
+//! (log-prob within 1e-3, the shared models' tolerance; argmax where the golden margin is
+//! clear; the same again through the KV cache, one token at a time), and llama.cpp's
+//! `llama-perplexity` on our GGUF of the llama3, linear, YaRN, LongRoPE and Gemma 3
+//! models must equal our llama.cpp-protocol perplexity within 0.5 %. LongRoPE past the
+//! original context (its long regime) is refused. The same configs in transformers 4's
+//! spelling (`rope_scaling`, `type`) give the same logits.
 //! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement is
 //! exit 8 naming the key and value, for `eval`, `generate` and `quantize`; dynamic NTK
 //! past its trained context likewise.
