@@ -18,6 +18,10 @@ pub fn engine_error(e: EngineError) -> PipelineError {
             e.to_string(),
             "Run a model of a supported architecture, or check `llm-quantize info MODEL`",
         ),
+        EngineError::UnsupportedValue { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "This model uses a setting llm-quantize does not compute yet; run it with transformers or llama.cpp",
+        ),
         EngineError::UnsupportedType { .. } => PipelineError::unsupported(
             e.to_string(),
             "Re-quantize the model to a type llm-quantize runs (e.g. `quantize MODEL gguf -q Q4_K_M`), or run it with llama.cpp",

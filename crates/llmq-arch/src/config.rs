@@ -2,6 +2,7 @@
 //! 4 and 5 spellings: `rope_theta` or `rope_parameters`, `torch_dtype` or `dtype`).
 //! Every behaviour is read from the config, never assumed from a fixture.
 
+use crate::rope::RopeScaling;
 use crate::ArchError;
 use serde_json::Value;
 use std::path::Path;
@@ -109,6 +110,8 @@ pub struct LayerSpec {
     /// `Some(w)`: key j visible from query i when i - w < j <= i
     pub sliding_window: Option<usize>,
     pub rope_theta: f64,
+    /// how this layer's RoPE frequencies are scaled
+    pub rope_scaling: RopeScaling,
     /// whether the MLP of this layer is a mixture of experts
     pub moe: bool,
 }
@@ -221,6 +224,52 @@ fn rope_theta(v: &Value, layer_type: Option<&str>) -> Result<Option<f64>, ArchEr
     opt_f64(v, "rope_theta")
 }
 
+/// The RoPE parameter dict of a layer type: `rope_parameters[layer_type]` when the
+/// config has one per layer type, else `rope_parameters`, else legacy `rope_scaling`.
+/// Gemma 3's legacy `rope_scaling` concerns its global layers only.
+fn rope_scaling(
+    v: &Value,
+    family: Family,
+    layer_type: Option<&str>,
+) -> Result<RopeScaling, ArchError> {
+    let params = get(v, "rope_parameters")
+        .filter(|p| p.is_object())
+        .or_else(|| get(v, "rope_scaling").filter(|p| p.is_object()));
+    let Some(p) = params else {
+        return Ok(RopeScaling::Default);
+    };
+    let per_type = ["full_attention", "sliding_attention"]
+        .iter()
+        .any(|k| get(p, k).is_some());
+    let p = if per_type {
+        match get(p, layer_type.unwrap_or("full_attention")) {
+            Some(one) => one,
+            None => return Ok(RopeScaling::Default),
+        }
+    } else if family == Family::Gemma3 && layer_type == Some("sliding_attention") {
+        return Ok(RopeScaling::Default);
+    } else {
+        p
+    };
+    RopeScaling::from_params(p, v)
+}
+
+/// The gated MLP activations the engine computes, per family; anything else is refused.
+fn check_hidden_act(family: Family, act: &str) -> Result<(), ArchError> {
+    let ok = match family {
+        Family::Gemma3 => matches!(act, "gelu_pytorch_tanh" | "gelu_new"),
+        _ => matches!(act, "silu" | "swish"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ArchError::UnsupportedValue {
+            key: "hidden_act".into(),
+            value: format!("\"{act}\""),
+        })
+    }
+}
+
 impl ArchConfig {
     /// Read `config.json` from a model folder (or the file itself).
     pub fn from_path(path: &Path) -> Result<ArchConfig, ArchError> {
@@ -296,7 +345,10 @@ impl ArchConfig {
                 expert_intermediate_size: opt_usize(&v, "moe_intermediate_size")?
                     .unwrap_or(intermediate_size),
                 n_shared_experts: 0,
-                norm_topk_prob: opt_bool(&v, "norm_topk_prob").unwrap_or(family == Family::Mixtral),
+                // transformers' Mixtral always renormalises (it has no such switch);
+                // Qwen3-MoE reads it, default false
+                norm_topk_prob: family == Family::Mixtral
+                    || opt_bool(&v, "norm_topk_prob").unwrap_or(false),
                 scoring: RouterScoring::Softmax,
                 n_group: 1,
                 topk_group: 1,
@@ -375,6 +427,7 @@ impl ArchConfig {
             layers.push(LayerSpec {
                 sliding_window: window,
                 rope_theta: theta,
+                rope_scaling: rope_scaling(&v, family, lt)?,
                 moe: moe_layer(i)?,
             });
         }
@@ -383,12 +436,52 @@ impl ArchConfig {
             .and_then(|p| opt_f64(p, "partial_rotary_factor").ok().flatten())
             .or(opt_f64(&v, "partial_rotary_factor")?)
             .unwrap_or(1.0);
+        // only Phi-3 (of our families) rotates part of the head in transformers
+        if partial_rotary_factor != 1.0 && family != Family::Phi3 {
+            return Err(ArchError::UnsupportedValue {
+                key: "partial_rotary_factor".into(),
+                value: partial_rotary_factor.to_string(),
+            });
+        }
+        let rot_dims = match &mla {
+            Some(m) => m.qk_rope_head_dim,
+            None => (head_dim as f64 * partial_rotary_factor) as usize,
+        };
+        for l in &layers {
+            if let RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } = &l.rope_scaling
+            {
+                for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != rot_dims / 2 {
+                        return Err(ArchError::BadValue {
+                            key: k.into(),
+                            why: format!("{} values for {} rotary pairs", f.len(), rot_dims / 2),
+                        });
+                    }
+                }
+            }
+        }
 
         let hidden_act = get(&v, "hidden_act")
             .or(get(&v, "hidden_activation"))
             .and_then(Value::as_str)
-            .unwrap_or("silu")
+            .unwrap_or(if family == Family::Gemma3 {
+                "gelu_pytorch_tanh"
+            } else {
+                "silu"
+            })
             .to_string();
+        check_hidden_act(family, &hidden_act)?;
+        // attention-score soft-capping (Gemma 2 style) is not computed by the engine
+        if let Some(cap) = get(&v, "attn_logit_softcapping").filter(|c| c.as_f64() != Some(0.0)) {
+            return Err(ArchError::UnsupportedValue {
+                key: "attn_logit_softcapping".into(),
+                value: cap.to_string(),
+            });
+        }
         let attention_bias = match family {
             Family::Qwen2 => true,
             _ => opt_bool(&v, "attention_bias").unwrap_or(false),
@@ -442,6 +535,53 @@ impl ArchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MOE: &str = r#""hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
+        "vocab_size":4,"intermediate_size":8,"num_experts_per_tok":2"#;
+
+    #[test]
+    fn norm_topk_prob_as_transformers_reads_it() {
+        let cfg = |arch: &str, extra: &str| {
+            ArchConfig::from_json_str(&format!(
+                r#"{{"architectures":["{arch}"],{MOE},"num_local_experts":4{extra}}}"#
+            ))
+            .unwrap()
+            .moe
+            .unwrap()
+            .norm_topk_prob
+        };
+        assert!(cfg("MixtralForCausalLM", r#","norm_topk_prob":false"#));
+        assert!(!cfg("Qwen3MoeForCausalLM", ""));
+        assert!(!cfg("Qwen3MoeForCausalLM", r#","norm_topk_prob":false"#));
+        assert!(cfg("Qwen3MoeForCausalLM", r#","norm_topk_prob":true"#));
+    }
+
+    #[test]
+    fn rope_scaling_per_layer_type_and_refused_activations() {
+        let c = ArchConfig::from_json_str(
+            r#"{"architectures":["Gemma3ForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,"sliding_window":4,
+            "layer_types":["sliding_attention","full_attention"],
+            "rope_parameters":{"sliding_attention":{"rope_type":"default","rope_theta":10000.0},
+              "full_attention":{"rope_type":"linear","factor":8.0,"rope_theta":1000000.0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.layers[0].rope_scaling, RopeScaling::Default);
+        assert_eq!(
+            c.layers[1].rope_scaling,
+            RopeScaling::Linear { factor: 8.0 }
+        );
+        assert_eq!(c.layers[1].rope_theta, 1e6);
+        let e = ArchConfig::from_json_str(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,"hidden_act":"relu"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ArchError::UnsupportedValue { key, .. } if key == "hidden_act"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn missing_keys_and_unknown_architectures_are_clear_errors() {

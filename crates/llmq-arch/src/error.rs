@@ -21,6 +21,10 @@ pub enum ArchError {
     /// A `config.json` value cannot be used.
     #[error("config.json key `{key}` has an unusable value: {why}")]
     BadValue { key: String, why: String },
+    /// A `config.json` value that changes the model's math and that this project does
+    /// not implement (an unknown `rope_type`, activation, ...): refused, never ignored.
+    #[error("config.json `{key}` = {value} is not implemented (it changes the model's computation, so it cannot be ignored)")]
+    UnsupportedValue { key: String, value: String },
     /// The architecture is not one this project implements.
     #[error("unsupported architecture `{0}` (supported: {list})", list = Family::supported_list())]
     Unsupported(String),

@@ -5,6 +5,7 @@
 
 use crate::gguf_meta::{arch_metadata, llama_cpp_safe_name, Deviation};
 use crate::gguf_names::{gguf_plan, GgufTensorSpec};
+use crate::gguf_rope::check_gguf_rope;
 use crate::gguf_tokenizer::tokenizer_metadata;
 use crate::meta::{MetaList, MetaValue};
 use crate::mix::{choose_types, Mix, MixModel};
@@ -33,6 +34,7 @@ pub fn gguf_export(
     mix: Mix,
     name: &str,
 ) -> Result<GgufExport, ArchError> {
+    check_gguf_rope(cfg)?;
     let plan = gguf_plan(cfg, hf_tensors)?;
     let tok = tokenizer_metadata(dir, cfg.family, cfg.vocab_size)?;
     let name = match tok.get("tokenizer.ggml.tokens") {

@@ -14,11 +14,19 @@
 //! * GLM-4.7-Flash: its config gives the dense layers as `mlp_layer_types`, not
 //!   `first_k_dense_replace`, so the converter writes `leading_dense_block_count` 0; we
 //!   count the leading dense layers.
+//! * Qwen3-MoE / Mixtral with `norm_topk_prob: false`: the converter writes no
+//!   `expert_weights_norm` and llama.cpp always renormalises for these architectures; we
+//!   write `false` so that our reader computes what transformers does.
+//! * Phi-3 LongRoPE: the converter derives `rope.scaling.attn_factor` from the max and
+//!   original positions only; when the config's `factor` / `attention_factor` give
+//!   transformers another value, we write that one.
+//! * RoPE scaling keys and tensors: see `gguf_rope`.
 //! * `general.name` containing `phi3` breaks llama.cpp's vocab loader for vocabularies
 //!   without SentencePiece's special tokens: see [`llama_cpp_safe_name`].
 
 use crate::config::{ArchConfig, Family, RouterScoring};
 use crate::gguf_names::gguf_arch;
+use crate::gguf_rope::{rope_scaling_keys, rope_scaling_params};
 use crate::meta::{MetaList, MetaValue};
 use crate::ArchError;
 use serde_json::Value;
@@ -71,6 +79,26 @@ fn rope_theta_swa(cfg: &ArchConfig) -> Option<f64> {
 
 fn raw_usize(cfg: &ArchConfig, key: &str) -> Option<usize> {
     cfg.raw.get(key).and_then(Value::as_u64).map(|x| x as usize)
+}
+
+/// `expert_weights_norm = false` for softmax-routed MoE configs with
+/// `norm_topk_prob: false` (see the module notes: a deviation from the converter).
+fn no_renormalisation(
+    cfg: &ArchConfig,
+    k: &dyn Fn(&str) -> String,
+    m: &mut MetaList,
+    dev: &mut Vec<Deviation>,
+) {
+    if cfg.moe.as_ref().is_some_and(|moe| !moe.norm_topk_prob) {
+        let ours = MetaValue::Bool(false);
+        dev.push(Deviation {
+            key: k("expert_weights_norm"),
+            converter: None,
+            ours: ours.clone(),
+            why: "norm_topk_prob is false; llama.cpp renormalises the chosen experts' weights for this architecture regardless",
+        });
+        m.set(k("expert_weights_norm"), ours);
+    }
 }
 
 /// Number of dense layers before the first MoE layer, if the MoE layers form a suffix
@@ -153,6 +181,28 @@ pub fn arch_metadata(
             k("attention.sliding_window"),
             u32v(raw_usize(cfg, "sliding_window").unwrap_or(0)),
         );
+        if let Some(crate::RopeScaling::LongRope {
+            attention_factor, ..
+        }) = cfg.layers.first().map(|l| &l.rope_scaling)
+        {
+            // `Phi3MiniModel.generate_extra_tensors`: from max/original positions only
+            let scale = cfg.max_position_embeddings as f64 / orig_ctx as f64;
+            let conv = if scale > 1.0 {
+                (1.0 + scale.ln() / (orig_ctx as f64).ln()).sqrt()
+            } else {
+                1.0
+            };
+            let ours = MetaValue::F32(*attention_factor as f32);
+            if (conv as f32) != (*attention_factor as f32) {
+                dev.push(Deviation {
+                    key: k("rope.scaling.attn_factor"),
+                    converter: Some(MetaValue::F32(conv as f32)),
+                    ours: ours.clone(),
+                    why: "the config's factor / attention_factor give transformers another cos/sin factor than max/original positions",
+                });
+            }
+            m.set(k("rope.scaling.attn_factor"), ours);
+        }
         m.set(
             "general.quantization_version",
             MetaValue::U32(GGML_QUANT_VERSION),
@@ -171,6 +221,7 @@ pub fn arch_metadata(
         k("attention.head_count_kv"),
         u32v(if is_mla { 1 } else { cfg.num_kv_heads }),
     );
+    rope_scaling_keys(cfg, &k, &mut m);
     m.set(k("rope.freq_base"), MetaValue::F32(theta as f32));
     if let Some(t) = rope_theta_swa(cfg) {
         m.set(k("rope.freq_base_swa"), MetaValue::F32(t as f32));
@@ -210,6 +261,7 @@ pub fn arch_metadata(
             m.set(k("vocab_size"), u32v(cfg.vocab_size));
             let rope_dim = raw_usize(cfg, "head_dim").unwrap_or(cfg.hidden_size / cfg.num_heads);
             m.set(k("rope.dimension_count"), u32v(rope_dim));
+            no_renormalisation(cfg, &k, &mut m, &mut dev);
         }
         Family::Qwen3Moe => {
             if let Some(x) = raw_usize(cfg, "moe_intermediate_size") {
@@ -218,6 +270,7 @@ pub fn arch_metadata(
             if let Some(x) = raw_usize(cfg, "shared_expert_intermediate_size") {
                 m.set(k("expert_shared_feed_forward_length"), u32v(x));
             }
+            no_renormalisation(cfg, &k, &mut m, &mut dev);
         }
         Family::Gemma3 => {
             m.set(k("context_length"), u32v(cfg.max_position_embeddings));
@@ -310,6 +363,16 @@ pub fn arch_metadata(
                 m.set(k("expert_weights_norm"), MetaValue::Bool(true));
             }
             m.set(k("rope.dimension_count"), u32v(mla.qk_rope_head_dim));
+            if let Some(all) = rope_scaling_params(&cfg.raw)
+                .and_then(|p| p.get("mscale_all_dim"))
+                .and_then(Value::as_f64)
+            {
+                // the converter's deepseek2 convention: 0.1 * mscale_all_dim
+                m.set(
+                    k("rope.scaling.yarn_log_multiplier"),
+                    MetaValue::F32((0.1 * all) as f32),
+                );
+            }
             if scoring_key.is_none() && moe.scoring == RouterScoring::Sigmoid {
                 let ours = MetaValue::U32(GATING_SIGMOID);
                 dev.push(Deviation {
@@ -333,6 +396,7 @@ pub fn arch_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf_rope::check_gguf_rope;
 
     #[test]
     fn phi3_name_is_defused_only_when_needed() {
@@ -345,6 +409,60 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(llama_cpp_safe_name("Phi3", &sp), "Phi3");
+    }
+
+    fn llama_with(extra: &str) -> ArchConfig {
+        ArchConfig::from_json_str(&format!(
+            r#"{{"architectures":["LlamaForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+            "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,
+            "max_position_embeddings":256{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn rope_scaling_keys_as_the_converter_writes_them() {
+        let yarn = llama_with(
+            r#","rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":10000.0,
+            "original_max_position_embeddings":64,"beta_fast":16.0}"#,
+        );
+        let (m, _) = arch_metadata(&yarn, "t", 1).unwrap();
+        assert_eq!(
+            m.get("llama.rope.scaling.type"),
+            Some(&MetaValue::Str("yarn".into()))
+        );
+        assert_eq!(
+            m.get("llama.rope.scaling.original_context_length"),
+            Some(&MetaValue::U32(64))
+        );
+        assert_eq!(
+            m.get("llama.rope.scaling.yarn_beta_fast"),
+            Some(&MetaValue::F32(16.0))
+        );
+        assert_eq!(m.get("llama.rope.scaling.yarn_beta_slow"), None);
+        check_gguf_rope(&yarn).unwrap();
+        // legacy spelling, linear
+        let lin = llama_with(r#","rope_scaling":{"type":"linear","factor":2.0}"#);
+        let (m, _) = arch_metadata(&lin, "t", 1).unwrap();
+        assert_eq!(
+            m.get("llama.rope.scaling.factor"),
+            Some(&MetaValue::F32(2.0))
+        );
+        // llama3 goes into rope_freqs.weight, not keys
+        let l3 = llama_with(
+            r#","rope_parameters":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":64}"#,
+        );
+        let (m, _) = arch_metadata(&l3, "t", 1).unwrap();
+        assert_eq!(m.get("llama.rope.scaling.type"), None);
+        let no_truncate = llama_with(
+            r#","rope_parameters":{"rope_type":"yarn","factor":4.0,"truncate":false,
+            "original_max_position_embeddings":64}"#,
+        );
+        assert!(matches!(
+            check_gguf_rope(&no_truncate),
+            Err(ArchError::Unrepresentable(_))
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! order).
 
 use crate::config::{ArchConfig, Family};
+use crate::gguf_rope::rope_tensors;
 use crate::mix::MixTensor;
 use crate::ArchError;
 use std::collections::BTreeMap;
@@ -73,6 +74,8 @@ pub enum TensorRole {
     FfnGateShexp,
     FfnUpShexp,
     FfnDownShexp,
+    /// per-pair RoPE frequency factors (llama3 scaling), generated from the config
+    RopeFreqs,
 }
 
 /// How the GGUF tensor is built from its HF sources.
@@ -100,6 +103,8 @@ pub enum Transform {
     },
     /// every element plus one (Gemma3 RMSNorm weights are stored as `w`, used as `1 + w`)
     AddOne,
+    /// no sources: these values, computed from the config (`rope_freqs.weight`)
+    Generated(Vec<f32>),
 }
 
 /// One GGUF tensor of the plan.
@@ -505,6 +510,21 @@ pub fn gguf_plan(
             example,
         });
     }
+    // the converter yields its generated tensors before the checkpoint's
+    for (i, (name, values)) in rope_tensors(cfg)?.into_iter().enumerate() {
+        out.insert(
+            i,
+            GgufTensorSpec {
+                gguf_name: name.into(),
+                role: TensorRole::RopeFreqs,
+                layer: None,
+                sources: vec![],
+                source_shapes: vec![],
+                shape_ne: vec![values.len()],
+                transform: Transform::Generated(values),
+            },
+        );
+    }
     let mut seen = std::collections::HashSet::new();
     for t in &out {
         if !seen.insert(t.gguf_name.as_str()) {
@@ -541,10 +561,15 @@ pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Ve
             )));
         }
     }
-    let shape0 = &spec.source_shapes[0];
+    let shape0 = match (&spec.transform, spec.source_shapes.first()) {
+        (Transform::Generated(values), _) => return Ok(values.clone()),
+        (_, Some(s)) => s,
+        (_, None) => return Err(err("no sources".into())),
+    };
     Ok(match &spec.transform {
         Transform::None => sources[0].clone(),
         Transform::AddOne => sources[0].iter().map(|x| x + 1.0).collect(),
+        Transform::Generated(values) => values.clone(),
         Transform::Stack => sources.concat(),
         Transform::PermuteQK { n_head } => {
             let rows = shape0[0];

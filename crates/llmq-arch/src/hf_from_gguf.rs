@@ -251,6 +251,12 @@ pub fn inverse_of(spec: &GgufTensorSpec) -> Result<Inverse, ArchError> {
                 spec.gguf_name
             )))
         }
+        Transform::Generated(_) => {
+            return Err(not_rev(format!(
+                "{}: RoPE frequency factors (llama3 / LongRoPE scaling) are not reversed into config.json",
+                spec.gguf_name
+            )))
+        }
     })
 }
 

@@ -8,12 +8,14 @@ pub mod error;
 pub mod gguf_export;
 pub mod gguf_meta;
 pub mod gguf_names;
+pub mod gguf_rope;
 pub mod gguf_tokenizer;
 pub mod hf_config;
 pub mod hf_from_gguf;
 pub mod hf_tokenizer;
 pub mod meta;
 pub mod mix;
+pub mod rope;
 
 pub use config::{ArchConfig, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring};
 pub use error::{ArchError, Result};
@@ -24,3 +26,4 @@ pub use gguf_names::{
 pub use hf_from_gguf::{gguf_to_hf, HfModel, Inverse};
 pub use meta::{MetaList, MetaValue};
 pub use mix::{choose_types, Mix, MixModel, MixTensor};
+pub use rope::{RopeScaling, Yarn};

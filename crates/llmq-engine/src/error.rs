@@ -5,6 +5,9 @@
 pub enum EngineError {
     #[error("unsupported architecture `{0}` (supported: Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Gemma3, Phi3, Mixtral, DeepSeek-V3, GLM-4.7-Flash)")]
     UnsupportedArch(String),
+    /// A setting that changes the model's math and that the engine does not implement.
+    #[error("`{key}` = {value} is not implemented (it changes the model's computation, so it cannot be ignored)")]
+    UnsupportedValue { key: String, value: String },
     #[error("model metadata lacks `{0}`")]
     MissingKey(String),
     #[error("model metadata `{key}` is unusable: {why}")]

@@ -6,9 +6,10 @@
 //! ([`Hparams::apply_hf_config`]).
 
 use crate::error::{EngineError, Result};
-use llmq_arch::ArchConfig;
+use llmq_arch::{ArchConfig, RopeScaling, Yarn};
 use llmq_formats::gguf::GgufValue;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The decoder variants (GGUF `general.architecture`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +83,43 @@ pub struct MlaParams {
     pub v_head_dim: usize,
 }
 
+/// A layer's RoPE scaling as the backend's `Rope` takes it (`llmq_arch::rope` computes
+/// it from the variant).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeFreqs {
+    /// positions are divided by this (linear scaling)
+    pub scale: f32,
+    /// per-pair frequency divisors (llama3, YaRN); `None`: all 1
+    pub factors: Option<Arc<[f32]>>,
+    /// multiplies cos and sin (YaRN)
+    pub attn_factor: f32,
+}
+
+impl RopeFreqs {
+    /// Plain RoPE.
+    pub const NONE: RopeFreqs = RopeFreqs {
+        scale: 1.0,
+        factors: None,
+        attn_factor: 1.0,
+    };
+
+    /// The settings of `scaling` for RoPE base `base` over `n_rot` dimensions.
+    pub fn from_scaling(scaling: &RopeScaling, base: f64, n_rot: usize) -> RopeFreqs {
+        RopeFreqs {
+            scale: scaling.position_scale() as f32,
+            factors: scaling.freq_factors(base, n_rot).map(Arc::from),
+            attn_factor: scaling.attention_factor() as f32,
+        }
+    }
+}
+
 /// Per-layer attention settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerParams {
     /// key j is visible from query i when i - window < j <= i
     pub sliding_window: Option<usize>,
     pub rope_base: f32,
+    pub rope: RopeFreqs,
     pub moe: bool,
 }
 
@@ -107,8 +139,12 @@ pub struct Hparams {
     pub eps: f32,
     pub n_rot: usize,
     pub rope_kind: RopeKind,
-    /// positions are divided by this (linear RoPE scaling)
-    pub rope_scale: f32,
+    /// the RoPE scaling of full-attention layers (each layer's settings are in `layers`)
+    pub rope_scaling: RopeScaling,
+    /// the pre-training context the RoPE scaling refers to (`original_context_length`)
+    pub n_ctx_orig: usize,
+    /// sequences longer than this are refused (LongRoPE's long regime is not implemented)
+    pub rope_exact_ctx: Option<usize>,
     pub attn_scale: f32,
     pub embed_scale: Option<f32>,
     pub final_softcap: Option<f32>,
@@ -210,6 +246,64 @@ fn positive(key: &str, v: usize) -> Result<usize> {
     }
 }
 
+/// MLA's softmax scale: `1/sqrt(head_dim)` times YaRN's `mscale(factor,
+/// mscale_all_dim)²` (transformers' `yarn_apply_mscale`, llama.cpp's `kq_scale`).
+fn mla_attn_scale(head_dim_k: usize, scaling: &RopeScaling) -> f32 {
+    ((1.0 / (head_dim_k as f64).sqrt()) * scaling.mla_softmax_factor()) as f32
+}
+
+/// The RoPE scaling the `rope.scaling.*` keys describe, with the defaults llama.cpp
+/// uses (`llama_model::load_hparams`, `llama_context`): `original_context_length`
+/// defaults to the training context, YaRN's betas to 32 and 1; DeepSeek-2's
+/// `yarn_log_multiplier` is `0.1 · mscale_all_dim` with `mscale` 1. A type we do not
+/// implement (`longrope`, anything unknown) is refused.
+fn rope_scaling_of(m: &Meta<'_>, n_ctx_train: usize) -> Result<RopeScaling> {
+    let ty = m.str_opt("rope.scaling.type");
+    let factor = m.f32_opt("rope.scaling.factor")?.map(f64::from);
+    let positive = |f: Option<f64>| -> Result<f64> {
+        match f {
+            Some(f) if f > 0.0 => Ok(f),
+            _ => Err(EngineError::BadValue {
+                key: m.key("rope.scaling.factor"),
+                why: format!("{f:?} is not a positive scaling factor"),
+            }),
+        }
+    };
+    Ok(match ty {
+        None | Some("none") => RopeScaling::Default,
+        Some("linear") => match factor {
+            // llama.cpp's default type is linear, factor 1 when absent
+            None => RopeScaling::Default,
+            f => RopeScaling::Linear {
+                factor: positive(f)?,
+            },
+        },
+        Some("yarn") => {
+            let log_mul = m.f32_opt("rope.scaling.yarn_log_multiplier")?;
+            let f = |k: &str| -> Result<Option<f64>> { Ok(m.f32_opt(k)?.map(f64::from)) };
+            RopeScaling::Yarn(Yarn {
+                factor: positive(factor)?,
+                original_max_position_embeddings: m
+                    .usize_opt("rope.scaling.original_context_length")?
+                    .unwrap_or(n_ctx_train)
+                    as f64,
+                beta_fast: f("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: f("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                attention_factor: f("rope.scaling.yarn_attn_factor")?,
+                mscale: log_mul.map(|_| 1.0),
+                mscale_all_dim: log_mul.map(|x| f64::from(x) / 0.1),
+                truncate: true,
+            })
+        }
+        Some(t) => {
+            return Err(EngineError::UnsupportedValue {
+                key: m.key("rope.scaling.type"),
+                value: format!("\"{t}\""),
+            })
+        }
+    })
+}
+
 impl Hparams {
     /// Read the hyper-parameters from GGUF metadata. `n_vocab` is the embedding's row
     /// count (the caller knows it from the tensor).
@@ -237,20 +331,12 @@ impl Hparams {
             .ok_or_else(|| EngineError::MissingKey(m.key("attention.layer_norm_rms_epsilon")))?;
         let n_ctx_train = m.usize_opt("context_length")?.unwrap_or(4096);
         let rope_base = m.f32_opt("rope.freq_base")?.unwrap_or(10000.0);
-        let rope_scale = match (
-            m.str_opt("rope.scaling.type"),
-            m.f32_opt("rope.scaling.factor")?,
-        ) {
-            (Some("linear"), Some(f)) if f > 0.0 => f,
-            (None | Some("none"), _) => 1.0,
-            (Some(t), _) if t != "linear" => {
-                return Err(EngineError::BadValue {
-                    key: m.key("rope.scaling.type"),
-                    why: format!("RoPE scaling `{t}` is not implemented (linear is)"),
-                })
-            }
-            _ => 1.0,
-        };
+        let rope_scaling = rope_scaling_of(&m, n_ctx_train)?;
+        let n_ctx_orig = m
+            .usize_opt("rope.scaling.original_context_length")?
+            .unwrap_or(n_ctx_train);
+        // llama.cpp multiplies every rotation's cos/sin by `rope.scaling.attn_factor`
+        let attn_factor_key = m.f32_opt("rope.scaling.attn_factor")?.unwrap_or(1.0);
 
         let mla = if arch == Arch::Deepseek2 {
             let kv_lora_rank = m.usize("attention.kv_lora_rank")?;
@@ -360,12 +446,26 @@ impl Hparams {
             _ => m.f32_opt("rope.freq_base_swa")?.unwrap_or(rope_base),
         };
         let leading_dense = moe.as_ref().map(|p| p.leading_dense).unwrap_or(0);
+        let n_rot_eff = mla.as_ref().map(|p| p.qk_rope).unwrap_or(n_rot);
         let layers = (0..n_layer)
             .map(|i| {
                 let swa = swa_layers[i] && window.is_some();
+                let base = if swa { rope_base_swa } else { rope_base };
+                // llama.cpp scales no sliding layer's frequencies (`rope_freq_scale_train_swa`
+                // is 1 for the architectures we read)
+                let scaled = !swa;
                 LayerParams {
                     sliding_window: if swa { window } else { None },
-                    rope_base: if swa { rope_base_swa } else { rope_base },
+                    rope_base: base,
+                    rope: {
+                        let mut r = if scaled {
+                            RopeFreqs::from_scaling(&rope_scaling, base as f64, n_rot_eff)
+                        } else {
+                            RopeFreqs::NONE
+                        };
+                        r.attn_factor *= attn_factor_key;
+                        r
+                    },
                     moe: moe.is_some() && i >= leading_dense,
                 }
             })
@@ -377,6 +477,7 @@ impl Hparams {
         };
         let attn_scale = match (arch, &mla) {
             (Arch::Gemma3, _) if n_layer == 62 => 1.0 / ((n_embd / n_head) as f32).sqrt(),
+            (_, Some(_)) => mla_attn_scale(head_dim_k, &rope_scaling),
             _ => 1.0 / (head_dim_k as f32).sqrt(),
         };
         Ok(Hparams {
@@ -393,7 +494,9 @@ impl Hparams {
             eps,
             n_rot: mla.as_ref().map(|p| p.qk_rope).unwrap_or(n_rot),
             rope_kind,
-            rope_scale,
+            rope_scaling,
+            n_ctx_orig,
+            rope_exact_ctx: None,
             attn_scale,
             embed_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
             final_softcap: m.f32_opt("final_logit_softcapping")?.filter(|c| *c > 0.0),
@@ -404,12 +507,26 @@ impl Hparams {
     }
 
     /// Settings a safetensors model states in `config.json` that its GGUF metadata
-    /// cannot carry: sliding windows on every layer type (Mistral), Gemma 3's
+    /// cannot carry: sliding windows on every layer type (Mistral), RoPE scaling per
+    /// layer type (with every parameter, e.g. YaRN's `truncate` and `mscale`), Gemma 3's
     /// `query_pre_attn_scalar`.
     pub fn apply_hf_config(&mut self, cfg: &ArchConfig) {
         for (lp, spec) in self.layers.iter_mut().zip(&cfg.layers) {
             lp.sliding_window = spec.sliding_window;
             lp.rope_base = spec.rope_theta as f32;
+            lp.rope = RopeFreqs::from_scaling(&spec.rope_scaling, spec.rope_theta, self.n_rot);
+        }
+        if let Some(full) = cfg
+            .layers
+            .iter()
+            .find(|l| l.sliding_window.is_none())
+            .or(cfg.layers.first())
+        {
+            self.rope_scaling = full.rope_scaling.clone();
+            self.rope_exact_ctx = full.rope_scaling.exact_positions();
+        }
+        if self.mla.is_some() {
+            self.attn_scale = mla_attn_scale(self.head_dim_k, &self.rope_scaling);
         }
         if let Some(q) = cfg.query_pre_attn_scalar {
             if self.arch == Arch::Gemma3 && q > 0.0 {

@@ -23,14 +23,33 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// Rotation angles' cos/sin for one position: `n_rot / 2` pairs.
-pub fn rope_table(pos: usize, n_rot: usize, base: f32, scale: f32) -> Vec<(f32, f32)> {
-    let p = pos as f64 / scale as f64;
+/// Per-pair RoPE frequency settings beyond the base: the position divisor `scale`,
+/// optional per-pair frequency divisors and the factor on cos/sin (the backend's `Rope`
+/// documents the formula).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeFreqScaling<'a> {
+    pub scale: f32,
+    pub freq_factors: Option<&'a [f32]>,
+    pub attn_factor: f32,
+}
+
+/// Rotation angles' cos/sin for one position: `n_rot / 2` pairs; pair `i` turns by
+/// `(pos / scale) · base^(-2i/n_rot) / freq_factors[i]`, cos and sin times `attn_factor`.
+pub fn rope_table(pos: usize, n_rot: usize, base: f32, f: RopeFreqScaling<'_>) -> Vec<(f32, f32)> {
+    let p = pos as f64 / f.scale as f64;
     (0..n_rot / 2)
         .map(|i| {
-            let inv_freq = (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+            let mut inv_freq = (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+            if let Some(ff) = f.freq_factors {
+                inv_freq /= ff[i] as f64;
+            }
             let a = p * inv_freq;
-            (a.cos() as f32, a.sin() as f32)
+            let (c, s) = (a.cos() as f32, a.sin() as f32);
+            if f.attn_factor == 1.0 {
+                (c, s)
+            } else {
+                (c * f.attn_factor, s * f.attn_factor)
+            }
         })
         .collect()
 }
@@ -107,7 +126,12 @@ mod tests {
 
     #[test]
     fn rope_pairings_rotate_the_right_elements() {
-        let t = rope_table(3, 4, 10000.0, 1.0);
+        let plain = RopeFreqScaling {
+            scale: 1.0,
+            freq_factors: None,
+            attn_factor: 1.0,
+        };
+        let t = rope_table(3, 4, 10000.0, plain);
         let mut a = [1.0, 0.0, 1.0, 0.0];
         rope_apply(&mut a, &t, RopeKind::Norm);
         // pair (0,1) rotated by 3 rad, pair (2,3) by 3/100 rad

@@ -60,6 +60,9 @@ impl WeightSource {
     pub fn open_hf(dir: &Path) -> Result<WeightSource> {
         let config = ArchConfig::from_path(&dir.join("config.json")).map_err(|e| match e {
             llmq_arch::config::ConfigError::Unsupported(arch) => EngineError::UnsupportedArch(arch),
+            llmq_arch::config::ConfigError::UnsupportedValue { key, value } => {
+                EngineError::UnsupportedValue { key, value }
+            }
             e => EngineError::Source(e.to_string()),
         })?;
         let st = SafetensorsModel::open(dir).map_err(|e| EngineError::Source(e.to_string()))?;

@@ -48,6 +48,7 @@ impl TensorSource for HfTensors {
     fn describe(&self, job: &TensorJob) -> String {
         let spec = &self.specs[&job.name];
         match spec.sources.as_slice() {
+            [] => format!("{} (computed from config.json)", job.name),
             [one] => format!("{} (from {one})", job.name),
             many => format!(
                 "{} (from {} and {} more)",
@@ -151,6 +152,10 @@ pub(crate) fn export_error(e: ArchError) -> PipelineError {
         | ArchError::MalformedTokenizer(_) => PipelineError::validation(
             format!("tokenizer: {e}"),
             "The folder needs a valid tokenizer.json",
+        ),
+        ArchError::UnsupportedValue { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "This model uses a setting llm-quantize does not implement yet",
         ),
         ArchError::Unrepresentable(_) => PipelineError::unsupported(
             e.to_string(),

@@ -110,6 +110,10 @@ pub fn config_error(e: ConfigError) -> PipelineError {
             e.to_string(),
             "This architecture is not supported yet; see `llm-quantize --help` for the list",
         ),
+        ConfigError::UnsupportedValue { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "This model uses a setting llm-quantize does not implement yet",
+        ),
         ConfigError::Io { .. } => PipelineError::not_found(e.to_string(), "Check the model folder"),
         _ => PipelineError::validation(e.to_string(), "Fix or re-download the model's config.json"),
     }

@@ -16,15 +16,25 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// Rotary position embedding settings (RoFormer, Su et al. 2021).
+/// Rotary position embedding settings (RoFormer, Su et al. 2021). Pair `i` (of
+/// `n_rot / 2`) at position `p` turns by
+/// `θ = (p / scale) · base^(-2i / n_rot) / freq_factors[i]` (computed in f64), and the
+/// rotated values are `attn_factor · (x0·cos θ − x1·sin θ, x0·sin θ + x1·cos θ)`.
+/// Every scaled RoPE variant is expressed this way (`llmq_arch::rope`): linear through
+/// `scale`, llama3 and YaRN through `freq_factors` (llama.cpp's `rope_freqs.weight`),
+/// YaRN's cos/sin scaling through `attn_factor`.
 #[derive(Clone, Copy, Debug)]
-pub struct Rope {
+pub struct Rope<'a> {
     /// dimensions rotated at the start of each head
     pub n_rot: usize,
     pub base: f32,
     /// positions are divided by this (linear scaling)
     pub scale: f32,
     pub kind: RopeKind,
+    /// per-pair frequency divisors (`n_rot / 2` values); `None`: all 1
+    pub freq_factors: Option<&'a [f32]>,
+    /// multiplies cos and sin (YaRN's attention factor; 1 otherwise)
+    pub attn_factor: f32,
 }
 
 /// Where each token of a forward batch belongs: its sequence (an index into the
@@ -144,7 +154,7 @@ pub trait Backend: Sized {
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf);
     /// Rotate the first `rope.n_rot` values of every `head_dim`-wide head of every
     /// buffer in `xs`; row `t` of each (one row per token) is at position `pos[t]`.
-    fn rope(&self, xs: &mut [&mut Self::Buf], head_dim: usize, pos: &[usize], rope: Rope);
+    fn rope(&self, xs: &mut [&mut Self::Buf], head_dim: usize, pos: &[usize], rope: Rope<'_>);
     /// `act(gate) * up`, element-wise, in `gate`'s buffer.
     fn glu(&self, gate: Self::Buf, up: &Self::Buf, act: Activation) -> Self::Buf;
     /// `act(g) * u` for rows `[g | u]` of `2 * ff` values (fused gate|up).

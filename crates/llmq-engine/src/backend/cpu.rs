@@ -6,7 +6,9 @@
 use super::api::{Activation, AttnShape, Backend, KvView, MlaShape, Rope, Routing, TokenMap};
 use super::cpu_attention;
 use crate::hparams::MoeParams;
-use crate::ops::{axpy, gelu_tanh, rms_norm, rms_norm_rows, rope_apply, rope_table, silu};
+use crate::ops::{
+    axpy, gelu_tanh, rms_norm, rms_norm_rows, rope_apply, rope_table, silu, RopeFreqScaling,
+};
 use llmq_kernels::{matmul, WeightMatrix};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -130,11 +132,16 @@ impl Backend for Cpu {
         x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
     }
 
-    fn rope(&self, xs: &mut [&mut Vec<f32>], head_dim: usize, pos: &[usize], rope: Rope) {
+    fn rope(&self, xs: &mut [&mut Vec<f32>], head_dim: usize, pos: &[usize], rope: Rope<'_>) {
         let n = pos.len();
         let widths: Vec<usize> = xs.iter().map(|x| x.len() / n.max(1)).collect();
         for (t, &p) in pos.iter().enumerate() {
-            let tab = rope_table(p, rope.n_rot, rope.base, rope.scale);
+            let f = RopeFreqScaling {
+                scale: rope.scale,
+                freq_factors: rope.freq_factors,
+                attn_factor: rope.attn_factor,
+            };
+            let tab = rope_table(p, rope.n_rot, rope.base, f);
             for (x, &w) in xs.iter_mut().zip(&widths) {
                 for head in x[t * w..(t + 1) * w].chunks_mut(head_dim) {
                     rope_apply(head, &tab, rope.kind);

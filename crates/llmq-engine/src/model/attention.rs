@@ -94,8 +94,10 @@ impl<B: Backend> StandardAttention<B> {
         let rope = Rope {
             n_rot: hp.n_rot,
             base: lp.rope_base,
-            scale: hp.rope_scale,
+            scale: lp.rope.scale,
             kind: hp.rope_kind,
+            freq_factors: lp.rope.factors.as_deref(),
+            attn_factor: lp.rope.attn_factor,
         };
         be.rope(&mut [&mut q, &mut k], dk, tokens.pos, rope);
         kv_cache::append(be, seqs, li, tokens.seq, Part::K, &k, kd);

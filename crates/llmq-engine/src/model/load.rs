@@ -85,6 +85,37 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
+/// A GGUF's per-pair RoPE frequency factors into the layers' RoPE settings:
+/// `rope_freqs.weight` (llama3 scaling, applied by llama.cpp to every layer) or Phi-3's
+/// `rope_factors_short.weight` (LongRoPE's short regime; longer sequences than the
+/// original context are then refused).
+fn apply_rope_freqs(src: &WeightSource, hp: &mut Hparams) -> Result<()> {
+    let (name, v) = match src.vector("rope_freqs.weight")? {
+        Some(v) => ("rope_freqs.weight", v),
+        None => match src.vector("rope_factors_short.weight")? {
+            Some(v) => {
+                let long = src.vector("rope_factors_long.weight")?.unwrap_or_default();
+                let f64s = |v: &[f32]| v.iter().map(|x| f64::from(*x)).collect();
+                hp.rope_scaling = llmq_arch::RopeScaling::LongRope {
+                    short_factor: f64s(&v),
+                    long_factor: f64s(&long),
+                    attention_factor: hp.layers.first().map_or(1.0, |l| l.rope.attn_factor) as f64,
+                    original_max_position_embeddings: hp.n_ctx_orig,
+                };
+                hp.rope_exact_ctx = Some(hp.n_ctx_orig);
+                ("rope_factors_short.weight", v)
+            }
+            None => return Ok(()),
+        },
+    };
+    check_len(name, &Some(v.clone()), hp.n_rot / 2)?;
+    let factors: std::sync::Arc<[f32]> = v.into();
+    for lp in &mut hp.layers {
+        lp.rope.factors = Some(factors.clone());
+    }
+    Ok(())
+}
+
 impl Model<Cpu> {
     /// Load a model from its weight source onto the CPU.
     pub fn load(src: &WeightSource) -> Result<Model> {
@@ -101,8 +132,9 @@ impl<B: Backend> Model<B> {
             .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?;
         let n_vocab = embd_shape.get(1).copied().unwrap_or(0);
         let mut hp = Hparams::from_metadata(&meta, n_vocab)?;
-        if let Some(cfg) = src.hf_config() {
-            hp.apply_hf_config(cfg);
+        match src.hf_config() {
+            Some(cfg) => hp.apply_hf_config(cfg),
+            None => apply_rope_freqs(src, &mut hp)?,
         }
         let d = hp.n_embd;
         let ld = Loader { src, be: &be };

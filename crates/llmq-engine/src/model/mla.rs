@@ -92,8 +92,10 @@ impl<B: Backend> MlaAttention<B> {
         let rot = Rope {
             n_rot: rope,
             base: lp.rope_base,
-            scale: hp.rope_scale,
+            scale: lp.rope.scale,
             kind: hp.rope_kind,
+            freq_factors: lp.rope.factors.as_deref(),
+            attn_factor: lp.rope.attn_factor,
         };
         be.rope(&mut [&mut k_rope, &mut q_rope], rope, tokens.pos, rot);
         let rows = be.concat_cols(&latent, lora, &k_rope, rope);

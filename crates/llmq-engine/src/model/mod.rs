@@ -78,6 +78,15 @@ impl<B: Backend> Model<B> {
         let mut ids = Vec::new();
         for (s, step) in seqs.iter().enumerate() {
             let end = step.cache.len() + step.tokens.len();
+            if let Some(limit) = hp.rope_exact_ctx.filter(|l| end > *l) {
+                return Err(EngineError::UnsupportedValue {
+                    key: "rope_type".into(),
+                    value: format!(
+                        "\"{}\" beyond {limit} positions (a sequence of {end} tokens: transformers changes the frequencies there)",
+                        hp.rope_scaling.name()
+                    ),
+                });
+            }
             if end > step.cache.max_len() {
                 return Err(EngineError::ContextOverflow {
                     len: end,

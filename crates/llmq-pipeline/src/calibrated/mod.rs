@@ -82,6 +82,10 @@ pub(super) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
             format!("architecture `{a}` is not supported by the calibration engine"),
             "Use gguf output, or one of the supported architectures",
         ),
+        e @ llmq_engine::EngineError::UnsupportedValue { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "This model uses a setting the calibration engine does not compute yet",
+        ),
         e @ llmq_engine::EngineError::UnsupportedType { .. } => PipelineError::unsupported(
             e.to_string(),
             "Calibrate from the original Hugging Face checkpoint instead",

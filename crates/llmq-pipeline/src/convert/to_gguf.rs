@@ -81,13 +81,14 @@ pub(super) fn convert(
     // types: mix rules for quantized sources, the stored float type for dense ones
     let mut types = Vec::with_capacity(export.tensors.len());
     for (spec, ty) in &export.tensors {
-        let quantized = spec.sources.iter().all(|s| ck.is_quantized(s));
+        let quantized = !spec.sources.is_empty() && spec.sources.iter().all(|s| ck.is_quantized(s));
         let ty = if quantized {
             *ty
         } else {
-            let dtype = ck
-                .st
-                .info(&spec.sources[0])
+            let dtype = spec
+                .sources
+                .first()
+                .and_then(|s| ck.st.info(s))
                 .map(|i| match i.dtype {
                     llmq_formats::safetensors::StDtype::F16 => Dtype::F16,
                     llmq_formats::safetensors::StDtype::BF16 => Dtype::BF16,
