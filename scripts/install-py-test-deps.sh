@@ -14,6 +14,8 @@
 #     LLMQ_TORCH_CPU_INDEX.)
 #   - compressed-tensors (+ transformers, pydantic, ...) as published on PyPI
 #   - safetensors, numpy, threadpoolctl (imported by the GPTQModel files run)
+#   - nvidia-cuda-nvrtc: NVIDIA's runtime compiler library, with which the CUDA
+#     backend's test compiles every kernel on a machine without a GPU
 #   - the sources (not installed: they need CUDA to build) of AutoAWQ and
 #     GPTQModel, unpacked under src/: the tests execute their CPU/torch unpack
 #     functions straight from those files.
@@ -25,13 +27,14 @@ CT_VERSION="0.20.0"
 SAFETENSORS_VERSION="0.8.0"
 NUMPY_VERSION="2.4.6"
 THREADPOOLCTL_VERSION="3.6.0"
+NVRTC_VERSION="13.2.86"
 AUTOAWQ_VERSION="0.2.9"
 GPTQMODEL_VERSION="7.7.0"
 
 ROOT="${LLM_QUANTIZE_PY_TEST_DIR:-$HOME/.cache/llm-quantize/py-test-deps}"
 VENV="$ROOT/venv"
 PY="$VENV/bin/python"
-STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION"
+STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION-nvrtc$NVRTC_VERSION"
 
 if [ -f "$STAMP" ] && [ -x "$PY" ] \
   && [ -f "$ROOT/src/autoawq-$AUTOAWQ_VERSION/awq/utils/packing_utils.py" ] \
@@ -61,7 +64,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] 
 fi
 
 "${PIP[@]}" install -q "compressed-tensors==$CT_VERSION" "safetensors==$SAFETENSORS_VERSION" \
-  "numpy==$NUMPY_VERSION" "threadpoolctl==3.6.0" >&2
+  "numpy==$NUMPY_VERSION" "threadpoolctl==3.6.0" "nvidia-cuda-nvrtc==$NVRTC_VERSION" >&2
 
 # Reference sources executed by the tests (their packages need CUDA to build).
 mkdir -p "$ROOT/src"
