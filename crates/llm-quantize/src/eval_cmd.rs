@@ -6,7 +6,7 @@ use crate::model_load::{choose_device, engine_error, load_on, with_backend, Load
 use crate::output::{thousands, Mode, Verbosity};
 use crate::progress::{log, CountBar};
 use clap::{Args, ValueEnum};
-use llmq_engine::perplexity::{perplexity, PplOptions, PplProtocol};
+use llmq_engine::perplexity::{perplexity_across, PplOptions, PplProtocol};
 use llmq_engine::Backend;
 use llmq_pipeline::PipelineError;
 use serde_json::json;
@@ -167,7 +167,10 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
     let device = choose_device(&a.device, quiet)?;
     match &a.base_device {
         None => {
-            with_backend!(device, be => eval_on(be.clone(), be, &a, &text, &dataset_name, mode, verbosity))
+            with_backend!(device, be => {
+                let (be, base_be) = twice(be);
+                eval_on(be, base_be, &a, &text, &dataset_name, mode, verbosity)
+            })
         }
         Some(bd) => {
             let base_device = choose_device(bd, quiet)?;
@@ -175,6 +178,11 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
                 eval_on(be, bb, &a, &text, &dataset_name, mode, verbosity)))
         }
     }
+}
+
+/// A backend handle for the model and one for `--base`.
+fn twice<T: Clone>(t: T) -> (T, T) {
+    (t.clone(), t)
 }
 
 /// `eval` once the text is read: the model on backend `be`, `--base` on `base_be`.
@@ -235,7 +243,7 @@ fn eval_on<B: Backend, C: Backend>(
         ));
     }
     let mut bar = CountBar::new(total, "Evaluating", "windows", verbosity);
-    let r = perplexity(
+    let r = perplexity_across(
         &m.model,
         base.as_ref().map(|b| &b.model),
         &tokens,

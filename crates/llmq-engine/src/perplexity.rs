@@ -155,9 +155,20 @@ fn run_windows<B: Backend>(model: &Model<B>, batch: &[&Window]) -> Result<Vec<Ve
     model.forward(&mut steps)
 }
 
-/// Evaluate `model` (and optionally compare with `base`) on `tokens`. `progress` is
-/// called with (windows done, windows total).
-pub fn perplexity<B: Backend, C: Backend>(
+/// Evaluate `model` (and optionally compare with `base`, on the same backend) on
+/// `tokens`. `progress` is called with (windows done, windows total).
+pub fn perplexity<B: Backend>(
+    model: &Model<B>,
+    base: Option<&Model<B>>,
+    tokens: &[u32],
+    o: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PplResult> {
+    perplexity_across(model, base, tokens, o, progress)
+}
+
+/// [`perplexity`] with `base` on another backend (the GPU against the CPU).
+pub fn perplexity_across<B: Backend, C: Backend>(
     model: &Model<B>,
     base: Option<&Model<C>>,
     tokens: &[u32],
