@@ -27,11 +27,14 @@ LOG="$R/gpu-check.log"
 export LLMQ_CUDA_CACHE="$W/kernel-cache"
 
 nvidia-smi -L 2>&1 | tee -a "$LOG"
-if ! ldconfig -p | grep -q 'libnvrtc.so'; then
-  lib="$(find / -xdev -name 'libnvrtc.so*' ! -name '*builtins*' 2>/dev/null | sort | head -1)"
+# NVRTC: the loader's path, else the toolkit's folder, else any copy on the disk
+if ! ldconfig -p | grep -q 'libnvrtc.so' && [ -z "${LLMQ_NVRTC_LIB:-}" ]; then
+  lib="$(ls /usr/local/cuda/lib64/libnvrtc.so.* /usr/local/cuda/targets/*/lib/libnvrtc.so.* 2>/dev/null \
+    | grep -v builtins | head -1)"
+  [ -n "$lib" ] || lib="$(find / -xdev -name 'libnvrtc.so.*' ! -name '*builtins*' 2>/dev/null | sort | head -1)"
   [ -n "$lib" ] && export LLMQ_NVRTC_LIB="$lib"
-  echo "NVRTC: ${LLMQ_NVRTC_LIB:-none found}" | tee -a "$LOG"
 fi
+echo "NVRTC: ${LLMQ_NVRTC_LIB:-from the loader path}" | tee -a "$LOG"
 
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
