@@ -53,8 +53,8 @@ fn nvrtc_compiles_every_kernel() {
     for arch in ["compute_80", "compute_90"] {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
-        // 13 shared kernels + gemv and embed per GPU type
-        assert_eq!(kernels, 13 + 2 * cuda::GPU_TYPES.len(), "{arch}");
+        // 15 shared kernels + gemv and embed per GPU type
+        assert_eq!(kernels, 15 + 2 * cuda::GPU_TYPES.len(), "{arch}");
         for (_, k) in cuda::GPU_TYPES {
             assert!(
                 ptx.contains(&format!(".entry gemv_{k}(")),

@@ -14,6 +14,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("dequant.cuh", include_str!("kernels/dequant.cuh")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
+    ("actquant.cu", include_str!("kernels/actquant.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
 ];

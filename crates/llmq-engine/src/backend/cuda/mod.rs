@@ -44,6 +44,8 @@ const KERNELS: &[&str] = &[
     "concat_cols",
     "scatter_add_rows",
     "attention",
+    "act_q8_0",
+    "act_q8_k",
 ];
 
 struct Inner {

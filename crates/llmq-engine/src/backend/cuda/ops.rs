@@ -3,7 +3,7 @@
 //! model passes on the host (token ids, positions, routed rows) are copied up per call.
 
 use super::buffers::{ok, CudaBuf};
-use super::weights::{self, CudaWeight};
+use super::weights::{self, ActRound, CudaWeight};
 use super::{attention, unsupported, Cuda};
 use crate::backend::api::{
     Activation, AttnShape, Backend, KvView, MlaShape, Rope, Routing, TokenMap,
@@ -49,6 +49,31 @@ impl Cuda {
     pub(super) fn upload_i32(&self, v: impl IntoIterator<Item = usize>) -> CudaSlice<i32> {
         let v: Vec<i32> = v.into_iter().map(|x| x as i32).collect();
         ok("upload", self.stream().clone_htod(&v[..]))
+    }
+
+    /// `x` (`len` values) rounded as the CPU engine rounds the activations of a
+    /// weight with rounding `act`; `None` for f32.
+    fn round_activations(&self, act: ActRound, x: &CudaBuf, len: usize) -> Option<CudaBuf> {
+        if act == ActRound::F32 || len == 0 {
+            return None;
+        }
+        let y = CudaBuf::alloc(self.stream(), len);
+        match act {
+            ActRound::Q8_0 => {
+                let blocks = (len / 32) as u64;
+                launch!(self, "act_q8_0", flat(len), &x.data, &y.data, &blocks);
+            }
+            ActRound::Q8K => {
+                let cfg = LaunchConfig {
+                    grid_dim: ((len / 256) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, "act_q8_k", cfg, &x.data, &y.data);
+            }
+            ActRound::F32 => unreachable!("returned above"),
+        }
+        Some(y)
     }
 
     fn act_id(act: Activation) -> i32 {
@@ -225,6 +250,8 @@ impl Backend for Cuda {
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> CudaBuf {
         let y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let rounded = self.round_activations(w.act, x, n * w.cols);
+        let x = rounded.as_ref().unwrap_or(x);
         if y.len > 0 {
             let cfg = LaunchConfig {
                 grid_dim: (

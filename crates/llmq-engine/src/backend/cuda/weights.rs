@@ -17,6 +17,27 @@ pub struct CudaWeight {
     pub(super) row_bytes: usize,
     /// the suffix of its `gemv_*` / `embed_*` kernels
     pub(super) kernel: &'static str,
+    /// how the CPU engine rounds the activations this weight multiplies
+    pub(super) act: ActRound,
+}
+
+/// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
+/// Q8_1 rounds like Q8_0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ActRound {
+    F32,
+    Q8_0,
+    Q8K,
+}
+
+fn act_of(t: GgmlType) -> ActRound {
+    match t {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActRound::F32,
+        GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS => {
+            ActRound::Q8K
+        }
+        _ => ActRound::Q8_0,
+    }
 }
 
 /// The GGML types with GPU kernels, and their kernel suffixes.
@@ -65,5 +86,9 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         cols: w.cols,
         row_bytes: w.row_bytes(),
         kernel,
+        act: match w.ty {
+            WeightType::Ggml(t) => act_of(t),
+            WeightType::Int(_) => ActRound::F32,
+        },
     }
 }

@@ -24,6 +24,8 @@ __device__ __forceinline__ void gemv_impl(const u8* w, u64 row_bytes, int rows, 
 #pragma unroll
     for (int r = 0; r < GEMV_NB; r++) acc[r] = 0.0f;
     int chunks = cols >> 3;
+    // activation rows start 16-byte aligned when 4 | cols: two float4 loads per chunk
+    bool vec = (cols & 3) == 0;
     for (int c = lane; c < chunks; c += 32) {
         float v[8];
         T::deq8(wr, c, v);
@@ -32,8 +34,14 @@ __device__ __forceinline__ void gemv_impl(const u8* w, u64 row_bytes, int rows, 
             if (r < nb) {
                 const float* xr = xb + (u64)r * cols + 8 * c;
                 float s = 0.0f;
+                if (vec) {
+                    float4 a = *(const float4*)xr, b = *(const float4*)(xr + 4);
+                    s = v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y +
+                        v[6] * b.z + v[7] * b.w;
+                } else {
 #pragma unroll
-                for (int k = 0; k < 8; k++) s += v[k] * xr[k];
+                    for (int k = 0; k < 8; k++) s += v[k] * xr[k];
+                }
                 acc[r] += s;
             }
         }
