@@ -16,6 +16,8 @@
 #   - safetensors, numpy, threadpoolctl (imported by the GPTQModel files run)
 #   - gguf and accelerate: transformers' own GGUF loader, the reference of the
 #     `convert model.gguf ...` test (crates/llm-quantize/tests/convert_gguf.rs)
+#   - nvidia-cuda-nvrtc: NVIDIA's runtime compiler library, with which the CUDA
+#     backend's test compiles every kernel on a machine without a GPU
 #   - the sources (not installed: they need CUDA to build) of AutoAWQ and
 #     GPTQModel, unpacked under src/: the tests execute their CPU/torch unpack
 #     functions straight from those files.
@@ -27,6 +29,7 @@ CT_VERSION="0.20.0"
 SAFETENSORS_VERSION="0.8.0"
 NUMPY_VERSION="2.4.6"
 THREADPOOLCTL_VERSION="3.6.0"
+NVRTC_VERSION="13.2.86"
 AUTOAWQ_VERSION="0.2.9"
 GPTQMODEL_VERSION="7.7.0"
 GGUF_VERSION="0.19.0"
@@ -35,7 +38,7 @@ ACCELERATE_VERSION="1.15.0"
 ROOT="${LLM_QUANTIZE_PY_TEST_DIR:-$HOME/.cache/llm-quantize/py-test-deps}"
 VENV="$ROOT/venv"
 PY="$VENV/bin/python"
-STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION-$GGUF_VERSION-$ACCELERATE_VERSION"
+STAMP="$ROOT/installed-$TORCH_VERSION-$THREADPOOLCTL_VERSION-$CT_VERSION-$SAFETENSORS_VERSION-$NUMPY_VERSION-$AUTOAWQ_VERSION-$GPTQMODEL_VERSION-$GGUF_VERSION-$ACCELERATE_VERSION-nvrtc$NVRTC_VERSION"
 
 if [ -f "$STAMP" ] && [ -x "$PY" ] \
   && [ -f "$ROOT/src/autoawq-$AUTOAWQ_VERSION/awq/utils/packing_utils.py" ] \
@@ -66,7 +69,7 @@ fi
 
 "${PIP[@]}" install -q "compressed-tensors==$CT_VERSION" "safetensors==$SAFETENSORS_VERSION" \
   "numpy==$NUMPY_VERSION" "threadpoolctl==3.6.0" "gguf==$GGUF_VERSION" \
-  "accelerate==$ACCELERATE_VERSION" >&2
+  "accelerate==$ACCELERATE_VERSION" "nvidia-cuda-nvrtc==$NVRTC_VERSION" >&2
 
 # Reference sources executed by the tests (their packages need CUDA to build).
 mkdir -p "$ROOT/src"

@@ -2,11 +2,12 @@
 //! window protocol of the shared goldens or llama.cpp's (`--ppl-protocol`), and with
 //! `--base MODEL` the KL-divergence and same-top-token rate against the original.
 
-use crate::model_load::{engine_error, load, LoadedModel};
+use crate::model_load::{choose_device, engine_error, load_on, with_backend, LoadedModel};
 use crate::output::{thousands, Mode, Verbosity};
 use crate::progress::{log, CountBar};
 use clap::{Args, ValueEnum};
-use llmq_engine::perplexity::{perplexity, PplOptions, PplProtocol};
+use llmq_engine::perplexity::{perplexity_across, PplOptions, PplProtocol};
+use llmq_engine::Backend;
 use llmq_pipeline::PipelineError;
 use serde_json::json;
 use std::path::PathBuf;
@@ -52,6 +53,14 @@ pub struct EvalArgs {
     /// Hugging Face token for gated models [env: HF_TOKEN]
     #[arg(long)]
     pub token: Option<String>,
+    /// Where the model (and --base) runs: cpu, cuda, cuda:N, or auto (a GPU when one
+    /// is found)
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Where --base runs (default: the same device as the model); `--device cuda
+    /// --base-device cpu` with the same file as both compares the GPU with the CPU
+    #[arg(long, requires = "base")]
+    pub base_device: Option<String>,
 }
 
 /// Read a dataset: plain text, or the `text` fields of a JSONL file joined by blank lines.
@@ -106,20 +115,19 @@ pub fn read_dataset(path: &PathBuf) -> Result<String, PipelineError> {
 /// The dataset's tokens under `m`'s tokenizer, checked to be the same under `base`'s
 /// (a KL-divergence compares the two models token by token): the setup `eval` and
 /// `bench` share.
-pub fn tokenize_dataset(
-    m: &LoadedModel,
-    base: Option<&LoadedModel>,
+pub fn tokenize_dataset<B: Backend, C: Backend>(
+    m: &LoadedModel<B>,
+    base: Option<&LoadedModel<C>>,
     text: &str,
     add_special: bool,
 ) -> Result<Vec<u32>, PipelineError> {
-    let encode = |m: &LoadedModel| {
-        m.tokenizer
-            .encode(text, add_special, false)
+    let encode = |t: &llmq_tokenizer::Tokenizer| {
+        t.encode(text, add_special, false)
             .map_err(|e| PipelineError::general(format!("tokenizing the dataset failed: {e}"), ""))
     };
-    let tokens = encode(m)?;
+    let tokens = encode(&m.tokenizer)?;
     if let Some(b) = base {
-        if encode(b)? != tokens {
+        if encode(&b.tokenizer)? != tokens {
             return Err(PipelineError::invalid(
                 "the base model tokenizes the dataset differently from the model",
                 "Compare a quantized model with the original it was made from",
@@ -156,9 +164,41 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
         ));
     }
     let quiet = verbosity == Verbosity::Quiet;
-    let m = load(&a.model, a.token.clone(), quiet)?;
+    let device = choose_device(&a.device, quiet)?;
+    match &a.base_device {
+        None => {
+            with_backend!(device, be => {
+                let (be, base_be) = twice(be);
+                eval_on(be, base_be, &a, &text, &dataset_name, mode, verbosity)
+            })
+        }
+        Some(bd) => {
+            let base_device = choose_device(bd, quiet)?;
+            with_backend!(device, be => with_backend!(base_device, bb =>
+                eval_on(be, bb, &a, &text, &dataset_name, mode, verbosity)))
+        }
+    }
+}
+
+/// A backend handle for the model and one for `--base`.
+fn twice<T: Clone>(t: T) -> (T, T) {
+    (t.clone(), t)
+}
+
+/// `eval` once the text is read: the model on backend `be`, `--base` on `base_be`.
+fn eval_on<B: Backend, C: Backend>(
+    be: B,
+    base_be: C,
+    a: &EvalArgs,
+    text: &str,
+    dataset_name: &str,
+    mode: Mode,
+    verbosity: Verbosity,
+) -> Result<(), PipelineError> {
+    let quiet = verbosity == Verbosity::Quiet;
+    let m = load_on(be, &a.model, a.token.clone(), quiet)?;
     let base = match &a.base {
-        Some(b) => Some(load(b, a.token.clone(), quiet)?),
+        Some(b) => Some(load_on(base_be, b, a.token.clone(), quiet)?),
         None => None,
     };
     let ctx = m.model.hp.n_ctx_train;
@@ -173,7 +213,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
         ProtocolArg::LlamaCpp => PplProtocol::LlamaCpp,
     };
     let add_special = protocol == PplProtocol::LlamaCpp;
-    let tokens = tokenize_dataset(&m, base.as_ref(), &text, add_special)?;
+    let tokens = tokenize_dataset(&m, base.as_ref(), text, add_special)?;
     let o = PplOptions {
         protocol,
         max_length: a.max_length,
@@ -203,7 +243,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
         ));
     }
     let mut bar = CountBar::new(total, "Evaluating", "windows", verbosity);
-    let r = perplexity(
+    let r = perplexity_across(
         &m.model,
         base.as_ref().map(|b| &b.model),
         &tokens,

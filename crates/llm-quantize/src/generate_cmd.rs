@@ -2,11 +2,12 @@
 //! stdout as tokens arrive, with the model's chat template under `--chat`; prompt and
 //! decode speeds on stderr.
 
-use crate::model_load::{engine_error, load};
+use crate::model_load::{choose_device, engine_error, load_on, with_backend};
 use crate::output::{Mode, Verbosity};
 use crate::progress::log;
 use clap::Args;
 use llmq_engine::sampling::SamplingParams;
+use llmq_engine::Backend;
 use llmq_pipeline::PipelineError;
 use llmq_runtime::{FinishReason, GenRequest, RuntimeError, Session};
 use llmq_tokenizer::ChatMessage;
@@ -68,6 +69,9 @@ pub struct GenerateArgs {
     /// Hugging Face token for gated models [env: HF_TOKEN]
     #[arg(long)]
     pub token: Option<String>,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (a GPU when one is found)
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
@@ -97,7 +101,19 @@ pub fn run(a: GenerateArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipe
         }
     }
     let quiet = verbosity == Verbosity::Quiet;
-    let m = load(&a.model, a.token.clone(), quiet)?;
+    let device = choose_device(&a.device, quiet)?;
+    with_backend!(device, be => generate_on(be, &a, mode, verbosity))
+}
+
+/// `generate` once the options are checked, on backend `be`.
+fn generate_on<B: Backend>(
+    be: B,
+    a: &GenerateArgs,
+    mode: Mode,
+    verbosity: Verbosity,
+) -> Result<(), PipelineError> {
+    let quiet = verbosity == Verbosity::Quiet;
+    let m = load_on(be, &a.model, a.token.clone(), quiet)?;
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {

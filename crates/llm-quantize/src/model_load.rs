@@ -1,9 +1,10 @@
 //! Loading a model and its tokenizer for `eval`, `generate` and `serve`: the MODEL
 //! argument is resolved like `quantize`'s (folder, GGUF file or Hub id), the weights go
-//! to the engine, the tokenizer comes from `tokenizer.json` or the GGUF vocabulary.
+//! to the engine on the device `--device` chose ([`choose_device`]), the tokenizer comes
+//! from `tokenizer.json` or the GGUF vocabulary.
 
 use crate::progress::log;
-use llmq_engine::{EngineError, Model, WeightSource};
+use llmq_engine::{Backend, Cpu, EngineError, Model, WeightSource};
 use llmq_pipeline::source::{resolve, ResolvedModel};
 use llmq_pipeline::{NoProgress, PipelineError};
 use llmq_tokenizer::Tokenizer;
@@ -21,6 +22,14 @@ pub fn engine_error(e: EngineError) -> PipelineError {
         EngineError::UnsupportedValue { .. } => PipelineError::unsupported(
             e.to_string(),
             "This model uses a setting llm-quantize does not compute yet; run it with transformers or llama.cpp",
+        ),
+        EngineError::UnsupportedOnDevice { .. } => PipelineError::unsupported(
+            e.to_string(),
+            "Run the model with --device cpu, or quantize it to a type the GPU runs (e.g. Q4_K_M, Q8_0)",
+        ),
+        EngineError::Device(_) => PipelineError::unsupported(
+            e.to_string(),
+            "Check the NVIDIA driver and CUDA installation, or run on the CPU with --device cpu",
         ),
         EngineError::UnsupportedType { .. } => PipelineError::unsupported(
             e.to_string(),
@@ -41,8 +50,100 @@ pub fn engine_error(e: EngineError) -> PipelineError {
     }
 }
 
-/// Resolve and load `model` (tokenizer included).
+/// Where a command runs its model.
+pub enum Device {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(llmq_engine::backend::Cuda),
+}
+
+/// The device for `--device` (`cpu`, `cuda`, `cuda:N` or `auto`). `auto` takes the
+/// first CUDA device when a driver and a device are there (a device that fails to open
+/// falls back to the CPU with a note); a GPU choice is named on stderr.
+pub fn choose_device(arg: &str, quiet: bool) -> Result<Device, PipelineError> {
+    let bad = || {
+        PipelineError::invalid(
+            format!("--device {arg}: expected cpu, cuda, cuda:N or auto"),
+            "e.g. --device cuda:0",
+        )
+    };
+    let ordinal = match arg {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => None,
+        "cuda" => Some(0),
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Some(n),
+            _ => return Err(bad()),
+        },
+    };
+    open_cuda(ordinal, quiet)
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: Option<usize>, quiet: bool) -> Result<Device, PipelineError> {
+    use llmq_engine::backend::{cuda, Cuda};
+    let c = match ordinal {
+        Some(n) => Cuda::open(n).map_err(engine_error)?,
+        None if cuda::device_count() == 0 => return Ok(Device::Cpu),
+        None => match Cuda::open(0) {
+            Ok(c) => c,
+            Err(e) => {
+                if !quiet {
+                    log(&format!("note: {e}; running on the CPU"));
+                }
+                return Ok(Device::Cpu);
+            }
+        },
+    };
+    if !quiet {
+        log(&format!("device: {}", c.describe()));
+    }
+    Ok(Device::Cuda(c))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(ordinal: Option<usize>, _quiet: bool) -> Result<Device, PipelineError> {
+    match ordinal {
+        None => Ok(Device::Cpu),
+        Some(_) => Err(PipelineError::unsupported(
+            "this build of llm-quantize has no CUDA backend",
+            "Rebuild with the `cuda` feature, or run with --device cpu",
+        )),
+    }
+}
+
+/// Run `$body` with `$be` bound to the backend of device `$dev` (each arm its own
+/// monomorphized copy).
+macro_rules! with_backend {
+    ($dev:expr, $be:ident => $body:expr) => {
+        match $dev {
+            $crate::model_load::Device::Cpu => {
+                let $be = llmq_engine::Cpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::model_load::Device::Cuda(c) => {
+                let $be = c;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use with_backend;
+
+/// Resolve and load `model` (tokenizer included) onto the CPU.
 pub fn load(model: &str, token: Option<String>, quiet: bool) -> Result<LoadedModel, PipelineError> {
+    load_on(Cpu, model, token, quiet)
+}
+
+/// Resolve and load `model` (tokenizer included) onto backend `be`.
+pub fn load_on<B: Backend>(
+    be: B,
+    model: &str,
+    token: Option<String>,
+    quiet: bool,
+) -> Result<LoadedModel<B>, PipelineError> {
     let t0 = Instant::now();
     let resolved = resolve(model, token, &NoProgress)?;
     let src = match &resolved {
@@ -56,7 +157,7 @@ pub fn load(model: &str, token: Option<String>, quiet: bool) -> Result<LoadedMod
         _ => unreachable!("a GGUF path gives a GGUF source"),
     }
     .map_err(|e| tokenizer_error(model, e))?;
-    let m = Model::load(&src).map_err(engine_error)?;
+    let m = Model::load_on(be, &src).map_err(engine_error)?;
     let name = llmq_pipeline::source::display_name(model);
     if !quiet {
         log(&format!(

@@ -24,6 +24,14 @@ pub enum EngineError {
     BadTensor { name: String, why: String },
     #[error("tensor `{name}` is stored as {ty}, a type this engine does not compute")]
     UnsupportedType { name: String, ty: String },
+    #[error("tensor `{name}` is stored as {ty}, a type {device} does not compute yet (run the model with --device cpu)")]
+    UnsupportedOnDevice {
+        name: String,
+        ty: String,
+        device: String,
+    },
+    #[error("{0}")]
+    Device(String),
     #[error("{0}")]
     Source(String),
     #[error("sequence of {len} tokens exceeds the context of {ctx} tokens")]

@@ -13,6 +13,7 @@
 //! `KL(P_base ‖ P_model)` and whether both pick the same top token; logits are consumed
 //! window by window, never held for the whole text.
 
+use crate::backend::Backend;
 use crate::error::{EngineError, Result};
 use crate::model::{KvCache, Logits, Model, SeqStep};
 
@@ -137,12 +138,12 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-fn run_windows(model: &Model, batch: &[&Window]) -> Result<Vec<Vec<f32>>> {
-    let mut caches: Vec<KvCache> = batch
+fn run_windows<B: Backend>(model: &Model<B>, batch: &[&Window]) -> Result<Vec<Vec<f32>>> {
+    let mut caches: Vec<KvCache<B>> = batch
         .iter()
         .map(|w| KvCache::new(model, w.tokens.len()))
         .collect();
-    let mut steps: Vec<SeqStep> = caches
+    let mut steps: Vec<SeqStep<B>> = caches
         .iter_mut()
         .zip(batch)
         .map(|(c, w)| SeqStep {
@@ -154,11 +155,22 @@ fn run_windows(model: &Model, batch: &[&Window]) -> Result<Vec<Vec<f32>>> {
     model.forward(&mut steps)
 }
 
-/// Evaluate `model` (and optionally compare with `base`) on `tokens`. `progress` is
-/// called with (windows done, windows total).
-pub fn perplexity(
-    model: &Model,
-    base: Option<&Model>,
+/// Evaluate `model` (and optionally compare with `base`, on the same backend) on
+/// `tokens`. `progress` is called with (windows done, windows total).
+pub fn perplexity<B: Backend>(
+    model: &Model<B>,
+    base: Option<&Model<B>>,
+    tokens: &[u32],
+    o: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PplResult> {
+    perplexity_across(model, base, tokens, o, progress)
+}
+
+/// [`perplexity`] with `base` on another backend (the GPU against the CPU).
+pub fn perplexity_across<B: Backend, C: Backend>(
+    model: &Model<B>,
+    base: Option<&Model<C>>,
     tokens: &[u32],
     o: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),

@@ -5,7 +5,7 @@
 
 use crate::RuntimeError;
 use llmq_engine::sampling::{Sampler, SamplingParams};
-use llmq_engine::{KvCache, Logits, Model, SeqStep};
+use llmq_engine::{Backend, Cpu, KvCache, Logits, Model, SeqStep};
 use llmq_tokenizer::{StreamDecoder, Tokenizer};
 use std::time::Instant;
 
@@ -38,8 +38,8 @@ pub struct GenRequest {
 }
 
 /// A generation in progress.
-pub struct Session<'t> {
-    pub cache: KvCache,
+pub struct Session<'t, B: Backend = Cpu> {
+    pub cache: KvCache<B>,
     sampler: Sampler,
     history: Vec<u32>,
     pub n_prompt: usize,
@@ -56,15 +56,15 @@ pub struct Session<'t> {
     pub finish: Option<FinishReason>,
 }
 
-impl<'t> Session<'t> {
+impl<'t, B: Backend> Session<'t, B> {
     /// Start a session with a context of `ctx` positions. Errors when the prompt does
     /// not fit (an empty prompt is invalid too).
     pub fn new(
-        model: &Model,
+        model: &Model<B>,
         tok: &'t Tokenizer,
         req: GenRequest,
         ctx: usize,
-    ) -> Result<Session<'t>, RuntimeError> {
+    ) -> Result<Session<'t, B>, RuntimeError> {
         let n = req.prompt_tokens.len();
         if n == 0 {
             return Err(RuntimeError::EmptyPrompt);
@@ -190,9 +190,9 @@ pub struct GenStats {
 /// Run one session to the end on `model`: the prompt in chunks of at most
 /// `prompt_chunk` tokens, then one token per forward step. `on_text` receives each
 /// piece of text as soon as it is final.
-pub fn generate(
-    model: &Model,
-    s: &mut Session,
+pub fn generate<B: Backend>(
+    model: &Model<B>,
+    s: &mut Session<'_, B>,
     prompt_chunk: usize,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenStats, RuntimeError> {

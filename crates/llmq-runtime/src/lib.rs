@@ -12,14 +12,14 @@ pub mod prompt;
 pub use generation::{generate, random_seed, FinishReason, GenRequest, GenStats, Session};
 pub use prompt::{prompt_tokens, render_chat};
 
-use llmq_engine::{EngineError, Model};
+use llmq_engine::{Backend, Cpu, EngineError, Model};
 use llmq_tokenizer::{Tokenizer, TokenizerError};
 
-/// A model ready to run: its weights and its tokenizer.
-pub struct LoadedModel {
+/// A model ready to run on backend `B`: its weights and its tokenizer.
+pub struct LoadedModel<B: Backend = Cpu> {
     /// the name shown to users (folder, file or Hub id)
     pub name: String,
-    pub model: Model,
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
 }
 

@@ -2,6 +2,7 @@
 //! decoder block needs) and the plain descriptions its operations take (RoPE settings,
 //! attention geometry, the batch's token map).
 
+use crate::error::Result;
 use crate::hparams::{MoeParams, RopeKind};
 use llmq_kernels::WeightMatrix;
 use std::borrow::Cow;
@@ -109,6 +110,13 @@ pub trait Backend: Sized {
     fn to_host<'a>(&self, b: &'a Self::Buf) -> Cow<'a, [f32]>;
     /// A buffer's values on the host, consuming it.
     fn download(&self, b: Self::Buf) -> Vec<f32>;
+    /// Whether this backend computes `w` (tensor `name`): the loader asks before
+    /// [`Backend::upload_weight`], so a model with a weight type the backend lacks is
+    /// refused at load, naming the tensor. Every type by default.
+    fn check_weight(&self, name: &str, w: &WeightMatrix) -> Result<()> {
+        let _ = (name, w);
+        Ok(())
+    }
     /// Move a weight matrix into the backend's memory (once, at load time).
     fn upload_weight(&self, w: WeightMatrix) -> Self::Weight;
     /// An empty KV-cache buffer that will grow to at most `max_rows` rows of `width`.

@@ -51,13 +51,15 @@ impl<B: Backend> Loader<'_, B> {
         Ok(w)
     }
 
-    fn linear(&self, w: WeightMatrix) -> Linear<B> {
-        Linear::new(self.be, w)
+    /// `w` (tensor `name`) on the backend, if the backend computes its type.
+    fn linear(&self, name: &str, w: WeightMatrix) -> Result<Linear<B>> {
+        self.be.check_weight(name, &w)?;
+        Ok(Linear::new(self.be, w))
     }
 
     /// A required `[rows, cols]` Linear.
     fn req(&self, name: &str, rows: usize, cols: usize) -> Result<Linear<B>> {
-        Ok(self.linear(self.host(name, rows, cols)?))
+        self.linear(name, self.host(name, rows, cols)?)
     }
 
     /// An optional `[rows, cols]` Linear.
@@ -65,7 +67,7 @@ impl<B: Backend> Loader<'_, B> {
         match self.src.matrix(name)? {
             Some(w) => {
                 check_dims(name, &w, rows, cols)?;
-                Ok(Some(self.linear(w)))
+                Ok(Some(self.linear(name, w)?))
             }
             None => Ok(None),
         }
@@ -272,8 +274,14 @@ fn load_mla<B: Backend>(
         query,
         wkv_a,
         kv_a_norm,
-        k_b: k_b.into_iter().map(|w| ld.linear(w)).collect(),
-        v_b: v_b.into_iter().map(|w| ld.linear(w)).collect(),
+        k_b: k_b
+            .into_iter()
+            .map(|w| ld.linear(&n("attn_k_b.weight"), w))
+            .collect::<Result<_>>()?,
+        v_b: v_b
+            .into_iter()
+            .map(|w| ld.linear(&n("attn_v_b.weight"), w))
+            .collect::<Result<_>>()?,
         wo: ld.req(&n("attn_output.weight"), d, h * mla.v_head_dim)?,
     })
 }
@@ -316,10 +324,10 @@ fn load_mlp<B: Backend>(
     let down = ld.req(&name("down"), d, ff)?;
     let gate_up = match gate {
         Some(g) => GateUp::Separate {
-            gate: ld.linear(g),
-            up: ld.linear(up),
+            gate: ld.linear(&name("gate"), g)?,
+            up: ld.linear(&name("up"), up)?,
         },
-        None => GateUp::Fused(ld.linear(up)),
+        None => GateUp::Fused(ld.linear(&name("up"), up)?),
     };
     Ok(Mlp { gate_up, down })
 }
@@ -339,14 +347,16 @@ fn load_moe<B: Backend>(
     let up = ld.host(&n("ffn_up_exps.weight"), p.n_expert * ff, d)?;
     let down = ld.host(&n("ffn_down_exps.weight"), p.n_expert * d, ff)?;
     let experts = (0..p.n_expert)
-        .map(|e| Mlp {
-            gate_up: GateUp::Separate {
-                gate: ld.linear(gate.row_range(e * ff, ff)),
-                up: ld.linear(up.row_range(e * ff, ff)),
-            },
-            down: ld.linear(down.row_range(e * d, d)),
+        .map(|e| {
+            Ok(Mlp {
+                gate_up: GateUp::Separate {
+                    gate: ld.linear(&n("ffn_gate_exps.weight"), gate.row_range(e * ff, ff))?,
+                    up: ld.linear(&n("ffn_up_exps.weight"), up.row_range(e * ff, ff))?,
+                },
+                down: ld.linear(&n("ffn_down_exps.weight"), down.row_range(e * d, d))?,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let shared = match ld.src.shape(&n("ffn_up_shexp.weight")) {
         Some(shape) => Some(load_mlp(ld, &n(""), "_shexp", shape[1], d)?),
         None => None,

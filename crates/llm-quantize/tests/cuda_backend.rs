@@ -1,0 +1,229 @@
+//! The CUDA backend on a machine without a GPU (CI): every kernel source compiles with
+//! NVRTC (the library of the `nvidia-cuda-nvrtc` wheel that
+//! `scripts/install-py-test-deps.sh` installs), and `--device cuda` without a driver is
+//! a clear error with exit code 8.
+
+mod common;
+use common::*;
+use llmq_engine::backend::cuda;
+use std::path::PathBuf;
+
+/// `libnvrtc.so.*` from `LLMQ_NVRTC_LIB` or the Python test venv's NVIDIA wheels.
+fn find_nvrtc() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LLMQ_NVRTC_LIB") {
+        return Some(PathBuf::from(p));
+    }
+    let root = std::env::var_os("LLM_QUANTIZE_PY_TEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/llm-quantize/py-test-deps"))
+        })?;
+    let lib = std::fs::read_dir(root.join("venv/lib")).ok()?;
+    for py in lib.filter_map(|e| e.ok()) {
+        let nv = py.path().join("site-packages/nvidia");
+        for sub in ["cu13/lib", "cuda_nvrtc/lib"] {
+            let Ok(rd) = std::fs::read_dir(nv.join(sub)) else {
+                continue;
+            };
+            for f in rd.filter_map(|e| e.ok()) {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with("libnvrtc.so") {
+                    return Some(f.path());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn nvrtc_compiles_every_kernel() {
+    if let Some(p) = find_nvrtc() {
+        std::env::set_var("LLMQ_NVRTC_LIB", p);
+    }
+    if !cuda::nvrtc_present() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must have NVRTC: run scripts/install-py-test-deps.sh (nvidia-cuda-nvrtc)"
+        );
+        eprintln!("skipped: no libnvrtc.so (install the nvidia-cuda-nvrtc wheel)");
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let kernels = ptx.matches(".entry ").count();
+        // 15 shared kernels + gemv and embed per GPU type
+        assert_eq!(kernels, 15 + 2 * cuda::GPU_TYPES.len(), "{arch}");
+        for (_, k) in cuda::GPU_TYPES {
+            assert!(
+                ptx.contains(&format!(".entry gemv_{k}(")),
+                "{arch}: gemv_{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn device_cuda_without_a_driver_is_a_clear_error() {
+    if cuda::driver_present() {
+        eprintln!("skipped: this machine has a CUDA driver");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let model = shared_model("llama");
+    for cmd in ["eval", "generate"] {
+        let mut args = vec![
+            "--format",
+            "json",
+            cmd,
+            model.to_str().unwrap(),
+            "--device",
+            "cuda",
+        ];
+        if cmd == "generate" {
+            args.extend(["-p", "hi", "--max-tokens", "1"]);
+        }
+        let r = lq(tmp.path(), &args);
+        assert_eq!(r.code, 8, "{cmd}: {}\n{}", r.stdout, r.stderr);
+        let v = r.json();
+        assert_eq!(v["status"], "error");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("no CUDA driver"), "{cmd}: {msg}");
+    }
+    // a malformed device is a usage error
+    let r = lq(
+        tmp.path(),
+        &["eval", model.to_str().unwrap(), "--device", "gpu0"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cuda:N"), "{}", r.stderr);
+}
+
+/// The host shims that let `kernels/dequant.cuh` compile as plain C++.
+const HOST_PRELUDE: &str = r#"
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cmath>
+#include <vector>
+typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16;
+typedef unsigned int u32; typedef unsigned long long u64;
+static float h2f(u16 h) {
+    int s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
+    float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 1024), e - 25);
+    return s ? -v : v;
+}
+static float bf2f(u16 h) { u32 x = ((u32)h) << 16; float f; memcpy(&f, &x, 4); return f; }
+static u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
+static u32 ld32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
+"#;
+
+const HOST_MAIN: &str = r#"
+template <class T> int run(const char* in, const char* out, int cols, int rows, int rb) {
+    std::vector<u8> b((size_t)rows * rb);
+    std::vector<float> o((size_t)rows * cols);
+    FILE* f = fopen(in, "rb");
+    if (!f || fread(b.data(), 1, b.size(), f) != b.size()) return 3;
+    fclose(f);
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols / 8; c++) T::deq8(b.data() + (size_t)r * rb, c, &o[(size_t)r * cols + 8 * c]);
+        for (int i = 0; i < cols; i += 7)
+            if (T::deq1(b.data() + (size_t)r * rb, i) != o[(size_t)r * cols + i]) return 4;
+    }
+    f = fopen(out, "wb");
+    fwrite(o.data(), 4, o.size(), f);
+    fclose(f);
+    return 0;
+}
+int main(int argc, char** argv) {
+    const char* t = argv[1];
+    int cols = atoi(argv[4]), rows = atoi(argv[5]), rb = atoi(argv[6]);
+#define T(n, S) if (!strcmp(t, n)) return run<S>(argv[2], argv[3], cols, rows, rb);
+    T("f32", TF32) T("f16", TF16) T("bf16", TBF16) T("q4_0", TQ4_0) T("q4_1", TQ4_1) T("q5_0", TQ5_0)
+    T("q5_1", TQ5_1) T("q8_0", TQ8_0) T("iq4_nl", TIQ4_NL) T("q2_k", TQ2_K) T("q4_k", TQ4_K)
+    T("q5_k", TQ5_K) T("q6_k", TQ6_K) T("iq4_xs", TIQ4_XS)
+    return 2;
+}
+"#;
+
+/// `kernels/dequant.cuh` compiled for the host (any C++ compiler) decodes every GPU
+/// weight type exactly as the CPU engine's dequantizers do: the block layouts the GPU
+/// kernels read are checked without a GPU.
+#[test]
+fn dequant_kernels_match_the_cpu_dequantizers() {
+    if std::process::Command::new("c++")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI needs a C++ compiler (c++)"
+        );
+        eprintln!("skipped: no C++ compiler");
+        return;
+    }
+    let src = cuda::SOURCES
+        .iter()
+        .find(|(n, _)| *n == "dequant.cuh")
+        .unwrap()
+        .1
+        .replace("static __device__ __forceinline__", "static inline")
+        .replace("__device__ __forceinline__", "inline")
+        .replace("__constant__", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let cpp = tmp.path().join("dequant.cpp");
+    let exe = tmp.path().join("dequant");
+    std::fs::write(&cpp, format!("{HOST_PRELUDE}{src}{HOST_MAIN}")).unwrap();
+    let cc = std::process::Command::new("c++")
+        .args(["-O1", "-std=c++17", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let (rows, cols) = (6usize, 768usize);
+    let mut s = 12345u64;
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect();
+    for (ty, name) in cuda::GPU_TYPES {
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut q = vec![0u8; rows * rb];
+        llmq_quant::quantize(*ty, &vals, cols, None, &mut q).unwrap();
+        let mut want = vec![0f32; rows * cols];
+        llmq_quant::dequantize(*ty, &q, &mut want).unwrap();
+        let (inp, out) = (tmp.path().join("in.bin"), tmp.path().join("out.bin"));
+        std::fs::write(&inp, &q).unwrap();
+        let st = std::process::Command::new(&exe)
+            .arg(name)
+            .arg(&inp)
+            .arg(&out)
+            .args([cols.to_string(), rows.to_string(), rb.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}: harness exit {st}");
+        let got: Vec<f32> = std::fs::read(&out)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{name}: value {i} is {g}, the CPU says {w}"
+            );
+        }
+    }
+}

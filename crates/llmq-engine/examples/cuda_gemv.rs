@@ -1,0 +1,153 @@
+//! GPU GEMV check and timing (run on a CUDA machine):
+//!
+//! 1. for every weight type the CUDA backend computes, `x · Wᵀ` and the embedding
+//!    lookup on the GPU against the CPU dequantization of the same packed rows, in f64
+//!    (relative error; batch sizes 1 and 5);
+//! 2. the device-to-device copy bandwidth, then the time of `y = x · Wᵀ` for one
+//!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape)
+//!    per type: bytes moved per call / mean time over 50 back-to-back calls (median of
+//!    5 rounds), and its share of the copy rate.
+//!
+//! `cargo run --release -p llmq-engine --features cuda --example cuda_gemv [ROWS COLS]`
+
+use llmq_engine::backend::cuda::{Cuda, GPU_TYPES};
+use llmq_engine::Backend;
+use llmq_formats::GgmlType;
+use llmq_kernels::{Bytes, WeightMatrix};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn matrix(ty: GgmlType, rows: usize, cols: usize, values: &[f32]) -> WeightMatrix {
+    let mut buf = vec![0u8; rows * ty.row_bytes(cols).expect("row size")];
+    llmq_quant::quantize(ty, values, cols, None, &mut buf).expect("quantize");
+    WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(buf))).expect("matrix")
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// GPU vs CPU-dequantized reference for one type; the worst relative error.
+fn check(be: &Cuda, ty: GgmlType, rng: &mut impl Rng) -> f64 {
+    let (rows, cols) = (48, 768);
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let w = matrix(ty, rows, cols, &vals);
+    let deq = w.to_f32();
+    let gw = be.upload_weight(w);
+    let mut worst = 0.0f64;
+    for n in [1usize, 5] {
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let y = be.download(be.matmul(&gw, &be.upload(x.clone()), n));
+        let mut want = vec![0.0f64; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                want[t * rows + r] = (0..cols)
+                    .map(|c| deq[r * cols + c] as f64 * x[t * cols + c] as f64)
+                    .sum();
+            }
+        }
+        worst = worst.max(rel_err(&y, &want));
+    }
+    let ids = [3u32, 0, 47];
+    let e = be.download(be.embed(&gw, &ids, Some(0.5)));
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&i| {
+            deq[i as usize * cols..(i as usize + 1) * cols]
+                .iter()
+                .map(|v| *v as f64 * 0.5)
+        })
+        .collect();
+    worst.max(rel_err(&e, &want))
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (rows, cols) = match args[..] {
+        [r, c] => (r, c),
+        _ => (14336, 4096),
+    };
+    let be = match Cuda::open(0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cuda_gemv: {e}");
+            std::process::exit(8);
+        }
+    };
+    println!("device: {}", be.describe());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut failed = false;
+    println!("correctness (GPU vs CPU dequantization, f64 reference):");
+    for (ty, _) in GPU_TYPES {
+        let err = check(&be, *ty, &mut rng);
+        let ok = err < 1e-5;
+        failed |= !ok;
+        println!(
+            "  {:8} rel err {err:.2e} {}",
+            ty.name(),
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    let copy = be.copy_bandwidth(1 << 30, 10).expect("copy bandwidth");
+    println!("copy bandwidth (read + write): {:.0} GB/s", copy / 1e9);
+    println!("GEMV 1 x {cols} x {rows} (y = x . W^T), median of 5 rounds of 50:");
+    let x = be.upload((0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect());
+    for ty in [
+        GgmlType::F16,
+        GgmlType::Q8_0,
+        GgmlType::Q6K,
+        GgmlType::Q4K,
+        GgmlType::Q4_0,
+    ] {
+        let rb = ty.row_bytes(cols).expect("row size");
+        // random bytes are a valid stand-in for timing (no value is looked at)
+        let mut buf = vec![0u8; rows * rb];
+        rng.fill(&mut buf[..]);
+        if matches!(ty, GgmlType::F16) {
+            // keep halves finite
+            for h in buf.chunks_mut(2) {
+                h[1] &= 0x3b;
+            }
+        }
+        let w = WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(buf))).expect("matrix");
+        let gw = be.upload_weight(w);
+        // rounds of 50 back-to-back launches (one launch is too short to time alone)
+        let mut times = Vec::new();
+        for round in 0..7 {
+            be.synchronize().expect("sync");
+            let t0 = Instant::now();
+            for _ in 0..50 {
+                drop(be.matmul(&gw, &x, 1));
+            }
+            be.synchronize().expect("sync");
+            if round >= 2 {
+                times.push(t0.elapsed().as_secs_f64() / 50.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let t = times[times.len() / 2];
+        let bytes = (rows * rb + cols * 4 + rows * 4) as f64;
+        println!(
+            "  {:6} {:8.1} us  {:7.0} GB/s  {:.2} of copy",
+            ty.name(),
+            t * 1e6,
+            bytes / t / 1e9,
+            bytes / t / copy
+        );
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

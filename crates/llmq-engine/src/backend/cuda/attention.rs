@@ -1,0 +1,133 @@
+//! Launching `kernels/attention.cu`: one block per (query head, token), each token
+//! reading its own sequence's cache through a table of per-token K and V addresses.
+//! Standard attention and absorbed MLA are the same kernel with different strides.
+
+use super::buffers::{ok, CudaBuf};
+use super::ops::launch;
+use super::Cuda;
+use crate::backend::api::{AttnShape, KvView, MlaShape, TokenMap};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Keys per tile (`ATT_TILE` in `kernels/attention.cu`).
+const TILE: usize = 128;
+const THREADS: u32 = 128;
+
+/// The kernel's geometry for one call.
+struct Geometry {
+    n_head: usize,
+    n_head_kv: usize,
+    /// query (and key) widths: main part and second part (MLA's rope)
+    da: usize,
+    db: usize,
+    dv: usize,
+    k_stride: usize,
+    v_stride: usize,
+    scale: f32,
+    window: Option<usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    be: &Cuda,
+    qa: &CudaBuf,
+    qb: &CudaBuf,
+    k_bufs: &[&CudaBuf],
+    v_bufs: &[&CudaBuf],
+    tokens: TokenMap<'_>,
+    g: &Geometry,
+) -> CudaBuf {
+    let n = tokens.len();
+    let out = CudaBuf::alloc(be.stream(), n * g.n_head * g.dv);
+    if n == 0 || g.n_head == 0 {
+        return out;
+    }
+    let s = be.stream();
+    let kp: Vec<u64> = tokens.seq.iter().map(|&q| k_bufs[q].ptr_at(s, 0)).collect();
+    let vp: Vec<u64> = tokens.seq.iter().map(|&q| v_bufs[q].ptr_at(s, 0)).collect();
+    let kp = ok("upload", s.clone_htod(&kp[..]));
+    let vp = ok("upload", s.clone_htod(&vp[..]));
+    let pos = be.upload_i32(tokens.pos.iter().copied());
+    let cfg = LaunchConfig {
+        grid_dim: (g.n_head as u32, n as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: ((g.da + g.db + TILE + g.dv) * 4) as u32,
+    };
+    let (nh, nkv, da, db, dv) = (
+        g.n_head as i32,
+        g.n_head_kv as i32,
+        g.da as i32,
+        g.db as i32,
+        g.dv as i32,
+    );
+    let (ks, vs) = (g.k_stride as i32, g.v_stride as i32);
+    let window = g.window.map_or(0, |w| w as i32);
+    launch!(
+        be,
+        "attention",
+        cfg,
+        &qa.data,
+        &qb.data,
+        &kp,
+        &vp,
+        &pos,
+        &out.data,
+        &nh,
+        &nkv,
+        &da,
+        &db,
+        &dv,
+        &ks,
+        &vs,
+        &g.scale,
+        &window,
+    );
+    out
+}
+
+/// Standard / grouped-query attention: `[tokens, n_head * head_dim_v]`.
+pub(super) fn standard(
+    be: &Cuda,
+    q: &CudaBuf,
+    caches: &[KvView<'_, Cuda>],
+    tokens: TokenMap<'_>,
+    s: &AttnShape,
+) -> CudaBuf {
+    let k: Vec<&CudaBuf> = caches.iter().map(|c| c.k).collect();
+    let v: Vec<&CudaBuf> = caches.iter().map(|c| c.v).collect();
+    let g = Geometry {
+        n_head: s.n_head,
+        n_head_kv: s.n_head_kv,
+        da: s.head_dim_k,
+        db: 0,
+        dv: s.head_dim_v,
+        k_stride: s.n_head_kv * s.head_dim_k,
+        v_stride: s.n_head_kv * s.head_dim_v,
+        scale: s.scale,
+        window: s.window,
+    };
+    run(be, q, q, &k, &v, tokens, &g)
+}
+
+/// Absorbed MLA: `[tokens * n_head, kv_lora_rank]`.
+pub(super) fn mla(
+    be: &Cuda,
+    q_lat: &CudaBuf,
+    q_rope: &CudaBuf,
+    caches: &[&CudaBuf],
+    tokens: TokenMap<'_>,
+    s: &MlaShape,
+) -> CudaBuf {
+    let kw = s.kv_lora_rank + s.qk_rope;
+    let g = Geometry {
+        n_head: s.n_head,
+        n_head_kv: 1,
+        da: s.kv_lora_rank,
+        db: s.qk_rope,
+        dv: s.kv_lora_rank,
+        k_stride: kw,
+        v_stride: kw,
+        scale: s.scale,
+        window: s.window,
+    };
+    run(be, q_lat, q_rope, caches, caches, tokens, &g)
+}

@@ -1,0 +1,71 @@
+// Causal softmax attention of one query head per block over one sequence's cache,
+// streamed in tiles of keys with the running-max rescaling of online softmax (Milakov
+// & Gimelshein 2018; the flash-attention recurrence, Dao et al. 2022).
+//
+// One kernel serves both kinds the engine has:
+// - standard / grouped-query attention: the query is `da = head_dim_k` values, key row
+//   `j` of KV head `g` is at `K + j*k_stride + g*da`, its value at `V + j*v_stride + g*dv`;
+// - absorbed multi-head latent attention (DeepSeek-V2, arXiv 2405.04434): the query is
+//   `[q_lat (da = lora) | q_rope (db = rope)]`, the cache row `[latent | roped key]` is
+//   the key (one KV head) and its first `dv = lora` values are the value.
+// Key `j` is visible from position `p` when `first <= j <= p` (sliding window).
+
+#define ATT_TILE 128
+
+extern "C" __global__ void attention(const float* qa, const float* qb, const u64* kp, const u64* vp,
+                                     const int* pos, float* out, int n_head, int n_head_kv, int da, int db,
+                                     int dv, int k_stride, int v_stride, float scale, int window) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    int dk = da + db;
+    float* qs = sm;
+    float* sc = sm + dk;
+    float* acc = sc + ATT_TILE;
+    int h = blockIdx.x, t = blockIdx.y;
+    int tid = threadIdx.x, bd = blockDim.x, lane = tid & 31, warp = tid >> 5, nwarps = bd >> 5;
+    int g = h / (n_head / n_head_kv);
+    const float* K = (const float*)kp[t] + (u64)g * dk;
+    const float* V = (const float*)vp[t] + (u64)g * dv;
+    int p = pos[t];
+    int first = window > 0 ? max(0, p + 1 - window) : 0;
+    u64 qi = (u64)t * n_head + h;
+    for (int i = tid; i < da; i += bd) qs[i] = qa[qi * da + i];
+    for (int i = tid; i < db; i += bd) qs[da + i] = qb[qi * db + i];
+    for (int d = tid; d < dv; d += bd) acc[d] = 0.0f;
+    float m = NEG_INF, l = 0.0f;
+    __syncthreads();
+    for (int j0 = first; j0 <= p; j0 += ATT_TILE) {
+        int nt = min(ATT_TILE, p + 1 - j0);
+        for (int jj = warp; jj < nt; jj += nwarps) {
+            const float* kr = K + (u64)(j0 + jj) * k_stride;
+            float s = 0.0f;
+            for (int i = lane; i < dk; i += 32) s += qs[i] * kr[i];
+            s = warp_sum(s);
+            if (lane == 0) sc[jj] = s * scale;
+        }
+        __syncthreads();
+        float tm = NEG_INF;
+        for (int jj = tid; jj < nt; jj += bd) tm = fmaxf(tm, sc[jj]);
+        tm = block_max(tm, red);
+        float mn = fmaxf(m, tm);
+        float corr = expf(m - mn);
+        float ls = 0.0f;
+        for (int jj = tid; jj < nt; jj += bd) {
+            float e = expf(sc[jj] - mn);
+            sc[jj] = e;
+            ls += e;
+        }
+        ls = block_sum(ls, red);
+        l = l * corr + ls;
+        m = mn;
+        __syncthreads();
+        for (int d = tid; d < dv; d += bd) {
+            float a = acc[d] * corr;
+            for (int jj = 0; jj < nt; jj++) a += sc[jj] * V[(u64)(j0 + jj) * v_stride + d];
+            acc[d] = a;
+        }
+        __syncthreads();
+    }
+    float inv = 1.0f / l;
+    for (int d = tid; d < dv; d += bd) out[qi * dv + d] = acc[d] * inv;
+}

@@ -1,0 +1,185 @@
+//! The CUDA backend: every operation of [`crate::Backend`] on an NVIDIA GPU through the
+//! driver API (`cudarc`, loaded at run time). Buffers and KV caches live in device
+//! memory; weights are uploaded once, packed as in the GGUF file, and multiplied by
+//! fused dequantize-and-dot kernels; kernels are CUDA C++ (`kernels/`), compiled by
+//! NVRTC for the device at first use and cached on disk (`compile`).
+//!
+//! Data crosses to the host only where the trait's answer is on the host: logits
+//! (`download`), calibration observers (`to_host`) and MoE routing decisions (`route`).
+//!
+//! Submodules: `device` (driver / NVRTC discovery), `compile`, `buffers`, `weights`,
+//! `ops` (the trait's operations), `attention`.
+
+mod attention;
+mod buffers;
+mod compile;
+mod device;
+mod ops;
+mod weights;
+
+pub use buffers::CudaBuf;
+pub use compile::{compile_uncached, module_source, SOURCES};
+pub use device::{device_count, driver_present, nvrtc_present};
+pub use weights::{CudaWeight, GPU_TYPES};
+
+use crate::error::{EngineError, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The kernels every model needs (the per-type `gemv_*` / `embed_*` come from
+/// [`GPU_TYPES`]).
+const KERNELS: &[&str] = &[
+    "rms_norm",
+    "add_bias",
+    "add_assign",
+    "softcap",
+    "glu",
+    "glu_fused",
+    "rope",
+    "gather_rows",
+    "slice_cols",
+    "write_cols",
+    "concat_cols",
+    "scatter_add_rows",
+    "attention",
+    "act_q8_0",
+    "act_q8_k",
+];
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    name: String,
+    ordinal: usize,
+    cc: (i32, i32),
+}
+
+/// One CUDA device with the engine's kernels loaded.
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Cuda {
+    /// Open device `ordinal` and load the kernels (compiled, or from the disk cache).
+    pub fn open(ordinal: usize) -> Result<Cuda> {
+        let (ctx, cc) = device::open(ordinal)?;
+        // One stream, so no per-buffer event tracking is needed.
+        // SAFETY: every buffer of this backend is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let arch = format!("compute_{}{}", cc.0, cc.1);
+        let ptx = compile::compile(&arch)?;
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| device::device_err("loading the CUDA kernels", e))?;
+        let mut funcs = HashMap::new();
+        let names = KERNELS.iter().map(|k| k.to_string()).chain(
+            GPU_TYPES
+                .iter()
+                .flat_map(|(_, k)| [format!("gemv_{k}"), format!("embed_{k}")]),
+        );
+        for n in names {
+            let f = module
+                .load_function(&n)
+                .map_err(|e| device::device_err(&format!("kernel {n}"), e))?;
+            funcs.insert(n, f);
+        }
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                _module: module,
+                funcs,
+                name,
+                ordinal,
+                cc,
+            }),
+        })
+    }
+
+    /// `cuda:N (name, sm_XY)`.
+    pub fn describe(&self) -> String {
+        let i = &self.inner;
+        format!("cuda:{} ({}, sm_{}{})", i.ordinal, i.name, i.cc.0, i.cc.1)
+    }
+
+    /// Bytes of device memory free and in total.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.inner
+            .ctx
+            .mem_get_info()
+            .map_err(|e| device::device_err("cuMemGetInfo", e))
+    }
+
+    /// Wait for all queued work (timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .map_err(|e| device::device_err("synchronize", e))
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub(crate) fn func(&self, name: &str) -> &CudaFunction {
+        self.inner
+            .funcs
+            .get(name)
+            .unwrap_or_else(|| panic!("CUDA kernel {name} was not loaded"))
+    }
+}
+
+/// `EngineError::UnsupportedType` for a tensor whose type has no GPU kernel.
+pub(crate) fn unsupported(name: &str, w: &llmq_kernels::WeightMatrix) -> Option<EngineError> {
+    if weights::kernel_of(w.ty).is_some() && w.col_order.is_none() {
+        return None;
+    }
+    Some(EngineError::UnsupportedOnDevice {
+        name: name.into(),
+        ty: w.ty.name(),
+        device: "the CUDA backend".into(),
+    })
+}
+
+impl Cuda {
+    /// Device-to-device copy rate over a buffer of `bytes`, counting bytes read and
+    /// written (the bandwidth ceiling GEMV shares are quoted against): bytes/s, the
+    /// median of `iters` timed copies.
+    pub fn copy_bandwidth(&self, bytes: usize, iters: usize) -> Result<f64> {
+        let s = self.stream();
+        let n = bytes / 4;
+        let src = s
+            .alloc_zeros::<f32>(n)
+            .map_err(|e| device::device_err("alloc", e))?;
+        let mut dst = s
+            .alloc_zeros::<f32>(n)
+            .map_err(|e| device::device_err("alloc", e))?;
+        let mut times = Vec::with_capacity(iters);
+        for i in 0..iters + 2 {
+            self.synchronize()?;
+            let t0 = std::time::Instant::now();
+            s.memcpy_dtod(&src, &mut dst)
+                .map_err(|e| device::device_err("copy", e))?;
+            self.synchronize()?;
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(2.0 * (n * 4) as f64 / times[times.len() / 2])
+    }
+}

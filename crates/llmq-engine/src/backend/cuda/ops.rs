@@ -1,0 +1,460 @@
+//! [`Backend`] for [`Cuda`]: each operation is one or a few kernel launches on the
+//! backend's stream (`kernels/elementwise.cu`, `kernels/gemv.cu`); index lists the
+//! model passes on the host (token ids, positions, routed rows) are copied up per call.
+
+use super::buffers::{ok, CudaBuf};
+use super::weights::{self, ActRound, CudaWeight};
+use super::{attention, unsupported, Cuda};
+use crate::backend::api::{
+    Activation, AttnShape, Backend, KvView, MlaShape, Rope, Routing, TokenMap,
+};
+use crate::error::Result;
+use crate::hparams::{MoeParams, RopeKind};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use llmq_kernels::WeightMatrix;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Threads per block of the element-wise kernels.
+const THREADS: u32 = 256;
+/// Matches `GEMV_WARPS` / `GEMV_NB` in `kernels/gemv.cu`.
+const GEMV_WARPS: usize = 4;
+const GEMV_NB: usize = 8;
+
+/// A grid-stride launch over `n` elements.
+pub(super) fn flat(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launch kernel `$name` of `$be` with `$cfg` and the arguments that follow.
+macro_rules! launch {
+    ($be:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $be.func($name);
+        let mut b = $be.stream().launch_builder(f);
+        $( b.arg($arg); )+
+        // SAFETY: the arguments match the kernel's signature in `kernels/`, and every
+        // index the kernel forms stays inside the buffers passed (checked by callers).
+        ok($name, unsafe { b.launch($cfg) });
+    }};
+}
+pub(super) use launch;
+
+impl Cuda {
+    /// Host integers (indices, positions) on the device.
+    pub(super) fn upload_i32(&self, v: impl IntoIterator<Item = usize>) -> CudaSlice<i32> {
+        let v: Vec<i32> = v.into_iter().map(|x| x as i32).collect();
+        ok("upload", self.stream().clone_htod(&v[..]))
+    }
+
+    /// `x` (`len` values) rounded as the CPU engine rounds the activations of a
+    /// weight with rounding `act`; `None` for f32.
+    fn round_activations(&self, act: ActRound, x: &CudaBuf, len: usize) -> Option<CudaBuf> {
+        if act == ActRound::F32 || len == 0 {
+            return None;
+        }
+        let y = CudaBuf::alloc(self.stream(), len);
+        match act {
+            ActRound::Q8_0 => {
+                let blocks = (len / 32) as u64;
+                launch!(self, "act_q8_0", flat(len), &x.data, &y.data, &blocks);
+            }
+            ActRound::Q8K => {
+                let cfg = LaunchConfig {
+                    grid_dim: ((len / 256) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, "act_q8_k", cfg, &x.data, &y.data);
+            }
+            ActRound::F32 => unreachable!("returned above"),
+        }
+        Some(y)
+    }
+
+    fn act_id(act: Activation) -> i32 {
+        match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        }
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaBuf;
+    type Weight = CudaWeight;
+
+    fn upload(&self, v: Vec<f32>) -> CudaBuf {
+        CudaBuf::from_host(self.stream(), &v)
+    }
+
+    fn zeros(&self, n: usize) -> CudaBuf {
+        CudaBuf::zeros(self.stream(), n)
+    }
+
+    fn len(&self, b: &CudaBuf) -> usize {
+        b.len
+    }
+
+    fn to_host<'a>(&self, b: &'a CudaBuf) -> Cow<'a, [f32]> {
+        Cow::Owned(b.to_vec(self.stream()))
+    }
+
+    fn download(&self, b: CudaBuf) -> Vec<f32> {
+        b.to_vec(self.stream())
+    }
+
+    fn check_weight(&self, name: &str, w: &WeightMatrix) -> Result<()> {
+        match unsupported(name, w) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn upload_weight(&self, w: WeightMatrix) -> CudaWeight {
+        weights::upload(self.stream(), &w)
+    }
+
+    fn cache_buf(&self, max_rows: usize, width: usize) -> CudaBuf {
+        let mut b = CudaBuf::zeros(self.stream(), 0);
+        b.max = max_rows * width;
+        b
+    }
+
+    fn append_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, width: usize, rows: Range<usize>) {
+        dst.append(self.stream(), src, rows.start * width, rows.len() * width);
+    }
+
+    fn truncate_rows(&self, b: &mut CudaBuf, width: usize, rows: usize) {
+        b.len = b.len.min(rows * width);
+    }
+
+    fn gather_rows(&self, x: &CudaBuf, width: usize, rows: &[usize]) -> CudaBuf {
+        let out = CudaBuf::alloc(self.stream(), rows.len() * width);
+        if out.len > 0 {
+            let idx = self.upload_i32(rows.iter().copied());
+            let (n, w) = (rows.len() as i32, width as i32);
+            launch!(
+                self,
+                "gather_rows",
+                flat(out.len),
+                &x.data,
+                &idx,
+                &out.data,
+                &n,
+                &w
+            );
+        }
+        out
+    }
+
+    fn slice_cols(&self, x: &CudaBuf, width: usize, start: usize, len: usize) -> CudaBuf {
+        let rows = x.len / width.max(1);
+        let out = CudaBuf::alloc(self.stream(), rows * len);
+        if out.len > 0 {
+            let (r, w, s, l) = (rows as u64, width as i32, start as i32, len as i32);
+            launch!(
+                self,
+                "slice_cols",
+                flat(out.len),
+                &x.data,
+                &out.data,
+                &r,
+                &w,
+                &s,
+                &l
+            );
+        }
+        out
+    }
+
+    fn write_cols(
+        &self,
+        dst: &mut CudaBuf,
+        width: usize,
+        start: usize,
+        src: &CudaBuf,
+        src_width: usize,
+    ) {
+        if src.len == 0 {
+            return;
+        }
+        let rows = src.len / src_width;
+        let (r, w, s, sw) = (rows as u64, width as i32, start as i32, src_width as i32);
+        launch!(
+            self,
+            "write_cols",
+            flat(src.len),
+            &mut dst.data,
+            &src.data,
+            &r,
+            &w,
+            &s,
+            &sw
+        );
+    }
+
+    fn concat_cols(&self, a: &CudaBuf, wa: usize, b: &CudaBuf, wb: usize) -> CudaBuf {
+        let rows = a.len / wa.max(1);
+        let out = CudaBuf::alloc(self.stream(), rows * (wa + wb));
+        if out.len > 0 {
+            let (ia, ib, r) = (wa as i32, wb as i32, rows as u64);
+            launch!(
+                self,
+                "concat_cols",
+                flat(out.len),
+                &a.data,
+                &ia,
+                &b.data,
+                &ib,
+                &out.data,
+                &r
+            );
+        }
+        out
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32], scale: Option<f32>) -> CudaBuf {
+        let out = CudaBuf::alloc(self.stream(), ids.len() * table.cols);
+        if out.len > 0 {
+            let idx = self.upload_i32(ids.iter().map(|&i| i as usize));
+            let cfg = LaunchConfig {
+                grid_dim: (ids.len() as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (rb, cols, s) = (
+                table.row_bytes as u64,
+                table.cols as i32,
+                scale.unwrap_or(1.0),
+            );
+            let name = format!("embed_{}", table.kernel);
+            launch!(
+                self,
+                &name,
+                cfg,
+                &*table.data,
+                &rb,
+                &cols,
+                &idx,
+                &out.data,
+                &s
+            );
+        }
+        out
+    }
+
+    fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> CudaBuf {
+        let y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let rounded = self.round_activations(w.act, x, n * w.cols);
+        let x = rounded.as_ref().unwrap_or(x);
+        if y.len > 0 {
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    w.rows.div_ceil(GEMV_WARPS) as u32,
+                    n.div_ceil(GEMV_NB) as u32,
+                    1,
+                ),
+                block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
+            let name = format!("gemv_{}", w.kernel);
+            launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, &x.data, &y.data, &nn);
+        }
+        y
+    }
+
+    fn rms_norm(&self, x: &CudaBuf, w: &CudaBuf, eps: f32) -> CudaBuf {
+        let y = CudaBuf::alloc(self.stream(), x.len);
+        rms_norm_into(self, x, w, &y, eps);
+        y
+    }
+
+    fn rms_norm_inplace(&self, x: &mut CudaBuf, w: &CudaBuf, eps: f32) {
+        rms_norm_into(self, x, w, x, eps);
+    }
+
+    fn add_bias(&self, x: &mut CudaBuf, b: &CudaBuf) {
+        if x.len > 0 {
+            let (n, w) = (x.len as u64, b.len as i32);
+            launch!(self, "add_bias", flat(x.len), &mut x.data, &b.data, &n, &w);
+        }
+    }
+
+    fn add_assign(&self, x: &mut CudaBuf, y: &CudaBuf) {
+        if x.len > 0 {
+            let n = x.len as u64;
+            launch!(self, "add_assign", flat(x.len), &mut x.data, &y.data, &n);
+        }
+    }
+
+    fn rope(&self, xs: &mut [&mut CudaBuf], head_dim: usize, pos: &[usize], rope: Rope) {
+        if pos.is_empty() {
+            return;
+        }
+        let p = self.upload_i32(pos.iter().copied());
+        // per-pair frequency divisors (all 1 without llama3 / LongRoPE factors)
+        let factors: Vec<f32> = match rope.freq_factors {
+            Some(f) => f[..rope.n_rot / 2].to_vec(),
+            None => vec![1.0; (rope.n_rot / 2).max(1)],
+        };
+        let ff = CudaBuf::from_host(self.stream(), &factors);
+        let attn = rope.attn_factor;
+        let kind: i32 = match rope.kind {
+            RopeKind::Norm => 0,
+            RopeKind::Neox => 1,
+        };
+        for x in xs.iter_mut() {
+            let width = x.len / pos.len();
+            let pairs = pos.len() * (width / head_dim) * (rope.n_rot / 2);
+            if pairs == 0 {
+                continue;
+            }
+            let (nt, w, hd, nr) = (
+                pos.len() as i32,
+                width as i32,
+                head_dim as i32,
+                rope.n_rot as i32,
+            );
+            let (base, scale) = (rope.base as f64, rope.scale as f64);
+            launch!(
+                self,
+                "rope",
+                flat(pairs),
+                &mut x.data,
+                &p,
+                &nt,
+                &w,
+                &hd,
+                &nr,
+                &base,
+                &scale,
+                &kind,
+                &ff.data,
+                &attn
+            );
+        }
+    }
+
+    fn glu(&self, mut gate: CudaBuf, up: &CudaBuf, act: Activation) -> CudaBuf {
+        if gate.len > 0 {
+            let (n, a) = (gate.len as u64, Cuda::act_id(act));
+            launch!(
+                self,
+                "glu",
+                flat(gate.len),
+                &mut gate.data,
+                &up.data,
+                &n,
+                &a
+            );
+        }
+        gate
+    }
+
+    fn glu_fused(&self, gate_up: &CudaBuf, ff: usize, act: Activation) -> CudaBuf {
+        let h = CudaBuf::alloc(self.stream(), gate_up.len / 2);
+        if h.len > 0 {
+            let (n, f, a) = (h.len as u64, ff as i32, Cuda::act_id(act));
+            launch!(
+                self,
+                "glu_fused",
+                flat(h.len),
+                &gate_up.data,
+                &h.data,
+                &n,
+                &f,
+                &a
+            );
+        }
+        h
+    }
+
+    fn softcap(&self, x: &mut CudaBuf, cap: f32) {
+        if x.len > 0 {
+            let n = x.len as u64;
+            launch!(self, "softcap", flat(x.len), &mut x.data, &n, &cap);
+        }
+    }
+
+    fn scatter_add_rows(
+        &self,
+        dst: &mut CudaBuf,
+        width: usize,
+        src: &CudaBuf,
+        rows: &[(usize, f32)],
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let tok = self.upload_i32(rows.iter().map(|r| r.0));
+        let wts: Vec<f32> = rows.iter().map(|r| r.1).collect();
+        let wts = ok("upload", self.stream().clone_htod(&wts[..]));
+        let (n, w) = (rows.len() as i32, width as i32);
+        let cfg = flat(rows.len() * width);
+        launch!(
+            self,
+            "scatter_add_rows",
+            cfg,
+            &mut dst.data,
+            &src.data,
+            &tok,
+            &wts,
+            &n,
+            &w
+        );
+    }
+
+    fn route(&self, logits: &CudaBuf, bias: Option<&CudaBuf>, p: &MoeParams) -> Routing {
+        let l = logits.to_vec(self.stream());
+        let b = bias.map(|b| b.to_vec(self.stream()));
+        let mut assigned: Routing = vec![Vec::new(); p.n_expert];
+        for (t, row) in l.chunks(p.n_expert).enumerate() {
+            for (e, w) in crate::routing::route(row, b.as_deref(), p) {
+                assigned[e].push((t, w));
+            }
+        }
+        assigned
+    }
+
+    fn attention(
+        &self,
+        q: &CudaBuf,
+        caches: &[KvView<'_, Self>],
+        tokens: TokenMap<'_>,
+        shape: &AttnShape,
+    ) -> CudaBuf {
+        attention::standard(self, q, caches, tokens, shape)
+    }
+
+    fn mla_attention(
+        &self,
+        q_lat: &CudaBuf,
+        q_rope: &CudaBuf,
+        caches: &[&CudaBuf],
+        tokens: TokenMap<'_>,
+        shape: &MlaShape,
+    ) -> CudaBuf {
+        attention::mla(self, q_lat, q_rope, caches, tokens, shape)
+    }
+}
+
+/// RMSNorm of every `w.len`-wide row of `x` into `y` (which may be `x`).
+fn rms_norm_into(be: &Cuda, x: &CudaBuf, w: &CudaBuf, y: &CudaBuf, eps: f32) {
+    let rows = x.len / w.len.max(1);
+    if rows == 0 {
+        return;
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let width = w.len as i32;
+    launch!(be, "rms_norm", cfg, &x.data, &w.data, &y.data, &width, &eps);
+}

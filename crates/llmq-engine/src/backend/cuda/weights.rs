@@ -1,0 +1,94 @@
+//! Weight matrices on the device, uploaded once in their packed GGUF form, and which
+//! weight types the GPU kernels compute (`kernels/dequant.cuh`). Any other type is
+//! refused when the model loads, naming the tensor, never computed on the host.
+
+use super::buffers::ok;
+use cudarc::driver::{CudaSlice, CudaStream};
+use llmq_formats::GgmlType;
+use llmq_kernels::{WeightMatrix, WeightType};
+use std::sync::Arc;
+
+/// A packed weight matrix in device memory.
+#[derive(Clone)]
+pub struct CudaWeight {
+    pub(super) data: Arc<CudaSlice<u8>>,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_bytes: usize,
+    /// the suffix of its `gemv_*` / `embed_*` kernels
+    pub(super) kernel: &'static str,
+    /// how the CPU engine rounds the activations this weight multiplies
+    pub(super) act: ActRound,
+}
+
+/// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
+/// Q8_1 rounds like Q8_0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ActRound {
+    F32,
+    Q8_0,
+    Q8K,
+}
+
+fn act_of(t: GgmlType) -> ActRound {
+    match t {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActRound::F32,
+        GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS => {
+            ActRound::Q8K
+        }
+        _ => ActRound::Q8_0,
+    }
+}
+
+/// The GGML types with GPU kernels, and their kernel suffixes.
+pub const GPU_TYPES: &[(GgmlType, &str)] = &[
+    (GgmlType::F32, "f32"),
+    (GgmlType::F16, "f16"),
+    (GgmlType::BF16, "bf16"),
+    (GgmlType::Q4_0, "q4_0"),
+    (GgmlType::Q4_1, "q4_1"),
+    (GgmlType::Q5_0, "q5_0"),
+    (GgmlType::Q5_1, "q5_1"),
+    (GgmlType::Q8_0, "q8_0"),
+    (GgmlType::IQ4NL, "iq4_nl"),
+    (GgmlType::Q2K, "q2_k"),
+    (GgmlType::Q4K, "q4_k"),
+    (GgmlType::Q5K, "q5_k"),
+    (GgmlType::Q6K, "q6_k"),
+    (GgmlType::IQ4XS, "iq4_xs"),
+];
+
+/// The kernel suffix of a weight type the GPU computes.
+pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
+    match ty {
+        WeightType::Ggml(t) => GPU_TYPES.iter().find(|(g, _)| *g == t).map(|(_, k)| *k),
+        WeightType::Int(_) => None,
+    }
+}
+
+/// Copy `w`'s packed bytes to the device (the type was checked at load).
+pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
+    let kernel = kernel_of(w.ty).unwrap_or_else(|| {
+        panic!(
+            "weight type {} reached the CUDA backend unchecked",
+            w.ty.name()
+        )
+    });
+    let bytes = w.data.as_slice();
+    let data = if bytes.is_empty() {
+        ok("alloc", stream.alloc_zeros::<u8>(1))
+    } else {
+        ok("upload", stream.clone_htod(bytes))
+    };
+    CudaWeight {
+        data: Arc::new(data),
+        rows: w.rows,
+        cols: w.cols,
+        row_bytes: w.row_bytes(),
+        kernel,
+        act: match w.ty {
+            WeightType::Ggml(t) => act_of(t),
+            WeightType::Int(_) => ActRound::F32,
+        },
+    }
+}
