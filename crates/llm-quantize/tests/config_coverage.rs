@@ -235,25 +235,9 @@ fn llama_perplexity(model: &Path, ctx: usize, chunks: usize) -> (usize, f64) {
 
 fn our_perplexity(tmp: &Path, model: &Path, ctx: usize, chunks: usize) -> f64 {
     let test = shared().join("data/corpus/test.txt");
-    let r = lq(
-        tmp,
-        &[
-            "eval",
-            model.to_str().unwrap(),
-            "--dataset",
-            test.to_str().unwrap(),
-            "--ppl-protocol",
-            "llama-cpp",
-            "--max-length",
-            &ctx.to_string(),
-            "--samples",
-            &chunks.to_string(),
-            "--format",
-            "json",
-        ],
-    );
-    assert_eq!(r.code, 0, "eval: {}", r.stderr);
-    r.json()["perplexity"].as_f64().unwrap()
+    eval_llama_cpp_protocol(tmp, model, &test, ctx, chunks)["perplexity"]
+        .as_f64()
+        .unwrap()
 }
 
 #[test]

@@ -149,25 +149,7 @@ fn perplexity_equals_llama_perplexity() {
     for m in REAL {
         let model = dir.join(m);
         let want = llama_perplexity(&model, &text, ctx, chunks);
-        let r = lq(
-            &std::env::temp_dir(),
-            &[
-                "eval",
-                model.to_str().unwrap(),
-                "--dataset",
-                text.to_str().unwrap(),
-                "--ppl-protocol",
-                "llama-cpp",
-                "--max-length",
-                &ctx.to_string(),
-                "--samples",
-                &chunks.to_string(),
-                "--format",
-                "json",
-            ],
-        );
-        assert_eq!(r.code, 0, "eval {m}: {}", r.stderr);
-        let v = r.json();
+        let v = eval_llama_cpp_protocol(&std::env::temp_dir(), &model, &text, ctx, chunks);
         assert_eq!(v["windows"], chunks);
         assert_eq!(v["scored_tokens"], chunks * (ctx - ctx / 2 - 1));
         let got = v["perplexity"].as_f64().unwrap();

@@ -145,3 +145,33 @@ pub fn llama_perplexity_estimate(log: &str, chunks: usize) -> Option<f64> {
         .collect();
     num.parse().ok()
 }
+
+/// `eval MODEL --dataset TEXT --ppl-protocol llama-cpp` over `chunks` windows of `ctx`
+/// tokens (llama-perplexity's protocol): the JSON result, after checking it exited 0.
+pub fn eval_llama_cpp_protocol(
+    cwd: &Path,
+    model: &Path,
+    dataset: &Path,
+    ctx: usize,
+    chunks: usize,
+) -> serde_json::Value {
+    let r = lq(
+        cwd,
+        &[
+            "eval",
+            model.to_str().unwrap(),
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--ppl-protocol",
+            "llama-cpp",
+            "--max-length",
+            &ctx.to_string(),
+            "--samples",
+            &chunks.to_string(),
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "eval {}: {}", model.display(), r.stderr);
+    r.json()
+}
