@@ -105,33 +105,30 @@ pub(crate) fn quantize_streaming(
         "Architecture: {} ({} layers)",
         s.architecture, s.layers
     ));
-    let imatrix_calibration =
-        req.wants_imatrix_calibration()
-            .then(|| crate::calibrated::ImatrixRequest {
-                calibration_data: req.calibration.data.clone(),
-                calibration_samples: req.calibration.samples,
-                seq_len: req.calibration.seq_len,
-                ram_budget_bytes: req.ram_budget_bytes,
-            });
-    let imatrix = match (&req.imatrix, &imatrix_calibration) {
+    let imatrix = match (&req.imatrix, req.wants_imatrix_calibration()) {
         (Some(p), _) => Some(llmq_calib::ImatrixData::read(p).map_err(|e| {
             PipelineError::invalid(
                 format!("cannot use imatrix {}: {e}", p.display()),
                 "Give a llama.cpp imatrix file (GGUF or legacy .dat)",
             )
         })?),
-        (None, Some(c)) => {
+        (None, true) => {
             let path = match &resolved {
                 ResolvedModel::HfDir(d) => d.clone(),
                 ResolvedModel::GgufFile(f) => f.clone(),
             };
-            let (d, notes) = crate::calibrated::collect_imatrix(&path, c, progress)?;
+            let (d, notes) = crate::calibrated::collect_imatrix(
+                &path,
+                &req.calibration,
+                req.ram_budget_bytes,
+                progress,
+            )?;
             for n in notes {
                 progress.message(&format!("note: {n}"));
             }
             Some(d)
         }
-        (None, None) => None,
+        (None, false) => None,
     };
     let imatrix_id = imatrix.as_ref().map(imatrix_fingerprint);
     // a computed imatrix is saved next to the output (llama.cpp's GGUF imatrix format)

@@ -6,10 +6,11 @@ use super::activations::{batches, run_batches, ActStore};
 use super::calibration::calibration_set;
 use super::engine_err;
 use crate::error::{PipelineError, Result};
+use crate::request::CalibrationRequest;
 use crate::run::Progress;
 use llmq_engine::{LinearObserver, LinearSite, Model, WeightSource};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// Collects llama.cpp-style importance statistics (`Σ x²` per input column and the
@@ -40,22 +41,15 @@ impl LinearObserver for ImatrixObserver {
     }
 }
 
-/// What [`collect_imatrix`] needs.
-#[derive(Debug, Clone)]
-pub struct ImatrixRequest {
-    pub calibration_data: Option<PathBuf>,
-    pub calibration_samples: usize,
-    pub seq_len: usize,
-    pub ram_budget_bytes: Option<u64>,
-}
-
 /// Runs the calibration samples through the model (a Hugging Face folder or a GGUF
 /// file), block by block with bounded activations, and returns the importance matrix
 /// of every Linear (GGUF tensor names), as llama-imatrix computes it over the same
-/// text. Also returns the notes about the data.
+/// text, holding activations in at most half of `ram_budget_bytes` (default: the
+/// available memory). Also returns the notes about the data.
 pub fn collect_imatrix(
     model_path: &Path,
-    req: &ImatrixRequest,
+    calibration: &CalibrationRequest,
+    ram_budget_bytes: Option<u64>,
     progress: &dyn Progress,
 ) -> Result<(llmq_calib::ImatrixData, Vec<String>)> {
     let src = WeightSource::open(model_path).map_err(engine_err)?;
@@ -73,9 +67,9 @@ pub fn collect_imatrix(
     drop(src);
     let (calib, notes, seq_len) = calibration_set(
         &tok,
-        req.calibration_data.as_deref(),
-        req.calibration_samples,
-        req.seq_len,
+        calibration.data.as_deref(),
+        calibration.samples,
+        calibration.seq_len,
         model.hp.n_ctx_train.max(2),
     )?;
     progress.message(&format!(
@@ -87,8 +81,7 @@ pub fn collect_imatrix(
     let d = model.hp.n_embd;
     let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
     let need = lens.iter().sum::<usize>() as u64 * d as u64 * 2;
-    let budget = req
-        .ram_budget_bytes
+    let budget = ram_budget_bytes
         .or_else(crate::memory::available_bytes)
         .unwrap_or(u64::MAX)
         / 2;

@@ -63,7 +63,7 @@ mod write;
 
 use blocks::QModule;
 pub(crate) use driver::quantize_blocks;
-pub use imatrix::{collect_imatrix, ImatrixRequest};
+pub use imatrix::collect_imatrix;
 
 use crate::error::{PipelineError, Result};
 use llmq_arch::{GgufTensorSpec, Transform};
