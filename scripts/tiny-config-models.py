@@ -13,6 +13,9 @@ Writes OUT_DIR/<name>/ for every model of MODELS: config.json, model.safetensors
     argmax, argmax_margin          per position: top-1 id, top-1 minus top-2 logit
     unscaled_max_dlogprob float    max |Δ next_token_logprob| when the config's switch
                                    is removed (how much the switch matters here)
+    gguf (optional)                the three per-position arrays again for the model as
+                                   its GGUF states it, where GGUF cannot carry the config
+                                   (YaRN with truncate=false: llama.cpp truncates)
 
 Protocol as ../shared/models/README.md: the saved bfloat16 weights loaded back with
 `dtype=float32`, eager attention, CPU. Weights are drawn with a wide initializer so the predictions are
@@ -166,6 +169,33 @@ MODELS = {
         ),
         "rope_parameters",
     ),
+    # GPT-OSS: attention sinks, q/k/v/o biases, alternating sliding/full layers, YaRN
+    # without truncation, a biased router, fused interleaved experts with biases, the
+    # clamped SwiGLU
+    "gpt-oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        "qwen3",
+        dict(
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            intermediate_size=512,
+            sliding_window=32,
+            layer_types=["sliding_attention", "full_attention"],
+            attention_bias=True,
+            max_position_embeddings=256,
+            rope_parameters=dict(
+                rope_type="yarn",
+                rope_theta=10000.0,
+                factor=4.0,
+                beta_fast=32.0,
+                beta_slow=1.0,
+                truncate=False,
+                original_max_position_embeddings=64,
+            ),
+        ),
+        "rope_parameters",
+    ),
     "qwen3-moe-nonorm": (
         "Qwen3MoeConfig",
         "Qwen3MoeForCausalLM",
@@ -260,6 +290,21 @@ def main():
             argmax_margin=margin.tolist(),
             unscaled_max_dlogprob=float((tok_lp - ref_lp).abs().max()),
         )
+        # YaRN without truncation (GPT-OSS's released form) is written to GGUF as YaRN,
+        # which llama.cpp computes with truncated ramp bounds: the goldens of the model as
+        # its GGUF states it
+        rp = overrides.get("rope_parameters", {})
+        if rp.get("rope_type") == "yarn" and rp.get("truncate") is False:
+            as_gguf = copy.deepcopy(overrides)
+            as_gguf["rope_parameters"] = {**rp, "truncate": True}
+            g = build(cls_cfg, cls_model, as_gguf)
+            g.load_state_dict(model.state_dict())
+            g_lp, g_am, g_margin = logprobs(g, ids)
+            golden["gguf"] = dict(
+                next_token_logprob=g_lp.tolist(),
+                argmax=g_am.tolist(),
+                argmax_margin=g_margin.tolist(),
+            )
         with open(os.path.join(out, "golden.json"), "w") as f:
             json.dump(golden, f)
         print(f"{name}: max |Δlogprob| without {switch} = {golden['unscaled_max_dlogprob']:.4f}")

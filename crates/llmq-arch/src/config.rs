@@ -24,6 +24,7 @@ pub enum Family {
     Qwen3Moe,
     DeepseekV3,
     Glm4MoeLite,
+    GptOss,
 }
 
 impl Family {
@@ -38,6 +39,7 @@ impl Family {
         ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
         ("DeepseekV3ForCausalLM", Family::DeepseekV3),
         ("Glm4MoeLiteForCausalLM", Family::Glm4MoeLite),
+        ("GptOssForCausalLM", Family::GptOss),
     ];
 
     /// The family of a transformers architecture class name.
@@ -89,6 +91,22 @@ pub struct MoeConfig {
     pub n_group: usize,
     pub topk_group: usize,
     pub routed_scaling_factor: f64,
+}
+
+/// GPT-OSS's clamped SwiGLU of its experts: `g = min(gate, limit)`,
+/// `u = clamp(up, -limit, limit)`, output `(u + 1) · g · σ(alpha · g)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClampedSwiglu {
+    pub alpha: f64,
+    pub limit: f64,
+}
+
+impl ClampedSwiglu {
+    /// The constants llama.cpp hard-codes for `gpt-oss` (`LLM_FFN_SWIGLU_OAI_MOE`).
+    pub const GPT_OSS: ClampedSwiglu = ClampedSwiglu {
+        alpha: 1.702,
+        limit: 7.0,
+    };
 }
 
 /// Multi-head latent attention settings (DeepSeek-V2/V3 style).
@@ -144,6 +162,10 @@ pub struct ArchConfig {
     pub partial_rotary_factor: f64,
     /// attention scale override: scores are multiplied by `query_pre_attn_scalar^-0.5`
     pub query_pre_attn_scalar: Option<f64>,
+    /// a learned logit per head joins each softmax (GPT-OSS's attention sinks)
+    pub attention_sinks: bool,
+    /// the experts' activation when it is GPT-OSS's clamped SwiGLU
+    pub clamped_swiglu: Option<ClampedSwiglu>,
     pub moe: Option<MoeConfig>,
     pub mla: Option<MlaConfig>,
     pub layers: Vec<LayerSpec>,
@@ -365,6 +387,21 @@ impl ArchConfig {
                 topk_group: opt_usize(&v, "topk_group")?.unwrap_or(1),
                 routed_scaling_factor: opt_f64(&v, "routed_scaling_factor")?.unwrap_or(1.0),
             }),
+            Family::GptOss => Some(MoeConfig {
+                n_experts: opt_usize(&v, "num_local_experts")?
+                    .or(opt_usize(&v, "num_experts")?)
+                    .ok_or_else(|| ArchError::MissingKey("num_local_experts".into()))?,
+                top_k: req_usize(&v, "num_experts_per_tok")?,
+                expert_intermediate_size: intermediate_size,
+                n_shared_experts: 0,
+                // top-k of the (biased) logits, softmax over those k: the same weights as
+                // a softmax over all experts renormalised over the chosen
+                norm_topk_prob: true,
+                scoring: RouterScoring::Softmax,
+                n_group: 1,
+                topk_group: 1,
+                routed_scaling_factor: 1.0,
+            }),
             _ => None,
         };
 
@@ -482,8 +519,16 @@ impl ArchConfig {
                 value: cap.to_string(),
             });
         }
+        let clamped_swiglu = match family {
+            Family::GptOss => Some(ClampedSwiglu {
+                alpha: opt_f64(&v, "swiglu_alpha")?.unwrap_or(ClampedSwiglu::GPT_OSS.alpha),
+                limit: opt_f64(&v, "swiglu_limit")?.unwrap_or(ClampedSwiglu::GPT_OSS.limit),
+            }),
+            _ => None,
+        };
         let attention_bias = match family {
             Family::Qwen2 => true,
+            Family::GptOss => opt_bool(&v, "attention_bias").unwrap_or(true),
             _ => opt_bool(&v, "attention_bias").unwrap_or(false),
         };
         let qk_norm = matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3);
@@ -514,6 +559,8 @@ impl ArchConfig {
             qk_norm,
             partial_rotary_factor,
             query_pre_attn_scalar: opt_f64(&v, "query_pre_attn_scalar")?,
+            attention_sinks: family == Family::GptOss,
+            clamped_swiglu,
             moe,
             mla,
             layers,

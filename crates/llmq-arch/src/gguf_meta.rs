@@ -384,6 +384,35 @@ pub fn arch_metadata(
                 m.set(k("expert_gating_func"), ours);
             }
         }
+        Family::GptOss => {
+            // `GptOssModel.set_gguf_parameters`
+            let window = raw_usize(cfg, "sliding_window").unwrap_or(0);
+            m.set(k("attention.sliding_window"), u32v(window));
+            m.set(k("expert_feed_forward_length"), u32v(cfg.intermediate_size));
+            if cfg.clamped_swiglu != Some(crate::ClampedSwiglu::GPT_OSS) {
+                return Err(ArchError::Unrepresentable(format!(
+                    "swiglu_alpha/swiglu_limit {:?} differ from the 1.702/7 llama.cpp hard-codes for gpt-oss",
+                    cfg.clamped_swiglu
+                )));
+            }
+            // llama.cpp's default: even layers sliding, odd layers full
+            let pattern: Vec<bool> = cfg
+                .layers
+                .iter()
+                .map(|l| l.sliding_window.is_some())
+                .collect();
+            let default = pattern.iter().enumerate().all(|(i, s)| *s == (i % 2 == 0));
+            if !default && window > 0 {
+                let ours = MetaValue::ArrBool(pattern);
+                dev.push(Deviation {
+                    key: k("attention.sliding_window_pattern"),
+                    converter: None,
+                    ours: ours.clone(),
+                    why: "without it llama.cpp assumes alternating sliding/full layers; the config's layer_types say otherwise",
+                });
+                m.set(k("attention.sliding_window_pattern"), ours);
+            }
+        }
         Family::Qwen2 | Family::Qwen3 | Family::Phi3 => {}
     }
     m.set(

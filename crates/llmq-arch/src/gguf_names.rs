@@ -45,6 +45,9 @@ pub enum TensorRole {
     /// fused q|k|v rows (Phi3)
     AttnQkv,
     AttnOutput,
+    AttnOutputBias,
+    /// a learned logit per head that joins the attention softmax (GPT-OSS)
+    AttnSinks,
     AttnQNorm,
     AttnKNorm,
     /// Gemma3 norm after attention
@@ -66,11 +69,17 @@ pub enum TensorRole {
     FfnDown,
     /// router
     FfnGateInp,
+    /// router bias (GPT-OSS)
+    FfnGateInpBias,
     /// router score correction bias (sigmoid routing)
     FfnExpProbsB,
     FfnGateExps,
     FfnUpExps,
     FfnDownExps,
+    /// per-expert biases, `[n_ff or n_embd, n_expert]` (GPT-OSS)
+    FfnGateExpsBias,
+    FfnUpExpsBias,
+    FfnDownExpsBias,
     FfnGateShexp,
     FfnUpShexp,
     FfnDownShexp,
@@ -105,6 +114,14 @@ pub enum Transform {
     AddOne,
     /// no sources: these values, computed from the config (`rope_freqs.weight`)
     Generated(Vec<f32>),
+    /// GPT-OSS's fused experts: entries `part`, `part + 2`, … of the last dimension of
+    /// a `[.., 2n]` source (gate = 0, up = 1 of the interleaved gate|up columns), then
+    /// the last two dimensions swapped when `transpose` (the `[E, in, out]` parameter
+    /// becomes `[E, out, in]` matrices)
+    Deinterleave { part: usize, transpose: bool },
+    /// the last two dimensions of a 3-D `[E, a, b]` source swapped (GPT-OSS's
+    /// `down_proj`, stored `[E, in, out]`)
+    TransposeExperts,
 }
 
 /// One GGUF tensor of the plan.
@@ -161,7 +178,111 @@ pub fn gguf_arch(family: Family) -> &'static str {
         Family::Gemma3 => "gemma3",
         Family::Phi3 => "phi3",
         Family::DeepseekV3 | Family::Glm4MoeLite => "deepseek2",
+        Family::GptOss => "gpt-oss",
     }
+}
+
+/// GPT-OSS's fused expert parameters (`conversion/gpt_oss.py` `modify_tensors`):
+/// `gate_up_proj` `[E, d, 2ff]` with interleaved gate/up columns becomes
+/// `ffn_gate_exps` and `ffn_up_exps` (`[E, ff, d]`), `down_proj` `[E, ff, d]` becomes
+/// `ffn_down_exps` (`[E, d, ff]`), and their biases follow. `None`: not such a tensor.
+fn gpt_oss_experts(
+    layer: usize,
+    tail: &str,
+    name: &str,
+    shape: &[usize],
+    n_experts: usize,
+) -> Option<Result<Vec<GgufTensorSpec>, ArchError>> {
+    use TensorRole as R;
+    let rest = tail.strip_prefix("mlp.experts.")?;
+    let bad = |why: String| {
+        Some(Err(ArchError::Shape {
+            name: name.to_string(),
+            why,
+        }))
+    };
+    let spec = |base: &str, role, shape_ne: Vec<usize>, transform| GgufTensorSpec {
+        gguf_name: format!("blk.{layer}.{base}"),
+        role,
+        layer: Some(layer),
+        sources: vec![name.to_string()],
+        source_shapes: vec![shape.to_vec()],
+        shape_ne,
+        transform,
+    };
+    let (weight, fused) = match rest {
+        "gate_up_proj" => (true, true),
+        "gate_up_proj_bias" => (false, true),
+        "down_proj" => (true, false),
+        "down_proj_bias" => (false, false),
+        _ => return None,
+    };
+    let dims = if weight { 3 } else { 2 };
+    if shape.len() != dims || shape[0] != n_experts {
+        return bad(format!(
+            "expected a {dims}-D tensor over {n_experts} experts, got {shape:?}"
+        ));
+    }
+    let last = shape[dims - 1];
+    if fused && !last.is_multiple_of(2) {
+        return bad(format!(
+            "interleaved gate|up needs an even last dimension, got {last}"
+        ));
+    }
+    let e = n_experts;
+    Some(Ok(match (weight, fused) {
+        (true, true) => {
+            let (d, ff) = (shape[1], last / 2);
+            vec![
+                spec(
+                    "ffn_gate_exps.weight",
+                    R::FfnGateExps,
+                    vec![d, ff, e],
+                    Transform::Deinterleave {
+                        part: 0,
+                        transpose: true,
+                    },
+                ),
+                spec(
+                    "ffn_up_exps.weight",
+                    R::FfnUpExps,
+                    vec![d, ff, e],
+                    Transform::Deinterleave {
+                        part: 1,
+                        transpose: true,
+                    },
+                ),
+            ]
+        }
+        (false, true) => {
+            let ff = last / 2;
+            let part = |p| Transform::Deinterleave {
+                part: p,
+                transpose: false,
+            };
+            vec![
+                spec(
+                    "ffn_gate_exps.bias",
+                    R::FfnGateExpsBias,
+                    vec![ff, e],
+                    part(0),
+                ),
+                spec("ffn_up_exps.bias", R::FfnUpExpsBias, vec![ff, e], part(1)),
+            ]
+        }
+        (true, false) => vec![spec(
+            "ffn_down_exps.weight",
+            R::FfnDownExps,
+            vec![shape[1], shape[2], e],
+            Transform::TransposeExperts,
+        )],
+        (false, false) => vec![spec(
+            "ffn_down_exps.bias",
+            R::FfnDownExpsBias,
+            vec![last, e],
+            Transform::None,
+        )],
+    }))
 }
 
 /// Whether the converter undoes HF's rotate-half q/k layout (`LlamaModel.undo_permute`).
@@ -233,6 +354,10 @@ pub(crate) fn map_layer_tensor(family: Family, tail: &str) -> Option<(&'static s
     let gemma = family == Family::Gemma3;
     Some(match tail {
         "input_layernorm.weight" => ("attn_norm.weight", R::AttnNorm),
+        // GPT-OSS's norm before the MoE is `attn_post_norm` in llama.cpp's naming
+        "post_attention_layernorm.weight" if family == Family::GptOss => {
+            ("post_attention_norm.weight", R::FfnNorm)
+        }
         "post_attention_layernorm.weight" if gemma => {
             ("post_attention_norm.weight", R::AttnPostNorm)
         }
@@ -246,6 +371,10 @@ pub(crate) fn map_layer_tensor(family: Family, tail: &str) -> Option<(&'static s
         "self_attn.k_proj.bias" => ("attn_k.bias", R::AttnKBias),
         "self_attn.v_proj.bias" => ("attn_v.bias", R::AttnVBias),
         "self_attn.o_proj.weight" => ("attn_output.weight", R::AttnOutput),
+        "self_attn.o_proj.bias" => ("attn_output.bias", R::AttnOutputBias),
+        "self_attn.sinks" if family == Family::GptOss => ("attn_sinks.weight", R::AttnSinks),
+        "mlp.router.weight" if family == Family::GptOss => ("ffn_gate_inp.weight", R::FfnGateInp),
+        "mlp.router.bias" if family == Family::GptOss => ("ffn_gate_inp.bias", R::FfnGateInpBias),
         "self_attn.q_norm.weight" => ("attn_q_norm.weight", R::AttnQNorm),
         "self_attn.k_norm.weight" => ("attn_k_norm.weight", R::AttnKNorm),
         "self_attn.qkv_proj.weight" if family == Family::Phi3 => ("attn_qkv.weight", R::AttnQkv),
@@ -383,6 +512,12 @@ pub fn gguf_plan(
                 unmapped.push(name.to_string());
             }
             continue;
+        }
+        if family == Family::GptOss {
+            if let Some(specs) = gpt_oss_experts(layer, tail, name, shape, n_experts) {
+                out.extend(specs?);
+                continue;
+            }
         }
         if let Some((e, proj)) = expert_split(tail) {
             if n_experts == 0 || e >= n_experts {
@@ -571,6 +706,43 @@ pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Ve
         Transform::AddOne => sources[0].iter().map(|x| x + 1.0).collect(),
         Transform::Generated(values) => values.clone(),
         Transform::Stack => sources.concat(),
+        Transform::Deinterleave { part, transpose } => {
+            let last = *shape0.last().unwrap_or(&0);
+            let half = last / 2;
+            let outer = if *transpose {
+                shape0[0]
+            } else {
+                sources[0].len() / last.max(1)
+            };
+            let mid = if *transpose { shape0[1] } else { 1 };
+            let src = &sources[0];
+            let mut out = Vec::with_capacity(src.len() / 2);
+            for o in 0..outer {
+                let base = o * mid * last;
+                if *transpose {
+                    for i in 0..half {
+                        for m in 0..mid {
+                            out.push(src[base + m * last + 2 * i + part]);
+                        }
+                    }
+                } else {
+                    out.extend((0..half).map(|i| src[base + 2 * i + part]));
+                }
+            }
+            out
+        }
+        Transform::TransposeExperts => {
+            let (e, a, b) = (shape0[0], shape0[1], shape0[2]);
+            let src = &sources[0];
+            let mut out = Vec::with_capacity(src.len());
+            for x in 0..e {
+                let m = &src[x * a * b..(x + 1) * a * b];
+                for j in 0..b {
+                    out.extend((0..a).map(|i| m[i * b + j]));
+                }
+            }
+            out
+        }
         Transform::PermuteQK { n_head } => {
             let rows = shape0[0];
             let cols: usize = shape0[1..].iter().product();

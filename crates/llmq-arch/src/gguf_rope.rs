@@ -111,9 +111,12 @@ pub fn check_gguf_rope(cfg: &ArchConfig) -> Result<(), ArchError> {
             "{} RoPE scaling on Phi-3 cannot be written to GGUF",
             s.name()
         )),
+        // GPT-OSS's released config has truncate=false and its converter writes it as
+        // YaRN all the same; llama.cpp (and our GGUF reader) then round the ramp's
+        // bounds, which transformers does not: the ramp moves by less than one pair
         RopeScaling::Yarn(Yarn {
             truncate: false, ..
-        }) => refuse(
+        }) if cfg.family != Family::GptOss => refuse(
             "YaRN with truncate=false cannot be written to GGUF (llama.cpp truncates)".into(),
         ),
         RopeScaling::Yarn(y) if y.attention_factor.is_none() => {

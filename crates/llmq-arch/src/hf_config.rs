@@ -265,7 +265,7 @@ pub fn hf_config(m: &MetaReader, arch: &str, facts: TensorFacts) -> Result<Value
                 if swa == 0 { Value::Null } else { json!(swa) },
             );
         }
-        Family::Mistral | Family::DeepseekV3 | Family::Glm4MoeLite => {
+        Family::Mistral | Family::DeepseekV3 | Family::Glm4MoeLite | Family::GptOss => {
             unreachable!("family_of never returns {family:?}")
         }
     }

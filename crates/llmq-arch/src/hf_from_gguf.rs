@@ -245,6 +245,12 @@ pub fn inverse_of(spec: &GgufTensorSpec) -> Result<Inverse, ArchError> {
                 .collect();
             Inverse::Rows(vec![map])
         }
+        Transform::Deinterleave { .. } | Transform::TransposeExperts => {
+            return Err(not_rev(format!(
+                "{}: GPT-OSS's fused experts are not reversed",
+                spec.gguf_name
+            )))
+        }
         Transform::KvBSplitK { .. } | Transform::KvBSplitV { .. } => {
             return Err(not_rev(format!(
                 "{}: the MLA kv_b split is not reversed",

@@ -17,7 +17,9 @@ pub mod meta;
 pub mod mix;
 pub mod rope;
 
-pub use config::{ArchConfig, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring};
+pub use config::{
+    ArchConfig, ClampedSwiglu, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring,
+};
 pub use error::{ArchError, Result};
 pub use gguf_export::{gguf_export, GgufExport};
 pub use gguf_names::{

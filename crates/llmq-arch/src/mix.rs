@@ -214,10 +214,14 @@ pub fn allows_quantization(name: &str, n_dims: usize) -> bool {
 }
 
 /// Type a tensor keeps when it is not quantized: the converter stores 1-D tensors,
-/// norms and routers as F32 (`ModelBase.prepare_tensors`), other tensors in the file's
+/// norms, routers and every tensor not named `*.weight` (GPT-OSS's 2-D expert biases) as F32 (`ModelBase.prepare_tensors`), other tensors in the file's
 /// float type (F16 unless the mix is BF16).
 pub fn unquantized_type(name: &str, n_dims: usize, mix: Mix) -> GgmlType {
-    if n_dims <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.weight") {
+    if n_dims <= 1
+        || name.ends_with("_norm.weight")
+        || name.contains("ffn_gate_inp.weight")
+        || !name.ends_with(".weight")
+    {
         GgmlType::F32
     } else if mix == Mix::BF16 {
         GgmlType::BF16

@@ -6,7 +6,7 @@
 //! ([`Hparams::apply_hf_config`]).
 
 use crate::error::{EngineError, Result};
-use llmq_arch::{ArchConfig, RopeScaling, Yarn};
+use llmq_arch::{ArchConfig, ClampedSwiglu, RopeScaling, Yarn};
 use llmq_formats::gguf::GgufValue;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ pub enum Arch {
     Gemma3,
     Phi3,
     Deepseek2,
+    GptOss,
 }
 
 impl Arch {
@@ -33,6 +34,7 @@ impl Arch {
             "gemma3" => Arch::Gemma3,
             "phi3" => Arch::Phi3,
             "deepseek2" => Arch::Deepseek2,
+            "gpt-oss" => Arch::GptOss,
             _ => return None,
         })
     }
@@ -148,6 +150,8 @@ pub struct Hparams {
     pub attn_scale: f32,
     pub embed_scale: Option<f32>,
     pub final_softcap: Option<f32>,
+    /// the experts' clamped SwiGLU (GPT-OSS; llama.cpp hard-codes its constants)
+    pub clamped_swiglu: Option<ClampedSwiglu>,
     pub moe: Option<MoeParams>,
     pub mla: Option<MlaParams>,
     pub layers: Vec<LayerParams>,
@@ -424,8 +428,15 @@ impl Hparams {
 
         // Sliding-window attention, as llama.cpp sets it per architecture.
         let window = m.usize_opt("attention.sliding_window")?.filter(|w| *w > 0);
-        let swa_layers: Vec<bool> = match arch {
-            Arch::Gemma3 => match m.raw("attention.sliding_window_pattern") {
+        // llama.cpp's default periods: Gemma 3 five sliding layers then one full,
+        // gpt-oss alternating (`load_swa_pattern`)
+        let swa_period = match arch {
+            Arch::Gemma3 => Some(6),
+            Arch::GptOss => Some(2),
+            _ => None,
+        };
+        let swa_layers: Vec<bool> = match swa_period {
+            Some(default) => match m.raw("attention.sliding_window_pattern") {
                 Some(v) if v.as_bool_array().is_some() => {
                     let p = v.as_bool_array().unwrap();
                     (0..n_layer).map(|i| p[i % p.len().max(1)]).collect()
@@ -434,11 +445,12 @@ impl Hparams {
                     let period = m.usize("attention.sliding_window_pattern")?.max(1);
                     (0..n_layer).map(|i| (i % period) < period - 1).collect()
                 }
-                // llama.cpp's Gemma 3 default: five sliding layers, then one full
-                None => (0..n_layer).map(|i| i % 6 < 5).collect(),
+                None => (0..n_layer).map(|i| i % default < default - 1).collect(),
             },
-            Arch::Phi3 => vec![window.is_some(); n_layer],
-            _ => vec![false; n_layer],
+            None => match arch {
+                Arch::Phi3 => vec![window.is_some(); n_layer],
+                _ => vec![false; n_layer],
+            },
         };
         let rope_base_swa = match arch {
             // llama.cpp hard-codes 10000 for Gemma 3's local layers when the key is absent
@@ -452,8 +464,8 @@ impl Hparams {
                 let swa = swa_layers[i] && window.is_some();
                 let base = if swa { rope_base_swa } else { rope_base };
                 // llama.cpp scales no sliding layer's frequencies (`rope_freq_scale_train_swa`
-                // is 1 for the architectures we read)
-                let scaled = !swa;
+                // is 1) except gpt-oss's, which take the full layers' scaling
+                let scaled = !swa || arch == Arch::GptOss;
                 LayerParams {
                     sliding_window: if swa { window } else { None },
                     rope_base: base,
@@ -500,6 +512,7 @@ impl Hparams {
             attn_scale,
             embed_scale: (arch == Arch::Gemma3).then(|| (n_embd as f32).sqrt()),
             final_softcap: m.f32_opt("final_logit_softcapping")?.filter(|c| *c > 0.0),
+            clamped_swiglu: (arch == Arch::GptOss).then_some(ClampedSwiglu::GPT_OSS),
             moe,
             mla,
             layers,
@@ -528,6 +541,7 @@ impl Hparams {
         if self.mla.is_some() {
             self.attn_scale = mla_attn_scale(self.head_dim_k, &self.rope_scaling);
         }
+        self.clamped_swiglu = cfg.clamped_swiglu;
         if let Some(q) = cfg.query_pre_attn_scalar {
             if self.arch == Arch::Gemma3 && q > 0.0 {
                 self.attn_scale = (q as f32).powf(-0.5);

@@ -95,6 +95,21 @@ pub fn softmax(v: &mut [f32]) {
     }
 }
 
+/// In-place softmax whose denominator also takes `exp(sink)`: a logit without a value
+/// (GPT-OSS's attention sinks), so the weights sum to less than one.
+pub fn softmax_with_sink(v: &mut [f32], sink: f32) {
+    let m = v.iter().copied().fold(sink, f32::max);
+    let mut sum = (sink - m).exp();
+    for x in v.iter_mut() {
+        *x = (*x - m).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in v.iter_mut() {
+        *x *= inv;
+    }
+}
+
 /// `log_softmax(v)[i]`, computed in f64.
 pub fn log_softmax_at(v: &[f32], i: usize) -> f64 {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;

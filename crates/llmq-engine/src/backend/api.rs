@@ -9,12 +9,31 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 /// The gating nonlinearity of a gated MLP (`down(act(gate·x) * up·x)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     /// SiLU (`x·σ(x)`): every architecture but Gemma
     Silu,
     /// tanh-approximated GELU (Gemma)
     GeluTanh,
+    /// GPT-OSS's clamped SwiGLU: `g = min(gate, limit)`, `u = clamp(up, ±limit)`,
+    /// `(u + 1) · g · σ(alpha · g)` (the up term is part of the activation)
+    ClampedSwiglu { alpha: f32, limit: f32 },
+}
+
+impl Activation {
+    /// The gated value of one gate/up pair.
+    #[inline]
+    pub fn gated(self, g: f32, u: f32) -> f32 {
+        match self {
+            Activation::Silu => crate::ops::silu(g) * u,
+            Activation::GeluTanh => crate::ops::gelu_tanh(g) * u,
+            Activation::ClampedSwiglu { alpha, limit } => {
+                let g = g.min(limit);
+                let u = u.clamp(-limit, limit);
+                g * crate::ops::sigmoid(alpha * g) * (u + 1.0)
+            }
+        }
+    }
 }
 
 /// Rotary position embedding settings (RoFormer, Su et al. 2021). Pair `i` (of
@@ -163,9 +182,9 @@ pub trait Backend: Sized {
     /// Rotate the first `rope.n_rot` values of every `head_dim`-wide head of every
     /// buffer in `xs`; row `t` of each (one row per token) is at position `pos[t]`.
     fn rope(&self, xs: &mut [&mut Self::Buf], head_dim: usize, pos: &[usize], rope: Rope<'_>);
-    /// `act(gate) * up`, element-wise, in `gate`'s buffer.
+    /// `act.gated(gate, up)`, element-wise, in `gate`'s buffer.
     fn glu(&self, gate: Self::Buf, up: &Self::Buf, act: Activation) -> Self::Buf;
-    /// `act(g) * u` for rows `[g | u]` of `2 * ff` values (fused gate|up).
+    /// `act.gated(g, u)` for rows `[g | u]` of `2 * ff` values (fused gate|up).
     fn glu_fused(&self, gate_up: &Self::Buf, ff: usize, act: Activation) -> Self::Buf;
     /// `x = tanh(x / cap) * cap` (Gemma's final logit soft-capping).
     fn softcap(&self, x: &mut Self::Buf, cap: f32);
@@ -184,13 +203,16 @@ pub trait Backend: Sized {
     /// Causal softmax attention of `q` (`[tokens, n_head * head_dim_k]`) over each
     /// token's sequence cache (`caches[seq]`, keys and values up to and including the
     /// token's position, within the sliding window), query head `h` reading KV head
-    /// `h / (n_head / n_head_kv)`: `[tokens, n_head * head_dim_v]`.
+    /// `h / (n_head / n_head_kv)`: `[tokens, n_head * head_dim_v]`. With `sinks`
+    /// (`n_head` logits, GPT-OSS), head `h`'s softmax also takes `sinks[h]` in its
+    /// denominator, a logit with no value.
     fn attention(
         &self,
         q: &Self::Buf,
         caches: &[KvView<'_, Self>],
         tokens: TokenMap<'_>,
         shape: &AttnShape,
+        sinks: Option<&Self::Buf>,
     ) -> Self::Buf;
     /// Absorbed MLA attention: scores `q_lat·latent + q_rope·k_rope` over each token's
     /// cache rows (`caches[seq]`), output the attention-weighted latents:

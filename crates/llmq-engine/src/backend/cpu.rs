@@ -152,15 +152,20 @@ impl Backend for Cpu {
 
     fn glu(&self, gate: Vec<f32>, up: &Vec<f32>, act: Activation) -> Vec<f32> {
         match act {
-            Activation::Silu => glu_with(gate, up, silu),
-            Activation::GeluTanh => glu_with(gate, up, gelu_tanh),
+            // monomorphised per activation: the match stays out of the inner loop
+            Activation::Silu => glu_with(gate, up, |g, u| silu(g) * u),
+            Activation::GeluTanh => glu_with(gate, up, |g, u| gelu_tanh(g) * u),
+            a @ Activation::ClampedSwiglu { .. } => glu_with(gate, up, |g, u| a.gated(g, u)),
         }
     }
 
     fn glu_fused(&self, gate_up: &Vec<f32>, ff: usize, act: Activation) -> Vec<f32> {
         match act {
-            Activation::Silu => glu_fused_with(gate_up, ff, silu),
-            Activation::GeluTanh => glu_fused_with(gate_up, ff, gelu_tanh),
+            Activation::Silu => glu_fused_with(gate_up, ff, |g, u| silu(g) * u),
+            Activation::GeluTanh => glu_fused_with(gate_up, ff, |g, u| gelu_tanh(g) * u),
+            a @ Activation::ClampedSwiglu { .. } => {
+                glu_fused_with(gate_up, ff, |g, u| a.gated(g, u))
+            }
         }
     }
 
@@ -200,9 +205,10 @@ impl Backend for Cpu {
         caches: &[KvView<'_, Self>],
         tokens: TokenMap<'_>,
         shape: &AttnShape,
+        sinks: Option<&Vec<f32>>,
     ) -> Vec<f32> {
         let kv: Vec<(&[f32], &[f32])> = caches.iter().map(|c| (&c.k[..], &c.v[..])).collect();
-        cpu_attention::standard(q, &kv, tokens, shape)
+        cpu_attention::standard(q, &kv, tokens, shape, sinks.map(|s| &s[..]))
     }
 
     fn mla_attention(
@@ -218,18 +224,20 @@ impl Backend for Cpu {
     }
 }
 
-/// `act(g) * u` element-wise, into `gate`.
-fn glu_with(mut gate: Vec<f32>, up: &[f32], act: impl Fn(f32) -> f32) -> Vec<f32> {
-    gate.iter_mut().zip(up).for_each(|(g, u)| *g = act(*g) * u);
+/// `gated(g, u)` element-wise, into `gate`.
+fn glu_with(mut gate: Vec<f32>, up: &[f32], gated: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    gate.iter_mut()
+        .zip(up)
+        .for_each(|(g, u)| *g = gated(*g, *u));
     gate
 }
 
-/// `act(g) * u` over rows `[g (ff values) | u (ff values)]`.
-fn glu_fused_with(gate_up: &[f32], ff: usize, act: impl Fn(f32) -> f32) -> Vec<f32> {
+/// `gated(g, u)` over rows `[g (ff values) | u (ff values)]`.
+fn glu_fused_with(gate_up: &[f32], ff: usize, gated: impl Fn(f32, f32) -> f32) -> Vec<f32> {
     let mut h = vec![0.0f32; gate_up.len() / 2];
     for (t, row) in gate_up.chunks(2 * ff).enumerate() {
         for i in 0..ff {
-            h[t * ff + i] = act(row[i]) * row[ff + i];
+            h[t * ff + i] = gated(row[i], row[ff + i]);
         }
     }
     h

@@ -5,7 +5,7 @@
 //! only the latent and the shared roped key).
 
 use super::api::{AttnShape, MlaShape, TokenMap};
-use crate::ops::{axpy, dot, softmax};
+use crate::ops::{axpy, dot, softmax, softmax_with_sink};
 use rayon::prelude::*;
 
 /// First key position visible from position `p`.
@@ -17,12 +17,13 @@ fn first_visible(p: usize, window: Option<usize>) -> usize {
 }
 
 /// Standard attention over each sequence's `(keys, values)` cache:
-/// `[tokens, n_head * head_dim_v]`.
+/// `[tokens, n_head * head_dim_v]`; `sinks[h]` joins head `h`'s softmax denominator.
 pub(super) fn standard(
     q: &[f32],
     caches: &[(&[f32], &[f32])],
     tokens: TokenMap<'_>,
     s: &AttnShape,
+    sinks: Option<&[f32]>,
 ) -> Vec<f32> {
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
     let (qd, kd, vd) = (s.n_head * dk, s.n_head_kv * dk, s.n_head_kv * dv);
@@ -42,7 +43,10 @@ pub(super) fn standard(
                 dot(qh, kj) * scale
             })
             .collect();
-        softmax(&mut scores);
+        match sinks {
+            Some(sk) => softmax_with_sink(&mut scores, sk[h]),
+            None => softmax(&mut scores),
+        }
         for (s, j) in scores.iter().zip(first..=p) {
             let vj = &cv[j * vd + kvh * dv..j * vd + (kvh + 1) * dv];
             axpy(o, *s, vj);

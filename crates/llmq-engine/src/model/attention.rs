@@ -1,7 +1,8 @@
 //! Standard multi-head attention (Vaswani et al. 2017) with grouped-query KV heads
 //! (Ainslie et al. 2023): separate or fused (Phi-3) q/k/v projections, optional q/k/v
 //! biases (Qwen2) and per-head q/k RMSNorm (Qwen3, Gemma 3), RoPE, a per-layer sliding
-//! window, then the output projection. The attention kind of a layer is an
+//! window, optional attention sinks (GPT-OSS: a learned logit per head in the softmax,
+//! Xiao et al. 2023), then the output projection with an optional bias. The attention kind of a layer is an
 //! [`Attention`]: standard or multi-head latent (`super::mla`).
 
 use super::kv_cache::{self, Part, SeqStep};
@@ -36,6 +37,9 @@ pub(super) struct StandardAttention<B: Backend> {
     pub q_norm: Option<B::Buf>,
     pub k_norm: Option<B::Buf>,
     pub wo: Linear<B>,
+    pub bo: Option<B::Buf>,
+    /// per-head sink logits
+    pub sinks: Option<B::Buf>,
 }
 
 impl<B: Backend> StandardAttention<B> {
@@ -110,7 +114,13 @@ impl<B: Backend> StandardAttention<B> {
             scale: hp.attn_scale,
             window: lp.sliding_window,
         };
-        let out = be.attention(&q, &kv_cache::views(seqs, li), tokens, &shape);
+        let out = be.attention(
+            &q,
+            &kv_cache::views(seqs, li),
+            tokens,
+            &shape,
+            self.sinks.as_ref(),
+        );
         tap.see(
             be,
             LinearStage::AttnOutput,
@@ -119,6 +129,10 @@ impl<B: Backend> StandardAttention<B> {
             &out,
             t_all,
         );
-        self.wo.forward(be, &out, t_all)
+        let mut y = self.wo.forward(be, &out, t_all);
+        if let Some(b) = &self.bo {
+            be.add_bias(&mut y, b);
+        }
+        y
     }
 }

@@ -6,7 +6,7 @@
 
 use super::attention::{Attention, Qkv, StandardAttention};
 use super::mla::{split_kv_b, MlaAttention, MlaQuery};
-use super::mlp::{FeedForward, GateUp, Mlp, Moe};
+use super::mlp::{FeedForward, GateUp, Mlp, MlpBiases, Moe};
 use super::{Layer, Model};
 use crate::backend::{Activation, Backend, Cpu, Linear};
 use crate::error::{EngineError, Result};
@@ -149,10 +149,13 @@ impl<B: Backend> Model<B> {
         let layers = (0..hp.n_layer)
             .map(|i| load_layer(&ld, &hp, i))
             .collect::<Result<Vec<_>>>()?;
-        let act = if hp.arch == Arch::Gemma3 {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
+        let act = match (hp.arch, hp.clamped_swiglu) {
+            (Arch::Gemma3, _) => Activation::GeluTanh,
+            (_, Some(c)) => Activation::ClampedSwiglu {
+                alpha: c.alpha as f32,
+                limit: c.limit as f32,
+            },
+            _ => Activation::Silu,
         };
         Ok(Model {
             act,
@@ -174,8 +177,15 @@ fn load_layer<B: Backend>(ld: &Loader<'_, B>, hp: &Hparams, i: usize) -> Result<
         Some(mla) => Attention::Mla(load_mla(ld, hp, mla, i)?),
         None => Attention::Standard(load_standard(ld, hp, i)?),
     };
-    let post_attn_norm = ld.vec(&n("post_attention_norm.weight"), d)?;
-    let ffn_norm = ld.req_vec(&n("ffn_norm.weight"), d)?;
+    let (post_attn_norm, ffn_norm) = if hp.arch == Arch::GptOss {
+        // gpt-oss's `attn_post_norm` is the norm in front of the MoE
+        (None, ld.req_vec(&n("post_attention_norm.weight"), d)?)
+    } else {
+        (
+            ld.vec(&n("post_attention_norm.weight"), d)?,
+            ld.req_vec(&n("ffn_norm.weight"), d)?,
+        )
+    };
     let post_ffn_norm = ld.vec(&n("post_ffw_norm.weight"), d)?;
     let ffn = match (hp.layers[i].moe, &hp.moe) {
         (true, Some(p)) => FeedForward::Moe(load_moe(ld, hp, p, i)?),
@@ -223,6 +233,8 @@ fn load_standard<B: Backend>(
         q_norm: ld.vec(&n("attn_q_norm.weight"), hp.head_dim_k)?,
         k_norm: ld.vec(&n("attn_k_norm.weight"), hp.head_dim_k)?,
         wo: ld.req(&n("attn_output.weight"), d, hp.n_head * hp.head_dim_v)?,
+        bo: ld.vec(&n("attn_output.bias"), d)?,
+        sinks: ld.vec(&n("attn_sinks.weight"), hp.n_head)?,
     })
 }
 
@@ -329,7 +341,11 @@ fn load_mlp<B: Backend>(
         },
         None => GateUp::Fused(ld.linear(&name("up"), up)?),
     };
-    Ok(Mlp { gate_up, down })
+    Ok(Mlp {
+        gate_up,
+        down,
+        biases: None,
+    })
 }
 
 fn load_moe<B: Backend>(
@@ -341,8 +357,29 @@ fn load_moe<B: Backend>(
     let d = hp.n_embd;
     let n = |s: &str| format!("blk.{i}.{s}");
     let router = ld.req(&n("ffn_gate_inp.weight"), p.n_expert, d)?;
+    let router_bias = ld.vec(&n("ffn_gate_inp.bias"), p.n_expert)?;
     let bias = ld.vec(&n("exp_probs_b.bias"), p.n_expert)?;
     let ff = p.n_ff_exp;
+    // per-expert biases `[ff or d, n_expert]` (GPT-OSS): all three or none
+    let host_bias = |s: &str, width: usize| -> Result<Option<Vec<f32>>> {
+        let v = ld.src.vector(&n(s))?;
+        check_len(&n(s), &v, width * p.n_expert)?;
+        Ok(v)
+    };
+    let expert_biases = match (
+        host_bias("ffn_gate_exps.bias", ff)?,
+        host_bias("ffn_up_exps.bias", ff)?,
+        host_bias("ffn_down_exps.bias", d)?,
+    ) {
+        (Some(g), Some(u), Some(dn)) => Some((g, u, dn)),
+        (None, None, None) => None,
+        _ => {
+            return Err(EngineError::MissingTensor(format!(
+                "{} (the experts' gate, up and down biases come together)",
+                n("ffn_*_exps.bias")
+            )))
+        }
+    };
     let gate = ld.host(&n("ffn_gate_exps.weight"), p.n_expert * ff, d)?;
     let up = ld.host(&n("ffn_up_exps.weight"), p.n_expert * ff, d)?;
     let down = ld.host(&n("ffn_down_exps.weight"), p.n_expert * d, ff)?;
@@ -354,6 +391,11 @@ fn load_moe<B: Backend>(
                     up: ld.linear(&n("ffn_up_exps.weight"), up.row_range(e * ff, ff))?,
                 },
                 down: ld.linear(&n("ffn_down_exps.weight"), down.row_range(e * d, d))?,
+                biases: expert_biases.as_ref().map(|(g, u, dn)| MlpBiases {
+                    gate: ld.be.upload(g[e * ff..(e + 1) * ff].to_vec()),
+                    up: ld.be.upload(u[e * ff..(e + 1) * ff].to_vec()),
+                    down: ld.be.upload(dn[e * d..(e + 1) * d].to_vec()),
+                }),
             })
         })
         .collect::<Result<_>>()?;
@@ -364,6 +406,7 @@ fn load_moe<B: Backend>(
     Ok(Moe {
         params: p.clone(),
         router,
+        router_bias,
         bias,
         experts,
         shared,

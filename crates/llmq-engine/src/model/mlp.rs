@@ -2,7 +2,8 @@
 //! 2020; Phi-3 fuses gate|up into one projection) or a mixture of experts (Shazeer et
 //! al. 2017; Mixtral, Qwen3-MoE, DeepSeek-V3 with shared experts): the router picks
 //! experts per token (`crate::routing`), each expert runs on the rows routed to it and
-//! the weighted outputs are summed.
+//! the weighted outputs are summed. GPT-OSS adds biases to the router and to every
+//! expert projection.
 
 use crate::backend::{Activation, Backend, Linear};
 use crate::calib::{LinearStage, Tap};
@@ -18,16 +19,26 @@ pub(super) enum GateUp<B: Backend> {
     Fused(Linear<B>),
 }
 
+/// Biases of a gated MLP's projections (GPT-OSS's experts).
+pub(super) struct MlpBiases<B: Backend> {
+    pub gate: B::Buf,
+    pub up: B::Buf,
+    pub down: B::Buf,
+}
+
 /// A gated MLP.
 pub(super) struct Mlp<B: Backend> {
     pub gate_up: GateUp<B>,
     pub down: Linear<B>,
+    pub biases: Option<MlpBiases<B>>,
 }
 
 /// A mixture-of-experts layer.
 pub(super) struct Moe<B: Backend> {
     pub params: MoeParams,
     pub router: Linear<B>,
+    /// added to the router logits (GPT-OSS)
+    pub router_bias: Option<B::Buf>,
     /// correction bias added to the scores for choosing (DeepSeek-V3)
     pub bias: Option<B::Buf>,
     pub experts: Vec<Mlp<B>>,
@@ -70,8 +81,12 @@ impl<B: Backend> Mlp<B> {
         }
         let (ff, hidden) = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                let u = up.forward(be, x, n);
-                let g = gate.forward(be, x, n);
+                let mut u = up.forward(be, x, n);
+                let mut g = gate.forward(be, x, n);
+                if let Some(b) = &self.biases {
+                    be.add_bias(&mut u, &b.up);
+                    be.add_bias(&mut g, &b.gate);
+                }
                 (gate.out_features(), be.glu(g, &u, act))
             }
             GateUp::Fused(w) => {
@@ -89,14 +104,21 @@ impl<B: Backend> Mlp<B> {
             };
             tap.see(be, LinearStage::FfnDown, expert, names, &hidden, n);
         }
-        self.down.forward(be, &hidden, n)
+        let mut y = self.down.forward(be, &hidden, n);
+        if let Some(b) = &self.biases {
+            be.add_bias(&mut y, &b.down);
+        }
+        y
     }
 }
 
 impl<B: Backend> Moe<B> {
     fn forward(&self, be: &B, h: &B::Buf, n: usize, tap: &mut Tap<'_>, act: Activation) -> B::Buf {
         let d = self.router.in_features();
-        let logits = self.router.forward(be, h, n);
+        let mut logits = self.router.forward(be, h, n);
+        if let Some(b) = &self.router_bias {
+            be.add_bias(&mut logits, b);
+        }
         let assigned = be.route(&logits, self.bias.as_ref(), &self.params);
         if tap.is_observed() {
             let counts: Vec<usize> = assigned.iter().map(|a| a.len()).collect();

@@ -26,6 +26,11 @@ struct Geometry {
     window: Option<usize>,
 }
 
+/// Device address of per-head sink logits, 0 for none.
+fn sinks_ptr(be: &Cuda, sinks: Option<&CudaBuf>) -> u64 {
+    sinks.map_or(0, |b| b.ptr_at(be.stream(), 0))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     be: &Cuda,
@@ -35,6 +40,7 @@ fn run(
     v_bufs: &[&CudaBuf],
     tokens: TokenMap<'_>,
     g: &Geometry,
+    sinks: u64,
 ) -> CudaBuf {
     let n = tokens.len();
     let out = CudaBuf::alloc(be.stream(), n * g.n_head * g.dv);
@@ -80,6 +86,7 @@ fn run(
         &vs,
         &g.scale,
         &window,
+        &sinks,
     );
     out
 }
@@ -91,6 +98,7 @@ pub(super) fn standard(
     caches: &[KvView<'_, Cuda>],
     tokens: TokenMap<'_>,
     s: &AttnShape,
+    sinks: Option<&CudaBuf>,
 ) -> CudaBuf {
     let k: Vec<&CudaBuf> = caches.iter().map(|c| c.k).collect();
     let v: Vec<&CudaBuf> = caches.iter().map(|c| c.v).collect();
@@ -105,7 +113,7 @@ pub(super) fn standard(
         scale: s.scale,
         window: s.window,
     };
-    run(be, q, q, &k, &v, tokens, &g)
+    run(be, q, q, &k, &v, tokens, &g, sinks_ptr(be, sinks))
 }
 
 /// Absorbed MLA: `[tokens * n_head, kv_lora_rank]`.
@@ -129,5 +137,5 @@ pub(super) fn mla(
         scale: s.scale,
         window: s.window,
     };
-    run(be, q_lat, q_rope, caches, caches, tokens, &g)
+    run(be, q_lat, q_rope, caches, caches, tokens, &g, 0)
 }

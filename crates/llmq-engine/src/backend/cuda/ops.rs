@@ -76,10 +76,12 @@ impl Cuda {
         Some(y)
     }
 
-    fn act_id(act: Activation) -> i32 {
+    /// The kernels' activation code and its two parameters (clamped SwiGLU's).
+    fn act_id(act: Activation) -> (i32, f32, f32) {
         match act {
-            Activation::Silu => 0,
-            Activation::GeluTanh => 1,
+            Activation::Silu => (0, 0.0, 0.0),
+            Activation::GeluTanh => (1, 0.0, 0.0),
+            Activation::ClampedSwiglu { alpha, limit } => (2, alpha, limit),
         }
     }
 }
@@ -343,7 +345,7 @@ impl Backend for Cuda {
 
     fn glu(&self, mut gate: CudaBuf, up: &CudaBuf, act: Activation) -> CudaBuf {
         if gate.len > 0 {
-            let (n, a) = (gate.len as u64, Cuda::act_id(act));
+            let (n, (a, alpha, limit)) = (gate.len as u64, Cuda::act_id(act));
             launch!(
                 self,
                 "glu",
@@ -351,7 +353,9 @@ impl Backend for Cuda {
                 &mut gate.data,
                 &up.data,
                 &n,
-                &a
+                &a,
+                &alpha,
+                &limit
             );
         }
         gate
@@ -360,7 +364,7 @@ impl Backend for Cuda {
     fn glu_fused(&self, gate_up: &CudaBuf, ff: usize, act: Activation) -> CudaBuf {
         let h = CudaBuf::alloc(self.stream(), gate_up.len / 2);
         if h.len > 0 {
-            let (n, f, a) = (h.len as u64, ff as i32, Cuda::act_id(act));
+            let (n, f, (a, alpha, limit)) = (h.len as u64, ff as i32, Cuda::act_id(act));
             launch!(
                 self,
                 "glu_fused",
@@ -369,7 +373,9 @@ impl Backend for Cuda {
                 &h.data,
                 &n,
                 &f,
-                &a
+                &a,
+                &alpha,
+                &limit
             );
         }
         h
@@ -428,8 +434,9 @@ impl Backend for Cuda {
         caches: &[KvView<'_, Self>],
         tokens: TokenMap<'_>,
         shape: &AttnShape,
+        sinks: Option<&CudaBuf>,
     ) -> CudaBuf {
-        attention::standard(self, q, caches, tokens, shape)
+        attention::standard(self, q, caches, tokens, shape, sinks)
     }
 
     fn mla_attention(

@@ -9,12 +9,15 @@
 //   `[q_lat (da = lora) | q_rope (db = rope)]`, the cache row `[latent | roped key]` is
 //   the key (one KV head) and its first `dv = lora` values are the value.
 // Key `j` is visible from position `p` when `first <= j <= p` (sliding window).
+// `sinks` (a device address, 0 for none) holds a logit per query head that joins the
+// softmax denominator without a value (GPT-OSS's attention sinks).
 
 #define ATT_TILE 128
 
 extern "C" __global__ void attention(const float* qa, const float* qb, const u64* kp, const u64* vp,
                                      const int* pos, float* out, int n_head, int n_head_kv, int da, int db,
-                                     int dv, int k_stride, int v_stride, float scale, int window) {
+                                     int dv, int k_stride, int v_stride, float scale, int window,
+                                     u64 sinks) {
     extern __shared__ float sm[];
     __shared__ float red[32];
     int dk = da + db;
@@ -66,6 +69,13 @@ extern "C" __global__ void attention(const float* qa, const float* qb, const u64
         }
         __syncthreads();
     }
-    float inv = 1.0f / l;
+    float corr = 1.0f;
+    if (sinks != 0) {
+        float s = ((const float*)sinks)[h];
+        float mn = fmaxf(m, s);
+        corr = expf(m - mn);
+        l = l * corr + expf(s - mn);
+    }
+    float inv = corr / l;
     for (int d = tid; d < dv; d += bd) out[qi * dv + d] = acc[d] * inv;
 }

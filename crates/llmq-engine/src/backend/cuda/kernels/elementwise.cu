@@ -37,22 +37,30 @@ extern "C" __global__ void softcap(float* x, u64 n, float cap) {
     GRID_STRIDE(i, n) x[i] = tanhf(x[i] / cap) * cap;
 }
 
-__device__ __forceinline__ float act_fn(float x, int act) {
-    if (act == 0) return x / (1.0f + expf(-x));
+// The gated value of a gate/up pair. act 0: silu(g)·u; 1: gelu_tanh(g)·u; 2: GPT-OSS's
+// clamped SwiGLU, g = min(g, limit), u = clamp(u, ±limit), (u + 1)·g·σ(alpha·g).
+__device__ __forceinline__ float gated(float g, float u, int act, float alpha, float limit) {
+    if (act == 0) return g / (1.0f + expf(-g)) * u;
+    if (act == 2) {
+        g = fminf(g, limit);
+        u = fminf(fmaxf(u, -limit), limit);
+        return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+    }
     const float k = 0.7978846f;  // sqrt(2/pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g))) * u;
 }
 
 // gate = act(gate) * up
-extern "C" __global__ void glu(float* gate, const float* up, u64 n, int act) {
-    GRID_STRIDE(i, n) gate[i] = act_fn(gate[i], act) * up[i];
+extern "C" __global__ void glu(float* gate, const float* up, u64 n, int act, float alpha, float limit) {
+    GRID_STRIDE(i, n) gate[i] = gated(gate[i], up[i], act, alpha, limit);
 }
 
 // h[t, i] = act(gu[t, i]) * gu[t, ff + i]
-extern "C" __global__ void glu_fused(const float* gu, float* h, u64 n, int ff, int act) {
+extern "C" __global__ void glu_fused(const float* gu, float* h, u64 n, int ff, int act, float alpha,
+                                     float limit) {
     GRID_STRIDE(i, n) {
         u64 t = i / ff, c = i % ff;
-        h[i] = act_fn(gu[t * 2 * ff + c], act) * gu[t * 2 * ff + ff + c];
+        h[i] = gated(gu[t * 2 * ff + c], gu[t * 2 * ff + ff + c], act, alpha, limit);
     }
 }
 
