@@ -227,6 +227,49 @@ PLAIN = {
 }
 
 
+# name -> the harness model it is derived from; its experts are stored packed as
+# transformers' MXFP4 (GPT-OSS's released form) and its goldens come from transformers
+# decoding that packing (`Mxfp4Config(dequantize=True)`)
+MXFP4 = {"gpt-oss-mxfp4": "gpt-oss"}
+
+E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def pack_mxfp4(w):
+    """[..., rows, cols] -> blocks [..., rows, cols/32, 16] (two E2M1 codes per byte, low
+    nibble first) and E8M0 scales [..., rows, cols/32]: the smallest power of two that
+    fits each block's largest magnitude into E2M1's range, codes rounded to nearest."""
+    w = w.float()
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    amax = g.abs().amax(-1).clamp(min=1e-30)
+    e = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    codes = (g.unsqueeze(-1) / 2 ** e[..., None, None] - E2M1).abs().argmin(-1).to(torch.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8), (e + 127).to(torch.uint8)
+
+
+def write_mxfp4(src, out):
+    from safetensors.torch import load_file, save_file
+
+    os.makedirs(out, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, f), out)
+    packed = {}
+    for k, v in load_file(os.path.join(src, "model.safetensors")).items():
+        if k.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            # stored [E, in, out]; packed along `in` per output row
+            packed[k + "_blocks"], packed[k + "_scales"] = pack_mxfp4(v.transpose(1, 2))
+        else:
+            packed[k] = v
+    save_file(packed, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["quantization_config"] = dict(
+        quant_method="mxfp4",
+        modules_to_not_convert=["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+    )
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
 def build(cls_cfg, cls_model, overrides):
     cfg = getattr(transformers, cls_cfg)(**{**COMMON, **overrides})
     cfg._attn_implementation = "eager"
@@ -254,8 +297,10 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     text = open(os.path.join(a.shared, "data", "corpus", "test.txt"), encoding="utf-8").read()
+    wanted = set(a.only or list(MODELS) + list(MXFP4))
+    wanted |= {MXFP4[n] for n in wanted if n in MXFP4}
     for name, (cls_cfg, cls_model, tok_from, overrides, switch) in MODELS.items():
-        if a.only and name not in a.only:
+        if name not in wanted:
             continue
         out = os.path.join(a.out, name)
         os.makedirs(out, exist_ok=True)
@@ -293,21 +338,54 @@ def main():
         # YaRN without truncation (GPT-OSS's released form) is written to GGUF as YaRN,
         # which llama.cpp computes with truncated ramp bounds: the goldens of the model as
         # its GGUF states it
-        rp = overrides.get("rope_parameters", {})
-        if rp.get("rope_type") == "yarn" and rp.get("truncate") is False:
-            as_gguf = copy.deepcopy(overrides)
-            as_gguf["rope_parameters"] = {**rp, "truncate": True}
-            g = build(cls_cfg, cls_model, as_gguf)
-            g.load_state_dict(model.state_dict())
-            g_lp, g_am, g_margin = logprobs(g, ids)
-            golden["gguf"] = dict(
-                next_token_logprob=g_lp.tolist(),
-                argmax=g_am.tolist(),
-                argmax_margin=g_margin.tolist(),
-            )
+        add_gguf_golden(golden, cls_cfg, cls_model, overrides, model, ids)
         with open(os.path.join(out, "golden.json"), "w") as f:
             json.dump(golden, f)
         print(f"{name}: max |Δlogprob| without {switch} = {golden['unscaled_max_dlogprob']:.4f}")
+
+        for packed_name in [n for n, base in MXFP4.items() if base == name and n in wanted]:
+            pout = os.path.join(a.out, packed_name)
+            write_mxfp4(out, pout)
+            pm = getattr(transformers, cls_model).from_pretrained(
+                pout,
+                dtype=torch.float32,
+                attn_implementation="eager",
+                quantization_config=transformers.Mxfp4Config(dequantize=True),
+            )
+            pm.eval()
+            p_lp, p_am, p_margin = logprobs(pm, ids)
+            pg = dict(
+                transformers=transformers.__version__,
+                torch=torch.__version__,
+                input_ids=ids,
+                next_token_logprob=p_lp.tolist(),
+                argmax=p_am.tolist(),
+                argmax_margin=p_margin.tolist(),
+                # how much the packing moves the log-probs
+                unscaled_max_dlogprob=float((p_lp - tok_lp).abs().max()),
+            )
+            add_gguf_golden(pg, cls_cfg, cls_model, overrides, pm, ids)
+            with open(os.path.join(pout, "golden.json"), "w") as f:
+                json.dump(pg, f)
+            print(f"{packed_name}: max |Δlogprob| against unpacked = {pg['unscaled_max_dlogprob']:.4f}")
+
+
+def add_gguf_golden(golden, cls_cfg, cls_model, overrides, model, ids):
+    """YaRN without truncation (GPT-OSS's released form) is written to GGUF as YaRN, which
+    llama.cpp computes with truncated ramp bounds: the goldens of the model as its GGUF
+    states it."""
+    rp = overrides.get("rope_parameters", {})
+    if rp.get("rope_type") == "yarn" and rp.get("truncate") is False:
+        as_gguf = copy.deepcopy(overrides)
+        as_gguf["rope_parameters"] = {**rp, "truncate": True}
+        g = build(cls_cfg, cls_model, as_gguf)
+        g.load_state_dict(model.state_dict())
+        g_lp, g_am, g_margin = logprobs(g, ids)
+        golden["gguf"] = dict(
+            next_token_logprob=g_lp.tolist(),
+            argmax=g_am.tolist(),
+            argmax_margin=g_margin.tolist(),
+        )
 
 
 if __name__ == "__main__":

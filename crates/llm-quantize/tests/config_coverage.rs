@@ -17,6 +17,9 @@
 //! GPT-OSS (sinks, biases, alternating sliding layers, YaRN without truncation, biased
 //! router, interleaved fused experts, clamped SwiGLU) is one of the harness models; its
 //! GGUF is compared with transformers computing the truncated YaRN llama.cpp reads from it.
+//! `gpt-oss-mxfp4` is the same model with its experts packed as the released checkpoints
+//! are (transformers' MXFP4 `*_blocks` / `*_scales`), its goldens from transformers'
+//! own decoding of that packing.
 //!
 //! The models are generated at test time; the parity test is skipped only when
 //! `LLMQ_HFQUANT_PYTHON` (the venv of `scripts/install-py-test-deps.sh`) is unset.
@@ -37,6 +40,7 @@ const HARNESS: &[&str] = &[
     "phi3-longrope",
     "gemma3-linear",
     "gpt-oss",
+    "gpt-oss-mxfp4",
     "qwen3-moe-nonorm",
 ];
 
@@ -333,6 +337,7 @@ fn harness_models_match_transformers_and_llama_cpp() {
             "phi3-longrope",
             "gemma3-linear",
             "gpt-oss",
+            "gpt-oss-mxfp4",
         ];
         if peer.contains(name) {
             let (ctx, chunks) = (256, 4);

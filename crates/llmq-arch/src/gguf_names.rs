@@ -122,6 +122,47 @@ pub enum Transform {
     /// the last two dimensions of a 3-D `[E, a, b]` source swapped (GPT-OSS's
     /// `down_proj`, stored `[E, in, out]`)
     TransposeExperts,
+    /// transformers' MXFP4 expert packing (GPT-OSS's released checkpoints): sources
+    /// `*_blocks` `[E, rows, G, 16]` (two E2M1 codes per byte, low nibble first) and
+    /// `*_scales` `[E, rows, G]` (E8M0 exponents, bias 127), read as byte values; decoded
+    /// to `[E, rows, 32·G]`, then rows `part`, `part + 2`, … when `part` is given (the
+    /// interleaved gate|up rows)
+    Mxfp4 { part: Option<usize> },
+}
+
+impl Transform {
+    /// Whether the sources are packed bytes (U8) rather than floats.
+    pub fn reads_bytes(&self) -> bool {
+        matches!(self, Transform::Mxfp4 { .. })
+    }
+}
+
+/// The E2M1 values of the 16 FP4 codes (OCP Microscaling spec v1.0, §5.3.3).
+const E2M1: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
+/// Decode MXFP4 blocks (bytes as f32) with their E8M0 scales: `rows_of_src` rows of
+/// `g` blocks of 32 values, keeping rows `part`, `part + 2`, … when `part` is given.
+fn decode_mxfp4(blocks: &[f32], scales: &[f32], g: usize, part: Option<usize>) -> Vec<f32> {
+    let rows = scales.len() / g.max(1);
+    let keep: Vec<usize> = match part {
+        Some(p) => (p..rows).step_by(2).collect(),
+        None => (0..rows).collect(),
+    };
+    let mut out = Vec::with_capacity(keep.len() * g * 32);
+    for r in keep {
+        for b in 0..g {
+            let s = (scales[r * g + b] as i32) - 127;
+            let scale = 2f32.powi(s);
+            for byte in &blocks[(r * g + b) * 16..(r * g + b + 1) * 16] {
+                let byte = *byte as u8;
+                out.push(E2M1[(byte & 0x0f) as usize] * scale);
+                out.push(E2M1[(byte >> 4) as usize] * scale);
+            }
+        }
+    }
+    out
 }
 
 /// One GGUF tensor of the plan.
@@ -192,6 +233,7 @@ fn gpt_oss_experts(
     name: &str,
     shape: &[usize],
     n_experts: usize,
+    shapes: &std::collections::HashMap<&str, &Vec<usize>>,
 ) -> Option<Result<Vec<GgufTensorSpec>, ArchError>> {
     use TensorRole as R;
     let rest = tail.strip_prefix("mlp.experts.")?;
@@ -210,6 +252,47 @@ fn gpt_oss_experts(
         shape_ne,
         transform,
     };
+    if let Some(base) = rest.strip_suffix("_scales") {
+        // decoded together with its `_blocks`
+        return match shapes.contains_key(name.replace("_scales", "_blocks").as_str()) {
+            true => Some(Ok(vec![])),
+            false => bad(format!("MXFP4 scales without {base}_blocks")),
+        };
+    }
+    if let Some(base) = rest.strip_suffix("_blocks") {
+        let scales = name.replace("_blocks", "_scales");
+        let Some(s_shape) = shapes.get(scales.as_str()) else {
+            return bad(format!("MXFP4 blocks without {base}_scales"));
+        };
+        if shape.len() != 4 || shape[0] != n_experts || shape[3] != 16 || s_shape[..] != shape[..3]
+        {
+            return bad(format!(
+                "MXFP4 blocks {shape:?} / scales {s_shape:?}: expected [{n_experts}, rows, groups, 16] / [{n_experts}, rows, groups]"
+            ));
+        }
+        let (rows, cols) = (shape[1], shape[2] * 32);
+        let spec = |gg: &str, role, part: Option<usize>, out_rows| GgufTensorSpec {
+            gguf_name: format!("blk.{layer}.{gg}"),
+            role,
+            layer: Some(layer),
+            sources: vec![name.to_string(), scales.clone()],
+            source_shapes: vec![shape.to_vec(), s_shape.to_vec()],
+            shape_ne: vec![cols, out_rows, n_experts],
+            transform: Transform::Mxfp4 { part },
+        };
+        return Some(Ok(match base {
+            "gate_up_proj" if rows % 2 == 0 => vec![
+                spec("ffn_gate_exps.weight", R::FfnGateExps, Some(0), rows / 2),
+                spec("ffn_up_exps.weight", R::FfnUpExps, Some(1), rows / 2),
+            ],
+            "down_proj" => vec![spec("ffn_down_exps.weight", R::FfnDownExps, None, rows)],
+            _ => {
+                return bad(format!(
+                    "unexpected MXFP4 parameter {base} with {rows} rows"
+                ))
+            }
+        }));
+    }
     let (weight, fused) = match rest {
         "gate_up_proj" => (true, true),
         "gate_up_proj_bias" => (false, true),
@@ -431,6 +514,8 @@ pub fn gguf_plan(
     let mut sorted: Vec<&(String, Vec<usize>)> = hf_tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
 
+    let shapes: std::collections::HashMap<&str, &Vec<usize>> =
+        hf_tensors.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     let mut unmapped = Vec::new();
@@ -514,7 +599,7 @@ pub fn gguf_plan(
             continue;
         }
         if family == Family::GptOss {
-            if let Some(specs) = gpt_oss_experts(layer, tail, name, shape, n_experts) {
+            if let Some(specs) = gpt_oss_experts(layer, tail, name, shape, n_experts, &shapes) {
                 out.extend(specs?);
                 continue;
             }
@@ -731,6 +816,7 @@ pub fn apply_transform(spec: &GgufTensorSpec, sources: &[Vec<f32>]) -> Result<Ve
             }
             out
         }
+        Transform::Mxfp4 { part } => decode_mxfp4(&sources[0], &sources[1], shape0[2], *part),
         Transform::TransposeExperts => {
             let (e, a, b) = (shape0[0], shape0[1], shape0[2]);
             let src = &sources[0];

@@ -245,7 +245,7 @@ pub fn inverse_of(spec: &GgufTensorSpec) -> Result<Inverse, ArchError> {
                 .collect();
             Inverse::Rows(vec![map])
         }
-        Transform::Deinterleave { .. } | Transform::TransposeExperts => {
+        Transform::Deinterleave { .. } | Transform::TransposeExperts | Transform::Mxfp4 { .. } => {
             return Err(not_rev(format!(
                 "{}: GPT-OSS's fused experts are not reversed",
                 spec.gguf_name

@@ -247,6 +247,11 @@ impl HfWeights {
                 continue;
             }
             let view = self.st.get(s).map_err(src_err)?;
+            if spec.transform.reads_bytes() {
+                dtypes.push(StDtype::F32);
+                sources.push(view.u8_as_f32().map_err(src_err)?);
+                continue;
+            }
             dtypes.push(view.info.dtype);
             sources.push(view.to_f32().map_err(src_err)?);
         }

@@ -104,6 +104,18 @@ impl TensorView<'_> {
         self.range_f32(0, self.info.numel())
     }
 
+    /// A U8 tensor's bytes as f32 values 0…255 (packed codes such as MXFP4 blocks and
+    /// scales, which a transform then decodes); any other dtype is refused.
+    pub fn u8_as_f32(&self) -> Result<Vec<f32>, SafetensorsError> {
+        match self.info.dtype {
+            StDtype::Other("U8") => Ok(self.bytes.iter().map(|b| f32::from(*b)).collect()),
+            d => Err(SafetensorsError::UnsupportedDtype {
+                name: self.info.name.clone(),
+                dtype: format!("{} (packed codes must be U8)", d.name()),
+            }),
+        }
+    }
+
     /// Elements `[start, end)` (row-major) converted to f32.
     pub fn range_f32(&self, start: usize, end: usize) -> Result<Vec<f32>, SafetensorsError> {
         let width = match self.info.dtype {

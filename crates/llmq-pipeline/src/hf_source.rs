@@ -67,7 +67,12 @@ impl TensorSource for HfTensors {
         }
         let mut sources = Vec::with_capacity(spec.sources.len());
         for s in &spec.sources {
-            sources.push(self.st.f32(s).map_err(safetensors_error)?);
+            let v = if spec.transform.reads_bytes() {
+                self.st.get(s).and_then(|v| v.u8_as_f32())
+            } else {
+                self.st.f32(s)
+            };
+            sources.push(v.map_err(safetensors_error)?);
         }
         apply_transform(spec, &sources).map_err(|e| {
             PipelineError::validation(
@@ -82,11 +87,27 @@ impl TensorSource for HfTensors {
 pub fn plan(dir: &Path, name: &str, level: Mix) -> Result<Planned> {
     let (cfg, st) = source::open_hf(dir)?;
     let summary = source::summarize_hf(name, &cfg, &st);
-    // Refuse dtypes we cannot read before any work starts.
+    // Refuse dtypes we cannot read before any work starts. Packed codes (GPT-OSS's
+    // MXFP4 `*_blocks` / `*_scales`) are decoded by their transform.
+    let hf_list: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
+    let packed: std::collections::HashSet<String> = llmq_arch::gguf_plan(&cfg, &hf_list)
+        .map(|p| {
+            p.tensors
+                .into_iter()
+                .filter(|t| t.transform.reads_bytes())
+                .flat_map(|t| t.sources)
+                .collect()
+        })
+        .unwrap_or_default();
     for t in st.tensors() {
         if let llmq_formats::safetensors::StDtype::Other(d) = t.dtype {
             // Some checkpoints carry integer buffers we never read; only weights matter.
-            if !t.name.ends_with("_scale_inv") {
+            let readable =
+                t.name.ends_with("_scale_inv") || (d == "U8" && packed.contains(&t.name));
+            if !readable {
                 return Err(safetensors_error(
                     llmq_formats::safetensors::SafetensorsError::UnsupportedDtype {
                         name: t.name.clone(),

@@ -95,6 +95,10 @@ impl HfQuantScheme {
         let qc = match read_json(&dir.join("config.json"))?
             .and_then(|c| c.get("quantization_config").cloned())
         {
+            // transformers' own MXFP4 packing (GPT-OSS): `*_blocks` / `*_scales` tensors
+            // the architecture's tensor plan decodes (`llmq_arch::Transform::Mxfp4`);
+            // everything else is dense
+            Some(q) if get_str(&q, &["quant_method"]) == Some("mxfp4") => return Ok(None),
             Some(q) => q,
             None => match read_json(&dir.join("quantize_config.json"))? {
                 // AutoGPTQ's BaseQuantizeConfig has no quant_method before 0.5

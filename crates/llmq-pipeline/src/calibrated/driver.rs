@@ -58,6 +58,25 @@ pub(crate) fn quantize_blocks(
     let plan = gguf_plan(&cfg, &list).map_err(|e| {
         PipelineError::unsupported(e.to_string(), "This architecture cannot be calibrated yet")
     })?;
+    // GPTQ / AWQ / compressed-tensors quantize Linear modules (2-D weights); fused
+    // expert parameters (GPT-OSS's `[E, in, out]`) have no such layout in transformers
+    if let Some(fused) = plan
+        .tensors
+        .iter()
+        .flat_map(|t| t.sources.iter().zip(&t.source_shapes))
+        .find(|(_, shape)| shape.len() > 2)
+    {
+        return Err(PipelineError::unsupported(
+            format!(
+                "{} stores {} as a fused {}-D parameter, which {} output (a layout of Linear modules) cannot hold",
+                summary.architecture,
+                fused.0,
+                fused.1.len(),
+                req.format.name()
+            ),
+            "Quantize this model to gguf instead",
+        ));
+    }
     let tensors = Tensors {
         st,
         specs: plan
