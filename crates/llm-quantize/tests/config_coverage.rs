@@ -10,9 +10,10 @@
 //! models must equal our llama.cpp-protocol perplexity within 0.5 %. LongRoPE past the
 //! original context (its long regime) is refused. The same configs in transformers 4's
 //! spelling (`rope_scaling`, `type`) give the same logits.
-//! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement is
-//! exit 8 naming the key and value, for `eval`, `generate` and `quantize`; dynamic NTK
-//! past its trained context likewise.
+//! Also: a `rope_type`, `hidden_act` or attention soft-capping we do not implement, a
+//! config key on no list (`llmq_arch::config_keys`), `mlp_bias: true` and a router
+//! `scoring_func` the family does not compute are exit 8 naming the key and value, for
+//! `eval`, `generate` and `quantize`; dynamic NTK past its trained context likewise.
 //!
 //! GPT-OSS (sinks, biases, alternating sliding layers, YaRN without truncation, biased
 //! router, interleaved fused experts, clamped SwiGLU) is one of the harness models; its
@@ -421,6 +422,26 @@ fn unimplemented_config_values_are_exit_8_naming_key_and_value() {
             "hidden_act",
             "relu",
             edited_llama(tmp.path(), "relu", |c| c["hidden_act"] = "relu".into()),
+        ),
+        // a key on no list (read, harmless, neutral at a value) is refused by name
+        (
+            "attention_multiplier",
+            "0.5",
+            edited_llama(tmp.path(), "unknown", |c| {
+                c["attention_multiplier"] = 0.5.into()
+            }),
+        ),
+        (
+            "mlp_bias",
+            "true",
+            edited_llama(tmp.path(), "mlp-bias", |c| c["mlp_bias"] = true.into()),
+        ),
+        (
+            "scoring_func",
+            "sigmoid",
+            edited_llama(tmp.path(), "scoring", |c| {
+                c["scoring_func"] = "sigmoid".into()
+            }),
         ),
     ];
     // dynamic NTK is plain RoPE within max_position_embeddings; past it, refused

@@ -322,6 +322,7 @@ impl ArchConfig {
             .to_string();
         let family = Family::from_architecture(&architecture)
             .ok_or_else(|| ArchError::Unsupported(architecture.clone()))?;
+        crate::config_keys::check_keys(family, &v)?;
         let model_type = get(&v, "model_type")
             .and_then(Value::as_str)
             .unwrap_or("")
@@ -445,7 +446,19 @@ impl ArchConfig {
             }
         }
         let use_sliding_flag = opt_bool(&v, "use_sliding_window");
+        // transformers-4 configs without `layer_types`: Qwen slides from
+        // `max_window_layers` on, Gemma 3 every layer but each `sliding_window_pattern`-th
+        let max_window_layers = opt_usize(&v, "max_window_layers")?.unwrap_or(0);
+        let gemma_pattern = opt_usize(&v, "sliding_window_pattern")?
+            .or(opt_usize(&v, "_sliding_window_pattern")?)
+            .unwrap_or(6)
+            .max(1);
         let global_theta = rope_theta(&v, None)?.unwrap_or(10000.0);
+        // Gemma 3's transformers-4 spelling of its local layers' base
+        let local_theta = match family {
+            Family::Gemma3 => Some(opt_f64(&v, "rope_local_base_freq")?.unwrap_or(10000.0)),
+            _ => None,
+        };
         let mut layers = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
             let lt = layer_types.as_ref().map(|t| t[i].as_str());
@@ -456,11 +469,24 @@ impl ArchConfig {
                 Some(_) => None,
                 None => match (family, use_sliding_flag) {
                     (_, Some(false)) => None,
-                    (Family::Gemma3, _) => None,
+                    (Family::Gemma3, _) => sliding.filter(|_| (i + 1) % gemma_pattern != 0),
+                    // Qwen's `use_sliding_window` defaults to false; Qwen2/Qwen3 slide
+                    // from `max_window_layers` on, Qwen3-MoE everywhere
+                    (Family::Qwen2 | Family::Qwen3, Some(true)) => {
+                        sliding.filter(|_| i >= max_window_layers)
+                    }
+                    (Family::Qwen3Moe, Some(true)) => sliding,
+                    (Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe, None) => None,
+                    // transformers' Llama and DeepSeek attention have no sliding window
+                    (Family::Llama | Family::DeepseekV3 | Family::Glm4MoeLite, _) => None,
                     _ => sliding,
                 },
             };
-            let theta = rope_theta(&v, lt)?.unwrap_or(global_theta);
+            let legacy_local = layer_types.is_none() && window.is_some();
+            let theta = match (local_theta, legacy_local) {
+                (Some(t), true) if get(&v, "rope_parameters").is_none() => t,
+                _ => rope_theta(&v, lt)?.unwrap_or(global_theta),
+            };
             layers.push(LayerSpec {
                 sliding_window: window,
                 rope_theta: theta,

@@ -4,6 +4,7 @@
 //! and the way back from GGUF to a Hugging Face model (`hf_*` modules).
 
 pub mod config;
+pub mod config_keys;
 pub mod error;
 pub mod gguf_export;
 pub mod gguf_meta;

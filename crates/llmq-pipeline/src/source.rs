@@ -169,7 +169,7 @@ pub fn summarize_hf(name: &str, cfg: &ArchConfig, st: &SafetensorsModel) -> Mode
         vocab: cfg.vocab_size,
         original_dtype: dtype_name(&cfg.dtype),
         original_size: st.total_bytes(),
-        parameter_count: st.tensors().map(|t| t.numel() as u64).sum(),
+        parameter_count: st.tensors().map(parameters_in).sum(),
     }
 }
 
@@ -186,4 +186,15 @@ pub fn open_hf(dir: &Path) -> Result<(ArchConfig, SafetensorsModel)> {
     let cfg = ArchConfig::from_path(dir).map_err(config_error)?;
     let st = SafetensorsModel::open(dir).map_err(safetensors_error)?;
     Ok((cfg, st))
+}
+
+/// Parameters a safetensors tensor holds: its elements, except MXFP4 packing (GPT-OSS's
+/// U8 `*_blocks`, two values a byte, and `*_scales`, which are not parameters).
+fn parameters_in(t: &llmq_formats::safetensors::TensorInfo) -> u64 {
+    let packed = t.dtype == llmq_formats::safetensors::StDtype::Other("U8");
+    match () {
+        _ if packed && t.name.ends_with("_blocks") => 2 * t.numel() as u64,
+        _ if packed && t.name.ends_with("_scales") => 0,
+        _ => t.numel() as u64,
+    }
 }
