@@ -153,6 +153,35 @@ MODELS = {
         ),
         "rope_parameters",
     ),
+    # LongRoPE past its original length: the whole sequence takes the long factors
+    "phi3-longrope-long": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        "phi3",
+        dict(
+            pad_token_id=None,
+            original_max_position_embeddings=64,
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                original_max_position_embeddings=64,
+                short_factor=[1.0 + 0.1 * i for i in range(32)],
+                long_factor=[1.0 + 0.5 * i for i in range(32)],
+            ),
+        ),
+        "rope_parameters",
+    ),
+    # dynamic NTK past max_position_embeddings: the base grows with the sequence
+    "dynamic-ntk": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        "llama",
+        dict(
+            max_position_embeddings=64,
+            rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0),
+        ),
+        "rope_parameters",
+    ),
     # Gemma 3's released configs: linear scaling on the full-attention layers only
     "gemma3-linear": (
         "Gemma3TextConfig",

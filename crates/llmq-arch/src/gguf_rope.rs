@@ -106,6 +106,9 @@ pub fn check_gguf_rope(cfg: &ArchConfig) -> Result<(), ArchError> {
     }
     match &full.rope_scaling {
         RopeScaling::Default => Ok(()),
+        RopeScaling::Dynamic { .. } => refuse(
+            "dynamic NTK RoPE cannot be written to GGUF (llama.cpp has no such scaling)".into(),
+        ),
         RopeScaling::LongRope { .. } => Ok(()),
         s if cfg.family == Family::Phi3 => refuse(format!(
             "{} RoPE scaling on Phi-3 cannot be written to GGUF",

@@ -11,14 +11,16 @@
 //!
 //! * `longrope` (Phi-3.5 / Phi-4-mini, Ding et al. 2024, arXiv 2402.13753): per-pair
 //!   `short_factor`s while the sequence fits `original_max_position_embeddings`, cos/sin
-//!   scaled by `sqrt(1 + ln(factor) / ln(original))`. transformers switches every
-//!   position to `long_factor` once a sequence grows past the original length; we
-//!   implement the short regime exactly and refuse longer sequences
-//!   ([`RopeScaling::exact_positions`]).
+//!   scaled by `sqrt(1 + ln(factor) / ln(original))`; a forward call whose sequence
+//!   reaches past the original length rotates all its positions with `long_factor`
+//!   (transformers' `longrope_frequency_update`; [`RopeScaling::for_length`]).
 //!
-//! * `dynamic` (NTK-aware): transformers raises the base once a sequence grows past
-//!   `max_position_embeddings` (and keeps it raised across calls); up to that length it is
-//!   plain RoPE, which is what we compute, refusing longer sequences.
+//! * `dynamic` (NTK-aware): plain RoPE up to `max_position_embeddings`; a forward call
+//!   whose sequence reaches `L` past it raises the base to
+//!   `base · (factor·L/max − (factor − 1))^(n/(n−2))` (transformers'
+//!   `_compute_dynamic_ntk_parameters`; [`RopeScaling::for_length`]). transformers keeps
+//!   a raised base across later, shorter calls of one model object; we recompute per
+//!   call, which is the same for growing sequences (generation) and whole windows.
 //!
 //! A variant is described by per-pair *frequency factors* `f_i`: pair `i` of an
 //! `n_rot`-dim rotation turns at `base^(-2i/n_rot) / f_i` radians per position (what
@@ -321,9 +323,47 @@ impl RopeScaling {
         }
     }
 
-    /// Sequences up to this length are computed exactly; longer ones are refused
-    /// (LongRoPE's long regime and dynamic NTK's raised base are not implemented).
-    /// `None`: no limit.
+    /// The rotation of a forward call whose sequence reaches `seq_len` positions (the
+    /// largest position + 1), where it differs from the fixed one: `(base, frequency
+    /// factors)`. `None`: the fixed rotation applies (every variant but LongRoPE past its
+    /// original length and dynamic NTK past `max_position_embeddings`).
+    pub fn for_length(
+        &self,
+        base: f64,
+        n_rot: usize,
+        seq_len: usize,
+    ) -> Option<(f64, Option<Vec<f32>>)> {
+        match self {
+            RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings,
+                ..
+            } if seq_len > *original_max_position_embeddings => Some((
+                base,
+                Some(
+                    long_factor
+                        .iter()
+                        .take(n_rot / 2)
+                        .map(|f| *f as f32)
+                        .collect(),
+                ),
+            )),
+            RopeScaling::Dynamic {
+                factor,
+                max_position_embeddings,
+            } if seq_len > *max_position_embeddings && n_rot > 2 => {
+                let grown =
+                    factor * seq_len as f64 / *max_position_embeddings as f64 - (factor - 1.0);
+                let n = n_rot as f64;
+                Some((base * grown.powf(n / (n - 2.0)), None))
+            }
+            _ => None,
+        }
+    }
+
+    /// The sequence length past which [`RopeScaling::for_length`] changes the rotation
+    /// (a reader that computes only the fixed rotation must refuse longer sequences).
+    /// `None`: never.
     pub fn exact_positions(&self) -> Option<usize> {
         match self {
             RopeScaling::LongRope {

@@ -122,6 +122,9 @@ pub struct LayerParams {
     pub sliding_window: Option<usize>,
     pub rope_base: f32,
     pub rope: RopeFreqs,
+    /// the layer's scaling when its rotation depends on the length a forward call
+    /// reaches (LongRoPE, dynamic NTK: `RopeScaling::for_length`)
+    pub length_dependent: Option<Arc<RopeScaling>>,
     pub moe: bool,
 }
 
@@ -478,6 +481,7 @@ impl Hparams {
                         r.attn_factor *= attn_factor_key;
                         r
                     },
+                    length_dependent: None,
                     moe: moe.is_some() && i >= leading_dense,
                 }
             })
@@ -528,6 +532,10 @@ impl Hparams {
             lp.sliding_window = spec.sliding_window;
             lp.rope_base = spec.rope_theta as f32;
             lp.rope = RopeFreqs::from_scaling(&spec.rope_scaling, spec.rope_theta, self.n_rot);
+            lp.length_dependent = spec
+                .rope_scaling
+                .exact_positions()
+                .map(|_| Arc::new(spec.rope_scaling.clone()));
         }
         if let Some(full) = cfg
             .layers
@@ -536,7 +544,12 @@ impl Hparams {
             .or(cfg.layers.first())
         {
             self.rope_scaling = full.rope_scaling.clone();
-            self.rope_exact_ctx = full.rope_scaling.exact_positions();
+            // standard attention follows the length (`length_dependent`); MLA's
+            // rotation is fixed, so it refuses where the length would matter
+            self.rope_exact_ctx = match self.mla {
+                Some(_) => full.rope_scaling.exact_positions(),
+                None => None,
+            };
         }
         if self.mla.is_some() {
             self.attn_scale = mla_attn_scale(self.head_dim_k, &self.rope_scaling);

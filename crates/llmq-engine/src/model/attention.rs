@@ -95,12 +95,22 @@ impl<B: Backend> StandardAttention<B> {
         if let Some(w) = &self.k_norm {
             be.rms_norm_inplace(&mut k, w, hp.eps);
         }
+        // LongRoPE / dynamic NTK: the call's longest sequence picks the rotation
+        let seq_len = tokens.pos.iter().max().map_or(0, |p| p + 1);
+        let by_length = lp
+            .length_dependent
+            .as_ref()
+            .and_then(|s| s.for_length(f64::from(lp.rope_base), hp.n_rot, seq_len));
+        let (base, factors) = match &by_length {
+            Some((b, f)) => (*b as f32, f.as_deref()),
+            None => (lp.rope_base, lp.rope.factors.as_deref()),
+        };
         let rope = Rope {
             n_rot: hp.n_rot,
-            base: lp.rope_base,
+            base,
             scale: lp.rope.scale,
             kind: hp.rope_kind,
-            freq_factors: lp.rope.factors.as_deref(),
+            freq_factors: factors,
             attn_factor: lp.rope.attn_factor,
         };
         be.rope(&mut [&mut q, &mut k], dk, tokens.pos, rope);
