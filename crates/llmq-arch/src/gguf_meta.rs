@@ -230,6 +230,15 @@ pub fn arch_metadata(
     if let Some(moe) = &cfg.moe {
         m.set(k("expert_count"), u32v(moe.n_experts));
         m.set(k("expert_used_count"), u32v(moe.top_k));
+        // llama.cpp's llama / qwen3moe / gpt-oss graphs make every layer MoE
+        // (`decoder_sparse_step` / `mlp_only_layers` have no GGUF key there)
+        if !is_mla {
+            if let Some(dense) = cfg.layers.iter().position(|l| !l.moe) {
+                return Err(ArchError::Unrepresentable(format!(
+                    "layer {dense} has a dense MLP (decoder_sparse_step / mlp_only_layers); {arch} GGUF makes every layer a mixture of experts"
+                )));
+            }
+        }
     }
     if let Some(g) = raw_usize(cfg, "n_group") {
         m.set(k("expert_group_count"), u32v(g));
@@ -438,6 +447,23 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(llama_cpp_safe_name("Phi3", &sp), "Phi3");
+    }
+
+    #[test]
+    fn dense_layers_in_a_softmax_moe_are_unrepresentable() {
+        let cfg = |extra: &str| {
+            ArchConfig::from_json_str(&format!(
+                r#"{{"architectures":["Qwen3MoeForCausalLM"],"hidden_size":8,"num_hidden_layers":2,
+                "num_attention_heads":2,"vocab_size":4,"intermediate_size":8,"num_experts":4,
+                "num_experts_per_tok":2{extra}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(arch_metadata(&cfg(""), "m", 1).is_ok());
+        for extra in [r#","mlp_only_layers":[0]"#, r#","decoder_sparse_step":2"#] {
+            let e = arch_metadata(&cfg(extra), "m", 1).unwrap_err();
+            assert!(matches!(e, ArchError::Unrepresentable(_)), "{extra}: {e}");
+        }
     }
 
     fn llama_with(extra: &str) -> ArchConfig {

@@ -8,7 +8,9 @@
 //! GGUF architecture per family: Llama, Mistral and Mixtral → `llama` (Mixtral's experts
 //! become `ffn_*_exps`); Qwen2 → `qwen2`; Qwen3 → `qwen3`; Qwen3-MoE → `qwen3moe`;
 //! Gemma3 → `gemma3`; Phi3 → `phi3`; DeepSeek-V3 and GLM-4.7-Flash (`Glm4MoeLite`) →
-//! `deepseek2`. llama.cpp 0.3.36 loads all ten shared fixtures from our plan and metadata
+//! `deepseek2`; GPT-OSS → `gpt-oss` (`conversion/gpt_oss.py`: fused interleaved
+//! gate|up experts split, `down_proj` transposed, released MXFP4 packing decoded).
+//! llama.cpp 0.3.36 loads all ten shared fixtures from our plan and metadata
 //! and reproduces transformers' perplexity to 5 digits. With the converter's own
 //! metadata it does not: GLM-4.7-Flash fails to load (layer 0 expected to be MoE), and
 //! `general.name` "Phi3" makes the vocab loader throw for non-SentencePiece vocabularies;
