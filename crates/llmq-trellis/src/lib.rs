@@ -6,6 +6,9 @@ pub mod bitstream;
 pub mod codebook;
 pub mod decode;
 pub mod hadamard;
+pub mod ldl;
+pub mod quantize;
+pub mod regularize;
 pub mod viterbi;
 
 pub use codebook::Codebook;
