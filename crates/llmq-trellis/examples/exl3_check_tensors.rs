@@ -17,7 +17,9 @@ fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
 }
 
 fn main() {
-    let out = std::env::args().nth(1).expect("usage: exl3_check_tensors OUT.safetensors");
+    let out = std::env::args()
+        .nth(1)
+        .expect("usage: exl3_check_tensors OUT.safetensors");
     let cases = [
         (1u32, Codebook::Mul1, 128usize, 128usize),
         (2, Codebook::Inst3, 256, 128),
@@ -33,11 +35,14 @@ fn main() {
     for (idx, &(k, cb, in_f, out_f)) in cases.iter().enumerate() {
         let w: Vec<f32> = (0..in_f * out_f)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05
             })
             .collect();
-        let q = quantize_linear(&w, out_f, in_f, None, &Exl3Config::new(k, cb, idx as u64)).unwrap();
+        let q =
+            quantize_linear(&w, out_f, in_f, None, &Exl3Config::new(k, cb, idx as u64)).unwrap();
         let (ip, op) = (q.in_features, q.out_features);
         let inner: Vec<f16> = decode_trellis(&q.trellis, ip, op, k, cb)
             .iter()
@@ -45,15 +50,32 @@ fn main() {
             .collect();
         let full = reconstruct(&q.trellis, &q.suh, &q.svh, k, cb);
         let key = format!("l{idx}");
-        store.insert(format!("{key}.trellis"), (Dtype::I16, vec![ip / 16, op / 16, 16 * k as usize], bytes(&q.trellis)));
+        store.insert(
+            format!("{key}.trellis"),
+            (
+                Dtype::I16,
+                vec![ip / 16, op / 16, 16 * k as usize],
+                bytes(&q.trellis),
+            ),
+        );
         store.insert(format!("{key}.suh"), (Dtype::F16, vec![ip], bytes(&q.suh)));
         store.insert(format!("{key}.svh"), (Dtype::F16, vec![op], bytes(&q.svh)));
         if let Some((name, v)) = cb.marker() {
             store.insert(format!("{key}.{name}"), (Dtype::I32, vec![], bytes(&[v])));
         }
-        store.insert(format!("{key}.inner_ref"), (Dtype::F16, vec![ip, op], bytes(&inner)));
-        store.insert(format!("{key}.weight_ref"), (Dtype::F32, vec![ip, op], bytes(&full)));
-        println!("{key}: K={k} {} ({in_f}x{out_f} -> {ip}x{op}) g_scale {:.4}", cb.name(), q.g_scale);
+        store.insert(
+            format!("{key}.inner_ref"),
+            (Dtype::F16, vec![ip, op], bytes(&inner)),
+        );
+        store.insert(
+            format!("{key}.weight_ref"),
+            (Dtype::F32, vec![ip, op], bytes(&full)),
+        );
+        println!(
+            "{key}: K={k} {} ({in_f}x{out_f} -> {ip}x{op}) g_scale {:.4}",
+            cb.name(),
+            q.g_scale
+        );
     }
     let views: Vec<(String, TensorView<'_>)> = store
         .iter()

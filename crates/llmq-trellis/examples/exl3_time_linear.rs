@@ -7,7 +7,10 @@ use llmq_trellis::Codebook;
 use rand::{Rng, SeedableRng};
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().unwrap())
+        .collect();
     let (out_f, in_f, k) = (a[0], a[1], a[2] as u32);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let w: Vec<f32> = (0..out_f * in_f)
@@ -17,7 +20,14 @@ fn main() {
         })
         .collect();
     let t = std::time::Instant::now();
-    let q = quantize_linear(&w, out_f, in_f, None, &Exl3Config::new(k, Codebook::Mul1, 0)).unwrap();
+    let q = quantize_linear(
+        &w,
+        out_f,
+        in_f,
+        None,
+        &Exl3Config::new(k, Codebook::Mul1, 0),
+    )
+    .unwrap();
     let dt = t.elapsed().as_secs_f64();
     let r = reconstruct(&q.trellis, &q.suh, &q.svh, k, Codebook::Mul1);
     let (mut num, mut den) = (0f64, 0f64);

@@ -15,7 +15,7 @@ pub const BLOCK: usize = 16;
 /// non-positive pivot.
 pub fn block_ldl(h: &Mat<f64>) -> Result<Mat<f64>, usize> {
     let n = h.nrows();
-    assert!(n % BLOCK == 0 && h.ncols() == n);
+    assert!(n.is_multiple_of(BLOCK) && h.ncols() == n);
     let mut c = h.clone();
     let par = Par::Seq;
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));

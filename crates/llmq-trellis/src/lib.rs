@@ -5,6 +5,7 @@
 pub mod bitstream;
 pub mod codebook;
 pub mod decode;
+pub mod exl3_format;
 pub mod hadamard;
 pub mod ldl;
 pub mod quantize;

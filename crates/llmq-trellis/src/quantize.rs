@@ -33,6 +33,9 @@ pub struct Exl3Config {
     pub out_scales: bool,
     /// Seed of the sign vectors (exllamav3 seeds with the module index).
     pub seed: u64,
+    /// At most this many sampled tiles in the global scale search (`None`: exllamav3's sample,
+    /// about 3·max(tiles_k, tiles_n); a cap trades search precision for CPU time).
+    pub scale_sample_cap: Option<usize>,
 }
 
 impl Exl3Config {
@@ -44,6 +47,7 @@ impl Exl3Config {
             sigma_reg: 0.025,
             out_scales: true,
             seed,
+            scale_sample_cap: None,
         }
     }
 }
@@ -114,7 +118,14 @@ pub fn quantize_linear(
         .collect();
 
     let h = hessian.and_then(|h| rotated_hessian(h, in_f, ip, &su_sign, cfg.sigma_reg));
-    let reg = regularize(w, &su_sign, &sv_sign, cfg.out_scales, &enc);
+    let reg = regularize(
+        w,
+        &su_sign,
+        &sv_sign,
+        cfg.out_scales,
+        cfg.scale_sample_cap,
+        &enc,
+    );
     let (states, q, proxy) = match &h {
         Some((hr, l)) => {
             let (s, q) = ldlq(&reg.weight, op, Some(l), &enc);

@@ -55,18 +55,18 @@ pub fn regularize(
     su_sign: &[f32],
     sv_sign: &[f32],
     out_scales: bool,
+    sample_cap: Option<usize>,
     enc: &Encoder,
 ) -> Regularized {
     let (in_f, out_f) = (su_sign.len(), sv_sign.len());
     let mut out_ch = rms_cols(&w, out_f);
     let mean = out_ch.iter().map(|&x| x as f64).sum::<f64>() / out_f as f64;
-    let zero: Vec<bool>;
-    if mean > 1e-30 {
+    let zero: Vec<bool> = if mean > 1e-30 {
         out_ch.iter_mut().for_each(|x| *x /= mean as f32);
-        zero = out_ch.iter().map(|x| x.abs() < 1e-30).collect();
+        out_ch.iter().map(|x| x.abs() < 1e-30).collect()
     } else {
-        zero = vec![true; out_f];
-    }
+        vec![true; out_f]
+    };
     let mut sv: Vec<f32> = sv_sign.to_vec();
     if out_scales {
         for ((s, c), &z) in sv.iter_mut().zip(&out_ch).zip(&zero) {
@@ -95,7 +95,7 @@ pub fn regularize(
         row.iter_mut().for_each(|x| *x /= *s);
     }
     had_left(&mut w, out_f);
-    let g = g_scale_search(&w, out_f, enc);
+    let g = g_scale_search(&w, out_f, sample_cap, enc);
     w.iter_mut().for_each(|x| *x *= g);
     su.iter_mut().for_each(|x| *x /= g);
     Regularized {
@@ -156,10 +156,17 @@ fn eval(enc: &Encoder, tiles: &[f32], s: f32) -> f64 {
         / tiles.len() as f64
 }
 
-/// The global scale for a regularized weight.
-pub fn g_scale_search(w: &[f32], out_f: usize, enc: &Encoder) -> f32 {
+/// The global scale for a regularized weight; `cap` keeps at most that many sampled tiles, evenly
+/// spaced over the sample.
+pub fn g_scale_search(w: &[f32], out_f: usize, cap: Option<usize>, enc: &Encoder) -> f32 {
     let drift = ldlq_drift(enc.k());
-    let tiles: Vec<f32> = sample_tiles(w, out_f).iter().map(|x| x * drift).collect();
+    let mut tiles: Vec<f32> = sample_tiles(w, out_f).iter().map(|x| x * drift).collect();
+    let n = tiles.len() / TILE;
+    if let Some(c) = cap.filter(|&c| c > 0 && c < n) {
+        tiles = (0..c)
+            .flat_map(|i| tiles[i * n / c * TILE..][..TILE].to_vec())
+            .collect();
+    }
     let sub: Vec<f32> = tiles
         .chunks_exact(TILE)
         .step_by(3)
