@@ -6,6 +6,7 @@ pub mod bitstream;
 pub mod codebook;
 pub mod decode;
 pub mod exl3_format;
+pub mod gemv;
 pub mod hadamard;
 pub mod ldl;
 pub mod quantize;
