@@ -10,8 +10,9 @@
 //! [`Encoder::encode_closed`] is exact for a given boundary node (the minimum over all boundary nodes
 //! is the exact tail-biting optimum, which the tests check against exhaustive search).
 //!
-//! Forward passes keep only the minimum cost per node and step (a contiguous `min` over `2^K` blocks
-//! of states, vectorised; AVX2 where the CPU has it); the traceback recomputes the `2^K`
+//! Forward passes keep only the minimum cost per node and step, vectorised (AVX2 where the CPU has
+//! it): for K ≤ 4 eight nodes at a time with their minimum in registers over all `2^K`
+//! predecessors, for larger K a contiguous pass per predecessor block; the traceback recomputes the `2^K`
 //! candidates of the one node it visits per step with the same arithmetic, so no argmin is kept.
 
 use crate::codebook::Codebook;
@@ -30,7 +31,6 @@ pub struct Encoder {
 #[derive(Debug, Default)]
 pub struct Scratch {
     costs: Vec<f32>,
-    expanded: Vec<f32>,
 }
 
 /// An encoded sequence.
@@ -107,14 +107,13 @@ impl Encoder {
                 s.costs[b] = 0.0;
             }
         }
-        s.expanded.resize(1 << self.l, 0.0);
         let isa = Isa::detect();
         for i in 0..n {
             let wi = w[(i + roll) % n];
             let (done, rest) = s.costs.split_at_mut((i + 1) * nodes);
             let prev = &done[i * nodes..];
             let next = &mut rest[..nodes];
-            step(isa, self, prev, next, wi, &mut s.expanded);
+            step(isa, self, prev, next, wi);
         }
     }
 
@@ -184,61 +183,101 @@ fn argmin(c: &[f32]) -> usize {
     best
 }
 
-fn step(isa: Isa, e: &Encoder, prev: &[f32], next: &mut [f32], w: f32, ex: &mut [f32]) {
+fn step(isa: Isa, e: &Encoder, prev: &[f32], next: &mut [f32], w: f32) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
         // SAFETY: the CPU has AVX2 (Isa::detect).
-        unsafe { step_avx2(e, prev, next, w, ex) };
+        unsafe { step_avx2(e, prev, next, w) };
         return;
     }
     let _ = isa;
-    step_body(e, prev, next, w, ex);
+    step_body(e, prev, next, w);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn step_avx2(e: &Encoder, prev: &[f32], next: &mut [f32], w: f32, ex: &mut [f32]) {
-    step_body(e, prev, next, w, ex)
+unsafe fn step_avx2(e: &Encoder, prev: &[f32], next: &mut [f32], w: f32) {
+    step_body(e, prev, next, w)
 }
 
 /// `next[n] = min over top of prev[state >> k] + (table[state] − w)²`, `state = top << (l−k) | n`.
 #[inline(always)]
-fn step_body(e: &Encoder, prev: &[f32], next: &mut [f32], w: f32, ex: &mut [f32]) {
-    let (k, nodes) = (e.k as usize, e.nodes());
+fn step_body(e: &Encoder, prev: &[f32], next: &mut [f32], w: f32) {
+    match e.k {
+        1 => step_k::<1>(&e.table, prev, next, w),
+        2 => step_k::<2>(&e.table, prev, next, w),
+        3 => step_k::<3>(&e.table, prev, next, w),
+        4 => step_k::<4>(&e.table, prev, next, w),
+        k => step_wide(&e.table, prev, next, w, k as usize),
+    }
+}
+
+/// Large fan-out (K ≥ 5): one contiguous pass over the states of each predecessor block,
+/// `next` updated in place (streams the table instead of striding through it).
+#[inline(always)]
+fn step_wide(table: &[f32], prev: &[f32], next: &mut [f32], w: f32, k: usize) {
+    let nodes = next.len();
+    let fan = 1usize << k;
     next.fill(f32::INFINITY);
-    if k >= 3 {
-        let fan = 1usize << k;
-        for top in 0..fan {
-            let base = top * nodes;
-            let tab = &e.table[base..base + nodes];
-            let pre = &prev[base >> k..(base >> k) + (nodes >> k)];
-            for ((nx, tb), &cp) in next
-                .chunks_exact_mut(fan)
-                .zip(tab.chunks_exact(fan))
-                .zip(pre)
-            {
-                for (o, &t) in nx.iter_mut().zip(tb) {
-                    let d = t - w;
-                    let c = cp + d * d;
-                    *o = if c < *o { c } else { *o };
-                }
-            }
-        }
-    } else {
-        // small fan-out: spell prev out per state first, then one contiguous pass
-        for (i, c) in prev.iter().enumerate() {
-            ex[i << k..(i + 1) << k].fill(*c);
-        }
-        for top in 0..1usize << k {
-            let base = top * nodes;
-            let tab = &e.table[base..base + nodes];
-            let pre = &ex[base..base + nodes];
-            for ((o, &t), &cp) in next.iter_mut().zip(tab).zip(pre) {
+    for top in 0..fan {
+        let base = top * nodes;
+        let tab = &table[base..base + nodes];
+        let pre = &prev[base >> k..(base >> k) + (nodes >> k)];
+        for ((nx, tb), &cp) in next
+            .chunks_exact_mut(fan)
+            .zip(tab.chunks_exact(fan))
+            .zip(pre)
+        {
+            for (o, &t) in nx.iter_mut().zip(tb) {
                 let d = t - w;
                 let c = cp + d * d;
                 *o = if c < *o { c } else { *o };
             }
         }
+    }
+}
+
+/// Eight consecutive nodes at a time, their running minimum kept in registers over all `2^K`
+/// predecessors (`nodes` is a multiple of 8 because `l − k ≥ k` and the smallest trellis the
+/// encoder accepts has `l − k ≥ 3`; smaller ones take the scalar tail).
+#[inline(always)]
+fn step_k<const K: usize>(table: &[f32], prev: &[f32], next: &mut [f32], w: f32) {
+    let nodes = next.len();
+    let fan = 1usize << K;
+    let full = nodes / 8 * 8;
+    for n0 in (0..full).step_by(8) {
+        let mut acc = [f32::INFINITY; 8];
+        for top in 0..fan {
+            let s0 = top * nodes + n0;
+            let tb = &table[s0..s0 + 8];
+            if K >= 3 {
+                let cp = prev[s0 >> K];
+                for i in 0..8 {
+                    let d = tb[i] - w;
+                    let c = cp + d * d;
+                    acc[i] = if c < acc[i] { c } else { acc[i] };
+                }
+            } else {
+                // s0 is a multiple of 8: the eight states have 8 >> K predecessors
+                let pv = &prev[s0 >> K..(s0 >> K) + (8 >> K)];
+                for i in 0..8 {
+                    let d = tb[i] - w;
+                    let c = pv[i >> K] + d * d;
+                    acc[i] = if c < acc[i] { c } else { acc[i] };
+                }
+            }
+        }
+        next[n0..n0 + 8].copy_from_slice(&acc);
+    }
+    for (n, o) in next.iter_mut().enumerate().skip(full) {
+        let mut best = f32::INFINITY;
+        for top in 0..fan {
+            let s = top * nodes + n;
+            let d = table[s] - w;
+            let c = prev[s >> K] + d * d;
+            best = if c < best { c } else { best };
+        }
+        *o = best;
     }
 }
 
