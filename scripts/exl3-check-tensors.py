@@ -12,11 +12,39 @@ decoding: `inner_ref` (decoded tiles, fp16, (in, out)) and `weight_ref` (full we
   (GPU)   builds exllamav3's LinearEXL3 from the stored tensors on cuda:0 and compares
           get_inner_weight_tensor() with inner_ref (bit for bit: bitstream, tile order and
           codebooks) and get_weight_tensor() with weight_ref (within fp16 rounding).
-Exit status 0 only if every linear passes.
+  --model EXL3_DIR DEQUANT_DIR TEXT   (GPU) loads our EXL3 folder with exllamav3 (Config, Model,
+          Tokenizer) and the folder of our own reconstructed weights with transformers (f32), runs
+          both on the first 256 tokens of TEXT and compares the next-token distributions (mean KL,
+          top-1 agreement). Written from exllamav3's sources, not yet run.
+Exit status 0 only if every check passes.
 """
 import sys, types, importlib
 
+def model_check(exl3_dir, deq_dir, text_file):
+    import torch
+    from exllamav3 import Config, Model, Tokenizer
+    from transformers import AutoModelForCausalLM
+    config = Config.from_directory(exl3_dir)
+    model = Model.from_config(config)
+    model.load("cuda:0")
+    tok = Tokenizer.from_config(config)
+    ids = tok.encode(open(text_file).read())[:, :256]
+    with torch.inference_mode():
+        ours = model.forward(ids, {"attn_mode": "flash_attn_nc"}).float().cpu()
+        hf = AutoModelForCausalLM.from_pretrained(deq_dir, torch_dtype=torch.float32).to("cuda:0")
+        ref = hf(ids.to("cuda:0")).logits.float().cpu()
+    v = min(ours.shape[-1], ref.shape[-1])
+    p = torch.log_softmax(ref[..., :v], -1)
+    q = torch.log_softmax(ours[..., :v], -1)
+    kl = (p.exp() * (p - q)).sum(-1).mean().item()
+    top1 = (p.argmax(-1) == q.argmax(-1)).float().mean().item()
+    print(f"exllamav3 on our EXL3 folder vs transformers on our reconstruction: mean KL {kl:.2e}, top-1 agreement {top1:.4f}")
+    sys.exit(0 if kl < 1e-3 and top1 > 0.98 else 1)
+
 def main():
+    if "--model" in sys.argv:
+        i = sys.argv.index("--model")
+        model_check(*sys.argv[i + 1:i + 4])
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     cpu = "--cpu" in sys.argv
     if len(args) != 1:
