@@ -2,7 +2,9 @@
 //! folder to an EXL3 folder, for checking the format with exllamav3 and measuring our decoder
 //! before the calibrated pipeline method exists. Optionally also writes a Hugging Face folder whose
 //! linears hold our own reconstruction (f32), which `llm-quantize eval --base` can compare.
-//! `cargo run --release -p llmq-trellis --example exl3_uncalibrated SRC OUT BITS HEAD_BITS [DEQUANT]`
+//! `cargo run --release -p llmq-trellis --example exl3_uncalibrated SRC OUT BITS HEAD_BITS [DEQUANT]`;
+//! with `EXL3_HESSIANS=FILE` (from the `exl3_hessians` example) the decoder's linears get LDLQ with
+//! their Hessian (the head stays uncalibrated).
 use half::{bf16, f16};
 use llmq_trellis::decode::reconstruct;
 use llmq_trellis::exl3_format::{self, linear_tensors, StoredTensor};
@@ -108,6 +110,12 @@ fn main() {
             ));
         }
     }
+    let hess_bytes = std::env::var("EXL3_HESSIANS")
+        .ok()
+        .map(|p| std::fs::read(p).unwrap());
+    let hess = hess_bytes
+        .as_ref()
+        .map(|b| SafeTensors::deserialize(b).unwrap());
     let mut exl3: Out = BTreeMap::new();
     let mut dq: Out = BTreeMap::new();
     let mut storage = Map::new();
@@ -124,7 +132,13 @@ fn main() {
         qc.scale_sample_cap = std::env::var("EXL3_SCALE_SAMPLE_CAP")
             .ok()
             .and_then(|v| v.parse().ok());
-        let q = quantize_linear(&w, o, i, None, &qc).unwrap();
+        let h: Option<Vec<f64>> = hess.as_ref().and_then(|h| h.tensor(module).ok()).map(|t| {
+            t.data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        });
+        let q = quantize_linear(&w, o, i, h.as_deref(), &qc).unwrap();
         let r = reconstruct(&q.trellis, &q.suh, &q.svh, q.k, cb);
         let mut back = vec![0f32; o * i];
         let (mut num, mut den) = (0f64, 0f64);
