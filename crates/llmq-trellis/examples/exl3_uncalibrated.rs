@@ -151,8 +151,9 @@ fn main() {
             }
         }
         println!(
-            "{module}: K={k} {o}x{i} rel err {:.5} g {:.3} {:.1}s",
+            "{module}: K={k} {o}x{i} rel err {:.5} proxy {} g {:.3} {:.1}s",
             num / den,
+            q.proxy_err.map_or("-".to_string(), |p| format!("{p:.5}")),
             q.g_scale,
             ts.elapsed().as_secs_f64()
         );
