@@ -113,8 +113,8 @@ pub fn e8m0_to_f32(e: u8) -> f32 {
 }
 
 /// The E8M0 byte for a positive `x` as torch's cast computes it: the f32 exponent,
-/// plus one when the mantissa is at least one half; `x ≤ 0` or subnormal → 0, saturating
-/// at 254 (`2^127`).
+/// plus one when the mantissa is at least one half (f32 subnormals included: those at
+/// least `2^-127` give 1); `x ≤ 0` → 0, saturating at 254 (`2^127`).
 #[inline]
 pub fn f32_to_e8m0(x: f32) -> u8 {
     if x.is_nan() {
@@ -125,9 +125,6 @@ pub fn f32_to_e8m0(x: f32) -> u8 {
     }
     let bits = x.to_bits();
     let e = (bits >> 23) & 0xFF;
-    if e == 0 {
-        return 0;
-    }
     let up = u32::from(bits & 0x40_0000 != 0);
     (e + up).min(254) as u8
 }

@@ -7,9 +7,10 @@
 //! The quantizer is llama.cpp's `quantize_row_mxfp4_ref` (`ggml/src/ggml-quants.c`,
 //! 0.3.36): `e = floor(log2(amax)) − 2 + 127` (0 for an all-zero block), then each value
 //! takes the level nearest it, the first one on a tie. llama.cpp ignores importance
-//! weights for this type and so does this module. One divergence: a block whose `amax`
-//! is below `2^-125` (where C's `uint8_t` cast of a negative number is undefined) gets
-//! `e = 0` here.
+//! weights for this type and so does this module. A block whose `amax` is below `2^-125`
+//! makes that exponent negative; C's `uint8_t` cast then wraps on x86 (as numpy's does
+//! in gguf-py), and so does this one, except that a wrapped `0xFF` (llama.cpp's loader
+//! refuses that exponent as NaN) becomes 0. Such blocks dequantize to zeros either way.
 
 use llmq_formats::blocks::BlockMxfp4;
 use llmq_formats::minifloat::E2M1_DOUBLED;
@@ -33,8 +34,12 @@ pub fn e8m0_half(e: u8) -> f32 {
 #[inline]
 pub fn block_exponent(amax: f32) -> u8 {
     if amax > 0.0 {
-        let e = amax.log2().floor() - 2.0 + 127.0;
-        e.clamp(0.0, 254.0) as u8
+        let e = (amax.log2().floor() - 2.0 + 127.0) as i32 as u8;
+        if e == 0xFF {
+            0
+        } else {
+            e
+        }
     } else {
         0
     }
