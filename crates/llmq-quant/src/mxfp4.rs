@@ -81,7 +81,9 @@ pub fn quantize_row_ref(x: &[f32], _imatrix: Option<&[f32]>, y: &mut [u8]) {
         .chunks_exact(BLOCK_VALUES)
         .zip(y.chunks_exact_mut(BLOCK_BYTES))
     {
-        let amax = xb.iter().fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+        let amax = xb
+            .iter()
+            .fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
         let e = block_exponent(amax);
         let d = e8m0_half(e);
         yb[BlockMxfp4::E.start] = e;
@@ -133,9 +135,7 @@ mod tests {
     #[test]
     fn a_block_round_trips_through_its_levels() {
         // amax 6 → e = floor(log2 6) − 2 + 127 = 127, d = 0.5: the E2M1 grid itself
-        let x: Vec<f32> = (0..32)
-            .map(|i| E2M1_DOUBLED[i % 16] as f32 * 0.5)
-            .collect();
+        let x: Vec<f32> = (0..32).map(|i| E2M1_DOUBLED[i % 16] as f32 * 0.5).collect();
         let mut y = [0u8; BLOCK_BYTES];
         quantize_row_ref(&x, None, &mut y);
         assert_eq!(y[0], 127);

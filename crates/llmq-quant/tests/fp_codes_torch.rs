@@ -104,14 +104,20 @@ fn minifloat_encoders_match_torch() {
         .collect();
     let e4m3 = std::fs::read(dir.path().join("e4m3.u8")).unwrap();
     let e8m0 = std::fs::read(dir.path().join("e8m0.u8")).unwrap();
-    assert_eq!((e2m1.len(), e4m3.len(), e8m0.len()), (x.len(), x.len(), x.len()));
+    assert_eq!(
+        (e2m1.len(), e4m3.len(), e8m0.len()),
+        (x.len(), x.len(), x.len())
+    );
 
     let mut bad = Vec::new();
     let (mut n4, mut n8) = (0, 0);
     for (i, &v) in x.iter().enumerate() {
         let ours = e2m1_to_f32(f32_to_e2m1(v));
         if ours != e2m1[i] {
-            bad.push(format!("E2M1({v:e}): ours {ours}, compressed-tensors {}", e2m1[i]));
+            bad.push(format!(
+                "E2M1({v:e}): ours {ours}, compressed-tensors {}",
+                e2m1[i]
+            ));
         }
         // torch saturates finite values to ±448 as we do
         if f32_to_e4m3(v) != e4m3[i] {
@@ -135,7 +141,11 @@ fn minifloat_encoders_match_torch() {
         }
     }
     eprintln!("{} E2M1, {n4} E4M3, {n8} E8M0 encodings compared", x.len());
-    assert!(n8 > x.len() * 9 / 10, "torch gave NaN for {} inputs", x.len() - n8);
+    assert!(
+        n8 > x.len() * 9 / 10,
+        "torch gave NaN for {} inputs",
+        x.len() - n8
+    );
     assert!(
         bad.is_empty(),
         "{} mismatches, first: {:?}",

@@ -185,8 +185,8 @@ pub mod avx2 {
     use super::{E2M1_DOUBLED, IQ4NL_VALUES};
     use crate::kernels::simd::*;
     use llmq_formats::blocks::{
-        BlockIq4Nl as BIq4Nl, BlockMxfp4 as BMxfp4, BlockQ4_0 as BQ4_0, BlockQ4_1 as BQ4_1, BlockQ5_0 as BQ5_0,
-        BlockQ5_1 as BQ5_1, BlockQ8_0 as BQ8_0, BlockQ8_1 as BQ8_1,
+        BlockIq4Nl as BIq4Nl, BlockMxfp4 as BMxfp4, BlockQ4_0 as BQ4_0, BlockQ4_1 as BQ4_1,
+        BlockQ5_0 as BQ5_0, BlockQ5_1 as BQ5_1, BlockQ8_0 as BQ8_0, BlockQ8_1 as BQ8_1,
     };
     use std::arch::x86_64::*;
 
@@ -513,11 +513,5 @@ pub mod avx2 {
         dot8_vnni_iq4_nl,
         Iq4Nl
     );
-    entry!(
-        dot_mxfp4,
-        dot4_mxfp4,
-        dot8_mxfp4,
-        dot8_vnni_mxfp4,
-        Mxfp4
-    );
+    entry!(dot_mxfp4, dot4_mxfp4, dot8_mxfp4, dot8_vnni_mxfp4, Mxfp4);
 }
