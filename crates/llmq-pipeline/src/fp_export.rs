@@ -84,14 +84,16 @@ pub(crate) fn quantize_fp(
 ) -> Result<QuantizeOutcome> {
     let dir = match resolved {
         ResolvedModel::HfDir(d) => d,
-        ResolvedModel::GgufFile(f) => return Err(PipelineError::unsupported(
-            format!(
+        ResolvedModel::GgufFile(f) => {
+            return Err(PipelineError::unsupported(
+                format!(
                 "{} is a GGUF file; compressed-tensors {} needs a Hugging Face safetensors source",
                 f.display(),
                 req.level
             ),
-            "Pass the original Hugging Face model (folder or hub id)",
-        )),
+                "Pass the original Hugging Face model (folder or hub id)",
+            ))
+        }
     };
     let name = source::display_name(&req.model);
     let (cfg, st) = source::open_hf(&dir)?;
