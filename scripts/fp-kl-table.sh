@@ -3,7 +3,7 @@
 # the shared models (or the folders given): compressed-tensors NVFP4, MXFP4, FP8 and
 # FP8_BLOCK (round-to-nearest with FP-Quant's MSE scale search), GGUF MXFP4 (llama.cpp's
 # quantizer), and the integer references RTN / GPTQ INT4 g128 (compressed-tensors
-# W4A16), each evaluated with `llm-quantize eval --base` on the shared test text.
+# W4A16, calibrated on 32 x 256 tokens), each evaluated with `llm-quantize eval --base` on the shared test text.
 #
 #   LQ=target/release/llm-quantize bash scripts/fp-kl-table.sh [MODEL_DIR...] > table.md
 #
@@ -24,7 +24,7 @@ METHODS=(
   "RTN FP8|compressed-tensors -q FP8"
   "RTN FP8_BLOCK|compressed-tensors -q FP8_BLOCK"
   "RTN INT4 g128|compressed-tensors -q W4A16 --method rtn"
-  "GPTQ INT4 g128|compressed-tensors -q W4A16"
+  "GPTQ INT4 g128|compressed-tensors -q W4A16 --calibration-samples 32 --calibration-seq-len 256"
 )
 printf "| model |"
 for m in "${METHODS[@]}"; do printf " %s |" "${m%%|*}"; done
