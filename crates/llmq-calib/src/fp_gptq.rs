@@ -82,7 +82,7 @@ pub fn fp_gptq_quantize(
         )));
     }
     if let Some(g) = cfg.scheme.group_size() {
-        if n % g != 0 && cfg.scheme != FpScheme::Fp8Block {
+        if !n.is_multiple_of(g) && cfg.scheme != FpScheme::Fp8Block {
             return Err(shape_err(format!("{n} inputs are not whole groups of {g}")));
         }
     }
@@ -225,7 +225,7 @@ pub fn fp_gptq_quantize(
 /// In-place orthonormal fast Walsh–Hadamard transform of every block of `b` values.
 pub fn hadamard_blocks(v: &mut [f32], b: usize) {
     assert!(
-        b.is_power_of_two() && v.len() % b == 0,
+        b.is_power_of_two() && v.len().is_multiple_of(b),
         "Hadamard block {b}"
     );
     let norm = 1.0 / (b as f32).sqrt();
@@ -279,7 +279,7 @@ pub fn mr_gptq_quantize(
         return fp_gptq_quantize(name, w, out_features, in_features, h, cfg);
     };
     let n = in_features;
-    if !b.is_power_of_two() || b > 128 || n % b != 0 {
+    if !b.is_power_of_two() || b > 128 || !n.is_multiple_of(b) {
         return Err(GptqError::Config(format!(
             "Hadamard block {b} (a power of two up to 128 dividing {n})"
         )));

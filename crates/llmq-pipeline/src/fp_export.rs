@@ -62,7 +62,7 @@ fn linear(name: &str, shape: &[usize], scheme: FpScheme) -> Option<bool> {
         || name.ends_with(".router.weight");
     let fits = scheme
         .group_size()
-        .is_none_or(|g| scheme == FpScheme::Fp8Block || shape[1] % g == 0);
+        .is_none_or(|g| scheme == FpScheme::Fp8Block || shape[1].is_multiple_of(g));
     Some(!router && fits)
 }
 
@@ -108,14 +108,13 @@ pub(crate) fn quantize_fp(
     staging::refuse_source_as_output(&final_dir, &dir)?;
     let staged = StagedFolder::create(&final_dir)?;
     let written = write(req, &st, &dir, &staged.tmp, scheme, progress);
-    let (reports, ignored, validated) = match written {
+    let (reports, _ignored, validated) = match written {
         Ok(r) => r,
         Err(e) => {
             staged.discard();
             return Err(e);
         }
     };
-    let _ = ignored;
     let final_dir = staged.commit()?;
     let file_size = StagedFolder::model_bytes(&final_dir);
     progress.message(&format!(
