@@ -154,13 +154,17 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
                 "W4A16" => (4, true),
                 "W4A16_ASYM" => (4, false),
                 "W8A16" => (8, true),
-                "NVFP4A16" | "MXFP4A16" | "FP8" => {
-                    return Err(PipelineError::unsupported(
-                        format!("compressed-tensors {up} is not available in this version"),
-                        "Use W4A16, W4A16_ASYM or W8A16",
+                _ if llmq_pipeline::fp_export::fp_level(&up).is_some() => {
+                    // floating-point grids: round-to-nearest, no integer grid
+                    let method = a.method.unwrap_or(Method::Rtn);
+                    return Ok((Format::Hf(Layout::CompressedTensors), up, method, None));
+                }
+                _ => {
+                    return Err(bad_level(
+                        "compressed-tensors",
+                        "W4A16, W4A16_ASYM, W8A16, NVFP4, MXFP4, FP8, FP8_BLOCK, FP8_TENSOR",
                     ))
                 }
-                _ => return Err(bad_level("compressed-tensors", "W4A16, W4A16_ASYM, W8A16")),
             };
             (
                 Format::Hf(Layout::CompressedTensors),

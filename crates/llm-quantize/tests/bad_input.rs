@@ -266,7 +266,7 @@ fn gguf_with_a_type_we_do_not_compute_is_unsupported() {
     use llmq_formats::GgmlType;
     let dir = tempfile::tempdir().unwrap();
     let dataset = shared().join("data/corpus/valid.txt");
-    for ty in [GgmlType::IQ2XXS, GgmlType::MXFP4] {
+    for ty in [GgmlType::IQ2XXS, GgmlType::TQ1_0] {
         let m = gguf_with_uncomputable_tensor(dir.path(), ty);
         let m = m.to_str().unwrap();
         let commands: [&[&str]; 5] = [

@@ -25,11 +25,16 @@ pub enum Mix {
     Q6K,
     Q8_0,
     IQ4XS,
+    /// llama.cpp's `MXFP4_MOE`: stacked expert tensors MXFP4, the rest Q8_0.
+    MXFP4MOE,
+    /// Ours (llama.cpp has no such mix): every quantized Linear weight MXFP4, embeddings
+    /// and output Q8_0 as in `MXFP4_MOE`; written with `MXFP4_MOE`'s file type.
+    MXFP4,
     F16,
     BF16,
 }
 
-const MIXES: [(Mix, &str, u32); 14] = [
+const MIXES: [(Mix, &str, u32); 16] = [
     (Mix::Q2K, "Q2_K", 10),
     (Mix::Q3KS, "Q3_K_S", 11),
     (Mix::Q3KM, "Q3_K_M", 12),
@@ -42,6 +47,8 @@ const MIXES: [(Mix, &str, u32); 14] = [
     (Mix::Q6K, "Q6_K", 18),
     (Mix::Q8_0, "Q8_0", 7),
     (Mix::IQ4XS, "IQ4_XS", 30),
+    (Mix::MXFP4MOE, "MXFP4_MOE", 38),
+    (Mix::MXFP4, "MXFP4", 38),
     (Mix::F16, "F16", 1),
     (Mix::BF16, "BF16", 32),
 ];
@@ -88,6 +95,7 @@ impl Mix {
             Mix::Q6K => GgmlType::Q6K,
             Mix::Q8_0 => GgmlType::Q8_0,
             Mix::IQ4XS => GgmlType::IQ4XS,
+            Mix::MXFP4MOE | Mix::MXFP4 => GgmlType::MXFP4,
             Mix::F16 => GgmlType::F16,
             Mix::BF16 => GgmlType::BF16,
         }
@@ -341,6 +349,19 @@ fn choose_one(
     let falcon = model.arch == "falcon";
     let mut ty = mix.base_type();
     let n_expert8 = model.n_expert == 8;
+    if matches!(mix, M::MXFP4MOE | M::MXFP4) {
+        // output (and tied embeddings) Q8_0; MoE tensors (ne[2] > 1) MXFP4, others Q8_0
+        let output = cat == Category::Output || (st.tied && cat == Category::TokenEmbd);
+        let expert = t.shape_ne.get(2).is_some_and(|&n| n > 1);
+        let linear = cat != Category::TokenEmbd;
+        return Ok(if output {
+            G::Q8_0
+        } else if expert || (mix == M::MXFP4 && linear) {
+            G::MXFP4
+        } else {
+            G::Q8_0
+        });
+    }
     if cat == Category::Output || (st.tied && cat == Category::TokenEmbd) {
         let nx = t.shape_ne[0];
         if falcon || !nx.is_multiple_of(ty.block_size()) {
@@ -637,6 +658,29 @@ mod tests {
             layers_with(&ts, &ty, ".ffn_down_exps.weight", GgmlType::Q6K),
             vec![0, 3, 6, 7]
         );
+        // MXFP4_MOE: 3-D expert tensors MXFP4, other weights and the output Q8_0
+        let moe = choose_types(Mix::MXFP4MOE, &m, &ts).unwrap();
+        let all: Vec<usize> = (0..8).collect();
+        assert_eq!(
+            layers_with(&ts, &moe, ".ffn_down_exps.weight", GgmlType::MXFP4),
+            all
+        );
+        assert_eq!(
+            layers_with(&ts, &moe, ".attn_k.weight", GgmlType::Q8_0),
+            all
+        );
+        assert_eq!(
+            layers_with(&ts, &moe, ".ffn_gate_inp.weight", GgmlType::F32),
+            all
+        );
+        assert_eq!(moe[0], GgmlType::Q8_0);
+        // MXFP4: 2-D Linear weights too
+        let pure = choose_types(Mix::MXFP4, &m, &ts).unwrap();
+        assert_eq!(
+            layers_with(&ts, &pure, ".attn_k.weight", GgmlType::MXFP4),
+            all
+        );
+        assert_eq!(pure[0], GgmlType::Q8_0);
     }
 
     #[test]
@@ -649,6 +693,8 @@ mod tests {
         assert_eq!(Mix::from_name("q4_k_m"), Some(Mix::Q4KM));
         assert_eq!(Mix::Q4KM.file_type(), 15);
         assert_eq!(Mix::Q8_0.base_type(), GgmlType::Q8_0);
+        assert_eq!(Mix::from_name("mxfp4_moe"), Some(Mix::MXFP4MOE));
+        assert_eq!(Mix::MXFP4MOE.file_type(), 38);
         assert!(Mix::all().all(|m| Mix::from_name(m.name()) == Some(m)));
     }
 }

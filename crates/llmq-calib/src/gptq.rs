@@ -166,7 +166,7 @@ pub fn rtn_quantize(
 
 /// Upper-triangular `U` (row-major, f32) with `(H + damp·I)⁻¹ = UᵀU`, or the failing
 /// pivot.
-fn upper_cholesky_of_inverse(h: &[f64], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
+pub(crate) fn upper_cholesky_of_inverse(h: &[f64], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
     // R = J (H + damp I) J, lower triangle only
     let mut r = Mat::<f64>::zeros(n, n);
     for i in 0..n {

@@ -59,8 +59,22 @@ impl QuantizedModules {
         Ok(self.inner.int_quantized(st, prefix)?)
     }
 
-    /// Module `prefix` repacked for the kernels.
+    /// The values of module `prefix` (integer or floating-point codes), `[out, in]`.
+    pub fn dequantize(&self, st: &SafetensorsModel, prefix: &str) -> Result<Vec<f32>> {
+        Ok(self.inner.dequantize(st, prefix)?)
+    }
+
+    /// Module `prefix` repacked for the kernels; floating-point codes (NVFP4, MXFP4,
+    /// FP8) are dequantized to f32 at load (no FP kernels yet).
     pub fn matrix(&self, st: &SafetensorsModel, prefix: &str, act: IntAct) -> Result<WeightMatrix> {
+        if self.inner.is_fp(prefix) {
+            let q = self.inner.fp_quantized(st, prefix)?;
+            return Ok(WeightMatrix::from_f32(
+                q.out_features,
+                q.in_features,
+                q.dequantize(),
+            ));
+        }
         let q = self.int_quantized(st, prefix)?;
         int_matrix(&q, act).map_err(|e| EngineError::tensor(prefix, e))
     }

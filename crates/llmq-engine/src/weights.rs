@@ -243,7 +243,7 @@ impl HfWeights {
                 // a column-mixing transform of a quantized weight: dequantize
                 let q = self.quant.as_ref().expect("quantized");
                 dtypes.push(StDtype::F32);
-                sources.push(q.int_quantized(&self.st, m)?.dequantize());
+                sources.push(q.dequantize(&self.st, m)?);
                 continue;
             }
             let view = self.st.get(s).map_err(src_err)?;

@@ -182,6 +182,15 @@ ggml_block! {
     }
 }
 
+ggml_block! {
+    /// `block_mxfp4` (OCP MX): an E8M0 exponent `e` and 32 E2M1 codes, value `j` in the
+    /// low nibble of `qs[j]`, value `j+16` in its high nibble; value =
+    /// `E2M1_DOUBLED[nibble]·2^(e − 128)` (llama.cpp doubles the E2M1 levels and halves
+    /// the scale, `GGML_E8M0_TO_FP32_HALF`).
+    BlockMxfp4 = 17, values QK;
+    { e / E: u8, qs / QS: [u8; QK / 2] }
+}
+
 /// One row of the type table: what the bytes of a type look like. The algorithms on
 /// these bytes have rows of their own in the layers that know them (`llmq_quant::TYPES`:
 /// quantize / dequantize; `llmq_kernels::kernels::KERNELS`: dot products), keyed by
@@ -241,7 +250,7 @@ layouts! {
     BF16 "BF16" 1, 2;
     TQ1_0 "TQ1_0" QK_K, 54;
     TQ2_0 "TQ2_0" QK_K, 66;
-    MXFP4 "MXFP4" QK, 17;
+    MXFP4 "MXFP4" QK, BlockMxfp4::BYTES;
 }
 
 /// The little-endian `u16` (an f16's bits) of field `at` of block bytes `b`.
@@ -279,6 +288,7 @@ mod tests {
         assert_eq!(BlockQ6K::D, 208..210);
         assert_eq!(BlockQ8K::BSUMS, 260..292);
         assert_eq!(BlockIq4Xs::SCALES_L, 4..8);
+        assert_eq!(BlockMxfp4::QS, 1..17);
         assert!(KVALUES_IQ4NL.windows(2).all(|w| w[0] < w[1]));
     }
 

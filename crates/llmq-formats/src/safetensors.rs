@@ -55,6 +55,7 @@ impl StDtype {
             Dtype::I64 => StDtype::Other("I64"),
             Dtype::F64 => StDtype::Other("F64"),
             Dtype::BOOL => StDtype::Other("BOOL"),
+            Dtype::F8_E4M3 => StDtype::Other("F8_E4M3"),
             _ => StDtype::Other("OTHER"),
         }
     }

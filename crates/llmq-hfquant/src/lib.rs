@@ -10,6 +10,8 @@
 //! | [`gptq`] | `qweight/qzeros/scales/g_idx` | AutoGPTQ `qlinear_cuda_old.py`, GPTQModel |
 //! | [`awq`] | AutoAWQ GEMM | AutoAWQ `modules/linear/gemm.py`, `utils/packing_utils.py` |
 //! | [`compressed_tensors`] | `pack-quantized` | `compressed-tensors` package |
+//! | [`fp_quantized`] | NVFP4 / MXFP4 / FP8 grids ([`FpQuantized`]) | NVIDIA, OCP MX v1.0, FP-Quant |
+//! | [`ct_fp`] | `nvfp4-` / `mxfp4-pack-quantized`, `float-quantized` | `compressed-tensors` package |
 //!
 //! [`read`] reads such folders back (the inverse of the writers), into [`IntQuantized`]
 //! per quantized module and dense tensors for the rest.
@@ -17,7 +19,9 @@
 pub mod awq;
 pub mod bitpack;
 pub mod compressed_tensors;
+pub mod ct_fp;
 pub mod error;
+pub mod fp_quantized;
 pub mod gptq;
 pub mod int_quantized;
 pub mod read;
@@ -26,6 +30,7 @@ pub mod tensor;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub use fp_quantized::{FpQuantized, FpScheme};
 pub use int_quantized::IntQuantized;
 pub use tensor::{Dtype, HfTensor};
 pub use writer::{ShardedWriter, WriteSummary};

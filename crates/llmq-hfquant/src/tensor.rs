@@ -15,6 +15,8 @@ pub enum Dtype {
     I8,
     U8,
     Bool,
+    /// FP8 E4M3 (`float8_e4m3fn`)
+    F8E4M3,
 }
 
 impl Dtype {
@@ -30,6 +32,7 @@ impl Dtype {
             Dtype::I8 => "I8",
             Dtype::U8 => "U8",
             Dtype::Bool => "BOOL",
+            Dtype::F8E4M3 => "F8_E4M3",
         }
     }
 
@@ -39,7 +42,7 @@ impl Dtype {
             Dtype::F32 | Dtype::I32 => 4,
             Dtype::F16 | Dtype::BF16 | Dtype::I16 => 2,
             Dtype::I64 => 8,
-            Dtype::I8 | Dtype::U8 | Dtype::Bool => 1,
+            Dtype::I8 | Dtype::U8 | Dtype::Bool | Dtype::F8E4M3 => 1,
         }
     }
 }

@@ -24,6 +24,9 @@ pub fn quantize(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Quanti
     req.check()?;
     progress.message(&format!("Loading model: {}", req.model));
     let resolved = source::resolve(&req.model, req.token.clone(), progress)?;
+    if let Some(scheme) = crate::fp_export::fp_scheme(req) {
+        return crate::fp_export::quantize_fp(req, resolved, progress, scheme);
+    }
     match req.method.execution() {
         Execution::Streaming => crate::quantize::quantize_streaming(req, resolved, progress),
         Execution::BlockSequential => crate::calibrated::quantize_blocks(req, resolved, progress),

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod convert;
 pub mod driver;
 pub mod error;
+pub mod fp_export;
 pub mod gguf_source;
 pub mod hf_source;
 pub mod hub;

@@ -135,6 +135,20 @@ impl QuantizeRequest {
                 "Drop --imatrix",
             );
         }
+        if crate::fp_export::fp_scheme(self).is_some() {
+            // floating-point grids: round-to-nearest with an MSE scale search, no grid flags
+            if self.method != Method::Rtn || self.grid.is_some() {
+                return inv(
+                    format!(
+                        "compressed-tensors {} is quantized by round-to-nearest (MSE scale search); --method {} and integer-grid options do not apply",
+                        self.level,
+                        self.method.name()
+                    ),
+                    "Use --method rtn (the default for this level)",
+                );
+            }
+            return Ok(());
+        }
         if self.method == Method::KQuant {
             return inv(
                 format!("k-quants write GGUF, not {}", self.format.name()),

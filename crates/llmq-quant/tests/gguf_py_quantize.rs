@@ -1,7 +1,7 @@
 //! Byte-for-byte comparison of our quantizers with independent implementations.
 //!
 //! * `quantized_bytes_match_gguf_py`: gguf-py implements the unweighted reference
-//!   algorithms of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (and F16/BF16 rounding) in numpy;
+//!   algorithms of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and MXFP4 (and F16/BF16 rounding) in numpy;
 //!   our fast and reference paths must produce its bytes exactly (through
 //!   `tests/py/quantize.py`). Needs `python3` with `gguf` and `numpy`, and the shared
 //!   models at `<repo>/../shared/models`; it fails (never skips) without them.
@@ -233,6 +233,7 @@ fn quantized_bytes_match_gguf_py() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::MXFP4,
         GgmlType::F16,
         GgmlType::BF16,
     ];

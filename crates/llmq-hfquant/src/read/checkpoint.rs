@@ -116,6 +116,12 @@ impl HfCheckpoint {
     pub fn read(&self, name: &str) -> Result<HfWeight> {
         if let Some(m) = &self.modules {
             if let Some(prefix) = m.module_of(name) {
+                if m.is_fp(prefix) {
+                    // floating-point codes: dequantized at read (f32)
+                    let q = m.fp_quantized(&self.st, prefix)?;
+                    let shape = [q.out_features, q.in_features];
+                    return Ok(HfWeight::Dense(HfTensor::from_f32(&shape, &q.dequantize())));
+                }
                 return m.int_quantized(&self.st, prefix).map(HfWeight::Int);
             }
         }

@@ -14,7 +14,7 @@
 use super::scheme::{CtFormat, HfQuantScheme};
 use crate::compressed_tensors::{self as ct, CtStrategy, CtTensors};
 use crate::gptq::{self, GptqTensors};
-use crate::{awq, Dtype, Error, HfTensor, IntQuantized, Result};
+use crate::{awq, Dtype, Error, FpQuantized, FpScheme, HfTensor, IntQuantized, Result};
 use half::{bf16, f16};
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +26,8 @@ enum Kind {
     Awq,
     CtPacked,
     CtInt,
+    /// compressed-tensors floating-point codes ([`crate::ct_fp`])
+    CtFp(FpScheme),
 }
 
 impl Kind {
@@ -47,6 +49,11 @@ impl Kind {
                 "weight",
                 &["weight_scale", "weight_zero_point", "weight_g_idx"],
             ),
+            Kind::CtFp(s) if s.is_fp4() => (
+                "weight_packed",
+                &["weight_scale", "weight_global_scale", "input_global_scale"],
+            ),
+            Kind::CtFp(_) => ("weight", &["weight_scale", "input_scale"]),
         }
     }
 }
@@ -87,6 +94,8 @@ pub fn read_tensor(st: &SafetensorsModel, name: &str) -> Result<Option<HfTensor>
         StDtype::Other("I32") => HfTensor::from_raw(Dtype::I32, &shape, v.bytes.to_vec()),
         StDtype::Other("I64") => HfTensor::from_raw(Dtype::I64, &shape, v.bytes.to_vec()),
         StDtype::Other("I8") => HfTensor::from_raw(Dtype::I8, &shape, v.bytes.to_vec()),
+        StDtype::Other("U8") => HfTensor::from_raw(Dtype::U8, &shape, v.bytes.to_vec()),
+        StDtype::Other("F8_E4M3") => HfTensor::from_raw(Dtype::F8E4M3, &shape, v.bytes.to_vec()),
         StDtype::Other(d) => {
             return Err(tensor_err(
                 name,
@@ -136,6 +145,11 @@ impl QuantizedModules {
                     name.strip_suffix(".qweight").map(|p| (p, Kind::Gptq))
                 }
                 HfQuantScheme::Awq { .. } => name.strip_suffix(".qweight").map(|p| (p, Kind::Awq)),
+                HfQuantScheme::CompressedTensors { .. }
+                    if fp_module(&scheme, st, name).is_some() =>
+                {
+                    fp_module(&scheme, st, name)
+                }
                 HfQuantScheme::CompressedTensors { .. } => {
                     if let Some(p) = name.strip_suffix(".weight_packed") {
                         Some((p, Kind::CtPacked))
@@ -165,6 +179,8 @@ impl QuantizedModules {
                 }
                 (_, Kind::Awq) => [shape[1] * 8, shape[0]],
                 (_, Kind::CtInt) => [shape[0], shape[1]],
+                (_, Kind::CtFp(s)) if s.is_fp4() => [shape[0], shape[1] * 2],
+                (_, Kind::CtFp(_)) => [shape[0], shape[1]],
                 _ => match read_tensor(st, &format!("{prefix}.weight_shape"))?
                     .as_ref()
                     .and_then(as_i64s)
@@ -221,6 +237,30 @@ impl QuantizedModules {
     /// The quantized modules and their `[out, in]`.
     pub fn modules(&self) -> impl Iterator<Item = (&str, [usize; 2])> {
         self.modules.iter().map(|(k, (d, _))| (k.as_str(), *d))
+    }
+
+    /// Whether module `prefix` holds floating-point codes (read with
+    /// [`QuantizedModules::fp_quantized`], not as integers).
+    pub fn is_fp(&self, prefix: &str) -> bool {
+        matches!(self.modules.get(prefix), Some((_, Kind::CtFp(_))))
+    }
+
+    /// Decodes a floating-point module ([`QuantizedModules::is_fp`]).
+    pub fn fp_quantized(&self, st: &SafetensorsModel, prefix: &str) -> Result<FpQuantized> {
+        let Some(&([out, inp], Kind::CtFp(scheme))) = self.modules.get(prefix) else {
+            return Err(tensor_err(prefix, "not a floating-point quantized module"));
+        };
+        let get = |n: &str| read_tensor(st, n).ok().flatten();
+        crate::ct_fp::unpack(&get, prefix, scheme, out, inp)
+    }
+
+    /// The values of module `prefix`, row-major `[out, in]`, whatever its codes.
+    pub fn dequantize(&self, st: &SafetensorsModel, prefix: &str) -> Result<Vec<f32>> {
+        if self.is_fp(prefix) {
+            Ok(self.fp_quantized(st, prefix)?.dequantize())
+        } else {
+            Ok(self.int_quantized(st, prefix)?.dequantize())
+        }
     }
 
     /// Decodes module `prefix` with the reference layouts. `symmetric` is set when
@@ -399,6 +439,28 @@ impl QuantizedModules {
             .map_err(|e| tensor_err(prefix, e.to_string()))?;
         Ok(r)
     }
+}
+
+/// `(module, kind)` when `name` is the code tensor of a module whose config group is a
+/// floating-point one.
+fn fp_module<'a>(
+    scheme: &HfQuantScheme,
+    st: &SafetensorsModel,
+    name: &'a str,
+) -> Option<(&'a str, Kind)> {
+    let (prefix, suffix) = name.rsplit_once('.')?;
+    let CtFormat::Float(s) = scheme.ct_group(prefix)?.format else {
+        return None;
+    };
+    let codes = if s.is_fp4() {
+        suffix == "weight_packed"
+    } else {
+        // FP8 codes are `weight` in F8_E4M3 beside a scale (ignored modules stay float)
+        suffix == "weight"
+            && st.info(name)?.dtype == StDtype::Other("F8_E4M3")
+            && st.info(&format!("{prefix}.weight_scale")).is_some()
+    };
+    codes.then_some((prefix, Kind::CtFp(s)))
 }
 
 fn ct_bits(scheme: &HfQuantScheme, prefix: &str) -> Result<u8> {

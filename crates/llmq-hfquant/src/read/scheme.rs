@@ -7,6 +7,7 @@
 //! [`crate::compressed_tensors::quantization_config`]).
 
 use crate::compressed_tensors::{CtStrategy, CtWeightScheme};
+use crate::fp_quantized::FpScheme;
 use crate::gptq::GptqFormat;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -21,6 +22,9 @@ pub enum CtFormat {
     IntQuantized,
     /// `dense`: float weights
     Dense,
+    /// `nvfp4-pack-quantized`, `mxfp4-pack-quantized` or `float-quantized`: floating-point
+    /// codes ([`crate::ct_fp`]), dequantized when read
+    Float(FpScheme),
 }
 
 /// One compressed-tensors config group.
@@ -215,13 +219,29 @@ fn compressed_tensors(qc: &Value) -> Result<HfQuantScheme> {
             "pack-quantized" => CtFormat::PackQuantized,
             "int-quantized" | "naive-quantized" => CtFormat::IntQuantized,
             "dense" => CtFormat::Dense,
+            f @ ("nvfp4-pack-quantized" | "mxfp4-pack-quantized" | "float-quantized") => {
+                let fp = g
+                    .get("weights")
+                    .and_then(crate::ct_fp::scheme_of)
+                    .filter(|s| crate::ct_fp::format_name(*s) == f)
+                    .ok_or_else(|| {
+                        unsupported(format!(
+                            "compressed-tensors `{f}` weights of config group {gname} (supported: NVFP4, MXFP4, FP8 E4M3 per channel, per tensor or 128x128 blocks)"
+                        ))
+                    })?;
+                CtFormat::Float(fp)
+            }
             f => {
                 return Err(unsupported(format!(
                     "compressed-tensors format `{f}` (config group {gname})"
                 )))
             }
         };
-        if g.get("input_activations").is_some_and(|a| !a.is_null()) {
+        // FP8's dynamic activation quantization (vLLM's W8A8-FP8) is computed by our
+        // engine in full precision: the weights are what the checkpoint stores
+        let dynamic_act = matches!(format, CtFormat::Float(_))
+            && g["input_activations"]["dynamic"].as_bool() == Some(true);
+        if g.get("input_activations").is_some_and(|a| !a.is_null()) && !dynamic_act {
             return Err(unsupported(format!(
                 "compressed-tensors with quantized input activations (config group {gname})"
             )));
@@ -235,7 +255,7 @@ fn compressed_tensors(qc: &Value) -> Result<HfQuantScheme> {
                     .collect()
             })
             .unwrap_or_else(|| vec!["Linear".to_string()]);
-        let scheme = if format == CtFormat::Dense {
+        let scheme = if matches!(format, CtFormat::Dense | CtFormat::Float(_)) {
             None
         } else {
             Some(ct_weights(g, gname)?)

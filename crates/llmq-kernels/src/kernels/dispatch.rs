@@ -82,6 +82,8 @@ pub const KERNELS: &[KernelRow] = &[
         dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0),
     row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
         dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
+    row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
+        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k),

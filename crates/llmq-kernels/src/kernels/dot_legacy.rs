@@ -8,6 +8,8 @@
 //! * `block_q5_1` (24 B): `d, m: f16`, `qh: u32`, `qs: [u8; 16]`; value = `d·(q | bit_j<<4) + m`.
 //! * `block_q8_0` (34 B): `d: f16`, `qs: [i8; 32]`.
 //! * `block_iq4_nl` (18 B): `d: f16`, `qs: [u8; 16]`; value = `d·kvalues_iq4nl[nibble]`.
+//! * `block_mxfp4` (17 B): `e: E8M0`, `qs: [u8; 16]`; value =
+//!   `2^(e−128)·kvalues_mxfp4[nibble]` (doubled E2M1 levels, `ggml_vec_dot_mxfp4_q8_0`).
 //!
 //! Q4_1/Q5_1 pair with Q8_1 activations (their `s = d·Σq` carries the `m` term), the
 //! others with Q8_0, as ggml's `vec_dot_type`. Per block the integer dot is exact; the
@@ -17,8 +19,11 @@ use super::act_quant::{q8_01_qs_at, Q8_0_BYTES, Q8_1_BYTES};
 use half::f16;
 use llmq_formats::blocks::le_u32;
 use llmq_formats::blocks::{
-    BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, KVALUES_IQ4NL,
+    BlockIq4Nl, BlockMxfp4, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+    KVALUES_IQ4NL,
 };
+use llmq_formats::minifloat::E2M1_DOUBLED;
+use llmq_quant::mxfp4::e8m0_half;
 
 /// `kvalues_iq4nl` (the codebook lives with the block layout in `llmq-formats`).
 pub const IQ4NL_VALUES: [i8; 16] = KVALUES_IQ4NL;
@@ -123,6 +128,17 @@ pub fn dot_iq4_nl(w: &[u8], a: &[u8]) -> f32 {
     })
 }
 
+pub fn dot_mxfp4(w: &[u8], a: &[u8]) -> f32 {
+    scalar_dot(w, a, BlockMxfp4::BYTES, Q8_0_BYTES, |x, q| {
+        let qs = &x[BlockMxfp4::QS];
+        for j in 0..16 {
+            q[j] = E2M1_DOUBLED[(qs[j] & 15) as usize] as i32;
+            q[j + 16] = E2M1_DOUBLED[(qs[j] >> 4) as usize] as i32;
+        }
+        (e8m0_half(x[BlockMxfp4::E.start]), 0.0)
+    })
+}
+
 /// Bytes of one group block of [`interleave8`]: 8 f32 scales, 8 × 32 quants, and
 /// for Q8_1 the 8 rows' f32 sums.
 pub fn group8_block_bytes(with_sum: bool) -> usize {
@@ -166,11 +182,11 @@ pub fn interleave8(acts: &[u8], rb: usize, n: usize, with_sum: bool) -> Vec<u8> 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     #![allow(unsafe_op_in_unsafe_fn)]
-    use super::IQ4NL_VALUES;
+    use super::{E2M1_DOUBLED, IQ4NL_VALUES};
     use crate::kernels::simd::*;
     use llmq_formats::blocks::{
-        BlockIq4Nl as BIq4Nl, BlockQ4_0 as BQ4_0, BlockQ4_1 as BQ4_1, BlockQ5_0 as BQ5_0,
-        BlockQ5_1 as BQ5_1, BlockQ8_0 as BQ8_0, BlockQ8_1 as BQ8_1,
+        BlockIq4Nl as BIq4Nl, BlockMxfp4 as BMxfp4, BlockQ4_0 as BQ4_0, BlockQ4_1 as BQ4_1,
+        BlockQ5_0 as BQ5_0, BlockQ5_1 as BQ5_1, BlockQ8_0 as BQ8_0, BlockQ8_1 as BQ8_1,
     };
     use std::arch::x86_64::*;
 
@@ -197,6 +213,7 @@ pub mod avx2 {
     struct Q5_1;
     struct Q8_0;
     struct Iq4Nl;
+    struct Mxfp4;
 
     impl Block for Q4_0 {
         const BYTES: usize = BQ4_0::BYTES;
@@ -283,6 +300,19 @@ pub mod avx2 {
             let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
             let v = _mm256_shuffle_epi8(table, nibbles_32(p.add(BIq4Nl::QS.start)));
             (v, load_f16x8(p.add(BIq4Nl::D.start)), 0.0)
+        }
+    }
+
+    impl Block for Mxfp4 {
+        const BYTES: usize = BMxfp4::BYTES;
+        const ACT: usize = BQ8_0::BYTES;
+        const SIGNED: bool = true;
+        #[inline(always)]
+        unsafe fn decode(p: *const u8) -> (__m256i, __m256, f32) {
+            let table = _mm256_broadcastsi128_si256(load128(E2M1_DOUBLED.as_ptr() as *const u8));
+            let v = _mm256_shuffle_epi8(table, nibbles_32(p.add(BMxfp4::QS.start)));
+            let d = llmq_quant::mxfp4::e8m0_half(*p.add(BMxfp4::E.start));
+            (v, _mm256_set1_ps(d), 0.0)
         }
     }
 
@@ -483,4 +513,5 @@ pub mod avx2 {
         dot8_vnni_iq4_nl,
         Iq4Nl
     );
+    entry!(dot_mxfp4, dot4_mxfp4, dot8_mxfp4, dot8_vnni_mxfp4, Mxfp4);
 }

@@ -279,7 +279,7 @@ fn types_nothing_computes_are_refused_when_the_matrix_is_built() {
     for ty in [
         GgmlType::IQ2XXS,
         GgmlType::IQ1M,
-        GgmlType::MXFP4,
+        GgmlType::TQ1_0,
         GgmlType::TQ2_0,
     ] {
         let n = ty.row_bytes(256).unwrap() * 2;

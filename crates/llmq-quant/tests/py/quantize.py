@@ -1,6 +1,6 @@
 """Quantize float32 rows with gguf-py's own (numpy) quantizers, for the byte comparison
 in tests/gguf_py_quantize.rs. gguf-py implements the unweighted reference algorithms
-of the legacy formats only (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, besides BF16).
+of the legacy formats and MXFP4 only (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, besides BF16).
 
 usage: quantize.py N_PER_ROW TYPE IN.f32 OUT.bin [TYPE IN.f32 OUT.bin ...]
 """

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# KL-divergence table of the floating-point grids (issue 19) against the original, on
+# the shared models (or the folders given): compressed-tensors NVFP4, MXFP4, FP8 and
+# FP8_BLOCK (round-to-nearest with FP-Quant's MSE scale search), GGUF MXFP4 (llama.cpp's
+# quantizer), and the integer references RTN / GPTQ INT4 g128 (compressed-tensors
+# W4A16, calibrated on 32 x 256 tokens), each evaluated with `llm-quantize eval --base` on the shared test text.
+#
+#   LQ=target/release/llm-quantize bash scripts/fp-kl-table.sh [MODEL_DIR...] > table.md
+#
+# Environment: EVAL_SAMPLES (test windows, default 16), EVAL_LEN (window, default 256).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${SHARED:-$PWD/../shared}"
+MODELS=("$@")
+[ ${#MODELS[@]} -eq 0 ] && MODELS=("$SHARED"/models/*/)
+LQ="${LQ:-$PWD/target/release/llm-quantize}"
+TEST="$SHARED/data/corpus/test.txt"
+W="$(mktemp -d)"
+trap 'rm -rf "$W"' EXIT
+METHODS=(
+  "RTN NVFP4|compressed-tensors -q NVFP4"
+  "RTN MXFP4|compressed-tensors -q MXFP4"
+  "RTN MXFP4 (GGUF)|gguf -q MXFP4"
+  "RTN FP8|compressed-tensors -q FP8"
+  "RTN FP8_BLOCK|compressed-tensors -q FP8_BLOCK"
+  "RTN INT4 g128|compressed-tensors -q W4A16 --method rtn"
+  "GPTQ INT4 g128|compressed-tensors -q W4A16 --calibration-samples 32 --calibration-seq-len 256"
+)
+printf "| model |"
+for m in "${METHODS[@]}"; do printf " %s |" "${m%%|*}"; done
+printf "\n|---|"
+for m in "${METHODS[@]}"; do printf -- "---|"; done
+printf "\n"
+i=0
+for model in "${MODELS[@]}"; do
+  model="${model%/}"
+  printf "| %s |" "$(basename "$model")"
+  for m in "${METHODS[@]}"; do
+    i=$((i + 1)); out="$W/o$i"
+    # shellcheck disable=SC2086
+    if "$LQ" quantize "$model" ${m#*|} -o "$out" --no-checkpoints --no-validate >/dev/null 2>"$W/err"; then
+      f="$(ls -d "$out"/* | head -1)"
+      kl="$("$LQ" eval "$f" --base "$model" --dataset "$TEST" --samples "${EVAL_SAMPLES:-16}" \
+        --max-length "${EVAL_LEN:-256}" --format json 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin)["kl"]; print("%.5f" % d["mean_kl_divergence"])')"
+      printf " %s |" "$kl"
+    else
+      printf " n/a |"
+    fi
+    rm -rf "$out"
+  done
+  printf "\n"
+done
