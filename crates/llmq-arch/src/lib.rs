@@ -16,6 +16,7 @@ pub mod hf_tokenizer;
 pub mod meta;
 pub mod mix;
 pub mod rope;
+pub mod validate;
 
 pub use config::{ArchConfig, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring};
 pub use error::{ArchError, Result};
