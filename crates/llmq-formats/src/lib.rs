@@ -3,6 +3,7 @@
 //! read and streaming write, and memory-mapped (sharded) safetensors.
 
 pub mod blocks;
+pub mod finite;
 pub mod ggml_type;
 pub mod gguf;
 pub mod safetensors;
