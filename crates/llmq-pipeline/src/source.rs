@@ -58,6 +58,14 @@ pub fn resolve(
                 "Pass a model folder (config.json + *.safetensors), a .gguf file or a Hub id",
             ));
         }
+        if !p.is_dir() {
+            return Err(PipelineError::invalid(
+                format!(
+                    "{model} is neither a regular file nor a folder (a FIFO, device or socket)"
+                ),
+                "Pass a model folder (config.json + *.safetensors), a .gguf file or a Hub id",
+            ));
+        }
         if !p.join("config.json").is_file() {
             return Err(PipelineError::not_found(
                 format!("{model} has no config.json"),
@@ -185,5 +193,14 @@ fn dtype_name(d: &str) -> String {
 pub fn open_hf(dir: &Path) -> Result<(ArchConfig, SafetensorsModel)> {
     let cfg = ArchConfig::from_path(dir).map_err(config_error)?;
     let st = SafetensorsModel::open(dir).map_err(safetensors_error)?;
+    // the tensors against what config.json implies (`llmq_arch::validate`, through the
+    // plan); quantized checkpoints are checked by their readers' plan instead
+    if cfg.raw.get("quantization_config").is_none() {
+        let list: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        llmq_arch::gguf_plan(&cfg, &list).map_err(config_error)?;
+    }
     Ok((cfg, st))
 }
