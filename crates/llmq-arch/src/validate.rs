@@ -57,6 +57,7 @@ const POSITIVE: &[&str] = &[
     "num_key_value_heads",
     "head_dim",
     "vocab_size",
+    "max_position_embeddings",
     "num_experts_per_tok",
     "kv_lora_rank",
     "decoder_sparse_step",
@@ -126,8 +127,13 @@ pub fn check_raw(v: &Value) -> Result<(), ArchError> {
             None => {}
         }
     }
-    for key in ["rms_norm_eps", "rope_theta"] {
-        if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
+    let nested_theta = v.get("rope_parameters").and_then(|p| p.get("rope_theta"));
+    for (key, x) in [
+        ("rms_norm_eps", v.get("rms_norm_eps")),
+        ("rope_theta", v.get("rope_theta")),
+        ("rope_parameters.rope_theta", nested_theta),
+    ] {
+        if let Some(x) = x.filter(|x| !x.is_null()) {
             match x.as_f64() {
                 Some(f) if f.is_finite() && f > 0.0 => {}
                 _ => return Err(bad(key, format!("{x} is not a positive finite number"))),

@@ -33,12 +33,16 @@ pub struct ModelSummary {
     pub parameter_count: u64,
 }
 
-fn is_gguf_file(p: &Path) -> bool {
+fn has_magic(p: &Path, want: &[u8; 4]) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(p)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map(|_| &magic == b"GGUF")
+        .map(|_| &magic == want)
         .unwrap_or(false)
+}
+
+fn is_gguf_file(p: &Path) -> bool {
+    has_magic(p, b"GGUF")
 }
 
 /// Resolve the MODEL argument: an existing path wins; otherwise a Hub id.
@@ -50,6 +54,12 @@ pub fn resolve(
     let p = Path::new(model);
     if p.exists() {
         if p.is_file() {
+            if has_magic(p, &llmq_formats::gguf::GGUF_PARTIAL_MAGIC) {
+                return Err(PipelineError::validation(
+                    format!("{model} is an unfinished GGUF output (an interrupted or failed run left it), not a model"),
+                    "Finish it with `quantize … --resume`, or delete it",
+                ));
+            }
             if is_gguf_file(p) {
                 return Ok(ResolvedModel::GgufFile(p.to_path_buf()));
             }

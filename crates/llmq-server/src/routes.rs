@@ -190,6 +190,10 @@ async fn completion(
     match handle(&st, &headers, body, endpoint).await {
         Ok(r) => r,
         Err(e) => {
+            if e.code == Some("engine_error") {
+                // counted by the scheduler, which failed it
+                return e.into_response();
+            }
             let counter = match e.status.as_u16() {
                 503 => &st.metrics.requests_rejected,
                 400..=499 => &st.metrics.requests_invalid,

@@ -259,7 +259,8 @@ fn step(
         }
         Err(e) => {
             health.failed(&e);
-            let err = ApiError::internal(format!("the engine failed: {e}"));
+            let err =
+                ApiError::internal(format!("the engine failed: {e}")).with_code("engine_error");
             (cfg.log)(&format!("forward step failed: {e}"));
             for a in active.drain(..) {
                 let _ = a.job.events.send(Event::Error(err.clone()));
@@ -295,7 +296,7 @@ fn step(
         );
         health.failed(&e);
         (cfg.log)(&e);
-        let err = ApiError::internal(e);
+        let err = ApiError::internal(e).with_code("engine_error");
         for a in active.drain(..) {
             let _ = a.job.events.send(Event::Error(err.clone()));
             m.requests_failed.fetch_add(1, Relaxed);
