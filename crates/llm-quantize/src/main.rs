@@ -86,11 +86,15 @@ fn parse_args(json: bool) -> cli::Cli {
                 K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
             );
             if json && !informational {
+                // clap's text without its usage and help lines, on one line
                 let msg = e.render().to_string();
                 let first = msg
                     .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("invalid arguments")
+                    .map(str::trim)
+                    .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
                     .trim_start_matches("error: ")
                     .to_string();
                 report(

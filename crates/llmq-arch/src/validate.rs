@@ -127,6 +127,16 @@ pub fn check_raw(v: &Value) -> Result<(), ArchError> {
             None => {}
         }
     }
+    // two spellings of the expert count that disagree: which one a reader takes decides
+    // the model, so neither is taken
+    if let (Some(a), Some(b)) = (v.get("num_local_experts"), v.get("num_experts")) {
+        if !a.is_null() && !b.is_null() && a != b {
+            return Err(bad(
+                "num_experts",
+                format!("{b} disagrees with num_local_experts {a}"),
+            ));
+        }
+    }
     let nested_theta = v.get("rope_parameters").and_then(|p| p.get("rope_theta"));
     for (key, x) in [
         ("rms_norm_eps", v.get("rms_norm_eps")),
