@@ -203,7 +203,7 @@ fn tiny_safetensors() -> (Value, Vec<u8>) {
 
 fn st_bytes(header: &Value, data: &[u8]) -> Vec<u8> {
     let mut h = serde_json::to_vec(header).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut b = (h.len() as u64).to_le_bytes().to_vec();

@@ -410,7 +410,8 @@ fn expected(cfg: &ArchConfig, layer: Option<usize>) -> Expected {
 pub fn check_plan(cfg: &ArchConfig, plan: &GgufPlan) -> Result<(), ArchError> {
     check_config(cfg)?;
     // (layer, role) -> (gguf name, hf source, shape)
-    let mut have: HashMap<(Option<usize>, TensorRole), (&str, &str, &[usize])> = HashMap::new();
+    type Seen<'a> = HashMap<(Option<usize>, TensorRole), (&'a str, &'a str, &'a [usize])>;
+    let mut have: Seen = HashMap::new();
     for t in &plan.tensors {
         if t.role == TensorRole::RopeFreqs {
             continue;

@@ -43,9 +43,12 @@ enum F {
     E8M0,
 }
 
+/// A float field of a block: its name, byte range and storage.
+type Field = (&'static str, Range<usize>, F);
+
 /// Block size and float fields of a block type; `None` for types without float data
 /// to check (integers) or whose scales are packed in other ways (IQ1_M).
-fn fields(ty: GgmlType) -> Option<(usize, Vec<(&'static str, Range<usize>, F)>)> {
+fn fields(ty: GgmlType) -> Option<(usize, Vec<Field>)> {
     use GgmlType as T;
     let h = |name, r: Range<usize>| (name, r, F::F16);
     Some(match ty {
