@@ -18,7 +18,7 @@
 //! before each execution with `--trace`).
 //!
 //! `cargo run --release --example fuzz_inputs -- [--target all|gguf|…] [--seconds N]
-//! [--seed S] [--trace]`
+//! [--seed S] [--trace]`; `--target T --replay SEED` reruns one reported crash.
 
 use llmq_engine::{KvCache, Logits, Model, SeqStep, WeightSource};
 use llmq_formats::gguf::{GgufPlan, GgufStreamWriter, GgufValue, PlannedTensor};
@@ -505,6 +505,15 @@ fn main() {
         dir: dir.clone(),
         tokenizer_json,
     };
+    // `--replay SEED`: one execution of `--target`, its panic printed with a backtrace
+    if let Some(seed) = arg("--replay").and_then(|s| s.parse::<u64>().ok()) {
+        let (_, f) = TARGETS
+            .iter()
+            .find(|(n, _)| *n == which)
+            .expect("--target NAME");
+        println!("{:?}", f(&mut Rng(seed | 1), &ctx));
+        return;
+    }
     // panics are counted, not printed
     std::panic::set_hook(Box::new(|_| {}));
     let targets: Vec<&(&str, Target)> = TARGETS

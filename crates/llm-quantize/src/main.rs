@@ -44,17 +44,15 @@ fn report(json: bool, code: i32, error_type: &str, message: &str, suggestion: &s
     }
 }
 
-/// A panic is a bug, never an answer: one on the main thread is reported as the
-/// contract's general error (exit 1, `error_type` "InternalError"), in JSON under
-/// `--format json`, and the process exits at once. On other threads it is logged and
-/// unwinds to whoever joins the thread (rayon re-raises it on the main thread; the
-/// server's request handlers catch it and answer 500).
-fn install_panic_hook(json: bool) {
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().name() != Some("main") {
-            eprintln!("[llm-quantize] internal error on a worker thread: {info}");
-            return;
-        }
+/// The last panic's message and place, for the error report of [`main`].
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A panic is a bug, never an answer: the hook only records it (a library that catches
+/// its dependency's panic turns it into an error); one that reaches [`main`] is
+/// reported as the contract's general error (exit 1, `error_type` "InternalError"), in
+/// JSON under `--format json`.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
         let what = info
             .payload()
             .downcast_ref::<&str>()
@@ -65,14 +63,12 @@ fn install_panic_hook(json: bool) {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        report(
-            json,
-            1,
-            "InternalError",
-            &format!("internal error: {what}{at}"),
-            "This is a bug in llm-quantize; please report it with the command and the model",
-        );
-        std::process::exit(1);
+        if std::thread::current().name() != Some("main") {
+            eprintln!("[llm-quantize] internal error on a worker thread: {what}{at}");
+        }
+        if let Ok(mut p) = LAST_PANIC.lock() {
+            *p = Some(format!("{what}{at}"));
+        }
     }));
 }
 
@@ -113,7 +109,7 @@ fn parse_args(json: bool) -> cli::Cli {
 
 fn main() {
     let json = json_requested();
-    install_panic_hook(json);
+    install_panic_hook();
     let args = parse_args(json);
     // First Ctrl-C: finish the layers in flight, keep the checkpoint, exit 9.
     // A second one exits at once (the checkpoint still allows --resume).
@@ -125,6 +121,20 @@ fn main() {
             "\n[llm-quantize] cancelling after the layers in flight (Ctrl-C again to stop now)"
         );
     });
-    let code = cli::dispatch(args);
+    let code = std::panic::catch_unwind(move || cli::dispatch(args)).unwrap_or_else(|_| {
+        let what = LAST_PANIC
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .unwrap_or_else(|| "unknown panic".into());
+        report(
+            json,
+            1,
+            "InternalError",
+            &format!("internal error: {what}"),
+            "This is a bug in llm-quantize; please report it with the command and the model",
+        );
+        1
+    });
     std::process::exit(code);
 }
