@@ -108,6 +108,12 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
             .num_threads(t)
             .build_global();
     }
+    if let Some(i) = a.models.iter().position(|m| m.trim().is_empty()) {
+        return Err(PipelineError::invalid(
+            format!("--models entry {} of {} is empty", i + 1, a.models.len()),
+            "Give comma-separated model paths or Hub ids, e.g. --models a.gguf,b.gguf",
+        ));
+    }
     if a.child {
         let model = a.models.first().cloned().unwrap_or_default();
         let v = measure_here(&a, &model, verbosity)?;

@@ -202,6 +202,7 @@ fn eval_on<B: Backend, C: Backend>(
         None => None,
     };
     let ctx = m.model.hp.n_ctx_train;
+    check_window_fits(&m.model.hp, a.max_length, a.batch_size)?;
     if a.max_length > ctx && !quiet {
         log(&format!(
             "warning: --max-length {} exceeds the model's training context {ctx}",
@@ -310,6 +311,44 @@ fn eval_on<B: Backend, C: Backend>(
                 println!("Same top-1:   {:.2}%", k.same_top_rate * 100.0);
             }
             println!("Duration:     {secs:.1} s");
+        }
+    }
+    Ok(())
+}
+
+/// `--max-length` within what the model can mean (at most 4 × its training context)
+/// and `--max-length × --batch-size` within what its KV caches can hold in RAM: a clear
+/// error instead of a run that never ends or an abort on allocation.
+fn check_window_fits(
+    hp: &llmq_engine::Hparams,
+    max_length: usize,
+    batch: usize,
+) -> Result<(), PipelineError> {
+    let limit = hp.n_ctx_train.saturating_mul(4).max(2);
+    if max_length > limit {
+        return Err(PipelineError::invalid(
+            format!(
+                "--max-length {max_length} is more than 4 x the model's training context of {}",
+                hp.n_ctx_train
+            ),
+            format!("Use --max-length {} or less", hp.n_ctx_train),
+        ));
+    }
+    // f32 keys and values of every layer for every window of the batch
+    let per_pos = (hp.n_head_kv * (hp.head_dim_k + hp.head_dim_v)) as u64 * 4 * hp.n_layer as u64;
+    let need = per_pos
+        .saturating_mul(max_length as u64)
+        .saturating_mul(batch as u64);
+    if let Some(avail) = llmq_pipeline::memory::available_bytes() {
+        if need > avail {
+            return Err(PipelineError::oom(
+                format!(
+                    "--max-length {max_length} with --batch-size {batch} needs {} MB of KV cache, {} MB are available",
+                    need >> 20,
+                    avail >> 20
+                ),
+                "Lower --max-length or --batch-size",
+            ));
         }
     }
     Ok(())

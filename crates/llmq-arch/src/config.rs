@@ -314,6 +314,7 @@ impl ArchConfig {
 
     /// Parse an already-decoded `config.json`.
     pub fn from_json(v: Value) -> Result<ArchConfig, ArchError> {
+        crate::validate::check_raw(&v)?;
         // Multimodal wrappers keep the language model under `text_config`.
         let architecture = get(&v, "architectures")
             .and_then(|a| a.get(0))
@@ -566,7 +567,7 @@ impl ArchConfig {
         let tie_word_embeddings =
             opt_bool(&v, "tie_word_embeddings").unwrap_or(family == Family::Gemma3);
 
-        Ok(ArchConfig {
+        let cfg = ArchConfig {
             family,
             architecture,
             model_type,
@@ -596,7 +597,9 @@ impl ArchConfig {
             eos_token_ids: token_ids(get(&v, "eos_token_id")),
             dtype,
             raw: v,
-        })
+        };
+        crate::validate::check_config(&cfg)?;
+        Ok(cfg)
     }
 
     /// Query heads per key/value head.

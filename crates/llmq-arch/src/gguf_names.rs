@@ -753,11 +753,13 @@ pub fn gguf_plan(
             return Err(ArchError::Duplicate(t.gguf_name.clone()));
         }
     }
-    Ok(GgufPlan {
+    let plan = GgufPlan {
         arch: gguf_arch(family),
         tensors: out,
         skipped,
-    })
+    };
+    crate::validate::check_plan(cfg, &plan)?;
+    Ok(plan)
 }
 
 /// Build a GGUF tensor's data (row-major in PyTorch order, i.e. ggml `ne[0]` contiguous)

@@ -17,6 +17,7 @@ pub mod hf_tokenizer;
 pub mod meta;
 pub mod mix;
 pub mod rope;
+pub mod validate;
 
 pub use config::{
     ArchConfig, ClampedSwiglu, ConfigError, Family, LayerSpec, MlaConfig, MoeConfig, RouterScoring,

@@ -429,6 +429,51 @@ impl Hparams {
             _ => None,
         };
 
+        // every size in the range `llmq_arch::validate` allows a config.json, before
+        // anything is allocated from it
+        let moe_sizes = moe.as_ref().map_or([0; 4], |p| {
+            [p.n_expert, p.n_ff_exp, p.n_shared, p.leading_dense]
+        });
+        for (key, arch_key, v) in [
+            ("embedding_length", "hidden_size", n_embd),
+            ("block_count", "num_hidden_layers", n_layer),
+            ("attention.head_count", "num_attention_heads", n_head),
+            ("attention.head_count_kv", "num_key_value_heads", n_head_kv),
+            ("attention.key_length", "head_dim", head_dim_k),
+            ("attention.value_length", "head_dim", head_dim_v),
+            ("vocab_size", "vocab_size", n_vocab),
+            ("feed_forward_length", "moe_intermediate_size", n_ff),
+            ("context_length", "max_position_embeddings", n_ctx_train),
+            ("expert_count", "num_local_experts", moe_sizes[0]),
+            (
+                "expert_feed_forward_length",
+                "moe_intermediate_size",
+                moe_sizes[1],
+            ),
+            ("expert_shared_count", "n_shared_experts", moe_sizes[2]),
+            (
+                "leading_dense_block_count",
+                "first_k_dense_replace",
+                moe_sizes[3].min(n_layer + 1),
+            ),
+        ] {
+            llmq_arch::validate::check_size(arch_key, v as u64).map_err(|e| {
+                EngineError::BadValue {
+                    key: m.key(key),
+                    why: match e {
+                        llmq_arch::ArchError::BadValue { why, .. } => why,
+                        e => e.to_string(),
+                    },
+                }
+            })?;
+        }
+        if moe_sizes[3] > n_layer {
+            return Err(EngineError::BadValue {
+                key: m.key("leading_dense_block_count"),
+                why: format!("{} is beyond the {n_layer} blocks", moe_sizes[3]),
+            });
+        }
+
         // Sliding-window attention, as llama.cpp sets it per architecture.
         let window = m.usize_opt("attention.sliding_window")?.filter(|w| *w > 0);
         // llama.cpp's default periods: Gemma 3 five sliding layers then one full,

@@ -155,6 +155,16 @@ impl WeightSource {
         match self {
             WeightSource::Gguf(f) => {
                 let info = f.tensor(name).expect("shape came from this tensor");
+                // NaN / infinity in the stored values or block scales: refused at load,
+                // as a safetensors checkpoint's are
+                if let Some(bad) =
+                    llmq_formats::finite::first_non_finite(info.ggml_type, f.tensor_bytes(info))
+                {
+                    return Err(EngineError::BadTensor {
+                        name: name.into(),
+                        why: format!("{} is not finite: {bad}", info.ggml_type),
+                    });
+                }
                 let start = (f.data_offset() + info.offset) as usize;
                 let owner: Arc<dyn ByteOwner> = f.clone();
                 let bytes = Bytes::new(owner, start, info.n_bytes as usize);

@@ -4,6 +4,7 @@
 //! codes of the FP4/FP8 formats ([`minifloat`]).
 
 pub mod blocks;
+pub mod finite;
 pub mod ggml_type;
 pub mod gguf;
 pub mod minifloat;

@@ -226,8 +226,8 @@ impl SafetensorsModel {
                 path: p.display().to_string(),
                 why,
             };
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&mmap[..]).map_err(|e| invalid(e.to_string()))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap[..])
+                .map_err(|e| invalid(name_the_tensor(&mmap[..], e.to_string())))?;
             // Full validation (offsets cover the buffer exactly, no overlaps, sizes match).
             SafeTensors::deserialize(&mmap[..]).map_err(|e| invalid(e.to_string()))?;
             let data_start = 8 + header_len;
@@ -310,6 +310,43 @@ impl SafetensorsModel {
     pub fn shard_paths(&self) -> impl Iterator<Item = &Path> {
         self.shards.iter().map(|(p, _)| p.as_path())
     }
+}
+
+/// The safetensors crate's "invalid shape, data type, or offset" names no tensor: find
+/// the first whose shape and dtype disagree with its byte range and name it.
+fn name_the_tensor(bytes: &[u8], why: String) -> String {
+    let culprit = || -> Option<String> {
+        let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+        let h: serde_json::Value =
+            serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+        h.as_object()?.iter().find_map(|(name, t)| {
+            if name == "__metadata__" {
+                return None;
+            }
+            let width: u64 = match t.get("dtype")?.as_str()? {
+                "F64" | "I64" | "U64" => 8,
+                "F32" | "I32" | "U32" => 4,
+                "F16" | "BF16" | "I16" | "U16" => 2,
+                _ => 1,
+            };
+            let shape = t.get("shape")?.as_array()?;
+            let numel = shape
+                .iter()
+                .try_fold(1u64, |a, d| d.as_u64().and_then(|d| a.checked_mul(d)));
+            let off = t.get("data_offsets")?.as_array()?;
+            let (s, e) = (off.first()?.as_u64()?, off.get(1)?.as_u64()?);
+            let ok = numel.and_then(|n| n.checked_mul(width)) == e.checked_sub(s);
+            (!ok).then(|| {
+                format!(
+                    "{why}: tensor `{name}` has shape {} of {} but {} bytes",
+                    serde_json::Value::Array(shape.clone()),
+                    t["dtype"],
+                    e.saturating_sub(s)
+                )
+            })
+        })
+    };
+    culprit().unwrap_or(why)
 }
 
 #[cfg(test)]

@@ -418,3 +418,29 @@ fn empty_plan_writes_a_valid_file() {
     assert!(file.metadata().is_empty() && file.tensors().is_empty());
     assert_eq!(file.architecture(), None);
 }
+
+#[test]
+fn an_unfinished_tmp_is_not_taken_for_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    let plan = sample_plan();
+    let w = GgufStreamWriter::create(&path, &plan).unwrap();
+    for i in 0..plan.tensors.len() {
+        w.write_tensor(i, &filler(&plan, i)).unwrap();
+    }
+    let tmp = w.temp_path().to_path_buf();
+    drop(w);
+    // complete in size, but never finished: readers refuse it, resume accepts it
+    match GgufFile::open(&tmp) {
+        Err(GgufError::Unfinished) => {}
+        other => panic!("expected Unfinished, got {other:?}"),
+    }
+    let w = GgufStreamWriter::open_existing(&path, &plan).unwrap();
+    for i in 0..plan.tensors.len() {
+        w.mark_written(i).unwrap();
+    }
+    w.seal().unwrap();
+    assert!(GgufFile::open(&tmp).is_ok(), "a sealed file reads");
+    w.finish().unwrap();
+    assert!(GgufFile::open(&path).is_ok());
+}

@@ -15,10 +15,23 @@ struct GgufTensors {
     file: GgufFile,
 }
 
+/// Exit 6 when a tensor of the source stores a NaN or infinity (in its values or, for
+/// block types, in a block's scales), as for safetensors sources.
+fn check_finite(name: &str, ty: llmq_formats::GgmlType, bytes: &[u8]) -> Result<()> {
+    match llmq_formats::finite::first_non_finite(ty, bytes) {
+        Some(bad) => Err(PipelineError::validation(
+            format!("tensor {name} ({ty}) of the source GGUF is not finite: {bad}"),
+            "The source file is corrupt; re-download or re-create it",
+        )),
+        None => Ok(()),
+    }
+}
+
 impl TensorSource for GgufTensors {
     fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
         let t = self.file.tensor(&job.name).expect("planned from this file");
         let bytes = self.file.tensor_bytes(t);
+        check_finite(&job.name, t.ggml_type, bytes)?;
         let mut out = vec![0f32; job.numel()];
         llmq_quant::dequantize(t.ggml_type, bytes, &mut out).map_err(|e| {
             PipelineError::unsupported(
@@ -37,6 +50,9 @@ impl TensorSource for GgufTensors {
         let n = t.shape_ne[0] as usize;
         let row_bytes = t.ggml_type.row_bytes(n)?;
         let bytes = &self.file.tensor_bytes(t)[r0 * row_bytes..r1 * row_bytes];
+        if let Err(e) = check_finite(&job.name, t.ggml_type, bytes) {
+            return Some(Err(e));
+        }
         let mut out = vec![0f32; (r1 - r0) * n];
         Some(
             llmq_quant::dequantize(t.ggml_type, bytes, &mut out)
@@ -61,7 +77,11 @@ impl TensorSource for GgufTensors {
 
     fn passthrough(&self, job: &TensorJob) -> Option<Vec<u8>> {
         let t = self.file.tensor(&job.name)?;
-        (t.ggml_type == job.ty).then(|| self.file.tensor_bytes(t).to_vec())
+        let bytes = self.file.tensor_bytes(t);
+        // a non-finite tensor goes through `load_f32`, which reports it
+        (t.ggml_type == job.ty
+            && llmq_formats::finite::first_non_finite(t.ggml_type, bytes).is_none())
+        .then(|| bytes.to_vec())
     }
 }
 

@@ -68,6 +68,15 @@ pub fn looks_like_hub_id(s: &str) -> bool {
         || s.starts_with('.')
         || s.starts_with('~')
         || s.contains("..")
+        || s.contains('\\')
+    {
+        return false;
+    }
+    // a file name, not a repository: `models/llama.gguf` is a missing path
+    let lower = s.to_ascii_lowercase();
+    if [".gguf", ".safetensors", ".json", ".bin", ".pt", ".pth"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
     {
         return false;
     }
@@ -270,5 +279,8 @@ mod tests {
         assert!(!looks_like_hub_id("a/b/c"));
         assert!(!looks_like_hub_id("a/../b"));
         assert!(!looks_like_hub_id(""));
+        assert!(!looks_like_hub_id("models/llama.gguf"));
+        assert!(!looks_like_hub_id("llama-Q4_K_M.GGUF"));
+        assert!(looks_like_hub_id("Qwen/Qwen2.5-7B-Instruct-GGUF"));
     }
 }

@@ -201,6 +201,21 @@ pub(crate) fn quantize_streaming(
         ram_budget_bytes: req.ram_budget_bytes,
         fingerprint,
     };
+    // every output of the run complete before the model gets its final name: the
+    // imatrix first, removed again when the run fails
+    let imatrix_path = computed
+        .as_ref()
+        .map(|_| output.with_extension("imatrix.gguf"));
+    if let (Some(data), Some(p)) = (&computed, &imatrix_path) {
+        data.write_gguf(p).map_err(|e| {
+            let _ = std::fs::remove_file(p);
+            let _ = std::fs::remove_file(llmq_formats::gguf::temp_path_for(p));
+            PipelineError::general(
+                format!("cannot write the imatrix {}: {e}", p.display()),
+                "Check the output directory",
+            )
+        })?;
+    }
     let report = run::run(
         &planned.plan,
         &planned.jobs,
@@ -208,15 +223,13 @@ pub(crate) fn quantize_streaming(
         planned.source.as_ref(),
         &opts,
         progress,
-    )?;
-    if let Some(data) = computed {
-        let p = output.with_extension("imatrix.gguf");
-        data.write_gguf(&p).map_err(|e| {
-            PipelineError::general(
-                format!("cannot write the imatrix {}: {e}", p.display()),
-                "Check the output directory",
-            )
-        })?;
+    )
+    .inspect_err(|_| {
+        if let Some(p) = &imatrix_path {
+            let _ = std::fs::remove_file(p);
+        }
+    })?;
+    if let Some(p) = &imatrix_path {
         progress.message(&format!("Importance matrix saved: {}", p.display()));
     }
     progress.message(&format!(

@@ -9,7 +9,7 @@
 
 use crate::checkpoint::units::TensorRecord;
 use crate::checkpoint::{sha256_hex, CheckpointOptions, UnitCheckpoint};
-use crate::error::{PipelineError, Result};
+use crate::error::{ErrorKind, PipelineError, Result};
 use crate::memory;
 use crate::report::TensorReport;
 use llmq_formats::gguf::{temp_path_for, GgufFile, GgufPlan, GgufStreamWriter};
@@ -311,8 +311,20 @@ pub fn run(
 
     let (checkpoint, stats) = shared.into_inner().unwrap();
     if let Some(e) = failure.into_inner().unwrap() {
-        if checkpoint.is_none() {
-            let _ = std::fs::remove_file(temp_path(out));
+        // a failure of the input itself cannot be resumed: nothing is kept for it
+        let resumable = !matches!(
+            e.kind(),
+            ErrorKind::Validation | ErrorKind::Unsupported | ErrorKind::InvalidArgument
+        );
+        match checkpoint {
+            Some(cp) if !resumable => {
+                cp.remove();
+                let _ = std::fs::remove_file(temp_path(out));
+            }
+            Some(_) => {}
+            None => {
+                let _ = std::fs::remove_file(temp_path(out));
+            }
         }
         return Err(e);
     }
@@ -345,7 +357,15 @@ pub fn run(
     // Re-read the complete file and check it against the plan before naming it.
     if opts.validate {
         progress.message("Validating output...");
-        verify_written(&temp_path(out), plan, jobs, &stats)?;
+        writer.seal().map_err(|e| writer_error(out, e))?;
+        if let Err(e) = verify_written(&temp_path(out), plan, jobs, &stats) {
+            // a sealed file that failed its check is neither a model nor resumable
+            let _ = std::fs::remove_file(temp_path(out));
+            if let Some(cp) = checkpoint {
+                cp.remove();
+            }
+            return Err(e);
+        }
     }
     writer.finish().map_err(|e| writer_error(out, e))?;
     if let Some(cp) = checkpoint {

@@ -33,12 +33,16 @@ pub struct ModelSummary {
     pub parameter_count: u64,
 }
 
-fn is_gguf_file(p: &Path) -> bool {
+fn has_magic(p: &Path, want: &[u8; 4]) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(p)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map(|_| &magic == b"GGUF")
+        .map(|_| &magic == want)
         .unwrap_or(false)
+}
+
+fn is_gguf_file(p: &Path) -> bool {
+    has_magic(p, b"GGUF")
 }
 
 /// Resolve the MODEL argument: an existing path wins; otherwise a Hub id.
@@ -50,11 +54,25 @@ pub fn resolve(
     let p = Path::new(model);
     if p.exists() {
         if p.is_file() {
+            if has_magic(p, &llmq_formats::gguf::GGUF_PARTIAL_MAGIC) {
+                return Err(PipelineError::validation(
+                    format!("{model} is an unfinished GGUF output (an interrupted or failed run left it), not a model"),
+                    "Finish it with `quantize … --resume`, or delete it",
+                ));
+            }
             if is_gguf_file(p) {
                 return Ok(ResolvedModel::GgufFile(p.to_path_buf()));
             }
             return Err(PipelineError::invalid(
                 format!("{model} is a file but not a GGUF file"),
+                "Pass a model folder (config.json + *.safetensors), a .gguf file or a Hub id",
+            ));
+        }
+        if !p.is_dir() {
+            return Err(PipelineError::invalid(
+                format!(
+                    "{model} is neither a regular file nor a folder (a FIFO, device or socket)"
+                ),
                 "Pass a model folder (config.json + *.safetensors), a .gguf file or a Hub id",
             ));
         }
@@ -185,6 +203,15 @@ fn dtype_name(d: &str) -> String {
 pub fn open_hf(dir: &Path) -> Result<(ArchConfig, SafetensorsModel)> {
     let cfg = ArchConfig::from_path(dir).map_err(config_error)?;
     let st = SafetensorsModel::open(dir).map_err(safetensors_error)?;
+    // the tensors against what config.json implies (`llmq_arch::validate`, through the
+    // plan); quantized checkpoints are checked by their readers' plan instead
+    if cfg.raw.get("quantization_config").is_none() {
+        let list: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        llmq_arch::gguf_plan(&cfg, &list).map_err(config_error)?;
+    }
     Ok((cfg, st))
 }
 

@@ -2,6 +2,13 @@
 //! and `/v1/completions` (from raw JSON, so every mistake gets a 400 that names the
 //! field), response and streaming-chunk bodies, and OpenAI-shaped errors
 //! (`{"error": {"message", "type", "param", "code"}}`).
+//!
+//! Decisions on fields OpenAI's API has but this server treats its own way: `model` may
+//! be left out (the server serves one model; a named one must match it); a message
+//! `role` must be one of [`ROLES`] (anything else is 400, as the chat template would
+//! render it unpredictably); `top_k` of 0 or -1 means no top-k limit, below -1 is 400;
+//! `logit_bias` must be an object of token ids to numbers in [-100, 100] and, as it is
+//! not implemented, a non-empty one is 400 rather than silently ignored.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -128,6 +135,17 @@ pub struct ParsedRequest {
     pub ignore_eos: bool,
 }
 
+/// The message roles accepted in chat requests.
+pub const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+    "ipython",
+];
+
 /// Largest accepted `max_tokens` (before the context caps it).
 const MAX_TOKENS_LIMIT: u64 = 1 << 24;
 
@@ -216,9 +234,16 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
     }
     let top_k = match opt_int(&o, "top_k")? {
         None => defaults.top_k,
+        Some(k) if k < -1 => {
+            return Err(ApiError::invalid(
+                Some("top_k"),
+                format!("`top_k` must be a positive integer, or 0 / -1 for no limit (got {k})"),
+            ))
+        }
         Some(k) if k <= 0 => 0,
         Some(k) => k.min(u32::MAX as i64) as usize,
     };
+    check_logit_bias(get(&o, "logit_bias"))?;
     let min_p = opt_float(&o, "min_p", 0.0, 1.0)?.unwrap_or(defaults.min_p);
     let presence_penalty = opt_float(&o, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
     let frequency_penalty = opt_float(&o, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
@@ -286,6 +311,36 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest, A
         include_usage,
         ignore_eos,
     })
+}
+
+/// `logit_bias`: absent or empty, else 400 (malformed, or not implemented).
+fn check_logit_bias(v: Option<&Value>) -> Result<(), ApiError> {
+    let Some(v) = v else { return Ok(()) };
+    let Value::Object(m) = v else {
+        return Err(type_error(
+            "logit_bias",
+            "an object of token ids to numbers",
+            v,
+        ));
+    };
+    for (k, b) in m {
+        let ok_key = k.parse::<u32>().is_ok();
+        let ok_val = b.as_f64().is_some_and(|x| (-100.0..=100.0).contains(&x));
+        if !ok_key || !ok_val {
+            return Err(ApiError::invalid(
+                Some("logit_bias"),
+                format!("`logit_bias` maps token ids to numbers in [-100, 100]; entry {k:?}: {b} is not one"),
+            ));
+        }
+    }
+    if m.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            Some("logit_bias"),
+            "`logit_bias` is not supported by this server (send an empty object or leave it out)",
+        ))
+    }
 }
 
 /// A field, with JSON `null` read as absent.
@@ -391,7 +446,13 @@ fn parse_messages(o: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> 
                 return Err(type_error(&p, "an object with `role` and `content`", m));
             };
             let role = match m.get("role") {
-                Some(Value::String(r)) if !r.is_empty() => r.clone(),
+                Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
+                Some(Value::String(r)) => {
+                    return Err(ApiError::invalid(
+                        Some(&format!("{p}.role")),
+                        format!("unknown role {r:?} (one of: {})", ROLES.join(", ")),
+                    ))
+                }
                 Some(v) if !v.is_null() => {
                     return Err(type_error(&format!("{p}.role"), "a non-empty string", v))
                 }
@@ -675,6 +736,30 @@ mod tests {
                 "messages[0].content",
             ),
             (r#"{"messages":[{"content":"a"}]}"#, "messages[0].role"),
+            (
+                r#"{"messages":[{"role":"wizard","content":"a"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"top_k":-2}"#,
+                "top_k",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":[1]}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{"x":1}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{"5":500}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{"5":1}}"#,
+                "logit_bias",
+            ),
         ] {
             let e = chat(body).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
@@ -685,6 +770,10 @@ mod tests {
             .message
             .contains("not valid JSON"));
         assert!(chat("[1]").is_err());
+        // documented acceptances: no `model`, top_k -1 / 0, an empty logit_bias
+        let r = chat(r#"{"messages":[{"role":"user","content":"a"}],"top_k":-1,"logit_bias":{}}"#)
+            .unwrap();
+        assert_eq!((r.model, r.sampling.top_k), (None, 0));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! `Authorization: Bearer KEY`.
 
 pub mod api;
+pub mod conn;
+pub mod health;
 pub mod metrics;
 mod routes;
 pub mod scheduler;
@@ -125,6 +127,7 @@ pub fn serve(
     let engine = Arc::new(model);
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = mpsc::unbounded_channel();
+    let health = Arc::new(health::EngineHealth::default());
     let sched = scheduler::spawn(
         engine.clone(),
         scheduler::Config {
@@ -135,8 +138,10 @@ pub fn serve(
             log,
         },
         metrics.clone(),
+        health.clone(),
         rx,
-    );
+    )
+    .map_err(ServerError::Runtime)?;
     let state = Arc::new(AppState {
         engine,
         model_name: model_name.clone(),
@@ -147,6 +152,7 @@ pub fn serve(
         max_batch: cfg.max_batch,
         tx: tx.clone(),
         metrics: metrics.clone(),
+        health,
         draining: AtomicBool::new(false),
         started: cfg.started,
     });
@@ -171,10 +177,13 @@ pub fn serve(
             }
         ));
         let app = routes::router(state.clone(), cfg.max_body_bytes);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(state.clone(), cfg.cancel, cfg.quiet, log))
-            .await
-            .map_err(ServerError::Serve)?;
+        conn::serve(
+            listener,
+            app,
+            shutdown_signal(state.clone(), cfg.cancel, cfg.quiet, log),
+        )
+        .await
+        .map_err(ServerError::Serve)?;
         Ok::<_, ServerError>(bound)
     })?;
     let _ = tx.send(Msg::Abort);

@@ -34,6 +34,7 @@ pub(crate) struct AppState {
     pub max_batch: usize,
     pub tx: mpsc::UnboundedSender<Msg>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<crate::health::EngineHealth>,
     pub draining: AtomicBool,
     pub started: Instant,
 }
@@ -132,15 +133,20 @@ async fn model_by_id(
 
 async fn health(State(st): State<St>) -> Response {
     let draining = st.draining.load(Relaxed);
-    let body = json!({
-        "status": if draining { "shutting_down" } else { "ok" },
+    let problem = st.health.problem().filter(|_| !draining);
+    let mut body = json!({
+        "status": if draining { "shutting_down" } else if problem.is_some() { "error" } else { "ok" },
         "model": st.model_name,
         "active_sequences": st.metrics.active_sequences.load(Relaxed),
         "queued_requests": st.metrics.queue_depth.load(Relaxed),
         "max_batch": st.max_batch,
         "max_queue": st.max_queue,
     });
-    let code = if draining {
+    if let Some(p) = &problem {
+        body["error"] = json!({"message": p, "type": "server_error"});
+        body["engine_failures"] = json!(st.health.failures.load(Relaxed));
+    }
+    let code = if draining || problem.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -184,6 +190,10 @@ async fn completion(
     match handle(&st, &headers, body, endpoint).await {
         Ok(r) => r,
         Err(e) => {
+            if e.code == Some("engine_error") {
+                // counted by the scheduler, which failed it
+                return e.into_response();
+            }
             let counter = match e.status.as_u16() {
                 503 => &st.metrics.requests_rejected,
                 400..=499 => &st.metrics.requests_invalid,
@@ -287,6 +297,11 @@ async fn handle(
     };
     if st.tx.send(Msg::Job(Box::new(job))).is_err() {
         st.metrics.queue_depth.fetch_sub(1, Relaxed);
+        if !st.draining.load(Relaxed) && !st.health.scheduler_running() {
+            return Err(ApiError::internal(
+                "the engine has stopped (see the server log); restart the server",
+            ));
+        }
         return Err(ApiError::overloaded("the server is shutting down"));
     }
     st.metrics.requests_total.fetch_add(1, Relaxed);

@@ -12,6 +12,7 @@
 //! [`Model::forward`]: llmq_engine::Model::forward
 
 use crate::api::{ApiError, Usage};
+use crate::health::{panic_message, EngineHealth, FailHook, RunningGuard};
 use crate::metrics::Metrics;
 use llmq_engine::{Logits, SeqStep};
 use llmq_runtime::{FinishReason, GenRequest, LoadedModel, Session};
@@ -75,12 +76,16 @@ pub fn spawn(
     engine: Arc<LoadedModel>,
     cfg: Config,
     metrics: Arc<Metrics>,
+    health: Arc<EngineHealth>,
     rx: mpsc::UnboundedReceiver<Msg>,
-) -> std::thread::JoinHandle<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let hook = FailHook::from_env();
     std::thread::Builder::new()
         .name("llmq-scheduler".into())
-        .spawn(move || run(&engine, cfg, &metrics, rx))
-        .expect("cannot start the scheduler thread")
+        .spawn(move || {
+            let _running = RunningGuard(&health);
+            run(&engine, cfg, &metrics, &health, hook, rx)
+        })
 }
 
 fn usage(s: &Session) -> Usage {
@@ -90,7 +95,14 @@ fn usage(s: &Session) -> Usage {
     }
 }
 
-fn run(engine: &LoadedModel, cfg: Config, m: &Metrics, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn run(
+    engine: &LoadedModel,
+    cfg: Config,
+    m: &Metrics,
+    health: &EngineHealth,
+    hook: Option<FailHook>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     let mut window = (Instant::now(), 0u64);
@@ -181,7 +193,7 @@ fn run(engine: &LoadedModel, cfg: Config, m: &Metrics, mut rx: mpsc::UnboundedRe
         if active.is_empty() {
             continue;
         }
-        step(engine, cfg, m, &mut active, &mut window);
+        step(engine, cfg, m, health, hook, &mut active, &mut window);
     }
 }
 
@@ -190,6 +202,8 @@ fn step(
     engine: &LoadedModel,
     cfg: Config,
     m: &Metrics,
+    health: &EngineHealth,
+    hook: Option<FailHook>,
     active: &mut Vec<Active>,
     window: &mut (Instant, u64),
 ) {
@@ -224,13 +238,29 @@ fn step(
             },
         });
     }
-    let result = engine.model.forward(&mut steps);
+    let n_step = m.forward_steps.fetch_add(1, Relaxed) + 1;
+    // the engine's errors and, as the last line of defence, its panics end this batch
+    // with 500; the scheduler goes on with the next requests
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(h) = hook.filter(|h| h.step == n_step) {
+            if h.panic {
+                panic!("injected engine panic (test hook)");
+            }
+            return Err("injected engine failure (test hook)".to_string());
+        }
+        engine.model.forward(&mut steps).map_err(|e| e.to_string())
+    }))
+    .unwrap_or_else(|p| Err(format!("internal error: {}", panic_message(p.as_ref()))));
     drop(steps);
-    m.forward_steps.fetch_add(1, Relaxed);
     let logits = match result {
-        Ok(l) => l,
+        Ok(l) => {
+            health.ok();
+            l
+        }
         Err(e) => {
-            let err = ApiError::internal(format!("the engine failed: {e}"));
+            health.failed(&e);
+            let err =
+                ApiError::internal(format!("the engine failed: {e}")).with_code("engine_error");
             (cfg.log)(&format!("forward step failed: {e}"));
             for a in active.drain(..) {
                 let _ = a.job.events.send(Event::Error(err.clone()));
@@ -251,10 +281,27 @@ fn step(
         let n = a.input.len();
         a.out = a.s.accept(n, *l);
     };
-    if work.len() > 1 {
-        work.par_iter_mut().for_each(run_accept);
-    } else {
-        work.iter_mut().for_each(run_accept);
+    let sampled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if work.len() > 1 {
+            work.par_iter_mut().for_each(run_accept);
+        } else {
+            work.iter_mut().for_each(run_accept);
+        }
+    }));
+    if let Err(p) = sampled {
+        drop(work);
+        let e = format!(
+            "internal error while sampling: {}",
+            panic_message(p.as_ref())
+        );
+        health.failed(&e);
+        (cfg.log)(&e);
+        let err = ApiError::internal(e).with_code("engine_error");
+        for a in active.drain(..) {
+            let _ = a.job.events.send(Event::Error(err.clone()));
+            m.requests_failed.fetch_add(1, Relaxed);
+        }
+        return;
     }
     let after: usize = work.iter().map(|(a, _)| a.s.generated.len()).sum();
     drop(work);

@@ -5,6 +5,11 @@
 //! `tojson` that writes like Python's `json.dumps(ensure_ascii=False)`. Python string and
 //! dict methods (`.strip()`, `.startswith()`, `.items()`, ...) come from
 //! `minijinja-contrib`'s pycompat layer.
+//!
+//! A template is the model's code, so it runs under limits: [`TEMPLATE_FUEL`]
+//! instructions, [`MAX_RECURSION`] levels of recursion and [`MAX_OUTPUT_BYTES`] of
+//! output; past any of them the render fails with a clear error instead of running
+//! forever or exhausting memory.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
@@ -30,8 +35,33 @@ impl ChatMessage {
     }
 }
 
+/// Instructions a template may execute per render (real templates use a few thousand
+/// per message).
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Nesting of macro calls and includes.
+pub const MAX_RECURSION: usize = 64;
+/// Bytes a render may produce.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+
+/// A writer that refuses to grow past a limit.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + b.len() > MAX_OUTPUT_BYTES {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Render `template` for `messages`. `bos_token` / `eos_token` are the texts the template
-/// may insert (empty when the model has none).
+/// may insert (empty when the model has none). On Unix the render runs in the memory-
+/// and time-limited child of [`crate::sandbox`].
 pub fn render_chat(
     template: &str,
     messages: &[ChatMessage],
@@ -39,7 +69,39 @@ pub fn render_chat(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    let render = || {
+        render_here(
+            template,
+            messages,
+            add_generation_prompt,
+            bos_token,
+            eos_token,
+        )
+        .map_err(|e| match e {
+            TokenizerError::Template(m) => m,
+            e => e.to_string(),
+        })
+    };
+    crate::sandbox::run(render, MAX_OUTPUT_BYTES).map_err(|m| {
+        TokenizerError::Template(if m.starts_with("chat template") {
+            m
+        } else {
+            format!("chat template failed: {m}")
+        })
+    })
+}
+
+/// [`render_chat`] in this process (fuel, recursion and output limits only).
+fn render_here(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(MAX_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -66,8 +128,21 @@ pub fn render_chat(
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    tmpl.render(ctx)
-        .map_err(|e| TokenizerError::Template(format!("chat template failed: {e:#}")))
+    let mut out = Capped(Vec::new());
+    tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::OutOfFuel => format!(
+                "it ran past its limit of {TEMPLATE_FUEL} instructions (an endless or exploding loop)"
+            ),
+            ErrorKind::WriteFailure => {
+                format!("its output grew past the limit of {MAX_OUTPUT_BYTES} bytes")
+            }
+            _ => format!("{e:#}"),
+        };
+        TokenizerError::Template(format!("chat template failed: {why}"))
+    })?;
+    String::from_utf8(out.0)
+        .map_err(|_| TokenizerError::Template("chat template produced invalid UTF-8".into()))
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
@@ -295,5 +370,35 @@ mod tests {
         let m = [ChatMessage::new("user", "  hi  ")];
         let t = "{% for m in messages %}{{ m.content.strip() }}{% if m.role.startswith('us') %}!{% endif %}{% endfor %}";
         assert_eq!(render_chat(t, &m, false, "", "").unwrap(), "hi!");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn render(t: &str) -> Result<String> {
+        render_chat(t, &[ChatMessage::new("user", "hi")], true, "", "")
+    }
+
+    #[test]
+    fn hostile_templates_fail_cleanly() {
+        let doubling = "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}\
+                        {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}";
+        let e = render(doubling).unwrap_err().to_string();
+        assert!(e.contains("memory limit"), "{e}");
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render(endless).unwrap_err().to_string();
+        assert!(e.contains("instructions"), "{e}");
+        let huge = "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}";
+        let e = render(huge).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(render(deep).is_err());
+        assert_eq!(
+            render("{% for m in messages %}{{ m.role }}:{{ m.content }}{% endfor %}").unwrap(),
+            "user:hi"
+        );
     }
 }

@@ -79,7 +79,16 @@ impl HfTokenizer {
                 "no tokenizer.json in the model folder",
             ),
         })?;
-        let parse = tokenizers::Tokenizer::from_file(&tok_path)
+        // the `tokenizers` crate panics on some malformed files (a merge not starting
+        // with the continuing-subword prefix slices inside a character): a malformed
+        // tokenizer.json is an error, never a crash
+        let parse = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tok_path))
+            .map_err(|_| {
+                TokenizerError::Hf(format!(
+                    "{} is malformed (the tokenizer library could not read it)",
+                    tok_path.display()
+                ))
+            })?
             .map_err(|e| TokenizerError::Hf(e.to_string()))?;
         let mut literal = parse.clone();
         literal.set_encode_special_tokens(true);

@@ -14,6 +14,7 @@ mod chat;
 mod gguf_vocab;
 mod hf;
 mod pretokenize;
+mod sandbox;
 mod stream;
 mod unicode_flags;
 

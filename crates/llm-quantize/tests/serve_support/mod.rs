@@ -31,7 +31,13 @@ pub(crate) struct Server {
 impl Server {
     /// Start `serve MODEL --port 0 EXTRA…` and wait until `/health` answers.
     pub(crate) fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// As [`Server::start`], with extra environment variables (test hooks).
+    pub(crate) fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut c = Command::new(bin());
+        c.envs(env.iter().copied());
         c.arg("serve")
             .arg(model())
             .args(["--port", "0"])

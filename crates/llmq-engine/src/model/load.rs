@@ -41,12 +41,55 @@ fn check_len(name: &str, v: &Option<Vec<f32>>, n: usize) -> Result<()> {
 struct Loader<'a, B: Backend> {
     src: &'a WeightSource,
     be: &'a B,
+    /// every tensor name the architecture asked for, present or not
+    asked: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl<B: Backend> Loader<'_, B> {
+    /// A tensor as a matrix, if present (recorded as asked for).
+    fn matrix(&self, name: &str) -> Result<Option<WeightMatrix>> {
+        self.asked.borrow_mut().insert(name.to_string());
+        self.src.matrix(name)
+    }
+
+    /// A required tensor as a matrix (recorded as asked for).
+    fn require(&self, name: &str) -> Result<WeightMatrix> {
+        self.matrix(name)?
+            .ok_or_else(|| EngineError::MissingTensor(name.into()))
+    }
+
+    /// The shape of a tensor, if present (recorded as asked for).
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.asked.borrow_mut().insert(name.to_string());
+        self.src.shape(name)
+    }
+
+    /// A GGUF file's tensors that no part of the architecture asked for: a file whose
+    /// metadata does not explain its tensors is refused, not half-used.
+    fn check_unexplained(&self) -> Result<()> {
+        let WeightSource::Gguf(f) = self.src else {
+            // a safetensors checkpoint's tensors are checked against config.json by
+            // the plan (`llmq_arch::validate`)
+            return Ok(());
+        };
+        let asked = self.asked.borrow();
+        let extra = f.tensors().iter().map(|t| t.name.as_str()).find(|n| {
+            !asked.contains(*n) && !n.starts_with("rope_freqs") && !n.starts_with("rope_factors")
+        });
+        match extra {
+            Some(n) => Err(EngineError::BadTensor {
+                name: n.into(),
+                why: "not used by the model the metadata describes (block_count, expert_count, \
+                      head counts …): the file's tensors and metadata disagree"
+                    .into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// A required matrix on the host, checked to be `[rows, cols]`.
     fn host(&self, name: &str, rows: usize, cols: usize) -> Result<WeightMatrix> {
-        let w = self.src.require(name)?;
+        let w = self.require(name)?;
         check_dims(name, &w, rows, cols)?;
         Ok(w)
     }
@@ -64,7 +107,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// An optional `[rows, cols]` Linear.
     fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Linear<B>>> {
-        match self.src.matrix(name)? {
+        match self.matrix(name)? {
             Some(w) => {
                 check_dims(name, &w, rows, cols)?;
                 Ok(Some(self.linear(name, w)?))
@@ -75,7 +118,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// An optional vector of `len` values.
     fn vec(&self, name: &str, len: usize) -> Result<Option<B::Buf>> {
-        let v = self.src.vector(name)?;
+        let v = self.matrix(name)?.map(|m| m.to_f32());
         check_len(name, &v, len)?;
         Ok(v.map(|v| self.be.upload(v)))
     }
@@ -139,7 +182,11 @@ impl<B: Backend> Model<B> {
             None => apply_rope_freqs(src, &mut hp)?,
         }
         let d = hp.n_embd;
-        let ld = Loader { src, be: &be };
+        let ld = Loader {
+            src,
+            be: &be,
+            asked: Default::default(),
+        };
         let tok_embd = ld.req("token_embd.weight", n_vocab, d)?;
         let output = match ld.opt("output.weight", n_vocab, d)? {
             Some(w) => w,
@@ -149,6 +196,7 @@ impl<B: Backend> Model<B> {
         let layers = (0..hp.n_layer)
             .map(|i| load_layer(&ld, &hp, i))
             .collect::<Result<Vec<_>>>()?;
+        ld.check_unexplained()?;
         let act = match (hp.arch, hp.clamped_swiglu) {
             (Arch::Gemma3, _) => Activation::GeluTanh,
             (_, Some(c)) => Activation::ClampedSwiglu {
@@ -260,7 +308,7 @@ fn load_mla<B: Backend>(
     let wkv_a = ld.req(&n("attn_kv_a_mqa.weight"), lora + mla.qk_rope, d)?;
     let kv_a_norm = ld.req_vec(&n("attn_kv_a_norm.weight"), lora)?;
     let (k_b, v_b): (Vec<WeightMatrix>, Vec<WeightMatrix>) =
-        match ld.src.matrix(&n("attn_k_b.weight"))? {
+        match ld.matrix(&n("attn_k_b.weight"))? {
             Some(kb) => {
                 check_dims(&n("attn_k_b.weight"), &kb, h * lora, mla.qk_nope)?;
                 let vb = ld.host(&n("attn_v_b.weight"), h * mla.v_head_dim, lora)?;
@@ -307,8 +355,8 @@ fn load_mlp<B: Backend>(
     d: usize,
 ) -> Result<Mlp<B>> {
     let name = |s: &str| format!("{prefix}ffn_{s}{suffix}.weight");
-    let gate = ld.src.matrix(&name("gate"))?;
-    let up = ld.src.require(&name("up"))?;
+    let gate = ld.matrix(&name("gate"))?;
+    let up = ld.require(&name("up"))?;
     let ff = if gate.is_some() {
         n_ff.max(1)
     } else {
@@ -362,7 +410,7 @@ fn load_moe<B: Backend>(
     let ff = p.n_ff_exp;
     // per-expert biases `[ff or d, n_expert]` (GPT-OSS): all three or none
     let host_bias = |s: &str, width: usize| -> Result<Option<Vec<f32>>> {
-        let v = ld.src.vector(&n(s))?;
+        let v = ld.matrix(&n(s))?.map(|m| m.to_f32());
         check_len(&n(s), &v, width * p.n_expert)?;
         Ok(v)
     };
@@ -399,7 +447,7 @@ fn load_moe<B: Backend>(
             })
         })
         .collect::<Result<_>>()?;
-    let shared = match ld.src.shape(&n("ffn_up_shexp.weight")) {
+    let shared = match ld.shape(&n("ffn_up_shexp.weight")) {
         Some(shape) => Some(load_mlp(ld, &n(""), "_shexp", shape[1], d)?),
         None => None,
     };

@@ -22,6 +22,10 @@ pub use writer::{temp_path_for, GgufLayout, GgufPlan, GgufStreamWriter, PlannedT
 
 /// `"GGUF"` as the first four bytes of the file.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+/// The first bytes of a GGUF file still being written (`<final>.tmp`): the stream
+/// writer puts [`GGUF_MAGIC`] in place only when every tensor is written, so no reader
+/// takes an unfinished or abandoned output for a model.
+pub const GGUF_PARTIAL_MAGIC: [u8; 4] = *b"GGU~";
 /// The version this crate writes.
 pub const GGUF_VERSION: u32 = 3;
 /// Data alignment when `general.alignment` is absent.
@@ -59,6 +63,9 @@ pub enum GgufError {
     },
     #[error("not a GGUF file: first bytes are {found:02x?}, expected \"GGUF\" [47, 47, 55, 46]")]
     BadMagic { found: Vec<u8> },
+    /// The unfinished output of an interrupted or failed run ([`GGUF_PARTIAL_MAGIC`]).
+    #[error("an unfinished GGUF output (an interrupted or failed run left it; finish it with `quantize … --resume` or delete it), not a model")]
+    Unfinished,
     #[error("unsupported GGUF version {version} (offset 4): {why}")]
     UnsupportedVersion { version: u32, why: &'static str },
     #[error("unknown GGUF value type id {type_id} at offset {offset} ({context})")]

@@ -411,6 +411,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
         context: "the header".to_owned(),
     };
     let magic = cur.take(4, "magic")?;
+    if magic == super::GGUF_PARTIAL_MAGIC {
+        return Err(GgufError::Unfinished);
+    }
     if magic != GGUF_MAGIC {
         return Err(GgufError::BadMagic {
             found: magic.to_vec(),

@@ -9,7 +9,7 @@
 use super::value::{encode_string, GgufValue};
 use super::{
     align_up, io_error, tensor_nbytes, GgufError, GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT,
-    GGUF_MAGIC, GGUF_VERSION, KEY_ALIGNMENT,
+    GGUF_MAGIC, GGUF_PARTIAL_MAGIC, GGUF_VERSION, KEY_ALIGNMENT,
 };
 use crate::GgmlType;
 use std::collections::{HashMap, HashSet};
@@ -314,6 +314,9 @@ impl GgufStreamWriter {
             .map_err(io_error(&temp_path, "sizing"))?;
         file.write_all_at(layout.header_bytes(), 0)
             .map_err(io_error(&temp_path, "writing the header of"))?;
+        // unfinished until `seal`: no reader takes the `.tmp` for a model
+        file.write_all_at(&GGUF_PARTIAL_MAGIC, 0)
+            .map_err(io_error(&temp_path, "writing the header of"))?;
         Ok(Self::new(file, final_path, temp_path, layout, plan))
     }
 
@@ -348,10 +351,13 @@ impl GgufStreamWriter {
         let mut on_disk = vec![0u8; layout.header_bytes().len()];
         file.read_exact_at(&mut on_disk, 0)
             .map_err(io_error(&temp_path, "reading the header of"))?;
-        if let Some(at) = on_disk
+        // the magic is the partial one until the file is sealed
+        let m = GGUF_MAGIC.len();
+        if let Some(at) = on_disk[m..]
             .iter()
-            .zip(layout.header_bytes())
+            .zip(&layout.header_bytes()[m..])
             .position(|(a, b)| a != b)
+            .map(|at| at + m)
         {
             return Err(mismatch(format!(
                 "its header differs from the plan's at byte {at} (different metadata or tensors)"
@@ -483,9 +489,16 @@ impl GgufStreamWriter {
             .map_err(io_error(&self.temp_path, "syncing"))
     }
 
-    /// Check every tensor was written, fsync, rename `.tmp` to the final path and fsync
-    /// the directory so the rename survives a crash.
-    pub fn finish(self) -> Result<PathBuf, GgufError> {
+    /// Check every tensor was written and put the GGUF magic in place (the `.tmp` is
+    /// then a complete file that readers accept, e.g. to verify it before `finish`).
+    pub fn seal(&self) -> Result<(), GgufError> {
+        self.check_complete()?;
+        self.file
+            .write_all_at(&GGUF_MAGIC, 0)
+            .map_err(io_error(&self.temp_path, "sealing"))
+    }
+
+    fn check_complete(&self) -> Result<(), GgufError> {
         let missing: Vec<String> = self
             .state
             .iter()
@@ -495,10 +508,17 @@ impl GgufStreamWriter {
             .collect();
         if !missing.is_empty() {
             return Err(GgufError::MissingTensors {
-                path: self.temp_path,
+                path: self.temp_path.clone(),
                 missing,
             });
         }
+        Ok(())
+    }
+
+    /// Check every tensor was written, seal, fsync, rename `.tmp` to the final path and
+    /// fsync the directory so the rename survives a crash.
+    pub fn finish(self) -> Result<PathBuf, GgufError> {
+        self.seal()?;
         self.file
             .sync_all()
             .map_err(io_error(&self.temp_path, "syncing"))?;

@@ -90,7 +90,15 @@ pub(super) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
             e.to_string(),
             "Calibrate from the original Hugging Face checkpoint instead",
         ),
-        e => PipelineError::general(e.to_string(), "Check the model files"),
+        e @ (llmq_engine::EngineError::Device(_)
+        | llmq_engine::EngineError::UnsupportedOnDevice { .. }) => {
+            PipelineError::unsupported(e.to_string(), "Calibrate on the CPU")
+        }
+        // missing or misshapen tensors, non-finite weights, unusable metadata
+        e => PipelineError::validation(
+            e.to_string(),
+            "The model files are corrupt or inconsistent with config.json; re-download them",
+        ),
     }
 }
 
