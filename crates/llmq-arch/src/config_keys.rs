@@ -62,6 +62,8 @@ const READ: &[&str] = &[
     "score_function",
     "score_func",
     "topk_method",
+    // checked against num_experts_per_tok
+    "experts_per_token",
     // MLA
     "q_lora_rank",
     "kv_lora_rank",
@@ -107,6 +109,9 @@ const HARMLESS: &[&str] = &[
     "num_nextn_predict_layers",
     "pad_token_id",
     "sep_token_id",
+    // GPT-OSS's released config: the original context of its YaRN (transformers reads
+    // `rope_scaling.original_max_position_embeddings` instead)
+    "initial_context_length",
     "decoder_start_token_id",
     "cache_implementation",
     "id2label",
@@ -165,6 +170,8 @@ fn neutral(key: &str, v: &Value) -> Option<bool> {
     Some(match key {
         "mlp_bias" | "use_bidirectional_attention" => falsy,
         "moe_layer_freq" => v.is_null() || v.as_u64() == Some(1),
+        // GLM's q/k RMSNorm switch (not implemented for GLM-4.7-Flash)
+        "use_qk_norm" => falsy,
         "qk_head_dim" => true, // checked against nope + rope below
         _ => return None,
     })
@@ -196,6 +203,16 @@ pub fn check_keys(family: Family, v: &Value) -> Result<(), ArchError> {
                     "a key this version does not know; it may change the computation, so it is refused rather than ignored",
                 ))
             }
+        }
+    }
+    // GPT-OSS's released config repeats the top-k as `experts_per_token`
+    if let Some(e) = v.get("experts_per_token").filter(|x| !x.is_null()) {
+        if e != v.get("num_experts_per_tok").unwrap_or(&Value::Null) {
+            return Err(refuse(
+                "experts_per_token",
+                e,
+                "differs from num_experts_per_tok, which transformers reads",
+            ));
         }
     }
     check_routing(family, v)?;
@@ -277,6 +294,16 @@ mod tests {
                 "{k}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn gpt_oss_released_keys() {
+        let c = json!({"experts_per_token": 4, "num_experts_per_tok": 4,
+            "initial_context_length": 4096, "swiglu_limit": 7.0});
+        check_keys(Family::GptOss, &c).unwrap();
+        let mut bad = c.clone();
+        bad["experts_per_token"] = json!(2);
+        assert!(check_keys(Family::GptOss, &bad).is_err());
     }
 
     #[test]
