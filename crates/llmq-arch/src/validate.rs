@@ -223,7 +223,10 @@ pub fn check_config(cfg: &ArchConfig) -> Result<(), ArchError> {
             ));
         }
     }
-    if cfg.layers.iter().any(|l| l.sliding_window == Some(0)) {
+    // refused even where the family ignores the window (Llama): a window of no tokens
+    // is a broken config, not a setting
+    let zero_window = cfg.raw.get("sliding_window").and_then(Value::as_u64) == Some(0);
+    if zero_window || cfg.layers.iter().any(|l| l.sliding_window == Some(0)) {
         return Err(bad(
             "sliding_window",
             "0 (a window of no tokens); use null for no sliding window".into(),
