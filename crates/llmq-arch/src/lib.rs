@@ -7,6 +7,7 @@ pub mod config;
 pub mod config_keys;
 pub mod error;
 pub mod gguf_export;
+mod gguf_gpt_oss;
 pub mod gguf_meta;
 pub mod gguf_names;
 pub mod gguf_rope;
