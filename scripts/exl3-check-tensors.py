@@ -52,8 +52,11 @@ def main():
         sys.exit(2)
     import torch
     from safetensors.torch import load_file
-    if cpu:
-        # exllamav3 imports its compiled extension at module import; stub it for the pure-Python parts
+    min_ext = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--min-ext=")), None)
+    if cpu or min_ext:
+        # exllamav3 imports its compiled extension at module import; stub it for the pure-Python
+        # parts. With --min-ext=DIR, the stub forwards reconstruct/reconstruct_slice to exllamav3's
+        # own reconstruction kernels, built alone from its sources (.gpu/trellis/exl3_min_ext.py).
         class Stub(types.ModuleType):
             def __getattr__(self, name):
                 if name.startswith("__"):
@@ -61,6 +64,11 @@ def main():
                 return lambda *a, **k: None
         ext = Stub("exllamav3.ext")
         ext.exllamav3_ext = Stub("exllamav3_ext")
+        if min_ext:
+            sys.path.insert(0, min_ext)
+            import exl3_min as real
+            ext.exllamav3_ext.reconstruct = real.reconstruct
+            ext.exllamav3_ext.reconstruct_slice = real.reconstruct_slice
         sys.modules["exllamav3.ext"] = ext
     t = load_file(args[0])
     keys = sorted({k.split(".")[0] for k in t})

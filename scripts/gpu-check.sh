@@ -5,11 +5,13 @@
 #
 # DIR holds `llm-quantize` and `cuda_gemv` (release builds: `cargo build --release -p
 # llm-quantize` and `cargo build --release -p llmq-engine --features cuda --example
-# cuda_gemv`), `models/<name>/` (Hugging Face folders, e.g. the shared test models),
+# cuda_gemv`), `models/<name>/` (Hugging Face folders, e.g. the shared test models) or
+# `models/<name>.gguf` (smaller to carry: every format is requantized from it),
 # `text.txt` (evaluation text) and, optionally, `real/*.gguf` (real models timed for
 # decode speed). Results and logs go to RESULTS (default $OUT, else /tmp/gpu-check).
 #
-# For each model and each of F16, Q8_0 and Q4_K_M (quantized here from the folder):
+# For each model and each format of $FORMATS (default F16 Q8_0 Q4_K_M Q2_K IQ4_XS;
+# quantized here from the source):
 #   - `eval` on the GPU with the CPU as --base: perplexity on both devices, their
 #     relative difference and the mean KL divergence between the two;
 #   - greedy `generate` of 32 tokens on both: identical text or where it diverges.
@@ -42,9 +44,11 @@ PROMPT="The history of the city begins"
 SUMMARY="$R/summary.txt"
 printf '%-14s %-7s %12s %12s %10s %10s %8s  %s\n' model format ppl_cpu ppl_gpu rel_diff mean_kl top1 greedy32 | tee "$SUMMARY"
 fail=0
-for m in "$D"/models/*/; do
-  name="$(basename "$m")"
-  for q in F16 Q8_0 Q4_K_M; do
+for m in "$D"/models/*/ "$D"/models/*.gguf; do
+  [ -e "$m" ] || continue
+  # a folder, or a GGUF file NAME-TYPE.gguf (smaller to carry; the formats are requantized from it)
+  name="$(basename "$m" .gguf)"
+  for q in ${FORMATS:-F16 Q8_0 Q4_K_M Q2_K IQ4_XS}; do
     f="$W/$name-$q.gguf"
     if ! "$LQ" quantize "$m" gguf -q "$q" -o "$W" -n "$name-$q.gguf" --verbosity quiet >>"$LOG" 2>&1; then
       echo "$name $q: quantize failed" | tee -a "$SUMMARY"; fail=1; continue

@@ -53,13 +53,26 @@ fn nvrtc_compiles_every_kernel() {
     for arch in ["compute_80", "compute_90"] {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
-        // 15 shared kernels + gemv and embed per GPU type
-        assert_eq!(kernels, 15 + 2 * cuda::GPU_TYPES.len(), "{arch}");
+        // 17 shared kernels + gemv and embed per GPU type + two integer GEMVs per
+        // integer-dot type
+        assert_eq!(
+            kernels,
+            17 + 2 * cuda::GPU_TYPES.len() + 2 * cuda::INT_DOT_TYPES.len(),
+            "{arch}"
+        );
         for (_, k) in cuda::GPU_TYPES {
             assert!(
                 ptx.contains(&format!(".entry gemv_{k}(")),
                 "{arch}: gemv_{k}"
             );
+        }
+        for k in cuda::INT_DOT_TYPES {
+            for nb in [1, 8] {
+                assert!(
+                    ptx.contains(&format!(".entry gemvq{nb}_{k}(")),
+                    "{arch}: gemvq{nb}_{k}"
+                );
+            }
         }
     }
 }
@@ -225,5 +238,199 @@ fn dequant_kernels_match_the_cpu_dequantizers() {
                 "{name}: value {i} is {g}, the CPU says {w}"
             );
         }
+    }
+}
+
+/// Host shims that let the weight units of `kernels/gemvq.cu` compile as plain C++.
+const GEMVQ_PRELUDE: &str = r#"
+struct int2 { int x, y; }; struct int4 { int x, y, z, w; }; struct uint4 { u32 x, y, z, w; };
+static int dp4a(int a, int b, int c) {
+    for (int k = 0; k < 4; k++) c += (int)(signed char)(a >> (8 * k)) * (int)(signed char)(b >> (8 * k));
+    return c;
+}
+static int ld32_a2(const u8* p) { return (int)ld32(p); }
+static int spread4(u32 x) { return (int)(((x & 15u) * 0x00204081u) & 0x01010101u); }
+"#;
+
+const GEMVQ_MAIN: &str = r#"
+template <class T> int run(const char* dir, int cols, int rows, int rb, int n) {
+    auto rd = [&](const char* name, size_t bytes) {
+        std::vector<u8> v(bytes);
+        std::string p = std::string(dir) + "/" + name;
+        FILE* f = fopen(p.c_str(), "rb");
+        if (!f || fread(v.data(), 1, bytes, f) != bytes) exit(3);
+        fclose(f);
+        return v;
+    };
+    std::vector<u8> w = rd("w.bin", (size_t)rows * rb), qx = rd("qx.bin", (size_t)n * cols),
+                    dx = rd("dx.bin", (size_t)n * cols / 32 * 4), sx = rd("sx.bin", (size_t)n * cols / 16 * 4);
+    std::vector<float> y((size_t)n * rows);
+    for (int r0 = 0; r0 < n; r0 += 8) {
+        QAct a;
+        a.qx = (const i8*)qx.data() + (size_t)r0 * cols;
+        a.dx = (const float*)dx.data() + (size_t)r0 * (cols / 32);
+        a.sx = (const int*)sx.data() + (size_t)r0 * (cols / 16);
+        a.cols = cols;
+        a.nb = n - r0 < 8 ? n - r0 : 8;
+        for (int row = 0; row < rows; row++) {
+            float acc[8] = {0};
+            for (int u = 0; u < cols / T::UNIT; u++) T::template dot<8>(w.data() + (size_t)row * rb, u, a, acc);
+            for (int r = 0; r < a.nb; r++) y[(size_t)(r0 + r) * rows + row] = acc[r];
+        }
+    }
+    std::string p = std::string(dir) + "/y.bin";
+    FILE* f = fopen(p.c_str(), "wb");
+    fwrite(y.data(), 4, y.size(), f);
+    fclose(f);
+    return 0;
+}
+int main(int argc, char** argv) {
+    const char* t = argv[1];
+    int cols = atoi(argv[3]), rows = atoi(argv[4]), rb = atoi(argv[5]), n = atoi(argv[6]);
+#define T(nm, S) if (!strcmp(t, nm)) return run<S>(argv[2], cols, rows, rb, n);
+    T("q8_0", GQ8_0) T("q4_0", GQ4_0) T("q5_0", GQ5_0) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
+    T("q6_k", GQ6_K)
+    return 2;
+}
+"#;
+
+/// The weight units of `kernels/gemvq.cu` (integer dot products over int8 activations),
+/// compiled for the host, give the CPU engine's products: the block decoding, the
+/// scales, minimums and offsets of every integer-dot type, checked without a GPU. The
+/// activations are packed here from the CPU engine's own Q8_0 / Q8_K rounding.
+#[test]
+fn integer_dot_units_match_the_cpu_engine() {
+    use llmq_engine::Backend;
+    use llmq_kernels::kernels::act_quant::Act;
+    if std::process::Command::new("c++")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI needs a C++ compiler (c++)"
+        );
+        eprintln!("skipped: no C++ compiler");
+        return;
+    }
+    let src = cuda::SOURCES
+        .iter()
+        .find(|(n, _)| *n == "gemvq.cu")
+        .unwrap()
+        .1;
+    // the weight units only: from the activation view to the kernel template
+    let units =
+        &src[src.find("struct QAct").unwrap()..src.find("template <class T, int NB>").unwrap()];
+    let units = units
+        .replace("static __device__ __forceinline__", "static inline")
+        .replace("__device__ __forceinline__", "inline")
+        .replace("#pragma unroll", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let cpp = tmp.path().join("gemvq.cpp");
+    let exe = tmp.path().join("gemvq");
+    std::fs::write(
+        &cpp,
+        format!("{HOST_PRELUDE}#include <string>\n{GEMVQ_PRELUDE}{units}{GEMVQ_MAIN}"),
+    )
+    .unwrap();
+    let cc = std::process::Command::new("c++")
+        .args(["-O1", "-std=c++17", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let (rows, cols, n) = (5usize, 768usize, 11usize);
+    let mut s = 777u64;
+    let mut rnd = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+    };
+    let vals: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+    // activations with a zero block and outliers, as real ones have
+    let mut x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+    x[32..64].iter_mut().for_each(|v| *v = 0.0);
+    x[cols + 5] = 300.0;
+    for k in cuda::INT_DOT_TYPES {
+        let (ty, _) = *cuda::GPU_TYPES.iter().find(|(_, n)| n == k).unwrap();
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut q = vec![0u8; rows * rb];
+        llmq_quant::quantize(ty, &vals, cols, None, &mut q).unwrap();
+        let w = llmq_kernels::WeightMatrix::new(
+            ty,
+            rows,
+            cols,
+            llmq_kernels::Bytes::whole(std::sync::Arc::new(q.clone())),
+        )
+        .unwrap();
+        let act = if matches!(ty.name(), "Q8_0" | "Q4_0" | "Q5_0") {
+            Act::Q8_0
+        } else {
+            Act::Q8K
+        };
+        // the CPU's quantized activations as qx / dx / sx
+        let (mut qx, mut dx, mut sx) = (Vec::new(), Vec::new(), Vec::new());
+        for row in x.chunks_exact(cols) {
+            let mut b = vec![0u8; act.row_bytes(cols)];
+            act.quantize(llmq_kernels::kernels::Isa::Scalar, row, &mut b);
+            let (block, scale_bytes) = if act == Act::Q8_0 { (34, 2) } else { (292, 4) };
+            for blk in b.chunks_exact(block) {
+                let d = if act == Act::Q8_0 {
+                    half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
+                } else {
+                    f32::from_le_bytes(blk[..4].try_into().unwrap())
+                };
+                let len = if act == Act::Q8_0 { 32 } else { 256 };
+                let vals = &blk[scale_bytes..scale_bytes + len];
+                qx.extend_from_slice(vals);
+                for _ in 0..vals.len() / 32 {
+                    dx.extend_from_slice(&d.to_le_bytes());
+                }
+                for g in vals.chunks_exact(16) {
+                    let sum: i32 = g.iter().map(|&v| v as i8 as i32).sum();
+                    sx.extend_from_slice(&sum.to_le_bytes());
+                }
+            }
+        }
+        for (name, data) in [
+            ("w.bin", &q),
+            ("qx.bin", &qx),
+            ("dx.bin", &dx),
+            ("sx.bin", &sx),
+        ] {
+            std::fs::write(tmp.path().join(name), data).unwrap();
+        }
+        let st = std::process::Command::new(&exe)
+            .arg(k)
+            .arg(tmp.path())
+            .args([cols, rows, rb, n].map(|v| v.to_string()))
+            .status()
+            .unwrap();
+        assert!(st.success(), "{k}: harness exit {st}");
+        let got: Vec<f32> = std::fs::read(tmp.path().join("y.bin"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let cpu = llmq_engine::Cpu;
+        let want = cpu.matmul(&cpu.upload_weight(w), &x, n);
+        let num: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+        let rel = (num / den).sqrt();
+        assert!(
+            rel < 1e-6,
+            "{k}: relative difference {rel:.2e} from the CPU engine"
+        );
     }
 }

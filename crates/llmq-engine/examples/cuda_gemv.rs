@@ -1,8 +1,8 @@
 //! GPU GEMV check and timing (run on a CUDA machine):
 //!
-//! 1. for every weight type the CUDA backend computes, `x · Wᵀ` and the embedding
-//!    lookup on the GPU against the CPU dequantization of the same packed rows, in f64
-//!    (relative error; batch sizes 1 and 5);
+//! 1. for every weight type the CUDA backend computes, `x · Wᵀ` on the GPU against the
+//!    CPU engine's product (which rounds the activations the same way; batch sizes 1, 5
+//!    and 11), and the embedding lookup against the CPU dequantization, in f64;
 //! 2. the device-to-device copy bandwidth, then the time of `y = x · Wᵀ` for one
 //!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape)
 //!    per type: bytes moved per call / mean time over 50 back-to-back calls (median of
@@ -11,12 +11,12 @@
 //! `cargo run --release -p llmq-engine --features cuda --example cuda_gemv [ROWS COLS]`
 
 use llmq_engine::backend::cuda::{Cuda, GPU_TYPES};
+use llmq_engine::backend::Cpu;
 use llmq_engine::Backend;
 use llmq_formats::GgmlType;
 use llmq_kernels::{Bytes, WeightMatrix};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
-use std::time::Instant;
 
 fn matrix(ty: GgmlType, rows: usize, cols: usize, values: &[f32]) -> WeightMatrix {
     let mut buf = vec![0u8; rows * ty.row_bytes(cols).expect("row size")];
@@ -34,7 +34,8 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
-/// GPU vs CPU-dequantized reference for one type; the worst relative error.
+/// GPU against the CPU engine for one type (the same activation rounding, so only the
+/// summation order differs), for batches of 1, 5 and 11 rows; the worst relative error.
 fn check(be: &Cuda, ty: GgmlType, rng: &mut impl Rng) -> f64 {
     let (rows, cols) = (48, 768);
     let vals: Vec<f32> = (0..rows * cols)
@@ -42,19 +43,17 @@ fn check(be: &Cuda, ty: GgmlType, rng: &mut impl Rng) -> f64 {
         .collect();
     let w = matrix(ty, rows, cols, &vals);
     let deq = w.to_f32();
+    let cpu_w = Cpu.upload_weight(w.clone());
     let gw = be.upload_weight(w);
     let mut worst = 0.0f64;
-    for n in [1usize, 5] {
+    for n in [1usize, 5, 11] {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let y = be.download(be.matmul(&gw, &be.upload(x.clone()), n));
-        let mut want = vec![0.0f64; n * rows];
-        for t in 0..n {
-            for r in 0..rows {
-                want[t * rows + r] = (0..cols)
-                    .map(|c| deq[r * cols + c] as f64 * x[t * cols + c] as f64)
-                    .sum();
-            }
-        }
+        let want: Vec<f64> = Cpu
+            .matmul(&cpu_w, &x, n)
+            .into_iter()
+            .map(f64::from)
+            .collect();
         worst = worst.max(rel_err(&y, &want));
     }
     let ids = [3u32, 0, 47];
@@ -89,7 +88,7 @@ fn main() {
     println!("device: {}", be.describe());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut failed = false;
-    println!("correctness (GPU vs CPU dequantization, f64 reference):");
+    println!("correctness (GPU vs the CPU engine's product; embedding vs CPU dequantization):");
     for (ty, _) in GPU_TYPES {
         let err = check(&be, *ty, &mut rng);
         let ok = err < 1e-5;
@@ -108,8 +107,12 @@ fn main() {
         GgmlType::F16,
         GgmlType::Q8_0,
         GgmlType::Q6K,
+        GgmlType::Q5K,
         GgmlType::Q4K,
+        GgmlType::Q5_0,
         GgmlType::Q4_0,
+        GgmlType::IQ4XS,
+        GgmlType::Q2K,
     ] {
         let rb = ty.row_bytes(cols).expect("row size");
         // random bytes are a valid stand-in for timing (no value is looked at)
@@ -123,17 +126,13 @@ fn main() {
         }
         let w = WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(buf))).expect("matrix");
         let gw = be.upload_weight(w);
-        // rounds of 50 back-to-back launches (one launch is too short to time alone)
+        // rounds of 50 back-to-back launches of the product kernel alone (one launch is
+        // too short to time alone; activation packing and allocation are outside)
         let mut times = Vec::new();
         for round in 0..7 {
-            be.synchronize().expect("sync");
-            let t0 = Instant::now();
-            for _ in 0..50 {
-                drop(be.matmul(&gw, &x, 1));
-            }
-            be.synchronize().expect("sync");
+            let t = be.time_matmul(&gw, &x, 1, 50).expect("timing");
             if round >= 2 {
-                times.push(t0.elapsed().as_secs_f64() / 50.0);
+                times.push(t);
             }
         }
         times.sort_by(f64::total_cmp);

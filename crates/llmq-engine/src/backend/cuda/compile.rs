@@ -17,6 +17,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("actquant.cu", include_str!("kernels/actquant.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
+    ("gemvq.cu", include_str!("kernels/gemvq.cu")),
 ];
 
 /// The whole module's source.

@@ -20,7 +20,7 @@ mod weights;
 pub use buffers::CudaBuf;
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
-pub use weights::{CudaWeight, GPU_TYPES};
+pub use weights::{CudaWeight, GPU_TYPES, INT_DOT_TYPES};
 
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -46,6 +46,8 @@ const KERNELS: &[&str] = &[
     "attention",
     "act_q8_0",
     "act_q8_k",
+    "act_pack_q8_0",
+    "act_pack_q8_k",
 ];
 
 struct Inner {
@@ -84,11 +86,19 @@ impl Cuda {
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| device::device_err("loading the CUDA kernels", e))?;
         let mut funcs = HashMap::new();
-        let names = KERNELS.iter().map(|k| k.to_string()).chain(
-            GPU_TYPES
-                .iter()
-                .flat_map(|(_, k)| [format!("gemv_{k}"), format!("embed_{k}")]),
-        );
+        let names = KERNELS
+            .iter()
+            .map(|k| k.to_string())
+            .chain(
+                GPU_TYPES
+                    .iter()
+                    .flat_map(|(_, k)| [format!("gemv_{k}"), format!("embed_{k}")]),
+            )
+            .chain(
+                weights::INT_DOT_TYPES
+                    .iter()
+                    .flat_map(|k| [format!("gemvq1_{k}"), format!("gemvq8_{k}")]),
+            );
         for n in names {
             let f = module
                 .load_function(&n)

@@ -17,7 +17,8 @@ use std::ops::Range;
 
 /// Threads per block of the element-wise kernels.
 const THREADS: u32 = 256;
-/// Matches `GEMV_WARPS` / `GEMV_NB` in `kernels/gemv.cu`.
+/// Matches `GEMV_WARPS` / `GEMV_NB` in `kernels/gemv.cu` (and `GQ_WARPS` / the wide
+/// `gemvq8_*` kernels in `kernels/gemvq.cu`).
 const GEMV_WARPS: usize = 4;
 const GEMV_NB: usize = 8;
 
@@ -43,6 +44,13 @@ macro_rules! launch {
     }};
 }
 pub(super) use launch;
+
+/// Activations packed for the integer kernels: int8 values, a scale per 32, a sum per 16.
+struct PackedAct {
+    qx: CudaSlice<i8>,
+    dx: CudaSlice<f32>,
+    sx: CudaSlice<i32>,
+}
 
 impl Cuda {
     /// Host integers (indices, positions) on the device.
@@ -74,6 +82,100 @@ impl Cuda {
             ActRound::F32 => unreachable!("returned above"),
         }
         Some(y)
+    }
+
+    /// `x` packed to int8 as the CPU rounds it for `w`'s type (`kernels/gemvq.cu`).
+    fn pack_activations(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> PackedAct {
+        let s = self.stream();
+        let len = n * w.cols;
+        // SAFETY: the packing kernels write every value before the GEMV reads it.
+        let (qx, dx, sx) = unsafe {
+            (
+                ok("alloc", s.alloc::<i8>(len.max(1))),
+                ok("alloc", s.alloc::<f32>((len / 32).max(1))),
+                ok("alloc", s.alloc::<i32>((len / 16).max(1))),
+            )
+        };
+        match w.act {
+            ActRound::Q8_0 => {
+                let blocks = (len / 32) as u64;
+                launch!(
+                    self,
+                    "act_pack_q8_0",
+                    flat(len),
+                    &x.data,
+                    &qx,
+                    &dx,
+                    &sx,
+                    &blocks
+                );
+            }
+            ActRound::Q8K => {
+                let cfg = LaunchConfig {
+                    grid_dim: ((len / 256) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(self, "act_pack_q8_k", cfg, &x.data, &qx, &dx, &sx);
+            }
+            ActRound::F32 => unreachable!("integer kernels are for quantized weights"),
+        }
+        PackedAct { qx, dx, sx }
+    }
+
+    /// `y = x · Wᵀ` by `gemvq1_*` (one activation row) or `gemvq8_*` over packed `a`.
+    fn gemv_int(&self, w: &CudaWeight, a: &PackedAct, n: usize, y: &CudaBuf) {
+        let nb = if n == 1 { 1 } else { GEMV_NB };
+        let cfg = LaunchConfig {
+            grid_dim: (w.rows.div_ceil(GEMV_WARPS) as u32, n.div_ceil(nb) as u32, 1),
+            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
+        let name = format!("gemvq{nb}_{}", w.kernel);
+        let (qx, dx, sx) = (&a.qx, &a.dx, &a.sx);
+        launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, qx, dx, sx, &y.data, &nn);
+    }
+
+    /// `y = x · Wᵀ` by the float kernel `gemv_*` (x already rounded).
+    fn gemv_float(&self, w: &CudaWeight, x: &CudaBuf, n: usize, y: &CudaBuf) {
+        let cfg = LaunchConfig {
+            grid_dim: (
+                w.rows.div_ceil(GEMV_WARPS) as u32,
+                n.div_ceil(GEMV_NB) as u32,
+                1,
+            ),
+            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
+        let name = format!("gemv_{}", w.kernel);
+        launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, &x.data, &y.data, &nn);
+    }
+
+    /// Mean seconds of the weight product kernel alone over `iters` back-to-back
+    /// launches (activations rounded or packed once before; for GEMV timings).
+    pub fn time_matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize, iters: usize) -> Result<f64> {
+        let y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let packed = w.int_dot.then(|| self.pack_activations(w, x, n));
+        let rounded = if w.int_dot {
+            None
+        } else {
+            self.round_activations(w.act, x, n * w.cols)
+        };
+        let xr = rounded.as_ref().unwrap_or(x);
+        let run = || match &packed {
+            Some(a) => self.gemv_int(w, a, n, &y),
+            None => self.gemv_float(w, xr, n, &y),
+        };
+        run();
+        self.synchronize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            run();
+        }
+        self.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
     }
 
     /// The kernels' activation code and its two parameters (clamped SwiGLU's).
@@ -252,21 +354,15 @@ impl Backend for Cuda {
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> CudaBuf {
         let y = CudaBuf::alloc(self.stream(), n * w.rows);
-        let rounded = self.round_activations(w.act, x, n * w.cols);
-        let x = rounded.as_ref().unwrap_or(x);
-        if y.len > 0 {
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    w.rows.div_ceil(GEMV_WARPS) as u32,
-                    n.div_ceil(GEMV_NB) as u32,
-                    1,
-                ),
-                block_dim: (32 * GEMV_WARPS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
-            let name = format!("gemv_{}", w.kernel);
-            launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, &x.data, &y.data, &nn);
+        if y.len == 0 {
+            return y;
+        }
+        if w.int_dot {
+            let a = self.pack_activations(w, x, n);
+            self.gemv_int(w, &a, n, &y);
+        } else {
+            let rounded = self.round_activations(w.act, x, n * w.cols);
+            self.gemv_float(w, rounded.as_ref().unwrap_or(x), n, &y);
         }
         y
     }

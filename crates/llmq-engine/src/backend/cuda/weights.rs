@@ -19,6 +19,8 @@ pub struct CudaWeight {
     pub(super) kernel: &'static str,
     /// how the CPU engine rounds the activations this weight multiplies
     pub(super) act: ActRound,
+    /// products through the integer kernels (`gemvq*_<kernel>`)
+    pub(super) int_dot: bool,
 }
 
 /// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
@@ -58,6 +60,10 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::IQ4XS, "iq4_xs"),
 ];
 
+/// The types whose products also have an integer kernel (`kernels/gemvq.cu`: int8
+/// activations, `dp4a`), used for every call of those types.
+pub const INT_DOT_TYPES: &[&str] = &["q8_0", "q4_0", "q5_0", "q4_k", "q5_k", "q6_k"];
+
 /// The kernel suffix of a weight type the GPU computes.
 pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
     match ty {
@@ -86,6 +92,7 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         cols: w.cols,
         row_bytes: w.row_bytes(),
         kernel,
+        int_dot: INT_DOT_TYPES.contains(&kernel),
         act: match w.ty {
             WeightType::Ggml(t) => act_of(t),
             WeightType::Int(_) => ActRound::F32,

@@ -1,0 +1,350 @@
+// Weight products in integer arithmetic, as the CPU engine computes them: the activations
+// are rounded to int8 once per call (ggml's `vec_dot_type`: Q8_0 blocks of 32 with an f16
+// scale, or Q8_K blocks of 256 with an f32 scale, exactly as `actquant.cu` rounds them),
+// and each weight block is dotted with them by `dp4a` (four int8 products per
+// instruction), its scales and minimums applied once per sub-block. The formulas are
+// ggml's `vec_dot_<type>_q8_0` / `vec_dot_<type>_q8_K` (`ggml-cpu/quants.c`).
+//
+// Packed activations (`act_pack_*`), per activation row of `cols` values:
+//   qx: int8[cols]; dx: f32[cols / 32], the scale of each 32 values (a Q8_K block's one
+//   scale repeated over its 8 sub-blocks); sx: int[cols / 16], the sum of each 16 qx
+//   (for the weight types with an offset or a minimum).
+//
+// GEMV layout: GQ_WARPS warps per block, one weight row per warp. A lane takes one unit
+// of the row at a time (a type's natural piece: a Q8_0 half block, a Q4_K sub-block
+// pair, ...), loads its bytes with the widest loads the block alignment allows, decodes
+// them into packed int8 words once and dots them with NB activation rows.
+
+#define GQ_WARPS 4
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Two aligned 16-bit loads as one little-endian word (blocks of 18/22/34/210 bytes are
+// only 2-byte aligned).
+__device__ __forceinline__ int ld32_a2(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (int)((u32)h[0] | ((u32)h[1] << 16));
+}
+
+// Bits 0..3 of `x` moved to bit 0 of bytes 0..3 (the four shifted copies do not overlap,
+// so the product has no carries).
+__device__ __forceinline__ int spread4(u32 x) { return (int)(((x & 15u) * 0x00204081u) & 0x01010101u); }
+
+// ---- activation packing
+
+// Q8_0 rounding (see act_q8_0): one warp per 32 values.
+extern "C" __global__ void act_pack_q8_0(const float* x, i8* qx, float* dx, int* sx, u64 n_blocks) {
+    int lane = threadIdx.x & 31;
+    u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
+    for (u64 b = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < n_blocks; b += warps) {
+        float v = x[b * 32 + lane];
+        float amax = warp_max(fabsf(v));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int q = (int)rintf(v * id);
+        qx[b * 32 + lane] = (i8)q;
+        int s = q;
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if ((lane & 15) == 0) sx[b * 2 + (lane >> 4)] = s;
+        if (lane == 0) dx[b] = f16_round(amax / 127.0f);
+    }
+}
+
+// Q8_K rounding (see act_q8_k): one block of 256 threads per 256 values.
+extern "C" __global__ void act_pack_q8_k(const float* x, i8* qx, float* dx, int* sx) {
+    __shared__ float sa[8];
+    __shared__ int si[8];
+    u64 base = (u64)blockIdx.x * 256;
+    int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    float v = x[base + t];
+    float a = fabsf(v);
+    int idx = t;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float a2 = __shfl_xor_sync(0xffffffffu, a, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (a2 > a || (a2 == a && i2 < idx)) {
+            a = a2;
+            idx = i2;
+        }
+    }
+    if (lane == 0) {
+        sa[warp] = a;
+        si[warp] = idx;
+    }
+    __syncthreads();
+    float best = sa[0];
+    int bi = si[0];
+    for (int w = 1; w < 8; w++) {
+        if (sa[w] > best || (sa[w] == best && si[w] < bi)) {
+            best = sa[w];
+            bi = si[w];
+        }
+    }
+    int q = 0;
+    float d = 0.0f;
+    if (best != 0.0f) {
+        float iscale = -127.0f / x[base + bi];
+        q = (int)fminf(rintf(iscale * v), 127.0f);
+        d = 1.0f / iscale;
+    }
+    qx[base + t] = (i8)q;
+    int s = q;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((lane & 15) == 0) sx[base / 16 + (t >> 4)] = s;
+    if (lane == 0) dx[base / 32 + warp] = d;
+}
+
+// ---- per-type units: `dot<NB>(row, u, act, acc)` adds unit u's products with NB rows
+
+// The packed activations of rows r0.. of a call.
+struct QAct {
+    const i8* qx;
+    const float* dx;
+    const int* sx;
+    int cols;
+    int nb;  // rows present (<= NB)
+    __device__ __forceinline__ const i8* q(int r, int i) const { return qx + (u64)r * cols + i; }
+    __device__ __forceinline__ float d(int r, int i) const { return dx[(u64)r * (cols >> 5) + (i >> 5)]; }
+    __device__ __forceinline__ int s(int r, int i) const { return sx[(u64)r * (cols >> 4) + (i >> 4)]; }
+};
+
+// Q8_0: unit = half a block (16 values); 34-byte blocks.
+struct GQ8_0 {
+    static const int UNIT = 16;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + (u >> 1) * 34;
+        float d = h2f(*(const u16*)b);
+        const u8* q = b + 2 + 16 * (u & 1);
+        int w0 = ld32_a2(q), w1 = ld32_a2(q + 4), w2 = ld32_a2(q + 8), w3 = ld32_a2(q + 12);
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                int4 x = *(const int4*)a.q(r, u * 16);
+                int s = dp4a(w3, x.w, dp4a(w2, x.z, dp4a(w1, x.y, dp4a(w0, x.x, 0))));
+                acc[r] += d * a.d(r, u * 16) * (float)s;
+            }
+        }
+    }
+};
+
+// Q4_0: unit = a block (32 values); 18 bytes, value = (nibble - 8) * d.
+struct GQ4_0 {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * 18;
+        float d = h2f(*(const u16*)b);
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int v = ld32_a2(b + 2 + 4 * k);
+            lo[k] = v & 0x0F0F0F0F;
+            hi[k] = (v >> 4) & 0x0F0F0F0F;
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
+                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
+                acc[r] += d * a.d(r, u * 32) * (float)(s - 8 * sum);
+            }
+        }
+    }
+};
+
+// Q5_0: unit = a block; 22 bytes: d, qh (bit j: 5th bit of value j), qs; (q - 16) * d.
+struct GQ5_0 {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * 22;
+        float d = h2f(*(const u16*)b);
+        u32 qh = (u32)ld32_a2(b + 2);
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int v = ld32_a2(b + 6 + 4 * k);
+            lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
+            hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
+                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
+                acc[r] += d * a.d(r, u * 32) * (float)(s - 16 * sum);
+            }
+        }
+    }
+};
+
+// Byte i (0..11) of a K-quant's packed scales held in three words.
+__device__ __forceinline__ int kscale_byte(uint4 h, int i) {
+    u32 w = i < 4 ? h.y : (i < 8 ? h.z : h.w);
+    return (int)((w >> (8 * (i & 3))) & 0xFF);
+}
+
+// 6-bit scale and min of sub-block j (ggml's get_scale_min_k4) from the header words.
+__device__ __forceinline__ void kscale_min(uint4 h, int j, int* sc, int* mn) {
+    if (j < 4) {
+        *sc = kscale_byte(h, j) & 63;
+        *mn = kscale_byte(h, j + 4) & 63;
+    } else {
+        *sc = (kscale_byte(h, j + 4) & 15) | ((kscale_byte(h, j - 4) >> 6) << 4);
+        *mn = (kscale_byte(h, j + 4) >> 4) | ((kscale_byte(h, j) >> 6) << 4);
+    }
+}
+
+// Q4_K (144-byte blocks, 16-byte aligned) and Q5_K (176): unit = sub-block pair p of a
+// block (64 values: low nibbles of qs[32p..32p+32] are sub-block 2p, high ones 2p+1);
+// value = d * sc * q - dmin * m.
+template <bool Q5>
+struct GQK45 {
+    static const int UNIT = 64;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const int bytes = Q5 ? 176 : 144;
+        int blk = u >> 2, p = u & 3;
+        const u8* b = row + blk * bytes;
+        uint4 h = *(const uint4*)b;
+        const uint4* qs = (const uint4*)(b + (Q5 ? 48 : 16) + 32 * p);
+        uint4 q0 = qs[0], q1 = qs[1];
+        int v[8] = {(int)q0.x, (int)q0.y, (int)q0.z, (int)q0.w, (int)q1.x, (int)q1.y, (int)q1.z, (int)q1.w};
+        int lo[8], hi[8];
+        if (Q5) {
+            const uint4* qhp = (const uint4*)(b + 16);
+            uint4 h0 = qhp[0], h1 = qhp[1];
+            u32 qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                lo[k] = (v[k] & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p)) & 0x01010101u) << 4);
+                hi[k] = ((v[k] >> 4) & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p + 1)) & 0x01010101u) << 4);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                lo[k] = v[k] & 0x0F0F0F0F;
+                hi[k] = (v[k] >> 4) & 0x0F0F0F0F;
+            }
+        }
+        float d = h2f((u16)(h.x & 0xFFFF)), dmin = h2f((u16)(h.x >> 16));
+        int sc0, m0, sc1, m1;
+        kscale_min(h, 2 * p, &sc0, &m0);
+        kscale_min(h, 2 * p + 1, &sc1, &m1);
+        int i0 = blk * 256 + 64 * p;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, i0);
+                int4 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+                int s0 = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
+                s0 = dp4a(lo[4], x1.x, dp4a(lo[5], x1.y, dp4a(lo[6], x1.z, dp4a(lo[7], x1.w, s0))));
+                int s1 = dp4a(hi[0], x2.x, dp4a(hi[1], x2.y, dp4a(hi[2], x2.z, dp4a(hi[3], x2.w, 0))));
+                s1 = dp4a(hi[4], x3.x, dp4a(hi[5], x3.y, dp4a(hi[6], x3.z, dp4a(hi[7], x3.w, s1))));
+                int b0 = a.s(r, i0) + a.s(r, i0 + 16), b1 = a.s(r, i0 + 32) + a.s(r, i0 + 48);
+                acc[r] += a.d(r, i0) * (d * (float)(sc0 * s0 + sc1 * s1) - dmin * (float)(m0 * b0 + m1 * b1));
+            }
+        }
+    }
+};
+
+// Q6_K (210 bytes, 2-byte aligned): unit = half n, lanes l = 8k..8k+7, for the four
+// quarters g (32 values): ql[64n + 32(g&1) + l] low (g < 2) or high nibble, bits 2g of
+// qh[32n + l], minus 32; int8 scale of 16 values scales[8n + l/16 + 2g]; d at 208.
+struct GQ6_K {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        int blk = u >> 3, n = (u >> 2) & 1, k = u & 3;
+        const u8* b = row + blk * 210;
+        const u8* ql = b + 64 * n + 8 * k;
+        const u8* qh = b + 128 + 32 * n + 8 * k;
+        int la[2] = {ld32_a2(ql), ld32_a2(ql + 4)};
+        int lb[2] = {ld32_a2(ql + 32), ld32_a2(ql + 36)};
+        int hb[2] = {ld32_a2(qh), ld32_a2(qh + 4)};
+        float d = h2f(*(const u16*)(b + 208));
+        const i8* scales = (const i8*)(b + 192 + 8 * n + (k >> 1));
+        int w[4][2];
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                int l = (g & 1) ? lb[j] : la[j];
+                l = (g >= 2 ? (l >> 4) : l) & 0x0F0F0F0F;
+                w[g][j] = l | (((hb[j] >> (2 * g)) & 0x03030303) << 4);
+            }
+        }
+        int sc[4] = {scales[0], scales[2], scales[4], scales[6]};
+        int i0 = blk * 256 + 128 * n + 8 * k;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                int s = 0;
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    int2 x = *(const int2*)a.q(r, i0 + 32 * g);
+                    int dotg = dp4a(w[g][1], x.y, dp4a(w[g][0], x.x, 0));
+                    int sumg = dp4a(0x01010101, x.y, dp4a(0x01010101, x.x, 0));
+                    s += sc[g] * (dotg - 32 * sumg);
+                }
+                acc[r] += d * a.d(r, i0) * (float)s;
+            }
+        }
+    }
+};
+
+template <class T, int NB>
+__device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx,
+                                           const float* dx, const int* sx, float* y, int n) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * GQ_WARPS + (threadIdx.x >> 5);
+    int r0 = blockIdx.y * NB;
+    if (row >= rows) return;
+    QAct a;
+    a.qx = qx + (u64)r0 * cols;
+    a.dx = dx + (u64)r0 * (cols >> 5);
+    a.sx = sx + (u64)r0 * (cols >> 4);
+    a.cols = cols;
+    a.nb = min(NB, n - r0);
+    const u8* wr = w + (u64)row * row_bytes;
+    float acc[NB];
+#pragma unroll
+    for (int r = 0; r < NB; r++) acc[r] = 0.0f;
+    int units = cols / T::UNIT;
+    for (int u = lane; u < units; u += 32) T::template dot<NB>(wr, u, a, acc);
+#pragma unroll
+    for (int r = 0; r < NB; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && r < a.nb) y[(u64)(r0 + r) * rows + row] = s;
+    }
+}
+
+#define GEMVQ_KERNELS(name, T)                                                                          \
+    extern "C" __global__ void gemvq1_##name(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx, \
+                                             const float* dx, const int* sx, float* y, int n) {          \
+        gemvq_impl<T, 1>(w, row_bytes, rows, cols, qx, dx, sx, y, n);                                    \
+    }                                                                                                    \
+    extern "C" __global__ void gemvq8_##name(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx, \
+                                             const float* dx, const int* sx, float* y, int n) {          \
+        gemvq_impl<T, 8>(w, row_bytes, rows, cols, qx, dx, sx, y, n);                                    \
+    }
+
+GEMVQ_KERNELS(q8_0, GQ8_0)
+GEMVQ_KERNELS(q4_0, GQ4_0)
+GEMVQ_KERNELS(q5_0, GQ5_0)
+GEMVQ_KERNELS(q4_k, GQK45<false>)
+GEMVQ_KERNELS(q5_k, GQK45<true>)
+GEMVQ_KERNELS(q6_k, GQ6_K)
