@@ -122,6 +122,7 @@ const HOST_PRELUDE: &str = r#"
 #include <vector>
 typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16;
 typedef unsigned int u32; typedef unsigned long long u64;
+struct uint4 { u32 x, y, z, w; };
 static float h2f(u16 h) {
     int s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
     float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 1024), e - 25);
@@ -155,7 +156,7 @@ int main(int argc, char** argv) {
 #define T(n, S) if (!strcmp(t, n)) return run<S>(argv[2], argv[3], cols, rows, rb);
     T("f32", TF32) T("f16", TF16) T("bf16", TBF16) T("q4_0", TQ4_0) T("q4_1", TQ4_1) T("q5_0", TQ5_0)
     T("q5_1", TQ5_1) T("q8_0", TQ8_0) T("iq4_nl", TIQ4_NL) T("q2_k", TQ2_K) T("q4_k", TQ4_K)
-    T("q5_k", TQ5_K) T("q6_k", TQ6_K) T("iq4_xs", TIQ4_XS)
+    T("q3_k", TQ3_K) T("q5_k", TQ5_K) T("q6_k", TQ6_K) T("iq4_xs", TIQ4_XS)
     return 2;
 }
 "#;
@@ -243,7 +244,13 @@ fn dequant_kernels_match_the_cpu_dequantizers() {
 
 /// Host shims that let the weight units of `kernels/gemvq.cu` compile as plain C++.
 const GEMVQ_PRELUDE: &str = r#"
-struct int2 { int x, y; }; struct int4 { int x, y, z, w; }; struct uint4 { u32 x, y, z, w; };
+struct int2 { int x, y; }; struct int4 { int x, y, z, w; }; struct uint2 { u32 x, y; };
+static int prmt(u32 lo, u32 hi, u32 s) {
+    u8 b[8]; memcpy(b, &lo, 4); memcpy(b + 4, &hi, 4);
+    u32 d = 0;
+    for (int k = 0; k < 4; k++) d |= (u32)b[(s >> (4 * k)) & 7] << (8 * k);
+    return (int)d;
+}
 static int dp4a(int a, int b, int c) {
     for (int k = 0; k < 4; k++) c += (int)(signed char)(a >> (8 * k)) * (int)(signed char)(b >> (8 * k));
     return c;
@@ -289,7 +296,7 @@ int main(int argc, char** argv) {
     int cols = atoi(argv[3]), rows = atoi(argv[4]), rb = atoi(argv[5]), n = atoi(argv[6]);
 #define T(nm, S) if (!strcmp(t, nm)) return run<S>(argv[2], cols, rows, rb, n);
     T("q8_0", GQ8_0) T("q4_0", GQ4_0) T("q5_0", GQ5_0) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
-    T("q6_k", GQ6_K)
+    T("q6_k", GQ6_K) T("iq4_nl", GIQ4_NL) T("iq4_xs", GIQ4_XS) T("q2_k", GQ2_K) T("q3_k", GQ3_K)
     return 2;
 }
 "#;
@@ -370,7 +377,7 @@ fn integer_dot_units_match_the_cpu_engine() {
             llmq_kernels::Bytes::whole(std::sync::Arc::new(q.clone())),
         )
         .unwrap();
-        let act = if matches!(ty.name(), "Q8_0" | "Q4_0" | "Q5_0") {
+        let act = if matches!(ty.name(), "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL") {
             Act::Q8_0
         } else {
             Act::Q8K

@@ -35,9 +35,12 @@ pub(super) enum ActRound {
 fn act_of(t: GgmlType) -> ActRound {
     match t {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => ActRound::F32,
-        GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::IQ4XS => {
-            ActRound::Q8K
-        }
+        GgmlType::Q2K
+        | GgmlType::Q3K
+        | GgmlType::Q4K
+        | GgmlType::Q5K
+        | GgmlType::Q6K
+        | GgmlType::IQ4XS => ActRound::Q8K,
         _ => ActRound::Q8_0,
     }
 }
@@ -54,6 +57,7 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q8_0, "q8_0"),
     (GgmlType::IQ4NL, "iq4_nl"),
     (GgmlType::Q2K, "q2_k"),
+    (GgmlType::Q3K, "q3_k"),
     (GgmlType::Q4K, "q4_k"),
     (GgmlType::Q5K, "q5_k"),
     (GgmlType::Q6K, "q6_k"),
@@ -62,7 +66,9 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
 
 /// The types whose products also have an integer kernel (`kernels/gemvq.cu`: int8
 /// activations, `dp4a`), used for every call of those types.
-pub const INT_DOT_TYPES: &[&str] = &["q8_0", "q4_0", "q5_0", "q4_k", "q5_k", "q6_k"];
+pub const INT_DOT_TYPES: &[&str] = &[
+    "q8_0", "q4_0", "q5_0", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
+];
 
 /// The kernel suffix of a weight type the GPU computes.
 pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {

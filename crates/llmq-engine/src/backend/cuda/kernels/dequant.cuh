@@ -2,7 +2,7 @@
 // at a time (`deq8(row, c, out)`: values 8c .. 8c+7 of the row) and one at a time
 // (`deq1`). Block layouts and formulas are ggml's (`ggml-common.h`,
 // `dequantize_row_*` in `ggml-quants.c`): legacy 32-value blocks Q4_0/Q4_1/Q5_0/Q5_1/
-// Q8_0/IQ4_NL, 256-value k-quants Q2_K/Q4_K/Q5_K/Q6_K and IQ4_XS, and dense F32/F16/BF16.
+// Q8_0/IQ4_NL, 256-value k-quants Q2_K/Q3_K/Q4_K/Q5_K/Q6_K and IQ4_XS, and dense F32/F16/BF16.
 
 struct TF32 {
     static __device__ __forceinline__ float deq1(const u8* r, int i) { return ((const float*)r)[i]; }
@@ -13,21 +13,40 @@ struct TF32 {
     }
 };
 
+// Eight 16-bit values at `p`: one 16-byte load where the row allows it (it does when
+// 8 | cols), else eight 2-byte loads.
+__device__ __forceinline__ void ld8x16(const u8* p, u16* h) {
+    if (((u64)p & 15) == 0) {
+        uint4 v = *(const uint4*)p;
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            h[2 * k] = (u16)(w[k] & 0xFFFF);
+            h[2 * k + 1] = (u16)(w[k] >> 16);
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) h[k] = ((const u16*)p)[k];
+    }
+}
+
 struct TF16 {
     static __device__ __forceinline__ float deq1(const u8* r, int i) { return h2f(((const u16*)r)[i]); }
     static __device__ __forceinline__ void deq8(const u8* r, int c, float* o) {
-        const u16* f = (const u16*)r + 8 * c;
+        u16 h[8];
+        ld8x16(r + 16 * c, h);
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = h2f(f[k]);
+        for (int k = 0; k < 8; k++) o[k] = h2f(h[k]);
     }
 };
 
 struct TBF16 {
     static __device__ __forceinline__ float deq1(const u8* r, int i) { return bf2f(((const u16*)r)[i]); }
     static __device__ __forceinline__ void deq8(const u8* r, int c, float* o) {
-        const u16* f = (const u16*)r + 8 * c;
+        u16 h[8];
+        ld8x16(r + 16 * c, h);
 #pragma unroll
-        for (int k = 0; k < 8; k++) o[k] = bf2f(f[k]);
+        for (int k = 0; k < 8; k++) o[k] = bf2f(h[k]);
     }
 };
 
@@ -216,6 +235,29 @@ struct TQ2_K {
         const u8* q = b + 16 + n * 32 + l0;
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = dl * (float)((q[k] >> (2 * j)) & 3) - ml;
+    }
+    DEQ1_FROM_DEQ8
+};
+
+// 110 bytes: hmask[32], qs[64], scales[12] (sixteen 6-bit scales, minus 32), d (f16).
+// Value i: half n, shift j, lane l: 2 bits of qs[32n + l] at 2j, minus 4 unless bit
+// 4n + j of hmask[l] is set; scale k = 8n + 2j + l/16 is nibble k/8 of byte k%8 with
+// 2 bits of byte 8 + k%4 (at 2(k/4)) above it.
+struct TQ3_K {
+    static __device__ __forceinline__ void deq8(const u8* r, int c, float* o) {
+        const u8* b = r + (c >> 5) * 110;
+        int i0 = (c & 31) * 8, n = i0 >> 7, j = (i0 & 127) >> 5, l0 = i0 & 31;
+        int k = 8 * n + 2 * j + (l0 >> 4);
+        int low = (b[96 + (k & 7)] >> (4 * (k >> 3))) & 15;
+        int high = (b[104 + (k & 3)] >> (2 * (k >> 2))) & 3;
+        float dl = h2f(ld16(b + 108)) * (float)((low | (high << 4)) - 32);
+        const u8* q = b + 32 + 32 * n + l0;
+        const u8* hm = b + l0;
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            int v = ((q[t] >> (2 * j)) & 3) - (((hm[t] >> (4 * n + j)) & 1) ? 0 : 4);
+            o[t] = dl * (float)v;
+        }
     }
     DEQ1_FROM_DEQ8
 };

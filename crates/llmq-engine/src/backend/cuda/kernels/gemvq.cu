@@ -30,6 +30,13 @@ __device__ __forceinline__ int ld32_a2(const u8* p) {
     return (int)((u32)h[0] | ((u32)h[1] << 16));
 }
 
+// Four bytes chosen from the eight of (lo, hi) by the selector nibbles of `s`.
+__device__ __forceinline__ int prmt(u32 lo, u32 hi, u32 s) {
+    u32 d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(lo), "r"(hi), "r"(s));
+    return (int)d;
+}
+
 // Bits 0..3 of `x` moved to bit 0 of bytes 0..3 (the four shifted copies do not overlap,
 // so the product has no carries).
 __device__ __forceinline__ int spread4(u32 x) { return (int)(((x & 15u) * 0x00204081u) & 0x01010101u); }
@@ -306,6 +313,180 @@ struct GQ6_K {
     }
 };
 
+// The IQ4_NL codebook as int8 bytes, four per word.
+#define IQ4_T0 0xBFAD9881u  // -127 -104 -83 -65
+#define IQ4_T1 0xF6EADDCFu  // -49 -35 -22 -10
+#define IQ4_T2 0x26190D01u  // 1 13 25 38
+#define IQ4_T3 0x71594535u  // 53 69 89 113
+
+// Four 4-bit indices (bits 0..3 of each byte of q) looked up in the IQ4_NL codebook.
+__device__ __forceinline__ int iq4_lookup(u32 q) {
+    u32 sel = q & 0x07070707u;
+    u32 s = (sel & 0xFu) | ((sel >> 4) & 0xF0u) | ((sel >> 8) & 0xF00u) | ((sel >> 12) & 0xF000u);
+    u32 lo = (u32)prmt(IQ4_T0, IQ4_T1, s), hi = (u32)prmt(IQ4_T2, IQ4_T3, s);
+    u32 m = ((q & 0x08080808u) >> 3) * 0xFFu;
+    return (int)((lo & ~m) | (hi & m));
+}
+
+// IQ4_NL: unit = a block (32 values); 18 bytes like Q4_0, nibbles index the codebook.
+struct GIQ4_NL {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * 18;
+        float d = h2f(*(const u16*)b);
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 v = (u32)ld32_a2(b + 2 + 4 * k);
+            lo[k] = iq4_lookup(v & 0x0F0F0F0Fu);
+            hi[k] = iq4_lookup((v >> 4) & 0x0F0F0F0Fu);
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
+                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                acc[r] += d * a.d(r, u * 32) * (float)s;
+            }
+        }
+    }
+};
+
+// IQ4_XS (136 bytes, 8-byte aligned): unit = sub-block s of 32 values: nibbles of
+// qs[16s ..] (low: values 0..15, high: 16..31) into the codebook, 6-bit scale minus 32.
+struct GIQ4_XS {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        int blk = u >> 3, sb = u & 7;
+        const u8* b = row + blk * 136;
+        uint2 h = *(const uint2*)b;
+        float d = h2f((u16)(h.x & 0xFFFF));
+        u32 sh = h.x >> 16;
+        int ls = (int)(((h.y >> (8 * (sb >> 1) + 4 * (sb & 1))) & 15) | (((sh >> (2 * sb)) & 3) << 4));
+        const uint2* q = (const uint2*)(b + 8 + 16 * sb);
+        uint2 q0 = q[0], q1 = q[1];
+        u32 v[4] = {q0.x, q0.y, q1.x, q1.y};
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            lo[k] = iq4_lookup(v[k] & 0x0F0F0F0Fu);
+            hi[k] = iq4_lookup((v[k] >> 4) & 0x0F0F0F0Fu);
+        }
+        float dl = d * (float)(ls - 32);
+        int i0 = blk * 256 + 32 * sb;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, i0);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
+                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                acc[r] += dl * a.d(r, i0) * (float)s;
+            }
+        }
+    }
+};
+
+// Q2_K (84 bytes, 4-byte aligned): unit = half n, lanes l = 16h..16h+15, for the four
+// shifts j (64 values): 2 bits of qs[32n + l] at 2j; scale byte scales[8n + 2j + h]
+// (low 4 bits scale, high 4 bits min); value = d * sc * q - dmin * m.
+struct GQ2_K {
+    static const int UNIT = 64;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        int blk = u >> 2, n = (u >> 1) & 1, hh = u & 1;
+        const u8* b = row + blk * 84;
+        const u32* q = (const u32*)(b + 16 + 32 * n + 16 * hh);
+        u32 v[4] = {q[0], q[1], q[2], q[3]};
+        u32 scw = *(const u32*)(b + 8 * n);
+        u32 scw2 = *(const u32*)(b + 8 * n + 4);
+        u32 dd = *(const u32*)(b + 80);
+        float d = h2f((u16)(dd & 0xFFFF)), dmin = h2f((u16)(dd >> 16));
+        int sc[4], mn[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int idx = 2 * j + hh;
+            u32 byte = ((idx < 4 ? scw : scw2) >> (8 * (idx & 3))) & 0xFF;
+            sc[j] = (int)(byte & 15);
+            mn[j] = (int)(byte >> 4);
+        }
+        int i0 = blk * 256 + 128 * n + 16 * hh;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                int si = 0, mi = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int4 x = *(const int4*)a.q(r, i0 + 32 * j);
+                    int dj = dp4a((int)((v[0] >> (2 * j)) & 0x03030303u), x.x, 0);
+                    dj = dp4a((int)((v[1] >> (2 * j)) & 0x03030303u), x.y, dj);
+                    dj = dp4a((int)((v[2] >> (2 * j)) & 0x03030303u), x.z, dj);
+                    dj = dp4a((int)((v[3] >> (2 * j)) & 0x03030303u), x.w, dj);
+                    si += sc[j] * dj;
+                    mi += mn[j] * a.s(r, i0 + 32 * j);
+                }
+                acc[r] += a.d(r, i0) * (d * (float)si - dmin * (float)mi);
+            }
+        }
+    }
+};
+
+// Q3_K (110 bytes, 2-byte aligned): unit as Q2_K; low 2 bits from qs[32n + l] at 2j,
+// minus 4 unless bit 4n + j of hmask[l] is set; 6-bit scales (minus 32) packed in 12
+// bytes: scale k takes nibble k / 8 of byte k % 8 and 2 bits of byte 8 + k % 4.
+struct GQ3_K {
+    static const int UNIT = 64;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        int blk = u >> 2, n = (u >> 1) & 1, hh = u & 1;
+        const u8* b = row + blk * 110;
+        const u8* qp = b + 32 + 32 * n + 16 * hh;
+        const u8* hp = b + 16 * hh;
+        u32 v[4], hm[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[k] = (u32)ld32_a2(qp + 4 * k);
+            hm[k] = (u32)ld32_a2(hp + 4 * k);
+        }
+        u32 a0 = (u32)ld32_a2(b + 96), a1 = (u32)ld32_a2(b + 100), a2 = (u32)ld32_a2(b + 104);
+        float d = h2f(*(const u16*)(b + 108));
+        int sc[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int k = 8 * n + 2 * j + hh;
+            int bb = k & 3, grp = k >> 2;
+            u32 low = (((grp & 1) ? a1 : a0) >> (8 * bb + ((grp >= 2) ? 4 : 0))) & 15;
+            u32 high = (a2 >> (8 * bb + 2 * grp)) & 3;
+            sc[j] = (int)(low | (high << 4)) - 32;
+        }
+        int i0 = blk * 256 + 128 * n + 16 * hh;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                int si = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int4 x = *(const int4*)a.q(r, i0 + 32 * j);
+                    int sh = 4 * n + j;
+                    int dj = 0;
+                    int xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        u32 w = ((v[k] >> (2 * j)) & 0x03030303u) | (((hm[k] >> sh) & 0x01010101u) << 2);
+                        dj = dp4a((int)w, xs[k], dj);
+                    }
+                    si += sc[j] * (dj - 4 * a.s(r, i0 + 32 * j));
+                }
+                acc[r] += d * a.d(r, i0) * (float)si;
+            }
+        }
+    }
+};
+
 template <class T, int NB>
 __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx,
                                            const float* dx, const int* sx, float* y, int n) {
@@ -348,3 +529,7 @@ GEMVQ_KERNELS(q5_0, GQ5_0)
 GEMVQ_KERNELS(q4_k, GQK45<false>)
 GEMVQ_KERNELS(q5_k, GQK45<true>)
 GEMVQ_KERNELS(q6_k, GQ6_K)
+GEMVQ_KERNELS(iq4_nl, GIQ4_NL)
+GEMVQ_KERNELS(iq4_xs, GIQ4_XS)
+GEMVQ_KERNELS(q2_k, GQ2_K)
+GEMVQ_KERNELS(q3_k, GQ3_K)
