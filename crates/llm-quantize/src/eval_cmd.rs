@@ -2,7 +2,7 @@
 //! window protocol of the shared goldens or llama.cpp's (`--ppl-protocol`), and with
 //! `--base MODEL` the KL-divergence and same-top-token rate against the original.
 
-use crate::model_load::{choose_device, engine_error, load_on, with_backend, LoadedModel};
+use crate::model_load::{choose_device, engine_error, load_on, with_backend, LoadedModel, Need};
 use crate::output::{thousands, Mode, Verbosity};
 use crate::progress::{log, CountBar};
 use clap::{Args, ValueEnum};
@@ -196,9 +196,13 @@ fn eval_on<B: Backend, C: Backend>(
     verbosity: Verbosity,
 ) -> Result<(), PipelineError> {
     let quiet = verbosity == Verbosity::Quiet;
-    let m = load_on(be, &a.model, a.token.clone(), quiet)?;
+    let need = Need {
+        ctx_tokens: a.max_length * a.batch_size.max(1),
+        batch_tokens: a.max_length * a.batch_size.max(1),
+    };
+    let m = load_on(be, &a.model, a.token.clone(), quiet, need)?;
     let base = match &a.base {
-        Some(b) => Some(load_on(base_be, b, a.token.clone(), quiet)?),
+        Some(b) => Some(load_on(base_be, b, a.token.clone(), quiet, need)?),
         None => None,
     };
     let ctx = m.model.hp.n_ctx_train;

@@ -2,7 +2,7 @@
 //! stdout as tokens arrive, with the model's chat template under `--chat`; prompt and
 //! decode speeds on stderr.
 
-use crate::model_load::{choose_device, engine_error, load_on, with_backend};
+use crate::model_load::{choose_device, engine_error, load_on, with_backend, Need};
 use crate::output::{Mode, Verbosity};
 use crate::progress::log;
 use clap::Args;
@@ -113,7 +113,13 @@ fn generate_on<B: Backend>(
     verbosity: Verbosity,
 ) -> Result<(), PipelineError> {
     let quiet = verbosity == Verbosity::Quiet;
-    let m = load_on(be, &a.model, a.token.clone(), quiet)?;
+    // prompt tokens are at most its bytes, plus a chat template's
+    let prompt = a.prompt.len() + a.system.as_ref().map_or(0, String::len) + 512;
+    let need = Need {
+        ctx_tokens: prompt + a.max_tokens,
+        batch_tokens: prompt,
+    };
+    let m = load_on(be, &a.model, a.token.clone(), quiet, need)?;
     let text = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {

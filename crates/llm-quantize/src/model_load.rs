@@ -4,7 +4,7 @@
 //! from `tokenizer.json` or the GGUF vocabulary.
 
 use crate::progress::log;
-use llmq_engine::{Backend, Cpu, EngineError, Model, WeightSource};
+use llmq_engine::{Backend, Cpu, EngineError, MemoryPlan, Model, WeightSource};
 use llmq_pipeline::source::{resolve, ResolvedModel};
 use llmq_pipeline::{NoProgress, PipelineError};
 use llmq_tokenizer::Tokenizer;
@@ -132,17 +132,57 @@ macro_rules! with_backend {
 
 pub(crate) use with_backend;
 
-/// Resolve and load `model` (tokenizer included) onto the CPU.
-pub fn load(model: &str, token: Option<String>, quiet: bool) -> Result<LoadedModel, PipelineError> {
-    load_on(Cpu, model, token, quiet)
+/// What a command will ask of a loaded model: the positions its KV caches hold at
+/// most, and the tokens of its largest forward pass (device memory is planned for them).
+#[derive(Clone, Copy, Debug)]
+pub struct Need {
+    pub ctx_tokens: usize,
+    pub batch_tokens: usize,
 }
 
-/// Resolve and load `model` (tokenizer included) onto backend `be`.
+/// Resolve and load `model` (tokenizer included) onto the CPU.
+pub fn load(model: &str, token: Option<String>, quiet: bool) -> Result<LoadedModel, PipelineError> {
+    let need = Need {
+        ctx_tokens: 0,
+        batch_tokens: 0,
+    };
+    load_on(Cpu, model, token, quiet, need)
+}
+
+/// Exit 5 before any upload when the model does not fit the device memory `be` has
+/// left (backends with host memory are not planned).
+fn check_fits<B: Backend>(
+    be: &B,
+    src: &WeightSource,
+    name: &str,
+    need: Need,
+) -> Result<(), PipelineError> {
+    let Some(free) = be.free_memory() else {
+        return Ok(());
+    };
+    let plan = MemoryPlan::of(src, need.ctx_tokens, need.batch_tokens).map_err(engine_error)?;
+    if plan.total() <= free {
+        return Ok(());
+    }
+    Err(PipelineError::oom(
+        format!(
+            "{name} needs about {:.2} GB of GPU memory ({}), but {:.2} GB are free",
+            plan.total() as f64 / 1e9,
+            plan.describe(),
+            free as f64 / 1e9
+        ),
+        "Use a smaller quantization (e.g. Q4_K_M), lower --max-length / --max-tokens / --batch-size, or run with --device cpu",
+    ))
+}
+
+/// Resolve and load `model` (tokenizer included) onto backend `be`, after checking
+/// that it fits the device with what `need` asks.
 pub fn load_on<B: Backend>(
     be: B,
     model: &str,
     token: Option<String>,
     quiet: bool,
+    need: Need,
 ) -> Result<LoadedModel<B>, PipelineError> {
     let t0 = Instant::now();
     let resolved = resolve(model, token, &NoProgress)?;
@@ -157,8 +197,9 @@ pub fn load_on<B: Backend>(
         _ => unreachable!("a GGUF path gives a GGUF source"),
     }
     .map_err(|e| tokenizer_error(model, e))?;
-    let m = Model::load_on(be, &src).map_err(engine_error)?;
     let name = llmq_pipeline::source::display_name(model);
+    check_fits(&be, &src, &name, need)?;
+    let m = Model::load_on(be, &src).map_err(engine_error)?;
     if !quiet {
         log(&format!(
             "loaded {name}: {:?}, {} layers, hidden {}, vocab {} in {:.1} s",

@@ -23,5 +23,5 @@ pub use backend::{Backend, Cpu, Linear};
 pub use calib::{LinearObserver, LinearSite, LinearStage};
 pub use error::{EngineError, Result};
 pub use hparams::Hparams;
-pub use model::{KvCache, Logits, Model, SeqStep};
+pub use model::{KvCache, Logits, MemoryPlan, Model, SeqStep};
 pub use weights::WeightSource;

@@ -50,6 +50,15 @@ impl ByteOwner for U16Buf {
 }
 
 impl WeightSource {
+    /// Bytes of tensor data in the source, as stored (what a backend uploads, give or
+    /// take the f32 copies of norm vectors).
+    pub fn tensor_bytes(&self) -> u64 {
+        match self {
+            WeightSource::Gguf(f) => f.tensors().iter().map(|t| t.n_bytes).sum(),
+            WeightSource::Hf(h) => h.st.total_bytes(),
+        }
+    }
+
     /// Open a GGUF file.
     pub fn open_gguf(path: &Path) -> Result<WeightSource> {
         let f = GgufFile::open(path).map_err(|e| EngineError::Source(e.to_string()))?;

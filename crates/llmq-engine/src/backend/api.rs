@@ -136,6 +136,10 @@ pub trait Backend: Sized {
         let _ = (name, w);
         Ok(())
     }
+    /// Bytes of device memory a model may still take (`None`: host memory, not planned).
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// Move a weight matrix into the backend's memory (once, at load time).
     fn upload_weight(&self, w: WeightMatrix) -> Self::Weight;
     /// An empty KV-cache buffer that will grow to at most `max_rows` rows of `width`.

@@ -37,6 +37,22 @@ fn check_len(name: &str, v: &Option<Vec<f32>>, n: usize) -> Result<()> {
     }
 }
 
+/// The hyper-parameters of the model in `src` (metadata, the HF config's overrides or
+/// the GGUF RoPE factors).
+pub(crate) fn hparams_of(src: &WeightSource) -> Result<Hparams> {
+    let meta = src.metadata();
+    let embd_shape = src
+        .shape("token_embd.weight")
+        .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?;
+    let n_vocab = embd_shape.get(1).copied().unwrap_or(0);
+    let mut hp = Hparams::from_metadata(&meta, n_vocab)?;
+    match src.hf_config() {
+        Some(cfg) => hp.apply_hf_config(cfg),
+        None => apply_rope_freqs(src, &mut hp)?,
+    }
+    Ok(hp)
+}
+
 /// Tensors of a weight source, uploaded to a backend.
 struct Loader<'a, B: Backend> {
     src: &'a WeightSource,
@@ -171,16 +187,8 @@ impl Model<Cpu> {
 impl<B: Backend> Model<B> {
     /// Load a model from its weight source onto backend `be`.
     pub fn load_on(be: B, src: &WeightSource) -> Result<Model<B>> {
-        let meta = src.metadata();
-        let embd_shape = src
-            .shape("token_embd.weight")
-            .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?;
-        let n_vocab = embd_shape.get(1).copied().unwrap_or(0);
-        let mut hp = Hparams::from_metadata(&meta, n_vocab)?;
-        match src.hf_config() {
-            Some(cfg) => hp.apply_hf_config(cfg),
-            None => apply_rope_freqs(src, &mut hp)?,
-        }
+        let hp = hparams_of(src)?;
+        let n_vocab = hp.n_vocab;
         let d = hp.n_embd;
         let ld = Loader {
             src,

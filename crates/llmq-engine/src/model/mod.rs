@@ -19,12 +19,14 @@
 mod attention;
 mod kv_cache;
 mod load;
+mod memory_plan;
 mod mla;
 mod mlp;
 mod surgery;
 
 pub use crate::routing::route;
 pub use kv_cache::{KvCache, Logits, SeqStep};
+pub use memory_plan::MemoryPlan;
 
 use crate::backend::{Activation, Backend, Cpu, Linear, TokenMap};
 use crate::calib::Tap;
@@ -203,13 +205,15 @@ impl<B: Backend> Model<B> {
 impl<B: Backend> Model<B> {
     /// Floats per position in each layer's K and V cache.
     fn cache_widths(&self) -> (usize, usize) {
-        match &self.hp.mla {
-            Some(m) => (m.kv_lora_rank + m.qk_rope, 0),
-            None => (
-                self.hp.n_head_kv * self.hp.head_dim_k,
-                self.hp.n_head_kv * self.hp.head_dim_v,
-            ),
-        }
+        cache_widths(&self.hp)
+    }
+}
+
+/// Floats per position in each layer's K and V cache of a model with `hp`.
+pub(crate) fn cache_widths(hp: &crate::Hparams) -> (usize, usize) {
+    match &hp.mla {
+        Some(m) => (m.kv_lora_rank + m.qk_rope, 0),
+        None => (hp.n_head_kv * hp.head_dim_k, hp.n_head_kv * hp.head_dim_v),
     }
 }
 

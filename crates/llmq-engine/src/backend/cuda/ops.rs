@@ -219,6 +219,17 @@ impl Backend for Cuda {
         }
     }
 
+    fn free_memory(&self) -> Option<u64> {
+        let free = self.memory().ok()?.0 as u64;
+        // LLMQ_GPU_MEMORY_GB caps what this process plans to use (a shared GPU)
+        let cap = std::env::var("LLMQ_GPU_MEMORY_GB")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|g| *g > 0.0)
+            .map(|g| (g * 1e9) as u64);
+        Some(cap.map_or(free, |c| c.min(free)))
+    }
+
     fn upload_weight(&self, w: WeightMatrix) -> CudaWeight {
         weights::upload(self.stream(), &w)
     }
