@@ -11,12 +11,12 @@
 //! `--llama-bench`, llama.cpp's `llama-bench` runs on every GGUF model with the same
 //! thread count and sizes in the same invocation, and the ratios are reported.
 
-use crate::model_load::{engine_error, load};
+use crate::model_load::{choose_device, engine_error, load, load_on, with_backend, Need};
 use crate::output::{Mode, Verbosity};
 use crate::progress::log;
 use clap::Args;
-use llmq_engine::perplexity::{perplexity, PplOptions, PplProtocol};
-use llmq_engine::{KvCache, Logits, Model, SeqStep};
+use llmq_engine::perplexity::{perplexity_across, PplOptions, PplProtocol};
+use llmq_engine::{Backend, KvCache, Logits, Model, SeqStep};
 use llmq_pipeline::PipelineError;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Hugging Face token for gated models
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Where the models run: cpu, cuda, cuda:N, or auto (a GPU when one is found).
+    /// On a GPU each row also gets the decode bandwidth's share of the device's copy rate
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Internal: measure one model in this process and print its JSON
     #[arg(long, hide = true)]
     pub child: bool,
@@ -252,6 +256,7 @@ fn measure_in_child(
         .args(["-t", &threads.to_string()])
         .args(["--samples", &a.samples.to_string()])
         .args(["--max-length", &a.max_length.to_string()])
+        .args(["--device", &a.device])
         .args([
             "--verbosity",
             if verbosity == Verbosity::Quiet {
@@ -315,7 +320,11 @@ fn random_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Seconds for one prompt-processing run of `tokens` from an empty cache.
-fn time_prompt(m: &Model, tokens: &[u32], batch: usize) -> Result<f64, PipelineError> {
+fn time_prompt<B: Backend>(
+    m: &Model<B>,
+    tokens: &[u32],
+    batch: usize,
+) -> Result<f64, PipelineError> {
     let mut cache = KvCache::new(m, tokens.len().max(1));
     let t0 = Instant::now();
     for chunk in tokens.chunks(batch) {
@@ -330,7 +339,7 @@ fn time_prompt(m: &Model, tokens: &[u32], batch: usize) -> Result<f64, PipelineE
 }
 
 /// Seconds for `tokens.len()` single-token decode steps from an empty cache.
-fn time_decode(m: &Model, tokens: &[u32]) -> Result<f64, PipelineError> {
+fn time_decode<B: Backend>(m: &Model<B>, tokens: &[u32]) -> Result<f64, PipelineError> {
     let mut cache = KvCache::new(m, tokens.len().max(1));
     let t0 = Instant::now();
     for t in tokens.chunks(1) {
@@ -384,8 +393,25 @@ fn model_bytes(model: &str) -> Option<u64> {
 
 fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Value, PipelineError> {
     let quiet = verbosity == Verbosity::Quiet;
+    let device = choose_device(&a.device, quiet)?;
+    with_backend!(device, be => measure_on(be, a, model, verbosity))
+}
+
+fn measure_on<B: Backend>(
+    be: B,
+    a: &BenchArgs,
+    model: &str,
+    verbosity: Verbosity,
+) -> Result<Value, PipelineError> {
+    let quiet = verbosity == Verbosity::Quiet;
+    let copy = be.copy_rate();
+    let device_name = be.device_name();
     let t_load = Instant::now();
-    let m = load(model, a.token.clone(), quiet)?;
+    let need = Need {
+        ctx_tokens: a.prompt_tokens.max(a.gen_tokens).max(a.max_length),
+        batch_tokens: a.batch_size.min(a.prompt_tokens.max(1)).max(a.max_length),
+    };
+    let m = load_on(be, model, a.token.clone(), quiet, need)?;
     let load_secs = t_load.elapsed().as_secs_f64();
     let n_vocab = m.model.n_vocab();
     let ctx = m.model.hp.n_ctx_train;
@@ -412,6 +438,7 @@ fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Valu
             None => bytes.map(|b| round(b as f64 * 8.0 / params as f64, 3)),
         },
         "load_seconds": round(load_secs, 2),
+        "device": device_name,
     });
     if a.prompt_tokens > 0 {
         let toks = random_tokens(a.prompt_tokens, n_vocab, 1);
@@ -443,6 +470,15 @@ fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Valu
             secs.push(time_decode(&m.model, &toks)?);
         }
         row["decode"] = rate_stats(a.gen_tokens, &secs);
+        // every weight is read once per decoded token (the embedding table aside)
+        if let (Some(b), Some(tps)) = (bytes, row["decode"]["tokens_per_second"].as_f64()) {
+            let rate = b as f64 * tps;
+            row["decode"]["weight_gb_per_second"] = json!(round(rate / 1e9, 1));
+            if let Some(c) = copy {
+                row["decode"]["share_of_copy_bandwidth"] = json!(round(rate / c, 3));
+                row["copy_gb_per_second"] = json!(round(c / 1e9, 0));
+            }
+        }
         if !quiet {
             log(&format!(
                 "{}: tg{} {}",
@@ -467,9 +503,9 @@ fn rate_text(v: &Value) -> String {
     )
 }
 
-fn quality(
+fn quality<B: Backend>(
     a: &BenchArgs,
-    m: &crate::model_load::LoadedModel,
+    m: &crate::model_load::LoadedModel<B>,
     dataset: &Path,
 ) -> Result<Value, PipelineError> {
     let text = std::fs::read_to_string(dataset).map_err(|e| {
@@ -490,7 +526,7 @@ fn quality(
         batch_size: 1,
         bos: None,
     };
-    let r = perplexity(
+    let r = perplexity_across(
         &m.model,
         base.as_ref().map(|b| &b.model),
         &tokens,

@@ -136,6 +136,15 @@ pub trait Backend: Sized {
         let _ = (name, w);
         Ok(())
     }
+    /// The device, for reports (`cpu`, `cuda:0 (NVIDIA H100 ..., sm_90)`).
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+    /// The device's measured copy rate in bytes (read + written) per second, the ceiling
+    /// bandwidth shares are quoted against (`None`: not measured for this backend).
+    fn copy_rate(&self) -> Option<f64> {
+        None
+    }
     /// Bytes of device memory a model may still take (`None`: host memory, not planned).
     fn free_memory(&self) -> Option<u64> {
         None

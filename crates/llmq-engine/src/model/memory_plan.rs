@@ -86,7 +86,9 @@ mod tests {
         let p = MemoryPlan::of(&src, 1000, 100).unwrap();
         // 4 layers x (128 K + 128 V floats) x 4 bytes x 1000 positions
         assert_eq!(p.kv_cache, 4 * 256 * 4 * 1000);
-        let file = std::fs::metadata(dir.join("model.safetensors")).unwrap().len();
+        let file = std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .len();
         assert!(p.weights <= file && p.weights > file - 64 * 1024, "{p:?}");
         // per token: (4096 logits + 2 x 768 + 6 x 256 + 4 x 256) floats, twice
         assert_eq!(p.workspace, (4096 + 1536 + 1536 + 1024) * 8 * 100);

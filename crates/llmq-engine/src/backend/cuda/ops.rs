@@ -219,6 +219,14 @@ impl Backend for Cuda {
         }
     }
 
+    fn device_name(&self) -> String {
+        self.describe()
+    }
+
+    fn copy_rate(&self) -> Option<f64> {
+        self.copy_bandwidth(1 << 28, 5).ok()
+    }
+
     fn free_memory(&self) -> Option<u64> {
         let free = self.memory().ok()?.0 as u64;
         // LLMQ_GPU_MEMORY_GB caps what this process plans to use (a shared GPU)
