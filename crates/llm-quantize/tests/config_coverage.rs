@@ -386,7 +386,7 @@ fn harness_models_match_transformers_and_llama_cpp() {
 /// as the converter's tensor operations do it (swap nibbles; halves a/b; a's nibbles to
 /// the high side, b's to the low side, interleaved; swap again).
 fn converter_nibble_layout(block: &[u8]) -> Vec<u8> {
-    let t: Vec<u8> = block.iter().map(|x| (x << 4) | (x >> 4)).collect();
+    let t: Vec<u8> = block.iter().map(|x| x.rotate_right(4)).collect();
     let (a, b) = t.split_at(8);
     let a2 = a.iter().flat_map(|x| [x & 0xF0, x << 4]);
     let b2 = b.iter().flat_map(|x| [x >> 4, x & 0x0F]);

@@ -214,7 +214,7 @@ mod tests {
     /// block (swap nibbles; halves a/b; a's nibbles to the high, b's to the low side,
     /// interleaved; swap again), written independently of [`repack_mxfp4`].
     fn converter_layout(block: &[u8]) -> Vec<u8> {
-        let t: Vec<u8> = block.iter().map(|x| (x << 4) | (x >> 4)).collect();
+        let t: Vec<u8> = block.iter().map(|x| x.rotate_right(4)).collect();
         let (a, b) = t.split_at(8);
         let a2: Vec<u8> = a.iter().flat_map(|x| [x & 0xF0, x << 4]).collect();
         let b2: Vec<u8> = b.iter().flat_map(|x| [x >> 4, x & 0x0F]).collect();
