@@ -123,7 +123,8 @@ fn quantize_from_a_hub_id_with_token() {
 
 /// `info` on a Hub id, single-file and sharded (an index naming one shard): the same
 /// report as on the local folder, while the server sends of each safetensors file
-/// exactly its 8-byte length and JSON header, and nothing lands in the cache.
+/// exactly its 8-byte length and JSON header, and nothing lands in the cache; offline,
+/// a model downloaded earlier is described from the cache.
 #[test]
 fn info_on_a_hub_id_reads_no_tensor_data() {
     let src = shared_model("llama");
@@ -196,6 +197,33 @@ fn info_on_a_hub_id_reads_no_tensor_data() {
         assert!(!name.ends_with(".safetensors"), "{}", e.display());
         assert!(!name.starts_with(".info-headers-"), "{}", e.display());
     }
+    // offline, a model `quantize` downloaded is described from the cache
+    let r = lq_env(
+        dir.path(),
+        &[
+            "quantize",
+            "test-org/single",
+            "gguf",
+            "-q",
+            "Q8_0",
+            "-o",
+            "q",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let offline = [
+        ("HF_ENDPOINT", "http://127.0.0.1:9"),
+        ("LLM_QUANTIZE_CACHE", cache.to_str().unwrap()),
+    ];
+    let r = lq_env(
+        dir.path(),
+        &["--format", "json", "info", "test-org/single"],
+        &offline,
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    want["model_name"] = serde_json::json!("test-org/single");
+    assert_eq!(r.json(), want);
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -288,6 +288,13 @@ pub fn download_model(
     })
 }
 
+/// The complete snapshot of `repo_id` in the cache, if an earlier download left one.
+pub(crate) fn cached_model(repo_id: &str, opts: &HubOptions) -> Option<PathBuf> {
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
+    let spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision);
+    cached_snapshot(&Cache::new(opts.cache_dir.clone()).repo(spec))
+}
+
 fn cached_snapshot(cached: &hf_hub::CacheRepo) -> Option<PathBuf> {
     let cfg = cached.get("config.json")?;
     let dir = cfg.parent()?.to_path_buf();

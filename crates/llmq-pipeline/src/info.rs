@@ -98,8 +98,17 @@ pub fn model_info(model: &str, token: Option<String>) -> Result<ModelInfo> {
     // a Hub id (as `source::resolve` decides: no such path): headers only
     if !std::path::Path::new(model).exists() && crate::hub::looks_like_hub_id(model) {
         let opts = crate::hub::HubOptions::from_env(token);
-        let scratch = crate::hub_headers::fetch_headers(model, &opts).map_err(source::hub_error)?;
-        return hf_info(model, &name, scratch.path());
+        return match crate::hub_headers::fetch_headers(model, &opts) {
+            Ok(scratch) => hf_info(model, &name, scratch.path()),
+            // offline, as `quantize` does: a complete snapshot in the cache serves
+            Err(e @ crate::hub::HubError::Network { .. }) => {
+                match crate::hub::cached_model(model, &opts) {
+                    Some(dir) => hf_info(model, &name, &dir),
+                    None => Err(source::hub_error(e)),
+                }
+            }
+            Err(e) => Err(source::hub_error(e)),
+        };
     }
     match source::resolve(model, token, &NoProgress)? {
         ResolvedModel::HfDir(dir) => hf_info(model, &name, &dir),
