@@ -21,7 +21,8 @@
 //! GGUF is compared with transformers computing the truncated YaRN llama.cpp reads from it.
 //! `gpt-oss-mxfp4` is the same model with its experts packed as the released checkpoints
 //! are (transformers' MXFP4 `*_blocks` / `*_scales`), its goldens from transformers'
-//! own decoding of that packing.
+//! own decoding of that packing; its `-q MXFP4_MOE` GGUF must hold exactly the bytes
+//! llama.cpp's converter repacks those into.
 //!
 //! The models are generated at test time; the parity test is skipped only when
 //! `LLMQ_HFQUANT_PYTHON` (the venv of `scripts/install-py-test-deps.sh`) is unset.
@@ -345,6 +346,14 @@ fn harness_models_match_transformers_and_llama_cpp() {
                 other => failures.push(format!("{name}: 257 tokens gave {:?}", other.map(|_| ()))),
             }
         }
+        if *name == "gpt-oss-mxfp4" {
+            check_mxfp4_repack(tmp.path(), &dir, &mut failures);
+        }
+        // gpt-oss's looser agreement (about 1.5e-3 here against at most 2e-4 for the
+        // others) is llama.cpp rounding activations to F16 for its F16-weight matmuls,
+        // which flips some top-2-of-8 expert choices: on a converter F32 GGUF with
+        // `-ctk f32 -ctv f32 -fa off` it gives our perplexity within 1.4e-7, and with
+        // all 8 experts routed (no choice to flip) the F16 GGUF agrees within 7.5e-5.
         // not deepseek-yarn: llama.cpp takes its mscale as mscale_all_dim when that is not
         // 1 (`llama_context`, DeepSeek-2 special case), transformers as given
         let peer = [
@@ -371,6 +380,84 @@ fn harness_models_match_transformers_and_llama_cpp() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `conversion/gpt_oss.py` `transform_nibble_layout` on one 16-byte block, step by step
+/// as the converter's tensor operations do it (swap nibbles; halves a/b; a's nibbles to
+/// the high side, b's to the low side, interleaved; swap again).
+fn converter_nibble_layout(block: &[u8]) -> Vec<u8> {
+    let t: Vec<u8> = block.iter().map(|x| x.rotate_right(4)).collect();
+    let (a, b) = t.split_at(8);
+    let a2 = a.iter().flat_map(|x| [x & 0xF0, x << 4]);
+    let b2 = b.iter().flat_map(|x| [x >> 4, x & 0x0F]);
+    a2.zip(b2)
+        .map(|(x, y)| x | y)
+        .map(|o| ((o & 0xF0) >> 4) | ((o & 0x0F) << 4))
+        .collect()
+}
+
+/// `quantize … -q MXFP4_MOE` of a checkpoint with MXFP4 experts keeps them bit for
+/// bit: each expert tensor is GGML MXFP4 with exactly the bytes llama.cpp's converter
+/// (`repack_mxfp4`: scale byte, then the nibble layout; gate = even rows of
+/// `gate_up_proj`, up = odd rows) makes of the `*_blocks` / `*_scales` bytes.
+fn check_mxfp4_repack(tmp: &Path, dir: &Path, failures: &mut Vec<String>) {
+    let out = tmp.join("mxfp4-repack");
+    let r = lq(
+        tmp,
+        &[
+            "quantize",
+            dir.to_str().unwrap(),
+            "gguf",
+            "-q",
+            "MXFP4_MOE",
+            "-o",
+            out.to_str().unwrap(),
+            "--no-checkpoints",
+        ],
+    );
+    assert_eq!(r.code, 0, "MXFP4_MOE: {}", r.stderr);
+    let gguf = llmq_formats::gguf::GgufFile::open(&files_ending(&out, ".gguf")[0]).unwrap();
+    let st = llmq_formats::safetensors::SafetensorsModel::open(dir).unwrap();
+    let mut checked = 0;
+    for layer in 0.. {
+        let src = |p: &str, k: &str| format!("model.layers.{layer}.mlp.experts.{p}_{k}");
+        if st.get(&src("down_proj", "blocks")).is_err() {
+            break;
+        }
+        for (gg, p, rows) in [
+            ("ffn_down_exps", "down_proj", (0, 1)),
+            ("ffn_gate_exps", "gate_up_proj", (0, 2)),
+            ("ffn_up_exps", "gate_up_proj", (1, 2)),
+        ] {
+            let blocks = st.get(&src(p, "blocks")).unwrap();
+            let scales = st.get(&src(p, "scales")).unwrap();
+            let (e, n, g) = (
+                blocks.info.shape[0],
+                blocks.info.shape[1],
+                blocks.info.shape[2],
+            );
+            let mut want = Vec::new();
+            for x in 0..e {
+                for row in (rows.0..n).step_by(rows.1) {
+                    for b in 0..g {
+                        let i = (x * n + row) * g + b;
+                        want.push(scales.bytes[i]);
+                        want.extend(converter_nibble_layout(&blocks.bytes[i * 16..i * 16 + 16]));
+                    }
+                }
+            }
+            let name = format!("blk.{layer}.{gg}.weight");
+            let t = gguf.tensor(&name).expect("expert tensor");
+            if t.ggml_type != llmq_formats::GgmlType::MXFP4 || gguf.tensor_bytes(t) != want {
+                failures.push(format!(
+                    "gpt-oss-mxfp4: {name} ({}) is not the converter's MXFP4 repack",
+                    t.ggml_type
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} expert tensors checked");
 }
 
 /// The model in a transformers-4 style config (`rope_theta` and `rope_scaling` at the top

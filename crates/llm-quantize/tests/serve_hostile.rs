@@ -1,7 +1,8 @@
 //! `serve` against failures and hostile clients: an engine that fails (error or panic)
 //! mid-request answers 500 with an OpenAI-shaped error, `/health` reports the failure,
 //! and the server keeps serving; half-sent requests are cut off by the header-read
-//! timeout; the request fields the API decides on (roles, `top_k`, `logit_bias`,
+//! timeout, and stalled or trickled bodies by the body-read deadline (408); the
+//! request fields the API decides on (roles, `top_k`, `logit_bias`,
 //! `model`) get the documented answers.
 
 mod common;
@@ -77,6 +78,71 @@ fn half_sent_requests_are_closed_by_the_header_timeout() {
     }
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(25), "closed only after {took:?}");
+    srv.assert_alive();
+}
+
+/// A client that sends its head, then stalls (one connection) or trickles a byte every
+/// 2 s (another), gets 408 once the 30 s body deadline passes, and the connection is
+/// closed; the server answers others meanwhile.
+#[test]
+fn stalled_and_trickled_bodies_get_408_at_the_body_deadline() {
+    let mut srv = Server::start(&[]);
+    let body = completion().to_string();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let open = || {
+        let mut s = std::net::TcpStream::connect(&srv.addr).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body.as_bytes()[..5]).unwrap();
+        s
+    };
+    let t0 = Instant::now();
+    let mut stalled = open();
+    let mut trickled = open();
+    let mut sent = 5;
+    // trickle a byte every 2 s (never finishing: the body is longer than 25 bytes)
+    let trickler = {
+        let mut s = trickled.try_clone().unwrap();
+        let rest = body.as_bytes()[sent..].to_vec();
+        std::thread::spawn(move || {
+            for b in rest.iter().take(25) {
+                std::thread::sleep(Duration::from_secs(2));
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    sent += 25;
+    assert!(sent < body.len());
+    assert_eq!(srv.get("/health").status, 200);
+    for s in [&mut stalled, &mut trickled] {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("connection still open after {:?}: {e}", t0.elapsed()),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("request_timeout"), "{text}");
+        assert!(text.contains("did not arrive within 30 s"), "{text}");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(50),
+        "closed after {took:?}"
+    );
+    trickler.join().unwrap();
+    // a complete request is still served
+    let ok = srv.post("/v1/completions", &completion());
+    assert_eq!(ok.status, 200, "{}", ok.text());
     srv.assert_alive();
 }
 

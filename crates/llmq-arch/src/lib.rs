@@ -25,6 +25,7 @@ pub use config::{
 };
 pub use error::{ArchError, Result};
 pub use gguf_export::{gguf_export, GgufExport};
+pub use gguf_gpt_oss::repack_mxfp4;
 pub use gguf_names::{
     apply_transform, gguf_arch, gguf_plan, GgufPlan, GgufTensorSpec, TensorRole, Transform,
 };

@@ -59,6 +59,32 @@ impl TensorSource for HfTensors {
         }
     }
 
+    /// MXFP4-packed experts written as GGML MXFP4: repacked byte for byte, as
+    /// llama.cpp's converter does, instead of decoded and requantized.
+    fn passthrough(&self, job: &TensorJob) -> Option<Vec<u8>> {
+        let spec = &self.specs[&job.name];
+        let Transform::Mxfp4 { part } = spec.transform else {
+            return None;
+        };
+        if job.ty != GgmlType::MXFP4 {
+            return None;
+        }
+        let u8_view = |name: &str| {
+            self.st
+                .get(name)
+                .ok()
+                .filter(|v| v.info.dtype == llmq_formats::safetensors::StDtype::Other("U8"))
+        };
+        let (blocks, scales) = (u8_view(&spec.sources[0])?, u8_view(&spec.sources[1])?);
+        let bytes =
+            llmq_arch::repack_mxfp4(blocks.bytes, scales.bytes, spec.source_shapes[0][2], part);
+        // a wrong size or a NaN scale (E8M0 0xFF) goes through `load_f32`, which reports it
+        let want = job.numel() / 32 * GgmlType::MXFP4.type_size();
+        (bytes.len() == want
+            && llmq_formats::finite::first_non_finite(GgmlType::MXFP4, &bytes).is_none())
+        .then_some(bytes)
+    }
+
     fn load_f32(&self, job: &TensorJob) -> Result<Vec<f32>> {
         let spec = &self.specs[&job.name];
         if spec.transform == Transform::None && spec.sources.len() == 1 {

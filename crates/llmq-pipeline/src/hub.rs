@@ -100,7 +100,7 @@ const SIDE_FILES: &[&str] = &[
     "chat_template.jinja",
 ];
 
-fn classify(repo: &str, e: ApiError) -> HubError {
+pub(crate) fn classify(repo: &str, e: ApiError) -> HubError {
     if let ApiError::RequestError(boxed) = &e {
         if let ureq::Error::Status(code, resp) = boxed.as_ref() {
             let error_code = resp.header("x-error-code").unwrap_or("").to_string();
@@ -168,15 +168,16 @@ fn fetch(
     Ok(path)
 }
 
-/// Download (or find in the cache) everything needed to quantize `repo_id`; returns the
-/// local snapshot folder, laid out like a model folder.
-pub fn download_model(
-    repo_id: &str,
-    opts: &HubOptions,
-    progress: &mut dyn FnMut(&str, u64, u64),
-) -> Result<PathBuf, HubError> {
+/// A repository on the Hub, reached through `hf-hub`, with its local cache.
+pub(crate) struct Remote {
+    pub repo: ApiRepo,
+    pub cached: hf_hub::CacheRepo,
+}
+
+/// Connect to `repo_id` as `opts` says (nothing is requested yet).
+pub(crate) fn connect(repo_id: &str, opts: &HubOptions) -> Result<Remote, HubError> {
     let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
-    let repo_spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.clone());
+    let repo_spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision);
     std::fs::create_dir_all(&opts.cache_dir).map_err(|source| HubError::Io {
         path: opts.cache_dir.display().to_string(),
         source,
@@ -192,7 +193,35 @@ pub fn download_model(
         builder = builder.with_endpoint(ep.trim_end_matches('/').to_string());
     }
     let api = builder.build().map_err(|e| classify(repo_id, e))?;
-    let repo = api.repo(repo_spec);
+    Ok(Remote {
+        repo: api.repo(repo_spec),
+        cached,
+    })
+}
+
+/// `fetch` for a [`Remote`]: one whole file, through the cache.
+pub(crate) fn fetch_file(
+    repo_id: &str,
+    remote: &Remote,
+    file: &str,
+    opts: &HubOptions,
+) -> Result<PathBuf, HubError> {
+    fetch(repo_id, &remote.repo, &remote.cached, file, opts)
+}
+
+/// The Hub error for a failed plain HTTP request (as [`classify`] for `hf-hub`'s).
+pub(crate) fn classify_http(repo_id: &str, e: ureq::Error) -> HubError {
+    classify(repo_id, ApiError::RequestError(Box::new(e)))
+}
+
+/// Download (or find in the cache) everything needed to quantize `repo_id`; returns the
+/// local snapshot folder, laid out like a model folder.
+pub fn download_model(
+    repo_id: &str,
+    opts: &HubOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<PathBuf, HubError> {
+    let Remote { repo, cached } = connect(repo_id, opts)?;
 
     let files: Vec<String> = match repo.info() {
         Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).collect(),
@@ -257,6 +286,13 @@ pub fn download_model(
     dir.ok_or_else(|| HubError::NoWeights {
         repo: repo_id.into(),
     })
+}
+
+/// The complete snapshot of `repo_id` in the cache, if an earlier download left one.
+pub(crate) fn cached_model(repo_id: &str, opts: &HubOptions) -> Option<PathBuf> {
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
+    let spec = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision);
+    cached_snapshot(&Cache::new(opts.cache_dir.clone()).repo(spec))
 }
 
 fn cached_snapshot(cached: &hf_hub::CacheRepo) -> Option<PathBuf> {

@@ -1,5 +1,7 @@
 //! `info MODEL`: architecture and sizes of a Hugging Face folder, a Hub id or a GGUF
-//! file; for GGUF files also the file type, bits per weight and per-tensor types.
+//! file; for GGUF files also the file type, bits per weight and per-tensor types. A
+//! Hub id is described from its `config.json` and safetensors headers alone
+//! ([`crate::hub_headers`]), without downloading the weights.
 
 use crate::error::{PipelineError, Result};
 use crate::gguf_source::{dominant_type, vocab_size};
@@ -72,26 +74,44 @@ impl ModelInfo {
     }
 }
 
+/// What `info` reports of a Hugging Face folder.
+fn hf_info(model: &str, name: &str, dir: &std::path::Path) -> Result<ModelInfo> {
+    let (cfg, st) = source::open_hf(dir)?;
+    let s = source::summarize_hf(name, &cfg, &st);
+    Ok(ModelInfo {
+        model_name: model.to_string(),
+        architecture: s.architecture,
+        parameter_count: s.parameter_count,
+        hidden_size: s.hidden,
+        num_layers: s.layers,
+        num_heads: s.heads,
+        vocab_size: s.vocab,
+        torch_dtype: s.original_dtype,
+        experts: s.experts,
+        quantization: None,
+    })
+}
+
 /// Describe a model.
 pub fn model_info(model: &str, token: Option<String>) -> Result<ModelInfo> {
     let name = source::display_name(model);
+    // a Hub id (as `source::resolve` decides: no such path): headers only
+    if !std::path::Path::new(model).exists() && crate::hub::looks_like_hub_id(model) {
+        let opts = crate::hub::HubOptions::from_env(token);
+        return match crate::hub_headers::fetch_headers(model, &opts) {
+            Ok(scratch) => hf_info(model, &name, scratch.path()),
+            // offline, as `quantize` does: a complete snapshot in the cache serves
+            Err(e @ crate::hub::HubError::Network { .. }) => {
+                match crate::hub::cached_model(model, &opts) {
+                    Some(dir) => hf_info(model, &name, &dir),
+                    None => Err(source::hub_error(e)),
+                }
+            }
+            Err(e) => Err(source::hub_error(e)),
+        };
+    }
     match source::resolve(model, token, &NoProgress)? {
-        ResolvedModel::HfDir(dir) => {
-            let (cfg, st) = source::open_hf(&dir)?;
-            let s = source::summarize_hf(&name, &cfg, &st);
-            Ok(ModelInfo {
-                model_name: model.to_string(),
-                architecture: s.architecture,
-                parameter_count: s.parameter_count,
-                hidden_size: s.hidden,
-                num_layers: s.layers,
-                num_heads: s.heads,
-                vocab_size: s.vocab,
-                torch_dtype: s.original_dtype,
-                experts: s.experts,
-                quantization: None,
-            })
-        }
+        ResolvedModel::HfDir(dir) => hf_info(model, &name, &dir),
         ResolvedModel::GgufFile(path) => {
             let f = GgufFile::open(&path).map_err(|e| {
                 PipelineError::validation(

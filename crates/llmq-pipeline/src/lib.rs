@@ -14,6 +14,7 @@ pub mod fp_export;
 pub mod gguf_source;
 pub mod hf_source;
 pub mod hub;
+pub mod hub_headers;
 pub mod info;
 pub mod memory;
 pub mod methods;

@@ -103,7 +103,7 @@ pub fn resolve(
     Ok(ResolvedModel::HfDir(dir))
 }
 
-fn hub_error(e: crate::hub::HubError) -> PipelineError {
+pub(crate) fn hub_error(e: crate::hub::HubError) -> PipelineError {
     use crate::hub::HubError as H;
     let msg = e.to_string();
     match e {

@@ -4,7 +4,7 @@
 //! closed), and at most
 //! [`MAX_CONNECTIONS`] connections are open at once (further ones wait in the kernel's
 //! backlog). HTTP/1.1 through hyper; on shutdown, connections finish their request and
-//! close.
+//! close. The body's own deadline is [`crate::body_deadline`].
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};

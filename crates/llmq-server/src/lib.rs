@@ -16,6 +16,7 @@
 //! `Authorization: Bearer KEY`.
 
 pub mod api;
+pub mod body_deadline;
 pub mod conn;
 pub mod health;
 pub mod metrics;

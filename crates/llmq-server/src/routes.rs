@@ -52,6 +52,7 @@ pub(crate) fn router(st: St, max_body: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::body_deadline::limit))
         .with_state(st)
 }
 
@@ -207,7 +208,11 @@ async fn completion(
 
 fn body_error(r: BytesRejection) -> ApiError {
     let status = r.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    if crate::body_deadline::is_deadline(&r) {
+        ApiError::invalid(None, crate::body_deadline::BodyDeadline.to_string())
+            .with_status(StatusCode::REQUEST_TIMEOUT)
+            .with_code("request_timeout")
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::invalid(
             None,
             "the request body is too large (see --max-body-bytes)".to_string(),

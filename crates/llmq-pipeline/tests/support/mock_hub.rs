@@ -2,6 +2,7 @@
 //! `GET /api/models/{repo}/revision/{rev}` (JSON with `sha` and `siblings`) and
 //! `GET /{repo}/resolve/{rev}/{file}` with `Range` (206, `Content-Range`, `ETag`,
 //! `X-Repo-Commit`). Repos can require a bearer token; a file can be served short.
+//! The body bytes served are counted per file (`MockHub::served`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -43,7 +44,11 @@ impl MockRepo {
 pub struct MockHub {
     pub url: String,
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// body bytes sent, by file name
+    pub served: Arc<Mutex<HashMap<String, usize>>>,
 }
+
+type Served = Mutex<HashMap<String, usize>>;
 
 fn hex(b: &[u8]) -> String {
     // Small stable digest (FNV-1a) as an ETag; content-addressed like the Hub's.
@@ -68,7 +73,12 @@ fn respond(mut s: &TcpStream, status: &str, headers: &[(String, String)], body: 
     let _ = s.write_all(body);
 }
 
-fn handle(s: TcpStream, repos: &HashMap<String, MockRepo>, log: &Mutex<Vec<String>>) {
+fn handle(
+    s: TcpStream,
+    repos: &HashMap<String, MockRepo>,
+    log: &Mutex<Vec<String>>,
+    served: &Served,
+) {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
     if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -177,6 +187,7 @@ fn handle(s: TcpStream, repos: &HashMap<String, MockRepo>, log: &Mutex<Vec<Strin
                 ),
                 ("Accept-Ranges".to_string(), "bytes".to_string()),
             ];
+            *served.lock().unwrap().entry(file.clone()).or_insert(0) += body.len();
             respond(&s, "206 Partial Content", &hdrs, body);
         }
     }
@@ -188,13 +199,20 @@ pub fn start(repos: HashMap<String, MockRepo>) -> MockHub {
     let url = format!("http://{}", l.local_addr().unwrap());
     let requests = Arc::new(Mutex::new(Vec::new()));
     let log = requests.clone();
+    let served = Arc::new(Mutex::new(HashMap::new()));
+    let counted = served.clone();
     let repos = Arc::new(repos);
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let repos = repos.clone();
             let log = log.clone();
-            std::thread::spawn(move || handle(s, &repos, &log));
+            let counted = counted.clone();
+            std::thread::spawn(move || handle(s, &repos, &log, &counted));
         }
     });
-    MockHub { url, requests }
+    MockHub {
+        url,
+        requests,
+        served,
+    }
 }
