@@ -96,7 +96,7 @@ pub struct QuantizeArgs {
     #[arg(long, default_value = "gptq")]
     pub checkpoint_format: String,
     /// Weight quantizer: gptq (default for gptq and compressed-tensors), awq (default
-    /// for awq) or rtn (round-to-nearest, no calibration)
+    /// for awq), rtn (round-to-nearest, no calibration) or trellis (exl3 only)
     #[arg(long, value_parser = parse_method)]
     pub method: Option<llmq_pipeline::Method>,
     /// Importance matrix file (llama.cpp imatrix) for k-quants and IQ4

@@ -34,13 +34,14 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
         OutputFormat::Gptq | OutputFormat::Awq | OutputFormat::CompressedTensors => {
             hf_target(a)?
         }
+        OutputFormat::Exl3 => exl3_target(a)?,
         other => {
             return Err(PipelineError::unsupported(
                 format!(
                     "output format `{}` is not available in this version",
                     format_name(other)
                 ),
-                "Use `gguf`, `gptq`, `awq` or `compressed-tensors`; EXL3 and safetensors writers are planned",
+                "Use `gguf`, `gptq`, `awq`, `compressed-tensors` or `exl3`; a safetensors writer is planned",
             ))
         }
     };
@@ -98,6 +99,20 @@ fn gguf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
         ));
     }
     Ok((Format::Gguf, a.quant_level.clone(), Method::KQuant, None))
+}
+
+/// exl3: the level is bits per weight (a whole number, 1…8: one trellis K for every
+/// Linear); the integer-grid flags do not apply.
+fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
+    if a.act_order || a.symmetric.is_some() || a.group_size != 128 || a.imatrix.is_some() {
+        return Err(PipelineError::invalid(
+            "--act-order, --symmetric, --group-size and --imatrix do not apply to exl3",
+            "exl3 takes bits per weight: -q 2.0 … 8.0",
+        ));
+    }
+    let k = llmq_pipeline::exl3_k(&a.quant_level)?;
+    let method = a.method.unwrap_or(Method::Trellis);
+    Ok((Format::Exl3, format!("{k}.0bpw"), method, None))
 }
 
 /// gptq, awq, compressed-tensors: the level gives bits (and symmetry); the grid

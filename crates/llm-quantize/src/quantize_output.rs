@@ -23,6 +23,9 @@ fn report_line(t: &TensorReport) -> Value {
         v["loss"] = json!(c.loss);
         v["awq_ratio"] = json!(c.awq_ratio);
         v["note"] = json!(c.note);
+        if let Some(p) = c.proxy_err {
+            v["proxy_error"] = json!(p);
+        }
     }
     v
 }

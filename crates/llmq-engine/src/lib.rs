@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod calib;
 pub mod error;
+pub mod exl3;
 pub mod golden;
 pub mod hf_quant;
 pub mod hparams;

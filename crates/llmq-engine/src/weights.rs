@@ -10,9 +10,11 @@
 //! into the kernels' integer block layout, with the plan's row transforms (llama's q/k
 //! row permutation, expert stacking) applied to the packed rows. Only transforms that
 //! mix columns (MLA's `kv_b` split) dequantize, to f32, as the engine does for that
-//! tensor anyway.
+//! tensor anyway. EXL3 folders' trellis-coded Linears ([`crate::exl3`]) are decoded to
+//! f32 at load.
 
 use crate::error::{EngineError, Result};
+use crate::exl3::Exl3Modules;
 use crate::hf_quant::{HfQuantScheme, QuantizedModules};
 use llmq_arch::{apply_transform, gguf_plan, ArchConfig, GgufTensorSpec, Transform};
 use llmq_formats::gguf::{GgufFile, GgufValue};
@@ -37,6 +39,8 @@ pub struct HfWeights {
     metadata: HashMap<String, GgufValue>,
     /// the quantized Linears of a GPTQ / AWQ / compressed-tensors checkpoint
     quant: Option<QuantizedModules>,
+    /// the trellis-coded Linears of an EXL3 folder
+    exl3: Option<Exl3Modules>,
     /// activations the integer weights are multiplied with
     int_act: IntAct,
 }
@@ -75,12 +79,17 @@ impl WeightSource {
             e => EngineError::Source(e.to_string()),
         })?;
         let st = SafetensorsModel::open(dir).map_err(|e| EngineError::Source(e.to_string()))?;
-        let quant = HfQuantScheme::detect(dir)?
-            .map(|scheme| QuantizedModules::scan(scheme, &st))
-            .transpose()?;
-        let list: Vec<(String, Vec<usize>)> = match &quant {
-            Some(q) => q.plan_tensors(&st),
-            None => st
+        let exl3 = crate::exl3::is_exl3(dir).then(|| Exl3Modules::scan(&st));
+        let quant = match exl3 {
+            Some(_) => None,
+            None => HfQuantScheme::detect(dir)?
+                .map(|scheme| QuantizedModules::scan(scheme, &st))
+                .transpose()?,
+        };
+        let list: Vec<(String, Vec<usize>)> = match (&quant, &exl3) {
+            (Some(q), _) => q.plan_tensors(&st),
+            (None, Some(e)) => e.plan_tensors(&st),
+            (None, None) => st
                 .tensors()
                 .map(|t| (t.name.clone(), t.shape.clone()))
                 .collect(),
@@ -98,6 +107,7 @@ impl WeightSource {
             config,
             st,
             quant,
+            exl3,
             int_act: IntAct::Q8_0,
         })))
     }
@@ -258,6 +268,12 @@ impl HfWeights {
         let mut dtypes = Vec::new();
         let mut sources = Vec::with_capacity(spec.sources.len());
         for s in &spec.sources {
+            if let Some((e, m)) = self.exl3.as_ref().and_then(|e| Some((e, e.module_of(s)?))) {
+                // a trellis-coded Linear: decoded once, here
+                dtypes.push(StDtype::F32);
+                sources.push(e.dequantize(&self.st, m)?);
+                continue;
+            }
             if let Some(m) = self.quant.as_ref().and_then(|q| q.module_of(s)) {
                 // a column-mixing transform of a quantized weight: dequantize
                 let q = self.quant.as_ref().expect("quantized");

@@ -24,6 +24,8 @@ pub enum QuantSpec {
     Ggml(GgmlType),
     /// an integer grid (Hugging Face layouts)
     Int(IntGrid),
+    /// trellis codes of `k` bits per weight (EXL3)
+    Trellis { k: u32 },
     /// left in the source's precision (e.g. MoE routers)
     Keep,
 }
@@ -74,6 +76,17 @@ impl Allocation {
         }
     }
 
+    /// Trellis codes of `k` bits for every Linear (EXL3).
+    pub fn uniform_trellis(k: u32) -> Allocation {
+        Allocation {
+            default: Some(TensorSpec {
+                method: Method::Trellis,
+                quant: QuantSpec::Trellis { k },
+            }),
+            tensors: BTreeMap::new(),
+        }
+    }
+
     /// Give `name` its own spec.
     pub fn set(&mut self, name: &str, spec: TensorSpec) {
         self.tensors.insert(name.to_string(), spec);
@@ -99,6 +112,17 @@ impl Allocation {
             QuantSpec::Int(g) => Ok(g),
             other => Err(PipelineError::general(
                 format!("tensor {name} is allocated {other:?}, not an integer grid"),
+                "Report this as a bug",
+            )),
+        }
+    }
+
+    /// The trellis bits of `name` (an EXL3 Linear weight).
+    pub fn trellis_k(&self, name: &str) -> Result<u32> {
+        match self.spec(name)?.quant {
+            QuantSpec::Trellis { k } => Ok(k),
+            other => Err(PipelineError::general(
+                format!("tensor {name} is allocated {other:?}, not trellis codes"),
                 "Report this as a bug",
             )),
         }

@@ -33,5 +33,7 @@ pub use driver::quantize;
 pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use report::{CalibrationDetail, CalibrationSummary, QuantizeOutcome, TensorReport};
-pub use request::{CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest};
+pub use request::{
+    exl3_k, CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest,
+};
 pub use run::{NoProgress, Progress, CANCEL};

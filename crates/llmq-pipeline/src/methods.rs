@@ -5,7 +5,7 @@
 //!   `llmq-quant` (k-quants, legacy, IQ4), importance-weighted when an imatrix is
 //!   given — [`crate::run`] streams tensors through them into a GGUF.
 //! * Block-sequential (calibration activations through the engine, block by block):
-//!   GPTQ, AWQ and round-to-nearest — [`crate::calibrated`]; each entry there
+//!   GPTQ, AWQ, round-to-nearest and trellis (EXL3) — [`crate::calibrated`]; each entry there
 //!   (`calibrated/methods.rs`) says what the measure stage must collect for it.
 //!
 //! A new block-sequential method is its variant and name here, its entry in
@@ -24,6 +24,8 @@ pub enum Method {
     Awq,
     /// round-to-nearest on the integer grid
     Rtn,
+    /// trellis coding with LDLQ (QTIP, arXiv 2406.11235; exllamav3's EXL3)
+    Trellis,
 }
 
 /// How a method's quantize stage runs.
@@ -37,7 +39,13 @@ pub enum Execution {
 
 impl Method {
     /// Every method, in the order `--help` lists them.
-    pub const ALL: [Method; 4] = [Method::Gptq, Method::Awq, Method::Rtn, Method::KQuant];
+    pub const ALL: [Method; 5] = [
+        Method::Gptq,
+        Method::Awq,
+        Method::Rtn,
+        Method::Trellis,
+        Method::KQuant,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +53,7 @@ impl Method {
             Method::Gptq => "gptq",
             Method::Awq => "awq",
             Method::Rtn => "rtn",
+            Method::Trellis => "trellis",
         }
     }
 
@@ -59,7 +68,9 @@ impl Method {
     pub fn execution(self) -> Execution {
         match self {
             Method::KQuant => Execution::Streaming,
-            Method::Gptq | Method::Awq | Method::Rtn => Execution::BlockSequential,
+            Method::Gptq | Method::Awq | Method::Rtn | Method::Trellis => {
+                Execution::BlockSequential
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct CalibrationDetail {
     pub awq_ratio: Option<f32>,
     /// why a fallback was taken (an expert calibration never reached, …)
     pub note: Option<String>,
+    /// trellis: the proxy error `tr(EHEᵀ)/tr(WHWᵀ)` (QTIP §3; exllamav3's `proxy_err`)
+    pub proxy_err: Option<f64>,
 }
 
 /// One quantized tensor's report line.

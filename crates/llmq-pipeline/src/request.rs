@@ -17,6 +17,8 @@ pub enum OutputFormat {
     Gguf,
     /// a Hugging Face checkpoint folder in one of the writer registry's layouts
     Hf(Layout),
+    /// an exllamav3 EXL3 folder (trellis codes, [`crate::writers::exl3`])
+    Exl3,
 }
 
 impl OutputFormat {
@@ -24,6 +26,7 @@ impl OutputFormat {
         match self {
             OutputFormat::Gguf => "gguf",
             OutputFormat::Hf(l) => l.name(),
+            OutputFormat::Exl3 => "exl3",
         }
     }
 }
@@ -90,6 +93,12 @@ impl QuantizeRequest {
         })
     }
 
+    /// EXL3's bits per weight from the level (`4`, `4.0`, `4.0bpw`): whole numbers 1…8
+    /// only (a fractional bpw mixes two K across tensors, which is not implemented).
+    pub fn trellis_k(&self) -> Result<u32> {
+        exl3_k(&self.level)
+    }
+
     /// Whether GGUF output computes an importance matrix from calibration text.
     pub(crate) fn wants_imatrix_calibration(&self) -> bool {
         self.format == OutputFormat::Gguf && self.calibration.data.is_some()
@@ -133,6 +142,28 @@ impl QuantizeRequest {
             return inv(
                 "--imatrix applies to GGUF k-quants only".into(),
                 "Drop --imatrix",
+            );
+        }
+        if self.format == OutputFormat::Exl3 {
+            if self.method != Method::Trellis || self.grid.is_some() {
+                return inv(
+                    format!(
+                        "EXL3 stores trellis codes: --method {} and integer-grid options do not apply",
+                        self.method.name()
+                    ),
+                    "Use --method trellis (the default for exl3)",
+                );
+            }
+            self.trellis_k()?;
+            return Ok(());
+        }
+        if self.method == Method::Trellis {
+            return inv(
+                format!(
+                    "trellis codes are written as exl3, not {}",
+                    self.format.name()
+                ),
+                "Use `quantize MODEL exl3 -q BPW`",
             );
         }
         if crate::fp_export::fp_scheme(self).is_some() {
@@ -213,11 +244,63 @@ impl QuantizeRequest {
                     );
                 }
             }
-            OutputFormat::Gguf => {}
+            OutputFormat::Gguf | OutputFormat::Exl3 => {}
         }
         if self.method == Method::Awq && g.act_order {
             return inv("AWQ has no act-order".into(), "Drop --act-order");
         }
         Ok(())
+    }
+}
+
+/// Parses an EXL3 level (`4`, `4.0`, `4.0bpw`) into K.
+pub fn exl3_k(level: &str) -> Result<u32> {
+    let t = level.trim();
+    let num = t
+        .strip_suffix("bpw")
+        .or_else(|| t.strip_suffix("BPW"))
+        .unwrap_or(t);
+    let bpw: f64 = num.parse().map_err(|_| {
+        PipelineError::invalid(
+            format!("unknown exl3 quantization level `{level}`"),
+            "Give bits per weight, e.g. -q 4.0",
+        )
+    })?;
+    if !(bpw.is_finite() && (1.0..=8.0).contains(&bpw)) {
+        return Err(PipelineError::invalid(
+            format!("exl3 bits per weight {bpw} is out of range"),
+            "Use 1.0 to 8.0",
+        ));
+    }
+    if bpw.fract() != 0.0 {
+        return Err(PipelineError::unsupported(
+            format!("exl3 at a fractional {bpw} bpw needs per-tensor K mixing, which is not implemented"),
+            "Use a whole number of bits: 1.0, 2.0, … 8.0",
+        ));
+    }
+    Ok(bpw as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exl3_levels() {
+        assert_eq!(exl3_k("4").unwrap(), 4);
+        assert_eq!(exl3_k("2.0").unwrap(), 2);
+        assert_eq!(exl3_k("8.0bpw").unwrap(), 8);
+        assert_eq!(
+            exl3_k("4.25").unwrap_err().kind(),
+            crate::ErrorKind::Unsupported
+        );
+        assert_eq!(
+            exl3_k("9").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            exl3_k("Q4").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
     }
 }

@@ -53,7 +53,7 @@ impl Exl3Config {
 }
 
 /// The stored tensors of one EXL3 linear, dimensions padded to 128.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Exl3Linear {
     /// Padded input features.
     pub in_features: usize,

@@ -1,6 +1,7 @@
 //! The quantize stage of calibrated quantization, block-sequential: for each block,
 //! measure its Linear inputs on the stored activations, quantize every Linear with the
-//! method (GPTQ / RTN in [`super::gptq_block`], AWQ in [`super::awq_block`]), put the
+//! method (GPTQ / RTN in [`super::gptq_block`], AWQ in [`super::awq_block`], trellis in
+//! [`super::trellis_block`]), put the
 //! dequantized weights back into the engine, run the block again so the next one is
 //! calibrated on the quantized model, and checkpoint the block.
 
@@ -21,14 +22,31 @@ use llmq_calib::{gptq_quantize, GptqConfig};
 use llmq_engine::Model;
 use llmq_hfquant::IntQuantized;
 use llmq_kernels::WeightMatrix;
+use llmq_trellis::quantize::Exl3Linear;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-/// Quantized module: the HF module name and its packed tensors' source.
-pub(super) struct QModule {
-    pub(super) q: IntQuantized,
+/// A quantized module's values, as its writer packs them.
+pub(super) enum QModule {
+    /// on an integer grid (GPTQ, AWQ, RTN)
+    Int(IntQuantized),
+    /// trellis codes (EXL3)
+    Trellis(Box<Exl3Linear>),
+}
+
+impl QModule {
+    /// The integer values, for the integer layouts' writers.
+    pub(super) fn int(&self) -> Result<&IntQuantized> {
+        match self {
+            QModule::Int(q) => Ok(q),
+            QModule::Trellis(_) => Err(PipelineError::general(
+                "a trellis-coded module reached an integer-layout writer",
+                "Report this as a bug",
+            )),
+        }
+    }
 }
 
 pub(super) type BlockResult = (
@@ -127,6 +145,7 @@ pub(super) fn quantize_one(
             loss,
             awq_ratio: None,
             note,
+            proxy_err: None,
         },
     );
     Ok((q, report))
@@ -190,7 +209,11 @@ pub(super) fn run_blocks(
             let b = cp.load_block(layer)?;
             for (hf, q, st) in b.modules {
                 stats.push(st);
-                modules.insert(hf, QModule { q });
+                modules.insert(hf, QModule::Int(q));
+            }
+            for (hf, q, st) in b.trellis {
+                stats.push(st);
+                modules.insert(hf, QModule::Trellis(Box::new(q)));
             }
             overrides.extend(b.overrides);
             ignored.extend(b.ignored);
@@ -260,6 +283,7 @@ pub(super) fn run_blocks(
         // dequantized HF weights of this block
         let mut deq: HashMap<String, Vec<f32>> = HashMap::new();
         let mut block_q: Vec<(String, IntQuantized, TensorReport)> = Vec::new();
+        let mut block_t: Vec<(String, Exl3Linear, TensorReport)> = Vec::new();
         method.quantize_block(BlockCx {
             req,
             alloc,
@@ -269,10 +293,12 @@ pub(super) fn run_blocks(
             col: &col,
             top_k,
             out: &mut block_q,
+            trellis_out: &mut block_t,
             overrides: &mut overrides,
         })?;
         let mut block = BlockState {
             modules: block_q,
+            trellis: block_t,
             overrides: Vec::new(),
             ignored: block_ignored,
         };
@@ -291,7 +317,12 @@ pub(super) fn run_blocks(
         for (hf, q, st) in block.modules {
             deq.insert(hf.clone(), q.dequantize());
             stats.push(st);
-            modules.insert(hf, QModule { q });
+            modules.insert(hf, QModule::Int(q));
+        }
+        for (hf, q, st) in block.trellis {
+            deq.insert(hf.clone(), super::trellis_block::dequantize(&q));
+            stats.push(st);
+            modules.insert(hf, QModule::Trellis(Box::new(q)));
         }
         // put the quantized weights into the engine
         let mut specs: Vec<&GgufTensorSpec> = tensors

@@ -1,5 +1,5 @@
 //! The block-sequential executor (GPTQ, AWQ, round-to-nearest into a Hugging Face
-//! layout), stage by stage: source (a Hugging Face folder) → calibrate
+//! layout; trellis into an EXL3 folder), stage by stage: source (a Hugging Face folder) → calibrate
 //! ([`super::calibration`]) → allocate (one grid per Linear, routers kept) → measure
 //! and quantize block by block ([`super::blocks`]) → write ([`super::write`]) →
 //! validate ([`super::validate`]), into a staged folder ([`crate::staging`]) renamed to
@@ -10,6 +10,7 @@ use super::blocks::run_blocks;
 use super::calibration::calibration_set;
 use super::validate::validate_output;
 use super::write::write_rest;
+use super::write_exl3::{validate_exl3, write_exl3};
 use super::{engine_err, Tensors};
 use crate::allocate::Allocation;
 use crate::checkpoint::BlockCheckpoint;
@@ -30,7 +31,14 @@ pub(crate) fn quantize_blocks(
     resolved: ResolvedModel,
     progress: &dyn Progress,
 ) -> Result<QuantizeOutcome> {
-    let grid = req.int_grid()?;
+    let exl3 = req.format == crate::request::OutputFormat::Exl3;
+    // allocate: one grid (or one trellis K) for every Linear (routers stay in full
+    // precision, see blocks)
+    let alloc = if exl3 {
+        Allocation::uniform_trellis(req.trellis_k()?)
+    } else {
+        Allocation::uniform(req.method, req.int_grid()?)
+    };
     let dir = match resolved {
         ResolvedModel::HfDir(d) => d,
         ResolvedModel::GgufFile(f) => {
@@ -77,6 +85,15 @@ pub(crate) fn quantize_blocks(
             "Quantize this model to gguf instead",
         ));
     }
+    if exl3 && cfg.moe.is_some() {
+        return Err(PipelineError::unsupported(
+            format!(
+                "exl3 output of mixture-of-experts models ({}) is not implemented: EXL3 needs one K per stacked expert projection and there is no per-expert allocation yet",
+                summary.architecture
+            ),
+            "Quantize this model to gguf, gptq or awq",
+        ));
+    }
     let tensors = Tensors {
         st,
         specs: plan
@@ -112,9 +129,6 @@ pub(crate) fn quantize_blocks(
         calib.n_tokens(),
         calib.source
     ));
-
-    // allocate: one grid for every Linear (routers stay in full precision, see blocks)
-    let alloc = Allocation::uniform(req.method, grid);
 
     // output folder
     staging::prepare_output_dir(&req.output_dir)?;
@@ -163,18 +177,32 @@ pub(crate) fn quantize_blocks(
         }
     };
     let finish = || -> Result<bool> {
-        write_rest(
-            &tensors,
-            &quantized_modules,
-            &overrides,
-            &staged.tmp,
-            req,
-            &ignored,
-            &dir,
-        )?;
+        if exl3 {
+            write_exl3(
+                &tensors,
+                &quantized_modules,
+                &staged.tmp,
+                (calib.samples.len(), seq_len),
+                &dir,
+            )?;
+        } else {
+            write_rest(
+                &tensors,
+                &quantized_modules,
+                &overrides,
+                &staged.tmp,
+                req,
+                &ignored,
+                &dir,
+            )?;
+        }
         let validated = if req.validate {
             progress.message("Validating output...");
-            validate_output(&staged.tmp, req, &quantized_modules)?;
+            if exl3 {
+                validate_exl3(&staged.tmp, &tensors, &quantized_modules)?;
+            } else {
+                validate_output(&staged.tmp, req, &quantized_modules)?;
+            }
             true
         } else {
             false

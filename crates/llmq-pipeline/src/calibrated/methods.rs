@@ -1,7 +1,7 @@
 //! The block-sequential entries of the method registry ([`crate::methods`]): what each
 //! method needs the measure stage to collect, and how it quantizes the Linears of one
 //! block — GPTQ and round-to-nearest in [`super::gptq_block`], AWQ in
-//! [`super::awq_block`].
+//! [`super::awq_block`], trellis (EXL3) in [`super::trellis_block`].
 
 use super::observe::Collector;
 use super::Tensors;
@@ -11,6 +11,7 @@ use crate::report::TensorReport;
 use crate::request::{Method, QuantizeRequest};
 use llmq_engine::Model;
 use llmq_hfquant::IntQuantized;
+use llmq_trellis::quantize::Exl3Linear;
 use std::collections::HashMap;
 
 /// What a method needs from the measure stage.
@@ -38,6 +39,8 @@ pub(super) struct BlockCx<'a> {
     pub(super) top_k: usize,
     /// the quantized modules, in the order produced
     pub(super) out: &'a mut Vec<(String, IntQuantized, TensorReport)>,
+    /// the trellis-coded modules (EXL3), in the order produced
+    pub(super) trellis_out: &'a mut Vec<(String, Exl3Linear, TensorReport)>,
     /// norms (HF name → values as stored) that scales were folded into
     pub(super) overrides: &'a mut HashMap<String, Vec<f32>>,
 }
@@ -51,6 +54,7 @@ pub(super) trait BlockMethod: Sync {
 struct Gptq;
 struct Rtn;
 struct Awq;
+struct Trellis;
 
 impl BlockMethod for Gptq {
     fn needs(&self) -> Needs {
@@ -91,12 +95,26 @@ impl BlockMethod for Awq {
     }
 }
 
+impl BlockMethod for Trellis {
+    fn needs(&self) -> Needs {
+        Needs {
+            hessian: true,
+            awq_stats: false,
+            block_outputs: true,
+        }
+    }
+    fn quantize_block(&self, cx: BlockCx<'_>) -> Result<()> {
+        super::trellis_block::quantize_block_trellis(cx)
+    }
+}
+
 /// The block-sequential implementation of `method`, if it is one.
 pub(super) fn block_method(method: Method) -> Option<&'static dyn BlockMethod> {
     match method {
         Method::Gptq => Some(&Gptq),
         Method::Rtn => Some(&Rtn),
         Method::Awq => Some(&Awq),
+        Method::Trellis => Some(&Trellis),
         Method::KQuant => None,
     }
 }

@@ -58,8 +58,10 @@ mod gptq_block;
 mod imatrix;
 mod methods;
 mod observe;
+mod trellis_block;
 mod validate;
 mod write;
+mod write_exl3;
 
 use blocks::QModule;
 pub(crate) use driver::quantize_blocks;

@@ -32,14 +32,15 @@ pub(super) fn validate_output(
     };
     for (hf, m) in modules {
         let prefix = module_of(hf);
-        let writer = int_writer(req, grid_of(&m.q))?;
-        let back = writer.read(&get, prefix, &m.q).map_err(|e| {
+        let q = m.int()?;
+        let writer = int_writer(req, grid_of(q))?;
+        let back = writer.read(&get, prefix, q).map_err(|e| {
             PipelineError::validation(
                 format!("output tensor {prefix} does not read back: {e}"),
                 "Report this as a bug",
             )
         })?;
-        if back.dequantize() != m.q.dequantize() {
+        if back.dequantize() != q.dequantize() {
             return Err(PipelineError::validation(
                 format!("output tensor {prefix} reads back different values"),
                 "Report this as a bug",

@@ -60,9 +60,10 @@ pub(super) fn write_rest(
         .map_err(hf_err)?;
     let mut any_g_idx = false;
     for (hf, m) in modules {
-        any_g_idx |= !m.q.has_default_g_idx();
-        let writer = int_writer(req, grid_of(&m.q))?;
-        w.add_all(writer.pack(module_of(hf), &m.q).map_err(hf_err)?)
+        let q = m.int()?;
+        any_g_idx |= !q.has_default_g_idx();
+        let writer = int_writer(req, grid_of(q))?;
+        w.add_all(writer.pack(module_of(hf), q).map_err(hf_err)?)
             .map_err(hf_err)?;
     }
     let mut names: Vec<String> = tensors.st.tensors().map(|t| t.name.clone()).collect();

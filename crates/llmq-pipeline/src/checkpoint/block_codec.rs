@@ -1,11 +1,13 @@
 //! The block files of the calibrated checkpoint: what one block contributed to the
 //! output ([`BlockState`]: its quantized modules with their integers bit-packed, the
 //! report lines, the norms AWQ folded its scales into, the modules kept in full
-//! precision), serialized little-endian and length-prefixed behind a magic.
+//! precision, and trellis-coded modules in a tagged section of their own), serialized little-endian and length-prefixed behind a magic.
 
 use crate::report::{CalibrationDetail, TensorReport};
 use half::f16;
 use llmq_hfquant::{bitpack, IntQuantized};
+use llmq_trellis::quantize::Exl3Linear;
+use llmq_trellis::Codebook;
 
 const BLOCK_MAGIC: &[u8; 8] = b"LLMQCB02";
 
@@ -14,6 +16,8 @@ const BLOCK_MAGIC: &[u8; 8] = b"LLMQCB02";
 pub struct BlockState {
     /// quantized modules (HF weight name), in the order they were produced
     pub modules: Vec<(String, IntQuantized, TensorReport)>,
+    /// trellis-coded modules (EXL3), in the order they were produced
+    pub trellis: Vec<(String, Exl3Linear, TensorReport)>,
     /// norms (HF name → values as stored) that AWQ's scales were folded into
     pub overrides: Vec<(String, Vec<f32>)>,
     /// modules kept in full precision (routers)
@@ -189,31 +193,7 @@ pub fn encode_block(b: &BlockState) -> Vec<u8> {
             }
             None => e.u8(0),
         }
-        e.str(&st.name);
-        e.u64(st.shape[0] as u64);
-        e.u64(st.shape[1] as u64);
-        e.str(&st.quant);
-        e.str(&st.method);
-        e.opt_f64(st.rmse);
-        e.opt_f64(st.rel_rmse);
-        e.opt_str(&st.sha256);
-        match &st.calibration {
-            Some(c) => {
-                e.u8(1);
-                e.u64(c.tokens);
-                e.opt_f64(c.damp_percent);
-                e.opt_f64(c.loss);
-                match c.awq_ratio {
-                    Some(r) => {
-                        e.u8(1);
-                        e.u32(r.to_bits());
-                    }
-                    None => e.u8(0),
-                }
-                e.opt_str(&c.note);
-            }
-            None => e.u8(0),
-        }
+        enc_report(&mut e, st);
     }
     e.u32(b.overrides.len() as u32);
     for (name, v) in &b.overrides {
@@ -227,7 +207,123 @@ pub fn encode_block(b: &BlockState) -> Vec<u8> {
     for n in &b.ignored {
         e.str(n);
     }
+    // trellis modules (EXL3) follow in a tagged section, only when there are any, so
+    // the integer methods' block files stay as they were
+    if !b.trellis.is_empty() {
+        e.0.extend_from_slice(TRELLIS_TAG);
+        e.u32(b.trellis.len() as u32);
+        for (name, q, st) in &b.trellis {
+            e.str(name);
+            e.u32(q.k);
+            e.str(q.codebook.name());
+            e.u64(q.in_features as u64);
+            e.u64(q.out_features as u64);
+            e.u64(q.trellis.len() as u64);
+            for v in &q.trellis {
+                e.0.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in q.suh.iter().chain(&q.svh) {
+                e.0.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            e.u32(q.g_scale.to_bits());
+            e.opt_f64(q.proxy_err);
+            enc_report(&mut e, st);
+        }
+    }
     e.0
+}
+
+const TRELLIS_TAG: &[u8; 4] = b"TRLS";
+
+fn enc_report(e: &mut Enc, st: &TensorReport) {
+    e.str(&st.name);
+    e.u64(st.shape[0] as u64);
+    e.u64(st.shape[1] as u64);
+    e.str(&st.quant);
+    e.str(&st.method);
+    e.opt_f64(st.rmse);
+    e.opt_f64(st.rel_rmse);
+    e.opt_str(&st.sha256);
+    match &st.calibration {
+        Some(c) => {
+            e.u8(1);
+            e.u64(c.tokens);
+            e.opt_f64(c.damp_percent);
+            e.opt_f64(c.loss);
+            match c.awq_ratio {
+                Some(r) => {
+                    e.u8(1);
+                    e.u32(r.to_bits());
+                }
+                None => e.u8(0),
+            }
+            e.opt_str(&c.note);
+        }
+        None => e.u8(0),
+    }
+}
+
+/// A report line; `proxy_err` is not stored in it (trellis modules carry it).
+fn dec_report(d: &mut Dec<'_>, proxy_err: Option<f64>) -> DResult<TensorReport> {
+    Ok(TensorReport {
+        name: d.str()?,
+        shape: [d.usize()?, d.usize()?],
+        quant: d.str()?,
+        method: d.str()?,
+        rmse: d.opt(|d| d.f64())?,
+        rel_rmse: d.opt(|d| d.f64())?,
+        sha256: d.opt(|d| d.str())?,
+        calibration: d.opt(|d| {
+            Ok(CalibrationDetail {
+                tokens: d.u64()?,
+                damp_percent: d.opt(|d| d.f64())?,
+                loss: d.opt(|d| d.f64())?,
+                awq_ratio: d.opt(|d| d.u32().map(f32::from_bits))?,
+                note: d.opt(|d| d.str())?,
+                proxy_err,
+            })
+        })?,
+    })
+}
+
+fn dec_trellis(d: &mut Dec<'_>) -> DResult<(String, Exl3Linear, TensorReport)> {
+    let name = d.str()?;
+    let k = d.u32()?;
+    let codebook = Codebook::from_name(&d.str()?).ok_or("unknown codebook")?;
+    let in_features = d.usize()?;
+    let out_features = d.usize()?;
+    let n = d.usize()?;
+    if in_features.checked_mul(out_features).ok_or("too large")? / 16 * k as usize != n {
+        return Err(format!("{name}: wrong number of trellis words"));
+    }
+    let raw = d.take(n.checked_mul(2).ok_or("too large")?)?;
+    let trellis = raw
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let mut half = |m: usize| -> DResult<Vec<f16>> {
+        Ok(d.take(m.checked_mul(2).ok_or("too large")?)?
+            .chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect())
+    };
+    let suh = half(in_features)?;
+    let svh = half(out_features)?;
+    let g_scale = f32::from_bits(d.u32()?);
+    let proxy_err = d.opt(|d| d.f64())?;
+    let st = dec_report(d, proxy_err)?;
+    let q = Exl3Linear {
+        in_features,
+        out_features,
+        k,
+        codebook,
+        trellis,
+        suh,
+        svh,
+        proxy_err,
+        g_scale,
+    };
+    Ok((name, q, st))
 }
 
 /// Read back [`encode_block`]'s bytes.
@@ -273,24 +369,7 @@ pub fn decode_block(bytes: &[u8]) -> DResult<BlockState> {
             zeros,
             g_idx,
         };
-        let st = TensorReport {
-            name: d.str()?,
-            shape: [d.usize()?, d.usize()?],
-            quant: d.str()?,
-            method: d.str()?,
-            rmse: d.opt(|d| d.f64())?,
-            rel_rmse: d.opt(|d| d.f64())?,
-            sha256: d.opt(|d| d.str())?,
-            calibration: d.opt(|d| {
-                Ok(CalibrationDetail {
-                    tokens: d.u64()?,
-                    damp_percent: d.opt(|d| d.f64())?,
-                    loss: d.opt(|d| d.f64())?,
-                    awq_ratio: d.opt(|d| d.u32().map(f32::from_bits))?,
-                    note: d.opt(|d| d.str())?,
-                })
-            })?,
-        };
+        let st = dec_report(&mut d, None)?;
         out.modules.push((name, qz, st));
     }
     for _ in 0..d.u32()? {
@@ -303,6 +382,14 @@ pub fn decode_block(bytes: &[u8]) -> DResult<BlockState> {
     }
     for _ in 0..d.u32()? {
         out.ignored.push(d.str()?);
+    }
+    if d.at < bytes.len() {
+        if d.take(4)? != TRELLIS_TAG {
+            return Err("unknown section".into());
+        }
+        for _ in 0..d.u32()? {
+            out.trellis.push(dec_trellis(&mut d)?);
+        }
     }
     if d.at != bytes.len() {
         return Err("trailing bytes".into());
@@ -340,6 +427,7 @@ pub(crate) mod tests {
                 loss: None,
                 awq_ratio: Some(0.35),
                 note: Some("ünïcode note".into()),
+                proxy_err: None,
             }),
         };
         let mut q8 = q.clone();
@@ -352,9 +440,36 @@ pub(crate) mod tests {
                 ("a.weight".into(), q, st.clone()),
                 ("b.weight".into(), q8, st),
             ],
+            trellis: Vec::new(),
             overrides: vec![("n.weight".into(), vec![1.5, -0.0, f32::MIN_POSITIVE])],
             ignored: vec!["model.layers.0.mlp.gate".into()],
         }
+    }
+
+    #[test]
+    fn trellis_modules_round_trip() {
+        let mut b = sample_block();
+        let q = Exl3Linear {
+            in_features: 128,
+            out_features: 256,
+            k: 3,
+            codebook: Codebook::Mul1,
+            trellis: (0..8 * 16 * 48).map(|i| (i * 7919) as i16).collect(),
+            suh: (0..128).map(|i| f16::from_f32(i as f32 * 0.5)).collect(),
+            svh: (0..256).map(|i| f16::from_f32(-(i as f32))).collect(),
+            proxy_err: Some(0.0123),
+            g_scale: 0.75,
+        };
+        let mut st = b.modules[0].2.clone();
+        st.method = "trellis".into();
+        st.calibration.as_mut().unwrap().proxy_err = Some(0.0123);
+        b.trellis.push(("t.weight".into(), q, st));
+        let bytes = encode_block(&b);
+        assert_eq!(decode_block(&bytes).unwrap(), b);
+        assert!(decode_block(&bytes[..bytes.len() - 1]).is_err());
+        // without trellis modules the bytes are the integer methods' format
+        b.trellis.clear();
+        assert_eq!(encode_block(&b), encode_block(&sample_block()));
     }
 
     #[test]

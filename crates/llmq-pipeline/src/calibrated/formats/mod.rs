@@ -22,9 +22,9 @@ pub(super) fn grid_of(q: &IntQuantized) -> IntGrid {
 pub(super) fn int_writer(req: &QuantizeRequest, grid: IntGrid) -> Result<Box<dyn IntWriter>> {
     let layout = match req.format {
         OutputFormat::Hf(layout) => layout,
-        OutputFormat::Gguf => {
+        OutputFormat::Gguf | OutputFormat::Exl3 => {
             return Err(PipelineError::general(
-                "gguf has no integer-grid writer",
+                format!("{} has no integer-grid writer", req.format.name()),
                 "Report this as a bug",
             ))
         }
