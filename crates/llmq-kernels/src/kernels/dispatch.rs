@@ -29,6 +29,10 @@ pub struct Kernel {
     /// The 8-token variant (prompt processing), where there is one. Every variant gives
     /// each row exactly what `dot` gives it.
     pub dot8: Option<Dot8Fn>,
+    /// The weight decoder of the AVX-512 VNNI tiles (prompt processing), where the CPU
+    /// has them and the type has one (`tile_avx512`); same results as `dot`.
+    #[cfg(target_arch = "x86_64")]
+    pub tile: Option<super::tile_avx512::DecodeFn>,
 }
 
 /// This layer's row of the type table: how `matmul` computes weights of `ty` from
@@ -47,10 +51,14 @@ pub struct KernelRow {
     /// The AVX2 and AVX-VNNI eight-row kernels (prompt processing), where there are.
     #[cfg(target_arch = "x86_64")]
     pub dot8: Option<(Dot8Fn, Dot8Fn)>,
+    /// The weight decoder of the AVX-512 VNNI tiles, where there is one.
+    #[cfg(target_arch = "x86_64")]
+    pub tile: Option<super::tile_avx512::DecodeFn>,
 }
 
 macro_rules! row {
-    ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr $(, dot8: $d8:expr, $v8:expr)?) => {
+    ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr
+        $(, dot8: $d8:expr, $v8:expr)? $(, tile: $t:expr)?) => {
         KernelRow {
             ty: GgmlType::$ty,
             act: Act::$act,
@@ -59,8 +67,12 @@ macro_rules! row {
             avx2: ($d, $d4),
             #[cfg(target_arch = "x86_64")]
             dot8: row!(@dot8 $($d8, $v8)?),
+            #[cfg(target_arch = "x86_64")]
+            tile: row!(@tile $($t)?),
         }
     };
+    (@tile) => { None };
+    (@tile $t:expr) => { Some($t as super::tile_avx512::DecodeFn) };
     (@dot8) => { None };
     (@dot8 $d8:expr, $v8:expr) => { Some(($d8 as Dot8Fn, $v8 as Dot8Fn)) };
 }
@@ -71,19 +83,19 @@ pub const KERNELS: &[KernelRow] = &[
     row!(F16, F32, fl::dot_f16, avx2: f2::dot_f16, f2::dot4_f16),
     row!(BF16, F32, fl::dot_bf16, avx2: f2::dot_bf16, f2::dot4_bf16),
     row!(Q4_0, Q8_0, lg::dot_q4_0, avx2: l2::dot_q4_0, l2::dot4_q4_0,
-        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0),
+        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0, tile: l2::offset_q4_0),
     row!(Q4_1, Q8_1, lg::dot_q4_1, avx2: l2::dot_q4_1, l2::dot4_q4_1,
         dot8: l2::dot8_q4_1, l2::dot8_vnni_q4_1),
     row!(Q5_0, Q8_0, lg::dot_q5_0, avx2: l2::dot_q5_0, l2::dot4_q5_0,
-        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0),
+        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0, tile: l2::offset_q5_0),
     row!(Q5_1, Q8_1, lg::dot_q5_1, avx2: l2::dot_q5_1, l2::dot4_q5_1,
         dot8: l2::dot8_q5_1, l2::dot8_vnni_q5_1),
     row!(Q8_0, Q8_0, lg::dot_q8_0, avx2: l2::dot_q8_0, l2::dot4_q8_0,
-        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0),
+        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0, tile: l2::offset_q8_0),
     row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
-        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
+        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl, tile: l2::offset_iq4_nl),
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
-        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4),
+        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: l2::offset_mxfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k),
@@ -130,6 +142,8 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
         dot: r.scalar,
         dot4: None,
         dot8: None,
+        #[cfg(target_arch = "x86_64")]
+        tile: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -143,6 +157,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
                 dot: r.avx2.0,
                 dot4: Some(r.avx2.1),
                 dot8: r.dot8.map(|(plain, v)| if vnni { v } else { plain }),
+                tile: r.tile.filter(|_| llmq_quant::isa::avx512_vnni()),
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -171,6 +186,8 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
         dot,
         dot4: None,
         dot8: None,
+        #[cfg(target_arch = "x86_64")]
+        tile: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -181,12 +198,14 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
                 dot: di::avx2::dot_int4,
                 dot4: Some(di::avx2::dot4_int4),
                 dot8: None,
+                tile: None,
             },
             8 => Kernel {
                 act: Act::Q8_0,
                 dot: di::avx2::dot_int8,
                 dot4: Some(di::avx2::dot4_int8),
                 dot8: None,
+                tile: None,
             },
             _ => scalar,
         }),

@@ -12,8 +12,11 @@
 //! with several activation rows each weight row is unpacked once per 4 tokens, or once
 //! per 8 for the legacy types in prompt processing, whose 8-row kernels read the
 //! activations interleaved block by block (`dot_legacy::interleave8`) as one stream.
-//! Every multi-row kernel sums in the same order as the one-row kernel, so a row's
-//! result never depends on how many rows share the call.
+//! Where the CPU has AVX-512 VNNI, the signed 32-value types run prompts through
+//! register tiles of 4 weight rows × 8 tokens instead ([`tile_avx512`]: weights decoded
+//! once per call, activations packed once). Every multi-row kernel sums in the same
+//! order as the one-row kernel, so a row's result never depends on how many rows share
+//! the call.
 //!
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
@@ -39,6 +42,8 @@ mod reference;
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_avx512;
 
 pub use crate::dequant::dequantize_row;
 pub use dispatch::{KernelRow, FAST_TYPES, KERNELS};
@@ -198,7 +203,6 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     let rows = w.rows;
     let wrb = w.row_bytes();
     let data = w.data.as_slice();
-    let act = |t: usize| &acts[t * rb..(t + 1) * rb];
     let wrow = |r: usize| &data[r * wrb..(r + 1) * wrb];
     let threads = rayon::current_num_threads().max(1);
     // Decode: a few chunks per thread for balance. Prompts: 16 weight rows stay in cache
@@ -208,6 +212,10 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     } else {
         16.min(rows.div_ceil(threads * 4)).max(1)
     };
+    #[cfg(target_arch = "x86_64")]
+    if let Some(dec) = k.tile.filter(|_| n >= tile_avx512::GROUP) {
+        return run_tiled(w, k, dec, acts, rb, n, y);
+    }
     let n_chunks = rows.div_ceil(chunk);
     let out = OutPtr(y.as_mut_ptr());
     let packed8 = match k.dot8 {
@@ -231,28 +239,109 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
                 t += 8;
             }
         }
-        if let Some(dot4) = k.dot4 {
-            while t + 4 <= n {
-                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
-                for r in r0..r1 {
-                    let v = dot4(wrow(r), a);
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
-                        unsafe { out.write((t + i) * rows + r, v) };
-                    }
-                }
-                t += 4;
-            }
-        }
-        for t in t..n {
-            let a = act(t);
-            for r in r0..r1 {
-                // SAFETY: as above.
-                unsafe { out.write(t * rows + r, (k.dot)(wrow(r), a)) };
-            }
-        }
+        tail(w, k, acts, rb, t, n, r0, r1, out);
     };
     if threads == 1 || n_chunks == 1 || data.len() * n < PAR_MIN_WORK {
+        (0..n_chunks).for_each(body);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(body);
+    }
+}
+
+/// Tokens `t0..n` of rows `r0..r1` with the 4-row and 1-row kernels.
+#[allow(clippy::too_many_arguments)]
+fn tail(
+    w: &WeightMatrix,
+    k: &Kernel,
+    acts: &[u8],
+    rb: usize,
+    t0: usize,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    out: OutPtr,
+) {
+    let rows = w.rows;
+    let act = |t: usize| &acts[t * rb..(t + 1) * rb];
+    let mut t = t0;
+    if let Some(dot4) = k.dot4 {
+        while t + 4 <= n {
+            let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+            for r in r0..r1 {
+                let v = dot4(w.row(r), a);
+                for (i, v) in v.into_iter().enumerate() {
+                    // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
+                    unsafe { out.write((t + i) * rows + r, v) };
+                }
+            }
+            t += 4;
+        }
+    }
+    for t in t..n {
+        let a = act(t);
+        for r in r0..r1 {
+            // SAFETY: as above.
+            unsafe { out.write(t * rows + r, (k.dot)(w.row(r), a)) };
+        }
+    }
+}
+
+/// Activation bytes of one token panel of the tiled path: the panel stays in L2 while
+/// every row tile of a chunk passes over it.
+#[cfg(target_arch = "x86_64")]
+const TILE_PANEL_BYTES: usize = 512 << 10;
+
+/// Prompt processing through the AVX-512 tiles ([`tile_avx512`]): chunks of up to 64
+/// weight rows per task, decoded once; within a chunk, token panels × 4-row tiles ×
+/// 8-token groups; the tokens past the last full group through [`tail`].
+#[cfg(target_arch = "x86_64")]
+fn run_tiled(
+    w: &WeightMatrix,
+    k: &Kernel,
+    dec: tile_avx512::DecodeFn,
+    acts: &[u8],
+    rb: usize,
+    n: usize,
+    y: &mut [f32],
+) {
+    use tile_avx512::{Decoded, GROUP, ROWS};
+    let rows = w.rows;
+    let nb = rb / act_quant::Q8_0_BYTES;
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows
+        .div_ceil(threads * 4)
+        .clamp(ROWS, 64)
+        .next_multiple_of(ROWS);
+    let n_chunks = rows.div_ceil(chunk);
+    let packed = tile_avx512::pack(acts, rb, n);
+    let gbytes = tile_avx512::group_bytes(nb);
+    let groups = n / GROUP;
+    let panel = (TILE_PANEL_BYTES / gbytes.max(1)).clamp(1, groups.max(1));
+    let out = OutPtr(y.as_mut_ptr());
+    let body = |ci: usize| {
+        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
+        let wd = Decoded::new(dec, nb, (r0..r1).map(|r| w.row(r)));
+        let mut res = [[0.0f32; GROUP]; ROWS];
+        for g0 in (0..groups).step_by(panel) {
+            for q0 in (0..r1 - r0).step_by(ROWS) {
+                let rr = ROWS.min(r1 - r0 - q0);
+                for g in g0..(g0 + panel).min(groups) {
+                    let a = &packed[g * gbytes..(g + 1) * gbytes];
+                    // SAFETY: the dispatcher hands out `tile` only where AVX-512
+                    // F/BW/VNNI and AVX2/FMA/F16C were detected.
+                    unsafe { tile_avx512::tile(&wd, q0, rr, a, &mut res) };
+                    for (r, vals) in res.iter().take(rr).enumerate() {
+                        for (i, &v) in vals.iter().enumerate() {
+                            // SAFETY: (token, row) in bounds; the row is this chunk's.
+                            unsafe { out.write((g * GROUP + i) * rows + r0 + q0 + r, v) };
+                        }
+                    }
+                }
+            }
+        }
+        tail(w, k, acts, rb, groups * GROUP, n, r0, r1, out);
+    };
+    if threads == 1 || n_chunks == 1 {
         (0..n_chunks).for_each(body);
     } else {
         (0..n_chunks).into_par_iter().for_each(body);
