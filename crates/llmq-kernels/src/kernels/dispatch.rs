@@ -29,10 +29,10 @@ pub struct Kernel {
     /// The 8-token variant (prompt processing), where there is one. Every variant gives
     /// each row exactly what `dot` gives it.
     pub dot8: Option<Dot8Fn>,
-    /// The weight decoder of the AVX-512 VNNI tiles (prompt processing), where the CPU
-    /// has them and the type has one (`tile_avx512`); same results as `dot`.
+    /// The AVX-512 tiles (prompt processing), where the CPU has them and the type has
+    /// one; same results as `dot`.
     #[cfg(target_arch = "x86_64")]
-    pub tile: Option<super::tile_avx512::DecodeFn>,
+    pub tile: Option<Tile>,
 }
 
 /// This layer's row of the type table: how `matmul` computes weights of `ty` from
@@ -51,9 +51,19 @@ pub struct KernelRow {
     /// The AVX2 and AVX-VNNI eight-row kernels (prompt processing), where there are.
     #[cfg(target_arch = "x86_64")]
     pub dot8: Option<(Dot8Fn, Dot8Fn)>,
-    /// The weight decoder of the AVX-512 VNNI tiles, where there is one.
+    /// The AVX-512 tiles, where there are.
     #[cfg(target_arch = "x86_64")]
-    pub tile: Option<super::tile_avx512::DecodeFn>,
+    pub tile: Option<Tile>,
+}
+
+/// An AVX-512 tile family for prompt processing (`super::tiled`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub enum Tile {
+    /// Signed 32-value types: the row decoder of `tile_avx512`.
+    Legacy(super::tile_avx512::DecodeFn),
+    /// K-quants: the tile of `tile_kquants`.
+    KQuant(super::tile_kquants::KTileFn),
 }
 
 macro_rules! row {
@@ -72,7 +82,7 @@ macro_rules! row {
         }
     };
     (@tile) => { None };
-    (@tile $t:expr) => { Some($t as super::tile_avx512::DecodeFn) };
+    (@tile $t:expr) => { Some($t) };
     (@dot8) => { None };
     (@dot8 $d8:expr, $v8:expr) => { Some(($d8 as Dot8Fn, $v8 as Dot8Fn)) };
 }
@@ -83,24 +93,26 @@ pub const KERNELS: &[KernelRow] = &[
     row!(F16, F32, fl::dot_f16, avx2: f2::dot_f16, f2::dot4_f16),
     row!(BF16, F32, fl::dot_bf16, avx2: f2::dot_bf16, f2::dot4_bf16),
     row!(Q4_0, Q8_0, lg::dot_q4_0, avx2: l2::dot_q4_0, l2::dot4_q4_0,
-        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0, tile: l2::offset_q4_0),
+        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0, tile: Tile::Legacy(l2::offset_q4_0)),
     row!(Q4_1, Q8_1, lg::dot_q4_1, avx2: l2::dot_q4_1, l2::dot4_q4_1,
         dot8: l2::dot8_q4_1, l2::dot8_vnni_q4_1),
     row!(Q5_0, Q8_0, lg::dot_q5_0, avx2: l2::dot_q5_0, l2::dot4_q5_0,
-        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0, tile: l2::offset_q5_0),
+        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0, tile: Tile::Legacy(l2::offset_q5_0)),
     row!(Q5_1, Q8_1, lg::dot_q5_1, avx2: l2::dot_q5_1, l2::dot4_q5_1,
         dot8: l2::dot8_q5_1, l2::dot8_vnni_q5_1),
     row!(Q8_0, Q8_0, lg::dot_q8_0, avx2: l2::dot_q8_0, l2::dot4_q8_0,
-        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0, tile: l2::offset_q8_0),
+        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0, tile: Tile::Legacy(l2::offset_q8_0)),
     row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
-        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl, tile: l2::offset_iq4_nl),
+        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl, tile: Tile::Legacy(l2::offset_iq4_nl)),
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
-        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: l2::offset_mxfp4),
+        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: Tile::Legacy(l2::offset_mxfp4)),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
-    row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k),
+    row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,
+        tile: Tile::KQuant(super::tile_kquants::tile_q4_k)),
     row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k),
-    row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k),
+    row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
+        tile: Tile::KQuant(super::tile_kquants::tile_q6_k)),
     row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs),
 ];
 

@@ -44,6 +44,10 @@ mod simd;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_kquants;
+#[cfg(target_arch = "x86_64")]
+mod tiled;
 
 pub use crate::dequant::dequantize_row;
 pub use dispatch::{KernelRow, FAST_TYPES, KERNELS};
@@ -213,8 +217,8 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
         16.min(rows.div_ceil(threads * 4)).max(1)
     };
     #[cfg(target_arch = "x86_64")]
-    if let Some(dec) = k.tile.filter(|_| n >= tile_avx512::GROUP) {
-        return run_tiled(w, k, dec, acts, rb, n, y);
+    if let Some(tile) = k.tile.filter(|_| n >= tiled::GROUP) {
+        return tiled::run(w, k, tile, acts, rb, n, y);
     }
     let n_chunks = rows.div_ceil(chunk);
     let out = OutPtr(y.as_mut_ptr());
@@ -283,67 +287,5 @@ fn tail(
             // SAFETY: as above.
             unsafe { out.write(t * rows + r, (k.dot)(w.row(r), a)) };
         }
-    }
-}
-
-/// Activation bytes of one token panel of the tiled path: the panel stays in L2 while
-/// every row tile of a chunk passes over it.
-#[cfg(target_arch = "x86_64")]
-const TILE_PANEL_BYTES: usize = 512 << 10;
-
-/// Prompt processing through the AVX-512 tiles ([`tile_avx512`]): chunks of up to 64
-/// weight rows per task, decoded once; within a chunk, token panels × 4-row tiles ×
-/// 8-token groups; the tokens past the last full group through [`tail`].
-#[cfg(target_arch = "x86_64")]
-fn run_tiled(
-    w: &WeightMatrix,
-    k: &Kernel,
-    dec: tile_avx512::DecodeFn,
-    acts: &[u8],
-    rb: usize,
-    n: usize,
-    y: &mut [f32],
-) {
-    use tile_avx512::{Decoded, GROUP, ROWS};
-    let rows = w.rows;
-    let nb = rb / act_quant::Q8_0_BYTES;
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = rows
-        .div_ceil(threads * 4)
-        .clamp(ROWS, 64)
-        .next_multiple_of(ROWS);
-    let n_chunks = rows.div_ceil(chunk);
-    let packed = tile_avx512::pack(acts, rb, n);
-    let gbytes = tile_avx512::group_bytes(nb);
-    let groups = n / GROUP;
-    let panel = (TILE_PANEL_BYTES / gbytes.max(1)).clamp(1, groups.max(1));
-    let out = OutPtr(y.as_mut_ptr());
-    let body = |ci: usize| {
-        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
-        let wd = Decoded::new(dec, nb, (r0..r1).map(|r| w.row(r)));
-        let mut res = [[0.0f32; GROUP]; ROWS];
-        for g0 in (0..groups).step_by(panel) {
-            for q0 in (0..r1 - r0).step_by(ROWS) {
-                let rr = ROWS.min(r1 - r0 - q0);
-                for g in g0..(g0 + panel).min(groups) {
-                    let a = &packed[g * gbytes..(g + 1) * gbytes];
-                    // SAFETY: the dispatcher hands out `tile` only where AVX-512
-                    // F/BW/VNNI and AVX2/FMA/F16C were detected.
-                    unsafe { tile_avx512::tile(&wd, q0, rr, a, &mut res) };
-                    for (r, vals) in res.iter().take(rr).enumerate() {
-                        for (i, &v) in vals.iter().enumerate() {
-                            // SAFETY: (token, row) in bounds; the row is this chunk's.
-                            unsafe { out.write((g * GROUP + i) * rows + r0 + q0 + r, v) };
-                        }
-                    }
-                }
-            }
-        }
-        tail(w, k, acts, rb, groups * GROUP, n, r0, r1, out);
-    };
-    if threads == 1 || n_chunks == 1 {
-        (0..n_chunks).for_each(body);
-    } else {
-        (0..n_chunks).into_par_iter().for_each(body);
     }
 }
