@@ -191,7 +191,7 @@ pub mod avx2 {
     use std::arch::x86_64::*;
 
     /// One 32-value weight format: how to turn a block into 32 bytes.
-    trait Block {
+    pub(crate) trait Block {
         /// Weight block bytes.
         const BYTES: usize;
         /// Activation block bytes: Q8_0's, or Q8_1's (with `s` and the `m` term).
@@ -207,13 +207,13 @@ pub mod avx2 {
         }
     }
 
-    struct Q4_0;
-    struct Q4_1;
-    struct Q5_0;
-    struct Q5_1;
-    struct Q8_0;
-    struct Iq4Nl;
-    struct Mxfp4;
+    pub(crate) struct Q4_0;
+    pub(crate) struct Q4_1;
+    pub(crate) struct Q5_0;
+    pub(crate) struct Q5_1;
+    pub(crate) struct Q8_0;
+    pub(crate) struct Iq4Nl;
+    pub(crate) struct Mxfp4;
 
     impl Block for Q4_0 {
         const BYTES: usize = BQ4_0::BYTES;

@@ -37,6 +37,8 @@ pub mod dot_kquants;
 #[cfg(target_arch = "x86_64")]
 mod dot_kquants_avx2;
 pub mod dot_legacy;
+#[cfg(target_arch = "x86_64")]
+pub mod dot_legacy_avx512;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;

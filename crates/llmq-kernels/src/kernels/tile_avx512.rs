@@ -364,4 +364,42 @@ mod tests {
             }
         }
     }
+
+    /// The AVX-512 one-row kernels (`dot_legacy_avx512`) give the AVX2 one-row kernel's
+    /// bits on the same random and edge-case blocks, odd and even block counts.
+    #[test]
+    fn avx512_one_row_kernels_equal_the_avx2_ones() {
+        use crate::kernels::dot_legacy_avx512 as x5;
+        if !available() {
+            return;
+        }
+        let fast: [One; 5] = [
+            x5::dot_q4_0,
+            x5::dot_q5_0,
+            x5::dot_q8_0,
+            x5::dot_iq4_nl,
+            x5::dot_mxfp4,
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        for (c, fast) in CASES.iter().zip(fast) {
+            for (nb, edge) in [(1, true), (2, true), (7, true), (28, false), (5, false)] {
+                let rows = 3;
+                let w = weight_rows(&mut rng, c, rows, nb, edge);
+                let acts = act_rows(&mut rng, 4, nb, edge);
+                let rb = nb * Q8_0_BYTES;
+                for r in 0..rows {
+                    let wr = &w[r * nb * c.1..(r + 1) * nb * c.1];
+                    for x in acts.chunks_exact(rb) {
+                        let (got, want) = (fast(wr, x), (c.4)(wr, x));
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} nb={nb}: {got} vs {want}",
+                            c.0
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
