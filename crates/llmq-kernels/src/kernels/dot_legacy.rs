@@ -471,11 +471,11 @@ pub mod avx2 {
         debug_assert!(B::SIGNED);
         let nb = w.len() / B::BYTES;
         assert!(q.len() >= nb * 32 && d.len() >= nb);
-        for i in 0..nb {
+        for (i, d) in d.iter_mut().enumerate().take(nb) {
             let (v, dv, _) = B::decode(w.as_ptr().add(i * B::BYTES));
             let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
             _mm256_storeu_si256(q.as_mut_ptr().add(32 * i) as *mut __m256i, u);
-            d[i] = _mm256_cvtss_f32(dv);
+            *d = _mm256_cvtss_f32(dv);
         }
     }
 

@@ -12,11 +12,14 @@
 //! with several activation rows each weight row is unpacked once per 4 tokens, or once
 //! per 8 for the legacy types in prompt processing, whose 8-row kernels read the
 //! activations interleaved block by block (`dot_legacy::interleave8`) as one stream.
-//! Where the CPU has AVX-512 VNNI, the signed 32-value types run prompts through
-//! register tiles of 4 weight rows × 8 tokens instead ([`tile_avx512`]: weights decoded
-//! once per call, activations packed once). Every multi-row kernel sums in the same
-//! order as the one-row kernel, so a row's result never depends on how many rows share
-//! the call.
+//! Where the CPU has AVX-512 (F, BW, VNNI; `LLMQ_KERNELS_NO_AVX512=1` switches it off),
+//! prompts of 8 tokens or more run through register tiles instead (`tiled`): 4 weight
+//! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
+//! per call, activations packed once), 2 rows × 8 tokens for Q4_K / Q6_K
+//! ([`tile_kquants`]); decode uses [`dot_legacy_avx512`] for the signed 32-value types.
+//! Every multi-row and AVX-512 kernel does each output's float operations in the same
+//! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
+//! share the call (nor on AVX2 against AVX-512).
 //!
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations

@@ -119,7 +119,7 @@ impl Decoded {
 /// # Safety
 /// AVX-512 F/BW/VNNI and AVX2/FMA/F16C must be available (`llmq_quant::isa`).
 pub unsafe fn tile(w: &Decoded, r0: usize, rr: usize, a: &[u8], out: &mut [[f32; GROUP]; ROWS]) {
-    assert!(rr >= 1 && rr <= ROWS && r0 + rr <= w.rows());
+    assert!((1..=ROWS).contains(&rr) && r0 + rr <= w.rows());
     assert!(a.len() >= group_bytes(w.nb));
     match rr {
         1 => tile_n::<1>(w, r0, a, out),
@@ -129,6 +129,7 @@ pub unsafe fn tile(w: &Decoded, r0: usize, rr: usize, a: &[u8], out: &mut [[f32;
     }
 }
 
+#[allow(clippy::needless_range_loop)] // one index into several tile arrays
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile_n<const R: usize>(w: &Decoded, r0: usize, a: &[u8], out: &mut [[f32; GROUP]; ROWS]) {
     let nb = w.nb;
@@ -316,6 +317,7 @@ mod tests {
     /// Every tile gives each (row, token) the AVX2 one-row kernel's bits, and agrees
     /// with the scalar reference, for every type, 1–4 rows, odd and even block counts.
     #[test]
+    #[allow(clippy::needless_range_loop)] // one index into several tile arrays
     fn tiles_equal_the_one_row_kernel_and_the_scalar_reference() {
         if !available() {
             return;

@@ -133,6 +133,7 @@ unsafe fn quarter(v: __m512, k: usize) -> __m128 {
     }
 }
 
+#[allow(clippy::needless_range_loop)] // one index into several tile arrays
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn q4_k<const R: usize>(w: &[&[u8]], a: &[u8], out: &mut [[f32; GROUP]; 4]) {
     let nb = w[0].len() / Q4K::BYTES;
@@ -190,6 +191,7 @@ unsafe fn q4_k<const R: usize>(w: &[&[u8]], a: &[u8], out: &mut [[f32; GROUP]; 4
     }
 }
 
+#[allow(clippy::needless_range_loop)] // one index into several tile arrays
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 unsafe fn q6_k<const R: usize>(w: &[&[u8]], a: &[u8], out: &mut [[f32; GROUP]; 4]) {
     let nb = w[0].len() / Q6K::BYTES;
@@ -405,6 +407,7 @@ mod tests {
     /// Every tile gives each (row, token) the AVX2 one-row kernel's bits, and agrees
     /// with the scalar reference, on random and edge-case blocks.
     #[test]
+    #[allow(clippy::needless_range_loop)] // one index into several tile arrays
     fn tiles_equal_the_one_row_kernel_and_the_scalar_reference() {
         if !available() {
             return;
