@@ -4,7 +4,9 @@
 //!
 //! `LLMQ_KERNELS_SCALAR=1` forces the portable scalar code everywhere (the fast paths
 //! give the same bytes and values, so this only changes speed);
-//! `LLMQ_KERNELS_NO_VNNI=1` keeps AVX2 but switches AVX-VNNI off. Both are read once.
+//! `LLMQ_KERNELS_NO_VNNI=1` keeps AVX2 but switches AVX-VNNI off;
+//! `LLMQ_KERNELS_NO_AVX512=1` keeps AVX2 but switches the AVX-512 tiles off. All are
+//! read once.
 
 use std::sync::OnceLock;
 
@@ -61,6 +63,25 @@ pub fn vnni() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             is_x86_feature_detected!("avxvnni") && !env_flag("LLMQ_KERNELS_NO_VNNI")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether AVX-512 F/BW/VNNI are there (and not switched off with
+/// `LLMQ_KERNELS_NO_AVX512=1`); only asked by code already on the [`Isa::Avx2`] path.
+pub fn avx512_vnni() -> bool {
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && !env_flag("LLMQ_KERNELS_NO_AVX512")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -5,6 +5,8 @@
 //! path. A new kernel is one row here plus its dot product in a `dot_*` module.
 
 use super::act_quant::Act;
+#[cfg(target_arch = "x86_64")]
+use super::dot_legacy_avx512 as x5;
 use super::{dot_float as fl, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::{dot_float::avx2 as f2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2};
@@ -29,6 +31,10 @@ pub struct Kernel {
     /// The 8-token variant (prompt processing), where there is one. Every variant gives
     /// each row exactly what `dot` gives it.
     pub dot8: Option<Dot8Fn>,
+    /// The AVX-512 tiles (prompt processing), where the CPU has them and the type has
+    /// one; same results as `dot`.
+    #[cfg(target_arch = "x86_64")]
+    pub tile: Option<Tile>,
 }
 
 /// This layer's row of the type table: how `matmul` computes weights of `ty` from
@@ -47,10 +53,27 @@ pub struct KernelRow {
     /// The AVX2 and AVX-VNNI eight-row kernels (prompt processing), where there are.
     #[cfg(target_arch = "x86_64")]
     pub dot8: Option<(Dot8Fn, Dot8Fn)>,
+    /// The AVX-512 tiles, where there are.
+    #[cfg(target_arch = "x86_64")]
+    pub tile: Option<Tile>,
+    /// The AVX-512 VNNI one-row dot product, where there is one.
+    #[cfg(target_arch = "x86_64")]
+    pub dot512: Option<DotFn>,
+}
+
+/// An AVX-512 tile family for prompt processing (`super::tiled`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub enum Tile {
+    /// Signed 32-value types: the row decoder of `tile_avx512`.
+    Legacy(super::tile_avx512::DecodeFn),
+    /// K-quants: the tile of `tile_kquants`.
+    KQuant(super::tile_kquants::KTileFn),
 }
 
 macro_rules! row {
-    ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr $(, dot8: $d8:expr, $v8:expr)?) => {
+    ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr
+        $(, dot8: $d8:expr, $v8:expr)? $(, tile: $t:expr)? $(, dot512: $d5:expr)?) => {
         KernelRow {
             ty: GgmlType::$ty,
             act: Act::$act,
@@ -59,8 +82,16 @@ macro_rules! row {
             avx2: ($d, $d4),
             #[cfg(target_arch = "x86_64")]
             dot8: row!(@dot8 $($d8, $v8)?),
+            #[cfg(target_arch = "x86_64")]
+            tile: row!(@tile $($t)?),
+            #[cfg(target_arch = "x86_64")]
+            dot512: row!(@dot512 $($d5)?),
         }
     };
+    (@dot512) => { None };
+    (@dot512 $d:expr) => { Some($d as DotFn) };
+    (@tile) => { None };
+    (@tile $t:expr) => { Some($t) };
     (@dot8) => { None };
     (@dot8 $d8:expr, $v8:expr) => { Some(($d8 as Dot8Fn, $v8 as Dot8Fn)) };
 }
@@ -71,24 +102,31 @@ pub const KERNELS: &[KernelRow] = &[
     row!(F16, F32, fl::dot_f16, avx2: f2::dot_f16, f2::dot4_f16),
     row!(BF16, F32, fl::dot_bf16, avx2: f2::dot_bf16, f2::dot4_bf16),
     row!(Q4_0, Q8_0, lg::dot_q4_0, avx2: l2::dot_q4_0, l2::dot4_q4_0,
-        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0),
+        dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0, tile: Tile::Legacy(l2::offset_q4_0),
+        dot512: x5::dot_q4_0),
     row!(Q4_1, Q8_1, lg::dot_q4_1, avx2: l2::dot_q4_1, l2::dot4_q4_1,
         dot8: l2::dot8_q4_1, l2::dot8_vnni_q4_1),
     row!(Q5_0, Q8_0, lg::dot_q5_0, avx2: l2::dot_q5_0, l2::dot4_q5_0,
-        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0),
+        dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0, tile: Tile::Legacy(l2::offset_q5_0),
+        dot512: x5::dot_q5_0),
     row!(Q5_1, Q8_1, lg::dot_q5_1, avx2: l2::dot_q5_1, l2::dot4_q5_1,
         dot8: l2::dot8_q5_1, l2::dot8_vnni_q5_1),
     row!(Q8_0, Q8_0, lg::dot_q8_0, avx2: l2::dot_q8_0, l2::dot4_q8_0,
-        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0),
+        dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0, tile: Tile::Legacy(l2::offset_q8_0),
+        dot512: x5::dot_q8_0),
     row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
-        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl),
+        dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl, tile: Tile::Legacy(l2::offset_iq4_nl),
+        dot512: x5::dot_iq4_nl),
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
-        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4),
+        dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: Tile::Legacy(l2::offset_mxfp4),
+        dot512: x5::dot_mxfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
-    row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k),
+    row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,
+        tile: Tile::KQuant(super::tile_kquants::tile_q4_k)),
     row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k),
-    row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k),
+    row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
+        tile: Tile::KQuant(super::tile_kquants::tile_q6_k)),
     row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs),
 ];
 
@@ -130,6 +168,8 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
         dot: r.scalar,
         dot4: None,
         dot8: None,
+        #[cfg(target_arch = "x86_64")]
+        tile: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -138,11 +178,13 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             // AVX-VNNI's 8-row kernel where the CPU has it (same results, fewer
             // instructions), else AVX2's.
             let vnni = llmq_quant::isa::vnni();
+            let avx512 = llmq_quant::isa::avx512_vnni();
             Some(Kernel {
                 act: r.act,
-                dot: r.avx2.0,
+                dot: r.dot512.filter(|_| avx512).unwrap_or(r.avx2.0),
                 dot4: Some(r.avx2.1),
                 dot8: r.dot8.map(|(plain, v)| if vnni { v } else { plain }),
+                tile: r.tile.filter(|_| avx512),
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -171,6 +213,8 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
         dot,
         dot4: None,
         dot8: None,
+        #[cfg(target_arch = "x86_64")]
+        tile: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -181,12 +225,14 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
                 dot: di::avx2::dot_int4,
                 dot4: Some(di::avx2::dot4_int4),
                 dot8: None,
+                tile: None,
             },
             8 => Kernel {
                 act: Act::Q8_0,
                 dot: di::avx2::dot_int8,
                 dot4: Some(di::avx2::dot4_int8),
                 dot8: None,
+                tile: None,
             },
             _ => scalar,
         }),

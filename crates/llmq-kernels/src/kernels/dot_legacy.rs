@@ -191,7 +191,7 @@ pub mod avx2 {
     use std::arch::x86_64::*;
 
     /// One 32-value weight format: how to turn a block into 32 bytes.
-    trait Block {
+    pub(crate) trait Block {
         /// Weight block bytes.
         const BYTES: usize;
         /// Activation block bytes: Q8_0's, or Q8_1's (with `s` and the `m` term).
@@ -207,13 +207,13 @@ pub mod avx2 {
         }
     }
 
-    struct Q4_0;
-    struct Q4_1;
-    struct Q5_0;
-    struct Q5_1;
-    struct Q8_0;
-    struct Iq4Nl;
-    struct Mxfp4;
+    pub(crate) struct Q4_0;
+    pub(crate) struct Q4_1;
+    pub(crate) struct Q5_0;
+    pub(crate) struct Q5_1;
+    pub(crate) struct Q8_0;
+    pub(crate) struct Iq4Nl;
+    pub(crate) struct Mxfp4;
 
     impl Block for Q4_0 {
         const BYTES: usize = BQ4_0::BYTES;
@@ -462,6 +462,41 @@ pub mod avx2 {
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(ds[t]), p, *acc);
         }
     }
+
+    /// Row `w` of a signed block type decoded for the AVX-512 tiles
+    /// (`super::super::tile_avx512`): per block its 32 weights plus 128 as unsigned
+    /// bytes into `q`, and its scale `d` as f32 into `d` (the value `decode` broadcasts).
+    #[inline(always)]
+    unsafe fn decode_offset<B: Block>(w: &[u8], q: &mut [u8], d: &mut [f32]) {
+        debug_assert!(B::SIGNED);
+        let nb = w.len() / B::BYTES;
+        assert!(q.len() >= nb * 32 && d.len() >= nb);
+        for (i, d) in d.iter_mut().enumerate().take(nb) {
+            let (v, dv, _) = B::decode(w.as_ptr().add(i * B::BYTES));
+            let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+            _mm256_storeu_si256(q.as_mut_ptr().add(32 * i) as *mut __m256i, u);
+            *d = _mm256_cvtss_f32(dv);
+        }
+    }
+
+    macro_rules! offset_entry {
+        ($name:ident, $b:ty) => {
+            /// [`decode_offset`] for this type. Only handed out by the dispatcher when
+            /// AVX2/FMA/F16C were detected.
+            pub fn $name(w: &[u8], q: &mut [u8], d: &mut [f32]) {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(w: &[u8], q: &mut [u8], d: &mut [f32]) {
+                    decode_offset::<$b>(w, q, d)
+                }
+                unsafe { inner(w, q, d) }
+            }
+        };
+    }
+    offset_entry!(offset_q4_0, Q4_0);
+    offset_entry!(offset_q5_0, Q5_0);
+    offset_entry!(offset_q8_0, Q8_0);
+    offset_entry!(offset_iq4_nl, Iq4Nl);
+    offset_entry!(offset_mxfp4, Mxfp4);
 
     macro_rules! entry {
         ($one:ident, $four:ident, $eight:ident, $vnni:ident, $b:ty) => {

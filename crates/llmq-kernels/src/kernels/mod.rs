@@ -12,8 +12,14 @@
 //! with several activation rows each weight row is unpacked once per 4 tokens, or once
 //! per 8 for the legacy types in prompt processing, whose 8-row kernels read the
 //! activations interleaved block by block (`dot_legacy::interleave8`) as one stream.
-//! Every multi-row kernel sums in the same order as the one-row kernel, so a row's
-//! result never depends on how many rows share the call.
+//! Where the CPU has AVX-512 (F, BW, VNNI; `LLMQ_KERNELS_NO_AVX512=1` switches it off),
+//! prompts of 8 tokens or more run through register tiles instead (`tiled`): 4 weight
+//! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
+//! per call, activations packed once), 2 rows × 8 tokens for Q4_K / Q6_K
+//! ([`tile_kquants`]); decode uses [`dot_legacy_avx512`] for the signed 32-value types.
+//! Every multi-row and AVX-512 kernel does each output's float operations in the same
+//! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
+//! share the call (nor on AVX2 against AVX-512).
 //!
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
@@ -34,11 +40,19 @@ pub mod dot_kquants;
 #[cfg(target_arch = "x86_64")]
 mod dot_kquants_avx2;
 pub mod dot_legacy;
+#[cfg(target_arch = "x86_64")]
+pub mod dot_legacy_avx512;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_kquants;
+#[cfg(target_arch = "x86_64")]
+mod tiled;
 
 pub use crate::dequant::dequantize_row;
 pub use dispatch::{KernelRow, FAST_TYPES, KERNELS};
@@ -198,7 +212,6 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     let rows = w.rows;
     let wrb = w.row_bytes();
     let data = w.data.as_slice();
-    let act = |t: usize| &acts[t * rb..(t + 1) * rb];
     let wrow = |r: usize| &data[r * wrb..(r + 1) * wrb];
     let threads = rayon::current_num_threads().max(1);
     // Decode: a few chunks per thread for balance. Prompts: 16 weight rows stay in cache
@@ -208,6 +221,10 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
     } else {
         16.min(rows.div_ceil(threads * 4)).max(1)
     };
+    #[cfg(target_arch = "x86_64")]
+    if let Some(tile) = k.tile.filter(|_| n >= tiled::GROUP) {
+        return tiled::run(w, k, tile, acts, rb, n, y);
+    }
     let n_chunks = rows.div_ceil(chunk);
     let out = OutPtr(y.as_mut_ptr());
     let packed8 = match k.dot8 {
@@ -231,30 +248,49 @@ fn run(w: &WeightMatrix, k: &Kernel, acts: &[u8], rb: usize, n: usize, y: &mut [
                 t += 8;
             }
         }
-        if let Some(dot4) = k.dot4 {
-            while t + 4 <= n {
-                let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
-                for r in r0..r1 {
-                    let v = dot4(wrow(r), a);
-                    for (i, v) in v.into_iter().enumerate() {
-                        // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
-                        unsafe { out.write((t + i) * rows + r, v) };
-                    }
-                }
-                t += 4;
-            }
-        }
-        for t in t..n {
-            let a = act(t);
-            for r in r0..r1 {
-                // SAFETY: as above.
-                unsafe { out.write(t * rows + r, (k.dot)(wrow(r), a)) };
-            }
-        }
+        tail(w, k, acts, rb, t, n, r0, r1, out);
     };
     if threads == 1 || n_chunks == 1 || data.len() * n < PAR_MIN_WORK {
         (0..n_chunks).for_each(body);
     } else {
         (0..n_chunks).into_par_iter().for_each(body);
+    }
+}
+
+/// Tokens `t0..n` of rows `r0..r1` with the 4-row and 1-row kernels.
+#[allow(clippy::too_many_arguments)]
+fn tail(
+    w: &WeightMatrix,
+    k: &Kernel,
+    acts: &[u8],
+    rb: usize,
+    t0: usize,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    out: OutPtr,
+) {
+    let rows = w.rows;
+    let act = |t: usize| &acts[t * rb..(t + 1) * rb];
+    let mut t = t0;
+    if let Some(dot4) = k.dot4 {
+        while t + 4 <= n {
+            let a = [act(t), act(t + 1), act(t + 2), act(t + 3)];
+            for r in r0..r1 {
+                let v = dot4(w.row(r), a);
+                for (i, v) in v.into_iter().enumerate() {
+                    // SAFETY: (t + i, r) is in bounds; row r belongs to this chunk only.
+                    unsafe { out.write((t + i) * rows + r, v) };
+                }
+            }
+            t += 4;
+        }
+    }
+    for t in t..n {
+        let a = act(t);
+        for r in r0..r1 {
+            // SAFETY: as above.
+            unsafe { out.write(t * rows + r, (k.dot)(w.row(r), a)) };
+        }
     }
 }

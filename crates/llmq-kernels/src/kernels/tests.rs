@@ -602,6 +602,30 @@ fn rows_are_independent_of_batch_size() {
     }
 }
 
+/// Long rows (one 8-token group per L2 panel) and several row chunks through the
+/// tiled prompt path: every token still gets the one-token bits.
+#[test]
+fn tiled_prompts_across_panels_and_chunks_are_batch_invariant() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let isa = Isa::detect();
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let (rows, cols, n) = (37, 32 * 1024, 17);
+        let w = weights(&mut rng, ty, rows, cols);
+        let x = activations(&mut rng, n, cols);
+        let mut all = vec![0.0f32; n * rows];
+        matmul_with_isa(&w, &x, n, &mut all, isa);
+        for t in 0..n {
+            let mut one = vec![0.0f32; rows];
+            matmul_with_isa(&w, &x[t * cols..(t + 1) * cols], 1, &mut one, isa);
+            let same = one
+                .iter()
+                .zip(&all[t * rows..(t + 1) * rows])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ty:?} {isa:?} token {t}");
+        }
+    }
+}
+
 /// The 8-row kernels (AVX2 `maddubs` and AVX-VNNI `vpdpbusd`) give each row exactly
 /// what the 1-row kernel gives it, on random block bytes with extreme quants (Q8_0
 /// weights of −128 and 127, activations of ±127), where a saturating pair sum would

@@ -1,0 +1,89 @@
+//! Prompt processing through the AVX-512 register tiles (8 tokens × a few weight rows,
+//! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_kquants`] for
+//! Q4_K / Q6_K): the activations are packed once per call, each task takes a chunk of
+//! up to 64 weight rows and walks token panels (kept in L2) × row tiles × 8-token
+//! groups; the tokens past the last full group go through the 4-row and 1-row kernels.
+
+use super::dispatch::{Kernel, Tile};
+use super::{act_quant, tail, tile_avx512 as lg, tile_kquants as kq, OutPtr};
+use crate::tensor::WeightMatrix;
+use rayon::prelude::*;
+
+/// Tokens per tile (both tile families).
+pub const GROUP: usize = 8;
+const _: () = assert!(lg::GROUP == GROUP && kq::GROUP == GROUP);
+
+/// Activation bytes of one token panel: the panel stays in L2 while every row tile of a
+/// chunk passes over it.
+const PANEL_BYTES: usize = 512 << 10;
+
+/// `y` for `n ≥ 8` tokens of packed activations `acts` (`rb` bytes a row).
+pub fn run(
+    w: &WeightMatrix,
+    k: &Kernel,
+    tile: Tile,
+    acts: &[u8],
+    rb: usize,
+    n: usize,
+    y: &mut [f32],
+) {
+    let rows = w.rows;
+    let (packed, gbytes, rows_per) = match tile {
+        Tile::Legacy(_) => {
+            let nb = rb / act_quant::Q8_0_BYTES;
+            (lg::pack(acts, rb, n), lg::group_bytes(nb), lg::ROWS)
+        }
+        Tile::KQuant(_) => {
+            let nb = rb / act_quant::Q8_K_BYTES;
+            (kq::pack(acts, rb, n), kq::group_bytes(nb), kq::ROWS)
+        }
+    };
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).clamp(4, 64).next_multiple_of(4);
+    let n_chunks = rows.div_ceil(chunk);
+    let groups = n / GROUP;
+    let panel = (PANEL_BYTES / gbytes.max(1)).clamp(1, groups.max(1));
+    let out = OutPtr(y.as_mut_ptr());
+    let body = |ci: usize| {
+        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
+        let decoded = match tile {
+            Tile::Legacy(dec) => Some(lg::Decoded::new(
+                dec,
+                rb / act_quant::Q8_0_BYTES,
+                (r0..r1).map(|r| w.row(r)),
+            )),
+            Tile::KQuant(_) => None,
+        };
+        let mut res = [[0.0f32; GROUP]; 4];
+        for g0 in (0..groups).step_by(panel) {
+            for q0 in (r0..r1).step_by(rows_per) {
+                let rr = rows_per.min(r1 - q0);
+                let wrows = [w.row(q0), w.row((q0 + 1).min(r1 - 1))];
+                for g in g0..(g0 + panel).min(groups) {
+                    let a = &packed[g * gbytes..(g + 1) * gbytes];
+                    match (tile, &decoded) {
+                        // SAFETY: the dispatcher hands out tiles only where AVX-512
+                        // F/BW/VNNI and AVX2/FMA/F16C were detected.
+                        (Tile::Legacy(_), Some(d)) => unsafe {
+                            lg::tile(d, q0 - r0, rr, a, &mut res)
+                        },
+                        (Tile::KQuant(f), _) => f(&wrows[..rr], a, &mut res),
+                        (Tile::Legacy(_), None) => unreachable!("decoded above"),
+                    }
+                    for (r, vals) in res.iter().take(rr).enumerate() {
+                        for (i, &v) in vals.iter().enumerate() {
+                            // SAFETY: (token, row) in bounds; the row is this chunk's.
+                            unsafe { out.write((g * GROUP + i) * rows + q0 + r, v) };
+                        }
+                    }
+                }
+            }
+        }
+        tail(w, k, acts, rb, groups * GROUP, n, r0, r1, out);
+    };
+    if threads == 1 || n_chunks == 1 {
+        (0..n_chunks).for_each(body);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(body);
+    }
+}
