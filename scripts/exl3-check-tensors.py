@@ -9,6 +9,8 @@ decoding: `inner_ref` (decoded tiles, fp16, (in, out)) and `weight_ref` (full we
           chain (128-Hadamards from util/hadamard.py, suh/svh) on our inner_ref and its
           tensor_core_perm, and compares with weight_ref. Checks Hadamard/scale order, not the
           bitstream or codebooks.
+  --min-ext=DIR  (GPU) as below, with only exllamav3's reconstruction kernels built from its own
+          sources (scripts/exl3-min-ext.py DIR, ~30 s) instead of its whole extension.
   (GPU)   builds exllamav3's LinearEXL3 from the stored tensors on cuda:0 and compares
           get_inner_weight_tensor() with inner_ref (bit for bit: bitstream, tile order and
           codebooks) and get_weight_tensor() with weight_ref (within fp16 rounding).
@@ -56,7 +58,7 @@ def main():
     if cpu or min_ext:
         # exllamav3 imports its compiled extension at module import; stub it for the pure-Python
         # parts. With --min-ext=DIR, the stub forwards reconstruct/reconstruct_slice to exllamav3's
-        # own reconstruction kernels, built alone from its sources (.gpu/trellis/exl3_min_ext.py).
+        # own reconstruction kernels, built alone from its sources (scripts/exl3-min-ext.py).
         class Stub(types.ModuleType):
             def __getattr__(self, name):
                 if name.startswith("__"):
