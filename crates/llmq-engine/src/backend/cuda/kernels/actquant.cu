@@ -23,14 +23,11 @@ extern "C" __global__ void act_q8_0(const float* x, float* y, u64 n_blocks) {
     }
 }
 
-// One block of 256 threads per 256-value block: `max` is the first value of largest
-// magnitude, iscale = -127/max, q = min(round_even(iscale*x), 127), d = 1/iscale.
-extern "C" __global__ void act_q8_k(const float* x, float* y) {
-    __shared__ float sa[8];
-    __shared__ int si[8];
-    u64 base = (u64)blockIdx.x * 256;
+// The Q8_K scale of the 256-value block at x + base, one value `v` per thread of a
+// 256-thread block: iscale = -127 / max, `max` the first value of largest magnitude
+// (ggml's quantize_row_q8_K_ref); 0 for an all-zero block. `sa`/`si`: 8 shared slots.
+__device__ float q8k_iscale(const float* x, u64 base, float v, float* sa, int* si) {
     int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    float v = x[base + t];
     float a = fabsf(v);
     int idx = t;
 #pragma unroll
@@ -55,11 +52,21 @@ extern "C" __global__ void act_q8_k(const float* x, float* y) {
             bi = si[w];
         }
     }
-    if (best == 0.0f) {
-        y[base + t] = 0.0f;
+    return best == 0.0f ? 0.0f : -127.0f / x[base + bi];
+}
+
+// One block of 256 threads per 256-value block: q = min(round_even(iscale*x), 127),
+// value d*q with d = 1/iscale.
+extern "C" __global__ void act_q8_k(const float* x, float* y) {
+    __shared__ float sa[8];
+    __shared__ int si[8];
+    u64 base = (u64)blockIdx.x * 256;
+    float v = x[base + threadIdx.x];
+    float iscale = q8k_iscale(x, base, v, sa, si);
+    if (iscale == 0.0f) {
+        y[base + threadIdx.x] = 0.0f;
         return;
     }
-    float iscale = -127.0f / x[base + bi];
     float q = fminf(rintf(iscale * v), 127.0f);
-    y[base + t] = (1.0f / iscale) * q;
+    y[base + threadIdx.x] = (1.0f / iscale) * q;
 }

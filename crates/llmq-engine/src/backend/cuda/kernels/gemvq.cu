@@ -66,45 +66,16 @@ extern "C" __global__ void act_pack_q8_k(const float* x, i8* qx, float* dx, int*
     __shared__ float sa[8];
     __shared__ int si[8];
     u64 base = (u64)blockIdx.x * 256;
-    int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    int t = threadIdx.x, lane = t & 31;
     float v = x[base + t];
-    float a = fabsf(v);
-    int idx = t;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float a2 = __shfl_xor_sync(0xffffffffu, a, o);
-        int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (a2 > a || (a2 == a && i2 < idx)) {
-            a = a2;
-            idx = i2;
-        }
-    }
-    if (lane == 0) {
-        sa[warp] = a;
-        si[warp] = idx;
-    }
-    __syncthreads();
-    float best = sa[0];
-    int bi = si[0];
-    for (int w = 1; w < 8; w++) {
-        if (sa[w] > best || (sa[w] == best && si[w] < bi)) {
-            best = sa[w];
-            bi = si[w];
-        }
-    }
-    int q = 0;
-    float d = 0.0f;
-    if (best != 0.0f) {
-        float iscale = -127.0f / x[base + bi];
-        q = (int)fminf(rintf(iscale * v), 127.0f);
-        d = 1.0f / iscale;
-    }
+    float iscale = q8k_iscale(x, base, v, sa, si);
+    int q = iscale == 0.0f ? 0 : (int)fminf(rintf(iscale * v), 127.0f);
     qx[base + t] = (i8)q;
     int s = q;
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if ((lane & 15) == 0) sx[base / 16 + (t >> 4)] = s;
-    if (lane == 0) dx[base / 32 + warp] = d;
+    if (lane == 0) dx[base / 32 + (t >> 5)] = iscale == 0.0f ? 0.0f : 1.0f / iscale;
 }
 
 // ---- per-type units: `dot<NB>(row, u, act, acc)` adds unit u's products with NB rows
@@ -121,6 +92,11 @@ struct QAct {
     __device__ __forceinline__ int s(int r, int i) const { return sx[(u64)r * (cols >> 4) + (i >> 4)]; }
 };
 
+// Sum of w[k]·x over the four int8 lanes of each of four words, plus acc.
+__device__ __forceinline__ int dot16(const int* w, int4 x, int acc) {
+    return dp4a(w[3], x.w, dp4a(w[2], x.z, dp4a(w[1], x.y, dp4a(w[0], x.x, acc))));
+}
+
 // Q8_0: unit = half a block (16 values); 34-byte blocks.
 struct GQ8_0 {
     static const int UNIT = 16;
@@ -129,12 +105,12 @@ struct GQ8_0 {
         const u8* b = row + (u >> 1) * 34;
         float d = h2f(*(const u16*)b);
         const u8* q = b + 2 + 16 * (u & 1);
-        int w0 = ld32_a2(q), w1 = ld32_a2(q + 4), w2 = ld32_a2(q + 8), w3 = ld32_a2(q + 12);
+        int w[4] = {ld32_a2(q), ld32_a2(q + 4), ld32_a2(q + 8), ld32_a2(q + 12)};
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
                 int4 x = *(const int4*)a.q(r, u * 16);
-                int s = dp4a(w3, x.w, dp4a(w2, x.z, dp4a(w1, x.y, dp4a(w0, x.x, 0))));
+                int s = dot16(w, x, 0);
                 acc[r] += d * a.d(r, u * 16) * (float)s;
             }
         }
@@ -160,8 +136,7 @@ struct GQ4_0 {
             if (r < a.nb) {
                 const int4* x = (const int4*)a.q(r, u * 32);
                 int4 x0 = x[0], x1 = x[1];
-                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
-                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
                 int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
                 acc[r] += d * a.d(r, u * 32) * (float)(s - 8 * sum);
             }
@@ -189,8 +164,7 @@ struct GQ5_0 {
             if (r < a.nb) {
                 const int4* x = (const int4*)a.q(r, u * 32);
                 int4 x0 = x[0], x1 = x[1];
-                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
-                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
                 int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
                 acc[r] += d * a.d(r, u * 32) * (float)(s - 16 * sum);
             }
@@ -257,10 +231,8 @@ struct GQK45 {
             if (r < a.nb) {
                 const int4* x = (const int4*)a.q(r, i0);
                 int4 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-                int s0 = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
-                s0 = dp4a(lo[4], x1.x, dp4a(lo[5], x1.y, dp4a(lo[6], x1.z, dp4a(lo[7], x1.w, s0))));
-                int s1 = dp4a(hi[0], x2.x, dp4a(hi[1], x2.y, dp4a(hi[2], x2.z, dp4a(hi[3], x2.w, 0))));
-                s1 = dp4a(hi[4], x3.x, dp4a(hi[5], x3.y, dp4a(hi[6], x3.z, dp4a(hi[7], x3.w, s1))));
+                int s0 = dot16(lo + 4, x1, dot16(lo, x0, 0));
+                int s1 = dot16(hi + 4, x3, dot16(hi, x2, 0));
                 int b0 = a.s(r, i0) + a.s(r, i0 + 16), b1 = a.s(r, i0 + 32) + a.s(r, i0 + 48);
                 acc[r] += a.d(r, i0) * (d * (float)(sc0 * s0 + sc1 * s1) - dmin * (float)(m0 * b0 + m1 * b1));
             }
@@ -347,8 +319,7 @@ struct GIQ4_NL {
             if (r < a.nb) {
                 const int4* x = (const int4*)a.q(r, u * 32);
                 int4 x0 = x[0], x1 = x[1];
-                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
-                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
                 acc[r] += d * a.d(r, u * 32) * (float)s;
             }
         }
@@ -383,8 +354,7 @@ struct GIQ4_XS {
             if (r < a.nb) {
                 const int4* x = (const int4*)a.q(r, i0);
                 int4 x0 = x[0], x1 = x[1];
-                int s = dp4a(lo[0], x0.x, dp4a(lo[1], x0.y, dp4a(lo[2], x0.z, dp4a(lo[3], x0.w, 0))));
-                s = dp4a(hi[0], x1.x, dp4a(hi[1], x1.y, dp4a(hi[2], x1.z, dp4a(hi[3], x1.w, s))));
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
                 acc[r] += dl * a.d(r, i0) * (float)s;
             }
         }
@@ -422,10 +392,10 @@ struct GQ2_K {
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     int4 x = *(const int4*)a.q(r, i0 + 32 * j);
-                    int dj = dp4a((int)((v[0] >> (2 * j)) & 0x03030303u), x.x, 0);
-                    dj = dp4a((int)((v[1] >> (2 * j)) & 0x03030303u), x.y, dj);
-                    dj = dp4a((int)((v[2] >> (2 * j)) & 0x03030303u), x.z, dj);
-                    dj = dp4a((int)((v[3] >> (2 * j)) & 0x03030303u), x.w, dj);
+                    int wj[4];
+#pragma unroll
+                    for (int k = 0; k < 4; k++) wj[k] = (int)((v[k] >> (2 * j)) & 0x03030303u);
+                    int dj = dot16(wj, x, 0);
                     si += sc[j] * dj;
                     mi += mn[j] * a.s(r, i0 + 32 * j);
                 }
