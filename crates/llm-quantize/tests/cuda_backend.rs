@@ -161,11 +161,15 @@ int main(int argc, char** argv) {
 }
 "#;
 
-/// `kernels/dequant.cuh` compiled for the host (any C++ compiler) decodes every GPU
-/// weight type exactly as the CPU engine's dequantizers do: the block layouts the GPU
-/// kernels read are checked without a GPU.
-#[test]
-fn dequant_kernels_match_the_cpu_dequantizers() {
+/// Kernel source `text` made plain C++ (device qualifiers dropped) and compiled for the
+/// host in `dir` with `prelude` before it and `main` after it; `None` where there is no
+/// C++ compiler outside CI.
+fn compile_for_host(
+    dir: &std::path::Path,
+    text: &str,
+    prelude: &str,
+    main: &str,
+) -> Option<PathBuf> {
     if std::process::Command::new("c++")
         .arg("--version")
         .output()
@@ -176,20 +180,16 @@ fn dequant_kernels_match_the_cpu_dequantizers() {
             "CI needs a C++ compiler (c++)"
         );
         eprintln!("skipped: no C++ compiler");
-        return;
+        return None;
     }
-    let src = cuda::SOURCES
-        .iter()
-        .find(|(n, _)| *n == "dequant.cuh")
-        .unwrap()
-        .1
+    let src = text
         .replace("static __device__ __forceinline__", "static inline")
         .replace("__device__ __forceinline__", "inline")
-        .replace("__constant__", "");
-    let tmp = tempfile::tempdir().unwrap();
-    let cpp = tmp.path().join("dequant.cpp");
-    let exe = tmp.path().join("dequant");
-    std::fs::write(&cpp, format!("{HOST_PRELUDE}{src}{HOST_MAIN}")).unwrap();
+        .replace("__constant__", "")
+        .replace("#pragma unroll", "");
+    let cpp = dir.join("kernels.cpp");
+    let exe = dir.join("kernels");
+    std::fs::write(&cpp, format!("{prelude}{src}{main}")).unwrap();
     let cc = std::process::Command::new("c++")
         .args(["-O1", "-std=c++17", "-o"])
         .arg(&exe)
@@ -201,6 +201,28 @@ fn dequant_kernels_match_the_cpu_dequantizers() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
+    Some(exe)
+}
+
+/// The source of kernel file `name`.
+fn kernel_source(name: &str) -> &'static str {
+    cuda::SOURCES.iter().find(|(n, _)| *n == name).unwrap().1
+}
+
+/// `kernels/dequant.cuh` compiled for the host (any C++ compiler) decodes every GPU
+/// weight type exactly as the CPU engine's dequantizers do: the block layouts the GPU
+/// kernels read are checked without a GPU.
+#[test]
+fn dequant_kernels_match_the_cpu_dequantizers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(exe) = compile_for_host(
+        tmp.path(),
+        kernel_source("dequant.cuh"),
+        HOST_PRELUDE,
+        HOST_MAIN,
+    ) else {
+        return;
+    };
     let (rows, cols) = (6usize, 768usize);
     let mut s = 12345u64;
     let vals: Vec<f32> = (0..rows * cols)
@@ -309,49 +331,15 @@ int main(int argc, char** argv) {
 fn integer_dot_units_match_the_cpu_engine() {
     use llmq_engine::Backend;
     use llmq_kernels::kernels::act_quant::Act;
-    if std::process::Command::new("c++")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI needs a C++ compiler (c++)"
-        );
-        eprintln!("skipped: no C++ compiler");
-        return;
-    }
-    let src = cuda::SOURCES
-        .iter()
-        .find(|(n, _)| *n == "gemvq.cu")
-        .unwrap()
-        .1;
+    let src = kernel_source("gemvq.cu");
     // the weight units only: from the activation view to the kernel template
     let units =
         &src[src.find("struct QAct").unwrap()..src.find("template <class T, int NB>").unwrap()];
-    let units = units
-        .replace("static __device__ __forceinline__", "static inline")
-        .replace("__device__ __forceinline__", "inline")
-        .replace("#pragma unroll", "");
     let tmp = tempfile::tempdir().unwrap();
-    let cpp = tmp.path().join("gemvq.cpp");
-    let exe = tmp.path().join("gemvq");
-    std::fs::write(
-        &cpp,
-        format!("{HOST_PRELUDE}#include <string>\n{GEMVQ_PRELUDE}{units}{GEMVQ_MAIN}"),
-    )
-    .unwrap();
-    let cc = std::process::Command::new("c++")
-        .args(["-O1", "-std=c++17", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let prelude = format!("{HOST_PRELUDE}#include <string>\n{GEMVQ_PRELUDE}");
+    let Some(exe) = compile_for_host(tmp.path(), units, &prelude, GEMVQ_MAIN) else {
+        return;
+    };
     let (rows, cols, n) = (5usize, 768usize, 11usize);
     let mut s = 777u64;
     let mut rnd = move || {
