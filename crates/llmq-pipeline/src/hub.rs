@@ -249,25 +249,7 @@ pub fn download_model(
             "model.safetensors.index.json",
             opts,
         )?;
-        let text = std::fs::read_to_string(&index).map_err(|source| HubError::Io {
-            path: index.display().to_string(),
-            source,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| HubError::Network {
-            repo: repo_id.into(),
-            why: format!("bad index: {e}"),
-        })?;
-        let mut shards: Vec<String> = v["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        wanted.extend(shards);
+        wanted.extend(shards_of_index(repo_id, &index)?);
     } else if files.iter().any(|f| f == "model.safetensors") {
         wanted.push("model.safetensors".into());
     } else {
@@ -300,6 +282,32 @@ fn cached_snapshot(cached: &hf_hub::CacheRepo) -> Option<PathBuf> {
     let dir = cfg.parent()?.to_path_buf();
     (dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists())
         .then_some(dir)
+}
+
+/// The shard files a downloaded `model.safetensors.index.json` names, sorted, once each.
+pub(crate) fn shards_of_index(
+    repo_id: &str,
+    index: &std::path::Path,
+) -> Result<Vec<String>, HubError> {
+    let text = std::fs::read_to_string(index).map_err(|source| HubError::Io {
+        path: index.display().to_string(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| HubError::Network {
+        repo: repo_id.into(),
+        why: format!("bad index: {e}"),
+    })?;
+    let mut shards: Vec<String> = v["weight_map"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
 }
 
 #[cfg(test)]

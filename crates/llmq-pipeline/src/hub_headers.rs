@@ -53,26 +53,10 @@ pub fn fetch_headers(repo_id: &str, opts: &HubOptions) -> Result<tempfile::TempD
     copy("config.json")?;
     let shards: Vec<String> = if has("model.safetensors.index.json") {
         copy("model.safetensors.index.json")?;
-        let index = scratch.path().join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&index).map_err(|source| HubError::Io {
-            path: index.display().to_string(),
-            source,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| HubError::Network {
-            repo: repo_id.into(),
-            why: format!("bad index: {e}"),
-        })?;
-        let mut shards: Vec<String> = v["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        shards
+        crate::hub::shards_of_index(
+            repo_id,
+            &scratch.path().join("model.safetensors.index.json"),
+        )?
     } else if has("model.safetensors") {
         vec!["model.safetensors".into()]
     } else {

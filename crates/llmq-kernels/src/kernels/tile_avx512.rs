@@ -23,7 +23,6 @@
 use super::act_quant::Q8_0_BYTES;
 use super::dot_legacy::h;
 use super::simd::hsum_ps;
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Decodes one packed weight row: 32 offset bytes per block into `q`, scales into `d`.
@@ -47,15 +46,9 @@ pub fn group_bytes(nb: usize) -> usize {
 /// tile layout (rows past the last full group are left out).
 pub fn pack(acts: &[u8], rb: usize, n: usize) -> Vec<u8> {
     let nb = rb / Q8_0_BYTES;
-    let gbytes = group_bytes(nb);
-    let mut out = vec![0u8; n / GROUP * gbytes];
-    let one = |(g, dst): (usize, &mut [u8])| pack_group(&acts[g * GROUP * rb..], rb, nb, dst);
-    if n >= 64 {
-        out.par_chunks_exact_mut(gbytes).enumerate().for_each(one);
-    } else {
-        out.chunks_exact_mut(gbytes).enumerate().for_each(one);
-    }
-    out
+    super::tiled::pack_groups(acts, rb, n, GROUP, group_bytes(nb), |a, dst| {
+        pack_group(a, rb, nb, dst)
+    })
 }
 
 fn pack_group(acts: &[u8], rb: usize, nb: usize, dst: &mut [u8]) {

@@ -19,7 +19,6 @@
 use super::act_quant::Q8_K_BYTES;
 use super::simd::{hsum_ps, load_f16};
 use llmq_formats::blocks::{BlockQ4K as Q4K, BlockQ6K as Q6K, BlockQ8K};
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Rows of `R ≤ 2` weight rows (packed blocks) against one packed group: `out[r][t]`.
@@ -46,15 +45,9 @@ pub fn group_bytes(nb: usize) -> usize {
 /// Packs the full 8-token groups of `n` Q8_K rows (`rb` bytes each).
 pub fn pack(acts: &[u8], rb: usize, n: usize) -> Vec<u8> {
     let nb = rb / Q8_K_BYTES;
-    let gbytes = group_bytes(nb);
-    let mut out = vec![0u8; n / GROUP * gbytes];
-    let one = |(g, dst): (usize, &mut [u8])| pack_group(&acts[g * GROUP * rb..], rb, nb, dst);
-    if n >= 64 {
-        out.par_chunks_exact_mut(gbytes).enumerate().for_each(one);
-    } else {
-        out.chunks_exact_mut(gbytes).enumerate().for_each(one);
-    }
-    out
+    super::tiled::pack_groups(acts, rb, n, GROUP, group_bytes(nb), |a, dst| {
+        pack_group(a, rb, nb, dst)
+    })
 }
 
 fn pack_group(acts: &[u8], rb: usize, nb: usize, dst: &mut [u8]) {

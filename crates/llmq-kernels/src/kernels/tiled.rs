@@ -87,3 +87,24 @@ pub fn run(
         (0..n_chunks).into_par_iter().for_each(body);
     }
 }
+
+/// Packs the full groups of `group` tokens of `n` activation rows (`rb` bytes each) into
+/// `gbytes` bytes per group with `pack_group(first row of the group, out)`, in parallel
+/// for long prompts (the rows past the last full group are left out).
+pub(crate) fn pack_groups(
+    acts: &[u8],
+    rb: usize,
+    n: usize,
+    group: usize,
+    gbytes: usize,
+    pack_group: impl Fn(&[u8], &mut [u8]) + Sync,
+) -> Vec<u8> {
+    let mut out = vec![0u8; n / group * gbytes];
+    let one = |(g, dst): (usize, &mut [u8])| pack_group(&acts[g * group * rb..], dst);
+    if n >= 64 {
+        out.par_chunks_exact_mut(gbytes).enumerate().for_each(one);
+    } else {
+        out.chunks_exact_mut(gbytes).enumerate().for_each(one);
+    }
+    out
+}
