@@ -397,7 +397,7 @@ fn measure_here(a: &BenchArgs, model: &str, verbosity: Verbosity) -> Result<Valu
     with_backend!(device, be => measure_on(be, a, model, verbosity))
 }
 
-fn measure_on<B: Backend>(
+fn measure_on<B: Backend + Clone>(
     be: B,
     a: &BenchArgs,
     model: &str,
@@ -411,6 +411,7 @@ fn measure_on<B: Backend>(
         ctx_tokens: a.prompt_tokens.max(a.gen_tokens).max(a.max_length),
         batch_tokens: a.batch_size.min(a.prompt_tokens.max(1)).max(a.max_length),
     };
+    let handle = be.clone();
     let m = load_on(be, model, a.token.clone(), quiet, need)?;
     let load_secs = t_load.elapsed().as_secs_f64();
     let n_vocab = m.model.n_vocab();
@@ -489,7 +490,10 @@ fn measure_on<B: Backend>(
         }
     }
     if let Some(d) = &a.dataset {
+        // quality as `eval` measures it: no f16 tensor-core products on a GPU
+        handle.set_exact_products(true);
         row["quality"] = quality(a, &m, d)?;
+        handle.set_exact_products(false);
     }
     Ok(row)
 }

@@ -2,7 +2,9 @@
 //! window protocol of the shared goldens or llama.cpp's (`--ppl-protocol`), and with
 //! `--base MODEL` the KL-divergence and same-top-token rate against the original.
 
-use crate::model_load::{choose_device, engine_error, load_on, with_backend, LoadedModel, Need};
+use crate::model_load::{
+    choose_device_exact, engine_error, load_on, with_backend, LoadedModel, Need,
+};
 use crate::output::{thousands, Mode, Verbosity};
 use crate::progress::{log, CountBar};
 use clap::{Args, ValueEnum};
@@ -164,7 +166,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
         ));
     }
     let quiet = verbosity == Verbosity::Quiet;
-    let device = choose_device(&a.device, quiet)?;
+    let device = choose_device_exact(&a.device, quiet)?;
     match &a.base_device {
         None => {
             with_backend!(device, be => {
@@ -173,7 +175,7 @@ pub fn run(a: EvalArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipeline
             })
         }
         Some(bd) => {
-            let base_device = choose_device(bd, quiet)?;
+            let base_device = choose_device_exact(bd, quiet)?;
             with_backend!(device, be => with_backend!(base_device, bb =>
                 eval_on(be, bb, &a, &text, &dataset_name, mode, verbosity)))
         }

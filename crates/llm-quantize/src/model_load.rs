@@ -61,6 +61,17 @@ pub enum Device {
 /// first CUDA device when a driver and a device are there (a device that fails to open
 /// falls back to the CPU with a note); a GPU choice is named on stderr.
 pub fn choose_device(arg: &str, quiet: bool) -> Result<Device, PipelineError> {
+    choose(arg, quiet, false)
+}
+
+/// [`choose_device`] for quality measurements: on a GPU every product runs on the
+/// kernels that compute what the CPU engine computes (the tensor-core prompt path
+/// rounds activations and weights to f16, an error of the size of an 8-bit format's).
+pub fn choose_device_exact(arg: &str, quiet: bool) -> Result<Device, PipelineError> {
+    choose(arg, quiet, true)
+}
+
+fn choose(arg: &str, quiet: bool, exact: bool) -> Result<Device, PipelineError> {
     let bad = || {
         PipelineError::invalid(
             format!("--device {arg}: expected cpu, cuda, cuda:N or auto"),
@@ -76,11 +87,11 @@ pub fn choose_device(arg: &str, quiet: bool) -> Result<Device, PipelineError> {
             _ => return Err(bad()),
         },
     };
-    open_cuda(ordinal, quiet)
+    open_cuda(ordinal, quiet, exact)
 }
 
 #[cfg(feature = "cuda")]
-fn open_cuda(ordinal: Option<usize>, quiet: bool) -> Result<Device, PipelineError> {
+fn open_cuda(ordinal: Option<usize>, quiet: bool, exact: bool) -> Result<Device, PipelineError> {
     use llmq_engine::backend::{cuda, Cuda};
     let c = match ordinal {
         Some(n) => Cuda::open(n).map_err(engine_error)?,
@@ -95,14 +106,24 @@ fn open_cuda(ordinal: Option<usize>, quiet: bool) -> Result<Device, PipelineErro
             }
         },
     };
+    if exact {
+        c.set_tensor_core_prompts(false);
+    }
     if !quiet {
-        log(&format!("device: {}", c.describe()));
+        let prompts = if c.tensor_core_prompts() {
+            "prompt products on tensor cores (cuBLAS, f16)"
+        } else if exact {
+            "exact products (tensor-core prompt path off for quality measurement)"
+        } else {
+            "prompt products on the GEMV kernels (cuBLAS not found)"
+        };
+        log(&format!("device: {}; {prompts}", c.describe()));
     }
     Ok(Device::Cuda(c))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(ordinal: Option<usize>, _quiet: bool) -> Result<Device, PipelineError> {
+fn open_cuda(ordinal: Option<usize>, _quiet: bool, _exact: bool) -> Result<Device, PipelineError> {
     match ordinal {
         None => Ok(Device::Cpu),
         Some(_) => Err(PipelineError::unsupported(

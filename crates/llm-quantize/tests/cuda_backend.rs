@@ -54,12 +54,22 @@ fn nvrtc_compiles_every_kernel() {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
         // 17 shared kernels + gemv and embed per GPU type + two integer GEMVs per
-        // integer-dot type
+        // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
+        // dequantization per quantized type)
         assert_eq!(
             kernels,
-            17 + 2 * cuda::GPU_TYPES.len() + 2 * cuda::INT_DOT_TYPES.len(),
+            17 + 2 * cuda::GPU_TYPES.len()
+                + 2 * cuda::INT_DOT_TYPES.len()
+                + 1
+                + cuda::DEQUANT_F16_TYPES.len(),
             "{arch}"
         );
+        for k in cuda::DEQUANT_F16_TYPES {
+            assert!(
+                ptx.contains(&format!(".entry dequant_f16_{k}(")),
+                "{arch}: dequant_f16_{k}"
+            );
+        }
         for (_, k) in cuda::GPU_TYPES {
             assert!(
                 ptx.contains(&format!(".entry gemv_{k}(")),

@@ -149,6 +149,12 @@ pub trait Backend: Sized {
     fn free_memory(&self) -> Option<u64> {
         None
     }
+    /// Compute every product as the CPU engine does (up to summation order), giving up
+    /// faster paths that round differently (the CUDA backend's f16 tensor-core prompt
+    /// products); for quality measurements. The CPU is always exact.
+    fn set_exact_products(&self, exact: bool) {
+        let _ = exact;
+    }
     /// Move a weight matrix into the backend's memory (once, at load time).
     fn upload_weight(&self, w: WeightMatrix) -> Self::Weight;
     /// An empty KV-cache buffer that will grow to at most `max_rows` rows of `width`.

@@ -1,8 +1,10 @@
 //! Device memory a model will need, planned before anything is uploaded, so a model that
 //! does not fit a GPU is refused up front with the numbers instead of failing mid-run:
 //! the weights as stored, the KV cache for the context a command will hold (f32, the
-//! widths [`super::KvCache`] allocates), the activations of its largest batch, and a
-//! fixed allowance for the driver context, the kernels and allocator slack.
+//! widths [`super::KvCache`] allocates), the activations of its largest batch (with
+//! the f16 copies of the widest weight and of the batch that prompt products on tensor
+//! cores use, from [`TENSOR_CORE_MIN_TOKENS`] tokens on), and a fixed allowance for the
+//! driver context, the kernels and allocator slack.
 
 use super::cache_widths;
 use super::load::hparams_of;
@@ -11,6 +13,10 @@ use crate::weights::WeightSource;
 
 /// The driver context, the loaded kernel module and allocator slack.
 const FIXED_BYTES: u64 = 512 << 20;
+
+/// Batches of this many tokens or more multiply on tensor cores (the CUDA backend's
+/// `tensor_core` module), through an f16 copy of the weight.
+pub const TENSOR_CORE_MIN_TOKENS: usize = 16;
 
 /// Device bytes a model needs for a given context and batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,10 +51,17 @@ impl MemoryPlan {
         // its normed copies, q/k/v and the attention output; doubled for a layer's inputs
         // and outputs coexisting
         let per_token = (hp.n_vocab + 2 * ffn + 6 * hp.n_embd + 4 * q_width) as u64 * 4 * 2;
+        let mut workspace = per_token * batch_tokens.max(1) as u64;
+        if batch_tokens >= TENSOR_CORE_MIN_TOKENS {
+            // the widest matrix (the output head, a feed-forward or the query
+            // projection) and the widest input rows of the batch, in f16
+            let widest = hp.n_vocab.max(ffn).max(q_width);
+            workspace += (widest * hp.n_embd + batch_tokens * ffn.max(hp.n_embd)) as u64 * 2;
+        }
         Ok(MemoryPlan {
             weights: src.tensor_bytes(),
             kv_cache,
-            workspace: per_token * batch_tokens.max(1) as u64,
+            workspace,
             fixed: FIXED_BYTES,
             ctx_tokens,
         })
@@ -90,8 +103,14 @@ mod tests {
             .unwrap()
             .len();
         assert!(p.weights <= file && p.weights > file - 64 * 1024, "{p:?}");
-        // per token: (4096 logits + 2 x 768 + 6 x 256 + 4 x 256) floats, twice
-        assert_eq!(p.workspace, (4096 + 1536 + 1536 + 1024) * 8 * 100);
+        // per token: (4096 logits + 2 x 768 + 6 x 256 + 4 x 256) floats, twice; and in
+        // f16 the 4096 x 256 head and 100 rows of the 768-wide feed-forward input
+        assert_eq!(
+            p.workspace,
+            (4096 + 1536 + 1536 + 1024) * 8 * 100 + (4096 * 256 + 100 * 768) * 2
+        );
+        let small = MemoryPlan::of(&src, 1000, 8).unwrap();
+        assert_eq!(small.workspace, (4096 + 1536 + 1536 + 1024) * 8 * 8);
         assert_eq!(p.total(), p.weights + p.kv_cache + p.workspace + p.fixed);
         // max_position_embeddings is 2048
         assert_eq!(MemoryPlan::of(&src, 1 << 20, 1).unwrap().ctx_tokens, 2048);

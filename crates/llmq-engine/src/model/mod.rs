@@ -26,7 +26,7 @@ mod surgery;
 
 pub use crate::routing::route;
 pub use kv_cache::{KvCache, Logits, SeqStep};
-pub use memory_plan::MemoryPlan;
+pub use memory_plan::{MemoryPlan, TENSOR_CORE_MIN_TOKENS};
 
 use crate::backend::{Activation, Backend, Cpu, Linear, TokenMap};
 use crate::calib::Tap;

@@ -50,9 +50,10 @@ fn run(
     let s = be.stream();
     let kp: Vec<u64> = tokens.seq.iter().map(|&q| k_bufs[q].ptr_at(s, 0)).collect();
     let vp: Vec<u64> = tokens.seq.iter().map(|&q| v_bufs[q].ptr_at(s, 0)).collect();
-    let kp = ok("upload", s.clone_htod(&kp[..]));
-    let vp = ok("upload", s.clone_htod(&vp[..]));
-    let pos = be.upload_i32(tokens.pos.iter().copied());
+    let kp = be.cached(&kp);
+    let vp = be.cached(&vp);
+    let pos: Vec<i32> = tokens.pos.iter().map(|&p| p as i32).collect();
+    let pos = be.cached(&pos);
     let cfg = LaunchConfig {
         grid_dim: (g.n_head as u32, n as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -73,9 +74,9 @@ fn run(
         cfg,
         &qa.data,
         &qb.data,
-        &kp,
-        &vp,
-        &pos,
+        &*kp,
+        &*vp,
+        &*pos,
         &out.data,
         &nh,
         &nkv,

@@ -18,6 +18,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("gemvq.cu", include_str!("kernels/gemvq.cu")),
+    ("tensorcore.cu", include_str!("kernels/tensorcore.cu")),
 ];
 
 /// The whole module's source.

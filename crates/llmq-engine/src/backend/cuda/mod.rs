@@ -8,18 +8,24 @@
 //! (`download`), calibration observers (`to_host`) and MoE routing decisions (`route`).
 //!
 //! Submodules: `device` (driver / NVRTC discovery), `compile`, `buffers`, `weights`,
-//! `ops` (the trait's operations), `attention`.
+//! `ops` (the trait's operations), `attention`, `tensor_core` (prompt products through
+//! cuBLAS), `uploads` (repeated small host arrays
+//! uploaded once), `trace` (`LLMQ_CUDA_TRACE=1`: time per kernel).
 
 mod attention;
 mod buffers;
 mod compile;
 mod device;
 mod ops;
+mod tensor_core;
+mod trace;
+mod uploads;
 mod weights;
 
 pub use buffers::CudaBuf;
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
+pub use tensor_core::DEQUANT_TYPES as DEQUANT_F16_TYPES;
 pub use weights::{CudaWeight, GPU_TYPES, INT_DOT_TYPES};
 
 use crate::error::{EngineError, Result};
@@ -58,6 +64,11 @@ struct Inner {
     name: String,
     ordinal: usize,
     cc: (i32, i32),
+    uploads: uploads::UploadCache,
+    trace: &'static trace::Trace,
+    tensor_core: Option<tensor_core::TensorCore>,
+    /// prompt products go to `tensor_core` (when it is there)
+    tensor_core_on: std::sync::atomic::AtomicBool,
 }
 
 /// One CUDA device with the engine's kernels loaded.
@@ -98,7 +109,8 @@ impl Cuda {
                 weights::INT_DOT_TYPES
                     .iter()
                     .flat_map(|k| [format!("gemvq1_{k}"), format!("gemvq8_{k}")]),
-            );
+            )
+            .chain(tensor_core::kernel_names());
         for n in names {
             let f = module
                 .load_function(&n)
@@ -106,6 +118,7 @@ impl Cuda {
             funcs.insert(n, f);
         }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let tensor_core = tensor_core::TensorCore::open(&stream);
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -115,6 +128,10 @@ impl Cuda {
                 name,
                 ordinal,
                 cc,
+                uploads: uploads::UploadCache::default(),
+                trace: trace::global(),
+                tensor_core_on: std::sync::atomic::AtomicBool::new(tensor_core.is_some()),
+                tensor_core,
             }),
         })
     }
@@ -123,6 +140,26 @@ impl Cuda {
     pub fn describe(&self) -> String {
         let i = &self.inner;
         format!("cuda:{} ({}, sm_{}{})", i.ordinal, i.name, i.cc.0, i.cc.1)
+    }
+
+    /// Whether prompt products use the tensor cores (`tensor_core`: cuBLAS was found
+    /// and they were not turned off).
+    pub fn tensor_core_prompts(&self) -> bool {
+        self.inner.tensor_core.is_some()
+            && self
+                .inner
+                .tensor_core_on
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turn the tensor-core prompt products on or off. Off, every product runs on the
+    /// GEMV kernels, which compute what the CPU engine computes up to summation order;
+    /// quality measurements (`eval`) use that, because the f16 rounding of the
+    /// tensor-core path is of the size of an 8-bit format's own error.
+    pub fn set_tensor_core_prompts(&self, on: bool) {
+        self.inner
+            .tensor_core_on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes of device memory free and in total.
@@ -143,6 +180,31 @@ impl Cuda {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    /// With `LLMQ_CUDA_TRACE`: the stream drained and the start time of the next operation.
+    fn trace_start(&self) -> Option<std::time::Instant> {
+        self.inner.trace.on().then(|| {
+            let _ = self.inner.stream.synchronize();
+            std::time::Instant::now()
+        })
+    }
+
+    /// With `LLMQ_CUDA_TRACE`: the operation started at `t` finished, under `name`.
+    fn trace_end(&self, name: &str, t: Option<std::time::Instant>) {
+        if let Some(t) = t {
+            let _ = self.inner.stream.synchronize();
+            self.inner.trace.record(name, t);
+        }
+    }
+
+    /// `v` on the device, reusing the copy of an earlier upload of the same values
+    /// (positions, RoPE factors, cache addresses; see `uploads`).
+    fn cached<T: uploads::Cacheable>(&self, v: &[T]) -> Arc<cudarc::driver::CudaSlice<T>> {
+        let t = self.trace_start();
+        let s = self.inner.uploads.get(self.stream(), v);
+        self.trace_end("upload (cached)", t);
+        s
     }
 
     pub(crate) fn func(&self, name: &str) -> &CudaFunction {

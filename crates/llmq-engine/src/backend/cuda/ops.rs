@@ -3,6 +3,7 @@
 //! model passes on the host (token ids, positions, routed rows) are copied up per call.
 
 use super::buffers::{ok, CudaBuf};
+use super::tensor_core::TensorCore;
 use super::weights::{self, ActRound, CudaWeight};
 use super::{attention, unsupported, Cuda};
 use crate::backend::api::{
@@ -36,11 +37,13 @@ pub(super) fn flat(n: usize) -> LaunchConfig {
 macro_rules! launch {
     ($be:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let f = $be.func($name);
+        let t = $be.trace_start();
         let mut b = $be.stream().launch_builder(f);
         $( b.arg($arg); )+
         // SAFETY: the arguments match the kernel's signature in `kernels/`, and every
         // index the kernel forms stays inside the buffers passed (checked by callers).
         ok($name, unsafe { b.launch($cfg) });
+        $be.trace_end($name, t);
     }};
 }
 pub(super) use launch;
@@ -56,12 +59,20 @@ impl Cuda {
     /// Host integers (indices, positions) on the device.
     pub(super) fn upload_i32(&self, v: impl IntoIterator<Item = usize>) -> CudaSlice<i32> {
         let v: Vec<i32> = v.into_iter().map(|x| x as i32).collect();
-        ok("upload", self.stream().clone_htod(&v[..]))
+        let t = self.trace_start();
+        let s = ok("upload", self.stream().clone_htod(&v[..]));
+        self.trace_end("upload", t);
+        s
     }
 
     /// `x` (`len` values) rounded as the CPU engine rounds the activations of a
     /// weight with rounding `act`; `None` for f32.
-    fn round_activations(&self, act: ActRound, x: &CudaBuf, len: usize) -> Option<CudaBuf> {
+    pub(super) fn round_activations(
+        &self,
+        act: ActRound,
+        x: &CudaBuf,
+        len: usize,
+    ) -> Option<CudaBuf> {
         if act == ActRound::F32 || len == 0 {
             return None;
         }
@@ -178,6 +189,25 @@ impl Cuda {
         Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
     }
 
+    /// `b`'s values on the host (traced as `download`).
+    fn fetch(&self, b: &CudaBuf) -> Vec<f32> {
+        let t = self.trace_start();
+        let v = b.to_vec(self.stream());
+        self.trace_end("download", t);
+        v
+    }
+
+    /// `y = x · Wᵀ` by the GEMV kernels (integer where the type has one).
+    fn matmul_gemv(&self, w: &CudaWeight, x: &CudaBuf, n: usize, y: &CudaBuf) {
+        if w.int_dot {
+            let a = self.pack_activations(w, x, n);
+            self.gemv_int(w, &a, n, y);
+        } else {
+            let rounded = self.round_activations(w.act, x, n * w.cols);
+            self.gemv_float(w, rounded.as_ref().unwrap_or(x), n, y);
+        }
+    }
+
     /// The kernels' activation code and its two parameters (clamped SwiGLU's).
     fn act_id(act: Activation) -> (i32, f32, f32) {
         match act {
@@ -205,11 +235,11 @@ impl Backend for Cuda {
     }
 
     fn to_host<'a>(&self, b: &'a CudaBuf) -> Cow<'a, [f32]> {
-        Cow::Owned(b.to_vec(self.stream()))
+        Cow::Owned(self.fetch(b))
     }
 
     fn download(&self, b: CudaBuf) -> Vec<f32> {
-        b.to_vec(self.stream())
+        self.fetch(&b)
     }
 
     fn check_weight(&self, name: &str, w: &WeightMatrix) -> Result<()> {
@@ -236,6 +266,10 @@ impl Backend for Cuda {
             .filter(|g| *g > 0.0)
             .map(|g| (g * 1e9) as u64);
         Some(cap.map_or(free, |c| c.min(free)))
+    }
+
+    fn set_exact_products(&self, exact: bool) {
+        self.set_tensor_core_prompts(!exact);
     }
 
     fn upload_weight(&self, w: WeightMatrix) -> CudaWeight {
@@ -372,16 +406,15 @@ impl Backend for Cuda {
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> CudaBuf {
-        let y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let mut y = CudaBuf::alloc(self.stream(), n * w.rows);
         if y.len == 0 {
             return y;
         }
-        if w.int_dot {
-            let a = self.pack_activations(w, x, n);
-            self.gemv_int(w, &a, n, &y);
-        } else {
-            let rounded = self.round_activations(w.act, x, n * w.cols);
-            self.gemv_float(w, rounded.as_ref().unwrap_or(x), n, &y);
+        match &self.inner.tensor_core {
+            Some(tc) if TensorCore::takes(w, n) && self.tensor_core_prompts() => {
+                tc.matmul(self, w, x, n, &mut y)
+            }
+            _ => self.matmul_gemv(w, x, n, &y),
         }
         y
     }
@@ -414,13 +447,14 @@ impl Backend for Cuda {
         if pos.is_empty() {
             return;
         }
-        let p = self.upload_i32(pos.iter().copied());
+        let p: Vec<i32> = pos.iter().map(|&x| x as i32).collect();
+        let p = self.cached(&p);
         // per-pair frequency divisors (all 1 without llama3 / LongRoPE factors)
         let factors: Vec<f32> = match rope.freq_factors {
             Some(f) => f[..rope.n_rot / 2].to_vec(),
             None => vec![1.0; (rope.n_rot / 2).max(1)],
         };
-        let ff = CudaBuf::from_host(self.stream(), &factors);
+        let ff = self.cached(&factors);
         let attn = rope.attn_factor;
         let kind: i32 = match rope.kind {
             RopeKind::Norm => 0,
@@ -444,7 +478,7 @@ impl Backend for Cuda {
                 "rope",
                 flat(pairs),
                 &mut x.data,
-                &p,
+                &*p,
                 &nt,
                 &w,
                 &hd,
@@ -452,7 +486,7 @@ impl Backend for Cuda {
                 &base,
                 &scale,
                 &kind,
-                &ff.data,
+                &*ff,
                 &attn
             );
         }
@@ -532,8 +566,8 @@ impl Backend for Cuda {
     }
 
     fn route(&self, logits: &CudaBuf, bias: Option<&CudaBuf>, p: &MoeParams) -> Routing {
-        let l = logits.to_vec(self.stream());
-        let b = bias.map(|b| b.to_vec(self.stream()));
+        let l = self.fetch(logits);
+        let b = bias.map(|b| self.fetch(b));
         let mut assigned: Routing = vec![Vec::new(); p.n_expert];
         for (t, row) in l.chunks(p.n_expert).enumerate() {
             for (e, w) in crate::routing::route(row, b.as_deref(), p) {
