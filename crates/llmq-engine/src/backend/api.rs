@@ -189,6 +189,11 @@ pub trait Backend: Sized {
     fn embed(&self, table: &Self::Weight, ids: &[u32], scale: Option<f32>) -> Self::Buf;
     /// `x · Wᵀ` for `n` rows of `x`: `[n, w.rows]`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize) -> Self::Buf;
+    /// [`Backend::matmul`] of one input with several weights (q/k/v, gate/up), in
+    /// order; a backend may prepare the input once for all of them.
+    fn matmul_each(&self, ws: &[&Self::Weight], x: &Self::Buf, n: usize) -> Vec<Self::Buf> {
+        ws.iter().map(|w| self.matmul(w, x, n)).collect()
+    }
     /// RMSNorm (Zhang & Sennrich 2019) of every `w.len()`-wide row, into a new buffer.
     /// Gemma's `1 + w` is folded into `w` when the weights load.
     fn rms_norm(&self, x: &Self::Buf, w: &Self::Buf, eps: f32) -> Self::Buf;

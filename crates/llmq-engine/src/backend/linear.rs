@@ -53,4 +53,17 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, be: &B, x: &B::Buf, n: usize) -> B::Buf {
         be.matmul(&self.w, x, n)
     }
+
+    /// [`Linear::forward`] of one input through several layers (q/k/v, gate/up), in
+    /// order ([`Backend::matmul_each`]).
+    pub fn forward_each<const K: usize>(
+        layers: [&Linear<B>; K],
+        be: &B,
+        x: &B::Buf,
+        n: usize,
+    ) -> [B::Buf; K] {
+        let ws: Vec<&B::Weight> = layers.iter().map(|l| &l.w).collect();
+        let mut ys = be.matmul_each(&ws, x, n).into_iter();
+        std::array::from_fn(|_| ys.next().expect("one product per weight"))
+    }
 }

@@ -78,11 +78,10 @@ impl<B: Backend> StandardAttention<B> {
                     be.slice_cols(&qkv, w_all, qd + kd, vd),
                 )
             }
-            Qkv::Separate { q, k, v } => (
-                q.forward(be, xn, t_all),
-                k.forward(be, xn, t_all),
-                v.forward(be, xn, t_all),
-            ),
+            Qkv::Separate { q, k, v } => {
+                let [q, k, v] = Linear::forward_each([q, k, v], be, xn, t_all);
+                (q, k, v)
+            }
         };
         for (buf, b) in [(&mut q, &self.bq), (&mut k, &self.bk), (&mut v, &self.bv)] {
             if let Some(b) = b {

@@ -81,8 +81,7 @@ impl<B: Backend> Mlp<B> {
         }
         let (ff, hidden) = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                let mut u = up.forward(be, x, n);
-                let mut g = gate.forward(be, x, n);
+                let [mut u, mut g] = Linear::forward_each([up, gate], be, x, n);
                 if let Some(b) = &self.biases {
                     be.add_bias(&mut u, &b.up);
                     be.add_bias(&mut g, &b.gate);

@@ -419,6 +419,34 @@ impl Backend for Cuda {
         y
     }
 
+    fn matmul_each(&self, ws: &[&CudaWeight], x: &CudaBuf, n: usize) -> Vec<CudaBuf> {
+        // one packing of x for every integer product that rounds it the same way (the
+        // GEMV path; the tensor-core path rounds per product)
+        let Some(first) = ws.first() else {
+            return Vec::new();
+        };
+        let tensor_cores = self.tensor_core_prompts() && ws.iter().any(|w| TensorCore::takes(w, n));
+        let shared = ws.len() > 1
+            && !tensor_cores
+            && n > 0
+            && ws
+                .iter()
+                .all(|w| w.int_dot && w.act == first.act && w.cols == first.cols);
+        if !shared {
+            return ws.iter().map(|w| self.matmul(w, x, n)).collect();
+        }
+        let a = self.pack_activations(first, x, n);
+        ws.iter()
+            .map(|w| {
+                let y = CudaBuf::alloc(self.stream(), n * w.rows);
+                if y.len > 0 {
+                    self.gemv_int(w, &a, n, &y);
+                }
+                y
+            })
+            .collect()
+    }
+
     fn rms_norm(&self, x: &CudaBuf, w: &CudaBuf, eps: f32) -> CudaBuf {
         let y = CudaBuf::alloc(self.stream(), x.len);
         rms_norm_into(self, x, w, &y, eps);
