@@ -53,12 +53,12 @@ fn nvrtc_compiles_every_kernel() {
     for arch in ["compute_80", "compute_90"] {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
-        // 17 shared kernels + gemv and embed per GPU type + two integer GEMVs per
+        // 18 shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
         // dequantization per quantized type)
         assert_eq!(
             kernels,
-            17 + 2 * cuda::GPU_TYPES.len()
+            18 + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len(),
@@ -302,13 +302,15 @@ template <class T> int run(const char* dir, int cols, int rows, int rb, int n) {
         return v;
     };
     std::vector<u8> w = rd("w.bin", (size_t)rows * rb), qx = rd("qx.bin", (size_t)n * cols),
-                    dx = rd("dx.bin", (size_t)n * cols / 32 * 4), sx = rd("sx.bin", (size_t)n * cols / 16 * 4);
+                    dx = rd("dx.bin", (size_t)n * cols / 32 * 4), sx = rd("sx.bin", (size_t)n * cols / 16 * 4),
+                    s1 = rd("s1.bin", (size_t)n * cols / 32 * 4);
     std::vector<float> y((size_t)n * rows);
     for (int r0 = 0; r0 < n; r0 += 8) {
         QAct a;
         a.qx = (const i8*)qx.data() + (size_t)r0 * cols;
         a.dx = (const float*)dx.data() + (size_t)r0 * (cols / 32);
         a.sx = (const int*)sx.data() + (size_t)r0 * (cols / 16);
+        a.s1 = (const float*)s1.data() + (size_t)r0 * (cols / 32);
         a.cols = cols;
         a.nb = n - r0 < 8 ? n - r0 : 8;
         for (int row = 0; row < rows; row++) {
@@ -329,6 +331,7 @@ int main(int argc, char** argv) {
 #define T(nm, S) if (!strcmp(t, nm)) return run<S>(argv[2], cols, rows, rb, n);
     T("q8_0", GQ8_0) T("q4_0", GQ4_0) T("q5_0", GQ5_0) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
     T("q6_k", GQ6_K) T("iq4_nl", GIQ4_NL) T("iq4_xs", GIQ4_XS) T("q2_k", GQ2_K) T("q3_k", GQ3_K)
+    T("q4_1", GQ4_1) T("q5_1", GQ5_1)
     return 2;
 }
 "#;
@@ -375,24 +378,34 @@ fn integer_dot_units_match_the_cpu_engine() {
             llmq_kernels::Bytes::whole(std::sync::Arc::new(q.clone())),
         )
         .unwrap();
-        let act = if matches!(ty.name(), "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL") {
-            Act::Q8_0
-        } else {
-            Act::Q8K
+        let act = match ty.name() {
+            "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" => Act::Q8_0,
+            "Q4_1" | "Q5_1" => Act::Q8_1,
+            _ => Act::Q8K,
         };
-        // the CPU's quantized activations as qx / dx / sx
-        let (mut qx, mut dx, mut sx) = (Vec::new(), Vec::new(), Vec::new());
+        // the CPU's quantized activations as qx / dx / sx (and Q8_1's block sums as s1)
+        let (mut qx, mut dx, mut sx, mut s1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for row in x.chunks_exact(cols) {
             let mut b = vec![0u8; act.row_bytes(cols)];
             act.quantize(llmq_kernels::kernels::Isa::Scalar, row, &mut b);
-            let (block, scale_bytes) = if act == Act::Q8_0 { (34, 2) } else { (292, 4) };
+            // block bytes, where the values start, values per block
+            let (block, scale_bytes, len) = match act {
+                Act::Q8_0 => (34, 2, 32),
+                Act::Q8_1 => (36, 4, 32),
+                _ => (292, 4, 256),
+            };
             for blk in b.chunks_exact(block) {
-                let d = if act == Act::Q8_0 {
-                    half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
-                } else {
+                let d = if act == Act::Q8K {
                     f32::from_le_bytes(blk[..4].try_into().unwrap())
+                } else {
+                    half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
                 };
-                let len = if act == Act::Q8_0 { 32 } else { 256 };
+                if act == Act::Q8_1 {
+                    let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                    s1.extend_from_slice(&s.to_le_bytes());
+                } else {
+                    s1.extend_from_slice(&[0u8; 4].repeat(len / 32));
+                }
                 let vals = &blk[scale_bytes..scale_bytes + len];
                 qx.extend_from_slice(vals);
                 for _ in 0..vals.len() / 32 {
@@ -409,6 +422,7 @@ fn integer_dot_units_match_the_cpu_engine() {
             ("qx.bin", &qx),
             ("dx.bin", &dx),
             ("sx.bin", &sx),
+            ("s1.bin", &s1),
         ] {
             std::fs::write(tmp.path().join(name), data).unwrap();
         }

@@ -53,6 +53,7 @@ const KERNELS: &[&str] = &[
     "act_q8_0",
     "act_q8_k",
     "act_pack_q8_0",
+    "act_pack_q8_1",
     "act_pack_q8_k",
 ];
 

@@ -48,11 +48,13 @@ macro_rules! launch {
 }
 pub(super) use launch;
 
-/// Activations packed for the integer kernels: int8 values, a scale per 32, a sum per 16.
+/// Activations packed for the integer kernels: int8 values, a scale per 32, a sum per 16,
+/// and Q8_1's f16 block sum per 32 (one unread value for the other roundings).
 struct PackedAct {
     qx: CudaSlice<i8>,
     dx: CudaSlice<f32>,
     sx: CudaSlice<i32>,
+    s1: CudaSlice<f32>,
 }
 
 impl Cuda {
@@ -78,7 +80,8 @@ impl Cuda {
         }
         let y = CudaBuf::alloc(self.stream(), len);
         match act {
-            ActRound::Q8_0 => {
+            // Q8_1's values are Q8_0's (its block sum only enters the integer kernels)
+            ActRound::Q8_0 | ActRound::Q8_1 => {
                 let blocks = (len / 32) as u64;
                 launch!(self, "act_q8_0", flat(len), &x.data, &y.data, &blocks);
             }
@@ -100,11 +103,13 @@ impl Cuda {
         let s = self.stream();
         let len = n * w.cols;
         // SAFETY: the packing kernels write every value before the GEMV reads it.
-        let (qx, dx, sx) = unsafe {
+        let s1_len = if w.act == ActRound::Q8_1 { len / 32 } else { 1 };
+        let (qx, dx, sx, s1) = unsafe {
             (
                 ok("alloc", s.alloc::<i8>(len.max(1))),
                 ok("alloc", s.alloc::<f32>((len / 32).max(1))),
                 ok("alloc", s.alloc::<i32>((len / 16).max(1))),
+                ok("alloc", s.alloc::<f32>(s1_len.max(1))),
             )
         };
         match w.act {
@@ -129,9 +134,23 @@ impl Cuda {
                 };
                 launch!(self, "act_pack_q8_k", cfg, &x.data, &qx, &dx, &sx);
             }
+            ActRound::Q8_1 => {
+                let blocks = (len / 32) as u64;
+                launch!(
+                    self,
+                    "act_pack_q8_1",
+                    flat(len),
+                    &x.data,
+                    &qx,
+                    &dx,
+                    &sx,
+                    &s1,
+                    &blocks
+                );
+            }
             ActRound::F32 => unreachable!("integer kernels are for quantized weights"),
         }
-        PackedAct { qx, dx, sx }
+        PackedAct { qx, dx, sx, s1 }
     }
 
     /// `y = x · Wᵀ` by `gemvq1_*` (one activation row) or `gemvq8_*` over packed `a`.
@@ -144,8 +163,8 @@ impl Cuda {
         };
         let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
         let name = format!("gemvq{nb}_{}", w.kernel);
-        let (qx, dx, sx) = (&a.qx, &a.dx, &a.sx);
-        launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, qx, dx, sx, &y.data, &nn);
+        let (qx, dx, sx, s1) = (&a.qx, &a.dx, &a.sx, &a.s1);
+        launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, qx, dx, sx, s1, &y.data, &nn);
     }
 
     /// `y = x · Wᵀ` by the float kernel `gemv_*` (x already rounded).

@@ -24,11 +24,12 @@ pub struct CudaWeight {
 }
 
 /// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
-/// Q8_1 rounds like Q8_0).
+/// Q8_1 rounds the values like Q8_0 and also keeps an f16 block sum).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ActRound {
     F32,
     Q8_0,
+    Q8_1,
     Q8K,
 }
 
@@ -41,6 +42,7 @@ fn act_of(t: GgmlType) -> ActRound {
         | GgmlType::Q5K
         | GgmlType::Q6K
         | GgmlType::IQ4XS => ActRound::Q8K,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => ActRound::Q8_1,
         _ => ActRound::Q8_0,
     }
 }
@@ -67,7 +69,8 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
 /// The types whose products also have an integer kernel (`kernels/gemvq.cu`: int8
 /// activations, `dp4a`), used for every call of those types.
 pub const INT_DOT_TYPES: &[&str] = &[
-    "q8_0", "q4_0", "q5_0", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
+    "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_xs",
 ];
 
 /// The kernel suffix of a weight type the GPU computes.

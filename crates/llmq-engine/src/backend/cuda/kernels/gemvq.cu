@@ -8,7 +8,9 @@
 // Packed activations (`act_pack_*`), per activation row of `cols` values:
 //   qx: int8[cols]; dx: f32[cols / 32], the scale of each 32 values (a Q8_K block's one
 //   scale repeated over its 8 sub-blocks); sx: int[cols / 16], the sum of each 16 qx
-//   (for the weight types with an offset or a minimum).
+//   (for the weight types with an offset or a minimum); s1: f32[cols / 32], Q8_1's block
+//   sum `d·Σq` rounded to f16 (for Q4_1 / Q5_1, whose minimum multiplies it; other
+//   types do not read it).
 //
 // GEMV layout: GQ_WARPS warps per block, one weight row per warp. A lane takes one unit
 // of the row at a time (a type's natural piece: a Q8_0 half block, a Q4_K sub-block
@@ -61,6 +63,30 @@ extern "C" __global__ void act_pack_q8_0(const float* x, i8* qx, float* dx, int*
     }
 }
 
+// Q8_1 rounding: Q8_0's values and scale, and the block sum s = f16(amax/127 · Σq) that
+// ggml's `quantize_row_q8_1` stores: one warp per 32 values.
+extern "C" __global__ void act_pack_q8_1(const float* x, i8* qx, float* dx, int* sx, float* s1, u64 n_blocks) {
+    int lane = threadIdx.x & 31;
+    u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
+    for (u64 b = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < n_blocks; b += warps) {
+        float v = x[b * 32 + lane];
+        float amax = warp_max(fabsf(v));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int q = (int)rintf(v * id);
+        qx[b * 32 + lane] = (i8)q;
+        int s = q;
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if ((lane & 15) == 0) sx[b * 2 + (lane >> 4)] = s;
+        int total = s + __shfl_xor_sync(0xffffffffu, s, 16);
+        if (lane == 0) {
+            float d = amax / 127.0f;
+            dx[b] = f16_round(d);
+            s1[b] = f16_round(d * (float)total);
+        }
+    }
+}
+
 // Q8_K rounding (see act_q8_k): one block of 256 threads per 256 values.
 extern "C" __global__ void act_pack_q8_k(const float* x, i8* qx, float* dx, int* sx) {
     __shared__ float sa[8];
@@ -85,11 +111,13 @@ struct QAct {
     const i8* qx;
     const float* dx;
     const int* sx;
+    const float* s1;
     int cols;
     int nb;  // rows present (<= NB)
     __device__ __forceinline__ const i8* q(int r, int i) const { return qx + (u64)r * cols + i; }
     __device__ __forceinline__ float d(int r, int i) const { return dx[(u64)r * (cols >> 5) + (i >> 5)]; }
     __device__ __forceinline__ int s(int r, int i) const { return sx[(u64)r * (cols >> 4) + (i >> 4)]; }
+    __device__ __forceinline__ float s32(int r, int i) const { return s1[(u64)r * (cols >> 5) + (i >> 5)]; }
 };
 
 // Sum of w[k]·x over the four int8 lanes of each of four words, plus acc.
@@ -167,6 +195,60 @@ struct GQ5_0 {
                 int s = dot16(hi, x1, dot16(lo, x0, 0));
                 int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
                 acc[r] += d * a.d(r, u * 32) * (float)(s - 16 * sum);
+            }
+        }
+    }
+};
+
+// Q4_1: unit = a block; 20 bytes: d, m, qs; value = nibble * d + m (ggml's
+// vec_dot_q4_1_q8_1: d·dx·Σ(q·qx) + m·s).
+struct GQ4_1 {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * 20;
+        float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int v = ld32_a2(b + 4 + 4 * k);
+            lo[k] = v & 0x0F0F0F0F;
+            hi[k] = (v >> 4) & 0x0F0F0F0F;
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
+                acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
+            }
+        }
+    }
+};
+
+// Q5_1: unit = a block; 24 bytes: d, m, qh (bit j: 5th bit of value j), qs; q * d + m.
+struct GQ5_1 {
+    static const int UNIT = 32;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * 24;
+        float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
+        u32 qh = (u32)ld32_a2(b + 4);
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int v = ld32_a2(b + 8 + 4 * k);
+            lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
+            hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
+                acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
             }
         }
     }
@@ -459,7 +541,7 @@ struct GQ3_K {
 
 template <class T, int NB>
 __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx,
-                                           const float* dx, const int* sx, float* y, int n) {
+                                           const float* dx, const int* sx, const float* s1, float* y, int n) {
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GQ_WARPS + (threadIdx.x >> 5);
     int r0 = blockIdx.y * NB;
@@ -468,6 +550,7 @@ __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows,
     a.qx = qx + (u64)r0 * cols;
     a.dx = dx + (u64)r0 * (cols >> 5);
     a.sx = sx + (u64)r0 * (cols >> 4);
+    a.s1 = s1 + (u64)r0 * (cols >> 5);
     a.cols = cols;
     a.nb = min(NB, n - r0);
     const u8* wr = w + (u64)row * row_bytes;
@@ -485,17 +568,21 @@ __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows,
 
 #define GEMVQ_KERNELS(name, T)                                                                          \
     extern "C" __global__ void gemvq1_##name(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx, \
-                                             const float* dx, const int* sx, float* y, int n) {          \
-        gemvq_impl<T, 1>(w, row_bytes, rows, cols, qx, dx, sx, y, n);                                    \
+                                             const float* dx, const int* sx, const float* s1, float* y,  \
+                                             int n) {                                                    \
+        gemvq_impl<T, 1>(w, row_bytes, rows, cols, qx, dx, sx, s1, y, n);                                \
     }                                                                                                    \
     extern "C" __global__ void gemvq8_##name(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx, \
-                                             const float* dx, const int* sx, float* y, int n) {          \
-        gemvq_impl<T, 8>(w, row_bytes, rows, cols, qx, dx, sx, y, n);                                    \
+                                             const float* dx, const int* sx, const float* s1, float* y,  \
+                                             int n) {                                                    \
+        gemvq_impl<T, 8>(w, row_bytes, rows, cols, qx, dx, sx, s1, y, n);                                \
     }
 
 GEMVQ_KERNELS(q8_0, GQ8_0)
 GEMVQ_KERNELS(q4_0, GQ4_0)
 GEMVQ_KERNELS(q5_0, GQ5_0)
+GEMVQ_KERNELS(q4_1, GQ4_1)
+GEMVQ_KERNELS(q5_1, GQ5_1)
 GEMVQ_KERNELS(q4_k, GQK45<false>)
 GEMVQ_KERNELS(q5_k, GQK45<true>)
 GEMVQ_KERNELS(q6_k, GQ6_K)
