@@ -111,6 +111,8 @@ fn main() {
         GgmlType::Q4K,
         GgmlType::Q5_0,
         GgmlType::Q4_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_1,
         GgmlType::IQ4XS,
         GgmlType::Q2K,
     ] {
