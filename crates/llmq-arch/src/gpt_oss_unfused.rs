@@ -134,8 +134,16 @@ pub fn unfuse_gpt_oss_experts(plan: &mut GgufPlan) -> UnfusedExperts {
 pub(crate) struct BiasGroups(BTreeMap<usize, BTreeMap<(usize, usize), (String, Vec<usize>)>>);
 
 const PROJS: [(&str, &str, TensorRole); 3] = [
-    ("down_proj", "ffn_down_exps.bias", TensorRole::FfnDownExpsBias),
-    ("gate_proj", "ffn_gate_exps.bias", TensorRole::FfnGateExpsBias),
+    (
+        "down_proj",
+        "ffn_down_exps.bias",
+        TensorRole::FfnDownExpsBias,
+    ),
+    (
+        "gate_proj",
+        "ffn_gate_exps.bias",
+        TensorRole::FfnGateExpsBias,
+    ),
     ("up_proj", "ffn_up_exps.bias", TensorRole::FfnUpExpsBias),
 ];
 
@@ -199,7 +207,11 @@ impl BiasGroups {
                 layer,
                 have: group.len(),
                 want: 3 * n_experts,
-                example: group.values().next().map(|v| v.0.clone()).unwrap_or_default(),
+                example: group
+                    .values()
+                    .next()
+                    .map(|v| v.0.clone())
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -284,7 +296,10 @@ mod tests {
         }
         let up = &u.views[&format!("{p}1.up_proj.weight")];
         let all_up = apply_transform(&u.fused[&up.fused], &[gu.clone()]).unwrap();
-        assert_eq!(up.slice(&all_up).unwrap()[8 + 3], gu[8 * 12 + 3 * 12 + 2 + 1]);
+        assert_eq!(
+            up.slice(&all_up).unwrap()[8 + 3],
+            gu[8 * 12 + 3 * 12 + 2 + 1]
+        );
 
         // the per-expert names plan to the same GGUF tensors, stacked
         let mut unfused = fused_list(e);
@@ -293,9 +308,17 @@ mod tests {
         }
         let back = gguf_plan(&c, &unfused).unwrap();
         for t in &fused.tensors {
-            let b = back.tensors.iter().find(|b| b.gguf_name == t.gguf_name).unwrap();
+            let b = back
+                .tensors
+                .iter()
+                .find(|b| b.gguf_name == t.gguf_name)
+                .unwrap();
             assert_eq!(b.shape_ne, t.shape_ne, "{}", t.gguf_name);
-            let rebuilt = plan.tensors.iter().find(|b| b.gguf_name == t.gguf_name).unwrap();
+            let rebuilt = plan
+                .tensors
+                .iter()
+                .find(|b| b.gguf_name == t.gguf_name)
+                .unwrap();
             assert_eq!(b.sources, rebuilt.sources, "{}", t.gguf_name);
         }
         assert_eq!(back.tensors.len(), fused.tensors.len());

@@ -154,7 +154,14 @@ impl Tensors {
                 .sources
                 .iter()
                 .map(|n| {
-                    self.st.f32(n).map_err(|e| {
+                    let view = self.st.get(n);
+                    match view {
+                        // MXFP4 `*_blocks` / `*_scales`: bytes, decoded by the transform
+                        Ok(v) if spec.transform.reads_bytes() => v.u8_as_f32(),
+                        Ok(v) => v.to_f32(),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| {
                         PipelineError::general(format!("tensor {n}: {e}"), "Check the model files")
                     })
                 })
@@ -166,7 +173,10 @@ impl Tensors {
         let all = cache.as_ref().map(|c| c.1.clone()).unwrap_or_default();
         view.slice(&all).map(<[f32]>::to_vec).ok_or_else(|| {
             PipelineError::general(
-                format!("{}: expert {} is outside {}", view.name, view.expert, view.fused),
+                format!(
+                    "{}: expert {} is outside {}",
+                    view.name, view.expert, view.fused
+                ),
                 "Report this as a bug",
             )
         })
