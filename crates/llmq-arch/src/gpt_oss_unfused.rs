@@ -131,7 +131,10 @@ pub fn unfuse_gpt_oss_experts(plan: &mut GgufPlan) -> UnfusedExperts {
 /// unfused checkpoint, gathered per layer and stacked into `ffn_*_exps.bias` once
 /// every expert's three are seen.
 #[derive(Default)]
-pub(crate) struct BiasGroups(BTreeMap<usize, BTreeMap<(usize, usize), (String, Vec<usize>)>>);
+pub(crate) struct BiasGroups(BTreeMap<usize, LayerBiases>);
+
+/// (projection, expert) → (HF name, shape)
+type LayerBiases = BTreeMap<(usize, usize), (String, Vec<usize>)>;
 
 const PROJS: [(&str, &str, TensorRole); 3] = [
     (
@@ -287,7 +290,7 @@ mod tests {
         // values: expert 1's gate row r, column c is gate_up_proj[1][c][2r]
         let gu: Vec<f32> = (0..e * 8 * 12).map(|i| i as f32).collect();
         let spec = &u.fused[&gate.fused];
-        let all = apply_transform(spec, &[gu.clone()]).unwrap();
+        let all = apply_transform(spec, std::slice::from_ref(&gu)).unwrap();
         let g1 = gate.slice(&all).unwrap();
         for r in 0..6 {
             for col in 0..8 {
@@ -295,7 +298,7 @@ mod tests {
             }
         }
         let up = &u.views[&format!("{p}1.up_proj.weight")];
-        let all_up = apply_transform(&u.fused[&up.fused], &[gu.clone()]).unwrap();
+        let all_up = apply_transform(&u.fused[&up.fused], std::slice::from_ref(&gu)).unwrap();
         assert_eq!(
             up.slice(&all_up).unwrap()[8 + 3],
             gu[8 * 12 + 3 * 12 + 2 + 1]
