@@ -5,7 +5,8 @@
 //!   (`mlp.experts.E.{gate,up,down}_proj`, with biases; `llmq_arch::gpt_oss_unfused`),
 //!   the routers kept unquantized and listed as such; every expert is calibrated on the
 //!   tokens routed to it (the reported tokens of a layer's experts sum to top-k × the
-//!   calibration tokens);
+//!   calibration tokens); with too few tokens the experts fall back (all-token Hessian
+//!   for gate/up, round-to-nearest for down), reported per tensor;
 //! - GPTQModel's checkpoint dequantizer, AutoAWQ's `dequantize_gemm` and the
 //!   compressed-tensors package read every module to exactly our dequantized weights,
 //!   and the per-expert weights and biases are the original fused tensors' (de-interleaved,
@@ -63,15 +64,25 @@ fn build_harness(py: &Path, out: &Path) {
 
 /// quantize with a small calibration set; returns the output folder and the JSON result
 fn run(t: &Path, model: &Path, name: &str, args: &[&str]) -> (PathBuf, Value) {
+    run_with(t, model, name, args, ("16", "128"))
+}
+
+fn run_with(
+    t: &Path,
+    model: &Path,
+    name: &str,
+    args: &[&str],
+    (samples, seq_len): (&str, &str),
+) -> (PathBuf, Value) {
     let calib = t.join("calib.txt");
     let mut a = args.to_vec();
     a.extend([
         "--calibration-data",
         calib.to_str().unwrap(),
         "--calibration-samples",
-        "16",
+        samples,
         "--calibration-seq-len",
-        "128",
+        seq_len,
         "--no-checkpoints",
         "-o",
         t.to_str().unwrap(),
@@ -213,6 +224,35 @@ fn gpt_oss_into_gptq_awq_and_compressed_tensors() {
     let kl = KlProbe::new(&packed, 4).kl(&out);
     eprintln!("mxfp4 source → compressed-tensors: mean KL {kl:.4}");
     assert!(kl > 0.0 && kl < MAX_KL, "mxfp4 source: KL {kl}");
+
+    // too few calibration tokens (24, 48 routed over 8 experts): the fallbacks, reported
+    let (out, v) = run_with(t, &model, "f4", &["gptq", "-q", "4bit"], ("1", "24"));
+    let rep = v["metadata"]["tensors_report"].as_array().unwrap();
+    let experts: Vec<&Value> = rep
+        .iter()
+        .filter(|r| r["name"].as_str().unwrap().contains(".mlp.experts."))
+        .collect();
+    assert_eq!(experts.len(), 2 * 24);
+    let fell_back = |r: &Value| {
+        let m = r["method"].as_str().unwrap();
+        let down = r["name"].as_str().unwrap().contains("down_proj");
+        let want = if down {
+            m.starts_with("rtn:")
+        } else {
+            m == "gptq:all-tokens-hessian"
+        };
+        want && r["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("calibration tokens"))
+    };
+    let starved = experts.iter().filter(|r| fell_back(r)).count();
+    assert!(
+        starved >= 24,
+        "only {starved} expert projections fell back: {experts:?}"
+    );
+    let kl = probe.kl(&out);
+    eprintln!("fallbacks ({starved} expert projections): mean KL {kl:.4}");
+    assert!(kl > 0.0 && kl < 1.0, "fallbacks: KL {kl}");
 
     let pysrc = py
         .parent()
