@@ -8,16 +8,21 @@
 //! Why this layout: transformers has no per-expert GPT-OSS module, so every quantized
 //! GPT-OSS checkpoint is written by a tool that first replaces the fused
 //! `GptOssExperts` with Linear modules. llm-compressor (the writer of the
-//! compressed-tensors checkpoints vLLM serves) does it with a `ModuleList` of
-//! per-expert MLPs directly at `mlp.experts` holding `gate_proj` / `up_proj` /
-//! `down_proj` with biases, gate and up split from the even/odd columns; those names
-//! are the ones vLLM's fused-MoE expert mapping (`experts.E.gate_proj.` → `w13`,
-//! `experts.E.down_proj.` → `w2`) loads for every quantized MoE. GPTQModel's own
-//! definition keeps gate|up fused and interleaved (`experts.gate_up.E`,
-//! `experts.down.E`), a layout only GPTQModel's patched model class reads; we write
-//! the llm-compressor layout for all three formats, so one naming serves every
-//! format and vLLM's loader, and our engine reads it back through the ordinary
-//! per-expert stacking of [`crate::gguf_plan`] (plus [`BiasGroups`] for the biases).
+//! compressed-tensors checkpoints vLLM serves; `modeling/moe/gpt_oss.py`) does it with
+//! a `ModuleList` of per-expert MLPs directly at `mlp.experts` holding `gate_proj` /
+//! `up_proj` / `down_proj` with biases, gate and up taken from the even / odd columns.
+//! These are the per-expert names vLLM's generic fused-MoE mapping
+//! (`make_expert_params_mapping`: `experts.E.gate_proj.` / `up_proj.` → `w13`,
+//! `down_proj.` → `w2`) matches for the other MoE families, and the names a vLLM change
+//! for GPT-OSS (PR 29315, compressed-tensors W4A8) maps, biases included, into its fused
+//! `w13` / `w2`; Quark's GPT-OSS export (onnxruntime-genai) also has separate per-expert
+//! `gate_proj` / `up_proj` / `down_proj`. GPTQModel's own definition instead keeps
+//! gate|up fused and interleaved (`experts.gate_up.E`, `experts.down.E`), a layout only
+//! its patched model class reads. We write the llm-compressor layout for all three
+//! formats, so one naming serves every format; whether a released vLLM serves a W4A16
+//! GPT-OSS in it was not run here (no GPU runtime in the tests). Our engine reads it back
+//! through the ordinary per-expert stacking of [`crate::gguf_plan`] (plus [`BiasGroups`]
+//! for the biases).
 //!
 //! [`unfuse_gpt_oss_experts`] rewrites a plan of the fused checkpoint (bf16
 //! `gate_up_proj` / `down_proj` or the released MXFP4 `*_blocks` / `*_scales`) so that
