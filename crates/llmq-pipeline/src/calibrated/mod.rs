@@ -117,9 +117,9 @@ pub(super) struct Tensors {
     /// GPT-OSS: per-expert views of the fused expert tensors, the names the output
     /// is written under (`llmq_arch::gpt_oss_unfused`); empty for other families
     pub(super) unfused: UnfusedExperts,
-    /// the fused tensor a view was last cut from (GGUF name, values): one decode
-    /// serves all experts of a tensor
-    pub(super) fused_cache: Mutex<Option<(String, Arc<Vec<f32>>)>>,
+    /// the fused tensors of the block views were last cut from (GGUF name → values):
+    /// one decode serves all experts of a tensor, whatever order they are asked in
+    pub(super) fused_cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
 }
 
 impl Tensors {
@@ -132,7 +132,7 @@ impl Tensors {
             st,
             specs,
             unfused,
-            fused_cache: Mutex::new(None),
+            fused_cache: Mutex::new(HashMap::new()),
         }
     }
     pub(super) fn hf_f32(&self, name: &str) -> Result<Vec<f32>> {
@@ -147,9 +147,11 @@ impl Tensors {
     /// (de-interleaved, transposed, MXFP4 decoded) as the plan's fused spec says.
     fn view_f32(&self, view: &ExpertView) -> Result<Vec<f32>> {
         let mut cache = self.fused_cache.lock().unwrap_or_else(|p| p.into_inner());
-        let hit = matches!(&*cache, Some((n, _)) if *n == view.fused);
-        if !hit {
-            let spec = &self.unfused.fused[&view.fused];
+        let spec = &self.unfused.fused[&view.fused];
+        if !cache.contains_key(&view.fused) {
+            // only one block's fused tensors are kept
+            let fused = &self.unfused.fused;
+            cache.retain(|n, _| fused.get(n).map(|s| s.layer) == Some(spec.layer));
             let srcs = spec
                 .sources
                 .iter()
@@ -168,9 +170,9 @@ impl Tensors {
                 .collect::<Result<Vec<_>>>()?;
             let vals = apply_transform(spec, &srcs)
                 .map_err(|e| PipelineError::validation(e.to_string(), "Check the model files"))?;
-            *cache = Some((view.fused.clone(), Arc::new(vals)));
+            cache.insert(view.fused.clone(), Arc::new(vals));
         }
-        let all = cache.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+        let all = cache.get(&view.fused).cloned().unwrap_or_default();
         view.slice(&all).map(<[f32]>::to_vec).ok_or_else(|| {
             PipelineError::general(
                 format!(
