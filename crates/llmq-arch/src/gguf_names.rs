@@ -351,6 +351,7 @@ pub fn gguf_plan(
     let mut unmapped = Vec::new();
     let n_experts = cfg.moe.as_ref().map(|m| m.n_experts).unwrap_or(0);
     let mut experts: BTreeMap<usize, ExpertGroup> = BTreeMap::new();
+    let mut expert_biases = crate::gpt_oss_unfused::BiasGroups::default();
     let is_mla = cfg.mla.is_some();
     let tied_skip_head = is_mla && cfg.tie_word_embeddings;
 
@@ -430,6 +431,11 @@ pub fn gguf_plan(
         }
         if family == Family::GptOss {
             if let Some(specs) = gpt_oss_experts(layer, tail, name, shape, n_experts, &shapes) {
+                out.extend(specs?);
+                continue;
+            }
+            // an unfused checkpoint's per-expert biases (`gpt_oss_unfused`)
+            if let Some(specs) = expert_biases.add(layer, tail, name, shape, n_experts) {
                 out.extend(specs?);
                 continue;
             }
@@ -560,6 +566,7 @@ pub fn gguf_plan(
             example,
         });
     }
+    expert_biases.finish(n_experts)?;
     // the converter yields its generated tensors before the checkpoint's
     for (i, (name, values)) in rope_tensors(cfg)?.into_iter().enumerate() {
         out.insert(

@@ -12,6 +12,7 @@ pub mod gguf_meta;
 pub mod gguf_names;
 pub mod gguf_rope;
 pub mod gguf_tokenizer;
+pub mod gpt_oss_unfused;
 pub mod hf_config;
 pub mod hf_from_gguf;
 pub mod hf_tokenizer;
@@ -29,6 +30,7 @@ pub use gguf_gpt_oss::repack_mxfp4;
 pub use gguf_names::{
     apply_transform, gguf_arch, gguf_plan, GgufPlan, GgufTensorSpec, TensorRole, Transform,
 };
+pub use gpt_oss_unfused::{unfuse_gpt_oss_experts, ExpertView, UnfusedExperts};
 pub use hf_from_gguf::{gguf_to_hf, HfModel, Inverse};
 pub use meta::{MetaList, MetaValue};
 pub use mix::{choose_types, Mix, MixModel, MixTensor};

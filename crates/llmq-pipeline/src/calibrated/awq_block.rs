@@ -105,10 +105,12 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
                 None if acc.weights[0] == "ffn_down_shexp.weight" => "ffn_up_shexp.weight",
                 None => "ffn_up.weight",
             };
-            // a fused gate|up (Phi-3) cannot take a scale on the up half alone here
-            let fused = expert.is_none()
+            // a fused gate|up (Phi-3) cannot take a scale on the up half alone here,
+            // nor can a biased up (GPT-OSS: `(clamp(up) + 1)·glu` is not linear in up)
+            let fused = (expert.is_none()
                 && up == "ffn_up.weight"
-                && tensors.spec(layer, "ffn_gate.weight").is_none();
+                && tensors.spec(layer, "ffn_gate.weight").is_none())
+                || tensors.spec(layer, "ffn_up_exps.bias").is_some();
             if fused {
                 None
             } else {

@@ -20,7 +20,7 @@ use crate::request::QuantizeRequest;
 use crate::run::Progress;
 use crate::source::{self, ResolvedModel};
 use crate::staging::{self, OutputKind, StagedFolder};
-use llmq_arch::gguf_plan;
+use llmq_arch::{gguf_plan, unfuse_gpt_oss_experts};
 use llmq_calib::dataset::CalibrationSet;
 use llmq_engine::{Model, WeightSource};
 use std::path::Path;
@@ -63,11 +63,18 @@ pub(crate) fn quantize_blocks(
         .tensors()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
-    let plan = gguf_plan(&cfg, &list).map_err(|e| {
+    let mut plan = gguf_plan(&cfg, &list).map_err(|e| {
         PipelineError::unsupported(e.to_string(), "This architecture cannot be calibrated yet")
     })?;
-    // GPTQ / AWQ / compressed-tensors quantize Linear modules (2-D weights); fused
-    // expert parameters (GPT-OSS's `[E, in, out]`) have no such layout in transformers
+    // GPT-OSS's fused experts (`[E, in, 2·ff]` interleaved, or MXFP4) become
+    // per-expert Linear views, written as llm-compressor and vLLM name them
+    let unfused = if cfg.family == llmq_arch::Family::GptOss {
+        unfuse_gpt_oss_experts(&mut plan)
+    } else {
+        Default::default()
+    };
+    // GPTQ / AWQ / compressed-tensors quantize Linear modules (2-D weights); any other
+    // fused parameter has no such layout
     if let Some(fused) = plan
         .tensors
         .iter()
@@ -94,14 +101,12 @@ pub(crate) fn quantize_blocks(
             "Quantize this model to gguf, gptq or awq",
         ));
     }
-    let tensors = Tensors {
-        st,
-        specs: plan
-            .tensors
-            .into_iter()
-            .map(|t| (t.gguf_name.clone(), t))
-            .collect(),
-    };
+    let specs = plan
+        .tensors
+        .into_iter()
+        .map(|t| (t.gguf_name.clone(), t))
+        .collect();
+    let tensors = Tensors::new(st, specs, unfused);
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
     let mut model = Model::load(&src).map_err(engine_err)?;
     drop(src);

@@ -68,9 +68,10 @@ pub(crate) use driver::quantize_blocks;
 pub use imatrix::collect_imatrix;
 
 use crate::error::{PipelineError, Result};
-use llmq_arch::{GgufTensorSpec, Transform};
+use llmq_arch::{apply_transform, ExpertView, GgufTensorSpec, Transform, UnfusedExperts};
 use llmq_formats::safetensors::SafetensorsModel;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Experts with fewer routed calibration tokens than this use the fallback.
 pub const MIN_EXPERT_TOKENS: u64 = 16;
@@ -113,15 +114,89 @@ pub(super) struct Tensors {
     pub(super) st: SafetensorsModel,
     /// GGUF name → spec
     pub(super) specs: HashMap<String, GgufTensorSpec>,
+    /// GPT-OSS: per-expert views of the fused expert tensors, the names the output
+    /// is written under (`llmq_arch::gpt_oss_unfused`); empty for other families
+    pub(super) unfused: UnfusedExperts,
+    /// the fused tensors of the block views were last cut from (GGUF name → values):
+    /// one decode serves all experts of a tensor, whatever order they are asked in
+    pub(super) fused_cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
 }
 
 impl Tensors {
+    pub(super) fn new(
+        st: SafetensorsModel,
+        specs: HashMap<String, GgufTensorSpec>,
+        unfused: UnfusedExperts,
+    ) -> Tensors {
+        Tensors {
+            st,
+            specs,
+            unfused,
+            fused_cache: Mutex::new(HashMap::new()),
+        }
+    }
     pub(super) fn hf_f32(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(view) = self.unfused.views.get(name) {
+            return self.view_f32(view);
+        }
         self.st.f32(name).map_err(|e| {
             PipelineError::general(format!("tensor {name}: {e}"), "Check the model files")
         })
     }
+    /// A per-expert view's values: its slice of the fused tensor, transformed
+    /// (de-interleaved, transposed, MXFP4 decoded) as the plan's fused spec says.
+    fn view_f32(&self, view: &ExpertView) -> Result<Vec<f32>> {
+        let mut cache = self.fused_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let spec = &self.unfused.fused[&view.fused];
+        if !cache.contains_key(&view.fused) {
+            // only one block's fused tensors are kept
+            let fused = &self.unfused.fused;
+            cache.retain(|n, _| fused.get(n).map(|s| s.layer) == Some(spec.layer));
+            let srcs = spec
+                .sources
+                .iter()
+                .map(|n| {
+                    let view = self.st.get(n);
+                    match view {
+                        // MXFP4 `*_blocks` / `*_scales`: bytes, decoded by the transform
+                        Ok(v) if spec.transform.reads_bytes() => v.u8_as_f32(),
+                        Ok(v) => v.to_f32(),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| {
+                        PipelineError::general(format!("tensor {n}: {e}"), "Check the model files")
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let vals = apply_transform(spec, &srcs)
+                .map_err(|e| PipelineError::validation(e.to_string(), "Check the model files"))?;
+            cache.insert(view.fused.clone(), Arc::new(vals));
+        }
+        let all = cache.get(&view.fused).cloned().unwrap_or_default();
+        view.slice(&all).map(<[f32]>::to_vec).ok_or_else(|| {
+            PipelineError::general(
+                format!(
+                    "{}: expert {} is outside {}",
+                    view.name, view.expert, view.fused
+                ),
+                "Report this as a bug",
+            )
+        })
+    }
+    /// The dtype a per-expert view is written in: its fused source's when that is a
+    /// float, else bf16 (MXFP4 values are exact in bf16).
+    pub(super) fn view_dtype(&self, view: &ExpertView) -> llmq_formats::safetensors::StDtype {
+        use llmq_formats::safetensors::StDtype;
+        let src = self.unfused.fused[&view.fused].sources.first();
+        match src.and_then(|n| self.st.info(n)).map(|i| i.dtype) {
+            Some(d @ (StDtype::F32 | StDtype::F16 | StDtype::BF16)) => d,
+            _ => StDtype::BF16,
+        }
+    }
     pub(super) fn shape(&self, name: &str) -> Vec<usize> {
+        if let Some(view) = self.unfused.views.get(name) {
+            return view.shape.clone();
+        }
         self.st
             .info(name)
             .map(|i| i.shape.clone())

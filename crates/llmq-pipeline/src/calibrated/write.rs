@@ -66,7 +66,13 @@ pub(super) fn write_rest(
         w.add_all(writer.pack(module_of(hf), q).map_err(hf_err)?)
             .map_err(hf_err)?;
     }
-    let mut names: Vec<String> = tensors.st.tensors().map(|t| t.name.clone()).collect();
+    // (GPT-OSS: not the fused experts, whose per-expert views are written instead)
+    let mut names: Vec<String> = tensors
+        .st
+        .tensors()
+        .map(|t| t.name.clone())
+        .filter(|n| !tensors.unfused.consumed.contains(n))
+        .collect();
     names.sort();
     for n in names {
         if modules.contains_key(&n) {
@@ -87,6 +93,19 @@ pub(super) fn write_rest(
         w.add(n.clone(), HfTensor::from_raw(dt, &shape, bytes))
             .map_err(hf_err)?;
         tensors.st.release(&n);
+    }
+    // GPT-OSS's per-expert biases, cut from the fused ones
+    for view in tensors.unfused.views.values() {
+        if modules.contains_key(&view.name) {
+            continue;
+        }
+        let dt = st_to_hf_dtype(tensors.view_dtype(view)).unwrap_or(Dtype::BF16);
+        let vals = tensors.hf_f32(&view.name)?;
+        w.add(
+            view.name.clone(),
+            HfTensor::from_raw(dt, &view.shape, f32_as(dt, &vals)),
+        )
+        .map_err(hf_err)?;
     }
     w.finish().map_err(hf_err)?;
     // the checkpoint-wide config states the requested grid
