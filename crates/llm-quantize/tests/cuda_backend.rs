@@ -329,9 +329,9 @@ int main(int argc, char** argv) {
     const char* t = argv[1];
     int cols = atoi(argv[3]), rows = atoi(argv[4]), rb = atoi(argv[5]), n = atoi(argv[6]);
 #define T(nm, S) if (!strcmp(t, nm)) return run<S>(argv[2], cols, rows, rb, n);
-    T("q8_0", GQ8_0) T("q4_0", GQ4_0) T("q5_0", GQ5_0) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
+    T("q8_0", GQ8_0) T("q4_0", GQ4<false>) T("q5_0", GQ5<false>) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
     T("q6_k", GQ6_K) T("iq4_nl", GIQ4_NL) T("iq4_xs", GIQ4_XS) T("q2_k", GQ2_K) T("q3_k", GQ3_K)
-    T("q4_1", GQ4_1) T("q5_1", GQ5_1)
+    T("q4_1", GQ4<true>) T("q5_1", GQ5<true>)
     return 2;
 }
 "#;

@@ -145,112 +145,70 @@ struct GQ8_0 {
     }
 };
 
-// Q4_0: unit = a block (32 values); 18 bytes, value = (nibble - 8) * d.
-struct GQ4_0 {
+// A legacy block's 32 unsigned codes (lo: values 0..15, hi: 16..31, four per word) dotted
+// with NB activation rows: d·dx·(Σ q·qx - OFF·Σ qx) without a minimum (Q4_0 / Q5_0), or
+// d·dx·Σ q·qx + m·s with one (Q4_1 / Q5_1, s = Q8_1's f16 block sum).
+template <int NB, bool MIN, int OFF>
+__device__ __forceinline__ void offset_or_min_dot(const int* lo, const int* hi, float d, float m, int u,
+                                                  const QAct& a, float* acc) {
+#pragma unroll
+    for (int r = 0; r < NB; r++) {
+        if (r < a.nb) {
+            const int4* x = (const int4*)a.q(r, u * 32);
+            int4 x0 = x[0], x1 = x[1];
+            int s = dot16(hi, x1, dot16(lo, x0, 0));
+            if (MIN) {
+                acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
+            } else {
+                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
+                acc[r] += d * a.d(r, u * 32) * (float)(s - OFF * sum);
+            }
+        }
+    }
+}
+
+// Q4_0 and Q4_1: unit = a block (32 values). Q4_0: 18 bytes (d, qs), value =
+// (nibble - 8)·d, so Σ w·x = d·dx·(Σ nibble·qx - 8·Σ qx). Q4_1: 20 bytes (d, m, qs), value =
+// nibble·d + m, so Σ w·x = d·dx·Σ nibble·qx + m·s with Q8_1's f16 block sum s (ggml's
+// vec_dot_q4_1_q8_1).
+template <bool MIN>
+struct GQ4 {
     static const int UNIT = 32;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        const u8* b = row + u * 18;
-        float d = h2f(*(const u16*)b);
+        const u8* b = row + u * (MIN ? 20 : 18);
+        float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
+        const u8* qs = b + (MIN ? 4 : 2);
         int lo[4], hi[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(b + 2 + 4 * k);
+            int v = ld32_a2(qs + 4 * k);
             lo[k] = v & 0x0F0F0F0F;
             hi[k] = (v >> 4) & 0x0F0F0F0F;
         }
-#pragma unroll
-        for (int r = 0; r < NB; r++) {
-            if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, u * 32);
-                int4 x0 = x[0], x1 = x[1];
-                int s = dot16(hi, x1, dot16(lo, x0, 0));
-                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
-                acc[r] += d * a.d(r, u * 32) * (float)(s - 8 * sum);
-            }
-        }
+        offset_or_min_dot<NB, MIN, 8>(lo, hi, d, m, u, a, acc);
     }
 };
 
-// Q5_0: unit = a block; 22 bytes: d, qh (bit j: 5th bit of value j), qs; (q - 16) * d.
-struct GQ5_0 {
+// Q5_0 and Q5_1: as Q4_0 / Q4_1 with a fifth bit per value in `qh` (bit j for value j).
+// Q5_0: 22 bytes (d, qh, qs), (q - 16)·d; Q5_1: 24 bytes (d, m, qh, qs), q·d + m.
+template <bool MIN>
+struct GQ5 {
     static const int UNIT = 32;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        const u8* b = row + u * 22;
-        float d = h2f(*(const u16*)b);
-        u32 qh = (u32)ld32_a2(b + 2);
+        const u8* b = row + u * (MIN ? 24 : 22);
+        float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
+        const u8* h = b + (MIN ? 4 : 2);
+        u32 qh = (u32)ld32_a2(h);
         int lo[4], hi[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(b + 6 + 4 * k);
+            int v = ld32_a2(h + 4 + 4 * k);
             lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
             hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
         }
-#pragma unroll
-        for (int r = 0; r < NB; r++) {
-            if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, u * 32);
-                int4 x0 = x[0], x1 = x[1];
-                int s = dot16(hi, x1, dot16(lo, x0, 0));
-                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
-                acc[r] += d * a.d(r, u * 32) * (float)(s - 16 * sum);
-            }
-        }
-    }
-};
-
-// Q4_1: unit = a block; 20 bytes: d, m, qs; value = nibble * d + m (ggml's
-// vec_dot_q4_1_q8_1: d·dx·Σ(q·qx) + m·s).
-struct GQ4_1 {
-    static const int UNIT = 32;
-    template <int NB>
-    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        const u8* b = row + u * 20;
-        float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
-        int lo[4], hi[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(b + 4 + 4 * k);
-            lo[k] = v & 0x0F0F0F0F;
-            hi[k] = (v >> 4) & 0x0F0F0F0F;
-        }
-#pragma unroll
-        for (int r = 0; r < NB; r++) {
-            if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, u * 32);
-                int4 x0 = x[0], x1 = x[1];
-                int s = dot16(hi, x1, dot16(lo, x0, 0));
-                acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
-            }
-        }
-    }
-};
-
-// Q5_1: unit = a block; 24 bytes: d, m, qh (bit j: 5th bit of value j), qs; q * d + m.
-struct GQ5_1 {
-    static const int UNIT = 32;
-    template <int NB>
-    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        const u8* b = row + u * 24;
-        float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
-        u32 qh = (u32)ld32_a2(b + 4);
-        int lo[4], hi[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(b + 8 + 4 * k);
-            lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
-            hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
-        }
-#pragma unroll
-        for (int r = 0; r < NB; r++) {
-            if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, u * 32);
-                int4 x0 = x[0], x1 = x[1];
-                int s = dot16(hi, x1, dot16(lo, x0, 0));
-                acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
-            }
-        }
+        offset_or_min_dot<NB, MIN, 16>(lo, hi, d, m, u, a, acc);
     }
 };
 
@@ -579,10 +537,10 @@ __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows,
     }
 
 GEMVQ_KERNELS(q8_0, GQ8_0)
-GEMVQ_KERNELS(q4_0, GQ4_0)
-GEMVQ_KERNELS(q5_0, GQ5_0)
-GEMVQ_KERNELS(q4_1, GQ4_1)
-GEMVQ_KERNELS(q5_1, GQ5_1)
+GEMVQ_KERNELS(q4_0, GQ4<false>)
+GEMVQ_KERNELS(q5_0, GQ5<false>)
+GEMVQ_KERNELS(q4_1, GQ4<true>)
+GEMVQ_KERNELS(q5_1, GQ5<true>)
 GEMVQ_KERNELS(q4_k, GQK45<false>)
 GEMVQ_KERNELS(q5_k, GQK45<true>)
 GEMVQ_KERNELS(q6_k, GQ6_K)
