@@ -54,6 +54,7 @@ mod blocks;
 mod calibration;
 mod driver;
 mod formats;
+mod fp_block;
 mod gptq_block;
 mod imatrix;
 mod methods;
@@ -62,6 +63,7 @@ mod trellis_block;
 mod validate;
 mod write;
 mod write_exl3;
+mod write_fp;
 
 use blocks::QModule;
 pub(crate) use driver::quantize_blocks;
