@@ -60,7 +60,8 @@ pub struct QuantizeArgs {
     #[arg(value_enum)]
     pub output_format: OutputFormat,
     /// Quantization level: Q4_K_M, Q8_0, IQ4_XS, F16 … for gguf; 2bit/3bit/4bit/8bit for
-    /// gptq; 4bit for awq; W4A16, W4A16_ASYM, W8A16 for compressed-tensors
+    /// gptq; 4bit for awq; W4A16, W4A16_ASYM, W8A16, NVFP4, MXFP4, FP8, FP8_BLOCK,
+    /// FP8_TENSOR for compressed-tensors
     #[arg(short = 'q', long = "quant-level")]
     pub quant_level: String,
     /// Output directory
@@ -96,9 +97,15 @@ pub struct QuantizeArgs {
     #[arg(long, default_value = "gptq")]
     pub checkpoint_format: String,
     /// Weight quantizer: gptq (default for gptq and compressed-tensors), awq (default
-    /// for awq), rtn (round-to-nearest, no calibration) or trellis (exl3 only)
+    /// for awq), rtn (round-to-nearest, no calibration; the default for the
+    /// compressed-tensors FP levels), mr-gptq (GPTQ after a block-Hadamard input
+    /// rotation; compressed-tensors FP levels only) or trellis (exl3 only)
     #[arg(long, value_parser = parse_method)]
     pub method: Option<llmq_pipeline::Method>,
+    /// Hadamard block on each Linear's input for --method mr-gptq: 16, 32, 64 or 128
+    /// [default: 128]
+    #[arg(long, value_name = "N")]
+    pub hadamard_size: Option<usize>,
     /// Importance matrix file (llama.cpp imatrix) for k-quants and IQ4
     #[arg(long)]
     pub imatrix: Option<PathBuf>,

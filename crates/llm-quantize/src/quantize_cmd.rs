@@ -66,6 +66,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
         method,
         grid,
         damp_percent: a.damp_percent,
+        hadamard_size: a.hadamard_size,
         imatrix: a.imatrix.clone(),
         calibration: CalibrationRequest {
             data: a.calibration_data.clone(),
@@ -170,7 +171,8 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
                 "W4A16_ASYM" => (4, false),
                 "W8A16" => (8, true),
                 _ if llmq_pipeline::fp_export::fp_level(&up).is_some() => {
-                    // floating-point grids: round-to-nearest, no integer grid
+                    // floating-point grids: round-to-nearest by default (or gptq,
+                    // mr-gptq), no integer grid
                     let method = a.method.unwrap_or(Method::Rtn);
                     return Ok((Format::Hf(Layout::CompressedTensors), up, method, None));
                 }

@@ -21,6 +21,8 @@
 use crate::gptq::{upper_cholesky_of_inverse, GptqError};
 use faer::{Accum, MatMut, MatRef, Par};
 use llmq_hfquant::fp_quantized::{FpQuantized, FpScheme, FP8_BLOCK};
+use llmq_hfquant::hadamard::hadamard_blocks_f64;
+pub use llmq_hfquant::hadamard::{hadamard_blocks, unrotate};
 
 /// FP GPTQ settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,47 +224,6 @@ pub fn fp_gptq_quantize(
     })
 }
 
-/// In-place orthonormal fast Walsh–Hadamard transform of every block of `b` values.
-pub fn hadamard_blocks(v: &mut [f32], b: usize) {
-    assert!(
-        b.is_power_of_two() && v.len().is_multiple_of(b),
-        "Hadamard block {b}"
-    );
-    let norm = 1.0 / (b as f32).sqrt();
-    for blk in v.chunks_exact_mut(b) {
-        let mut len = 1;
-        while len < b {
-            for start in (0..b).step_by(2 * len) {
-                for k in start..start + len {
-                    let (a, c) = (blk[k], blk[k + len]);
-                    blk[k] = a + c;
-                    blk[k + len] = a - c;
-                }
-            }
-            len *= 2;
-        }
-        blk.iter_mut().for_each(|x| *x *= norm);
-    }
-}
-
-fn hadamard_blocks_f64(v: &mut [f64], b: usize) {
-    let norm = 1.0 / (b as f64).sqrt();
-    for blk in v.chunks_exact_mut(b) {
-        let mut len = 1;
-        while len < b {
-            for start in (0..b).step_by(2 * len) {
-                for k in start..start + len {
-                    let (a, c) = (blk[k], blk[k + len]);
-                    blk[k] = a + c;
-                    blk[k + len] = a - c;
-                }
-            }
-            len *= 2;
-        }
-        blk.iter_mut().for_each(|x| *x *= norm);
-    }
-}
-
 /// MR-GPTQ: GPTQ on the FP grid after a block Hadamard rotation of size `hadamard`
 /// (16–128, a power of two dividing `in`) of the input dimension; `None` is plain FP
 /// GPTQ.
@@ -306,15 +267,6 @@ pub fn mr_gptq_quantize(
     let mut r = fp_gptq_quantize(name, &wr, out_features, n, &ht, cfg)?;
     r.hadamard = Some(b);
     Ok(r)
-}
-
-/// The dense weight a rotated result stands for: `Ŵ'·Rᵀ` (the original input space).
-pub fn unrotate(deq: &[f32], in_features: usize, hadamard: usize) -> Vec<f32> {
-    let mut v = deq.to_vec();
-    for row in v.chunks_exact_mut(in_features) {
-        hadamard_blocks(row, hadamard);
-    }
-    v
 }
 
 #[cfg(test)]

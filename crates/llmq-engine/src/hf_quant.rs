@@ -65,14 +65,16 @@ impl QuantizedModules {
     }
 
     /// Module `prefix` repacked for the kernels; floating-point codes (NVFP4, MXFP4,
-    /// FP8) are dequantized to f32 at load (no FP kernels yet).
+    /// FP8) are dequantized to f32 at load (no FP kernels yet), with an MR-GPTQ input
+    /// rotation folded into the dense weight.
     pub fn matrix(&self, st: &SafetensorsModel, prefix: &str, act: IntAct) -> Result<WeightMatrix> {
         if self.inner.is_fp(prefix) {
-            let q = self.inner.fp_quantized(st, prefix)?;
+            // an input rotation (compressed-tensors transform_config) is folded in
+            let [out, inp] = self.inner.dims(prefix).unwrap_or_default();
             return Ok(WeightMatrix::from_f32(
-                q.out_features,
-                q.in_features,
-                q.dequantize(),
+                out,
+                inp,
+                self.inner.fp_dense(st, prefix)?,
             ));
         }
         let q = self.int_quantized(st, prefix)?;

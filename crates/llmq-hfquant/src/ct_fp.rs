@@ -239,6 +239,39 @@ pub fn quantization_config(scheme: FpScheme, ignore: &[String]) -> Value {
     })
 }
 
+/// The name of MR-GPTQ's transform scheme in `transform_config` (its per-module
+/// tensor is `<module>.mr_gptq_input.weight`).
+pub const ROTATION_NAME: &str = "mr_gptq";
+
+/// [`quantization_config`] of weights stored in the space of a block-Hadamard input
+/// rotation of `block` (MR-GPTQ): compressed-tensors' `transform_config` with one
+/// deterministic `hadamard` scheme (`head_dim` = `block`) applied online to the
+/// `input` of every quantized Linear and, offline and already fused, as the inverse
+/// on `weight_input` (what vLLM runs as an online Hadamard before the layer, and what
+/// [`crate::read::transform`] reads back).
+pub fn quantization_config_rotated(scheme: FpScheme, ignore: &[String], block: usize) -> Value {
+    let mut qc = quantization_config(scheme, ignore);
+    let args = |location: &str, inverse: bool| json!({"targets": ["Linear"], "location": location, "inverse": inverse, "ignore": ignore});
+    qc["transform_config"] = json!({"config_groups": {ROTATION_NAME: {
+        "type": "hadamard",
+        "apply": [args("input", false), args("weight_input", true)],
+        "randomize": false,
+        "requires_grad": false,
+        "head_dim": block,
+        "precision": "torch.float32",
+    }}});
+    qc
+}
+
+/// The rotation's tensor of module `prefix`: the unnormalized Sylvester matrix of
+/// `block` (±1, F32), as compressed-tensors saves a `hadamard` transform's weight.
+pub fn rotation_tensor(prefix: &str, block: usize) -> (String, HfTensor) {
+    (
+        format!("{prefix}.{ROTATION_NAME}_input.weight"),
+        HfTensor::from_f32(&[block, block], &crate::hadamard::sylvester(block)),
+    )
+}
+
 /// The scheme a config group's `weights` describe, if it is one of ours.
 pub fn scheme_of(weights: &Value) -> Option<FpScheme> {
     if weights["type"] != "float" {

@@ -23,6 +23,7 @@ pub mod ct_fp;
 pub mod error;
 pub mod fp_quantized;
 pub mod gptq;
+pub mod hadamard;
 pub mod int_quantized;
 pub mod read;
 pub mod rtn;

@@ -15,6 +15,7 @@ use crate::request::{IntGrid, Method};
 use crate::run::TensorJob;
 use llmq_formats::gguf::{GgufPlan, PlannedTensor};
 use llmq_formats::GgmlType;
+use llmq_hfquant::FpScheme;
 use std::collections::BTreeMap;
 
 /// How one tensor is stored.
@@ -26,6 +27,12 @@ pub enum QuantSpec {
     Int(IntGrid),
     /// trellis codes of `k` bits per weight (EXL3)
     Trellis { k: u32 },
+    /// a floating-point grid (NVFP4, MXFP4, FP8), its codes in the space of a
+    /// block-Hadamard input rotation of size `hadamard` when set (MR-GPTQ)
+    Fp {
+        scheme: FpScheme,
+        hadamard: Option<usize>,
+    },
     /// left in the source's precision (e.g. MoE routers)
     Keep,
 }
@@ -87,6 +94,17 @@ impl Allocation {
         }
     }
 
+    /// One floating-point grid (and rotation) and method for every Linear.
+    pub fn uniform_fp(method: Method, scheme: FpScheme, hadamard: Option<usize>) -> Allocation {
+        Allocation {
+            default: Some(TensorSpec {
+                method,
+                quant: QuantSpec::Fp { scheme, hadamard },
+            }),
+            tensors: BTreeMap::new(),
+        }
+    }
+
     /// Give `name` its own spec.
     pub fn set(&mut self, name: &str, spec: TensorSpec) {
         self.tensors.insert(name.to_string(), spec);
@@ -123,6 +141,17 @@ impl Allocation {
             QuantSpec::Trellis { k } => Ok(k),
             other => Err(PipelineError::general(
                 format!("tensor {name} is allocated {other:?}, not trellis codes"),
+                "Report this as a bug",
+            )),
+        }
+    }
+
+    /// The floating-point grid and rotation of `name`.
+    pub fn fp_grid(&self, name: &str) -> Result<(FpScheme, Option<usize>)> {
+        match self.spec(name)?.quant {
+            QuantSpec::Fp { scheme, hadamard } => Ok((scheme, hadamard)),
+            other => Err(PipelineError::general(
+                format!("tensor {name} is allocated {other:?}, not a floating-point grid"),
                 "Report this as a bug",
             )),
         }

@@ -24,8 +24,12 @@ pub fn quantize(req: &QuantizeRequest, progress: &dyn Progress) -> Result<Quanti
     req.check()?;
     progress.message(&format!("Loading model: {}", req.model));
     let resolved = source::resolve(&req.model, req.token.clone(), progress)?;
+    // floating-point grids by round-to-nearest are streamed; GPTQ / MR-GPTQ on them
+    // are block-sequential
     if let Some(scheme) = crate::fp_export::fp_scheme(req) {
-        return crate::fp_export::quantize_fp(req, resolved, progress, scheme);
+        if req.method == crate::methods::Method::Rtn {
+            return crate::fp_export::quantize_fp(req, resolved, progress, scheme);
+        }
     }
     match req.method.execution() {
         Execution::Streaming => crate::quantize::quantize_streaming(req, resolved, progress),

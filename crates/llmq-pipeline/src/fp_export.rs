@@ -222,8 +222,9 @@ fn write(
 }
 
 /// Reads the folder back through `llmq_hfquant::read` and requires every quantized
-/// module to dequantize to the values computed here.
-fn validate(dir: &Path, expected: &[(String, Vec<f32>)]) -> Result<()> {
+/// module to dequantize to the values computed here (with an input rotation folded
+/// back in, for MR-GPTQ's folders).
+pub(crate) fn validate(dir: &Path, expected: &[(String, Vec<f32>)]) -> Result<()> {
     let st = SafetensorsModel::open(dir).map_err(source::safetensors_error)?;
     let ck = HfCheckpoint::from_parts(dir, st).map_err(hf_err)?;
     for (n, want) in expected {

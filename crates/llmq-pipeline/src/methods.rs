@@ -5,7 +5,7 @@
 //!   `llmq-quant` (k-quants, legacy, IQ4), importance-weighted when an imatrix is
 //!   given — [`crate::run`] streams tensors through them into a GGUF.
 //! * Block-sequential (calibration activations through the engine, block by block):
-//!   GPTQ, AWQ, round-to-nearest and trellis (EXL3) — [`crate::calibrated`]; each entry there
+//!   GPTQ, MR-GPTQ, AWQ, round-to-nearest and trellis (EXL3) — [`crate::calibrated`]; each entry there
 //!   (`calibrated/methods.rs`) says what the measure stage must collect for it.
 //!
 //! A new block-sequential method is its variant and name here, its entry in
@@ -22,8 +22,12 @@ pub enum Method {
     Gptq,
     /// AWQ (Lin et al., arXiv 2306.00978)
     Awq,
-    /// round-to-nearest on the integer grid
+    /// round-to-nearest on the integer grid (on the floating-point grids: with
+    /// FP-Quant's MSE scale search)
     Rtn,
+    /// MR-GPTQ (arXiv 2509.23202): GPTQ on a floating-point grid after a block-Hadamard
+    /// rotation of every Linear's input
+    MrGptq,
     /// trellis coding with LDLQ (QTIP, arXiv 2406.11235; exllamav3's EXL3)
     Trellis,
 }
@@ -39,8 +43,9 @@ pub enum Execution {
 
 impl Method {
     /// Every method, in the order `--help` lists them.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Gptq,
+        Method::MrGptq,
         Method::Awq,
         Method::Rtn,
         Method::Trellis,
@@ -53,6 +58,7 @@ impl Method {
             Method::Gptq => "gptq",
             Method::Awq => "awq",
             Method::Rtn => "rtn",
+            Method::MrGptq => "mr-gptq",
             Method::Trellis => "trellis",
         }
     }
@@ -68,7 +74,7 @@ impl Method {
     pub fn execution(self) -> Execution {
         match self {
             Method::KQuant => Execution::Streaming,
-            Method::Gptq | Method::Awq | Method::Rtn | Method::Trellis => {
+            Method::Gptq | Method::MrGptq | Method::Awq | Method::Rtn | Method::Trellis => {
                 Execution::BlockSequential
             }
         }
@@ -86,5 +92,6 @@ mod tests {
         }
         assert_eq!(Method::from_name("GPTQ"), Some(Method::Gptq));
         assert_eq!(Method::from_name("exl3"), None);
+        assert_eq!(Method::from_name("MR-GPTQ"), Some(Method::MrGptq));
     }
 }

@@ -64,6 +64,8 @@ pub struct QuantizeRequest {
     pub grid: Option<IntGrid>,
     /// GPTQ's relative dampening of the Hessian diagonal
     pub damp_percent: f64,
+    /// MR-GPTQ's Hadamard block on each Linear's input (`None`: 128)
+    pub hadamard_size: Option<usize>,
     /// GGUF: a llama.cpp importance matrix file
     pub imatrix: Option<PathBuf>,
     /// calibration text: always used by calibrated methods; for GGUF, given data is
@@ -91,6 +93,11 @@ impl QuantizeRequest {
                 "Give the level (e.g. 4bit)",
             )
         })
+    }
+
+    /// MR-GPTQ's Hadamard block (`--hadamard-size`, default 128).
+    pub fn hadamard_block(&self) -> usize {
+        self.hadamard_size.unwrap_or(128)
     }
 
     /// EXL3's bits per weight from the level (`4`, `4.0`, `4.0bpw`): whole numbers 1…8
@@ -166,19 +173,57 @@ impl QuantizeRequest {
                 "Use `quantize MODEL exl3 -q BPW`",
             );
         }
+        if self.hadamard_size.is_some() && self.method != Method::MrGptq {
+            return inv(
+                "--hadamard-size applies to --method mr-gptq only".into(),
+                "Drop --hadamard-size, or use --method mr-gptq",
+            );
+        }
         if crate::fp_export::fp_scheme(self).is_some() {
-            // floating-point grids: round-to-nearest with an MSE scale search, no grid flags
-            if self.method != Method::Rtn || self.grid.is_some() {
+            // floating-point grids: round-to-nearest with an MSE scale search (streamed),
+            // GPTQ or MR-GPTQ (calibrated); no integer-grid flags
+            if !matches!(self.method, Method::Rtn | Method::Gptq | Method::MrGptq)
+                || self.grid.is_some()
+            {
                 return inv(
                     format!(
-                        "compressed-tensors {} is quantized by round-to-nearest (MSE scale search); --method {} and integer-grid options do not apply",
+                        "compressed-tensors {} is quantized by rtn (MSE scale search), gptq or mr-gptq; --method {} and integer-grid options do not apply",
                         self.level,
                         self.method.name()
                     ),
-                    "Use --method rtn (the default for this level)",
+                    "Use --method rtn (the default for this level), gptq or mr-gptq",
+                );
+            }
+            if self.method == Method::MrGptq {
+                let b = self.hadamard_block();
+                if !(b.is_power_of_two() && (16..=128).contains(&b)) {
+                    return inv(
+                        format!("--hadamard-size {b} is not a power of two from 16 to 128"),
+                        "Use --hadamard-size 16, 32, 64 or 128",
+                    );
+                }
+            }
+            if self.method != Method::Rtn
+                && !(self.damp_percent.is_finite()
+                    && self.damp_percent > 0.0
+                    && self.damp_percent < 1.0)
+            {
+                return inv(
+                    format!("--damp-percent {} must be in (0, 1)", self.damp_percent),
+                    "e.g. --damp-percent 0.01",
                 );
             }
             return Ok(());
+        }
+        if self.method == Method::MrGptq {
+            return inv(
+                format!(
+                    "mr-gptq rotates for the floating-point grids; {} {} is an integer grid",
+                    self.format.name(),
+                    self.level
+                ),
+                "Use `compressed-tensors -q NVFP4|MXFP4|FP8|FP8_BLOCK|FP8_TENSOR --method mr-gptq`, or --method gptq",
+            );
         }
         if self.method == Method::KQuant {
             return inv(

@@ -117,10 +117,10 @@ impl HfCheckpoint {
         if let Some(m) = &self.modules {
             if let Some(prefix) = m.module_of(name) {
                 if m.is_fp(prefix) {
-                    // floating-point codes: dequantized at read (f32)
-                    let q = m.fp_quantized(&self.st, prefix)?;
-                    let shape = [q.out_features, q.in_features];
-                    return Ok(HfWeight::Dense(HfTensor::from_f32(&shape, &q.dequantize())));
+                    // floating-point codes: dequantized at read (f32), rotation folded in
+                    let shape = m.dims(prefix).unwrap_or_default();
+                    let dense = m.fp_dense(&self.st, prefix)?;
+                    return Ok(HfWeight::Dense(HfTensor::from_f32(&shape, &dense)));
                 }
                 return m.int_quantized(&self.st, prefix).map(HfWeight::Int);
             }

@@ -15,8 +15,10 @@ pub mod checkpoint;
 pub mod ggml;
 pub mod modules;
 pub mod scheme;
+pub mod transform;
 
 pub use checkpoint::{dense_f32, HfCheckpoint, HfWeight};
 pub use ggml::int_from_ggml;
 pub use modules::{read_tensor, QuantizedModules};
 pub use scheme::{CtFormat, CtGroup, HfQuantScheme};
+pub use transform::InputRotation;

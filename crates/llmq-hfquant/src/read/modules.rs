@@ -194,6 +194,17 @@ impl QuantizedModules {
             };
             modules.insert(prefix.to_string(), (dims, kind));
         }
+        if let Some(r) = scheme.rotation() {
+            // the rotation is folded into floating-point modules as they are decoded
+            for (prefix, ([_, inp], kind)) in &modules {
+                if !matches!(kind, Kind::CtFp(_)) || !inp.is_multiple_of(r.block) {
+                    return Err(Error::UnsupportedCheckpoint(format!(
+                        "{prefix}: an input rotation of block {} on a module that is not floating-point coded or whose {inp} inputs are not whole blocks",
+                        r.block
+                    )));
+                }
+            }
+        }
         Ok(QuantizedModules { scheme, modules })
     }
 
@@ -217,6 +228,17 @@ impl QuantizedModules {
     /// The quantized module a stored tensor belongs to, and whether it is the packed
     /// weight itself (`true`) or a companion (`false`).
     pub fn owner<'a>(&self, name: &'a str) -> Option<(&'a str, bool)> {
+        if let Some(r) = self.scheme.rotation() {
+            // the rotation's own tensor, `<module>.<scheme>_input.weight`
+            let module = name
+                .strip_suffix(".weight")
+                .and_then(|n| n.strip_suffix("_input"))
+                .and_then(|n| n.strip_suffix(r.name.as_str()))
+                .and_then(|n| n.strip_suffix('.'));
+            if let Some(m) = module.filter(|m| self.modules.contains_key(*m)) {
+                return Some((m, false));
+            }
+        }
         let (prefix, suffix) = name.rsplit_once('.')?;
         let (_, kind) = self.modules.get(prefix)?;
         let (packed, companions) = kind.suffixes();
@@ -254,10 +276,35 @@ impl QuantizedModules {
         crate::ct_fp::unpack(&get, prefix, scheme, out, inp)
     }
 
-    /// The values of module `prefix`, row-major `[out, in]`, whatever its codes.
+    /// `[out, in]` of module `prefix`.
+    pub fn dims(&self, prefix: &str) -> Option<[usize; 2]> {
+        self.modules.get(prefix).map(|(d, _)| *d)
+    }
+
+    /// The Hadamard block of the input rotation module `prefix`'s codes are stored
+    /// under ([`super::transform`]), if any.
+    pub fn rotation_block(&self, prefix: &str) -> Option<usize> {
+        let r = self.scheme.rotation()?;
+        self.modules.contains_key(prefix).then_some(r.block)
+    }
+
+    /// The dense weight of floating-point module `prefix` in the original input
+    /// space: its codes dequantized, and the input rotation folded in (`W'·R`, exact
+    /// up to f32 rounding: the layer computes `W'·(R·x)`).
+    pub fn fp_dense(&self, st: &SafetensorsModel, prefix: &str) -> Result<Vec<f32>> {
+        let q = self.fp_quantized(st, prefix)?;
+        let deq = q.dequantize();
+        Ok(match self.rotation_block(prefix) {
+            Some(b) => crate::hadamard::unrotate(&deq, q.in_features, b),
+            None => deq,
+        })
+    }
+
+    /// The values of module `prefix`, row-major `[out, in]`, whatever its codes (a
+    /// rotation folded in).
     pub fn dequantize(&self, st: &SafetensorsModel, prefix: &str) -> Result<Vec<f32>> {
         if self.is_fp(prefix) {
-            Ok(self.fp_quantized(st, prefix)?.dequantize())
+            self.fp_dense(st, prefix)
         } else {
             Ok(self.int_quantized(st, prefix)?.dequantize())
         }

@@ -50,6 +50,9 @@ pub enum HfQuantScheme {
     },
     CompressedTensors {
         groups: Vec<CtGroup>,
+        /// the online input rotation of its `transform_config`, if any
+        /// ([`super::transform`])
+        rotation: Option<super::transform::InputRotation>,
     },
 }
 
@@ -140,10 +143,18 @@ impl HfQuantScheme {
         }
     }
 
+    /// The online input rotation (compressed-tensors `transform_config`), if any.
+    pub fn rotation(&self) -> Option<&super::transform::InputRotation> {
+        match self {
+            HfQuantScheme::CompressedTensors { rotation, .. } => rotation.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The compressed-tensors config group that applies to `module` (the first whose
     /// targets match, else the first group).
     pub fn ct_group(&self, module: &str) -> Option<&CtGroup> {
-        let HfQuantScheme::CompressedTensors { groups } = self else {
+        let HfQuantScheme::CompressedTensors { groups, .. } = self else {
             return None;
         };
         let matches = |t: &str| {
@@ -269,7 +280,11 @@ fn compressed_tensors(qc: &Value) -> Result<HfQuantScheme> {
     if out.is_empty() {
         return Err(bad_config("compressed-tensors with no config groups"));
     }
-    Ok(HfQuantScheme::CompressedTensors { groups: out })
+    let rotation = super::transform::input_rotation(qc)?;
+    Ok(HfQuantScheme::CompressedTensors {
+        groups: out,
+        rotation,
+    })
 }
 
 fn ct_weights(g: &Value, gname: &str) -> Result<CtWeightScheme> {

@@ -1,7 +1,8 @@
 //! The quantize stage of calibrated quantization, block-sequential: for each block,
 //! measure its Linear inputs on the stored activations, quantize every Linear with the
 //! method (GPTQ / RTN in [`super::gptq_block`], AWQ in [`super::awq_block`], trellis in
-//! [`super::trellis_block`]), put the
+//! [`super::trellis_block`], GPTQ / MR-GPTQ on floating-point grids in
+//! [`super::fp_block`]), put the
 //! dequantized weights back into the engine, run the block again so the next one is
 //! calibrated on the quantized model, and checkpoint the block.
 
@@ -10,7 +11,7 @@ use super::methods::{block_method, BlockCx};
 use super::observe::Collector;
 use super::{engine_err, module_of, Tensors};
 use crate::allocate::Allocation;
-use crate::checkpoint::block_codec::{encode_block, BlockState};
+use crate::checkpoint::block_codec::{encode_block, BlockState, FpModule};
 use crate::checkpoint::BlockCheckpoint;
 use crate::error::{PipelineError, Result};
 use crate::report::{CalibrationDetail, TensorReport};
@@ -34,6 +35,8 @@ pub(super) enum QModule {
     Int(IntQuantized),
     /// trellis codes (EXL3)
     Trellis(Box<Exl3Linear>),
+    /// floating-point codes, optionally rotated (GPTQ / MR-GPTQ into compressed-tensors)
+    Fp(Box<FpModule>),
 }
 
 impl QModule {
@@ -41,8 +44,8 @@ impl QModule {
     pub(super) fn int(&self) -> Result<&IntQuantized> {
         match self {
             QModule::Int(q) => Ok(q),
-            QModule::Trellis(_) => Err(PipelineError::general(
-                "a trellis-coded module reached an integer-layout writer",
+            QModule::Trellis(_) | QModule::Fp(_) => Err(PipelineError::general(
+                "a trellis- or floating-point-coded module reached an integer-layout writer",
                 "Report this as a bug",
             )),
         }
@@ -163,7 +166,8 @@ pub(super) fn run_blocks(
     cfg: &llmq_arch::ArchConfig,
     mut checkpoint: Option<&mut BlockCheckpoint>,
 ) -> Result<BlockResult> {
-    let method = block_method(req.method).ok_or_else(|| {
+    let fp = crate::fp_export::fp_scheme(req).is_some();
+    let method = block_method(req.method, fp).ok_or_else(|| {
         PipelineError::general(
             format!("{} is not a block-sequential method", req.method.name()),
             "Report this as a bug",
@@ -214,6 +218,10 @@ pub(super) fn run_blocks(
             for (hf, q, st) in b.trellis {
                 stats.push(st);
                 modules.insert(hf, QModule::Trellis(Box::new(q)));
+            }
+            for (hf, q, st) in b.fp {
+                stats.push(st);
+                modules.insert(hf, QModule::Fp(Box::new(q)));
             }
             overrides.extend(b.overrides);
             ignored.extend(b.ignored);
@@ -284,6 +292,7 @@ pub(super) fn run_blocks(
         let mut deq: HashMap<String, Vec<f32>> = HashMap::new();
         let mut block_q: Vec<(String, IntQuantized, TensorReport)> = Vec::new();
         let mut block_t: Vec<(String, Exl3Linear, TensorReport)> = Vec::new();
+        let mut block_f: Vec<(String, FpModule, TensorReport)> = Vec::new();
         method.quantize_block(BlockCx {
             req,
             alloc,
@@ -294,11 +303,13 @@ pub(super) fn run_blocks(
             top_k,
             out: &mut block_q,
             trellis_out: &mut block_t,
+            fp_out: &mut block_f,
             overrides: &mut overrides,
         })?;
         let mut block = BlockState {
             modules: block_q,
             trellis: block_t,
+            fp: block_f,
             overrides: Vec::new(),
             ignored: block_ignored,
         };
@@ -323,6 +334,11 @@ pub(super) fn run_blocks(
             deq.insert(hf.clone(), super::trellis_block::dequantize(&q));
             stats.push(st);
             modules.insert(hf, QModule::Trellis(Box::new(q)));
+        }
+        for (hf, q, st) in block.fp {
+            deq.insert(hf.clone(), q.dense());
+            stats.push(st);
+            modules.insert(hf, QModule::Fp(Box::new(q)));
         }
         // put the quantized weights into the engine
         let mut specs: Vec<&GgufTensorSpec> = tensors

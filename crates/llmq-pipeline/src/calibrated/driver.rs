@@ -1,5 +1,6 @@
 //! The block-sequential executor (GPTQ, AWQ, round-to-nearest into a Hugging Face
-//! layout; trellis into an EXL3 folder), stage by stage: source (a Hugging Face folder) → calibrate
+//! layout; GPTQ / MR-GPTQ on floating-point grids into compressed-tensors; trellis
+//! into an EXL3 folder), stage by stage: source (a Hugging Face folder) → calibrate
 //! ([`super::calibration`]) → allocate (one grid per Linear, routers kept) → measure
 //! and quantize block by block ([`super::blocks`]) → write ([`super::write`]) →
 //! validate ([`super::validate`]), into a staged folder ([`crate::staging`]) renamed to
@@ -11,6 +12,7 @@ use super::calibration::calibration_set;
 use super::validate::validate_output;
 use super::write::write_rest;
 use super::write_exl3::{validate_exl3, write_exl3};
+use super::write_fp::{validate_fp, write_fp};
 use super::{engine_err, Tensors};
 use crate::allocate::Allocation;
 use crate::checkpoint::BlockCheckpoint;
@@ -32,10 +34,14 @@ pub(crate) fn quantize_blocks(
     progress: &dyn Progress,
 ) -> Result<QuantizeOutcome> {
     let exl3 = req.format == crate::request::OutputFormat::Exl3;
-    // allocate: one grid (or one trellis K) for every Linear (routers stay in full
-    // precision, see blocks)
+    let fp = crate::fp_export::fp_scheme(req);
+    // allocate: one grid (or one trellis K, or one floating-point grid and rotation)
+    // for every Linear (routers stay in full precision, see blocks)
     let alloc = if exl3 {
         Allocation::uniform_trellis(req.trellis_k()?)
+    } else if let Some(scheme) = fp {
+        let hadamard = (req.method == crate::request::Method::MrGptq).then(|| req.hadamard_block());
+        Allocation::uniform_fp(req.method, scheme, hadamard)
     } else {
         Allocation::uniform(req.method, req.int_grid()?)
     };
@@ -190,6 +196,15 @@ pub(crate) fn quantize_blocks(
                 (calib.samples.len(), seq_len),
                 &dir,
             )?;
+        } else if let Some(scheme) = fp {
+            write_fp(
+                &tensors,
+                &quantized_modules,
+                &staged.tmp,
+                scheme,
+                &ignored,
+                &dir,
+            )?;
         } else {
             write_rest(
                 &tensors,
@@ -205,6 +220,8 @@ pub(crate) fn quantize_blocks(
             progress.message("Validating output...");
             if exl3 {
                 validate_exl3(&staged.tmp, &tensors, &quantized_modules)?;
+            } else if fp.is_some() {
+                validate_fp(&staged.tmp, &quantized_modules)?;
             } else {
                 validate_output(&staged.tmp, req, &quantized_modules)?;
             }
@@ -271,19 +288,21 @@ fn calibrated_fingerprint(
             tokens.extend_from_slice(&t.to_le_bytes());
         }
     }
-    crate::checkpoint::sha256_hex(
-        format!(
-            "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}",
-            env!("CARGO_PKG_VERSION"),
-            crate::hf_source::files_identity(src_dir),
-            req.format,
-            req.level,
-            req.method,
-            req.grid,
-            req.damp_percent.to_bits(),
-            crate::checkpoint::sha256_hex(&tokens),
-            final_dir.display()
-        )
-        .as_bytes(),
-    )
+    // MR-GPTQ's block joins the fingerprint only when given, so other runs' stay as they were
+    let hadamard = req
+        .hadamard_size
+        .map_or(String::new(), |b| format!("\nhadamard={b}"));
+    let text = format!(
+        "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}{hadamard}",
+        env!("CARGO_PKG_VERSION"),
+        crate::hf_source::files_identity(src_dir),
+        req.format,
+        req.level,
+        req.method,
+        req.grid,
+        req.damp_percent.to_bits(),
+        crate::checkpoint::sha256_hex(&tokens),
+        final_dir.display()
+    );
+    crate::checkpoint::sha256_hex(text.as_bytes())
 }

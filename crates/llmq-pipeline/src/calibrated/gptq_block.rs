@@ -4,12 +4,55 @@
 
 use super::blocks::{quantize_one, Calib};
 use super::methods::BlockCx;
-use super::observe::{SiteAcc, SiteKey};
+use super::observe::{Collector, SiteAcc, SiteKey};
 use super::MIN_EXPERT_TOKENS;
 use crate::error::Result;
 use crate::request::Method;
 use llmq_engine::LinearStage;
 use std::collections::BTreeSet;
+
+/// The all-token Hessian of the MoE input (`Σ_e rows_e·H_e / n`) and the token
+/// count, the fallback for experts with too few tokens.
+pub(super) fn all_token_hessian(col: &Collector, top_k: usize) -> Option<(Vec<f64>, u64)> {
+    let mut sum: Option<Vec<f64>> = None;
+    let mut n = 0u64;
+    for ((stage, e, _), acc) in &col.sites {
+        if *stage == LinearStage::FfnInput && e.is_some() {
+            if let Some(h) = &acc.hess {
+                // h.finish() = 2/rows · XᵀX; re-weight by rows
+                let hv = h.clone().finish();
+                let s = sum.get_or_insert_with(|| vec![0.0; hv.len()]);
+                s.iter_mut()
+                    .zip(&hv)
+                    .for_each(|(a, b)| *a += b * acc.rows as f64);
+                n += acc.rows;
+            }
+        }
+    }
+    let mut s = sum?;
+    if n == 0 {
+        return None;
+    }
+    // Σ rows_e·H_e = 2·Σ X_eᵀX_e = 2·top_k·XᵀX over n/top_k tokens → mean over tokens
+    s.iter_mut().for_each(|v| *v /= n as f64);
+    Some((s, n / top_k as u64))
+}
+
+/// Experts that never fired (not reported as sites): `(expert, first weight, stage)`.
+pub(super) fn missing_experts(col: &Collector) -> Vec<(usize, &'static str, LinearStage)> {
+    let mut missing = Vec::new();
+    for e in 0..col.expert_tokens.len() {
+        for (stage, first) in [
+            (LinearStage::FfnInput, "ffn_gate_exps.weight"),
+            (LinearStage::FfnDown, "ffn_down_exps.weight"),
+        ] {
+            if !col.sites.contains_key(&(stage, Some(e), first)) {
+                missing.push((e, first, stage));
+            }
+        }
+    }
+    missing
+}
 
 /// GPTQ (`gptq`) or round-to-nearest of every Linear of one block; each tensor's grid
 /// and method come from the allocation.
@@ -25,47 +68,15 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
         ..
     } = cx;
     // all-token Hessian of the MoE input (fallback for starved experts)
-    let mut moe_all: Option<(Vec<f64>, u64)> = None;
-    if gptq {
-        let mut sum: Option<Vec<f64>> = None;
-        let mut n = 0u64;
-        for ((stage, e, _), acc) in &col.sites {
-            if *stage == LinearStage::FfnInput && e.is_some() {
-                if let Some(h) = &acc.hess {
-                    // h.finish() = 2/rows · XᵀX; re-weight by rows
-                    let hv = h.clone().finish();
-                    let s = sum.get_or_insert_with(|| vec![0.0; hv.len()]);
-                    s.iter_mut()
-                        .zip(&hv)
-                        .for_each(|(a, b)| *a += b * acc.rows as f64);
-                    n += acc.rows;
-                }
-            }
-        }
-        if let Some(mut s) = sum {
-            if n > 0 {
-                // Σ rows_e·H_e = 2·Σ X_eᵀX_e = 2·top_k·XᵀX over n/top_k tokens → mean over tokens
-                s.iter_mut().for_each(|v| *v /= n as f64);
-                moe_all = Some((s, n / top_k as u64));
-            }
-        }
-    }
+    let moe_all = if gptq {
+        all_token_hessian(col, top_k)
+    } else {
+        None
+    };
     let mut done: BTreeSet<String> = BTreeSet::new();
     // sites that were seen
     let mut jobs: Vec<(SiteKey, &SiteAcc)> = col.sites.iter().map(|(k, v)| (*k, v)).collect();
-    // experts that never fired are not reported as sites: add them
-    let n_exp = col.expert_tokens.len();
-    let mut missing: Vec<(usize, &'static str, LinearStage)> = Vec::new();
-    for e in 0..n_exp {
-        for (stage, first) in [
-            (LinearStage::FfnInput, "ffn_gate_exps.weight"),
-            (LinearStage::FfnDown, "ffn_down_exps.weight"),
-        ] {
-            if !col.sites.contains_key(&(stage, Some(e), first)) {
-                missing.push((e, first, stage));
-            }
-        }
-    }
+    let missing = missing_experts(col);
     jobs.sort_by_key(|(k, _)| *k);
     for (key, acc) in jobs {
         let (stage, expert, _) = key;

@@ -1,11 +1,13 @@
 //! The block-sequential entries of the method registry ([`crate::methods`]): what each
 //! method needs the measure stage to collect, and how it quantizes the Linears of one
 //! block — GPTQ and round-to-nearest in [`super::gptq_block`], AWQ in
-//! [`super::awq_block`], trellis (EXL3) in [`super::trellis_block`].
+//! [`super::awq_block`], trellis (EXL3) in [`super::trellis_block`], GPTQ and MR-GPTQ
+//! on the floating-point grids in [`super::fp_block`].
 
 use super::observe::Collector;
 use super::Tensors;
 use crate::allocate::Allocation;
+use crate::checkpoint::block_codec::FpModule;
 use crate::error::Result;
 use crate::report::TensorReport;
 use crate::request::{Method, QuantizeRequest};
@@ -41,6 +43,8 @@ pub(super) struct BlockCx<'a> {
     pub(super) out: &'a mut Vec<(String, IntQuantized, TensorReport)>,
     /// the trellis-coded modules (EXL3), in the order produced
     pub(super) trellis_out: &'a mut Vec<(String, Exl3Linear, TensorReport)>,
+    /// the floating-point-coded modules (GPTQ / MR-GPTQ on NVFP4, MXFP4, FP8)
+    pub(super) fp_out: &'a mut Vec<(String, FpModule, TensorReport)>,
     /// norms (HF name → values as stored) that scales were folded into
     pub(super) overrides: &'a mut HashMap<String, Vec<f32>>,
 }
@@ -55,6 +59,7 @@ struct Gptq;
 struct Rtn;
 struct Awq;
 struct Trellis;
+struct FpGptq;
 
 impl BlockMethod for Gptq {
     fn needs(&self) -> Needs {
@@ -108,9 +113,25 @@ impl BlockMethod for Trellis {
     }
 }
 
-/// The block-sequential implementation of `method`, if it is one.
-pub(super) fn block_method(method: Method) -> Option<&'static dyn BlockMethod> {
+impl BlockMethod for FpGptq {
+    fn needs(&self) -> Needs {
+        Needs {
+            hessian: true,
+            awq_stats: false,
+            block_outputs: true,
+        }
+    }
+    fn quantize_block(&self, cx: BlockCx<'_>) -> Result<()> {
+        super::fp_block::quantize_block_fp(cx)
+    }
+}
+
+/// The block-sequential implementation of `method` (on a floating-point grid when
+/// `fp`), if it is one.
+pub(super) fn block_method(method: Method, fp: bool) -> Option<&'static dyn BlockMethod> {
     match method {
+        Method::Gptq | Method::MrGptq if fp => Some(&FpGptq),
+        Method::MrGptq => None,
         Method::Gptq => Some(&Gptq),
         Method::Rtn => Some(&Rtn),
         Method::Awq => Some(&Awq),

@@ -43,8 +43,10 @@
 //!
 //! The modules follow the stages: `calibration` (calibrate), `observe` and
 //! `activations` (measure), `blocks` with the registry entries of `methods`
-//! (`gptq_block` / `awq_block`: quantize, each tensor on the grid the allocation
-//! gives it), `write` with the layout registry `formats` (write), `validate`, and
+//! (`gptq_block` / `awq_block` / `fp_block` (GPTQ, MR-GPTQ on the floating-point grids) /
+//! `trellis_block`: quantize, each tensor on the grid the allocation gives it), `write`
+//! with the layout registry `formats` (write; `write_fp` for the floating-point grids,
+//! `write_exl3` for EXL3), `validate`, and
 //! `driver`, the executor [`crate::driver`] hands block-sequential methods to;
 //! `imatrix` reuses the calibrate and measure stages for GGUF importance matrices.
 
@@ -54,6 +56,7 @@ mod blocks;
 mod calibration;
 mod driver;
 mod formats;
+mod fp_block;
 mod gptq_block;
 mod imatrix;
 mod methods;
@@ -62,6 +65,7 @@ mod trellis_block;
 mod validate;
 mod write;
 mod write_exl3;
+mod write_fp;
 
 use blocks::QModule;
 pub(crate) use driver::quantize_blocks;

@@ -1,15 +1,36 @@
 //! The block files of the calibrated checkpoint: what one block contributed to the
 //! output ([`BlockState`]: its quantized modules with their integers bit-packed, the
 //! report lines, the norms AWQ folded its scales into, the modules kept in full
-//! precision, and trellis-coded modules in a tagged section of their own), serialized little-endian and length-prefixed behind a magic.
+//! precision, and trellis-coded and floating-point-coded modules in tagged sections of
+//! their own), serialized little-endian and length-prefixed behind a magic.
 
 use crate::report::{CalibrationDetail, TensorReport};
 use half::f16;
-use llmq_hfquant::{bitpack, IntQuantized};
+use llmq_hfquant::{bitpack, FpQuantized, FpScheme, IntQuantized};
 use llmq_trellis::quantize::Exl3Linear;
 use llmq_trellis::Codebook;
 
 const BLOCK_MAGIC: &[u8; 8] = b"LLMQCB02";
+
+/// A module on a floating-point grid (GPTQ / MR-GPTQ into compressed-tensors NVFP4,
+/// MXFP4, FP8): its codes, in the space of a block-Hadamard input rotation of size
+/// `hadamard` when set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FpModule {
+    pub q: FpQuantized,
+    pub hadamard: Option<usize>,
+}
+
+impl FpModule {
+    /// The dense weight in the original input space (rotation folded back).
+    pub fn dense(&self) -> Vec<f32> {
+        let deq = self.q.dequantize();
+        match self.hadamard {
+            Some(b) => llmq_hfquant::hadamard::unrotate(&deq, self.q.in_features, b),
+            None => deq,
+        }
+    }
+}
 
 /// What one block contributed to the output.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -18,6 +39,8 @@ pub struct BlockState {
     pub modules: Vec<(String, IntQuantized, TensorReport)>,
     /// trellis-coded modules (EXL3), in the order they were produced
     pub trellis: Vec<(String, Exl3Linear, TensorReport)>,
+    /// floating-point-coded modules, in the order they were produced
+    pub fp: Vec<(String, FpModule, TensorReport)>,
     /// norms (HF name → values as stored) that AWQ's scales were folded into
     pub overrides: Vec<(String, Vec<f32>)>,
     /// modules kept in full precision (routers)
@@ -230,10 +253,76 @@ pub fn encode_block(b: &BlockState) -> Vec<u8> {
             enc_report(&mut e, st);
         }
     }
+    if !b.fp.is_empty() {
+        e.0.extend_from_slice(FP_TAG);
+        e.u32(b.fp.len() as u32);
+        for (name, m, st) in &b.fp {
+            let q = &m.q;
+            e.str(name);
+            e.u8(scheme_id(q.scheme));
+            e.u64(q.out_features as u64);
+            e.u64(q.in_features as u64);
+            enc_ints(&mut e, &q.codes, if q.scheme.is_fp4() { 4 } else { 8 });
+            e.u64(q.scales.len() as u64);
+            for s in &q.scales {
+                e.u32(s.to_bits());
+            }
+            e.u32(q.global_scale.to_bits());
+            e.u64(m.hadamard.map_or(0, |b| b as u64));
+            enc_report(&mut e, st);
+        }
+    }
     e.0
 }
 
 const TRELLIS_TAG: &[u8; 4] = b"TRLS";
+const FP_TAG: &[u8; 4] = b"FPQ1";
+const FP_SCHEMES: [FpScheme; 5] = [
+    FpScheme::Nvfp4,
+    FpScheme::Mxfp4,
+    FpScheme::Fp8Channel,
+    FpScheme::Fp8Tensor,
+    FpScheme::Fp8Block,
+];
+
+fn scheme_id(s: FpScheme) -> u8 {
+    FP_SCHEMES.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+fn dec_fp(d: &mut Dec<'_>) -> DResult<(String, FpModule, TensorReport)> {
+    let name = d.str()?;
+    let scheme = *FP_SCHEMES
+        .get(d.u8()? as usize)
+        .ok_or("unknown floating-point scheme")?;
+    let out_features = d.usize()?;
+    let in_features = d.usize()?;
+    let codes = dec_ints(d, if scheme.is_fp4() { 4 } else { 8 })?;
+    let n_scales = d.usize()?;
+    let [r, c] = scheme.scale_shape(out_features, in_features);
+    if codes.len() != out_features.checked_mul(in_features).ok_or("too large")? || n_scales != r * c
+    {
+        return Err(format!("{name}: wrong number of codes or scales"));
+    }
+    let scales = (0..n_scales)
+        .map(|_| d.u32().map(f32::from_bits))
+        .collect::<DResult<Vec<f32>>>()?;
+    let global_scale = f32::from_bits(d.u32()?);
+    let hadamard = match d.usize()? {
+        0 => None,
+        b if b.is_power_of_two() && in_features.is_multiple_of(b) => Some(b),
+        b => return Err(format!("{name}: bad Hadamard block {b}")),
+    };
+    let st = dec_report(d, None)?;
+    let q = FpQuantized {
+        scheme,
+        out_features,
+        in_features,
+        codes,
+        scales,
+        global_scale,
+    };
+    Ok((name, FpModule { q, hadamard }, st))
+}
 
 fn enc_report(e: &mut Enc, st: &TensorReport) {
     e.str(&st.name);
@@ -383,12 +472,18 @@ pub fn decode_block(bytes: &[u8]) -> DResult<BlockState> {
     for _ in 0..d.u32()? {
         out.ignored.push(d.str()?);
     }
-    if d.at < bytes.len() {
-        if d.take(4)? != TRELLIS_TAG {
+    while d.at < bytes.len() {
+        let tag = d.take(4)?;
+        if tag == TRELLIS_TAG && out.trellis.is_empty() {
+            for _ in 0..d.u32()? {
+                out.trellis.push(dec_trellis(&mut d)?);
+            }
+        } else if tag == FP_TAG && out.fp.is_empty() {
+            for _ in 0..d.u32()? {
+                out.fp.push(dec_fp(&mut d)?);
+            }
+        } else {
             return Err("unknown section".into());
-        }
-        for _ in 0..d.u32()? {
-            out.trellis.push(dec_trellis(&mut d)?);
         }
     }
     if d.at != bytes.len() {
@@ -441,6 +536,7 @@ pub(crate) mod tests {
                 ("b.weight".into(), q8, st),
             ],
             trellis: Vec::new(),
+            fp: Vec::new(),
             overrides: vec![("n.weight".into(), vec![1.5, -0.0, f32::MIN_POSITIVE])],
             ignored: vec!["model.layers.0.mlp.gate".into()],
         }
@@ -469,6 +565,26 @@ pub(crate) mod tests {
         assert!(decode_block(&bytes[..bytes.len() - 1]).is_err());
         // without trellis modules the bytes are the integer methods' format
         b.trellis.clear();
+        assert_eq!(encode_block(&b), encode_block(&sample_block()));
+    }
+
+    #[test]
+    fn fp_modules_round_trip() {
+        let mut b = sample_block();
+        let w: Vec<f32> = (0..8 * 64)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.01)
+            .collect();
+        for (k, s) in FP_SCHEMES.into_iter().enumerate() {
+            let q = llmq_hfquant::fp_quantized::rtn_fp(&w, 8, 64, s, true);
+            let mut st = b.modules[0].2.clone();
+            st.method = "mr-gptq".into();
+            let hadamard = (k % 2 == 0).then_some(32);
+            b.fp.push((format!("f{k}.weight"), FpModule { q, hadamard }, st));
+        }
+        let bytes = encode_block(&b);
+        assert_eq!(decode_block(&bytes).unwrap(), b);
+        assert!(decode_block(&bytes[..bytes.len() - 1]).is_err());
+        b.fp.clear();
         assert_eq!(encode_block(&b), encode_block(&sample_block()));
     }
 
