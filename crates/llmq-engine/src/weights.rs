@@ -201,6 +201,44 @@ impl WeightSource {
             .ok_or_else(|| EngineError::MissingTensor(name.into()))
     }
 
+    /// Drop the mapped pages of tensor `name` (GGUF name) from the resident set; they
+    /// are re-read from the file if touched again.
+    pub fn release(&self, name: &str) {
+        match self {
+            WeightSource::Gguf(f) => {
+                if let Some(info) = f.tensor(name) {
+                    f.release_tensor(info);
+                }
+            }
+            WeightSource::Hf(h) => {
+                if let Some(spec) = h.plan.get(name) {
+                    for s in &spec.sources {
+                        h.st.release(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`WeightSource::release`] every tensor of block `layer` (`blk.N.*`).
+    pub fn release_block(&self, layer: usize) {
+        let prefix = format!("blk.{layer}.");
+        match self {
+            WeightSource::Gguf(f) => {
+                for info in f.tensors().iter().filter(|t| t.name.starts_with(&prefix)) {
+                    f.release_tensor(info);
+                }
+            }
+            WeightSource::Hf(h) => {
+                for (_, spec) in h.plan.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+                    for s in &spec.sources {
+                        h.st.release(s);
+                    }
+                }
+            }
+        }
+    }
+
     /// A 1-D tensor (norm weight, bias) as f32 values.
     pub fn vector(&self, name: &str) -> Result<Option<Vec<f32>>> {
         Ok(self.matrix(name)?.map(|m| m.to_f32()))

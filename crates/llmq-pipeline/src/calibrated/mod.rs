@@ -56,6 +56,7 @@ mod driver;
 mod formats;
 mod gptq_block;
 mod imatrix;
+mod memory_need;
 mod methods;
 mod observe;
 mod trellis_block;
@@ -139,6 +140,15 @@ impl Tensors {
     }
     pub(super) fn spec(&self, layer: usize, gguf: &str) -> Option<&GgufTensorSpec> {
         self.specs.get(&format!("blk.{layer}.{gguf}"))
+    }
+    /// Drop the mapped pages of block `layer`'s source tensors from the resident set
+    /// (re-read from the file if touched again, as the writer does).
+    pub(super) fn release_block(&self, layer: usize) {
+        for spec in self.specs.values().filter(|s| s.layer == Some(layer)) {
+            for s in &spec.sources {
+                self.st.release(s);
+            }
+        }
     }
 }
 
