@@ -184,7 +184,7 @@ pub(super) fn run_blocks(
         .or_else(crate::memory::available_bytes)
         .unwrap_or(u64::MAX);
     let budget = full_budget / 2;
-    let spill = need > budget;
+    let spill = need > budget || crate::test_hooks::get().spill_activations;
     // layer-streamed: the largest block, its Hessians and the activations must fit
     let run_need = super::memory_need::run_need(
         tensors,
@@ -258,8 +258,12 @@ pub(super) fn run_blocks(
             }
         }
     }
-    // layer-streamed: the embeddings are not needed past this point
-    model.release_embeddings(src);
+    // layer-streamed (unless a test asks for the whole model at once): the embeddings
+    // are not needed past this point
+    let streamed = !crate::test_hooks::get().whole_model;
+    if streamed {
+        model.release_embeddings(src);
+    }
     let groups = batches(&lens, BATCH_TOKENS);
     let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
 
@@ -285,7 +289,9 @@ pub(super) fn run_blocks(
             expert_tokens: Vec::new(),
         };
         // layer-streamed: only this block's weights are in the engine
-        model.load_block(src, layer).map_err(engine_err)?;
+        if streamed {
+            model.load_block(src, layer).map_err(engine_err)?;
+        }
         let collect_groups = if rtn { &groups[..1] } else { &groups[..] };
         run_batches(
             model,
@@ -383,8 +389,10 @@ pub(super) fn run_blocks(
                 cp.save_block(layer, bytes, None)?;
             }
         }
-        model.unload_block(src, layer);
-        tensors.release_block(layer);
+        if streamed {
+            model.unload_block(src, layer);
+            tensors.release_block(layer);
+        }
         written_now += 1;
         progress.unit_done(&format!("layer {layer}"));
         crate::test_hooks::after_unit();

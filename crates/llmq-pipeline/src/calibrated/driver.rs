@@ -104,7 +104,12 @@ pub(crate) fn quantize_blocks(
     };
     // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
-    let mut model = Model::load_streamed(&src).map_err(engine_err)?;
+    let mut model = if crate::test_hooks::get().whole_model {
+        Model::load(&src)
+    } else {
+        Model::load_streamed(&src)
+    }
+    .map_err(engine_err)?;
 
     // calibrate
     let tok = llmq_tokenizer::Tokenizer::from_hf_dir(&dir).map_err(|e| {
