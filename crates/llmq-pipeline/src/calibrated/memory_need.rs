@@ -116,6 +116,7 @@ pub(super) fn run_need(
         let mut largest = 0u64;
         let mut widest = d as u64;
         let mut inputs: HashMap<TensorRole, (u64, u64)> = HashMap::new();
+        let mut linears = 0u64;
         for spec in specs {
             loaded += bytes_of(spec);
             params += spec.n_elements() as u64;
@@ -126,6 +127,7 @@ pub(super) fn run_need(
             let rows = spec.shape_ne[1] as u64;
             let experts = spec.shape_ne.get(2).copied().unwrap_or(1) as u64;
             modules += cols * rows * experts * 9 / 8;
+            linears += experts;
             largest = largest.max(cols * rows);
             widest = widest.max(rows).max(cols);
             let e = inputs
@@ -149,6 +151,8 @@ pub(super) fn run_need(
             })
             .collect();
         let widest_input = inputs.values().map(|v| v.0).max().unwrap_or(0);
+        // no more solves in flight than the block has Linears
+        let threads = threads.min(linears.max(1));
         let hessians = per_input.iter().sum::<u64>()
             + if needs.hessian {
                 threads * widest_input * widest_input * 8
