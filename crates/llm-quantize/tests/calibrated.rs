@@ -420,17 +420,22 @@ fn dead_channel_is_damped_nonfinite_activations_name_the_tensor_and_spilling_is_
         .iter()
         .all(|r| r["damp_percent"].as_f64() == Some(0.01)));
     // spilling activations to disk gives the same bytes
+    // (test hook: a RAM budget small enough to force it cannot hold a block, exit 5)
     let mut a = vec![
+        "--format",
+        "json",
+        "quantize",
+        m.to_str().unwrap(),
         "gptq",
         "-q",
         "4bit",
         "-n",
         "spilled",
-        "--ram-budget-gb",
-        "0.000001",
     ];
     a.extend_from_slice(&small);
-    let v = quantize(t, &m, &a);
+    let r = lq_env(t, &a, &[("LLM_QUANTIZE_TEST_SPILL_ACTIVATIONS", "1")]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let v = r.json();
     assert_eq!(
         v["metadata"]["calibration"]["activations_spilled_to_disk"],
         true

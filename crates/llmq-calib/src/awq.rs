@@ -57,6 +57,18 @@ fn code(x: f32, s: f16, z: u8, maxq: u32) -> u8 {
     rtn::quantize_value(x, s, z, maxq as u8)
 }
 
+/// `code(x, s, z, maxq) as f32` with the scale, zero point and top code already as
+/// f32 (`sf = s.to_f32()`), in a form the compiler vectorises (the searches' hot
+/// loop): round-half-to-even by adding and removing 1.5·2²³, exact for |x/sf| < 2²²
+/// and within 2 of it beyond, where the clamp gives the same code; NaN gives 0, as
+/// the `as u8` cast does.
+#[inline(always)]
+fn code_f(x: f32, sf: f32, zf: f32, maxqf: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    let r = (x / sf + SHIFT) - SHIFT;
+    (r + zf).max(0.0).min(maxqf)
+}
+
 /// Asymmetric group-wise quantization of `w` (`[out, in]`, row-major) as AutoAWQ
 /// GEMM stores it. `clip`, when given, holds a `max|w|` per (row, group): values are
 /// clamped to `[−clip, clip]` first.
@@ -114,9 +126,9 @@ fn fake_quant(w: &mut [f32], inp: usize, bits: u8, group_size: usize) {
     for row in w.chunks_mut(inp) {
         for grp in row.chunks_mut(group_size) {
             let (s, z) = group_params(grp, maxq);
-            let sf = s.to_f32();
+            let (sf, zf, maxqf) = (s.to_f32(), z as f32, maxq as f32);
             for v in grp.iter_mut() {
-                *v = sf * (code(*v, s, z, maxq) as f32 - z as f32);
+                *v = sf * (code_f(*v, sf, zf, maxqf) - zf);
             }
         }
     }
@@ -276,11 +288,11 @@ pub fn search_clip(
                         .zip(wg)
                         .for_each(|(d, &v)| *d = v.clamp(-m, m));
                     let (s, z) = group_params(&buf, maxq);
-                    let sf = s.to_f32();
+                    let (sf, zf, maxqf) = (s.to_f32(), z as f32, maxq as f32);
                     // d = q(w) - w
-                    buf.iter_mut().zip(wg).for_each(|(v, &w0)| {
-                        *v = sf * (code(*v, s, z, maxq) as f32 - z as f32) - w0
-                    });
+                    buf.iter_mut()
+                        .zip(wg)
+                        .for_each(|(v, &w0)| *v = sf * (code_f(*v, sf, zf, maxqf) - zf) - w0);
                     let mut err = 0.0f64;
                     for (k, &dk) in buf.iter().enumerate() {
                         err += dk as f64 * dot8(&gram[k * gs..(k + 1) * gs], &buf) as f64;
@@ -322,6 +334,55 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    /// The vectorisable code is the quantizer's, on ties, huge ratios, the smallest
+    /// scale, infinities and NaN.
+    #[test]
+    fn code_f_is_the_quantizers_code() {
+        let mut r = ChaCha8Rng::seed_from_u64(7);
+        let scales = [
+            f16::from_bits(1),
+            f16::from_f32(1e-3),
+            f16::from_f32(0.0371),
+            f16::from_f32(1.0),
+            f16::from_f32(3.5),
+            f16::MAX,
+        ];
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            -f32::MAX,
+            4_194_303.5,
+            4_194_304.5,
+            8_388_609.0,
+            -4_194_304.5,
+        ];
+        for _ in 0..20_000 {
+            xs.push(r.gen_range(-3.0f32..3.0) * 10f32.powi(r.gen_range(-6..8)));
+        }
+        for &s in &scales {
+            // ties: exact halves of the scale
+            xs.extend((-40..40).map(|k| (k as f32 + 0.5) * s.to_f32()));
+            for maxq in [3u32, 7, 15, 255] {
+                for z in [0u8, 1, (maxq / 2) as u8, maxq as u8] {
+                    let sf = s.to_f32();
+                    for &x in &xs {
+                        let want = code(x, s, z, maxq) as f32;
+                        let got = code_f(x, sf, z as f32, maxq as f32);
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "x {x} s {sf} z {z} maxq {maxq}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     fn normal(r: &mut ChaCha8Rng) -> f32 {
         // Box-Muller

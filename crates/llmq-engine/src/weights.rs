@@ -201,6 +201,44 @@ impl WeightSource {
             .ok_or_else(|| EngineError::MissingTensor(name.into()))
     }
 
+    /// Drop the mapped pages of tensor `name` (GGUF name) from the resident set; they
+    /// are re-read from the file if touched again.
+    pub fn release(&self, name: &str) {
+        match self {
+            WeightSource::Gguf(f) => {
+                if let Some(info) = f.tensor(name) {
+                    f.release_tensor(info);
+                }
+            }
+            WeightSource::Hf(h) => {
+                if let Some(spec) = h.plan.get(name) {
+                    for s in &spec.sources {
+                        h.st.release(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`WeightSource::release`] every tensor of block `layer` (`blk.N.*`).
+    pub fn release_block(&self, layer: usize) {
+        let prefix = format!("blk.{layer}.");
+        match self {
+            WeightSource::Gguf(f) => {
+                for info in f.tensors().iter().filter(|t| t.name.starts_with(&prefix)) {
+                    f.release_tensor(info);
+                }
+            }
+            WeightSource::Hf(h) => {
+                for (_, spec) in h.plan.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+                    for s in &spec.sources {
+                        h.st.release(s);
+                    }
+                }
+            }
+        }
+    }
+
     /// A 1-D tensor (norm weight, bias) as f32 values.
     pub fn vector(&self, name: &str) -> Result<Option<Vec<f32>>> {
         Ok(self.matrix(name)?.map(|m| m.to_f32()))
@@ -265,6 +303,9 @@ impl HfWeights {
             name: name.into(),
             why: e.to_string(),
         };
+        if let Some(w) = self.half_matrix(name, rows, cols)? {
+            return Ok(w);
+        }
         let mut dtypes = Vec::new();
         let mut sources = Vec::with_capacity(spec.sources.len());
         for s in &spec.sources {
@@ -324,5 +365,54 @@ impl HfWeights {
             (GgmlType::F32, Bytes::whole(Arc::new(values)))
         };
         WeightMatrix::new(ty, rows, cols, bytes).map_err(|e| EngineError::tensor(name, e))
+    }
+
+    /// A plan tensor that is one BF16 or F16 source as stored (no transform, not
+    /// quantized): its values copied as they are, without the f32 round trip of
+    /// [`HfWeights::matrix`] (which gives the same bits: both halves widen to f32
+    /// exactly), so loading a large embedding takes its stored size, not three times
+    /// that. `None` for every other tensor.
+    fn half_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<WeightMatrix>> {
+        let spec = &self.plan[name];
+        let [src] = spec.sources.as_slice() else {
+            return Ok(None);
+        };
+        let stored = self
+            .exl3
+            .as_ref()
+            .is_some_and(|e| e.module_of(src).is_some())
+            || self
+                .quant
+                .as_ref()
+                .is_some_and(|q| q.module_of(src).is_some());
+        if spec.transform != Transform::None || stored || rows <= 1 {
+            return Ok(None);
+        }
+        let Ok(view) = self.st.get(src) else {
+            return Ok(None);
+        };
+        let (ty, widen): (GgmlType, fn(u16) -> f32) = match view.info.dtype {
+            StDtype::BF16 => (GgmlType::BF16, |b| half::bf16::from_bits(b).to_f32()),
+            StDtype::F16 => (GgmlType::F16, |b| half::f16::from_bits(b).to_f32()),
+            _ => return Ok(None),
+        };
+        let v: Vec<u16> = view
+            .bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        if v.len() != rows * cols {
+            return Ok(None);
+        }
+        // non-finite values are refused as the f32 path refuses them
+        if let Some(i) = v.iter().position(|&b| !widen(b).is_finite()) {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                why: format!("element {i} is {} (from {src})", widen(v[i])),
+            });
+        }
+        WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(U16Buf(v))))
+            .map(Some)
+            .map_err(|e| EngineError::tensor(name, e))
     }
 }

@@ -48,11 +48,17 @@ impl IntQuantized {
         let ng = self.n_groups();
         let groups: Vec<usize> = (0..self.in_features).map(|i| self.group_of(i)).collect();
         let mut w = vec![0.0f32; self.out_features * self.in_features];
+        // each row's scales and zero points as f32 once, not once per value
+        let mut s = vec![0.0f32; ng];
+        let mut z = vec![0.0f32; ng];
         for o in 0..self.out_features {
-            for (i, &g) in groups.iter().enumerate() {
-                let s = self.scales[o * ng + g].to_f32();
-                let z = self.zeros[o * ng + g] as f32;
-                w[o * self.in_features + i] = s * (self.q[o * self.in_features + i] as f32 - z);
+            for g in 0..ng {
+                s[g] = self.scales[o * ng + g].to_f32();
+                z[g] = self.zeros[o * ng + g] as f32;
+            }
+            let row = o * self.in_features..(o + 1) * self.in_features;
+            for ((d, &q), &g) in w[row.clone()].iter_mut().zip(&self.q[row]).zip(&groups) {
+                *d = s[g] * (q as f32 - z[g]);
             }
         }
         w

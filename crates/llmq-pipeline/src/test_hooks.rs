@@ -8,6 +8,14 @@ use std::sync::OnceLock;
 
 /// Environment variable: milliseconds to sleep after each finished unit.
 pub const UNIT_DELAY_ENV: &str = "LLM_QUANTIZE_TEST_UNIT_DELAY_MS";
+/// Environment variable: `1` makes calibrated quantization load the whole model at
+/// once instead of block by block (the reference the streamed output is compared
+/// with).
+pub const WHOLE_MODEL_ENV: &str = "LLM_QUANTIZE_TEST_WHOLE_MODEL";
+/// Environment variable: `1` makes calibrated quantization spill its activations to
+/// disk whatever the RAM budget (a budget small enough to force it cannot hold a
+/// block, which is exit 5).
+pub const SPILL_ENV: &str = "LLM_QUANTIZE_TEST_SPILL_ACTIVATIONS";
 
 /// What the hooks ask of a run; the default asks nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,6 +24,10 @@ pub struct TestHooks {
     pub stop_after_units: Option<usize>,
     /// sleep this long after each unit
     pub unit_delay_ms: Option<u64>,
+    /// calibrate on the whole model loaded at once, not layer-streamed
+    pub whole_model: bool,
+    /// spill calibration activations to disk whatever the budget
+    pub spill_activations: bool,
 }
 
 impl TestHooks {
@@ -26,6 +38,8 @@ impl TestHooks {
             unit_delay_ms: std::env::var(UNIT_DELAY_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            whole_model: std::env::var(WHOLE_MODEL_ENV).is_ok_and(|v| v == "1"),
+            spill_activations: std::env::var(SPILL_ENV).is_ok_and(|v| v == "1"),
         }
     }
 }

@@ -54,11 +54,11 @@ pub(crate) fn hparams_of(src: &WeightSource) -> Result<Hparams> {
 }
 
 /// Tensors of a weight source, uploaded to a backend.
-struct Loader<'a, B: Backend> {
-    src: &'a WeightSource,
-    be: &'a B,
+pub(super) struct Loader<'a, B: Backend> {
+    pub(super) src: &'a WeightSource,
+    pub(super) be: &'a B,
     /// every tensor name the architecture asked for, present or not
-    asked: std::cell::RefCell<std::collections::HashSet<String>>,
+    pub(super) asked: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -69,7 +69,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A required tensor as a matrix (recorded as asked for).
-    fn require(&self, name: &str) -> Result<WeightMatrix> {
+    pub(super) fn require(&self, name: &str) -> Result<WeightMatrix> {
         self.matrix(name)?
             .ok_or_else(|| EngineError::MissingTensor(name.into()))
     }
@@ -82,7 +82,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A GGUF file's tensors that no part of the architecture asked for: a file whose
     /// metadata does not explain its tensors is refused, not half-used.
-    fn check_unexplained(&self) -> Result<()> {
+    pub(super) fn check_unexplained(&self) -> Result<()> {
         let WeightSource::Gguf(f) = self.src else {
             // a safetensors checkpoint's tensors are checked against config.json by
             // the plan (`llmq_arch::validate`)
@@ -117,12 +117,12 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A required `[rows, cols]` Linear.
-    fn req(&self, name: &str, rows: usize, cols: usize) -> Result<Linear<B>> {
+    pub(super) fn req(&self, name: &str, rows: usize, cols: usize) -> Result<Linear<B>> {
         self.linear(name, self.host(name, rows, cols)?)
     }
 
     /// An optional `[rows, cols]` Linear.
-    fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Linear<B>>> {
+    pub(super) fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Linear<B>>> {
         match self.matrix(name)? {
             Some(w) => {
                 check_dims(name, &w, rows, cols)?;
@@ -140,7 +140,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A required vector of `len` values.
-    fn req_vec(&self, name: &str, len: usize) -> Result<B::Buf> {
+    pub(super) fn req_vec(&self, name: &str, len: usize) -> Result<B::Buf> {
         self.vec(name, len)?
             .ok_or_else(|| EngineError::MissingTensor(name.into()))
     }
@@ -200,19 +200,13 @@ impl<B: Backend> Model<B> {
             Some(w) => w,
             None => tok_embd.clone(),
         };
+        let (tok_embd, output) = (Some(tok_embd), Some(output));
         let output_norm = ld.req_vec("output_norm.weight", d)?;
         let layers = (0..hp.n_layer)
-            .map(|i| load_layer(&ld, &hp, i))
+            .map(|i| load_layer(&ld, &hp, i).map(Some))
             .collect::<Result<Vec<_>>>()?;
         ld.check_unexplained()?;
-        let act = match (hp.arch, hp.clamped_swiglu) {
-            (Arch::Gemma3, _) => Activation::GeluTanh,
-            (_, Some(c)) => Activation::ClampedSwiglu {
-                alpha: c.alpha as f32,
-                limit: c.limit as f32,
-            },
-            _ => Activation::Silu,
-        };
+        let act = activation_of(&hp);
         Ok(Model {
             act,
             hp,
@@ -225,7 +219,23 @@ impl<B: Backend> Model<B> {
     }
 }
 
-fn load_layer<B: Backend>(ld: &Loader<'_, B>, hp: &Hparams, i: usize) -> Result<Layer<B>> {
+/// The MLP activation the architecture uses.
+pub(super) fn activation_of(hp: &Hparams) -> Activation {
+    match (hp.arch, hp.clamped_swiglu) {
+        (Arch::Gemma3, _) => Activation::GeluTanh,
+        (_, Some(c)) => Activation::ClampedSwiglu {
+            alpha: c.alpha as f32,
+            limit: c.limit as f32,
+        },
+        _ => Activation::Silu,
+    }
+}
+
+pub(super) fn load_layer<B: Backend>(
+    ld: &Loader<'_, B>,
+    hp: &Hparams,
+    i: usize,
+) -> Result<Layer<B>> {
     let n = |s: &str| format!("blk.{i}.{s}");
     let d = hp.n_embd;
     let attn_norm = ld.req_vec(&n("attn_norm.weight"), d)?;

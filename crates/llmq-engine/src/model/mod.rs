@@ -22,6 +22,7 @@ mod load;
 mod memory_plan;
 mod mla;
 mod mlp;
+mod stream;
 mod surgery;
 
 pub use crate::routing::route;
@@ -50,10 +51,13 @@ struct Layer<B: Backend> {
 pub struct Model<B: Backend = Cpu> {
     pub hp: Hparams,
     be: B,
-    tok_embd: Linear<B>,
+    /// `None` once a layer-streamed model has embedded its calibration samples
+    tok_embd: Option<Linear<B>>,
     output_norm: B::Buf,
-    output: Linear<B>,
-    layers: Vec<Layer<B>>,
+    /// `None` in a layer-streamed model (calibration never computes logits)
+    output: Option<Linear<B>>,
+    /// `None`: a block of a layer-streamed model that is not loaded now
+    layers: Vec<Option<Layer<B>>>,
     act: Activation,
 }
 
@@ -111,7 +115,7 @@ impl<B: Backend> Model<B> {
             seq: &tok_seq,
             pos: &tok_pos,
         };
-        let mut x = self.embed_ids(&ids);
+        let mut x = self.embed_ids(&ids)?;
         let mut tap = Tap::none();
         for li in 0..self.layers.len() {
             self.layer_forward(li, &mut x, seqs, tokens, &mut tap)?;
@@ -134,7 +138,10 @@ impl<B: Backend> Model<B> {
         }
         let mut sel = be.gather_rows(&x, d, &out_rows);
         be.rms_norm_inplace(&mut sel, &self.output_norm, hp.eps);
-        let mut logits = self.output.forward(be, &sel, out_rows.len());
+        let output = self.output.as_ref().ok_or_else(|| {
+            EngineError::Source("this layer-streamed model has no output head".into())
+        })?;
+        let mut logits = output.forward(be, &sel, out_rows.len());
         if let Some(c) = hp.final_softcap {
             be.softcap(&mut logits, c);
         }
@@ -162,13 +169,15 @@ impl<B: Backend> Model<B> {
                 vocab: self.hp.n_vocab,
             });
         }
-        Ok(self.be.download(self.embed_ids(tokens)))
+        Ok(self.be.download(self.embed_ids(tokens)?))
     }
 
     /// Embedding rows of `ids` (scaled where the architecture does).
-    fn embed_ids(&self, ids: &[u32]) -> B::Buf {
-        self.be
-            .embed(self.tok_embd.weight(), ids, self.hp.embed_scale)
+    fn embed_ids(&self, ids: &[u32]) -> Result<B::Buf> {
+        let tok_embd = self.tok_embd.as_ref().ok_or_else(|| {
+            EngineError::Source("the embeddings of this layer-streamed model were released".into())
+        })?;
+        Ok(self.be.embed(tok_embd.weight(), ids, self.hp.embed_scale))
     }
 
     /// One decoder block over `x` (`[tokens, n_embd]`), in place.
@@ -182,7 +191,11 @@ impl<B: Backend> Model<B> {
     ) -> Result<()> {
         let hp = &self.hp;
         let be = &self.be;
-        let layer = &self.layers[li];
+        let layer = self.layers[li].as_ref().ok_or_else(|| {
+            EngineError::Source(format!(
+                "block {li} of this layer-streamed model is not loaded"
+            ))
+        })?;
         let xn = be.rms_norm(x, &layer.attn_norm, hp.eps);
         let mut a = match &layer.attn {
             Attention::Standard(at) => at.forward(be, hp, li, &xn, seqs, tokens, tap),

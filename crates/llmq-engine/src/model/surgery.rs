@@ -21,6 +21,13 @@ fn split_block_name(name: &str) -> Option<(usize, &str)> {
     Some((n.parse().ok()?, tail))
 }
 
+/// The error for a block of a layer-streamed model that is not loaded now.
+fn not_loaded(li: usize) -> EngineError {
+    EngineError::Source(format!(
+        "block {li} of this layer-streamed model is not loaded"
+    ))
+}
+
 /// Put `w` in `slot`, if it has the slot's shape.
 fn swap<B: Backend>(be: &B, name: &str, slot: &mut Linear<B>, w: WeightMatrix) -> Result<()> {
     check_dims(name, &w, slot.out_features(), slot.in_features())?;
@@ -113,7 +120,7 @@ impl<B: Backend> Model<B> {
         let d = self.hp.n_embd;
         let n_head = self.hp.n_head;
         let be = &self.be;
-        let layer = &mut self.layers[li];
+        let layer = self.layers[li].as_mut().ok_or_else(|| not_loaded(li))?;
         let missing = || EngineError::MissingTensor(name.to_string());
         match (&mut layer.attn, suffix) {
             (Attention::Standard(a), "attn_q.weight") => {
@@ -229,7 +236,7 @@ impl<B: Backend> Model<B> {
             .filter(|(li, _)| *li < self.layers.len())
             .ok_or_else(|| EngineError::MissingTensor(name.into()))?;
         let be = &self.be;
-        let layer = &mut self.layers[li];
+        let layer = self.layers[li].as_mut().ok_or_else(|| not_loaded(li))?;
         let slot: Option<&mut B::Buf> = match suffix {
             "attn_norm.weight" => Some(&mut layer.attn_norm),
             "ffn_norm.weight" => Some(&mut layer.ffn_norm),

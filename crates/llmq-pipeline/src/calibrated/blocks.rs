@@ -20,7 +20,7 @@ use crate::run::Progress;
 use llmq_arch::{apply_transform, GgufTensorSpec};
 use llmq_calib::dataset::CalibrationSet;
 use llmq_calib::{gptq_quantize, GptqConfig};
-use llmq_engine::Model;
+use llmq_engine::{Model, WeightSource};
 use llmq_hfquant::IntQuantized;
 use llmq_kernels::WeightMatrix;
 use llmq_trellis::quantize::Exl3Linear;
@@ -51,6 +51,9 @@ impl QModule {
         }
     }
 }
+
+/// Tokens per batch through a block.
+const BATCH_TOKENS: usize = 4096;
 
 pub(super) type BlockResult = (
     Vec<TensorReport>,
@@ -160,6 +163,7 @@ pub(super) fn run_blocks(
     alloc: &Allocation,
     progress: &dyn Progress,
     tensors: &Tensors,
+    src: &WeightSource,
     model: &mut Model,
     calib: &CalibrationSet,
     tmp_dir: &Path,
@@ -179,12 +183,29 @@ pub(super) fn run_blocks(
     let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
     let total_tokens: usize = lens.iter().sum();
     let need = total_tokens as u64 * d as u64 * 2;
-    let budget = req
+    let full_budget = req
         .ram_budget_bytes
         .or_else(crate::memory::available_bytes)
-        .unwrap_or(u64::MAX)
-        / 2;
-    let spill = need > budget;
+        .unwrap_or(u64::MAX);
+    let budget = full_budget / 2;
+    let spill = need > budget || crate::test_hooks::get().spill_activations;
+    // layer-streamed: the largest block, its Hessians and the activations must fit
+    let run_need = super::memory_need::run_need(
+        tensors,
+        needs,
+        &lens,
+        BATCH_TOKENS,
+        d,
+        rayon::current_num_threads(),
+        spill,
+    );
+    progress.message(&format!(
+        "memory: about {:.2} GB at the peak (largest block {}: {:.2} GB)",
+        run_need.total() as f64 / 1e9,
+        run_need.layer,
+        (run_need.block.weights + run_need.block.hessians + run_need.block.work) as f64 / 1e9
+    ));
+    super::memory_need::check_fits(&run_need, full_budget, req.ram_budget_bytes.is_some())?;
     if spill {
         progress.message(&format!(
             "activations ({:.1} MB in bf16) exceed half the RAM budget: spilling them to {}",
@@ -245,7 +266,13 @@ pub(super) fn run_blocks(
             }
         }
     }
-    let groups = batches(&lens, 4096);
+    // layer-streamed (unless a test asks for the whole model at once): the embeddings
+    // are not needed past this point
+    let streamed = !crate::test_hooks::get().whole_model;
+    if streamed {
+        model.release_embeddings(src);
+    }
+    let groups = batches(&lens, BATCH_TOKENS);
     let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
 
     progress.start(n_layer, resumed);
@@ -269,6 +296,10 @@ pub(super) fn run_blocks(
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
         };
+        // layer-streamed: only this block's weights are in the engine
+        if streamed {
+            model.load_block(src, layer).map_err(engine_err)?;
+        }
         let collect_groups = if rtn { &groups[..1] } else { &groups[..] };
         run_batches(
             model,
@@ -373,6 +404,10 @@ pub(super) fn run_blocks(
             } else {
                 cp.save_block(layer, bytes, None)?;
             }
+        }
+        if streamed {
+            model.unload_block(src, layer);
+            tensors.release_block(layer);
         }
         written_now += 1;
         progress.unit_done(&format!("layer {layer}"));

@@ -113,9 +113,14 @@ pub(crate) fn quantize_blocks(
         .map(|t| (t.gguf_name.clone(), t))
         .collect();
     let tensors = Tensors::new(st, specs, unfused);
+    // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
-    let mut model = Model::load(&src).map_err(engine_err)?;
-    drop(src);
+    let mut model = if crate::test_hooks::get().whole_model {
+        Model::load(&src)
+    } else {
+        Model::load_streamed(&src)
+    }
+    .map_err(engine_err)?;
 
     // calibrate
     let tok = llmq_tokenizer::Tokenizer::from_hf_dir(&dir).map_err(|e| {
@@ -174,12 +179,14 @@ pub(crate) fn quantize_blocks(
         &alloc,
         progress,
         &tensors,
+        &src,
         &mut model,
         &calib,
         &staged.tmp,
         &cfg,
         checkpoint.as_mut(),
     );
+    drop(src);
     let (stats, quantized_modules, overrides, spilled, ignored, layers_resumed) = match result {
         Ok(r) => r,
         Err(e) => {

@@ -1,14 +1,21 @@
 //! GPTQ (Frantar et al., arXiv 2210.17323) or round-to-nearest of every Linear of one
 //! block, with the MoE fallbacks: a starved expert is GPTQ'd with the all-token
 //! Hessian of the MoE input, and a down projection that saw no tokens is rounded.
+//! The tensors of a block are independent once its Hessians are measured: they are
+//! solved concurrently (q/k/v on their shared Hessian, gate/up on theirs, every
+//! expert apart), and reported in a fixed order, so the output does not depend on
+//! the thread count.
 
 use super::blocks::{quantize_one, Calib};
 use super::methods::BlockCx;
 use super::observe::{Collector, SiteAcc, SiteKey};
 use super::MIN_EXPERT_TOKENS;
 use crate::error::Result;
+use crate::report::TensorReport;
 use crate::request::Method;
 use llmq_engine::LinearStage;
+use llmq_hfquant::IntQuantized;
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 
 /// The all-token Hessian of the MoE input (`Σ_e rows_e·H_e / n`) and the token
@@ -78,27 +85,26 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
     let mut jobs: Vec<(SiteKey, &SiteAcc)> = col.sites.iter().map(|(k, v)| (*k, v)).collect();
     let missing = missing_experts(col);
     jobs.sort_by_key(|(k, _)| *k);
+    // 1. every tensor's task, in the order the results are reported (each HF weight
+    // once, at the first site that names it)
+    let mut groups: Vec<(Option<&SiteAcc>, Vec<Task>)> = Vec::new();
     for (key, acc) in jobs {
         let (stage, expert, _) = key;
-        let h_site = acc.hess.as_ref().map(|h| h.clone().finish());
+        let mut tasks = Vec::new();
         for gguf in &acc.weights {
             for hf in tensors.hf_names(layer, gguf, expert) {
                 if !done.insert(hf.clone()) {
                     continue;
                 }
-                let shape = tensors.shape(&hf);
-                let (o, i) = (shape[0], shape[1]);
-                let w = tensors.hf_f32(&hf)?;
                 let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
                 let spec = alloc.spec(&hf)?;
-                let (calib, label, note) = match (&h_site, spec.method) {
-                    (_, Method::Rtn) => (Calib::None, "rtn".to_string(), None),
-                    (Some(h), Method::Gptq) if !starved => {
-                        (Calib::Hessian(h), "gptq".to_string(), None)
-                    }
-                    (_, Method::Gptq) => match (&moe_all, stage) {
-                        (Some((h, n)), LinearStage::FfnInput) => (
-                            Calib::Hessian(h),
+                let has_h = acc.hess.is_some();
+                let (calib, label, note) = match spec.method {
+                    Method::Rtn => (HSel::None, "rtn".to_string(), None),
+                    Method::Gptq if has_h && !starved => (HSel::Site, "gptq".to_string(), None),
+                    Method::Gptq => match (&moe_all, stage) {
+                        (Some((_, n)), LinearStage::FfnInput) => (
+                            HSel::MoeAll,
                             "gptq:all-tokens-hessian".to_string(),
                             Some(format!(
                                 "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): Hessian of all {n} tokens at the MoE input",
@@ -106,7 +112,7 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
                             )),
                         ),
                         _ => (
-                            Calib::None,
+                            HSel::None,
                             "rtn:few-tokens".to_string(),
                             Some(format!(
                                 "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): round-to-nearest",
@@ -114,14 +120,20 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
                             )),
                         ),
                     },
-                    _ => (Calib::None, "rtn".to_string(), None),
+                    _ => (HSel::None, "rtn".to_string(), None),
                 };
-                let grid = alloc.int_grid(&hf)?;
-                let (q, st) = quantize_one(req, grid, &hf, &w, o, i, calib, acc.rows, label, note)?;
-                out.push((hf, q, st));
+                tasks.push(Task {
+                    hf,
+                    calib,
+                    tokens: acc.rows,
+                    label,
+                    note,
+                });
             }
         }
+        groups.push((Some(acc), tasks));
     }
+    let mut rest = Vec::new();
     for (e, first, stage) in missing {
         let weights: &[&str] = if stage == LinearStage::FfnInput {
             &["ffn_gate_exps.weight", "ffn_up_exps.weight"]
@@ -133,32 +145,85 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
                 if !done.insert(hf.clone()) {
                     continue;
                 }
-                let shape = tensors.shape(&hf);
-                let (o, i) = (shape[0], shape[1]);
-                let w = tensors.hf_f32(&hf)?;
                 let spec = alloc.spec(&hf)?;
                 let (calib, label, note) = match (&moe_all, stage, spec.method) {
-                    (Some((h, n)), LinearStage::FfnInput, Method::Gptq) => (
-                        Calib::Hessian(h),
+                    (Some((_, n)), LinearStage::FfnInput, Method::Gptq) => (
+                        HSel::MoeAll,
                         "gptq:all-tokens-hessian".to_string(),
                         Some(format!(
                             "expert {e} got no calibration tokens: Hessian of all {n} tokens at the MoE input"
                         )),
                     ),
-                    (_, _, Method::Rtn) => (Calib::None, "rtn".to_string(), None),
+                    (_, _, Method::Rtn) => (HSel::None, "rtn".to_string(), None),
                     _ => (
-                        Calib::None,
+                        HSel::None,
                         "rtn:no-tokens".to_string(),
                         Some(format!(
                             "expert {e} got no calibration tokens: round-to-nearest"
                         )),
                     ),
                 };
-                let grid = alloc.int_grid(&hf)?;
-                let (q, st) = quantize_one(req, grid, &hf, &w, o, i, calib, 0, label, note)?;
-                out.push((hf, q, st));
+                rest.push(Task {
+                    hf,
+                    calib,
+                    tokens: 0,
+                    label,
+                    note,
+                });
             }
         }
     }
+    groups.push((None, rest));
+    // 2. solve: sites concurrently, and the tensors of a site concurrently (each solve
+    // is sequential and deterministic, so the results do not depend on the schedule);
+    // rayon's pool bounds the concurrency by the thread count
+    let moe_h = moe_all.as_ref().map(|(h, _)| h.as_slice());
+    let solved: Vec<Vec<Result<(String, IntQuantized, TensorReport)>>> = groups
+        .into_par_iter()
+        .map(|(acc, tasks)| {
+            let h_site = acc.and_then(|a| a.hess.as_ref().map(|h| h.clone().finish()));
+            tasks
+                .into_par_iter()
+                .map(|t| {
+                    let shape = tensors.shape(&t.hf);
+                    let (o, i) = (shape[0], shape[1]);
+                    let w = tensors.hf_f32(&t.hf)?;
+                    let calib = match (t.calib, &h_site, moe_h) {
+                        (HSel::Site, Some(h), _) => Calib::Hessian(h),
+                        (HSel::MoeAll, _, Some(h)) => Calib::Hessian(h),
+                        _ => Calib::None,
+                    };
+                    let grid = alloc.int_grid(&t.hf)?;
+                    let (q, st) =
+                        quantize_one(req, grid, &t.hf, &w, o, i, calib, t.tokens, t.label, t.note)?;
+                    Ok((t.hf, q, st))
+                })
+                .collect()
+        })
+        .collect();
+    // 3. in task order; the first failure in that order is reported
+    for r in solved.into_iter().flatten() {
+        out.push(r?);
+    }
     Ok(())
+}
+
+/// Which Hessian a tensor's task uses.
+#[derive(Clone, Copy)]
+enum HSel {
+    /// its site's
+    Site,
+    /// all tokens at the MoE input (a starved expert's gate/up)
+    MoeAll,
+    /// none: round-to-nearest
+    None,
+}
+
+/// One tensor to quantize.
+struct Task {
+    hf: String,
+    calib: HSel,
+    tokens: u64,
+    label: String,
+    note: Option<String>,
 }

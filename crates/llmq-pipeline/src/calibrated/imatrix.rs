@@ -53,7 +53,8 @@ pub fn collect_imatrix(
     progress: &dyn Progress,
 ) -> Result<(llmq_calib::ImatrixData, Vec<String>)> {
     let src = WeightSource::open(model_path).map_err(engine_err)?;
-    let model = Model::load(&src).map_err(engine_err)?;
+    // layer-streamed: one block in memory at a time
+    let mut model = Model::load_streamed(&src).map_err(engine_err)?;
     let tok = match &src {
         WeightSource::Gguf(f) => llmq_tokenizer::Tokenizer::from_gguf(f),
         WeightSource::Hf(_) => llmq_tokenizer::Tokenizer::from_hf_dir(model_path),
@@ -64,7 +65,6 @@ pub fn collect_imatrix(
             "Computing an imatrix needs the model's tokenizer",
         )
     })?;
-    drop(src);
     let (calib, notes, seq_len) = calibration_set(
         &tok,
         calibration.data.as_deref(),
@@ -98,6 +98,7 @@ pub fn collect_imatrix(
             let x = model.embed(s).map_err(engine_err)?;
             store.write(i, &x)?;
         }
+        model.release_embeddings(&src);
         let groups = batches(&lens, 4096);
         let mut obs = ImatrixObserver {
             entries: BTreeMap::new(),
@@ -110,7 +111,9 @@ pub fn collect_imatrix(
                     "Run the command again",
                 ));
             }
+            model.load_block(&src, layer).map_err(engine_err)?;
             run_batches(&model, layer, &mut store, &groups, Some(&mut obs), true)?;
+            model.unload_block(&src, layer);
         }
         Ok(obs.entries)
     })();

@@ -13,7 +13,11 @@
 //! so block i+1 is calibrated on the *quantized* model's activations.
 //!
 //! Activations are held in bf16, in memory up to half the RAM budget and in a
-//! temporary file beyond it.
+//! temporary file beyond it. The engine is layer-streamed: it holds the embeddings
+//! until the samples are embedded, then only block i, loaded from the source when
+//! block i starts and dropped (with its mapped source pages) when it is done;
+//! `memory_need` checks the largest block, its Hessians and the activations against
+//! the RAM budget before the run starts (exit 5).
 //!
 //! Checkpoints (unless `--no-checkpoints`; [`crate::checkpoint::blocks`]): after block
 //! i is quantized and has run again with its quantized weights, the checkpoint
@@ -59,6 +63,7 @@ mod formats;
 mod fp_block;
 mod gptq_block;
 mod imatrix;
+mod memory_need;
 mod methods;
 mod observe;
 mod trellis_block;
@@ -218,6 +223,15 @@ impl Tensors {
     }
     pub(super) fn spec(&self, layer: usize, gguf: &str) -> Option<&GgufTensorSpec> {
         self.specs.get(&format!("blk.{layer}.{gguf}"))
+    }
+    /// Drop the mapped pages of block `layer`'s source tensors from the resident set
+    /// (re-read from the file if touched again, as the writer does).
+    pub(super) fn release_block(&self, layer: usize) {
+        for spec in self.specs.values().filter(|s| s.layer == Some(layer)) {
+            for s in &spec.sources {
+                self.st.release(s);
+            }
+        }
     }
 }
 
