@@ -45,27 +45,11 @@ __device__ __forceinline__ int spread4(u32 x) { return (int)(((x & 15u) * 0x0020
 
 // ---- activation packing
 
-// Q8_0 rounding (see act_q8_0): one warp per 32 values.
-extern "C" __global__ void act_pack_q8_0(const float* x, i8* qx, float* dx, int* sx, u64 n_blocks) {
-    int lane = threadIdx.x & 31;
-    u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
-    for (u64 b = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < n_blocks; b += warps) {
-        float v = x[b * 32 + lane];
-        float amax = warp_max(fabsf(v));
-        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        int q = (int)rintf(v * id);
-        qx[b * 32 + lane] = (i8)q;
-        int s = q;
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if ((lane & 15) == 0) sx[b * 2 + (lane >> 4)] = s;
-        if (lane == 0) dx[b] = f16_round(amax / 127.0f);
-    }
-}
-
-// Q8_1 rounding: Q8_0's values and scale, and the block sum s = f16(amax/127 · Σq) that
-// ggml's `quantize_row_q8_1` stores: one warp per 32 values.
-extern "C" __global__ void act_pack_q8_1(const float* x, i8* qx, float* dx, int* sx, float* s1, u64 n_blocks) {
+// Q8_0 rounding (see act_q8_0), one warp per 32 values; WITH_SUM also stores Q8_1's block
+// sum s = f16(amax/127 · Σq), as ggml's `quantize_row_q8_1` does.
+template <bool WITH_SUM>
+__device__ __forceinline__ void pack_q8_01(const float* x, i8* qx, float* dx, int* sx, float* s1,
+                                           u64 n_blocks) {
     int lane = threadIdx.x & 31;
     u64 warps = ((u64)gridDim.x * blockDim.x) >> 5;
     for (u64 b = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < n_blocks; b += warps) {
@@ -82,9 +66,17 @@ extern "C" __global__ void act_pack_q8_1(const float* x, i8* qx, float* dx, int*
         if (lane == 0) {
             float d = amax / 127.0f;
             dx[b] = f16_round(d);
-            s1[b] = f16_round(d * (float)total);
+            if (WITH_SUM) s1[b] = f16_round(d * (float)total);
         }
     }
+}
+
+extern "C" __global__ void act_pack_q8_0(const float* x, i8* qx, float* dx, int* sx, u64 n_blocks) {
+    pack_q8_01<false>(x, qx, dx, sx, nullptr, n_blocks);
+}
+
+extern "C" __global__ void act_pack_q8_1(const float* x, i8* qx, float* dx, int* sx, float* s1, u64 n_blocks) {
+    pack_q8_01<true>(x, qx, dx, sx, s1, n_blocks);
 }
 
 // Q8_K rounding (see act_q8_k): one block of 256 threads per 256 values.
