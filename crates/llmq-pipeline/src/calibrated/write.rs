@@ -66,6 +66,24 @@ pub(super) fn write_rest(
         w.add_all(writer.pack(module_of(hf), q).map_err(hf_err)?)
             .map_err(hf_err)?;
     }
+    write_unquantized(&mut w, tensors, modules, overrides)?;
+    w.finish().map_err(hf_err)?;
+    // the checkpoint-wide config states the requested grid
+    let writer = int_writer(req, req.int_grid()?)?;
+    let qc = writer.quantization_config(ignored, any_g_idx);
+    llmq_hfquant::writer::copy_model_files(src_dir, tmp_dir, &qc).map_err(hf_err)?;
+    writer.extra_files(tmp_dir, &qc).map_err(hf_err)
+}
+
+/// Every source tensor that is not a quantized module, as stored (or its `overrides`
+/// value: AWQ's scaled norms), and GPT-OSS's per-expert biases; not the fused expert
+/// tensors their per-expert views replace.
+pub(super) fn write_unquantized(
+    w: &mut ShardedWriter,
+    tensors: &Tensors,
+    modules: &BTreeMap<String, QModule>,
+    overrides: &HashMap<String, Vec<f32>>,
+) -> Result<()> {
     // (GPT-OSS: not the fused experts, whose per-expert views are written instead)
     let mut names: Vec<String> = tensors
         .st
@@ -107,10 +125,5 @@ pub(super) fn write_rest(
         )
         .map_err(hf_err)?;
     }
-    w.finish().map_err(hf_err)?;
-    // the checkpoint-wide config states the requested grid
-    let writer = int_writer(req, req.int_grid()?)?;
-    let qc = writer.quantization_config(ignored, any_g_idx);
-    llmq_hfquant::writer::copy_model_files(src_dir, tmp_dir, &qc).map_err(hf_err)?;
-    writer.extra_files(tmp_dir, &qc).map_err(hf_err)
+    Ok(())
 }

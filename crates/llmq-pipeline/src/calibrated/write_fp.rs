@@ -7,12 +7,11 @@
 //! `llmq_hfquant::read` (which folds the rotation back in) must give exactly the
 //! dense weights the run computed.
 
-use super::write::st_to_hf_dtype;
+use super::write::write_unquantized;
 use super::{hf_err, module_of, QModule, Tensors};
 use crate::error::{PipelineError, Result};
-use crate::source;
-use llmq_hfquant::{ct_fp, FpScheme, HfTensor, ShardedWriter};
-use std::collections::BTreeMap;
+use llmq_hfquant::{ct_fp, FpScheme, ShardedWriter};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 fn fp_modules(
@@ -50,26 +49,7 @@ pub(super) fn write_fp(
             w.add(n, t).map_err(hf_err)?;
         }
     }
-    let mut names: Vec<String> = tensors.st.tensors().map(|t| t.name.clone()).collect();
-    names.sort();
-    for n in names {
-        if modules.contains_key(&n) {
-            continue;
-        }
-        let view = tensors.st.get(&n).map_err(source::safetensors_error)?;
-        let dt = st_to_hf_dtype(view.info.dtype).ok_or_else(|| {
-            PipelineError::unsupported(
-                format!("tensor {n} has dtype {}", view.info.dtype.name()),
-                "Only F32/F16/BF16 sources are supported",
-            )
-        })?;
-        w.add(
-            n.clone(),
-            HfTensor::from_raw(dt, &view.info.shape, view.bytes.to_vec()),
-        )
-        .map_err(hf_err)?;
-        tensors.st.release(&n);
-    }
+    write_unquantized(&mut w, tensors, modules, &HashMap::new())?;
     w.finish().map_err(hf_err)?;
     // lm_head stays in full precision (as the streamed FP levels list it)
     let ignored: Vec<String> = std::iter::once("lm_head".to_string())
