@@ -3,8 +3,12 @@
 //! fast), load the model, serve until Ctrl-C or SIGTERM, then print a summary on
 //! stdout. Binds 127.0.0.1 unless `--host` says otherwise; `--api-key` (or
 //! `LLM_QUANTIZE_API_KEY`) requires `Authorization: Bearer KEY` on `/v1/*`.
+//!
+//! `--device` as for `generate`. On a GPU the server keeps every product on the kernels
+//! that compute what the CPU computes (no tensor-core prompts), so a sequence's tokens do
+//! not depend on which other requests share its batch.
 
-use crate::model_load::load;
+use crate::model_load::{choose_device_exact, load_on, with_backend, Need};
 use crate::output::{Mode, Verbosity};
 use crate::progress::log;
 use clap::Args;
@@ -57,6 +61,9 @@ pub struct ServeArgs {
     /// Hugging Face token for gated models [env: HF_TOKEN]
     #[arg(long)]
     pub token: Option<String>,
+    /// Where the model runs: cpu, cuda, cuda:N, or auto (a GPU when one is found)
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 pub fn run(a: ServeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), PipelineError> {
@@ -93,7 +100,26 @@ pub fn run(a: ServeArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
         .transpose()?;
     let listener = llmq_server::bind(&a.host, a.port).map_err(server_error)?;
     let quiet = verbosity == Verbosity::Quiet;
-    let m = load(&a.model, a.token.clone(), quiet)?;
+    let device = choose_device_exact(&a.device, quiet)?;
+    with_backend!(device, be => serve_on(be, a, listener, template, started, mode, quiet))
+}
+
+/// Load the model on `be` and serve it until stopped.
+fn serve_on<B: llmq_server::ServeBackend>(
+    be: B,
+    a: ServeArgs,
+    listener: std::net::TcpListener,
+    template: Option<String>,
+    started: Instant,
+    mode: Mode,
+    quiet: bool,
+) -> Result<(), PipelineError> {
+    // every batch slot may fill its context; a step runs at most one prompt chunk per slot
+    let need = Need {
+        ctx_tokens: a.ctx_size.unwrap_or(4096) * a.max_batch,
+        batch_tokens: a.prompt_chunk * a.max_batch,
+    };
+    let m = load_on(be, &a.model, a.token.clone(), quiet, need)?;
     let cfg = ServerConfig {
         api_key: a.api_key,
         ctx_size: a.ctx_size,

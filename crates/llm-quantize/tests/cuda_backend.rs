@@ -53,12 +53,12 @@ fn nvrtc_compiles_every_kernel() {
     for arch in ["compute_80", "compute_90"] {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
-        // 18 shared kernels + gemv and embed per GPU type + two integer GEMVs per
+        // 19 shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
         // dequantization per quantized type)
         assert_eq!(
             kernels,
-            18 + 2 * cuda::GPU_TYPES.len()
+            19 + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len(),
@@ -95,7 +95,7 @@ fn device_cuda_without_a_driver_is_a_clear_error() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = shared_model("llama");
-    for cmd in ["eval", "generate"] {
+    for cmd in ["eval", "generate", "serve"] {
         let mut args = vec![
             "--format",
             "json",
@@ -106,6 +106,9 @@ fn device_cuda_without_a_driver_is_a_clear_error() {
         ];
         if cmd == "generate" {
             args.extend(["-p", "hi", "--max-tokens", "1"]);
+        }
+        if cmd == "serve" {
+            args.extend(["--port", "0"]);
         }
         let r = lq(tmp.path(), &args);
         assert_eq!(r.code, 8, "{cmd}: {}\n{}", r.stdout, r.stderr);
@@ -331,7 +334,7 @@ int main(int argc, char** argv) {
 #define T(nm, S) if (!strcmp(t, nm)) return run<S>(argv[2], cols, rows, rb, n);
     T("q8_0", GQ8_0) T("q4_0", GQ4<false>) T("q5_0", GQ5<false>) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
     T("q6_k", GQ6_K) T("iq4_nl", GIQ4_NL) T("iq4_xs", GIQ4_XS) T("q2_k", GQ2_K) T("q3_k", GQ3_K)
-    T("q4_1", GQ4<true>) T("q5_1", GQ5<true>)
+    T("q4_1", GQ4<true>) T("q5_1", GQ5<true>) T("int4", GQINT<4>) T("int8", GQINT<8>)
     return 2;
 }
 "#;
@@ -367,19 +370,53 @@ fn integer_dot_units_match_the_cpu_engine() {
     x[32..64].iter_mut().for_each(|v| *v = 0.0);
     x[cols + 5] = 300.0;
     for k in cuda::INT_DOT_TYPES {
-        let (ty, _) = *cuda::GPU_TYPES.iter().find(|(_, n)| n == k).unwrap();
-        let rb = ty.row_bytes(cols).unwrap();
-        let mut q = vec![0u8; rows * rb];
-        llmq_quant::quantize(ty, &vals, cols, None, &mut q).unwrap();
-        let w = llmq_kernels::WeightMatrix::new(
-            ty,
-            rows,
-            cols,
-            llmq_kernels::Bytes::whole(std::sync::Arc::new(q.clone())),
-        )
-        .unwrap();
-        let act = match ty.name() {
-            "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" => Act::Q8_0,
+        let w = match k.strip_prefix("int") {
+            // GPTQ-style group-wise weights: random codes, scales and zero points, groups of 128
+            Some(bits) => {
+                let bits: u8 = bits.parse().unwrap();
+                let groups = cols / 128;
+                let mut h = 99u64;
+                let mut next = move |m: u64| {
+                    h = h
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((h >> 33) % m) as u8
+                };
+                let q: Vec<u8> = (0..rows * cols).map(|_| next(1 << bits)).collect();
+                let zeros: Vec<u8> = (0..rows * groups).map(|_| next(1 << bits)).collect();
+                let scales: Vec<half::f16> = (0..rows * groups)
+                    .map(|i| half::f16::from_f32(0.01 + 0.003 * (i % 7) as f32))
+                    .collect();
+                let group_of_col: Vec<u32> = (0..cols).map(|c| (c / 128) as u32).collect();
+                let g = llmq_kernels::int_blocks::IntGroups {
+                    bits,
+                    rows,
+                    cols,
+                    q: &q,
+                    scales: &scales,
+                    zeros: &zeros,
+                    n_groups: groups,
+                    group_of_col: &group_of_col,
+                };
+                llmq_kernels::WeightMatrix::from_int_groups(&g, llmq_kernels::IntAct::Q8_0).unwrap()
+            }
+            None => {
+                let (ty, _) = *cuda::GPU_TYPES.iter().find(|(_, n)| n == k).unwrap();
+                let mut q = vec![0u8; rows * ty.row_bytes(cols).unwrap()];
+                llmq_quant::quantize(ty, &vals, cols, None, &mut q).unwrap();
+                llmq_kernels::WeightMatrix::new(
+                    ty,
+                    rows,
+                    cols,
+                    llmq_kernels::Bytes::whole(std::sync::Arc::new(q)),
+                )
+                .unwrap()
+            }
+        };
+        let rb = w.row_bytes();
+        let q = w.data.as_slice().to_vec();
+        let act = match w.ty.name().as_str() {
+            "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" | "INT4_B32" | "INT8_B32" => Act::Q8_0,
             "Q4_1" | "Q5_1" => Act::Q8_1,
             _ => Act::Q8K,
         };

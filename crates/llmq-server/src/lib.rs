@@ -24,8 +24,10 @@ mod routes;
 pub mod scheduler;
 pub mod sse;
 
+use llmq_engine::Backend;
 use llmq_runtime::{render_chat, LoadedModel, RuntimeError};
 use llmq_tokenizer::ChatMessage;
+use llmq_tokenizer::Tokenizer;
 use metrics::Metrics;
 use routes::{AppState, St};
 use scheduler::Msg;
@@ -110,9 +112,9 @@ pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
 }
 
 /// Serve `model` on `listener` until cancelled, then return what was served.
-pub fn serve(
+pub fn serve<B: ServeBackend>(
     listener: TcpListener,
-    model: LoadedModel,
+    model: LoadedModel<B>,
     cfg: ServerConfig,
 ) -> Result<ServeSummary, ServerError> {
     let log = cfg.log;
@@ -144,7 +146,7 @@ pub fn serve(
     )
     .map_err(ServerError::Runtime)?;
     let state = Arc::new(AppState {
-        engine,
+        engine: engine as Arc<dyn ModelView>,
         model_name: model_name.clone(),
         api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
         ctx,
@@ -198,10 +200,45 @@ pub fn serve(
     })
 }
 
+/// A backend whose loaded models can move to the scheduler thread and be shared with
+/// the handlers (the CPU and CUDA backends both are).
+pub trait ServeBackend:
+    Backend<Buf: Send + Sync, Weight: Send + Sync> + Send + Sync + 'static
+{
+}
+
+impl<B> ServeBackend for B where
+    B: Backend<Buf: Send + Sync, Weight: Send + Sync> + Send + Sync + 'static
+{
+}
+
+/// What the HTTP handlers read of the loaded model, whatever device runs it (the
+/// scheduler alone runs the model itself).
+pub(crate) trait ModelView: Send + Sync {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn n_vocab(&self) -> usize;
+    fn n_ctx_train(&self) -> usize;
+}
+
+impl<B: ServeBackend> ModelView for LoadedModel<B> {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn n_vocab(&self) -> usize {
+        self.model.n_vocab()
+    }
+    fn n_ctx_train(&self) -> usize {
+        self.model.hp.n_ctx_train
+    }
+}
+
 /// Render the chat template once now, rather than fail on every request: a template
 /// given to the server must render; without one, a model lacking its own only gets a
 /// note (chat requests will answer 400).
-fn check_chat_template(model: &LoadedModel, cfg: &ServerConfig) -> Result<(), ServerError> {
+fn check_chat_template<B: Backend>(
+    model: &LoadedModel<B>,
+    cfg: &ServerConfig,
+) -> Result<(), ServerError> {
     let probe = [ChatMessage::new("user", "hi")];
     match render_chat(&model.tokenizer, cfg.chat_template.as_deref(), &probe) {
         Ok(_) => Ok(()),

@@ -8,6 +8,7 @@ use crate::api::{self, ApiError, Endpoint, ParsedRequest, PromptInput, ResponseM
 use crate::metrics::Metrics;
 use crate::scheduler::{Event, Job, Msg};
 use crate::sse;
+use crate::ModelView;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -15,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use llmq_runtime::{prompt_tokens, render_chat, GenRequest, LoadedModel, RuntimeError};
+use llmq_runtime::{prompt_tokens, render_chat, GenRequest, RuntimeError};
 use llmq_tokenizer::TokenizerError;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 
 /// What the handlers share.
 pub(crate) struct AppState {
-    pub engine: Arc<LoadedModel>,
+    pub engine: Arc<dyn ModelView>,
     pub model_name: String,
     pub api_key: Option<String>,
     pub ctx: usize,
@@ -107,8 +108,8 @@ impl AppState {
             "owned_by": "llm-quantize",
             "meta": {
                 "n_ctx": self.ctx,
-                "n_ctx_train": self.engine.model.hp.n_ctx_train,
-                "n_vocab": self.engine.model.n_vocab(),
+                "n_ctx_train": self.engine.n_ctx_train(),
+                "n_vocab": self.engine.n_vocab(),
                 "max_batch": self.max_batch,
             },
         })
@@ -268,7 +269,7 @@ async fn handle(
         )
         .with_code("context_length_exceeded"));
     }
-    let vocab = st.engine.model.n_vocab();
+    let vocab = st.engine.n_vocab();
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid(
             Some(param),
@@ -342,7 +343,7 @@ async fn parse_request_blocking(
 impl AppState {
     /// Prompt tokens exactly as `generate` makes them (with and without `--chat`).
     fn tokenize(&self, prompt: PromptInput) -> Result<Vec<u32>, ApiError> {
-        let tok = &self.engine.tokenizer;
+        let tok = self.engine.tokenizer();
         match prompt {
             PromptInput::Tokens(t) => Ok(t),
             PromptInput::Text(text) => prompt_tokens(tok, &text, false).map_err(|e| {

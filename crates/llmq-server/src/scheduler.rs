@@ -14,6 +14,8 @@
 use crate::api::{ApiError, Usage};
 use crate::health::{panic_message, EngineHealth, FailHook, RunningGuard};
 use crate::metrics::Metrics;
+use crate::ServeBackend;
+use llmq_engine::Backend;
 use llmq_engine::{Logits, SeqStep};
 use llmq_runtime::{FinishReason, GenRequest, LoadedModel, Session};
 use rayon::prelude::*;
@@ -61,8 +63,8 @@ pub struct Config {
     pub log: fn(&str),
 }
 
-struct Active<'t> {
-    s: Session<'t>,
+struct Active<'t, B: Backend> {
+    s: Session<'t, B>,
     job: Job,
     first_token: Option<Instant>,
     /// tokens to run this step
@@ -72,8 +74,8 @@ struct Active<'t> {
 }
 
 /// Start the scheduler thread.
-pub fn spawn(
-    engine: Arc<LoadedModel>,
+pub fn spawn<B: ServeBackend>(
+    engine: Arc<LoadedModel<B>>,
     cfg: Config,
     metrics: Arc<Metrics>,
     health: Arc<EngineHealth>,
@@ -88,15 +90,15 @@ pub fn spawn(
         })
 }
 
-fn usage(s: &Session) -> Usage {
+fn usage<B: Backend>(s: &Session<B>) -> Usage {
     Usage {
         prompt_tokens: s.n_prompt,
         completion_tokens: s.generated.len(),
     }
 }
 
-fn run(
-    engine: &LoadedModel,
+fn run<B: ServeBackend>(
+    engine: &LoadedModel<B>,
     cfg: Config,
     m: &Metrics,
     health: &EngineHealth,
@@ -104,7 +106,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut active: Vec<Active> = Vec::new();
+    let mut active: Vec<Active<B>> = Vec::new();
     let mut window = (Instant::now(), 0u64);
     loop {
         if active.is_empty() && waiting.is_empty() {
@@ -198,13 +200,13 @@ fn run(
 }
 
 /// One forward step over the running batch, then sampling, streaming and retiring.
-fn step(
-    engine: &LoadedModel,
+fn step<B: ServeBackend>(
+    engine: &LoadedModel<B>,
     cfg: Config,
     m: &Metrics,
     health: &EngineHealth,
     hook: Option<FailHook>,
-    active: &mut Vec<Active>,
+    active: &mut Vec<Active<B>>,
     window: &mut (Instant, u64),
 ) {
     let decoding = active.iter().any(|a| !a.s.in_prompt());
@@ -225,7 +227,7 @@ fn step(
             a.input.extend_from_slice(a.s.next_input(1));
         }
     }
-    let mut steps: Vec<SeqStep> = Vec::with_capacity(active.len());
+    let mut steps: Vec<SeqStep<B>> = Vec::with_capacity(active.len());
     for a in active.iter_mut().filter(|a| !a.input.is_empty()) {
         let done_prompt = !a.s.in_prompt() || a.input.len() == a.s.prompt_left();
         steps.push(SeqStep {
@@ -270,14 +272,14 @@ fn step(
         }
     };
     // Sample and detokenize every sequence of the step (in parallel).
-    let mut work: Vec<(&mut Active, Option<&[f32]>)> = Vec::with_capacity(logits.len());
+    let mut work: Vec<(&mut Active<B>, Option<&[f32]>)> = Vec::with_capacity(logits.len());
     let mut li = logits.iter();
     for a in active.iter_mut().filter(|a| !a.input.is_empty()) {
         let l = li.next().filter(|l| !l.is_empty()).map(|l| l.as_slice());
         work.push((a, l));
     }
     let before: usize = work.iter().map(|(a, _)| a.s.generated.len()).sum();
-    let run_accept = |(a, l): &mut (&mut Active, Option<&[f32]>)| {
+    let run_accept = |(a, l): &mut (&mut Active<B>, Option<&[f32]>)| {
         let n = a.input.len();
         a.out = a.s.accept(n, *l);
     };

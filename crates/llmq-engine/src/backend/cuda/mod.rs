@@ -46,6 +46,7 @@ const KERNELS: &[&str] = &[
     "rope",
     "gather_rows",
     "slice_cols",
+    "permute_cols",
     "write_cols",
     "concat_cols",
     "scatter_add_rows",
@@ -183,18 +184,24 @@ impl Cuda {
         &self.inner.stream
     }
 
-    /// With `LLMQ_CUDA_TRACE`: the stream drained and the start time of the next operation.
+    /// With `LLMQ_CUDA_TRACE`: the stream drained (unless in host mode) and the start time
+    /// of the next operation.
     fn trace_start(&self) -> Option<std::time::Instant> {
         self.inner.trace.on().then(|| {
-            let _ = self.inner.stream.synchronize();
+            if self.inner.trace.synchronised() {
+                let _ = self.inner.stream.synchronize();
+            }
             std::time::Instant::now()
         })
     }
 
-    /// With `LLMQ_CUDA_TRACE`: the operation started at `t` finished, under `name`.
+    /// With `LLMQ_CUDA_TRACE`: the operation started at `t` finished (on the GPU, unless in
+    /// host mode), under `name`.
     fn trace_end(&self, name: &str, t: Option<std::time::Instant>) {
         if let Some(t) = t {
-            let _ = self.inner.stream.synchronize();
+            if self.inner.trace.synchronised() {
+                let _ = self.inner.stream.synchronize();
+            }
             self.inner.trace.record(name, t);
         }
     }
@@ -218,7 +225,10 @@ impl Cuda {
 
 /// `EngineError::UnsupportedType` for a tensor whose type has no GPU kernel.
 pub(crate) fn unsupported(name: &str, w: &llmq_kernels::WeightMatrix) -> Option<EngineError> {
-    if weights::kernel_of(w.ty).is_some() && w.col_order.is_none() {
+    // integer weights have product kernels only, no embedding lookup
+    let int_embedding = matches!(w.ty, llmq_kernels::WeightType::Int(_))
+        && (name.contains("token_embd") || name.contains("embed_tokens"));
+    if weights::kernel_of(w.ty).is_some() && weights::order_supported(w) && !int_embedding {
         return None;
     }
     Some(EngineError::UnsupportedOnDevice {

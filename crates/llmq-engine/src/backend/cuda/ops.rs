@@ -216,6 +216,23 @@ impl Cuda {
         v
     }
 
+    /// `x`'s `n` rows with their columns gathered into the stored order `perm`.
+    fn permute_cols(&self, x: &CudaBuf, perm: &CudaSlice<i32>, n: usize, cols: usize) -> CudaBuf {
+        let y = CudaBuf::alloc(self.stream(), n * cols);
+        let (rows, width) = (n as u64, cols as i32);
+        launch!(
+            self,
+            "permute_cols",
+            flat(n * cols),
+            &x.data,
+            &y.data,
+            perm,
+            &rows,
+            &width
+        );
+        y
+    }
+
     /// `y = x · Wᵀ` by the GEMV kernels (integer where the type has one).
     fn matmul_gemv(&self, w: &CudaWeight, x: &CudaBuf, n: usize, y: &CudaBuf) {
         if w.int_dot {
@@ -429,6 +446,8 @@ impl Backend for Cuda {
         if y.len == 0 {
             return y;
         }
+        let permuted = w.perm.as_ref().map(|p| self.permute_cols(x, p, n, w.cols));
+        let x = permuted.as_ref().unwrap_or(x);
         match &self.inner.tensor_core {
             Some(tc) if TensorCore::takes(w, n) && self.tensor_core_prompts() => {
                 tc.matmul(self, w, x, n, &mut y)
@@ -448,9 +467,9 @@ impl Backend for Cuda {
         let shared = ws.len() > 1
             && !tensor_cores
             && n > 0
-            && ws
-                .iter()
-                .all(|w| w.int_dot && w.act == first.act && w.cols == first.cols);
+            && ws.iter().all(|w| {
+                w.int_dot && w.act == first.act && w.cols == first.cols && w.perm.is_none()
+            });
         if !shared {
             return ws.iter().map(|w| self.matmul(w, x, n)).collect();
         }

@@ -3,6 +3,11 @@
 //! over the process and printed to stderr when it exits. It shows where a decode step's time
 //! goes on machines without a system profiler; the synchronisation makes the traced run
 //! itself slower, so read the shares, not the total.
+//!
+//! `LLMQ_CUDA_TRACE=host`: nothing is synchronised; each operation's *host* time (argument
+//! packing, allocation, the driver's launch call) is summed instead, and `download` is the
+//! time the host waits for the GPU to finish. A decode step whose host time is close to
+//! its wall time and whose `download` wait is near zero is bound by the host, not the GPU.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -36,21 +41,30 @@ extern "C" fn print_at_exit() {
 /// Per-name launch counts and seconds, when tracing is on.
 pub(super) struct Trace {
     on: bool,
+    /// host time only (no synchronisation)
+    host: bool,
     totals: Mutex<BTreeMap<String, (u64, f64)>>,
 }
 
 impl Trace {
     /// On when `LLMQ_CUDA_TRACE` is set to anything but `0` or empty.
     fn from_env() -> Trace {
-        let on = std::env::var("LLMQ_CUDA_TRACE").is_ok_and(|v| !v.is_empty() && v != "0");
+        let v = std::env::var("LLMQ_CUDA_TRACE").unwrap_or_default();
+        let on = !v.is_empty() && v != "0";
         Trace {
             on,
+            host: v == "host",
             totals: Mutex::new(BTreeMap::new()),
         }
     }
 
     pub(super) fn on(&self) -> bool {
         self.on
+    }
+
+    /// Whether operations are synchronised around their timing (not in host mode).
+    pub(super) fn synchronised(&self) -> bool {
+        self.on && !self.host
     }
 
     /// Add one timed operation.
@@ -75,7 +89,12 @@ impl Trace {
         let mut rows: Vec<_> = t.iter().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
         let mut s = format!(
-            "CUDA trace (each operation synchronised alone): {:.3} s in {} operations\n{:<24} {:>9} {:>10} {:>8} {:>6}\n",
+            "CUDA trace ({}): {:.3} s in {} operations\n{:<24} {:>9} {:>10} {:>8} {:>6}\n",
+            if self.host {
+                "host time of each operation, not synchronised"
+            } else {
+                "each operation synchronised alone"
+            },
             total,
             t.values().map(|v| v.0).sum::<u64>(),
             "operation",

@@ -5,7 +5,7 @@
 use super::buffers::ok;
 use cudarc::driver::{CudaSlice, CudaStream};
 use llmq_formats::GgmlType;
-use llmq_kernels::{WeightMatrix, WeightType};
+use llmq_kernels::{IntAct, WeightMatrix, WeightType};
 use std::sync::Arc;
 
 /// A packed weight matrix in device memory.
@@ -21,6 +21,8 @@ pub struct CudaWeight {
     pub(super) act: ActRound,
     /// products through the integer kernels (`gemvq*_<kernel>`)
     pub(super) int_dot: bool,
+    /// act-order weights: the stored column order (activations are gathered by it first)
+    pub(super) perm: Option<Arc<CudaSlice<i32>>>,
 }
 
 /// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
@@ -70,15 +72,30 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
 /// activations, `dp4a`), used for every call of those types.
 pub const INT_DOT_TYPES: &[&str] = &[
     "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
-    "iq4_xs",
+    "iq4_xs", "int4", "int8",
 ];
 
-/// The kernel suffix of a weight type the GPU computes.
+/// The kernel suffix of a weight type the GPU computes. Group-wise integer weights
+/// (GPTQ / AWQ / compressed-tensors) run where the CPU engine multiplies them in integers:
+/// 4 or 8 bits in blocks of 32 against Q8_0 activations (`int4` / `int8` in
+/// `kernels/gemvq.cu`); other bit widths and block lengths are refused.
 pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
     match ty {
         WeightType::Ggml(t) => GPU_TYPES.iter().find(|(g, _)| *g == t).map(|(_, k)| *k),
+        WeightType::Int(t) if t.block == 32 && t.act == IntAct::Q8_0 => match t.bits {
+            4 => Some("int4"),
+            8 => Some("int8"),
+            _ => None,
+        },
         WeightType::Int(_) => None,
     }
+}
+
+/// Whether the GPU runs `w`'s column order: none, or one permutation for all its rows.
+pub(super) fn order_supported(w: &WeightMatrix) -> bool {
+    w.col_order
+        .as_ref()
+        .is_none_or(|o| o.segments(w.rows).len() <= 1)
 }
 
 /// Copy `w`'s packed bytes to the device (the type was checked at load).
@@ -95,7 +112,12 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
     } else {
         ok("upload", stream.clone_htod(bytes))
     };
+    let perm = w.col_order.as_ref().map(|o| {
+        let p: Vec<i32> = o.perm_of_row(0).iter().map(|&c| c as i32).collect();
+        Arc::new(ok("upload", stream.clone_htod(&p[..])))
+    });
     CudaWeight {
+        perm,
         data: Arc::new(data),
         rows: w.rows,
         cols: w.cols,
@@ -104,7 +126,7 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         int_dot: INT_DOT_TYPES.contains(&kernel),
         act: match w.ty {
             WeightType::Ggml(t) => act_of(t),
-            WeightType::Int(_) => ActRound::F32,
+            WeightType::Int(_) => ActRound::Q8_0,
         },
     }
 }

@@ -107,6 +107,13 @@ extern "C" __global__ void slice_cols(const float* x, float* out, u64 rows, int 
     GRID_STRIDE(i, n) out[i] = x[(i / len) * width + start + i % len];
 }
 
+// out[r, j] = x[r, perm[j]]: activations gathered into an act-order weight's stored column
+// order (GPTQ `g_idx`).
+extern "C" __global__ void permute_cols(const float* x, float* out, const int* perm, u64 rows, int width) {
+    u64 n = rows * width;
+    GRID_STRIDE(i, n) out[i] = x[(i / width) * width + perm[i % width]];
+}
+
 // dst[r, start + c] = src[r, c] for c < src_width
 extern "C" __global__ void write_cols(float* dst, const float* src, u64 rows, int width, int start, int src_width) {
     u64 n = rows * src_width;

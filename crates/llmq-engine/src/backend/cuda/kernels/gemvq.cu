@@ -204,6 +204,51 @@ struct GQ5 {
     }
 };
 
+// Group-wise integer weights (GPTQ / AWQ / compressed-tensors, repacked at load by
+// `llmq_kernels::int_blocks`): blocks of 32 columns, each [f16 scale s][zero z][codes],
+// value s·(q - z). 4 bits: 19-byte blocks, codes in Q4_0's nibble order; 8 bits: 35-byte
+// blocks, codes and zero stored `q ^ 0x80` (signed q - 128). Σ w·x = s·dx·(Σ q·qx - z·Σ qx),
+// as `dot_int_q8_0` on the CPU. The blocks are byte aligned only, so bytes are loaded one by
+// one.
+__device__ __forceinline__ int ld32_a1(const u8* p) {
+    return (int)((u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24));
+}
+
+template <int BITS>
+struct GQINT {
+    static const int UNIT = 32;
+    static const int BYTES = BITS == 4 ? 19 : 35;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
+        const u8* b = row + u * BYTES;
+        float d = h2f((u16)(b[0] | (b[1] << 8)));
+        int z = BITS == 4 ? (int)b[2] : (int)(i8)b[2];
+        const u8* qs = b + 3;
+        int lo[4], hi[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (BITS == 4) {
+                int v = ld32_a1(qs + 4 * k);
+                lo[k] = v & 0x0F0F0F0F;
+                hi[k] = (v >> 4) & 0x0F0F0F0F;
+            } else {
+                lo[k] = ld32_a1(qs + 4 * k);
+                hi[k] = ld32_a1(qs + 16 + 4 * k);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < a.nb) {
+                const int4* x = (const int4*)a.q(r, u * 32);
+                int4 x0 = x[0], x1 = x[1];
+                int s = dot16(hi, x1, dot16(lo, x0, 0));
+                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
+                acc[r] += d * a.d(r, u * 32) * (float)(s - z * sum);
+            }
+        }
+    }
+};
+
 // Byte i (0..11) of a K-quant's packed scales held in three words.
 __device__ __forceinline__ int kscale_byte(uint4 h, int i) {
     u32 w = i < 4 ? h.y : (i < 8 ? h.z : h.w);
@@ -540,3 +585,5 @@ GEMVQ_KERNELS(iq4_nl, GIQ4_NL)
 GEMVQ_KERNELS(iq4_xs, GIQ4_XS)
 GEMVQ_KERNELS(q2_k, GQ2_K)
 GEMVQ_KERNELS(q3_k, GQ3_K)
+GEMVQ_KERNELS(int4, GQINT<4>)
+GEMVQ_KERNELS(int8, GQINT<8>)
