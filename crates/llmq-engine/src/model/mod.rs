@@ -19,6 +19,7 @@
 mod attention;
 mod kv_cache;
 mod load;
+mod measure;
 mod memory_plan;
 mod mla;
 mod mlp;
