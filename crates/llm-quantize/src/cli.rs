@@ -76,6 +76,10 @@ pub struct QuantizeArgs {
     /// Calibration windows (of --calibration-seq-len tokens) --target-bpw measures on
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub measure_windows: usize,
+    /// With --target-bpw: reuse the measured curves of an earlier --target-bpw run of
+    /// the same model (its --format json result) instead of measuring again
+    #[arg(long, value_name = "FILE.json", requires = "target_bpw")]
+    pub measurements: Option<PathBuf>,
     /// Output directory
     #[arg(short = 'o', long = "output-dir", default_value = ".")]
     pub output_dir: PathBuf,

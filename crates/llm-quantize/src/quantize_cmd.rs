@@ -83,6 +83,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
         target_bpw: a.target_bpw.map(|bpw| TargetBpw {
             bpw,
             windows: a.measure_windows,
+            measurements: a.measurements.clone(),
         }),
     })
 }

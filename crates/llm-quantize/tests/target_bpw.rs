@@ -100,7 +100,7 @@ fn meets_the_budget_within_one_step_and_is_deterministic() {
         "the target should leave some group below Q8_0"
     );
     // the file holds the reported types; experts are merged per stacked tensor
-    let f = GgufFile::open(&tmp.path().join("a.gguf")).unwrap();
+    let f = GgufFile::open(tmp.path().join("a.gguf")).unwrap();
     let type_of = |label: &str| -> String {
         groups
             .iter()

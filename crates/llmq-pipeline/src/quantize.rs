@@ -152,7 +152,7 @@ pub(crate) fn quantize_streaming(
         planned.source = Box::new(src);
     }
     // allocate: the mix rules' type for every tensor, or the measured allocation
-    let (alloc, allocation) = match req.target_bpw {
+    let (alloc, allocation) = match &req.target_bpw {
         None => (Allocation::from_gguf_jobs(&planned.jobs), None),
         Some(t) => {
             let path = match &resolved {
@@ -161,6 +161,7 @@ pub(crate) fn quantize_streaming(
             };
             let (a, r) = crate::target_bpw::allocate(
                 t.bpw,
+                t.measurements.as_deref(),
                 path,
                 &planned.jobs,
                 &planned.plan,

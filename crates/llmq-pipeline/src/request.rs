@@ -89,10 +89,13 @@ pub struct QuantizeRequest {
 
 /// `--target-bpw`: the whole file's bits per weight and the calibration windows the
 /// measurement scores (of `--calibration-seq-len` tokens, from `--calibration-data`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetBpw {
     pub bpw: f64,
     pub windows: usize,
+    /// the JSON result of an earlier `--target-bpw` run of the same model and
+    /// calibration, whose measured curves are used instead of measuring again
+    pub measurements: Option<PathBuf>,
 }
 
 impl QuantizeRequest {
@@ -154,7 +157,7 @@ impl QuantizeRequest {
                 );
             }
             crate::quantize::gguf_mix(&self.level)?;
-            if let Some(t) = self.target_bpw {
+            if let Some(t) = &self.target_bpw {
                 if !(t.bpw.is_finite() && t.bpw > 0.0 && t.bpw <= 32.0) || t.windows == 0 {
                     return inv(
                         format!(

@@ -22,6 +22,7 @@
 pub mod chooser;
 pub mod groups;
 pub mod measure;
+mod reuse;
 
 use crate::allocate::{Allocation, QuantSpec, TensorSpec};
 use crate::error::{PipelineError, Result};
@@ -97,6 +98,7 @@ fn tensor_bytes(cols: usize, rows: usize, ty: GgmlType) -> Result<u64> {
 #[allow(clippy::too_many_arguments)]
 pub fn allocate(
     target_bpw: f64,
+    measurements: Option<&Path>,
     model_path: &Path,
     jobs: &[TensorJob],
     plan: &GgufPlan,
@@ -154,15 +156,21 @@ pub fn allocate(
             ),
         ));
     }
-    let m = measure::measure(
-        model_path,
-        jobs,
-        &groups,
-        &CANDIDATES,
-        source,
-        calibration,
-        progress,
-    )?;
+    let m = match measurements {
+        Some(p) => {
+            progress.message(&format!("Measured ΔKL from {}", p.display()));
+            reuse::read(p, &groups, &CANDIDATES)?
+        }
+        None => measure::measure(
+            model_path,
+            jobs,
+            &groups,
+            &CANDIDATES,
+            source,
+            calibration,
+            progress,
+        )?,
+    };
     let mut w_loss = vec![vec![0.0f64; CANDIDATES.len()]; written.len()];
     for (g, l) in groups.iter().zip(&m.loss) {
         for (c, v) in l.iter().enumerate() {
