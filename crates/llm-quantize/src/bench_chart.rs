@@ -1,15 +1,17 @@
 //! `bench --chart FILE.svg`: the size/quality/speed frontier of a bench run as an SVG
 //! picture (written by hand: a few dozen elements need no plotting library). Two
 //! panels share the x axis, bits per weight: KL-divergence against `--base` (log
-//! scale) and decode tokens/s. One point per bench row, labelled with its name, its
-//! colour by format (GGUF, Hugging Face folder, other), so one sees at a glance which
+//! scale) and decode tokens/s. One point per bench row, labelled with its name and
+//! coloured by series, the points of a series joined in order of size: rows named
+//! `PREFIX-REST` (e.g. `measured-4.5`, `measured-5.3`) form the series `PREFIX`, the
+//! others one series per format (GGUF, folder, other). So one sees at a glance which
 //! format wins at a given size.
 
 use serde_json::Value;
 use std::fmt::Write as _;
 
 const W: f64 = 980.0;
-const H: f64 = 420.0;
+const H: f64 = 440.0;
 const PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 300.0;
 const TOP: f64 = 60.0;
@@ -22,8 +24,8 @@ pub struct ChartPoint {
     pub bpw: f64,
     pub kl: Option<f64>,
     pub decode_tps: Option<f64>,
-    /// colour class: 0 GGUF, 1 folder, 2 other
-    pub kind: usize,
+    /// the series it is drawn with
+    pub series: String,
 }
 
 /// The points of a bench result (`models` rows); rows without bits per weight are
@@ -34,21 +36,21 @@ pub fn points(result: &Value) -> Vec<ChartPoint> {
         .filter_map(|r| {
             let bpw = r["bits_per_weight"].as_f64()?;
             let model = r["model"].as_str().unwrap_or("");
-            let kind = if model.ends_with(".gguf") {
-                0
-            } else if std::path::Path::new(model).is_dir() {
-                1
-            } else {
-                2
+            let name = r["name"].as_str().unwrap_or(model).to_string();
+            let series = match name.rsplit_once('-') {
+                Some((prefix, _)) if !prefix.is_empty() => prefix.to_string(),
+                _ if model.ends_with(".gguf") => "GGUF".to_string(),
+                _ if std::path::Path::new(model).is_dir() => "folder".to_string(),
+                _ => "other".to_string(),
             };
             Some(ChartPoint {
-                name: r["name"].as_str().unwrap_or(model).to_string(),
+                name,
                 bpw,
                 kl: r["quality"]["mean_kl_divergence"]
                     .as_f64()
                     .filter(|k| *k > 0.0),
                 decode_tps: r["decode"]["tokens_per_second"].as_f64(),
-                kind,
+                series,
             })
         })
         .collect()
@@ -110,11 +112,9 @@ impl YAxis {
             return None;
         }
         if log {
-            lo = 10f64.powf(lo.log10().floor());
-            hi = 10f64.powf(hi.log10().ceil());
-            if hi <= lo {
-                hi = lo * 10.0;
-            }
+            // whole decades with room above and below the extreme points
+            lo = 10f64.powf(lo.log10().ceil() - 1.0);
+            hi = 10f64.powf(hi.log10().floor() + 1.0);
         } else {
             lo = 0.0;
             hi = if hi > 0.0 { hi * 1.1 } else { 1.0 };
@@ -141,7 +141,9 @@ impl YAxis {
     }
 }
 
-const COLOURS: [&str; 3] = ["#1f77b4", "#d62728", "#2ca02c"];
+const COLOURS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 
 /// The SVG document for `points` (title above both panels).
 pub fn svg(points: &[ChartPoint], title: &str) -> String {
@@ -157,6 +159,26 @@ pub fn svg(points: &[ChartPoint], title: &str) -> String {
         W / 2.0,
         esc(title)
     );
+    let mut series: Vec<&str> = Vec::new();
+    for p in points {
+        if !series.contains(&p.series.as_str()) {
+            series.push(&p.series);
+        }
+    }
+    let colour =
+        |name: &str| COLOURS[series.iter().position(|s| *s == name).unwrap_or(0) % COLOURS.len()];
+    for (i, name) in series.iter().enumerate() {
+        let x = 80.0 + 150.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<circle cx="{x}" cy="{}" r="5" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            H - 18.0,
+            colour(name),
+            x + 9.0,
+            H - 14.0,
+            esc(name)
+        );
+    }
     let (xmin, xmax) = points
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -233,6 +255,26 @@ pub fn svg(points: &[ChartPoint], title: &str) -> String {
                 fmt_tick(t)
             );
         }
+        for name in &series {
+            let mut line: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.series == *name)
+                .filter_map(|p| {
+                    let v = if pi == 0 { p.kl } else { p.decode_tps };
+                    v.map(|v| (x_of(p.bpw), y_of(v)))
+                })
+                .collect();
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            if line.len() > 1 {
+                let pts: Vec<String> = line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+                let _ = writeln!(
+                    s,
+                    r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5" opacity="0.6"/>"#,
+                    pts.join(" "),
+                    colour(name)
+                );
+            }
+        }
         for p in points {
             let v = if pi == 0 { p.kl } else { p.decode_tps };
             let Some(v) = v else { continue };
@@ -240,7 +282,7 @@ pub fn svg(points: &[ChartPoint], title: &str) -> String {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="4" fill="{}"><title>{}: {:.3} bpw, {}</title></circle><text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
-                COLOURS[p.kind.min(2)],
+                colour(&p.series),
                 esc(&p.name),
                 p.bpw,
                 v,
@@ -270,15 +312,39 @@ mod tests {
         ]});
         let p = points(&r);
         assert_eq!(p.len(), 2);
+        assert_eq!(p[0].series, "GGUF");
         assert_eq!(p[0].kl, Some(0.01));
         let s = svg(&p, "t");
-        assert_eq!(s.matches("<circle").count(), 4);
+        // two points in each panel and one legend entry
+        assert_eq!(s.matches("<circle").count(), 5);
         assert!(s.contains("b&lt;&amp;&gt;"));
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         // the lower KL is drawn lower on the log axis... i.e. nearer the bottom
         let y = YAxis::over(&[0.01, 0.0005], true).unwrap();
         assert!(y.frac(0.0005) < y.frac(0.01));
         assert_eq!((y.lo, y.hi), (1e-4, 1e-1));
+    }
+
+    #[test]
+    fn names_with_a_prefix_form_a_series_joined_by_a_line() {
+        let r = json!({"models": [
+            {"model": "x/m-4.5.gguf", "name": "m-4.5", "bits_per_weight": 4.5,
+             "quality": {"mean_kl_divergence": 0.01}},
+            {"model": "x/m-5.5.gguf", "name": "m-5.5", "bits_per_weight": 5.5,
+             "quality": {"mean_kl_divergence": 0.004}},
+            {"model": "x/Q4_K_M.gguf", "name": "Q4_K_M", "bits_per_weight": 5.0,
+             "quality": {"mean_kl_divergence": 0.009}}
+        ]});
+        let p = points(&r);
+        let series: Vec<&str> = p.iter().map(|p| p.series.as_str()).collect();
+        assert_eq!(series, ["m", "m", "GGUF"]);
+        let s = svg(&p, "t");
+        assert_eq!(
+            s.matches("<polyline").count(),
+            1,
+            "one line: series m, KL panel"
+        );
+        assert!(s.contains("not measured"), "no decode rates");
     }
 
     #[test]
