@@ -136,3 +136,42 @@ fn meets_the_budget_within_one_step_and_is_deterministic() {
     let (_, again) = run(tmp.path(), "b.gguf");
     assert!(bytes == again, "two runs differ");
 }
+
+#[test]
+fn refuses_targets_it_cannot_meet_and_other_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llama = shared_model("llama");
+    let llama = llama.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut a = vec!["--format", "json", "quantize", llama];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", ".", "--no-checkpoints"]);
+        lq(tmp.path(), &a)
+    };
+    // below what all-Q3_K gives: refused before anything is measured
+    let r = run(&["gguf", "--target-bpw", "2.0"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.contains("smallest file"), "{}", r.stdout);
+    let r = run(&["gptq", "-q", "4bit", "--target-bpw", "4.5"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.contains("gguf"), "{}", r.stdout);
+    let r = run(&["gptq"]);
+    assert_eq!(r.code, 2, "-q is required without --target-bpw");
+    // measurements that do not belong to this model
+    let bad = tmp.path().join("m.json");
+    std::fs::write(
+        &bad,
+        r#"{"candidates": ["Q3_K","Q4_K","Q5_K","Q6_K","Q8_0"], "groups": []}"#,
+    )
+    .unwrap();
+    let r = run(&[
+        "gguf",
+        "--target-bpw",
+        "5",
+        "--measurements",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.contains("no measured curve"), "{}", r.stdout);
+    assert!(files_ending(tmp.path(), ".gguf").is_empty());
+}
