@@ -21,11 +21,30 @@ impl<B: Backend> Model<B> {
                 hidden.len()
             )));
         }
-        let rows = hidden.len() / d;
-        let be = &self.be;
         let output = self.output.as_ref().ok_or_else(|| {
             EngineError::Source("this layer-streamed model has no output head".into())
         })?;
+        self.logits_with_head(hidden, output)
+    }
+
+    /// [`Model::logits_of_hidden`] through another head (`[n_vocab, n_embd]`, e.g. the
+    /// original one while the model's own is replaced).
+    pub fn logits_with_head(&self, hidden: &[f32], output: &Linear<B>) -> Result<Vec<f32>> {
+        let d = self.hp.n_embd;
+        if !hidden.len().is_multiple_of(d)
+            || output.out_features() != self.hp.n_vocab
+            || output.in_features() != d
+        {
+            return Err(EngineError::Source(format!(
+                "{} hidden values and a {}x{} head do not fit a model of width {d} and vocabulary {}",
+                hidden.len(),
+                output.out_features(),
+                output.in_features(),
+                self.hp.n_vocab
+            )));
+        }
+        let rows = hidden.len() / d;
+        let be = &self.be;
         let mut x = be.upload(hidden.to_vec());
         be.rms_norm_inplace(&mut x, &self.output_norm, self.hp.eps);
         let mut logits = output.forward(be, &x, rows);

@@ -9,9 +9,12 @@
 //! Streamed layer by layer: the original hidden states at the input of block `l` are
 //! computed once, and a variant of a group in block `l` runs only blocks `l…L` from
 //! them (embeddings: all blocks from its own lookup; head: only the head). The model
-//! is loaded whole (memory-mapped) on the CPU; extra memory is one layer's hidden
-//! states, the reference log-probabilities (`tokens × n_vocab` f32) and one block's
-//! tensors in f32 per candidate.
+//! is loaded whole (memory-mapped) on the CPU; extra memory is two copies of one
+//! layer's hidden states, the original's final hidden states, the reference
+//! log-probabilities when they take at most [`REF_CACHE_BYTES`] (else recomputed per
+//! window from the final hidden states: the same numbers) and one block's tensors in
+//! f32 per candidate. Cost: groups × candidates forward passes over the blocks after
+//! the group's own.
 
 use super::groups::Group;
 use crate::calibrated::calibration::calibration_set;
@@ -25,6 +28,9 @@ use llmq_kernels::WeightMatrix;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
+
+/// The most bytes of reference log-probabilities kept between variants.
+pub const REF_CACHE_BYTES: usize = 512 << 20;
 
 /// What was measured.
 #[derive(Debug, Clone)]
@@ -89,14 +95,28 @@ pub fn measure(
         src: &src,
         lens: &lens,
         ids: &ids,
-        ref_lp: Vec::new(),
+        ref_lp: None,
+        ref_hidden: Vec::new(),
+        ref_head: None,
         tied,
     };
-    // the reference: the original's log-probabilities at every position
+    // the reference: the original's final hidden states (and log-probabilities)
     let mut h = m.model.embed(&ids).map_err(engine_err)?;
     let mut x = h.clone();
     m.run_blocks(0, &mut x)?;
-    m.ref_lp = m.log_probs(&x)?;
+    if tokens.saturating_mul(m.model.n_vocab()).saturating_mul(4) <= REF_CACHE_BYTES {
+        m.ref_lp = Some(m.log_probs(&x)?);
+    } else {
+        // recomputed per window through the original head, whatever is installed
+        let name = if tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let w = src.require(name).map_err(engine_err)?;
+        m.ref_head = Some(llmq_engine::Linear::new(m.model.backend(), w));
+    }
+    m.ref_hidden = x;
     let mut loss = vec![vec![0.0f64; candidates.len()]; groups.len()];
     let mut done = 0usize;
     let mut cache = QuantCache::default();
@@ -224,8 +244,12 @@ struct Measurer<'a> {
     src: &'a WeightSource,
     lens: &'a [usize],
     ids: &'a [u32],
-    /// log-probabilities of the original, `[tokens, n_vocab]`
-    ref_lp: Vec<f32>,
+    /// log-probabilities of the original, `[tokens, n_vocab]`, when small enough
+    ref_lp: Option<Vec<f32>>,
+    /// the original's final hidden states, `[tokens, n_embd]`
+    ref_hidden: Vec<f32>,
+    /// the original head, when the log-probabilities are not kept
+    ref_head: Option<llmq_engine::Linear<llmq_engine::Cpu>>,
     tied: bool,
 }
 
@@ -245,16 +269,17 @@ impl Measurer<'_> {
         let mut out = Vec::with_capacity(self.ids.len() * self.model.n_vocab());
         let mut start = 0;
         for &n in self.lens {
-            let mut l = self
-                .model
-                .logits_of_hidden(&x[start * d..(start + n) * d])
-                .map_err(engine_err)?;
-            let v = self.model.n_vocab();
-            l.par_chunks_mut(v).for_each(log_softmax);
-            out.extend_from_slice(&l);
+            out.extend_from_slice(&self.window_log_probs(&x[start * d..(start + n) * d])?);
             start += n;
         }
         Ok(out)
+    }
+
+    /// Log-probabilities of one window's final hidden states.
+    fn window_log_probs(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let mut l = self.model.logits_of_hidden(x).map_err(engine_err)?;
+        l.par_chunks_mut(self.model.n_vocab()).for_each(log_softmax);
+        Ok(l)
     }
 
     /// Mean `KL(P_orig ‖ P)` over every position, for final hidden states `x`.
@@ -268,7 +293,22 @@ impl Measurer<'_> {
                 .model
                 .logits_of_hidden(&x[start * d..(start + n) * d])
                 .map_err(engine_err)?;
-            let refs = &self.ref_lp[start * v..(start + n) * v];
+            let recomputed;
+            let refs = match &self.ref_lp {
+                Some(lp) => &lp[start * v..(start + n) * v],
+                None => {
+                    let head = self.ref_head.as_ref().ok_or_else(|| {
+                        PipelineError::general("no reference head", "Report this as a bug")
+                    })?;
+                    let mut l = self
+                        .model
+                        .logits_with_head(&self.ref_hidden[start * d..(start + n) * d], head)
+                        .map_err(engine_err)?;
+                    l.par_chunks_mut(v).for_each(log_softmax);
+                    recomputed = l;
+                    &recomputed[..]
+                }
+            };
             let rows: Vec<f64> = l
                 .par_chunks_mut(v)
                 .zip(refs.par_chunks(v))
