@@ -295,10 +295,7 @@ pub(crate) fn quantize_streaming(
         workers: Some(report.workers),
         validated: report.validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
-        allocation: allocation.map(|mut r| {
-            r.file_bytes = report.file_size;
-            r
-        }),
+        allocation,
     })
 }
 

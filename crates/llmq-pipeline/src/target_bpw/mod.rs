@@ -62,7 +62,7 @@ pub struct AllocationReport {
     pub target_bpw: f64,
     /// bytes the whole file may take
     pub budget_bytes: u64,
-    /// bytes the planned file takes
+    /// bytes the planned file takes (its GGUF layout)
     pub file_bytes: u64,
     pub candidates: Vec<String>,
     pub windows: usize,
@@ -189,28 +189,45 @@ pub fn allocate(
             })
             .collect()
     };
-    let chosen = chooser::choose(&points(&w_bytes, &w_loss), budget - fixed).map_err(|e| {
-        PipelineError::general(format!("allocation failed: {e:?}"), "Report this as a bug")
-    })?;
-    let mut alloc = Allocation::from_gguf_jobs(jobs);
-    for (w, &c) in chosen.iter().enumerate() {
-        for &j in &w_jobs[w] {
-            let ty = measure::candidate_for(jobs[j].row_len(), CANDIDATES[c]);
-            alloc.set(
-                &jobs[j].name,
-                TensorSpec {
-                    method: Method::KQuant,
-                    quant: QuantSpec::Ggml(ty),
-                },
-            );
+    // the sizes above count every tensor padded to the alignment; the file's real
+    // layout is checked, and the budget narrowed by any excess (a last tensor that
+    // the layout leaves unpadded) until it fits
+    let pts = points(&w_bytes, &w_loss);
+    let mut room = budget - fixed;
+    let (chosen, alloc, file_bytes) = loop {
+        let chosen = chooser::choose(&pts, room).map_err(|e| {
+            PipelineError::general(format!("allocation failed: {e:?}"), "Report this as a bug")
+        })?;
+        let mut alloc = Allocation::from_gguf_jobs(jobs);
+        for (w, &c) in chosen.iter().enumerate() {
+            for &j in &w_jobs[w] {
+                let ty = measure::candidate_for(jobs[j].row_len(), CANDIDATES[c]);
+                alloc.set(
+                    &jobs[j].name,
+                    TensorSpec {
+                        method: Method::KQuant,
+                        quant: QuantSpec::Ggml(ty),
+                    },
+                );
+            }
         }
-    }
-    let file_bytes = fixed
-        + chosen
-            .iter()
-            .enumerate()
-            .map(|(w, &c)| w_bytes[w][c])
-            .sum::<u64>();
+        let (mut js, mut p) = (jobs.to_vec(), plan.clone());
+        alloc.apply_to_gguf(&mut js, &mut p)?;
+        let size = p
+            .layout()
+            .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?
+            .total_size();
+        match size.checked_sub(budget) {
+            None | Some(0) => break (chosen, alloc, size),
+            Some(over) if over < room => room -= over,
+            Some(_) => {
+                return Err(PipelineError::general(
+                    format!("no allocation fits {budget} bytes"),
+                    "Give a higher --target-bpw",
+                ))
+            }
+        }
+    };
     let names: Vec<String> = CANDIDATES.iter().map(|c| c.name().to_string()).collect();
     let report_groups = written
         .iter()
