@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Write the JSON results to this file as well
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Draw bits per weight against KL-divergence and against decode tokens/s, one
+    /// point per model, into this SVG file (`crate::bench_chart`)
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
     /// Hugging Face token for gated models
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -118,6 +122,14 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
             "Give comma-separated model paths or Hub ids, e.g. --models a.gguf,b.gguf",
         ));
     }
+    if let Some(c) = &a.chart {
+        if !c.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            return Err(PipelineError::invalid(
+                format!("--chart {}: only SVG charts are written", c.display()),
+                "Give a path ending in .svg",
+            ));
+        }
+    }
     if a.child {
         let model = a.models.first().cloned().unwrap_or_default();
         let v = measure_here(&a, &model, verbosity)?;
@@ -161,11 +173,32 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
             )
         })?;
     }
+    if let Some(p) = &a.chart {
+        let title = format!(
+            "{} model(s): size, KL-divergence{} and decode speed",
+            rows_len(&result),
+            a.base
+                .as_ref()
+                .map(|b| format!(" vs {b}"))
+                .unwrap_or_default()
+        );
+        let svg = crate::bench_chart::svg(&crate::bench_chart::points(&result), &title);
+        std::fs::write(p, svg).map_err(|e| {
+            PipelineError::general(
+                format!("cannot write {}: {e}", p.display()),
+                "Check the path and free space",
+            )
+        })?;
+    }
     match mode {
         Mode::Json => println!("{}", serde_json::to_string_pretty(&result).unwrap()),
         Mode::Human => print_table(&result),
     }
     Ok(())
+}
+
+fn rows_len(r: &Value) -> usize {
+    r["models"].as_array().map_or(0, |v| v.len())
 }
 
 /// The llama-bench binary asked for, if any.

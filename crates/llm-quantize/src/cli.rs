@@ -61,9 +61,25 @@ pub struct QuantizeArgs {
     pub output_format: OutputFormat,
     /// Quantization level: Q4_K_M, Q8_0, IQ4_XS, F16 … for gguf; 2bit/3bit/4bit/8bit for
     /// gptq; 4bit for awq; W4A16, W4A16_ASYM, W8A16, NVFP4, MXFP4, FP8, FP8_BLOCK,
-    /// FP8_TENSOR for compressed-tensors
-    #[arg(short = 'q', long = "quant-level")]
-    pub quant_level: String,
+    /// FP8_TENSOR for compressed-tensors. With --target-bpw: the base mix that decides
+    /// which tensors stay unquantized and the file type (default Q4_K_M)
+    #[arg(
+        short = 'q',
+        long = "quant-level",
+        required_unless_present = "target_bpw"
+    )]
+    pub quant_level: Option<String>,
+    /// gguf: choose each tensor group's type (Q3_K…Q8_0) by its measured KL increase
+    /// on calibration text, so the whole file takes at most this many bits per weight
+    #[arg(long, value_name = "BPW")]
+    pub target_bpw: Option<f64>,
+    /// Calibration windows (of --calibration-seq-len tokens) --target-bpw measures on
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub measure_windows: usize,
+    /// With --target-bpw: reuse the measured curves of an earlier --target-bpw run of
+    /// the same model (its --format json result) instead of measuring again
+    #[arg(long, value_name = "FILE.json", requires = "target_bpw")]
+    pub measurements: Option<PathBuf>,
     /// Output directory
     #[arg(short = 'o', long = "output-dir", default_value = ".")]
     pub output_dir: PathBuf,

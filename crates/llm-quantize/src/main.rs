@@ -2,6 +2,7 @@
 //! `shared/docs/cli-contract.md`: global `--format human|json`, `--verbosity`,
 //! `--version`; results alone on stdout, progress and logs on stderr; exit codes 0–9.
 
+mod bench_chart;
 mod bench_cmd;
 mod cli;
 mod convert_cmd;

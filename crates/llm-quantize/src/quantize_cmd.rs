@@ -9,7 +9,7 @@ use crate::progress::BarProgress;
 use llmq_hfquant::gptq::GptqFormat;
 use llmq_pipeline::{
     CalibrationRequest, CheckpointOptions, IntGrid, Layout, Method, OutputFormat as Format,
-    PipelineError, QuantizeRequest,
+    PipelineError, QuantizeRequest, TargetBpw,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -80,10 +80,25 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
         max_workers: a.max_workers,
         ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
         token: a.token.clone(),
+        target_bpw: a.target_bpw.map(|bpw| TargetBpw {
+            bpw,
+            windows: a.measure_windows,
+            measurements: a.measurements.clone(),
+        }),
     })
 }
 
 type Target = (Format, String, Method, Option<IntGrid>);
+
+/// `-q`, which only gguf with --target-bpw may leave out.
+fn level_of(a: &QuantizeArgs) -> Result<String, PipelineError> {
+    a.quant_level.clone().ok_or_else(|| {
+        PipelineError::invalid(
+            "the quantization level -q is required for this format",
+            "Give -q LEVEL (--target-bpw applies to gguf only)",
+        )
+    })
+}
 
 /// GGUF: the level names the mix; the integer-grid flags do not apply.
 fn gguf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
@@ -99,7 +114,11 @@ fn gguf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
             "For GGUF, --imatrix FILE or --calibration-data FILE give importance-weighted k-quants",
         ));
     }
-    Ok((Format::Gguf, a.quant_level.clone(), Method::KQuant, None))
+    let level = a
+        .quant_level
+        .clone()
+        .unwrap_or_else(|| "Q4_K_M".to_string());
+    Ok((Format::Gguf, level, Method::KQuant, None))
 }
 
 /// exl3: the level is bits per weight (a whole number, 1…8: one trellis K for every
@@ -111,7 +130,7 @@ fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
             "exl3 takes bits per weight: -q 2.0 … 8.0",
         ));
     }
-    let k = llmq_pipeline::exl3_k(&a.quant_level)?;
+    let k = llmq_pipeline::exl3_k(&level_of(a)?)?;
     let method = a.method.unwrap_or(Method::Trellis);
     Ok((Format::Exl3, format!("{k}.0bpw"), method, None))
 }
@@ -119,7 +138,7 @@ fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
 /// gptq, awq, compressed-tensors: the level gives bits (and symmetry); the grid
 /// flags complete it.
 fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
-    let level = a.quant_level.trim().to_string();
+    let level = level_of(a)?.trim().to_string();
     let bad_level = |fmt: &str, allowed: &str| {
         PipelineError::invalid(
             format!("unknown {fmt} quantization level `{level}`"),

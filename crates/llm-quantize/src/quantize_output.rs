@@ -30,6 +30,25 @@ fn report_line(t: &TensorReport) -> Value {
     v
 }
 
+/// `metadata.allocation` of a `--target-bpw` run: per group the chosen type and the
+/// measured curve (bytes and ΔKL at each candidate).
+fn allocation_json(a: &llmq_pipeline::target_bpw::AllocationReport) -> Value {
+    let group = |g: &llmq_pipeline::target_bpw::GroupChoice| json!({"group": g.label, "type": g.chosen, "bytes": g.bytes, "delta_kl": g.delta_kl});
+    let mut v = json!({
+        "target_bpw": a.target_bpw,
+        "budget_bytes": a.budget_bytes,
+        "file_bytes": a.file_bytes,
+        "candidates": a.candidates,
+        "calibration": {"source": a.calibration_source, "windows": a.windows, "tokens": a.tokens},
+        "predicted_delta_kl": a.predicted_delta_kl,
+        "groups": a.groups.iter().map(group).collect::<Vec<_>>(),
+    });
+    if !a.experts.is_empty() {
+        v["experts"] = a.experts.iter().map(group).collect();
+    }
+    v
+}
+
 fn result_json(o: &QuantizeOutcome, seconds: f64) -> Value {
     let s = &o.summary;
     let ratio = if s.original_size > 0 {
@@ -58,6 +77,9 @@ fn result_json(o: &QuantizeOutcome, seconds: f64) -> Value {
     });
     if let Some(w) = o.workers {
         meta["workers"] = json!(w);
+    }
+    if let Some(a) = &o.allocation {
+        meta["allocation"] = allocation_json(a);
     }
     if let Some(c) = &o.calibration {
         meta["calibration"] = json!({
@@ -160,6 +182,17 @@ fn print_human(verbosity: Verbosity, o: &QuantizeOutcome, seconds: f64) {
     if let Some(c) = &o.calibration {
         for n in &c.notes {
             println!("  Note:            {n}");
+        }
+    }
+    if let Some(a) = &o.allocation {
+        println!(
+            "  Allocation:      {} groups measured on {} tokens, predicted ΔKL {:.5}",
+            a.groups.len(),
+            a.tokens,
+            a.predicted_delta_kl
+        );
+        for g in &a.groups {
+            println!("    {:<24} {}", g.label, g.chosen);
         }
     }
     println!("  Duration:        {seconds:.1} s");

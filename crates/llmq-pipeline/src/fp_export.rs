@@ -137,6 +137,7 @@ pub(crate) fn quantize_fp(
         workers: None,
         validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
+        allocation: None,
     })
 }
 

@@ -24,6 +24,7 @@ pub mod request;
 pub mod run;
 pub mod source;
 pub mod staging;
+pub mod target_bpw;
 #[doc(hidden)]
 pub mod test_hooks;
 pub mod writers;
@@ -34,6 +35,6 @@ pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use report::{CalibrationDetail, CalibrationSummary, QuantizeOutcome, TensorReport};
 pub use request::{
-    exl3_k, CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest,
+    exl3_k, CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest, TargetBpw,
 };
 pub use run::{NoProgress, Progress, CANCEL};

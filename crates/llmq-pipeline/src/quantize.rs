@@ -151,17 +151,43 @@ pub(crate) fn quantize_streaming(
         ));
         planned.source = Box::new(src);
     }
-    // allocate: the mix rules' type for every tensor
-    let alloc = Allocation::from_gguf_jobs(&planned.jobs);
+    // allocate: the mix rules' type for every tensor, or the measured allocation
+    let (alloc, allocation) = match &req.target_bpw {
+        None => (Allocation::from_gguf_jobs(&planned.jobs), None),
+        Some(t) => {
+            let path = match &resolved {
+                ResolvedModel::HfDir(d) => d.as_path(),
+                ResolvedModel::GgufFile(f) => f.as_path(),
+            };
+            let (a, r) = crate::target_bpw::allocate(
+                t.bpw,
+                t.measurements.as_deref(),
+                path,
+                &planned.jobs,
+                &planned.plan,
+                planned.source.as_ref(),
+                &crate::request::CalibrationRequest {
+                    samples: t.windows,
+                    ..req.calibration.clone()
+                },
+                progress,
+            )?;
+            (a, Some(r))
+        }
+    };
     alloc.apply_to_gguf(&mut planned.jobs, &mut planned.plan)?;
-    progress.message(&format!("Quantizing to GGUF {}", mix.name()));
+    let level = match &allocation {
+        Some(r) => format!("{:.2}bpw", r.target_bpw),
+        None => mix.name().to_string(),
+    };
+    progress.message(&format!("Quantizing to GGUF {level}"));
 
     let out_dir = &req.output_dir;
     staging::prepare_output_dir(out_dir)?;
     let output = staging::output_path(
         out_dir,
         req.output_name.as_deref(),
-        format!("{name}-{}.gguf", mix.name()),
+        format!("{name}-{level}.gguf"),
         OutputKind::File,
     )?;
     let need = planned
@@ -169,6 +195,17 @@ pub(crate) fn quantize_streaming(
         .layout()
         .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?
         .total_size();
+    if let Some(r) = &allocation {
+        if need > r.budget_bytes {
+            return Err(PipelineError::general(
+                format!(
+                    "the allocation takes {need} bytes, over its budget of {}",
+                    r.budget_bytes
+                ),
+                "Report this as a bug",
+            ));
+        }
+    }
     if let Some(free) = free_bytes(out_dir) {
         let resuming = req.checkpoint.as_ref().is_some_and(|c| c.resume);
         if free < need && !resuming {
@@ -187,7 +224,7 @@ pub(crate) fn quantize_streaming(
             "llm-quantize {}\n{}\nlevel={}\nimatrix={:?}\n{:?}",
             env!("CARGO_PKG_VERSION"),
             planned.identity,
-            mix.name(),
+            level,
             imatrix_id,
             planned.plan
         )
@@ -241,7 +278,7 @@ pub(crate) fn quantize_streaming(
     Ok(QuantizeOutcome {
         output: report.output,
         format: req.format.name().to_string(),
-        level: mix.name().to_string(),
+        level,
         method: if imatrix_id.is_some() {
             "k-quant+imatrix"
         } else {
@@ -258,6 +295,7 @@ pub(crate) fn quantize_streaming(
         workers: Some(report.workers),
         validated: report.validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
+        allocation,
     })
 }
 

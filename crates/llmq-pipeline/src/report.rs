@@ -119,6 +119,8 @@ pub struct QuantizeOutcome {
     pub workers: Option<usize>,
     pub validated: bool,
     pub peak_memory_bytes: u64,
+    /// GGUF `--target-bpw`: what the measured allocator measured and chose
+    pub allocation: Option<crate::target_bpw::AllocationReport>,
 }
 
 impl QuantizeOutcome {

@@ -82,6 +82,20 @@ pub struct QuantizeRequest {
     pub ram_budget_bytes: Option<u64>,
     /// Hugging Face Hub token
     pub token: Option<String>,
+    /// GGUF: choose every tensor group's type by measured ΔKL within this many bits
+    /// per weight of the whole file ([`crate::target_bpw`]); `None`: the level's mix
+    pub target_bpw: Option<TargetBpw>,
+}
+
+/// `--target-bpw`: the whole file's bits per weight and the calibration windows the
+/// measurement scores (of `--calibration-seq-len` tokens, from `--calibration-data`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetBpw {
+    pub bpw: f64,
+    pub windows: usize,
+    /// the JSON result of an earlier `--target-bpw` run of the same model and
+    /// calibration, whose measured curves are used instead of measuring again
+    pub measurements: Option<PathBuf>,
 }
 
 impl QuantizeRequest {
@@ -143,7 +157,27 @@ impl QuantizeRequest {
                 );
             }
             crate::quantize::gguf_mix(&self.level)?;
+            if let Some(t) = &self.target_bpw {
+                if !(t.bpw.is_finite() && t.bpw > 0.0 && t.bpw <= 32.0) || t.windows == 0 {
+                    return inv(
+                        format!(
+                            "--target-bpw {} with {} measurement windows is not valid",
+                            t.bpw, t.windows
+                        ),
+                        "e.g. --target-bpw 4.5 --measure-windows 16",
+                    );
+                }
+            }
             return Ok(());
+        }
+        if self.target_bpw.is_some() {
+            return inv(
+                format!(
+                    "--target-bpw is implemented for gguf output, not {}",
+                    self.format.name()
+                ),
+                "Use `quantize MODEL gguf --target-bpw X`",
+            );
         }
         if self.imatrix.is_some() {
             return inv(

@@ -13,12 +13,15 @@
 //! the model never looks at.
 //!
 //! Submodules: `load` (tensors → layers), `kv_cache`, `attention` (standard
-//! attention), `mla` (multi-head latent attention), `mlp` (dense MLP and MoE) and
-//! `surgery` (the calibration hooks: one block alone, weight replacement).
+//! attention), `mla` (multi-head latent attention), `mlp` (dense MLP and MoE),
+//! `surgery` (the calibration hooks: one block alone, weight replacement) and
+//! `measure` (the measured allocator's: logits of final hidden states, head and
+//! embedding replacement).
 
 mod attention;
 mod kv_cache;
 mod load;
+mod measure;
 mod memory_plan;
 mod mla;
 mod mlp;

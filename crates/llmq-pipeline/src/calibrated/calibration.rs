@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Calibration samples for a model of context `ctx`: `seq_len` is cut to `ctx` (with
 /// a note). Returns the samples, the notes and the sequence length used.
-pub(super) fn calibration_set(
+pub(crate) fn calibration_set(
     tok: &Tokenizer,
     data: Option<&Path>,
     n_samples: usize,

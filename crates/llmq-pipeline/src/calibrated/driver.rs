@@ -277,6 +277,7 @@ pub(crate) fn quantize_blocks(
         workers: None,
         validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
+        allocation: None,
     })
 }
 

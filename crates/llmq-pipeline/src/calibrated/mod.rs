@@ -57,7 +57,7 @@
 mod activations;
 mod awq_block;
 mod blocks;
-mod calibration;
+pub(crate) mod calibration;
 mod driver;
 mod formats;
 mod fp_block;
@@ -88,7 +88,7 @@ pub const MIN_EXPERT_TOKENS: u64 = 16;
 /// tokens; its scale search uses all, which costs too much on CPUs).
 pub const AWQ_SAMPLE_ROWS: usize = 512;
 
-pub(super) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
+pub(crate) fn engine_err(e: llmq_engine::EngineError) -> PipelineError {
     match e {
         llmq_engine::EngineError::UnsupportedArch(a) => PipelineError::unsupported(
             format!("architecture `{a}` is not supported by the calibration engine"),
