@@ -102,37 +102,5 @@ pub(super) fn open(ordinal: usize) -> Result<(Arc<CudaContext>, (i32, i32))> {
     let cc = ctx
         .compute_capability()
         .map_err(|e| device_err("reading the compute capability", e))?;
-    keep_pool_memory(ordinal);
     Ok((ctx, cc))
-}
-
-/// Let the device's default memory pool (which serves every stream-ordered allocation of
-/// this backend) keep freed memory instead of returning it to the driver at each
-/// synchronisation. With the driver's default threshold of 0, every decode step ends with
-/// a synchronisation (the logits download) that unmaps the pool, and the next step's
-/// allocations map it again. `LLMQ_CUDA_POOL_KEEP=0` keeps the driver's default (to
-/// measure what this saves). Failure only costs speed, so it is ignored.
-fn keep_pool_memory(ordinal: usize) {
-    use cudarc::driver::sys;
-    if std::env::var("LLMQ_CUDA_POOL_KEEP").is_ok_and(|v| v == "0") {
-        return;
-    }
-    // SAFETY: plain driver queries and one attribute write on the device's own pool; the
-    // out-parameters are locals of the right types.
-    unsafe {
-        let mut dev: sys::CUdevice = 0;
-        if sys::cuDeviceGet(&mut dev, ordinal as i32) != sys::CUresult::CUDA_SUCCESS {
-            return;
-        }
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) != sys::CUresult::CUDA_SUCCESS {
-            return;
-        }
-        let mut keep: u64 = u64::MAX;
-        let _ = sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            (&mut keep as *mut u64).cast(),
-        );
-    }
 }
