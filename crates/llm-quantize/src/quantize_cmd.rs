@@ -121,8 +121,8 @@ fn gguf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
     Ok((Format::Gguf, level, Method::KQuant, None))
 }
 
-/// exl3: the level is bits per weight (a whole number, 1…8: one trellis K for every
-/// Linear); the integer-grid flags do not apply.
+/// exl3: the level is bits per weight, 1…8 (a whole number: one trellis K for every
+/// Linear; a fractional one: a mix of K); the integer-grid flags do not apply.
 fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
     if a.act_order || a.symmetric.is_some() || a.group_size != 128 || a.imatrix.is_some() {
         return Err(PipelineError::invalid(
@@ -130,9 +130,14 @@ fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
             "exl3 takes bits per weight: -q 2.0 … 8.0",
         ));
     }
-    let k = llmq_pipeline::exl3_k(&level_of(a)?)?;
+    let bpw = llmq_pipeline::exl3_bpw(&level_of(a)?)?;
     let method = a.method.unwrap_or(Method::Trellis);
-    Ok((Format::Exl3, format!("{k}.0bpw"), method, None))
+    let level = if bpw.fract() == 0.0 {
+        format!("{bpw}.0bpw")
+    } else {
+        format!("{bpw}bpw")
+    };
+    Ok((Format::Exl3, level, method, None))
 }
 
 /// gptq, awq, compressed-tensors: the level gives bits (and symmetry); the grid

@@ -18,6 +18,9 @@ use llmq_formats::GgmlType;
 use llmq_hfquant::FpScheme;
 use std::collections::BTreeMap;
 
+mod trellis;
+pub use trellis::{TrellisTarget, EXL3_HEAD_BITS};
+
 /// How one tensor is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantSpec {

@@ -114,10 +114,10 @@ impl QuantizeRequest {
         self.hadamard_size.unwrap_or(128)
     }
 
-    /// EXL3's bits per weight from the level (`4`, `4.0`, `4.0bpw`): whole numbers 1…8
-    /// only (a fractional bpw mixes two K across tensors, which is not implemented).
-    pub fn trellis_k(&self) -> Result<u32> {
-        exl3_k(&self.level)
+    /// EXL3's bits per weight from the level (`4`, `3.5`, `4.0bpw`), 1.0…8.0; a
+    /// fractional one mixes K across tensors (`Allocation::trellis_for_bpw`).
+    pub fn trellis_bpw(&self) -> Result<f64> {
+        exl3_bpw(&self.level)
     }
 
     /// Whether GGUF output computes an importance matrix from calibration text.
@@ -195,7 +195,7 @@ impl QuantizeRequest {
                     "Use --method trellis (the default for exl3)",
                 );
             }
-            self.trellis_k()?;
+            self.trellis_bpw()?;
             return Ok(());
         }
         if self.method == Method::Trellis {
@@ -332,8 +332,8 @@ impl QuantizeRequest {
     }
 }
 
-/// Parses an EXL3 level (`4`, `4.0`, `4.0bpw`) into K.
-pub fn exl3_k(level: &str) -> Result<u32> {
+/// Parses an EXL3 level (`4`, `3.5`, `4.0bpw`) into bits per weight, 1.0…8.0.
+pub fn exl3_bpw(level: &str) -> Result<f64> {
     let t = level.trim();
     let num = t
         .strip_suffix("bpw")
@@ -351,9 +351,16 @@ pub fn exl3_k(level: &str) -> Result<u32> {
             "Use 1.0 to 8.0",
         ));
     }
+    Ok(bpw)
+}
+
+/// Parses a whole-number EXL3 level (`4`, `4.0`, `4.0bpw`) into K; a fractional one
+/// is refused (it is a mix of K, see [`exl3_bpw`]).
+pub fn exl3_k(level: &str) -> Result<u32> {
+    let bpw = exl3_bpw(level)?;
     if bpw.fract() != 0.0 {
         return Err(PipelineError::unsupported(
-            format!("exl3 at a fractional {bpw} bpw needs per-tensor K mixing, which is not implemented"),
+            format!("exl3 at a fractional {bpw} bpw is a mix of trellis K, not one K"),
             "Use a whole number of bits: 1.0, 2.0, … 8.0",
         ));
     }
@@ -369,6 +376,11 @@ mod tests {
         assert_eq!(exl3_k("4").unwrap(), 4);
         assert_eq!(exl3_k("2.0").unwrap(), 2);
         assert_eq!(exl3_k("8.0bpw").unwrap(), 8);
+        assert_eq!(exl3_bpw("3.5bpw").unwrap(), 3.5);
+        assert_eq!(
+            exl3_bpw("0.5").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
         assert_eq!(
             exl3_k("4.25").unwrap_err().kind(),
             crate::ErrorKind::Unsupported

@@ -91,6 +91,15 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Rows `x` (`[tokens, n_embd]`, the last block's output) through the final norm:
+    /// the output head's input (EXL3 codes the head with their Hessian).
+    pub fn output_normed(&self, x: Vec<f32>) -> Vec<f32> {
+        let mut b = self.be.upload(x);
+        self.be
+            .rms_norm_inplace(&mut b, &self.output_norm, self.hp.eps);
+        self.be.download(b)
+    }
+
     /// Drop the token embeddings (after the calibration samples are embedded).
     pub fn release_embeddings(&mut self, src: &WeightSource) {
         self.tok_embd = None;

@@ -169,6 +169,7 @@ pub(super) fn run_blocks(
     tmp_dir: &Path,
     cfg: &llmq_arch::ArchConfig,
     mut checkpoint: Option<&mut BlockCheckpoint>,
+    head: Option<&str>,
 ) -> Result<BlockResult> {
     let fp = crate::fp_export::fp_scheme(req).is_some();
     let method = block_method(req.method, fp).ok_or_else(|| {
@@ -248,7 +249,8 @@ pub(super) fn run_blocks(
             ignored.extend(b.ignored);
         }
     }
-    let restore = resumed > 0 && resumed < n_layer && !rtn;
+    // a trellis-coded head (EXL3) needs the last block's output too
+    let restore = resumed > 0 && (resumed < n_layer || head.is_some()) && !rtn;
     match checkpoint.as_deref() {
         Some(cp) if restore => {
             if !cp.has_activations() {
@@ -395,7 +397,7 @@ pub(super) fn run_blocks(
         if let (Some(cp), Some(bytes)) = (checkpoint.as_deref_mut(), &block_bytes) {
             // the activations feeding the next block, unless there is none or they
             // are still the embeddings (round-to-nearest)
-            if layer + 1 < n_layer && !rtn {
+            if (layer + 1 < n_layer || head.is_some()) && !rtn {
                 cp.save_block(
                     layer,
                     bytes,
@@ -424,6 +426,12 @@ pub(super) fn run_blocks(
         }
     }
     progress.finish();
+    if let Some(name) = head {
+        progress.message(&format!("Coding the output head {name}..."));
+        let (q, st) = super::trellis_head::code_head(model, &mut store, alloc, tensors, name)?;
+        stats.push(st);
+        modules.insert(name.to_string(), QModule::Trellis(Box::new(q)));
+    }
     Ok((
         stats,
         modules,

@@ -14,15 +14,15 @@ use super::write::write_rest;
 use super::write_exl3::{validate_exl3, write_exl3};
 use super::write_fp::{validate_fp, write_fp};
 use super::{engine_err, Tensors};
-use crate::allocate::Allocation;
+use crate::allocate::{Allocation, QuantSpec, TensorSpec, TrellisTarget, EXL3_HEAD_BITS};
 use crate::checkpoint::BlockCheckpoint;
 use crate::error::{PipelineError, Result};
 use crate::report::{CalibrationSummary, QuantizeOutcome};
-use crate::request::QuantizeRequest;
+use crate::request::{Method, QuantizeRequest};
 use crate::run::Progress;
 use crate::source::{self, ResolvedModel};
 use crate::staging::{self, OutputKind, StagedFolder};
-use llmq_arch::{gguf_plan, unfuse_gpt_oss_experts};
+use llmq_arch::{gguf_plan, unfuse_gpt_oss_experts, TensorRole};
 use llmq_calib::dataset::CalibrationSet;
 use llmq_engine::{Model, WeightSource};
 use std::path::Path;
@@ -35,10 +35,11 @@ pub(crate) fn quantize_blocks(
 ) -> Result<QuantizeOutcome> {
     let exl3 = req.format == crate::request::OutputFormat::Exl3;
     let fp = crate::fp_export::fp_scheme(req);
-    // allocate: one grid (or one trellis K, or one floating-point grid and rotation)
-    // for every Linear (routers stay in full precision, see blocks)
+    // allocate: one grid (or one floating-point grid and rotation) for every Linear
+    // (routers stay in full precision, see blocks); EXL3's per-tensor K once the
+    // tensors are known (below)
     let alloc = if exl3 {
-        Allocation::uniform_trellis(req.trellis_k()?)
+        Allocation::uniform_trellis(1)
     } else if let Some(scheme) = fp {
         let hadamard = (req.method == crate::request::Method::MrGptq).then(|| req.hadamard_block());
         Allocation::uniform_fp(req.method, scheme, hadamard)
@@ -98,21 +99,18 @@ pub(crate) fn quantize_blocks(
             "Quantize this model to gguf instead",
         ));
     }
-    if exl3 && cfg.moe.is_some() {
-        return Err(PipelineError::unsupported(
-            format!(
-                "exl3 output of mixture-of-experts models ({}) is not implemented: EXL3 needs one K per stacked expert projection and there is no per-expert allocation yet",
-                summary.architecture
-            ),
-            "Quantize this model to gguf, gptq or awq",
-        ));
-    }
     let specs = plan
         .tensors
         .into_iter()
         .map(|t| (t.gguf_name.clone(), t))
         .collect();
     let tensors = Tensors::new(st, specs, unfused);
+    // EXL3: exllamav3's per-tensor K for the level's bpw, and the head at its own K
+    let (alloc, head) = if exl3 {
+        exl3_allocation(req, &tensors)?
+    } else {
+        (alloc, None)
+    };
     // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
     let mut model = if crate::test_hooks::get().whole_model {
@@ -185,6 +183,7 @@ pub(crate) fn quantize_blocks(
         &staged.tmp,
         &cfg,
         checkpoint.as_mut(),
+        head.as_deref(),
     );
     drop(src);
     let (stats, quantized_modules, overrides, spilled, ignored, layers_resumed) = match result {
@@ -202,6 +201,7 @@ pub(crate) fn quantize_blocks(
                 &staged.tmp,
                 (calib.samples.len(), seq_len),
                 &dir,
+                head.as_deref(),
             )?;
         } else if let Some(scheme) = fp {
             write_fp(
@@ -313,4 +313,39 @@ fn calibrated_fingerprint(
         final_dir.display()
     );
     crate::checkpoint::sha256_hex(text.as_bytes())
+}
+
+/// EXL3's allocation: exllamav3's rule for the level's bpw over every Linear of the
+/// blocks (routers excepted), and the head (when it is coded, see
+/// [`super::trellis_head::head_weight`]) at [`EXL3_HEAD_BITS`].
+fn exl3_allocation(
+    req: &QuantizeRequest,
+    tensors: &Tensors,
+) -> Result<(Allocation, Option<String>)> {
+    let mut targets = Vec::new();
+    for spec in tensors.specs.values() {
+        if spec.layer.is_none() || spec.role == TensorRole::FfnGateInp {
+            continue;
+        }
+        for (name, shape) in spec.sources.iter().zip(&spec.source_shapes) {
+            if shape.len() == 2 && name.ends_with(".weight") {
+                targets.push(TrellisTarget {
+                    name: name.clone(),
+                    numel: shape.iter().product::<usize>() as u64,
+                });
+            }
+        }
+    }
+    let (mut alloc, _) = Allocation::trellis_for_bpw(req.trellis_bpw()?, &targets)?;
+    let head = super::trellis_head::head_weight(tensors);
+    if let Some(h) = &head {
+        alloc.set(
+            h,
+            TensorSpec {
+                method: Method::Trellis,
+                quant: QuantSpec::Trellis { k: EXL3_HEAD_BITS },
+            },
+        );
+    }
+    Ok((alloc, head))
 }

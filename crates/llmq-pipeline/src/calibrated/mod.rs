@@ -67,6 +67,7 @@ mod memory_need;
 mod methods;
 mod observe;
 mod trellis_block;
+mod trellis_head;
 mod validate;
 mod write;
 mod write_exl3;

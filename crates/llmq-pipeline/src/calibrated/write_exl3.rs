@@ -3,7 +3,10 @@
 //! module's tensors (`llmq_trellis::exl3_format::linear_tensors`), every other tensor
 //! copied as stored, `config.json` with the EXL3 `quantization_config`, the separate
 //! `quantization_config.json` with each module's `tensor_storage`, and the tokenizer
-//! files. The head and the embeddings stay in the source's precision (`head_bits: 16`).
+//! files. `bits` is the realised average K over the decoder's Linears (the head apart,
+//! as exllamav3 counts it); `head_bits` is the head's K when it is coded
+//! ([`super::trellis_head`]), else 16 (kept in the source's precision). The embeddings
+//! stay as stored.
 
 use super::write::st_to_hf_dtype;
 use super::{hf_err, module_of, QModule, Tensors};
@@ -58,13 +61,15 @@ fn torch_dtype(d: Dtype) -> &'static str {
 }
 
 /// Writes the EXL3 folder's tensors, `config.json`, `quantization_config.json` and the
-/// tokenizer files into `tmp_dir`.
+/// tokenizer files into `tmp_dir`; `head` is the head's weight name when it is among
+/// the coded `modules`.
 pub(super) fn write_exl3(
     tensors: &Tensors,
     modules: &BTreeMap<String, QModule>,
     tmp_dir: &Path,
     calibration: (usize, usize),
     src_dir: &Path,
+    head: Option<&str>,
 ) -> Result<()> {
     let mut w = ShardedWriter::new(tmp_dir, llmq_hfquant::writer::DEFAULT_MAX_SHARD_BYTES)
         .map_err(hf_err)?;
@@ -72,6 +77,7 @@ pub(super) fn write_exl3(
     let mut written_bias = std::collections::BTreeSet::new();
     let (mut numel, mut bits) = (0f64, 0f64);
     let mut codebook = super::trellis_block::CODEBOOK;
+    let mut head_bits = HEAD_KEPT;
     for (hf, m) in modules {
         let q = trellis_of(m)?;
         codebook = q.codebook;
@@ -89,6 +95,10 @@ pub(super) fn write_exl3(
                 HfTensor::from_raw(hf_dtype(t.dtype), &t.shape, t.data),
             )
             .map_err(hf_err)?;
+        }
+        if Some(hf.as_str()) == head {
+            head_bits = q.k;
+            continue;
         }
         let n = (q.in_features * q.out_features) as f64;
         numel += n;
@@ -128,7 +138,7 @@ pub(super) fn write_exl3(
     let qc = exl3_format::quantization_config(
         env!("CARGO_PKG_VERSION"),
         bits / numel.max(1.0),
-        HEAD_KEPT,
+        head_bits,
         Some(calibration),
         true,
         codebook,
