@@ -52,6 +52,10 @@ pub mod tile_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_kquants;
 #[cfg(target_arch = "x86_64")]
+pub mod tile_wide;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_wide_decode;
+#[cfg(target_arch = "x86_64")]
 mod tiled;
 
 pub use crate::dequant::dequantize_row;
