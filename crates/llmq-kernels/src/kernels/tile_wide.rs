@@ -14,11 +14,11 @@
 //! block are that kernel's (`acc = fma(d·d_a, f32(sumi), acc)` on 8 lanes, Q4_K/Q5_K's
 //! `accm = fma(dmin·d_a, f32(Σ mins·bsums), accm)` on 4 lanes, Q6_K's `−32·Σ sc·bsums`
 //! folded into `sumi` first) and so is the final sum, so a token's result is the same
-//! bits whatever else is in the batch (as in [`super::tile_kquants`]).
+//! bits whatever else is in the batch.
 //!
 //! The activations are packed once per call ([`pack`]): per 8-token group and block,
 //! for each sub-block and token pair the `A` bytes of both tokens then their `B` bytes
-//! (widened to i16 in the kernel), then as in [`super::tile_kquants`] each pair's `d`
+//! (widened to i16 in the kernel), then each pair's `d`
 //! (16 × f32) and raw `bsums`, the `bsums` summed in pairs for 4 tokens and those `d`.
 
 #![allow(unsafe_op_in_unsafe_fn)]
