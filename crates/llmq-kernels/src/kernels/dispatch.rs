@@ -67,8 +67,18 @@ pub struct KernelRow {
 pub enum Tile {
     /// Signed 32-value types: the row decoder of `tile_avx512`.
     Legacy(super::tile_avx512::DecodeFn),
-    /// K-quants: the tile of `tile_kquants`.
-    KQuant(super::tile_kquants::KTileFn),
+    /// IQ4_XS and k-quants on 16-bit products: `tile_wide` with the type's decoder.
+    Wide(super::tile_wide::WideType),
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! wide {
+    ($dec:ident, $extra:ident) => {
+        Tile::Wide(super::tile_wide::WideType {
+            decode: super::tile_wide_decode::$dec,
+            extra: super::tile_wide::Extra::$extra,
+        })
+    };
 }
 
 macro_rules! row {
@@ -123,11 +133,13 @@ pub const KERNELS: &[KernelRow] = &[
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,
-        tile: Tile::KQuant(super::tile_kquants::tile_q4_k)),
-    row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k),
+        tile: wide!(decode_q4_k, Mins)),
+    row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k,
+        tile: wide!(decode_q5_k, Mins)),
     row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
-        tile: Tile::KQuant(super::tile_kquants::tile_q6_k)),
-    row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs),
+        tile: wide!(decode_q6_k, Offset32)),
+    row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs,
+        tile: wide!(decode_iq4_xs, Plain)),
 ];
 
 /// The types of [`KERNELS`].

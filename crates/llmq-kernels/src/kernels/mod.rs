@@ -15,8 +15,9 @@
 //! Where the CPU has AVX-512 (F, BW, VNNI; `LLMQ_KERNELS_NO_AVX512=1` switches it off),
 //! prompts of 8 tokens or more run through register tiles instead (`tiled`): 4 weight
 //! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
-//! per call, activations packed once), 2 rows × 8 tokens for Q4_K / Q6_K
-//! ([`tile_kquants`]); decode uses [`dot_legacy_avx512`] for the signed 32-value types.
+//! per call, activations packed once), and for IQ4_XS, Q4_K, Q5_K, Q6_K ([`tile_wide`]:
+//! each value times its sub-block scale decoded once per call as an i16, `vpdpwssd`);
+//! decode uses [`dot_legacy_avx512`] for the signed 32-value types.
 //! Every multi-row and AVX-512 kernel does each output's float operations in the same
 //! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
 //! share the call (nor on AVX2 against AVX-512).
@@ -50,7 +51,9 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_avx512;
 #[cfg(target_arch = "x86_64")]
-pub mod tile_kquants;
+pub mod tile_wide;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_wide_decode;
 #[cfg(target_arch = "x86_64")]
 mod tiled;
 

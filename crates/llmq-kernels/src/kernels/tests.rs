@@ -608,7 +608,15 @@ fn rows_are_independent_of_batch_size() {
 fn tiled_prompts_across_panels_and_chunks_are_batch_invariant() {
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let isa = Isa::detect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+    let types = [
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::IQ4XS,
+    ];
+    for ty in types {
         let (rows, cols, n) = (37, 32 * 1024, 17);
         let w = weights(&mut rng, ty, rows, cols);
         let x = activations(&mut rng, n, cols);

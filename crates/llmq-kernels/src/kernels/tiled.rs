@@ -1,21 +1,31 @@
 //! Prompt processing through the AVX-512 register tiles (8 tokens × a few weight rows,
-//! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_kquants`] for
-//! Q4_K / Q6_K): the activations are packed once per call, each task takes a chunk of
-//! up to 64 weight rows and walks token panels (kept in L2) × row tiles × 8-token
-//! groups; the tokens past the last full group go through the 4-row and 1-row kernels.
+//! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_wide`] for
+//! IQ4_XS, Q4_K, Q5_K and Q6_K): the activations are packed once per call, each task takes a chunk of up to
+//! 64 weight rows (fewer where their decoded form would not stay in L2) and walks token
+//! panels (kept in L2) × row tiles × 8-token groups; the tokens past the last full group
+//! go through the 4-row and 1-row kernels.
 
 use super::dispatch::{Kernel, Tile};
-use super::{act_quant, tail, tile_avx512 as lg, tile_kquants as kq, OutPtr};
+use super::{act_quant, tail, tile_avx512 as lg, tile_wide as wd, OutPtr};
 use crate::tensor::WeightMatrix;
 use rayon::prelude::*;
 
 /// Tokens per tile (both tile families).
 pub const GROUP: usize = 8;
-const _: () = assert!(lg::GROUP == GROUP && kq::GROUP == GROUP);
+const _: () = assert!(lg::GROUP == GROUP && wd::GROUP == GROUP);
 
 /// Activation bytes of one token panel: the panel stays in L2 while every row tile of a
 /// chunk passes over it.
 const PANEL_BYTES: usize = 512 << 10;
+
+/// Most bytes of decoded weights (`tile_wide`) per chunk of rows.
+const DECODED_BYTES: usize = 512 << 10;
+
+/// A chunk's weight rows, decoded for its tile family.
+enum Decoded {
+    Legacy(lg::Decoded),
+    Wide(wd::Decoded, wd::Extra),
+}
 
 /// `y` for `n ≥ 8` tokens of packed activations `acts` (`rb` bytes a row).
 pub fn run(
@@ -33,42 +43,49 @@ pub fn run(
             let nb = rb / act_quant::Q8_0_BYTES;
             (lg::pack(acts, rb, n), lg::group_bytes(nb), lg::ROWS)
         }
-        Tile::KQuant(_) => {
+        Tile::Wide(_) => {
             let nb = rb / act_quant::Q8_K_BYTES;
-            (kq::pack(acts, rb, n), kq::group_bytes(nb), kq::ROWS)
+            (wd::pack(acts, rb, n), wd::group_bytes(nb), wd::ROWS)
         }
     };
     let threads = rayon::current_num_threads().max(1);
-    let chunk = rows.div_ceil(threads * 4).clamp(4, 64).next_multiple_of(4);
+    let most = match tile {
+        Tile::Wide(_) => DECODED_BYTES / (rb / act_quant::Q8_K_BYTES * wd::DEC_BLOCK).max(1),
+        _ => 64,
+    };
+    let chunk = rows
+        .div_ceil(threads * 4)
+        .clamp(4, most.clamp(4, 64))
+        .next_multiple_of(4);
     let n_chunks = rows.div_ceil(chunk);
     let groups = n / GROUP;
     let panel = (PANEL_BYTES / gbytes.max(1)).clamp(1, groups.max(1));
     let out = OutPtr(y.as_mut_ptr());
     let body = |ci: usize| {
         let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
+        let rows_of = (r0..r1).map(|r| w.row(r));
         let decoded = match tile {
-            Tile::Legacy(dec) => Some(lg::Decoded::new(
-                dec,
-                rb / act_quant::Q8_0_BYTES,
-                (r0..r1).map(|r| w.row(r)),
-            )),
-            Tile::KQuant(_) => None,
+            Tile::Legacy(dec) => {
+                Decoded::Legacy(lg::Decoded::new(dec, rb / act_quant::Q8_0_BYTES, rows_of))
+            }
+            Tile::Wide(t) => Decoded::Wide(
+                wd::Decoded::new(t.decode, rb / act_quant::Q8_K_BYTES, rows_of),
+                t.extra,
+            ),
         };
         let mut res = [[0.0f32; GROUP]; 4];
         for g0 in (0..groups).step_by(panel) {
             for q0 in (r0..r1).step_by(rows_per) {
                 let rr = rows_per.min(r1 - q0);
-                let wrows = [w.row(q0), w.row((q0 + 1).min(r1 - 1))];
                 for g in g0..(g0 + panel).min(groups) {
                     let a = &packed[g * gbytes..(g + 1) * gbytes];
-                    match (tile, &decoded) {
-                        // SAFETY: the dispatcher hands out tiles only where AVX-512
-                        // F/BW/VNNI and AVX2/FMA/F16C were detected.
-                        (Tile::Legacy(_), Some(d)) => unsafe {
-                            lg::tile(d, q0 - r0, rr, a, &mut res)
-                        },
-                        (Tile::KQuant(f), _) => f(&wrows[..rr], a, &mut res),
-                        (Tile::Legacy(_), None) => unreachable!("decoded above"),
+                    // SAFETY: the dispatcher hands out tiles only where AVX-512
+                    // F/BW/VNNI and AVX2/FMA/F16C were detected.
+                    unsafe {
+                        match &decoded {
+                            Decoded::Legacy(d) => lg::tile(d, q0 - r0, rr, a, &mut res),
+                            Decoded::Wide(d, x) => wd::tile(d, *x, q0 - r0, rr, a, &mut res),
+                        }
                     }
                     for (r, vals) in res.iter().take(rr).enumerate() {
                         for (i, &v) in vals.iter().enumerate() {
