@@ -138,11 +138,12 @@ struct GQ8_0 {
 };
 
 // A legacy block's 32 unsigned codes (lo: values 0..15, hi: 16..31, four per word) dotted
-// with NB activation rows: d·dx·(Σ q·qx - OFF·Σ qx) without a minimum (Q4_0 / Q5_0), or
-// d·dx·Σ q·qx + m·s with one (Q4_1 / Q5_1, s = Q8_1's f16 block sum).
-template <int NB, bool MIN, int OFF>
-__device__ __forceinline__ void offset_or_min_dot(const int* lo, const int* hi, float d, float m, int u,
-                                                  const QAct& a, float* acc) {
+// with NB activation rows: d·dx·(Σ q·qx - off·Σ qx) without a minimum (Q4_0 / Q5_0: a fixed
+// offset; the integer checkpoints' blocks: their zero point), or d·dx·Σ q·qx + m·s with one
+// (Q4_1 / Q5_1, s = Q8_1's f16 block sum).
+template <int NB, bool MIN>
+__device__ __forceinline__ void offset_or_min_dot(const int* lo, const int* hi, float d, float m, int off,
+                                                  int u, const QAct& a, float* acc) {
 #pragma unroll
     for (int r = 0; r < NB; r++) {
         if (r < a.nb) {
@@ -153,7 +154,7 @@ __device__ __forceinline__ void offset_or_min_dot(const int* lo, const int* hi, 
                 acc[r] += d * a.d(r, u * 32) * (float)s + m * a.s32(r, u * 32);
             } else {
                 int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
-                acc[r] += d * a.d(r, u * 32) * (float)(s - OFF * sum);
+                acc[r] += d * a.d(r, u * 32) * (float)(s - off * sum);
             }
         }
     }
@@ -178,7 +179,7 @@ struct GQ4 {
             lo[k] = v & 0x0F0F0F0F;
             hi[k] = (v >> 4) & 0x0F0F0F0F;
         }
-        offset_or_min_dot<NB, MIN, 8>(lo, hi, d, m, u, a, acc);
+        offset_or_min_dot<NB, MIN>(lo, hi, d, m, 8, u, a, acc);
     }
 };
 
@@ -200,7 +201,7 @@ struct GQ5 {
             lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
             hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
         }
-        offset_or_min_dot<NB, MIN, 16>(lo, hi, d, m, u, a, acc);
+        offset_or_min_dot<NB, MIN>(lo, hi, d, m, 16, u, a, acc);
     }
 };
 
@@ -236,16 +237,7 @@ struct GQINT {
                 hi[k] = ld32_a1(qs + 16 + 4 * k);
             }
         }
-#pragma unroll
-        for (int r = 0; r < NB; r++) {
-            if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, u * 32);
-                int4 x0 = x[0], x1 = x[1];
-                int s = dot16(hi, x1, dot16(lo, x0, 0));
-                int sum = a.s(r, u * 32) + a.s(r, u * 32 + 16);
-                acc[r] += d * a.d(r, u * 32) * (float)(s - z * sum);
-            }
-        }
+        offset_or_min_dot<NB, false>(lo, hi, d, 0.0f, z, u, a, acc);
     }
 };
 
