@@ -53,12 +53,16 @@ fn nvrtc_compiles_every_kernel() {
     for arch in ["compute_80", "compute_90"] {
         let ptx = cuda::compile_uncached(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let kernels = ptx.matches(".entry ").count();
-        // 19 shared kernels + gemv and embed per GPU type + two integer GEMVs per
+        // the shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
         // dequantization per quantized type)
+        for k in cuda::KERNELS {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
+        }
         assert_eq!(
             kernels,
-            19 + 2 * cuda::GPU_TYPES.len()
+            cuda::KERNELS.len()
+                + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len(),

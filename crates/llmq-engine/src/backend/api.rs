@@ -129,6 +129,13 @@ pub trait Backend: Sized {
     fn to_host<'a>(&self, b: &'a Self::Buf) -> Cow<'a, [f32]>;
     /// A buffer's values on the host, consuming it.
     fn download(&self, b: Self::Buf) -> Vec<f32>;
+    /// A forward step of `tokens` tokens over `seqs` sequences begins: a backend may
+    /// defer its work until a result is read and replay repeated steps as a whole (the
+    /// CUDA backend's graphs). Nothing by default.
+    fn begin_step(&self, _tokens: usize, _seqs: usize) {}
+    /// The step that [`Backend::begin_step`] began is over, successful or not: all its
+    /// work has been issued.
+    fn end_step(&self) {}
     /// Whether this backend computes `w` (tensor `name`): the loader asks before
     /// [`Backend::upload_weight`], so a model with a weight type the backend lacks is
     /// refused at load, naming the tensor. Every type by default.

@@ -80,7 +80,6 @@ impl<B: Backend> Model<B> {
     pub fn forward(&self, seqs: &mut [SeqStep<'_, B>]) -> Result<Vec<Vec<f32>>> {
         let hp = &self.hp;
         let be = &self.be;
-        let d = hp.n_embd;
         // token → (sequence, position)
         let mut tok_seq = Vec::new();
         let mut tok_pos = Vec::new();
@@ -118,7 +117,37 @@ impl<B: Backend> Model<B> {
             seq: &tok_seq,
             pos: &tok_pos,
         };
-        let mut x = self.embed_ids(&ids)?;
+        be.begin_step(ids.len(), seqs.len());
+        let logits = self.step_logits(seqs, &ids, tokens);
+        be.end_step();
+        let logits = logits?;
+        let v = hp.n_vocab;
+        let mut result = Vec::with_capacity(seqs.len());
+        let mut k = 0;
+        for step in seqs.iter() {
+            let n = match step.logits {
+                Logits::None => 0,
+                Logits::Last => usize::from(!step.tokens.is_empty()),
+                Logits::All => step.tokens.len(),
+            };
+            result.push(logits[k * v..(k + n) * v].to_vec());
+            k += n;
+        }
+        Ok(result)
+    }
+
+    /// The blocks over the step's tokens, the caches advanced, and the logits of the
+    /// rows the steps ask for (row-major, `n_vocab` each).
+    fn step_logits(
+        &self,
+        seqs: &mut [SeqStep<'_, B>],
+        ids: &[u32],
+        tokens: TokenMap<'_>,
+    ) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let be = &self.be;
+        let d = hp.n_embd;
+        let mut x = self.embed_ids(ids)?;
         let mut tap = Tap::none();
         for li in 0..self.layers.len() {
             self.layer_forward(li, &mut x, seqs, tokens, &mut tap)?;
@@ -148,20 +177,7 @@ impl<B: Backend> Model<B> {
         if let Some(c) = hp.final_softcap {
             be.softcap(&mut logits, c);
         }
-        let logits = be.download(logits);
-        let v = hp.n_vocab;
-        let mut result = Vec::with_capacity(seqs.len());
-        let mut k = 0;
-        for step in seqs.iter() {
-            let n = match step.logits {
-                Logits::None => 0,
-                Logits::Last => usize::from(!step.tokens.is_empty()),
-                Logits::All => step.tokens.len(),
-            };
-            result.push(logits[k * v..(k + n) * v].to_vec());
-            k += n;
-        }
-        Ok(result)
+        Ok(be.download(logits))
     }
 
     /// The embedding rows of `tokens` (`[tokens, n_embd]`), the input of block 0.

@@ -2,11 +2,11 @@
 //! reading its own sequence's cache through a table of per-token K and V addresses.
 //! Standard attention and absorbed MLA are the same kernel with different strides.
 
-use super::buffers::{ok, CudaBuf};
+use super::buffers::CudaBuf;
 use super::ops::launch;
 use super::Cuda;
 use crate::backend::api::{AttnShape, KvView, MlaShape, TokenMap};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Keys per tile (`ATT_TILE` in `kernels/attention.cu`).
 const TILE: usize = 128;
@@ -43,7 +43,7 @@ fn run(
     sinks: u64,
 ) -> CudaBuf {
     let n = tokens.len();
-    let out = CudaBuf::alloc(be.stream(), n * g.n_head * g.dv);
+    let out = be.buf(n * g.n_head * g.dv);
     if n == 0 || g.n_head == 0 {
         return out;
     }

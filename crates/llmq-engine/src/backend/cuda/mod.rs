@@ -17,6 +17,8 @@ mod buffers;
 mod compile;
 mod device;
 mod ops;
+mod record;
+mod step;
 mod tensor_core;
 mod trace;
 mod uploads;
@@ -25,6 +27,7 @@ mod weights;
 pub use buffers::CudaBuf;
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
+pub use record::GraphStats;
 pub use tensor_core::DEQUANT_TYPES as DEQUANT_F16_TYPES;
 pub use weights::{CudaWeight, GPU_TYPES, INT_DOT_TYPES};
 
@@ -36,7 +39,7 @@ use std::sync::Arc;
 
 /// The kernels every model needs (the per-type `gemv_*` / `embed_*` come from
 /// [`GPU_TYPES`]).
-const KERNELS: &[&str] = &[
+pub const KERNELS: &[&str] = &[
     "rms_norm",
     "add_bias",
     "add_assign",
@@ -48,6 +51,7 @@ const KERNELS: &[&str] = &[
     "slice_cols",
     "permute_cols",
     "write_cols",
+    "copy_at",
     "concat_cols",
     "scatter_add_rows",
     "attention",
@@ -71,6 +75,8 @@ struct Inner {
     tensor_core: Option<tensor_core::TensorCore>,
     /// prompt products go to `tensor_core` (when it is there)
     tensor_core_on: std::sync::atomic::AtomicBool,
+    /// decode steps recorded and replayed as CUDA graphs (`record`)
+    rec: std::sync::Mutex<record::Recorder>,
 }
 
 /// One CUDA device with the engine's kernels loaded.
@@ -92,7 +98,10 @@ impl Cuda {
         // One stream, so no per-buffer event tracking is needed.
         // SAFETY: every buffer of this backend is used on `stream` only.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // a stream of its own: the legacy default stream cannot be captured into graphs
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| device::device_err("creating a CUDA stream", e))?;
         let arch = format!("compute_{}{}", cc.0, cc.1);
         let ptx = compile::compile(&arch)?;
         let module = ctx
@@ -121,6 +130,8 @@ impl Cuda {
         }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let tensor_core = tensor_core::TensorCore::open(&stream);
+        let trace = trace::global();
+        let graphs = !trace.on() && std::env::var("LLMQ_CUDA_GRAPHS").map_or(true, |v| v != "0");
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -131,7 +142,8 @@ impl Cuda {
                 ordinal,
                 cc,
                 uploads: uploads::UploadCache::default(),
-                trace: trace::global(),
+                trace,
+                rec: std::sync::Mutex::new(record::Recorder::new(graphs)),
                 tensor_core_on: std::sync::atomic::AtomicBool::new(tensor_core.is_some()),
                 tensor_core,
             }),
@@ -174,10 +186,13 @@ impl Cuda {
 
     /// Wait for all queued work (timing).
     pub fn synchronize(&self) -> Result<()> {
+        self.flush_recorded(false);
         self.inner
             .stream
             .synchronize()
-            .map_err(|e| device::device_err("synchronize", e))
+            .map_err(|e| device::device_err("synchronize", e))?;
+        self.stream_synced();
+        Ok(())
     }
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
@@ -204,15 +219,6 @@ impl Cuda {
             }
             self.inner.trace.record(name, t);
         }
-    }
-
-    /// `v` on the device, reusing the copy of an earlier upload of the same values
-    /// (positions, RoPE factors, cache addresses; see `uploads`).
-    fn cached<T: uploads::Cacheable>(&self, v: &[T]) -> Arc<cudarc::driver::CudaSlice<T>> {
-        let t = self.trace_start();
-        let s = self.inner.uploads.get(self.stream(), v);
-        self.trace_end("upload (cached)", t);
-        s
     }
 
     pub(crate) fn func(&self, name: &str) -> &CudaFunction {

@@ -2,7 +2,7 @@
 //! backend's stream (`kernels/elementwise.cu`, `kernels/gemv.cu`); index lists the
 //! model passes on the host (token ids, positions, routed rows) are copied up per call.
 
-use super::buffers::{ok, CudaBuf};
+use super::buffers::{CudaBuf, Dev};
 use super::tensor_core::TensorCore;
 use super::weights::{self, ActRound, CudaWeight};
 use super::{attention, unsupported, Cuda};
@@ -11,7 +11,7 @@ use crate::backend::api::{
 };
 use crate::error::Result;
 use crate::hparams::{MoeParams, RopeKind};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use llmq_kernels::WeightMatrix;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -33,17 +33,15 @@ pub(super) fn flat(n: usize) -> LaunchConfig {
     }
 }
 
-/// Launch kernel `$name` of `$be` with `$cfg` and the arguments that follow.
+/// Launch kernel `$name` of `$be` with `$cfg` and the arguments that follow (device
+/// buffers and scalars; see `record::KArg`), or record the launch (`step`). The
+/// arguments must match the kernel's signature in `kernels/`, and every index the kernel
+/// forms must stay inside the buffers passed (checked by callers).
 macro_rules! launch {
     ($be:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $be.func($name);
-        let t = $be.trace_start();
-        let mut b = $be.stream().launch_builder(f);
-        $( b.arg($arg); )+
-        // SAFETY: the arguments match the kernel's signature in `kernels/`, and every
-        // index the kernel forms stays inside the buffers passed (checked by callers).
-        ok($name, unsafe { b.launch($cfg) });
-        $be.trace_end($name, t);
+        let mut a = $crate::backend::cuda::record::Args::new();
+        $( a.push($arg); )+
+        $be.launch_args($name, $cfg, &a);
     }};
 }
 pub(super) use launch;
@@ -51,22 +49,13 @@ pub(super) use launch;
 /// Activations packed for the integer kernels: int8 values, a scale per 32, a sum per 16,
 /// and Q8_1's f16 block sum per 32 (one unread value for the other roundings).
 struct PackedAct {
-    qx: CudaSlice<i8>,
-    dx: CudaSlice<f32>,
-    sx: CudaSlice<i32>,
-    s1: CudaSlice<f32>,
+    qx: Dev<i8>,
+    dx: Dev<f32>,
+    sx: Dev<i32>,
+    s1: Dev<f32>,
 }
 
 impl Cuda {
-    /// Host integers (indices, positions) on the device.
-    pub(super) fn upload_i32(&self, v: impl IntoIterator<Item = usize>) -> CudaSlice<i32> {
-        let v: Vec<i32> = v.into_iter().map(|x| x as i32).collect();
-        let t = self.trace_start();
-        let s = ok("upload", self.stream().clone_htod(&v[..]));
-        self.trace_end("upload", t);
-        s
-    }
-
     /// `x` (`len` values) rounded as the CPU engine rounds the activations of a
     /// weight with rounding `act`; `None` for f32.
     pub(super) fn round_activations(
@@ -78,7 +67,7 @@ impl Cuda {
         if act == ActRound::F32 || len == 0 {
             return None;
         }
-        let y = CudaBuf::alloc(self.stream(), len);
+        let y = self.buf(len);
         match act {
             // Q8_1's values are Q8_0's (its block sum only enters the integer kernels)
             ActRound::Q8_0 | ActRound::Q8_1 => {
@@ -100,18 +89,15 @@ impl Cuda {
 
     /// `x` packed to int8 as the CPU rounds it for `w`'s type (`kernels/gemvq.cu`).
     fn pack_activations(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> PackedAct {
-        let s = self.stream();
         let len = n * w.cols;
-        // SAFETY: the packing kernels write every value before the GEMV reads it.
+        // the packing kernels write every value before the GEMV reads it
         let s1_len = if w.act == ActRound::Q8_1 { len / 32 } else { 1 };
-        let (qx, dx, sx, s1) = unsafe {
-            (
-                ok("alloc", s.alloc::<i8>(len.max(1))),
-                ok("alloc", s.alloc::<f32>((len / 32).max(1))),
-                ok("alloc", s.alloc::<i32>((len / 16).max(1))),
-                ok("alloc", s.alloc::<f32>(s1_len.max(1))),
-            )
-        };
+        let (qx, dx, sx, s1) = (
+            self.dev::<i8>(len),
+            self.dev::<f32>(len / 32),
+            self.dev::<i32>(len / 16),
+            self.dev::<f32>(s1_len),
+        );
         match w.act {
             ActRound::Q8_0 => {
                 let blocks = (len / 32) as u64;
@@ -186,7 +172,7 @@ impl Cuda {
     /// Mean seconds of the weight product kernel alone over `iters` back-to-back
     /// launches (activations rounded or packed once before; for GEMV timings).
     pub fn time_matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize, iters: usize) -> Result<f64> {
-        let y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let y = self.buf(n * w.rows);
         let packed = w.int_dot.then(|| self.pack_activations(w, x, n));
         let rounded = if w.int_dot {
             None
@@ -208,17 +194,20 @@ impl Cuda {
         Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
     }
 
-    /// `b`'s values on the host (traced as `download`).
-    fn fetch(&self, b: &CudaBuf) -> Vec<f32> {
+    /// `b`'s values on the host (traced as `download`), after the recorded work;
+    /// `midway`: the step goes on after this read.
+    fn fetch(&self, b: &CudaBuf, midway: bool) -> Vec<f32> {
+        self.flush_recorded(midway);
         let t = self.trace_start();
         let v = b.to_vec(self.stream());
+        self.stream_synced();
         self.trace_end("download", t);
         v
     }
 
     /// `x`'s `n` rows with their columns gathered into the stored order `perm`.
     fn permute_cols(&self, x: &CudaBuf, perm: &CudaSlice<i32>, n: usize, cols: usize) -> CudaBuf {
-        let y = CudaBuf::alloc(self.stream(), n * cols);
+        let y = self.buf(n * cols);
         let (rows, width) = (n as u64, cols as i32);
         launch!(
             self,
@@ -259,11 +248,15 @@ impl Backend for Cuda {
     type Weight = CudaWeight;
 
     fn upload(&self, v: Vec<f32>) -> CudaBuf {
-        CudaBuf::from_host(self.stream(), &v)
+        CudaBuf {
+            data: self.put(&v),
+            len: v.len(),
+            max: v.len(),
+        }
     }
 
     fn zeros(&self, n: usize) -> CudaBuf {
-        CudaBuf::zeros(self.stream(), n)
+        self.buf_zeroed(n)
     }
 
     fn len(&self, b: &CudaBuf) -> usize {
@@ -271,11 +264,19 @@ impl Backend for Cuda {
     }
 
     fn to_host<'a>(&self, b: &'a CudaBuf) -> Cow<'a, [f32]> {
-        Cow::Owned(self.fetch(b))
+        Cow::Owned(self.fetch(b, true))
     }
 
     fn download(&self, b: CudaBuf) -> Vec<f32> {
-        self.fetch(&b)
+        self.fetch(&b, false)
+    }
+
+    fn begin_step(&self, tokens: usize, seqs: usize) {
+        self.begin_recorded_step(tokens, seqs);
+    }
+
+    fn end_step(&self) {
+        self.end_recorded_step();
     }
 
     fn check_weight(&self, name: &str, w: &WeightMatrix) -> Result<()> {
@@ -319,7 +320,7 @@ impl Backend for Cuda {
     }
 
     fn append_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, width: usize, rows: Range<usize>) {
-        dst.append(self.stream(), src, rows.start * width, rows.len() * width);
+        self.append_values(dst, src, rows.start * width, rows.len() * width);
     }
 
     fn truncate_rows(&self, b: &mut CudaBuf, width: usize, rows: usize) {
@@ -327,7 +328,7 @@ impl Backend for Cuda {
     }
 
     fn gather_rows(&self, x: &CudaBuf, width: usize, rows: &[usize]) -> CudaBuf {
-        let out = CudaBuf::alloc(self.stream(), rows.len() * width);
+        let out = self.buf(rows.len() * width);
         if out.len > 0 {
             let idx = self.upload_i32(rows.iter().copied());
             let (n, w) = (rows.len() as i32, width as i32);
@@ -347,7 +348,7 @@ impl Backend for Cuda {
 
     fn slice_cols(&self, x: &CudaBuf, width: usize, start: usize, len: usize) -> CudaBuf {
         let rows = x.len / width.max(1);
-        let out = CudaBuf::alloc(self.stream(), rows * len);
+        let out = self.buf(rows * len);
         if out.len > 0 {
             let (r, w, s, l) = (rows as u64, width as i32, start as i32, len as i32);
             launch!(
@@ -393,7 +394,7 @@ impl Backend for Cuda {
 
     fn concat_cols(&self, a: &CudaBuf, wa: usize, b: &CudaBuf, wb: usize) -> CudaBuf {
         let rows = a.len / wa.max(1);
-        let out = CudaBuf::alloc(self.stream(), rows * (wa + wb));
+        let out = self.buf(rows * (wa + wb));
         if out.len > 0 {
             let (ia, ib, r) = (wa as i32, wb as i32, rows as u64);
             launch!(
@@ -412,7 +413,7 @@ impl Backend for Cuda {
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], scale: Option<f32>) -> CudaBuf {
-        let out = CudaBuf::alloc(self.stream(), ids.len() * table.cols);
+        let out = self.buf(ids.len() * table.cols);
         if out.len > 0 {
             let idx = self.upload_i32(ids.iter().map(|&i| i as usize));
             let cfg = LaunchConfig {
@@ -442,7 +443,7 @@ impl Backend for Cuda {
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize) -> CudaBuf {
-        let mut y = CudaBuf::alloc(self.stream(), n * w.rows);
+        let mut y = self.buf(n * w.rows);
         if y.len == 0 {
             return y;
         }
@@ -476,7 +477,7 @@ impl Backend for Cuda {
         let a = self.pack_activations(first, x, n);
         ws.iter()
             .map(|w| {
-                let y = CudaBuf::alloc(self.stream(), n * w.rows);
+                let y = self.buf(n * w.rows);
                 if y.len > 0 {
                     self.gemv_int(w, &a, n, &y);
                 }
@@ -486,7 +487,7 @@ impl Backend for Cuda {
     }
 
     fn rms_norm(&self, x: &CudaBuf, w: &CudaBuf, eps: f32) -> CudaBuf {
-        let y = CudaBuf::alloc(self.stream(), x.len);
+        let y = self.buf(x.len);
         rms_norm_into(self, x, w, &y, eps);
         y
     }
@@ -577,7 +578,7 @@ impl Backend for Cuda {
     }
 
     fn glu_fused(&self, gate_up: &CudaBuf, ff: usize, act: Activation) -> CudaBuf {
-        let h = CudaBuf::alloc(self.stream(), gate_up.len / 2);
+        let h = self.buf(gate_up.len / 2);
         if h.len > 0 {
             let (n, f, (a, alpha, limit)) = (h.len as u64, ff as i32, Cuda::act_id(act));
             launch!(
@@ -615,7 +616,7 @@ impl Backend for Cuda {
         }
         let tok = self.upload_i32(rows.iter().map(|r| r.0));
         let wts: Vec<f32> = rows.iter().map(|r| r.1).collect();
-        let wts = ok("upload", self.stream().clone_htod(&wts[..]));
+        let wts = self.put(&wts);
         let (n, w) = (rows.len() as i32, width as i32);
         let cfg = flat(rows.len() * width);
         launch!(
@@ -632,8 +633,8 @@ impl Backend for Cuda {
     }
 
     fn route(&self, logits: &CudaBuf, bias: Option<&CudaBuf>, p: &MoeParams) -> Routing {
-        let l = self.fetch(logits);
-        let b = bias.map(|b| self.fetch(b));
+        let l = self.fetch(logits, true);
+        let b = bias.map(|b| self.fetch(b, true));
         let mut assigned: Routing = vec![Vec::new(); p.n_expert];
         for (t, row) in l.chunks(p.n_expert).enumerate() {
             for (e, w) in crate::routing::route(row, b.as_deref(), p) {

@@ -23,7 +23,7 @@ use super::ops::{flat, launch};
 use super::weights::CudaWeight;
 use super::Cuda;
 use cudarc::cublas::{result as blas, sys, CudaBlas};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 

@@ -120,6 +120,14 @@ extern "C" __global__ void write_cols(float* dst, const float* src, u64 rows, in
     GRID_STRIDE(i, n) dst[(i / src_width) * width + start + i % src_width] = src[i];
 }
 
+// dst[*off + i] = src[i] for i < n: a KV-cache append whose offset is read from device
+// memory, so a recorded decode step launches it with the same arguments at every
+// position (`record.rs`)
+extern "C" __global__ void copy_at(const float* src, float* dst, const long long* off, u64 n) {
+    long long o = *off;
+    GRID_STRIDE(i, n) dst[o + i] = src[i];
+}
+
 // out[r] = [a[r] | b[r]]
 extern "C" __global__ void concat_cols(const float* a, int wa, const float* b, int wb, float* out, u64 rows) {
     int w = wa + wb;
