@@ -10,7 +10,9 @@
 //! Submodules: `device` (driver / NVRTC discovery), `compile`, `buffers`, `weights`,
 //! `ops` (the trait's operations), `attention`, `tensor_core` (prompt products through
 //! cuBLAS), `uploads` (repeated small host arrays
-//! uploaded once), `trace` (`LLMQ_CUDA_TRACE=1`: time per kernel).
+//! uploaded once), `trace` (`LLMQ_CUDA_TRACE=1`: time per kernel), `step` (where every
+//! operation's launches, buffers and uploads go) and `record` (decode steps recorded and
+//! replayed as CUDA graphs).
 
 mod attention;
 mod buffers;

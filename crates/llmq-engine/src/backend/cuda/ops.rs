@@ -673,9 +673,11 @@ fn rms_norm_into(be: &Cuda, x: &CudaBuf, w: &CudaBuf, y: &CudaBuf, eps: f32) {
     if rows == 0 {
         return;
     }
+    // wide rows get more threads: a decode step's row is one block
+    let threads = if w.len >= 2048 { 1024 } else { THREADS };
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
     let width = w.len as i32;

@@ -39,12 +39,22 @@ extern "C" __global__ void attention(const float* qa, const float* qb, const u64
     __syncthreads();
     for (int j0 = first; j0 <= p; j0 += ATT_TILE) {
         int nt = min(ATT_TILE, p + 1 - j0);
-        for (int jj = warp; jj < nt; jj += nwarps) {
-            const float* kr = K + (u64)(j0 + jj) * k_stride;
-            float s = 0.0f;
-            for (int i = lane; i < dk; i += 32) s += qs[i] * kr[i];
-            s = warp_sum(s);
-            if (lane == 0) sc[jj] = s * scale;
+        // each warp scores four keys at a time (independent loads and reductions in
+        // flight together); every score is summed in the same order as one at a time
+        for (int jb = warp * 4; jb < nt; jb += nwarps * 4) {
+            int nk = min(4, nt - jb);
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int i = lane; i < dk; i += 32) {
+                float q = qs[i];
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    if (u < nk) s[u] += q * K[(u64)(j0 + jb + u) * k_stride + i];
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float v = warp_sum(s[u]);
+                if (lane == 0 && u < nk) sc[jb + u] = v * scale;
+            }
         }
         __syncthreads();
         float tm = NEG_INF;
@@ -63,9 +73,18 @@ extern "C" __global__ void attention(const float* qa, const float* qb, const u64
         m = mn;
         __syncthreads();
         for (int d = tid; d < dv; d += bd) {
-            float a = acc[d] * corr;
-            for (int jj = 0; jj < nt; jj++) a += sc[jj] * V[(u64)(j0 + jj) * v_stride + d];
-            acc[d] = a;
+            // four partial sums: four value loads in flight at once
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            const float* vd = V + (u64)j0 * v_stride + d;
+            int jj = 0;
+            for (; jj + 4 <= nt; jj += 4) {
+                a0 += sc[jj] * vd[(u64)jj * v_stride];
+                a1 += sc[jj + 1] * vd[(u64)(jj + 1) * v_stride];
+                a2 += sc[jj + 2] * vd[(u64)(jj + 2) * v_stride];
+                a3 += sc[jj + 3] * vd[(u64)(jj + 3) * v_stride];
+            }
+            for (; jj < nt; jj++) a0 += sc[jj] * vd[(u64)jj * v_stride];
+            acc[d] = acc[d] * corr + ((a0 + a1) + (a2 + a3));
         }
         __syncthreads();
     }

@@ -7,22 +7,34 @@
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 // One block per row: y = x * w / sqrt(mean(x^2) + eps); the sum of squares in f64
-// like the CPU engine.
+// like the CPU engine. Each thread loads four values before it adds them, so a row of
+// a decode step (one block) waits for four rounds of memory latency, not sixteen.
 extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int width, float eps) {
     __shared__ double part[32];
     const float* xr = x + (u64)blockIdx.x * width;
     float* yr = y + (u64)blockIdx.x * width;
+    int bd = blockDim.x;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    for (int i0 = threadIdx.x; i0 < width; i0 += 4 * bd) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int i = i0 + u * bd;
+            v[u] = i < width ? xr[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) ss += (double)v[u] * (double)v[u];
+    }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = bd >> 5;
     if (lane == 0) part[warp] = ss;
     __syncthreads();
     double t = 0.0;
     for (int k = 0; k < nw; k++) t += part[k];
     float inv = 1.0f / sqrtf((float)(t / (double)width) + eps);
-    for (int i = threadIdx.x; i < width; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+#pragma unroll 4
+    for (int i = threadIdx.x; i < width; i += bd) yr[i] = xr[i] * inv * w[i];
 }
 
 extern "C" __global__ void add_bias(float* x, const float* b, u64 n, int width) {
