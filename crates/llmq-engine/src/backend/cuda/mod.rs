@@ -87,6 +87,25 @@ pub struct Cuda {
     inner: Arc<Inner>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // LLMQ_CUDA_GRAPHS=stats: how the recorded decode steps went
+        if std::env::var("LLMQ_CUDA_GRAPHS").is_ok_and(|v| v == "stats") {
+            let s = self.rec.lock().map(|r| r.stats).unwrap_or_default();
+            let per = |x: f64| 1e6 * x / s.steps.max(1) as f64;
+            eprintln!(
+                "CUDA graphs: {} recorded steps, {} replayed, {} captured, {} eager; host per step: {:.1} us recording, {:.1} us flushing",
+                s.steps,
+                s.replays,
+                s.captures,
+                s.eager,
+                per(s.record_s),
+                per(s.flush_s)
+            );
+        }
+    }
+}
+
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())

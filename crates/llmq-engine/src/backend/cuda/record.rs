@@ -262,6 +262,13 @@ pub struct GraphStats {
     pub captures: u64,
     /// flushes issued without a graph (capture failed)
     pub eager: u64,
+    /// recorded steps
+    pub steps: u64,
+    /// host seconds from each recorded step's start to its first flush (the model code
+    /// and the recording)
+    pub record_s: f64,
+    /// host seconds spent flushing (staging copy, tape comparison, capture, launch)
+    pub flush_s: f64,
 }
 
 /// The recording state of one backend (under its lock).
@@ -281,6 +288,8 @@ pub(in crate::backend::cuda) struct Recorder {
     clock: u64,
     /// the last flush's staging copy may still be running
     copy_in_flight: bool,
+    /// when the step being recorded began (until its first flush)
+    started: Option<std::time::Instant>,
     pub(in crate::backend::cuda) stats: GraphStats,
 }
 
@@ -297,6 +306,7 @@ impl Recorder {
             graphs: Vec::new(),
             clock: 0,
             copy_in_flight: false,
+            started: None,
             stats: GraphStats::default(),
         }
     }
@@ -339,7 +349,11 @@ impl Recorder {
             Ok(())
         })();
         match r {
-            Ok(()) => self.active = true,
+            Ok(()) => {
+                self.active = true;
+                self.stats.steps += 1;
+                self.started = Some(std::time::Instant::now());
+            }
             Err(e) => self.give_up(&format!("preparing a recorded step: {e}")),
         }
     }
@@ -445,7 +459,13 @@ impl Recorder {
             self.host_midway = true;
             self.active = false;
         }
-        if let Err(e) = self.flush_inner(stream) {
+        let t = std::time::Instant::now();
+        if let Some(s) = self.started.take() {
+            self.stats.record_s += (t - s).as_secs_f64();
+        }
+        let r = self.flush_inner(stream);
+        self.stats.flush_s += t.elapsed().as_secs_f64();
+        if let Err(e) = r {
             // the tape was issued eagerly if capture failed; a failure here is the
             // driver's, which the eager path reports on its next call
             self.give_up(&format!("replaying a step: {e}"));
