@@ -2,11 +2,14 @@
 //!
 //! 1. for every weight type the CUDA backend computes, `x · Wᵀ` on the GPU against the
 //!    CPU engine's product (which rounds the activations the same way; batch sizes 1, 5
-//!    and 11), and the embedding lookup against the CPU dequantization, in f64;
+//!    and 11), and the embedding lookup against the CPU dequantization, in f64; the
+//!    same product for GPTQ-style 4- and 8-bit integer weights (groups of 128 repacked
+//!    to 32-column blocks, with and without an act-order column permutation);
 //! 2. the device-to-device copy bandwidth, then the time of `y = x · Wᵀ` for one
 //!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape)
-//!    per type: bytes moved per call / mean time over 50 back-to-back calls (median of
-//!    5 rounds), and its share of the copy rate.
+//!    per type (the integer checkpoints' `INT4_B32` / `INT8_B32` included): bytes moved
+//!    per call / mean time over 50 back-to-back calls (median of 5 rounds), and its share
+//!    of the copy rate.
 //!
 //! `cargo run --release -p llmq-engine --features cuda --example cuda_gemv [ROWS COLS]`
 
@@ -14,7 +17,8 @@ use llmq_engine::backend::cuda::{Cuda, GPU_TYPES};
 use llmq_engine::backend::Cpu;
 use llmq_engine::Backend;
 use llmq_formats::GgmlType;
-use llmq_kernels::{Bytes, WeightMatrix};
+use llmq_kernels::int_blocks::{IntGroups, PackedInt};
+use llmq_kernels::{Bytes, IntAct, WeightMatrix};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -69,6 +73,63 @@ fn check(be: &Cuda, ty: GgmlType, rng: &mut impl Rng) -> f64 {
     worst.max(rel_err(&e, &want))
 }
 
+/// A GPTQ-style `bits`-bit matrix (random codes, scales and zero points, groups of
+/// 128; `act_order`: the groups follow a shuffled column order, as `g_idx` does).
+fn int_matrix(
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    act_order: bool,
+    rng: &mut impl Rng,
+) -> WeightMatrix {
+    let n_groups = cols / 128;
+    let q: Vec<u8> = (0..rows * cols)
+        .map(|_| rng.gen_range(0..1u16 << bits) as u8)
+        .collect();
+    let scales: Vec<half::f16> = (0..rows * n_groups)
+        .map(|_| half::f16::from_f32(rng.gen_range(0.001f32..0.02)))
+        .collect();
+    let zeros: Vec<u8> = (0..rows * n_groups)
+        .map(|_| rng.gen_range(0..1u16 << bits) as u8)
+        .collect();
+    let mut group_of_col: Vec<u32> = (0..cols).map(|c| (c / 128) as u32).collect();
+    if act_order {
+        for i in (1..cols).rev() {
+            group_of_col.swap(i, rng.gen_range(0..=i));
+        }
+    }
+    let g = IntGroups {
+        bits,
+        rows,
+        cols,
+        q: &q,
+        scales: &scales,
+        zeros: &zeros,
+        n_groups,
+        group_of_col: &group_of_col,
+    };
+    WeightMatrix::from_int_groups(&g, IntAct::Q8_0).expect("integer matrix")
+}
+
+/// [`check`] for an integer matrix (no embedding: the GPU has no integer lookup).
+fn check_int(be: &Cuda, w: WeightMatrix, rng: &mut impl Rng) -> f64 {
+    let cols = w.cols;
+    let cpu_w = Cpu.upload_weight(w.clone());
+    let gw = be.upload_weight(w);
+    let mut worst = 0.0f64;
+    for n in [1usize, 5, 11] {
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let y = be.download(be.matmul(&gw, &be.upload(x.clone()), n));
+        let want: Vec<f64> = Cpu
+            .matmul(&cpu_w, &x, n)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        worst = worst.max(rel_err(&y, &want));
+    }
+    worst
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -96,6 +157,17 @@ fn main() {
         println!(
             "  {:8} rel err {err:.2e} {}",
             ty.name(),
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    for (bits, act_order) in [(4u8, false), (4, true), (8, false), (8, true)] {
+        let w = int_matrix(bits, 48, 768, act_order, &mut rng);
+        let err = check_int(&be, w, &mut rng);
+        let ok = err < 1e-5;
+        failed |= !ok;
+        println!(
+            "  INT{bits}{}  rel err {err:.2e} {}",
+            if act_order { " act-order" } else { "" },
             if ok { "ok" } else { "FAIL" }
         );
     }
@@ -127,28 +199,49 @@ fn main() {
             }
         }
         let w = WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(buf))).expect("matrix");
-        let gw = be.upload_weight(w);
-        // rounds of 50 back-to-back launches of the product kernel alone (one launch is
-        // too short to time alone; activation packing and allocation are outside)
-        let mut times = Vec::new();
-        for round in 0..7 {
-            let t = be.time_matmul(&gw, &x, 1, 50).expect("timing");
-            if round >= 2 {
-                times.push(t);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        let t = times[times.len() / 2];
-        let bytes = (rows * rb + cols * 4 + rows * 4) as f64;
-        println!(
-            "  {:6} {:8.1} us  {:7.0} GB/s  {:.2} of copy",
-            ty.name(),
-            t * 1e6,
-            bytes / t / 1e9,
-            bytes / t / copy
-        );
+        time_row(&be, w, &x, copy);
+    }
+    for bits in [4u8, 8] {
+        let rb = llmq_kernels::int_blocks::int_block_bytes(bits, 32) * cols / 32;
+        let mut data = vec![0u8; rows * rb];
+        rng.fill(&mut data[..]);
+        let p = PackedInt {
+            bits,
+            block: 32,
+            data,
+            perm: None,
+        };
+        let w = WeightMatrix::from_packed_int(p, rows, cols, IntAct::Q8_0).expect("matrix");
+        time_row(&be, w, &x, copy);
     }
     if failed {
         std::process::exit(1);
     }
+}
+
+/// One timing row: `w`'s product with one activation row.
+fn time_row(be: &Cuda, w: WeightMatrix, x: &<Cuda as Backend>::Buf, copy: f64) {
+    let (rows, cols) = (w.rows, w.cols);
+    let rb = w.ty.row_bytes(cols).expect("row size");
+    let name = w.ty.name();
+    let gw = be.upload_weight(w);
+    // rounds of 50 back-to-back launches of the product kernel alone (one launch is
+    // too short to time alone; activation packing and allocation are outside)
+    let mut times = Vec::new();
+    for round in 0..7 {
+        let t = be.time_matmul(&gw, x, 1, 50).expect("timing");
+        if round >= 2 {
+            times.push(t);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let t = times[times.len() / 2];
+    let bytes = (rows * rb + cols * 4 + rows * 4) as f64;
+    println!(
+        "  {:8} {:8.1} us  {:7.0} GB/s  {:.2} of copy",
+        name,
+        t * 1e6,
+        bytes / t / 1e9,
+        bytes / t / copy
+    );
 }
