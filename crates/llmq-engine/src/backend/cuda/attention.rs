@@ -1,12 +1,24 @@
 //! Launching `kernels/attention.cu`: one block per (query head, token), each token
 //! reading its own sequence's cache through a table of per-token K and V addresses.
-//! Standard attention and absorbed MLA are the same kernel with different strides.
+//! Standard attention and absorbed MLA are the same kernel with different strides;
+//! prompts of grouped-query models run a whole query group per block (`attention_g*`).
 
 use super::buffers::CudaBuf;
 use super::ops::launch;
 use super::Cuda;
 use crate::backend::api::{AttnShape, KvView, MlaShape, TokenMap};
 use cudarc::driver::LaunchConfig;
+
+/// Tokens in a call from which standard attention with 2, 4 or 8 query heads per KV
+/// head runs a group per block (`attention_g*`): prompts; a decode step keeps one block
+/// per query head, which gives the GPU more blocks when there are few tokens.
+const GROUP_MIN_TOKENS: usize = 16;
+
+/// `LLMQ_CUDA_GROUP_ATTENTION=0` keeps prompts on the per-head kernel (for comparison).
+fn group_kernels_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LLMQ_CUDA_GROUP_ATTENTION").map_or(true, |v| v != "0"))
+}
 
 /// Keys per tile (`ATT_TILE` in `kernels/attention.cu`).
 const TILE: usize = 128;
@@ -68,6 +80,36 @@ fn run(
     );
     let (ks, vs) = (g.k_stride as i32, g.v_stride as i32);
     let window = g.window.map_or(0, |w| w as i32);
+    let group = g.n_head / g.n_head_kv.max(1);
+    if g.db == 0 && n >= GROUP_MIN_TOKENS && matches!(group, 2 | 4 | 8) && group_kernels_on() {
+        // a prompt: one block per (KV head, token) reads each key and value row once for
+        // the whole query group
+        let cfg = LaunchConfig {
+            grid_dim: (g.n_head_kv as u32, n as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: (group * (g.da + TILE + g.dv) * 4) as u32,
+        };
+        launch!(
+            be,
+            &format!("attention_g{group}"),
+            cfg,
+            &qa.data,
+            &*kp,
+            &*vp,
+            &*pos,
+            &out.data,
+            &nh,
+            &nkv,
+            &da,
+            &dv,
+            &ks,
+            &vs,
+            &g.scale,
+            &window,
+            &sinks,
+        );
+        return out;
+    }
     launch!(
         be,
         "attention",
