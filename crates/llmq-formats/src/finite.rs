@@ -100,7 +100,13 @@ fn fields(ty: GgmlType) -> Option<(usize, Vec<Field>)> {
         T::NVFP4 => (
             BlockNvfp4::BYTES,
             (0..4)
-                .map(|s| ("d", BlockNvfp4::D.start + s..BlockNvfp4::D.start + s + 1, F::Ue4m3))
+                .map(|s| {
+                    (
+                        "d",
+                        BlockNvfp4::D.start + s..BlockNvfp4::D.start + s + 1,
+                        F::Ue4m3,
+                    )
+                })
                 .collect(),
         ),
         _ => return None,

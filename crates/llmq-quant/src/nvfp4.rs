@@ -42,12 +42,13 @@ pub fn ue4m3_half(b: u8) -> f32 {
     if b == 0 || b == 0x7F {
         return 0.0;
     }
-    let e = (b >> 3) & 15;
-    let m = (b & 7) as f32;
+    let e = u32::from((b >> 3) & 15);
+    let m = u32::from(b & 7);
     if e == 0 {
-        m * (1.0 / 1024.0)
+        m as f32 * (1.0 / 1024.0)
     } else {
-        (8.0 + m) * f32::powi(2.0, e as i32 - 11)
+        // (1 + m/8)·2^(e−7), halved: biased f32 exponent e − 8 + 127
+        f32::from_bits(((e + 119) << 23) | (m << 20))
     }
 }
 
@@ -296,7 +297,10 @@ mod tests {
             assert!(err(&db) <= err(&da), "sub-block {s}");
             wins += usize::from(err(&db) < err(&da));
         }
-        assert!(wins > n / 16 / 10, "the search improved only {wins} sub-blocks");
+        assert!(
+            wins > n / 16 / 10,
+            "the search improved only {wins} sub-blocks"
+        );
     }
 
     #[test]
