@@ -8,7 +8,10 @@
 //! `E2M1_DOUBLED[nibble]·ue4m3(d[s])/2`. One block spans two Q8_0 activation blocks,
 //! sub-blocks `2b` and `2b+1` in block `b`. Per sub-block the integer dot is exact; the
 //! float part is `(d_a·d_w)·Σ q_w q_a`, summed sub-block by sub-block in the scalar
-//! kernel (as ggml's generic one) and per 8-lane vector in the AVX2 one.
+//! kernel (as ggml's generic one) and per 8-lane vector in the AVX2 one (one accumulator
+//! per half block). The AVX-512 one-row kernel holds both AVX2 accumulators in one
+//! 512-bit register and does the same lane operations in the same order, so its result
+//! is the AVX2 kernel's to the bit (as `dot_legacy_avx512` does for the 32-value types).
 
 use super::act_quant::Q8_0_BYTES;
 use super::dot_legacy::h;
@@ -53,7 +56,7 @@ pub mod avx2 {
     /// Half `h` (0: sub-blocks 0–1, 1: sub-blocks 2–3) of the block at `p` as 32 signed
     /// bytes in value order.
     #[inline(always)]
-    unsafe fn decode_half(p: *const u8, h: usize) -> __m256i {
+    pub(super) unsafe fn decode_half(p: *const u8, h: usize) -> __m256i {
         let b = load128(p.add(BNv::QS.start + 16 * h));
         let m = _mm_set1_epi8(0x0f);
         let lo = _mm_and_si128(b, m);
@@ -62,6 +65,14 @@ pub mod avx2 {
         let v = _mm256_set_m128i(_mm_unpackhi_epi64(lo, hi), _mm_unpacklo_epi64(lo, hi));
         let table = _mm256_broadcastsi128_si256(load128(E2M1_DOUBLED.as_ptr() as *const u8));
         _mm256_shuffle_epi8(table, v)
+    }
+
+    /// The weight scales of half `h` per i32 lane of its product: lanes 0–3 sum
+    /// sub-block `2h`, lanes 4–7 sub-block `2h+1`.
+    #[inline(always)]
+    pub(super) unsafe fn half_scales(d: &[f32; 4], h: usize) -> __m256 {
+        let (a, b) = (d[2 * h], d[2 * h + 1]);
+        _mm256_setr_ps(a, a, a, a, b, b, b, b)
     }
 
     /// One weight row against `N` activation rows; each weight half-block is decoded
@@ -81,17 +92,7 @@ pub mod avx2 {
             for (hh, acc) in acc.iter_mut().enumerate() {
                 let v = decode_half(p, hh);
                 let av = _mm256_sign_epi8(v, v);
-                // lanes 0–3 sum sub-block 2h, lanes 4–7 sub-block 2h+1
-                let dw = _mm256_setr_ps(
-                    d[2 * hh],
-                    d[2 * hh],
-                    d[2 * hh],
-                    d[2 * hh],
-                    d[2 * hh + 1],
-                    d[2 * hh + 1],
-                    d[2 * hh + 1],
-                    d[2 * hh + 1],
-                );
+                let dw = half_scales(&d, hh);
                 for t in 0..N {
                     let yb = ap[t].add((2 * i + hh) * Q8_0_BYTES);
                     let qy = _mm256_sign_epi8(load256(yb.add(BQ8_0::QS.start)), v);
@@ -123,6 +124,52 @@ pub mod avx2 {
         unsafe fn inner(w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
             dot_n::<4>(w, a)
         }
+        unsafe { inner(w, a) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    #![allow(unsafe_op_in_unsafe_fn)]
+    use super::avx2::{decode_half, half_scales};
+    use super::{ue4m3_half, Q8_0_BYTES};
+    use crate::kernels::dot_legacy_avx512::{dot_signed, join_f, join_i};
+    use crate::kernels::simd::{hsum_ps, load256, load_f16x8};
+    use llmq_formats::blocks::{BlockNvfp4 as BNv, BlockQ8_0 as BQ8_0};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn dot1(w: &[u8], a: &[u8]) -> f32 {
+        let nb = w.len() / BNv::BYTES;
+        assert!(a.len() >= nb * 2 * Q8_0_BYTES);
+        let (wp, ap) = (w.as_ptr(), a.as_ptr());
+        let qs = BQ8_0::QS.start;
+        let mut acc = _mm512_setzero_ps();
+        for i in 0..nb {
+            let p = wp.add(i * BNv::BYTES);
+            let d = [0, 1, 2, 3].map(|s| ue4m3_half(*p.add(BNv::D.start + s)));
+            let (y0, y1) = (ap.add(2 * i * Q8_0_BYTES), ap.add((2 * i + 1) * Q8_0_BYTES));
+            let prod = dot_signed(
+                join_i(decode_half(p, 0), decode_half(p, 1)),
+                join_i(load256(y0.add(qs)), load256(y1.add(qs))),
+            );
+            let da = join_f(load_f16x8(y0), load_f16x8(y1));
+            let dw = join_f(half_scales(&d, 0), half_scales(&d, 1));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(da, dw), _mm512_cvtepi32_ps(prod), acc);
+        }
+        let lo = _mm512_castps512_ps256(acc);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+        hsum_ps(_mm256_add_ps(lo, hi))
+    }
+
+    /// Only handed out by the dispatcher when AVX-512 F/BW/VNNI and AVX2/FMA/F16C were
+    /// detected.
+    pub fn dot_nvfp4(w: &[u8], a: &[u8]) -> f32 {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+        unsafe fn inner(w: &[u8], a: &[u8]) -> f32 {
+            dot1(w, a)
+        }
+        // SAFETY: see above.
         unsafe { inner(w, a) }
     }
 }
@@ -165,6 +212,10 @@ mod tests {
             assert!((fast - got).abs() <= 1e-5 * norm as f32, "{fast} vs {got}");
             let four = avx2::dot4_nvfp4(&wq, [&aq, &aq, &aq, &aq]);
             assert!(four.iter().all(|&v| v == fast), "{four:?} vs {fast}");
+            if llmq_quant::isa::avx512_vnni() {
+                let wide = avx512::dot_nvfp4(&wq, &aq);
+                assert_eq!(wide.to_bits(), fast.to_bits(), "{wide} vs {fast}");
+            }
         }
     }
 }
