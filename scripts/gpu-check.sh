@@ -10,7 +10,7 @@
 # `text.txt` (evaluation text) and, optionally, `real/*.gguf` (real models timed for
 # decode speed). Results and logs go to RESULTS (default $OUT, else /tmp/gpu-check).
 #
-# For each model and each format of $FORMATS (default F16 Q8_0 Q4_K_M Q2_K IQ4_XS;
+# For each model and each format of $FORMATS (default F16 Q8_0 Q4_K_M Q2_K IQ4_XS MXFP4 NVFP4;
 # quantized here from the source):
 #   - `eval` on the GPU with the CPU as --base: perplexity on both devices, their
 #     relative difference and the mean KL divergence between the two;
@@ -48,7 +48,7 @@ for m in "$D"/models/*/ "$D"/models/*.gguf; do
   [ -e "$m" ] || continue
   # a folder, or a GGUF file NAME-TYPE.gguf (smaller to carry; the formats are requantized from it)
   name="$(basename "$m" .gguf)"
-  for q in ${FORMATS:-F16 Q8_0 Q4_K_M Q2_K IQ4_XS}; do
+  for q in ${FORMATS:-F16 Q8_0 Q4_K_M Q2_K IQ4_XS MXFP4 NVFP4}; do
     f="$W/$name-$q.gguf"
     if ! "$LQ" quantize "$m" gguf -q "$q" -o "$W" -n "$name-$q.gguf" --verbosity quiet >>"$LOG" 2>&1; then
       echo "$name $q: quantize failed" | tee -a "$SUMMARY"; fail=1; continue

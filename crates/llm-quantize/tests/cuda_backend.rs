@@ -148,6 +148,7 @@ static float h2f(u16 h) {
 static float bf2f(u16 h) { u32 x = ((u32)h) << 16; float f; memcpy(&f, &x, 4); return f; }
 static u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
 static u32 ld32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
+static float __uint_as_float(u32 x) { float f; memcpy(&f, &x, 4); return f; }
 "#;
 
 const HOST_MAIN: &str = r#"
@@ -173,7 +174,8 @@ int main(int argc, char** argv) {
 #define T(n, S) if (!strcmp(t, n)) return run<S>(argv[2], argv[3], cols, rows, rb);
     T("f32", TF32) T("f16", TF16) T("bf16", TBF16) T("q4_0", TQ4_0) T("q4_1", TQ4_1) T("q5_0", TQ5_0)
     T("q5_1", TQ5_1) T("q8_0", TQ8_0) T("iq4_nl", TIQ4_NL) T("q2_k", TQ2_K) T("q4_k", TQ4_K)
-    T("q3_k", TQ3_K) T("q5_k", TQ5_K) T("q6_k", TQ6_K) T("iq4_xs", TIQ4_XS)
+    T("q3_k", TQ3_K) T("q5_k", TQ5_K) T("q6_k", TQ6_K) T("iq4_xs", TIQ4_XS) T("mxfp4", TMXFP4)
+    T("nvfp4", TNVFP4)
     return 2;
 }
 "#;
@@ -226,18 +228,28 @@ fn kernel_source(name: &str) -> &'static str {
     cuda::SOURCES.iter().find(|(n, _)| *n == name).unwrap().1
 }
 
+/// The part of `kernels/fp4.cu` from its section comment `from` to `to`.
+fn fp4_section(from: &str, to: &str) -> &'static str {
+    let src = kernel_source("fp4.cu");
+    let at = |s: &str| {
+        src.find(&format!("// ---- fp4: {s}"))
+            .unwrap_or_else(|| panic!("fp4.cu has no section {s}"))
+    };
+    &src[at(from)..at(to)]
+}
+
 /// `kernels/dequant.cuh` compiled for the host (any C++ compiler) decodes every GPU
 /// weight type exactly as the CPU engine's dequantizers do: the block layouts the GPU
 /// kernels read are checked without a GPU.
 #[test]
 fn dequant_kernels_match_the_cpu_dequantizers() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(exe) = compile_for_host(
-        tmp.path(),
+    let text = format!(
+        "{}{}",
         kernel_source("dequant.cuh"),
-        HOST_PRELUDE,
-        HOST_MAIN,
-    ) else {
+        fp4_section("dequantization", "integer units")
+    );
+    let Some(exe) = compile_for_host(tmp.path(), &text, HOST_PRELUDE, HOST_MAIN) else {
         return;
     };
     let (rows, cols) = (6usize, 768usize);
@@ -339,6 +351,7 @@ int main(int argc, char** argv) {
     T("q8_0", GQ8_0) T("q4_0", GQ4<false>) T("q5_0", GQ5<false>) T("q4_k", GQK45<false>) T("q5_k", GQK45<true>)
     T("q6_k", GQ6_K) T("iq4_nl", GIQ4_NL) T("iq4_xs", GIQ4_XS) T("q2_k", GQ2_K) T("q3_k", GQ3_K)
     T("q4_1", GQ4<true>) T("q5_1", GQ5<true>) T("int4", GQINT<4>) T("int8", GQINT<8>)
+    T("mxfp4", GMXFP4) T("nvfp4", GNVFP4)
     return 2;
 }
 "#;
@@ -353,11 +366,17 @@ fn integer_dot_units_match_the_cpu_engine() {
     use llmq_kernels::kernels::act_quant::Act;
     let src = kernel_source("gemvq.cu");
     // the weight units only: from the activation view to the kernel template
-    let units =
-        &src[src.find("struct QAct").unwrap()..src.find("template <class T, int NB>").unwrap()];
+    let units = format!(
+        "{}{}",
+        &src[src.find("struct QAct").unwrap()..src.find("template <class T, int NB>").unwrap()],
+        fp4_section("dequantization", "kernels")
+    );
     let tmp = tempfile::tempdir().unwrap();
     let prelude = format!("{HOST_PRELUDE}#include <string>\n{GEMVQ_PRELUDE}");
-    let Some(exe) = compile_for_host(tmp.path(), units, &prelude, GEMVQ_MAIN) else {
+    let prelude = format!(
+        "{prelude}#define DEQ1_FROM_DEQ8 static inline float deq1(const u8* r, int i) {{ float o[8]; deq8(r, i >> 3, o); return o[i & 7]; }}\n"
+    );
+    let Some(exe) = compile_for_host(tmp.path(), &units, &prelude, GEMVQ_MAIN) else {
         return;
     };
     let (rows, cols, n) = (5usize, 768usize, 11usize);
@@ -420,7 +439,9 @@ fn integer_dot_units_match_the_cpu_engine() {
         let rb = w.row_bytes();
         let q = w.data.as_slice().to_vec();
         let act = match w.ty.name().as_str() {
-            "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" | "INT4_B32" | "INT8_B32" => Act::Q8_0,
+            "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" | "MXFP4" | "NVFP4" | "INT4_B32" | "INT8_B32" => {
+                Act::Q8_0
+            }
             "Q4_1" | "Q5_1" => Act::Q8_1,
             _ => Act::Q8K,
         };

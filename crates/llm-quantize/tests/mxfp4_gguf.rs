@@ -4,7 +4,11 @@
 //! - `quantize qwen3-moe gguf -q MXFP4_MOE` gives every tensor the type and the bytes
 //!   `llama-quantize … MXFP4_MOE` gives it (from our F16 GGUF of the same model);
 //! - `llama-perplexity` on our MXFP4_MOE (qwen3-moe) and MXFP4 (llama: every Linear in
-//!   MXFP4) files equals our engine's llama.cpp-protocol perplexity within 0.5 %.
+//!   MXFP4) files equals our engine's llama.cpp-protocol perplexity within 0.5 %;
+//! - the same for our NVFP4 file (GGML type 40, llama: every Linear in NVFP4), and
+//!   gguf-py (`GGUFReader` + `gguf.quants.dequantize`, the venv's python,
+//!   `LLMQ_HFQUANT_PYTHON`) reads every NVFP4 tensor of it to exactly our dequantized
+//!   values.
 
 mod common;
 use common::*;
@@ -132,5 +136,84 @@ fn dense_mxfp4_perplexity_matches_llama_perplexity() {
         .filter(|t| t.ggml_type == llmq_formats::GgmlType::MXFP4)
         .count();
     assert!(n >= 7, "only {n} MXFP4 tensors");
+    compare_perplexity(dir.path(), &ours);
+}
+
+/// The test venv's python (gguf-py 0.19 knows NVFP4).
+fn venv_python() -> PathBuf {
+    std::env::var_os("LLMQ_HFQUANT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/llm-quantize/py-test-deps/venv/bin/python")
+        })
+}
+
+/// gguf-py's dequantized values of every NVFP4 tensor of `file`, written as
+/// `DIR/NAME.f32`; returns the tensor names it wrote.
+fn gguf_py_nvfp4(file: &Path, dir: &Path) -> Vec<String> {
+    let script = r#"
+import sys, numpy as np
+from gguf import GGUFReader, GGMLQuantizationType
+from gguf.quants import dequantize
+r = GGUFReader(sys.argv[1])
+for t in r.tensors:
+    if t.tensor_type == GGMLQuantizationType.NVFP4:
+        v = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)
+        v.astype("<f4").tofile(f"{sys.argv[2]}/{t.name}.f32")
+        print(t.name)
+"#;
+    let o = Command::new(venv_python())
+        .args(["-c", script])
+        .arg(file)
+        .arg(dir)
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        o.status.success(),
+        "gguf-py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn dense_nvfp4_perplexity_matches_llama_perplexity_and_gguf_py() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = quantize(dir.path(), "llama", "NVFP4");
+    let g = GgufFile::open(&ours).unwrap();
+    let nv: Vec<_> = g
+        .tensors()
+        .iter()
+        .filter(|t| t.ggml_type == llmq_formats::GgmlType::NVFP4)
+        .collect();
+    assert!(nv.len() >= 7, "only {} NVFP4 tensors", nv.len());
+    let py_dir = dir.path().join("gguf-py");
+    std::fs::create_dir(&py_dir).unwrap();
+    let mut names = gguf_py_nvfp4(&ours, &py_dir);
+    names.sort();
+    let mut want: Vec<String> = nv.iter().map(|t| t.name.clone()).collect();
+    want.sort();
+    assert_eq!(names, want, "gguf-py saw other NVFP4 tensors");
+    for t in &nv {
+        let bytes = g.tensor_bytes(t);
+        let mut mine = vec![0.0f32; bytes.len() / 36 * 64];
+        llmq_quant::dequantize(llmq_formats::GgmlType::NVFP4, bytes, &mut mine).unwrap();
+        let theirs: Vec<f32> = std::fs::read(py_dir.join(format!("{}.f32", t.name)))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(theirs.len(), mine.len(), "{}", t.name);
+        let same = mine
+            .iter()
+            .zip(&theirs)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: gguf-py's values differ from ours", t.name);
+        assert!(mine.iter().any(|&v| v != 0.0), "{} is all zeros", t.name);
+    }
     compare_perplexity(dir.path(), &ours);
 }

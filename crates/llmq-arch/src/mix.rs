@@ -30,11 +30,15 @@ pub enum Mix {
     /// Ours (llama.cpp has no such mix): every quantized Linear weight MXFP4, embeddings
     /// and output Q8_0 as in `MXFP4_MOE`; written with `MXFP4_MOE`'s file type.
     MXFP4,
+    /// Ours (llama.cpp 0.3.36 reads NVFP4 but `llama-quantize` has no NVFP4 mix): every
+    /// quantized Linear weight NVFP4 (rows not a multiple of 64 fall back to Q8_0),
+    /// embeddings and output Q8_0 as in `MXFP4`; file type `LLAMA_FTYPE_MOSTLY_NVFP4`.
+    NVFP4,
     F16,
     BF16,
 }
 
-const MIXES: [(Mix, &str, u32); 16] = [
+const MIXES: [(Mix, &str, u32); 17] = [
     (Mix::Q2K, "Q2_K", 10),
     (Mix::Q3KS, "Q3_K_S", 11),
     (Mix::Q3KM, "Q3_K_M", 12),
@@ -49,6 +53,7 @@ const MIXES: [(Mix, &str, u32); 16] = [
     (Mix::IQ4XS, "IQ4_XS", 30),
     (Mix::MXFP4MOE, "MXFP4_MOE", 38),
     (Mix::MXFP4, "MXFP4", 38),
+    (Mix::NVFP4, "NVFP4", 39),
     (Mix::F16, "F16", 1),
     (Mix::BF16, "BF16", 32),
 ];
@@ -96,6 +101,7 @@ impl Mix {
             Mix::Q8_0 => GgmlType::Q8_0,
             Mix::IQ4XS => GgmlType::IQ4XS,
             Mix::MXFP4MOE | Mix::MXFP4 => GgmlType::MXFP4,
+            Mix::NVFP4 => GgmlType::NVFP4,
             Mix::F16 => GgmlType::F16,
             Mix::BF16 => GgmlType::BF16,
         }
@@ -263,7 +269,7 @@ pub fn fallback(ncols: usize, target: GgmlType) -> GgmlType {
         Q2K | Q3K | TQ1_0 | TQ2_0 => Q4_0,
         Q4K => Q5_0,
         Q5K => Q5_1,
-        Q6K => Q8_0,
+        Q6K | NVFP4 => Q8_0,
         other => other,
     };
     if !ncols.is_multiple_of(ret.block_size()) {
@@ -360,6 +366,14 @@ fn choose_one(
             G::MXFP4
         } else {
             G::Q8_0
+        });
+    }
+    if mix == M::NVFP4 {
+        // as `MXFP4`, with NVFP4 for every Linear weight
+        return Ok(if matches!(cat, Category::Output | Category::TokenEmbd) {
+            G::Q8_0
+        } else {
+            G::NVFP4
         });
     }
     if cat == Category::Output || (st.tied && cat == Category::TokenEmbd) {
@@ -681,6 +695,19 @@ mod tests {
             all
         );
         assert_eq!(pure[0], GgmlType::Q8_0);
+        // NVFP4: 2-D Linear weights and experts NVFP4, embeddings and output Q8_0
+        let nv = choose_types(Mix::NVFP4, &m, &ts).unwrap();
+        assert_eq!(
+            layers_with(&ts, &nv, ".attn_k.weight", GgmlType::NVFP4),
+            all
+        );
+        assert_eq!(
+            layers_with(&ts, &nv, ".ffn_down_exps.weight", GgmlType::NVFP4),
+            all
+        );
+        assert_eq!(nv[0], GgmlType::Q8_0);
+        assert_eq!(fallback(96, GgmlType::NVFP4), GgmlType::Q8_0);
+        assert_eq!(Mix::NVFP4.file_type(), 39);
     }
 
     #[test]

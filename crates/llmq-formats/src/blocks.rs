@@ -55,6 +55,10 @@ macro_rules! ggml_block {
 pub const QK: usize = 32;
 /// Values per super-block of the k-quants and IQ4_XS.
 pub const QK_K: usize = 256;
+/// Values per block of NVFP4 (four sub-blocks of [`QK_NVFP4_SUB`]).
+pub const QK_NVFP4: usize = 64;
+/// Values per NVFP4 sub-block (one UE4M3 scale each).
+pub const QK_NVFP4_SUB: usize = 16;
 /// Bytes of the packed 6-bit scales and mins of Q4_K / Q5_K.
 pub const K_SCALE_SIZE: usize = 12;
 
@@ -191,6 +195,17 @@ ggml_block! {
     { e / E: u8, qs / QS: [u8; QK / 2] }
 }
 
+ggml_block! {
+    /// `block_nvfp4`: 64 E2M1 values in four sub-blocks of 16, each with an unsigned
+    /// E4M3 scale byte `d[s]` (bias 7, no sign bit; bytes 0 and 0x7F read as zero).
+    /// Sub-block `s` owns `qs[8s..8s+8]`: value `16s+j` in the low nibble of
+    /// `qs[8s+j]`, value `16s+8+j` in its high nibble; value =
+    /// `E2M1_DOUBLED[nibble]·ue4m3(d[s])/2` (llama.cpp doubles the E2M1 levels and
+    /// halves the scale, `ggml_ue4m3_to_fp32`).
+    BlockNvfp4 = 36, values QK_NVFP4;
+    { d / D: [u8; QK_NVFP4 / QK_NVFP4_SUB], qs / QS: [u8; QK_NVFP4 / 2] }
+}
+
 /// One row of the type table: what the bytes of a type look like. The algorithms on
 /// these bytes have rows of their own in the layers that know them (`llmq_quant::TYPES`:
 /// quantize / dequantize; `llmq_kernels::kernels::KERNELS`: dot products), keyed by
@@ -251,6 +266,7 @@ layouts! {
     TQ1_0 "TQ1_0" QK_K, 54;
     TQ2_0 "TQ2_0" QK_K, 66;
     MXFP4 "MXFP4" QK, BlockMxfp4::BYTES;
+    NVFP4 "NVFP4" QK_NVFP4, BlockNvfp4::BYTES;
 }
 
 /// The little-endian `u16` (an f16's bits) of field `at` of block bytes `b`.
@@ -289,6 +305,8 @@ mod tests {
         assert_eq!(BlockQ8K::BSUMS, 260..292);
         assert_eq!(BlockIq4Xs::SCALES_L, 4..8);
         assert_eq!(BlockMxfp4::QS, 1..17);
+        assert_eq!(BlockNvfp4::D, 0..4);
+        assert_eq!(BlockNvfp4::QS, 4..36);
         assert!(KVALUES_IQ4NL.windows(2).all(|w| w[0] < w[1]));
     }
 

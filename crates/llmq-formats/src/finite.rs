@@ -2,7 +2,9 @@
 //! dequantizing: plain float types element by element, block types through the float
 //! fields of each block (the f16 scale `d`, and `dmin` / `m` / `s` where the block has
 //! them — the layouts of ggml's `ggml-common.h`, as [`crate::blocks`] defines them), an
-//! MXFP4 block through its E8M0 exponent (0xFF is NaN in OCP MX). A block whose scales
+//! MXFP4 block through its E8M0 exponent (0xFF is NaN in OCP MX), an NVFP4 block through
+//! its four unsigned E4M3 scales (ggml reads every byte as a finite value: no sign bit,
+//! and the NaN pattern 0x7F as zero, so such a block always passes). A block whose scales
 //! are finite decodes to finite values, so this is the whole check for those types.
 
 use crate::blocks::*;
@@ -41,6 +43,8 @@ enum F {
     F16,
     F32,
     E8M0,
+    /// ggml's unsigned E4M3 block scale (`ggml_ue4m3_to_fp32`): always finite.
+    Ue4m3,
 }
 
 /// A float field of a block: its name, byte range and storage.
@@ -93,6 +97,18 @@ fn fields(ty: GgmlType) -> Option<(usize, Vec<Field>)> {
         T::TQ2_0 => (ty.type_size(), vec![h("d", 64..66)]),
         // `e` (E8M0), then 16 bytes of FP4 pairs
         T::MXFP4 => (ty.type_size(), vec![("e", 0..1, F::E8M0)]),
+        T::NVFP4 => (
+            BlockNvfp4::BYTES,
+            (0..4)
+                .map(|s| {
+                    (
+                        "d",
+                        BlockNvfp4::D.start + s..BlockNvfp4::D.start + s + 1,
+                        F::Ue4m3,
+                    )
+                })
+                .collect(),
+        ),
         _ => return None,
     })
 }
@@ -103,6 +119,11 @@ fn read(f: F, b: &[u8]) -> f64 {
         F::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         F::E8M0 if b[0] == 0xFF => f64::NAN,
         F::E8M0 => 2f64.powi(i32::from(b[0]) - 127),
+        F::Ue4m3 => match (b[0], (b[0] >> 3) & 15, b[0] & 7) {
+            (0 | 0x7F, _, _) => 0.0,
+            (_, 0, m) => f64::from(m) * 2f64.powi(-9),
+            (_, e, m) => (1.0 + f64::from(m) / 8.0) * 2f64.powi(i32::from(e) - 7),
+        },
     }
 }
 
@@ -188,6 +209,9 @@ mod tests {
         let mut mx = vec![0u8; 2 * GgmlType::MXFP4.type_size()];
         mx[GgmlType::MXFP4.type_size()] = 0xFF;
         assert_eq!(first_non_finite(GgmlType::MXFP4, &mx).unwrap().index, 1);
+        // every NVFP4 scale byte is a finite value in ggml (0x7F and 0xFF included)
+        assert_eq!(first_non_finite(GgmlType::NVFP4, &[0xFFu8; 72]), None);
+        assert_eq!(first_non_finite(GgmlType::NVFP4, &[0x7Fu8; 36]), None);
         // values in the quantized codes are never non-finite: only scales count
         assert_eq!(
             first_non_finite(GgmlType::Q8_0, &[0xFFu8; 34])

@@ -42,6 +42,7 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
 }
 
 /// Row index in [`TYPE_LAYOUTS`] by type id (`u8::MAX`: unknown id).
@@ -135,6 +136,8 @@ mod tests {
         assert_eq!(GgmlType::Q4K.bpw(), 4.5);
         assert_eq!(GgmlType::Q6K.bpw(), 6.5625);
         assert_eq!(GgmlType::IQ4XS.bpw(), 4.25);
+        assert_eq!(GgmlType::NVFP4.bpw(), 4.5);
+        assert_eq!(GgmlType::from_id(40), Some(GgmlType::NVFP4));
         assert_eq!(GgmlType::Q3K.row_bytes(512), Some(220));
         assert_eq!(GgmlType::Q3K.row_bytes(100), None);
         assert_eq!(GgmlType::from_id(4), None);

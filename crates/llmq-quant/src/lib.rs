@@ -19,6 +19,7 @@ pub mod search;
 pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod mxfp4;
+pub mod nvfp4;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
@@ -93,6 +94,7 @@ pub const TYPES: &[QuantTraits] = &[
     traits!(IQ4NL: iq4_nl),
     traits!(IQ4XS: iq4_xs),
     traits!(MXFP4: mxfp4),
+    traits!(NVFP4: nvfp4),
 ];
 
 /// The types this crate can quantize to (and dequantize from): those of [`TYPES`].

@@ -6,6 +6,10 @@
 //! octaves. Needs the Python of `scripts/install-py-test-deps.sh`
 //! (`LLMQ_HFQUANT_PYTHON`, else `~/.cache/llm-quantize/py-test-deps/venv/bin/python`);
 //! it fails (never skips) without it.
+//!
+//! `nvfp4_scale_codes_match_gguf_py`: the GGUF NVFP4 block scale (llama.cpp's unsigned
+//! E4M3, `llmq_quant::nvfp4`) against gguf-py's numpy implementation in the same venv:
+//! llama.cpp's encoder rule over the same inputs, and the decoding of all 256 bytes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -152,4 +156,63 @@ fn minifloat_encoders_match_torch() {
         bad.len(),
         &bad[..bad.len().min(10)]
     );
+}
+
+#[test]
+fn nvfp4_scale_codes_match_gguf_py() {
+    use llmq_quant::nvfp4::{scale_code_llama, ue4m3_half};
+    let x: Vec<f32> = inputs().into_iter().filter(|v| *v >= 0.0).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.f32");
+    std::fs::write(
+        &src,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let script = r#"
+import sys, numpy as np
+from gguf.quants import NVFP4
+x = np.fromfile(sys.argv[1], dtype="<f4")
+NVFP4.fp32_to_ue4m3(x).astype(np.uint8).tofile(sys.argv[2] + "/codes.u8")
+NVFP4.ue4m3_to_fp32(np.arange(256, dtype=np.uint8)).astype("<f4").tofile(sys.argv[2] + "/values.f32")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&src)
+        .arg(dir.path())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "gguf-py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let codes = std::fs::read(dir.path().join("codes.u8")).unwrap();
+    assert_eq!(codes.len(), x.len());
+    let bad: Vec<String> = x
+        .iter()
+        .zip(&codes)
+        .filter(|(v, c)| scale_code_llama(**v) != **c)
+        .map(|(v, c)| {
+            format!(
+                "{v:e}: ours {:#04x}, gguf-py {c:#04x}",
+                scale_code_llama(*v)
+            )
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} codes differ: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(10)]
+    );
+    let values: Vec<f32> = std::fs::read(dir.path().join("values.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    for (b, v) in values.iter().enumerate() {
+        assert_eq!(ue4m3_half(b as u8).to_bits(), v.to_bits(), "byte {b:#04x}");
+    }
+    eprintln!("{} NVFP4 scale codes and 256 scale bytes compared", x.len());
 }

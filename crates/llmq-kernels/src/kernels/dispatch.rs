@@ -7,9 +7,13 @@
 use super::act_quant::Act;
 #[cfg(target_arch = "x86_64")]
 use super::dot_legacy_avx512 as x5;
-use super::{dot_float as fl, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa};
+use super::{
+    dot_float as fl, dot_fp4 as fp, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa,
+};
 #[cfg(target_arch = "x86_64")]
-use super::{dot_float::avx2 as f2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2};
+use super::{
+    dot_float::avx2 as f2, dot_fp4::avx2 as fp2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2,
+};
 use crate::weight_type::{IntAct, IntType};
 use llmq_formats::GgmlType;
 
@@ -130,6 +134,8 @@ pub const KERNELS: &[KernelRow] = &[
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
         dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: Tile::Legacy(l2::offset_mxfp4),
         dot512: x5::dot_mxfp4),
+    row!(NVFP4, Q8_0, fp::dot_nvfp4, avx2: fp2::dot_nvfp4, fp2::dot4_nvfp4,
+        dot512: super::dot_fp4::avx512::dot_nvfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,

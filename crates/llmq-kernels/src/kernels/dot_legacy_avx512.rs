@@ -16,19 +16,19 @@ use std::arch::x86_64::*;
 
 /// `Σ_{4 bytes} w·a` per i32 lane for signed `w`.
 #[inline(always)]
-unsafe fn dot_signed(w: __m512i, a: __m512i) -> __m512i {
+pub(super) unsafe fn dot_signed(w: __m512i, a: __m512i) -> __m512i {
     let neg = _mm512_movepi8_mask(w);
     let sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sa)
 }
 
 #[inline(always)]
-unsafe fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
+pub(super) unsafe fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
 #[inline(always)]
-unsafe fn join_f(lo: __m256, hi: __m256) -> __m512 {
+pub(super) unsafe fn join_f(lo: __m256, hi: __m256) -> __m512 {
     _mm512_castpd_ps(_mm512_insertf64x4::<1>(
         _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
         _mm256_castps_pd(hi),

@@ -36,6 +36,7 @@
 pub mod act_quant;
 mod dispatch;
 pub mod dot_float;
+pub mod dot_fp4;
 pub mod dot_int;
 pub mod dot_kquants;
 #[cfg(target_arch = "x86_64")]

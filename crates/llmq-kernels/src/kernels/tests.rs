@@ -118,6 +118,8 @@ fn shapes(ty: GgmlType) -> Vec<(usize, usize, usize)> {
         vec![256, 768]
     } else if bs == 32 {
         vec![96, 288, 512]
+    } else if bs == 64 {
+        vec![64, 192, 512]
     } else {
         vec![5, 96, 517]
     };
@@ -578,6 +580,7 @@ fn rows_are_independent_of_batch_size() {
         for &ty in FAST_TYPES {
             let cols = match ty.block_size() {
                 256 => 512,
+                64 => 192,
                 32 => 160,
                 _ => 165,
             };

@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("gemvq.cu", include_str!("kernels/gemvq.cu")),
     ("tensorcore.cu", include_str!("kernels/tensorcore.cu")),
+    ("fp4.cu", include_str!("kernels/fp4.cu")),
 ];
 
 /// The whole module's source.

@@ -1,6 +1,7 @@
 //! Weight matrices on the device, uploaded once in their packed GGUF form, and which
-//! weight types the GPU kernels compute (`kernels/dequant.cuh`). Any other type is
-//! refused when the model loads, naming the tensor, never computed on the host.
+//! weight types the GPU kernels compute (`kernels/dequant.cuh`, and `kernels/fp4.cu` for
+//! MXFP4 / NVFP4). Any other type is refused when the model loads, naming the tensor,
+//! never computed on the host.
 
 use super::buffers::ok;
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -66,13 +67,15 @@ pub const GPU_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q5K, "q5_k"),
     (GgmlType::Q6K, "q6_k"),
     (GgmlType::IQ4XS, "iq4_xs"),
+    (GgmlType::MXFP4, "mxfp4"),
+    (GgmlType::NVFP4, "nvfp4"),
 ];
 
 /// The types whose products also have an integer kernel (`kernels/gemvq.cu`: int8
 /// activations, `dp4a`), used for every call of those types.
 pub const INT_DOT_TYPES: &[&str] = &[
     "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
-    "iq4_xs", "int4", "int8",
+    "iq4_xs", "int4", "int8", "mxfp4", "nvfp4",
 ];
 
 /// The kernel suffix of a weight type the GPU computes. Group-wise integer weights
