@@ -19,6 +19,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("gemvq.cu", include_str!("kernels/gemvq.cu")),
     ("tensorcore.cu", include_str!("kernels/tensorcore.cu")),
+    ("calib.cuh", include_str!("kernels/calib.cuh")),
+    ("calib.cu", include_str!("kernels/calib.cu")),
 ];
 
 /// The whole module's source.
