@@ -57,6 +57,10 @@
 mod activations;
 mod awq_block;
 mod blocks;
+#[cfg(feature = "cuda")]
+mod device_blocks;
+#[cfg(feature = "cuda")]
+mod device_observe;
 pub(crate) mod calibration;
 mod driver;
 mod formats;
