@@ -93,7 +93,10 @@ type Target = (Format, String, Method, Option<IntGrid>);
 
 /// `--device`: the CPU, or a GPU for GPTQ (the pipeline refuses what the GPU path
 /// does not cover, see `llmq_pipeline::CalibDevice`).
-fn calib_device(a: &QuantizeArgs, method: Method) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
+fn calib_device(
+    a: &QuantizeArgs,
+    method: Method,
+) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
     if a.device == "cpu" {
         return Ok(llmq_pipeline::CalibDevice::Cpu);
     }

@@ -59,7 +59,12 @@ pub trait LinearObserver {
     /// The rows in the backend's own buffer (`B::Buf`), before any copy to the host:
     /// an observer that takes them there (calibration on the GPU) returns `true`, and
     /// [`LinearObserver::observe`] is not called for them.
-    fn observe_buf(&mut self, _site: &LinearSite<'_>, _x: &dyn std::any::Any, _rows: usize) -> bool {
+    fn observe_buf(
+        &mut self,
+        _site: &LinearSite<'_>,
+        _x: &dyn std::any::Any,
+        _rows: usize,
+    ) -> bool {
         false
     }
     /// Tokens routed to each expert of a MoE layer (called once per MoE block run,

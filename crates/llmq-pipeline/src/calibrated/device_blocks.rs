@@ -379,8 +379,19 @@ fn solve_block(
             damp_percent: req.damp_percent,
             max_damp_percent: 10.0,
         };
-        let r = gpu.gptq(&w, o, i, h, &params).map_err(|e| gptq_error(&t.hf, e))?;
-        let st = report(&t.hf, &w, &r.quantized, r.damp_percent, r.loss, t.tokens, t.label, t.note)?;
+        let r = gpu
+            .gptq(&w, o, i, h, &params)
+            .map_err(|e| gptq_error(&t.hf, e))?;
+        let st = report(
+            &t.hf,
+            &w,
+            &r.quantized,
+            r.damp_percent,
+            r.loss,
+            t.tokens,
+            t.label,
+            t.note,
+        )?;
         out.push((t.hf, r.quantized, st));
     }
     Ok(out)

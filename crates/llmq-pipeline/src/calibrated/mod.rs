@@ -57,11 +57,11 @@
 mod activations;
 mod awq_block;
 mod blocks;
+pub(crate) mod calibration;
 #[cfg(feature = "cuda")]
 mod device_blocks;
 #[cfg(feature = "cuda")]
 mod device_observe;
-pub(crate) mod calibration;
 mod driver;
 mod formats;
 mod fp_block;

@@ -163,7 +163,10 @@ impl CalibGpu {
         dev(name, unsafe { b.launch(cfg) }).map(|_| ())
     }
 
-    fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+    fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
         dev("alloc", self.be.stream().alloc_zeros::<T>(n.max(1)))
     }
 
@@ -175,7 +178,11 @@ impl CalibGpu {
         dev("upload", self.be.stream().clone_htod(v))
     }
 
-    fn download<T: DeviceRepr + Default + Clone>(&self, s: &CudaSlice<T>, n: usize) -> Result<Vec<T>> {
+    fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        s: &CudaSlice<T>,
+        n: usize,
+    ) -> Result<Vec<T>> {
         if n == 0 {
             return Ok(Vec::new());
         }

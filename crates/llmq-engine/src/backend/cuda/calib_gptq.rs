@@ -358,11 +358,7 @@ impl CalibGpu {
         // L⁻¹ = L \ I
         // SAFETY: every value is written by calib_eye.
         let linv = dev("alloc", unsafe { self.be.stream().alloc::<f64>(nn) })?;
-        self.launch(
-            "calib_eye",
-            grid(nn),
-            &[&self.ptr(&linv), &(n as i32)],
-        )?;
+        self.launch("calib_eye", grid(nn), &[&self.ptr(&linv), &(n as i32)])?;
         let one = 1.0f64;
         // SAFETY: r and linv hold n·n values.
         let s = unsafe {
