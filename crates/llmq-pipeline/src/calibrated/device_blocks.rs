@@ -26,7 +26,7 @@ use crate::request::{Method, QuantizeRequest};
 use crate::run::Progress;
 use llmq_arch::{apply_transform, GgufTensorSpec};
 use llmq_calib::dataset::CalibrationSet;
-use llmq_engine::backend::cuda::{CalibGpu, DeviceHessian, GptqFail, GptqParams};
+use llmq_engine::backend::cuda::{CalibGpu, DeviceHessian, GptqFail, GptqOut, GptqParams};
 use llmq_engine::backend::Cuda;
 use llmq_engine::{LinearStage, Model, WeightSource};
 use llmq_hfquant::IntQuantized;
@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// Tokens per batch through a block (as on the CPU).
 const BATCH_TOKENS: usize = 4096;
@@ -114,6 +115,7 @@ pub(super) fn run_blocks_device(
                 "Run the command again",
             ));
         }
+        let t0 = Instant::now();
         model.load_block(src, layer).map_err(engine_err)?;
         let mut col = DeviceCollector::new(&gpu);
         run_device_batches(&model, layer, &mut store, &groups, Some(&mut col), false)?;
@@ -127,7 +129,9 @@ pub(super) fn run_blocks_device(
             }
         }
         ignored.extend(block_ignored.iter().cloned());
-        let block_q = solve_block(req, alloc, tensors, &gpu, layer, &col, top_k)?;
+        let t1 = Instant::now();
+        let block_q = solve_block(req, alloc, tensors, &gpu, layer, &col, top_k, progress)?;
+        let t2 = Instant::now();
         drop(col);
         let block = BlockState {
             modules: block_q,
@@ -162,6 +166,12 @@ pub(super) fn run_blocks_device(
         }
         drop(deq);
         run_device_batches(&model, layer, &mut store, &groups, None, true)?;
+        progress.message(&format!(
+            "layer {layer}: load, forward and Hessians {:.2} s, GPTQ {:.2} s, forward {:.2} s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64()
+        ));
         if let (Some(cp), Some(bytes)) = (checkpoint.as_deref_mut(), &block_bytes) {
             if layer + 1 < n_layer {
                 cp.save_block(
@@ -239,7 +249,9 @@ fn solve_block(
     layer: usize,
     col: &DeviceCollector<'_>,
     top_k: usize,
+    progress: &dyn Progress,
 ) -> Result<Vec<(String, IntQuantized, TensorReport)>> {
+    let check = std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1");
     // all-token Hessian of the MoE input (fallback for starved experts)
     let experts: Vec<&DeviceHessian> = col
         .sites
@@ -382,6 +394,9 @@ fn solve_block(
         let r = gpu
             .gptq(&w, o, i, h, &params)
             .map_err(|e| gptq_error(&t.hf, e))?;
+        if check {
+            progress.message(&check_against_cpu(gpu, h, &w, (o, i), &params, &t.hf, &r)?);
+        }
         let st = report(
             &t.hf,
             &w,
@@ -395,6 +410,51 @@ fn solve_block(
         out.push((t.hf, r.quantized, st));
     }
     Ok(out)
+}
+
+/// `LLMQ_CALIB_CHECK=1`: the CPU solve (`llmq_calib::gptq_quantize`) on the device
+/// Hessian brought to the host, against the device's codes: a line for the log.
+fn check_against_cpu(
+    gpu: &CalibGpu,
+    h: &DeviceHessian,
+    w: &[f32],
+    (o, i): (usize, usize),
+    p: &GptqParams,
+    name: &str,
+    r: &GptqOut,
+) -> Result<String> {
+    let q = &r.quantized;
+    let hh = gpu.hessian_host(h).map_err(engine_err)?;
+    let cfg = llmq_calib::GptqConfig {
+        bits: p.bits,
+        group_size: p.group_size,
+        sym: p.sym,
+        desc_act: p.desc_act,
+        static_groups: p.static_groups,
+        damp_percent: p.damp_percent,
+        max_damp_percent: p.max_damp_percent,
+        block_size: 128,
+    };
+    let cpu = llmq_calib::gptq_quantize(name, w, o, i, &hh, &cfg)
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?;
+    let same =
+        q.q.iter()
+            .zip(&cpu.quantized.q)
+            .filter(|(a, b)| a == b)
+            .count();
+    let scales = q
+        .scales
+        .iter()
+        .zip(&cpu.quantized.scales)
+        .filter(|(a, b)| a == b)
+        .count();
+    Ok(format!(
+        "check {name}: codes equal to the CPU solve on the same Hessian {:.5}, scales {:.5}, loss {:.6e} (CPU {:.6e})",
+        same as f64 / q.q.len().max(1) as f64,
+        scales as f64 / q.scales.len().max(1) as f64,
+        r.loss,
+        cpu.loss
+    ))
 }
 
 /// A failed device solve in the CPU path's words.
