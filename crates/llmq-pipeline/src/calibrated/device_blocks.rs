@@ -241,6 +241,7 @@ fn run_device_batches(
 /// asks for it and a Hessian is there, round-to-nearest otherwise; in the CPU path's
 /// order (sites by key, each HF weight at the first site naming it, then the experts
 /// that never fired).
+#[allow(clippy::too_many_arguments)]
 fn solve_block(
     req: &QuantizeRequest,
     alloc: &Allocation,
