@@ -110,7 +110,7 @@ fn calib_device(
             "Run with --device cpu, or use --method gptq",
         ));
     }
-    match crate::model_load::choose_device_exact(&a.device, false)? {
+    match crate::model_load::choose_device(&a.device, false)? {
         crate::model_load::Device::Cpu => Ok(llmq_pipeline::CalibDevice::Cpu),
         #[cfg(feature = "cuda")]
         crate::model_load::Device::Cuda(c) => Ok(llmq_pipeline::CalibDevice::Cuda(c)),

@@ -75,7 +75,21 @@ pub(super) fn run_blocks_device(
         ));
     }
     let gpu = CalibGpu::new(cuda).map_err(engine_err)?;
-    progress.message(&format!("calibration on {}", cuda.describe()));
+    if std::env::var_os("LLMQ_CALIB_EXACT").is_some_and(|v| v == "1") {
+        cuda.set_tensor_core_prompts(false);
+    }
+    // tensor-core prompt products take f16 weights: the block's float weights go in as
+    // f16 (bf16 values are exact in f16 within its range)
+    let f16 = cuda.tensor_core_prompts();
+    progress.message(&format!(
+        "calibration on {}; block products {}",
+        cuda.describe(),
+        if f16 {
+            "on tensor cores (f16 weights and activations, f32 sums)"
+        } else {
+            "on the exact GEMV kernels"
+        }
+    ));
     let mut model = Model::load_streamed_on(cuda.clone(), src).map_err(engine_err)?;
     let d = model.hp.n_embd;
     let n_layer = model.hp.n_layer;
@@ -117,6 +131,18 @@ pub(super) fn run_blocks_device(
         }
         let t0 = Instant::now();
         model.load_block(src, layer).map_err(engine_err)?;
+        if f16 {
+            let mut specs = block_specs(tensors, layer);
+            specs.retain(|s| !s.gguf_name.contains("ffn_gate_inp"));
+            for spec in specs {
+                let srcs: Vec<Vec<f32>> = spec
+                    .sources
+                    .iter()
+                    .map(|n| tensors.hf_f32(n))
+                    .collect::<Result<_>>()?;
+                put_weight(&mut model, spec, &srcs, true, true)?;
+            }
+        }
         let mut col = DeviceCollector::new(&gpu);
         run_device_batches(&model, layer, &mut store, &groups, Some(&mut col), false)?;
         if let Some(e) = col.error.take() {
@@ -147,22 +173,11 @@ pub(super) fn run_blocks_device(
             stats.push(st);
             modules.insert(hf, QModule::Int(q));
         }
-        let mut specs: Vec<&GgufTensorSpec> = tensors
-            .specs
-            .values()
-            .filter(|s| s.layer == Some(layer))
-            .filter(|s| !s.sources.is_empty() && s.sources.iter().all(|n| deq.contains_key(n)))
-            .collect();
-        specs.sort_by(|a, b| a.gguf_name.cmp(&b.gguf_name));
+        let mut specs = block_specs(tensors, layer);
+        specs.retain(|s| s.sources.iter().all(|n| deq.contains_key(n)));
         for spec in specs {
             let srcs: Vec<Vec<f32>> = spec.sources.iter().map(|n| deq[n].clone()).collect();
-            let vals = apply_transform(spec, &srcs)
-                .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?;
-            let cols = spec.shape_ne.first().copied().unwrap_or(1);
-            let rows: usize = spec.shape_ne.iter().skip(1).product();
-            model
-                .replace_weight(&spec.gguf_name, WeightMatrix::from_f32(rows, cols, vals))
-                .map_err(engine_err)?;
+            put_weight(&mut model, spec, &srcs, f16, false)?;
         }
         drop(deq);
         run_device_batches(&model, layer, &mut store, &groups, None, true)?;
@@ -196,6 +211,53 @@ pub(super) fn run_blocks_device(
         ignored.into_iter().collect(),
         0,
     ))
+}
+
+/// The engine tensors of block `layer` made from Hugging Face weights (matrices), by
+/// name.
+fn block_specs(tensors: &Tensors, layer: usize) -> Vec<&GgufTensorSpec> {
+    let mut specs: Vec<&GgufTensorSpec> = tensors
+        .specs
+        .values()
+        .filter(|s| s.layer == Some(layer) && !s.sources.is_empty() && s.shape_ne.len() >= 2)
+        .collect();
+    specs.sort_by(|a, b| a.gguf_name.cmp(&b.gguf_name));
+    specs
+}
+
+/// Engine tensor `spec` from its HF sources' values into the device model, as f32 or
+/// (`f16`) f16; with `keep_unknown` a tensor the engine does not replace (not a
+/// product weight) stays as loaded.
+fn put_weight(
+    model: &mut Model<Cuda>,
+    spec: &GgufTensorSpec,
+    srcs: &[Vec<f32>],
+    f16: bool,
+    keep_unknown: bool,
+) -> Result<()> {
+    let vals = apply_transform(spec, srcs)
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?;
+    let cols = spec.shape_ne.first().copied().unwrap_or(1);
+    let rows: usize = spec.shape_ne.iter().skip(1).product();
+    let w = if f16 {
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
+        WeightMatrix::new(
+            llmq_formats::GgmlType::F16,
+            rows,
+            cols,
+            llmq_kernels::Bytes::whole(std::sync::Arc::new(bytes)),
+        )
+        .map_err(|e| PipelineError::general(e.to_string(), "Report this as a bug"))?
+    } else {
+        WeightMatrix::from_f32(rows, cols, vals)
+    };
+    match model.replace_weight(&spec.gguf_name, w) {
+        Err(llmq_engine::EngineError::MissingTensor(_)) if keep_unknown => Ok(()),
+        r => r.map_err(engine_err),
+    }
 }
 
 /// Block `layer` of the device model over every stored sample, batch by batch, under
