@@ -19,14 +19,17 @@
 #   with 128 x 2048 calibration tokens (TEXT repeated to be long enough): wall time, host
 #   peak RSS (/usr/bin/time -v), GPU peak memory (nvidia-smi polled every 200 ms) and the
 #   per-layer times. Goal: <= 600 s and <= 32 GB RSS. --limit caps the quantize run (s);
-#   --layers makes a shallower model (per-layer times scale to 32).
+#   --layers makes a shallower model (per-layer times scale to 32); --make-only stops
+#   after making the model (a first call within the device tool's 10-minute limit).
+# --exact: the device's block products on the exact GEMV kernels (LLMQ_CALIB_EXACT=1)
+#   instead of tensor cores with f16 weights (the default of --device cuda).
 #
 # WORK (env, default /tmp/gpu-calib-work) holds the big model and the outputs; results
 # and logs go to --out (default $OUT, else /tmp/gpu-calib-check). Exit 0 only if every
 # part run passed.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-LQ="" TEXT="" R="${OUT:-/tmp/gpu-calib-check}" BIG=0 LAYERS=32 LIMIT=560 TOK="" SAMPLES=64
+LQ="" TEXT="" R="${OUT:-/tmp/gpu-calib-check}" BIG=0 LAYERS=32 LIMIT=560 TOK="" SAMPLES=64 MAKE_ONLY=0
 MODELS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,6 +41,8 @@ while [ $# -gt 0 ]; do
     --limit) LIMIT="$2"; shift 2 ;;
     --tokenizer) TOK="$2"; shift 2 ;;
     --samples) SAMPLES="$2"; shift 2 ;;
+    --exact) export LLMQ_CALIB_EXACT=1; shift ;;
+    --make-only) MAKE_ONLY=1; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) MODELS+=("$1"); shift ;;
   esac
@@ -165,6 +170,7 @@ if [ $BIG = 1 ]; then
     mv "$big.tmp" "$big"
     say "big: made $big in $(python3 -c "print(f'{$(now) - $t0:.0f}')") s ($(du -sh "$big" | cut -f1))"
   fi
+  if [ "$MAKE_ONLY" = 1 ]; then exit 0; fi
   # calibration text of at least 4 MB (128 x 2048 tokens)
   cal="$W/calib.txt"
   : >"$cal"
@@ -200,6 +206,6 @@ PY
     say "big: FAIL (exit $rc; goal <= 600 s and <= 32 GB; see $R/big-quantize.log)"; tail -5 "$R/big-quantize.log" | tee -a "$SUMMARY"
     fail=1
   fi
-  rm -rf "$out"
+  rm -rf "$out" "$W/.llama8b-$LAYERS-gptq.partial"
 fi
 exit $fail
