@@ -153,8 +153,8 @@ pub struct QuantizeArgs {
     #[arg(long, hide = true)]
     pub stop_after_layers: Option<usize>,
     /// Where calibration runs (the block forward, Hessians and the GPTQ solve): cpu,
-    /// cuda or cuda:N; the GPU takes --method gptq into gptq or compressed-tensors
-    /// integer levels
+    /// cuda, cuda:N or auto; the GPU takes --method gptq into gptq or
+    /// compressed-tensors integer levels
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

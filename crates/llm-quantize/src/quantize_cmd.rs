@@ -97,7 +97,8 @@ fn calib_device(
     a: &QuantizeArgs,
     method: Method,
 ) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
-    if a.device == "cpu" {
+    // `auto` takes a GPU only where the GPU path covers the method
+    if a.device == "cpu" || (a.device == "auto" && method != Method::Gptq) {
         return Ok(llmq_pipeline::CalibDevice::Cpu);
     }
     if method != Method::Gptq {
