@@ -24,6 +24,7 @@
 # --exact: the device's block products on the exact GEMV kernels (LLMQ_CALIB_EXACT=1)
 #   instead of tensor cores with f16 weights (the default of --device cuda).
 #
+# STEP_LIMIT (env, default 240 s) caps each quantize and eval of the small part.
 # WORK (env, default /tmp/gpu-calib-work) holds the big model and the outputs; results
 # and logs go to --out (default $OUT, else /tmp/gpu-calib-check). Exit 0 only if every
 # part run passed.
@@ -115,7 +116,7 @@ for m in "${MODELS[@]}"; do
     out="$W/$name-gptq-$dev"
     rm -rf "$out"
     t0="$(now)"
-    if ! LLMQ_CALIB_CHECK=$([ "$dev" = cuda ] && echo 1 || echo 0) timeout 900 "$LQ" --format json quantize "$m" gptq -q 4bit \
+    if ! LLMQ_CALIB_CHECK=$([ "$dev" = cuda ] && echo 1 || echo 0) timeout "${STEP_LIMIT:-240}" "$LQ" --format json quantize "$m" gptq -q 4bit \
         --method gptq --device "$dev" --no-checkpoints --calibration-samples "$SAMPLES" \
         -o "$W" -n "$name-gptq-$dev" \
         >"$R/$name-quantize-$dev.json" 2>"$R/$name-quantize-$dev.log"; then
@@ -125,7 +126,7 @@ for m in "${MODELS[@]}"; do
     fi
     wall[$dev]="$(python3 -c "print(f'{$(now) - $t0:.1f}')")"
     e="$R/$name-eval-$dev.json"
-    if ! timeout 900 "$LQ" --format json eval "$out" --base "$m" --dataset "$TEXT" --samples 16 \
+    if ! timeout "${STEP_LIMIT:-240}" "$LQ" --format json eval "$out" --base "$m" --dataset "$TEXT" --samples 16 \
         --max-length 256 --device cpu >"$e" 2>>"$LOG"; then
       say "$name: eval of the $dev output FAILED (see $LOG)"; cat "$e" >>"$LOG"; ok=0; break
     fi
@@ -182,7 +183,17 @@ if [ $BIG = 1 ]; then
   smi=$!
   base="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)"
   t0="$(now)"
-  /usr/bin/time -v -o "$R/big-time.txt" timeout "$LIMIT" "$LQ" --format json quantize "$big" gptq -q 4bit \
+  # peak RSS: /usr/bin/time -v, else the same number from Python's getrusage
+  timev() {
+    if [ -x /usr/bin/time ]; then /usr/bin/time -v -o "$R/big-time.txt" "$@"; return; fi
+    python3 - "$R/big-time.txt" "$@" <<'PY'
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(f"Maximum resident set size (kbytes): {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\n")
+sys.exit(rc)
+PY
+  }
+  timev timeout "$LIMIT" "$LQ" --format json quantize "$big" gptq -q 4bit \
     --method gptq --device cuda --no-checkpoints --no-validate --calibration-data "$cal" \
     --calibration-samples 128 --calibration-seq-len 2048 -o "$W" -n "llama8b-$LAYERS-gptq" \
     >"$R/big-quantize.json" 2>"$R/big-quantize.log"
