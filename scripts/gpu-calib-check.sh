@@ -151,9 +151,12 @@ PY
   # the device solves against the CPU solve on the same Hessians
   python3 - "$R/$name-quantize-cuda.log" "$name" <<'PY' | tee -a "$SUMMARY"
 import re, sys
-xs = [float(m.group(1)) for m in re.finditer(r"check \S+: codes equal to the CPU solve on the same Hessian ([0-9.]+)", open(sys.argv[1]).read())]
+t = open(sys.argv[1]).read()
+xs = [float(m.group(1)) for m in re.finditer(r"check \S+: codes equal to the CPU solve on the same Hessian ([0-9.]+)", t)]
+hs = [float(m.group(1)) for m in re.finditer(r"device Hessian vs host rel\. diff ([0-9.e+-]+)", t)]
 print(f"  {sys.argv[2]}: device solve vs CPU solve on the same Hessian: {len(xs)} tensors, "
-      + (f"code agreement min {min(xs):.5f}, mean {sum(xs)/len(xs):.5f}" if xs else "no check lines"))
+      + (f"code agreement min {min(xs):.5f}, mean {sum(xs)/len(xs):.5f}" if xs else "no check lines")
+      + (f"; device Hessians vs host (same rows): max rel. diff {max(hs):.2e}" if hs else ""))
 PY
 done
 

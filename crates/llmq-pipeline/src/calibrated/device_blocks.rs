@@ -458,7 +458,20 @@ fn solve_block(
             .gptq(&w, o, i, h, &params)
             .map_err(|e| gptq_error(&t.hf, e))?;
         if check {
-            progress.message(&check_against_cpu(gpu, h, &w, (o, i), &params, &t.hf, &r)?);
+            let host = match &t.calib {
+                HSel::Site(k) => col.sites.get(k).and_then(|s| s.host.as_ref()),
+                _ => None,
+            };
+            progress.message(&check_against_cpu(
+                gpu,
+                h,
+                host,
+                &w,
+                (o, i),
+                &params,
+                &t.hf,
+                &r,
+            )?);
         }
         let st = report(
             &t.hf,
@@ -477,9 +490,11 @@ fn solve_block(
 
 /// `LLMQ_CALIB_CHECK=1`: the CPU solve (`llmq_calib::gptq_quantize`) on the device
 /// Hessian brought to the host, against the device's codes: a line for the log.
+#[allow(clippy::too_many_arguments)]
 fn check_against_cpu(
     gpu: &CalibGpu,
     h: &DeviceHessian,
+    host: Option<&llmq_calib::HessianAccumulator>,
     w: &[f32],
     (o, i): (usize, usize),
     p: &GptqParams,
@@ -488,6 +503,16 @@ fn check_against_cpu(
 ) -> Result<String> {
     let q = &r.quantized;
     let hh = gpu.hessian_host(h).map_err(engine_err)?;
+    // the device Hessian against the host's on the same rows: ‖ΔH‖ / ‖H‖
+    let h_rel = host.map(|a| {
+        let c = a.clone().finish();
+        let (mut d, mut s) = (0.0f64, 0.0f64);
+        for (x, y) in hh.iter().zip(&c) {
+            d += (x - y) * (x - y);
+            s += y * y;
+        }
+        (d / s.max(f64::MIN_POSITIVE)).sqrt()
+    });
     let cfg = llmq_calib::GptqConfig {
         bits: p.bits,
         group_size: p.group_size,
@@ -512,11 +537,12 @@ fn check_against_cpu(
         .filter(|(a, b)| a == b)
         .count();
     Ok(format!(
-        "check {name}: codes equal to the CPU solve on the same Hessian {:.5}, scales {:.5}, loss {:.6e} (CPU {:.6e})",
+        "check {name}: codes equal to the CPU solve on the same Hessian {:.5}, scales {:.5}, loss {:.6e} (CPU {:.6e}); device Hessian vs host {}",
         same as f64 / q.q.len().max(1) as f64,
         scales as f64 / q.scales.len().max(1) as f64,
         r.loss,
-        cpu.loss
+        cpu.loss,
+        h_rel.map_or("-".to_string(), |e| format!("rel. diff {e:.2e}"))
     ))
 }
 

@@ -5,6 +5,7 @@
 //! the CPU).
 
 use super::observe::SiteKey;
+use llmq_calib::HessianAccumulator;
 use llmq_engine::backend::cuda::{CalibGpu, CudaBuf, DeviceHessian};
 use llmq_engine::{Backend, EngineError, LinearObserver, LinearSite};
 use std::collections::BTreeMap;
@@ -13,12 +14,17 @@ use std::collections::BTreeMap;
 pub(super) struct DeviceSite {
     pub(super) weights: Vec<&'static str>,
     pub(super) hess: DeviceHessian,
+    /// `LLMQ_CALIB_CHECK=1`: the same Hessian accumulated on the host from the rows
+    /// fetched there (a check of the device's)
+    pub(super) host: Option<HessianAccumulator>,
 }
 
 pub(super) struct DeviceCollector<'g> {
     pub(super) gpu: &'g CalibGpu,
     pub(super) sites: BTreeMap<SiteKey, DeviceSite>,
     pub(super) expert_tokens: Vec<u64>,
+    /// also accumulate every Hessian on the host (`LLMQ_CALIB_CHECK=1`)
+    pub(super) check: bool,
     /// the first failure (an observer cannot return one)
     pub(super) error: Option<EngineError>,
 }
@@ -29,6 +35,7 @@ impl<'g> DeviceCollector<'g> {
             gpu,
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
+            check: std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1"),
             error: None,
         }
     }
@@ -43,10 +50,14 @@ impl<'g> DeviceCollector<'g> {
                 DeviceSite {
                     weights: site.weights.to_vec(),
                     hess,
+                    host: self.check.then(|| HessianAccumulator::new(cols)),
                 },
             );
         }
         let s = self.sites.get_mut(&key).expect("inserted above");
+        if let Some(h) = &mut s.host {
+            h.add(&self.gpu.cuda().to_host(x), rows);
+        }
         self.gpu.hessian_add(&mut s.hess, x, rows)
     }
 }
