@@ -152,6 +152,11 @@ pub struct QuantizeArgs {
     /// Testing hook: stop after N layers as if the process had been killed
     #[arg(long, hide = true)]
     pub stop_after_layers: Option<usize>,
+    /// Where calibration runs (the block forward, Hessians and the GPTQ solve): cpu,
+    /// cuda, cuda:N or auto; the GPU takes --method gptq into gptq or
+    /// compressed-tensors integer levels
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// A `--method` name from the pipeline's method registry.

@@ -80,6 +80,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
         max_workers: a.max_workers,
         ram_budget_bytes: a.ram_budget_gb.map(|g| (g * 1e9) as u64),
         token: a.token.clone(),
+        device: calib_device(a, method)?,
         target_bpw: a.target_bpw.map(|bpw| TargetBpw {
             bpw,
             windows: a.measure_windows,
@@ -89,6 +90,33 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
 }
 
 type Target = (Format, String, Method, Option<IntGrid>);
+
+/// `--device`: the CPU, or a GPU for GPTQ (the pipeline refuses what the GPU path
+/// does not cover, see `llmq_pipeline::CalibDevice`).
+fn calib_device(
+    a: &QuantizeArgs,
+    method: Method,
+) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
+    // `auto` takes a GPU only where the GPU path covers the method
+    if a.device == "cpu" || (a.device == "auto" && method != Method::Gptq) {
+        return Ok(llmq_pipeline::CalibDevice::Cpu);
+    }
+    if method != Method::Gptq {
+        return Err(PipelineError::unsupported(
+            format!(
+                "--device {}: calibration on the GPU covers --method gptq only (this run uses {})",
+                a.device,
+                method.name()
+            ),
+            "Run with --device cpu, or use --method gptq",
+        ));
+    }
+    match crate::model_load::choose_device(&a.device, false)? {
+        crate::model_load::Device::Cpu => Ok(llmq_pipeline::CalibDevice::Cpu),
+        #[cfg(feature = "cuda")]
+        crate::model_load::Device::Cuda(c) => Ok(llmq_pipeline::CalibDevice::Cuda(c)),
+    }
+}
 
 /// `-q`, which only gguf with --target-bpw may leave out.
 fn level_of(a: &QuantizeArgs) -> Result<String, PipelineError> {

@@ -55,7 +55,7 @@ fn nvrtc_compiles_every_kernel() {
         let kernels = ptx.matches(".entry ").count();
         // the shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
-        // dequantization per quantized type)
+        // dequantization per quantized type) + the calibration kernels
         for k in cuda::KERNELS {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }
@@ -65,9 +65,13 @@ fn nvrtc_compiles_every_kernel() {
                 + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
                 + 1
-                + cuda::DEQUANT_F16_TYPES.len(),
+                + cuda::DEQUANT_F16_TYPES.len()
+                + cuda::CALIB_KERNELS.len(),
             "{arch}"
         );
+        for k in cuda::CALIB_KERNELS {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
+        }
         for k in cuda::DEQUANT_F16_TYPES {
             assert!(
                 ptx.contains(&format!(".entry dequant_f16_{k}(")),

@@ -56,6 +56,17 @@ pub trait LinearObserver {
     }
     /// `x` holds `rows` input rows (`[rows, in_features]`, row-major).
     fn observe(&mut self, site: &LinearSite<'_>, x: &[f32], rows: usize);
+    /// The rows in the backend's own buffer (`B::Buf`), before any copy to the host:
+    /// an observer that takes them there (calibration on the GPU) returns `true`, and
+    /// [`LinearObserver::observe`] is not called for them.
+    fn observe_buf(
+        &mut self,
+        _site: &LinearSite<'_>,
+        _x: &dyn std::any::Any,
+        _rows: usize,
+    ) -> bool {
+        false
+    }
     /// Tokens routed to each expert of a MoE layer (called once per MoE block run,
     /// including experts that got none).
     fn expert_counts(&mut self, _layer: usize, _counts: &[usize]) {}
@@ -97,16 +108,15 @@ impl Tap<'_> {
     ) {
         if let Some(o) = self.obs.as_deref_mut() {
             if o.wants(stage) {
-                o.observe(
-                    &LinearSite {
-                        layer: self.layer,
-                        stage,
-                        expert,
-                        weights,
-                    },
-                    &be.to_host(x),
-                    rows,
-                );
+                let site = LinearSite {
+                    layer: self.layer,
+                    stage,
+                    expert,
+                    weights,
+                };
+                if !o.observe_buf(&site, x, rows) {
+                    o.observe(&site, &be.to_host(x), rows);
+                }
             }
         }
     }

@@ -35,7 +35,7 @@ pub use error::{ErrorKind, PipelineError, Result};
 pub use info::{model_info, ModelInfo, QuantizedInfo};
 pub use report::{CalibrationDetail, CalibrationSummary, QuantizeOutcome, TensorReport};
 pub use request::{
-    exl3_bpw, exl3_k, CalibrationRequest, IntGrid, Layout, Method, OutputFormat, QuantizeRequest,
-    TargetBpw,
+    exl3_bpw, exl3_k, CalibDevice, CalibrationRequest, IntGrid, Layout, Method, OutputFormat,
+    QuantizeRequest, TargetBpw,
 };
 pub use run::{NoProgress, Progress, CANCEL};

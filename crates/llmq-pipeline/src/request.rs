@@ -50,6 +50,17 @@ pub struct CalibrationRequest {
     pub seq_len: usize,
 }
 
+/// Where calibration runs: the CPU engine, or (GPTQ into an integer layout) a CUDA
+/// device for the block forward, the Hessians and the solve
+/// (`calibrated::device_blocks`).
+#[derive(Debug, Clone, Default)]
+pub enum CalibDevice {
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(llmq_engine::backend::Cuda),
+}
+
 /// Everything a quantize run needs (checked by [`QuantizeRequest::check`]).
 #[derive(Debug, Clone)]
 pub struct QuantizeRequest {
@@ -82,6 +93,8 @@ pub struct QuantizeRequest {
     pub ram_budget_bytes: Option<u64>,
     /// Hugging Face Hub token
     pub token: Option<String>,
+    /// where calibration runs (`--device`)
+    pub device: CalibDevice,
     /// GGUF: choose every tensor group's type by measured ΔKL within this many bits
     /// per weight of the whole file ([`crate::target_bpw`]); `None`: the level's mix
     pub target_bpw: Option<TargetBpw>,

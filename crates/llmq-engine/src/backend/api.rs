@@ -113,7 +113,7 @@ pub type Routing = Vec<Vec<(usize, f32)>>;
 /// The operations of a decoder over buffers the backend owns.
 pub trait Backend: Sized {
     /// Activations, norm weights, biases and KV cache rows (f32, row-major).
-    type Buf: Clone;
+    type Buf: Clone + 'static;
     /// A weight matrix in the backend's memory, in whatever format it was loaded.
     type Weight: Clone;
 

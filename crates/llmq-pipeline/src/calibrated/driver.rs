@@ -113,12 +113,20 @@ pub(crate) fn quantize_blocks(
     };
     // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
-    let mut model = if crate::test_hooks::get().whole_model {
-        Model::load(&src)
-    } else {
-        Model::load_streamed(&src)
+    let on_cpu = matches!(req.device, crate::request::CalibDevice::Cpu);
+    if !on_cpu && (exl3 || fp.is_some() || req.method != Method::Gptq) {
+        return Err(PipelineError::unsupported(
+            "calibration on the GPU covers --method gptq into gptq or compressed-tensors integer levels",
+            "Run with --device cpu",
+        ));
     }
-    .map_err(engine_err)?;
+    let mut model = if !on_cpu {
+        None
+    } else if crate::test_hooks::get().whole_model {
+        Some(Model::load(&src).map_err(engine_err)?)
+    } else {
+        Some(Model::load_streamed(&src).map_err(engine_err)?)
+    };
 
     // calibrate
     let tok = llmq_tokenizer::Tokenizer::from_hf_dir(&dir).map_err(|e| {
@@ -172,19 +180,36 @@ pub(crate) fn quantize_blocks(
         }
     }
     let staged = StagedFolder::create(&final_dir)?;
-    let result = run_blocks(
-        req,
-        &alloc,
-        progress,
-        &tensors,
-        &src,
-        &mut model,
-        &calib,
-        &staged.tmp,
-        &cfg,
-        checkpoint.as_mut(),
-        head.as_deref(),
-    );
+    let result = match (&req.device, model.as_mut()) {
+        (_, Some(model)) => run_blocks(
+            req,
+            &alloc,
+            progress,
+            &tensors,
+            &src,
+            model,
+            &calib,
+            &staged.tmp,
+            &cfg,
+            checkpoint.as_mut(),
+            head.as_deref(),
+        ),
+        #[cfg(feature = "cuda")]
+        (crate::request::CalibDevice::Cuda(c), None) => super::device_blocks::run_blocks_device(
+            req,
+            &alloc,
+            progress,
+            &tensors,
+            &src,
+            c,
+            &calib,
+            &staged.tmp,
+            &cfg,
+            checkpoint.as_mut(),
+        ),
+        _ => unreachable!("a model is loaded for the CPU"),
+    };
+    let units = model.as_ref().map_or(summary.layers, |m| m.hp.n_layer);
     drop(src);
     let (stats, quantized_modules, overrides, spilled, ignored, layers_resumed) = match result {
         Ok(r) => r,
@@ -272,7 +297,7 @@ pub(crate) fn quantize_blocks(
             notes,
             activations_spilled_to_disk: spilled,
         }),
-        units: model.hp.n_layer,
+        units,
         units_resumed: layers_resumed,
         workers: None,
         validated,

@@ -58,6 +58,10 @@ mod activations;
 mod awq_block;
 mod blocks;
 pub(crate) mod calibration;
+#[cfg(feature = "cuda")]
+mod device_blocks;
+#[cfg(feature = "cuda")]
+mod device_observe;
 mod driver;
 mod formats;
 mod fp_block;

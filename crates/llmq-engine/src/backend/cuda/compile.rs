@@ -20,6 +20,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("gemvq.cu", include_str!("kernels/gemvq.cu")),
     ("tensorcore.cu", include_str!("kernels/tensorcore.cu")),
     ("fp4.cu", include_str!("kernels/fp4.cu")),
+    ("calib.cuh", include_str!("kernels/calib.cuh")),
+    ("calib.cu", include_str!("kernels/calib.cu")),
 ];
 
 /// The whole module's source.

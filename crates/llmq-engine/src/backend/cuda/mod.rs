@@ -16,6 +16,7 @@
 
 mod attention;
 mod buffers;
+mod calib;
 mod compile;
 mod device;
 mod ops;
@@ -27,6 +28,7 @@ mod uploads;
 mod weights;
 
 pub use buffers::CudaBuf;
+pub use calib::{CalibGpu, DeviceHessian, GptqFail, GptqOut, GptqParams, CALIB_KERNELS};
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
 pub use record::GraphStats;
@@ -145,7 +147,8 @@ impl Cuda {
                     .iter()
                     .flat_map(|k| [format!("gemvq1_{k}"), format!("gemvq8_{k}")]),
             )
-            .chain(tensor_core::kernel_names());
+            .chain(tensor_core::kernel_names())
+            .chain(calib::kernel_names());
         for n in names {
             let f = module
                 .load_function(&n)
