@@ -6,10 +6,13 @@
 //! Besides GGML types a matrix may hold group-wise integer weights (GPTQ / AWQ /
 //! compressed-tensors checkpoints) in the block layout of [`crate::int_blocks`]
 //! ([`WeightType::Int`]); those may store their input columns in an act-order
-//! permutation ([`ColumnOrder`]), which `matmul` applies to the activations.
+//! permutation ([`ColumnOrder`]), which `matmul` applies to the activations. Floating-
+//! point coded weights (compressed-tensors NVFP4 / MXFP4 / FP8) are kept in the block
+//! layouts of [`crate::fp_blocks`] ([`WeightType::Fp`]).
 
 use crate::dequant::dequantize_row;
 use crate::error::KernelError;
+use crate::fp_blocks::{FpGroups, FpType};
 use crate::int_blocks::{IntGroups, PackedInt};
 pub use crate::weight_type::{IntAct, IntType, WeightType};
 use llmq_formats::gguf::GgufFile;
@@ -234,6 +237,25 @@ impl WeightMatrix {
     /// Repacks group-wise integer weights (codes, scales, zeros, g_idx).
     pub fn from_int_groups(g: &IntGroups<'_>, act: IntAct) -> Result<WeightMatrix, KernelError> {
         Self::from_packed_int(g.pack()?, g.rows, g.cols, act)
+    }
+
+    /// Repacks floating-point coded weights ([`crate::fp_blocks`]). MXFP4 rows are
+    /// ggml's `MXFP4` blocks: with `IntAct::Q8_0` they run as that GGML type (its Q8_0
+    /// kernels, as llama.cpp runs them), with `IntAct::F32` on the f32-activation
+    /// kernels; NVFP4 and FP8 always take f32 activations.
+    pub fn from_fp_groups(g: &FpGroups<'_>, act: IntAct) -> Result<WeightMatrix, KernelError> {
+        let (fp, data) = g.pack()?;
+        let bytes = Bytes::whole(Arc::new(data));
+        if fp == FpType::Mxfp4 && act == IntAct::Q8_0 {
+            return WeightMatrix::new(GgmlType::MXFP4, g.rows, g.cols, bytes);
+        }
+        Ok(WeightMatrix {
+            ty: WeightType::Fp(fp),
+            rows: g.rows,
+            cols: g.cols,
+            data: bytes,
+            col_order: None,
+        })
     }
 
     /// The same integer weights computed against other activations (no-op for GGML).
