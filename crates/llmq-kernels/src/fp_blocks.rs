@@ -140,8 +140,8 @@ impl FpGroups<'_> {
     }
 
     fn scale(&self, r: usize, c: usize) -> f32 {
-        self.scales[(r / self.rows_per_scale.max(1)) * self.scale_cols
-            + c / self.cols_per_scale.max(1)]
+        self.scales
+            [(r / self.rows_per_scale.max(1)) * self.scale_cols + c / self.cols_per_scale.max(1)]
     }
 
     /// Repacks into the rows of [`FpGroups::fp_type`]. Scales that are not finite or

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fp_blocks;
 pub mod int_blocks;
 pub mod kernels;
+pub mod rotation;
 pub mod tensor;
 pub mod weight_type;
 

@@ -7,7 +7,9 @@
 use super::act_quant::Act;
 #[cfg(target_arch = "x86_64")]
 use super::dot_legacy_avx512 as x5;
-use super::{dot_float as fl, dot_fp as fp, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa};
+use super::{
+    dot_float as fl, dot_fp as fp, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa,
+};
 #[cfg(target_arch = "x86_64")]
 use super::{dot_float::avx2 as f2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2};
 use crate::weight_type::{FpType, IntAct, IntType};

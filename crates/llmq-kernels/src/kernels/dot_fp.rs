@@ -41,7 +41,10 @@ pub fn dot_nvfp4(w: &[u8], a: &[u8]) -> f32 {
     let x = as_f32(a);
     let g = f32_at(w);
     let mut sum = 0.0f32;
-    for (blk, xb) in w[4..].chunks_exact(NVFP4_BLOCK_BYTES).zip(x.chunks_exact(16)) {
+    for (blk, xb) in w[4..]
+        .chunks_exact(NVFP4_BLOCK_BYTES)
+        .zip(x.chunks_exact(16))
+    {
         let lv = nvfp4_levels(e4m3_to_f32(blk[0]) / g);
         let mut acc = [0.0f32; 2];
         for (j, &q) in blk[1..].iter().enumerate() {
@@ -98,7 +101,16 @@ macro_rules! fp8_scalar {
         }
     )*};
 }
-fp8_scalar!(dot_fp8_b1 = 1, dot_fp8_b2 = 2, dot_fp8_b4 = 4, dot_fp8_b8 = 8, dot_fp8_b16 = 16, dot_fp8_b32 = 32, dot_fp8_b64 = 64, dot_fp8_b128 = 128);
+fp8_scalar!(
+    dot_fp8_b1 = 1,
+    dot_fp8_b2 = 2,
+    dot_fp8_b4 = 4,
+    dot_fp8_b8 = 8,
+    dot_fp8_b16 = 16,
+    dot_fp8_b32 = 32,
+    dot_fp8_b64 = 64,
+    dot_fp8_b128 = 128
+);
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
@@ -191,7 +203,10 @@ pub mod avx2 {
                 let mut blk = _mm256_mul_ps(ws[0], _mm256_loadu_ps(x));
                 blk = _mm256_fmadd_ps(ws[1], _mm256_loadu_ps(x.add(8)), blk);
                 blk = _mm256_fmadd_ps(ws[2], _mm256_loadu_ps(x.add(16)), blk);
-                acc[t] = _mm256_add_ps(acc[t], _mm256_fmadd_ps(ws[3], _mm256_loadu_ps(x.add(24)), blk));
+                acc[t] = _mm256_add_ps(
+                    acc[t],
+                    _mm256_fmadd_ps(ws[3], _mm256_loadu_ps(x.add(24)), blk),
+                );
             }
         }
         let mut out = [0.0f32; N];

@@ -27,7 +27,8 @@
 //! where their type asks for it (exact mode, blocks shorter than 32); act-order matrices
 //! gather the activation columns by their stored column order first. Floating-point
 //! coded weights (compressed-tensors NVFP4 / MXFP4 / FP8, [`crate::fp_blocks`]) run
-//! against f32 activations, decoded in registers ([`dot_fp`]).
+//! against f32 activations, decoded in registers ([`dot_fp`]). A matrix stored under an
+//! input rotation (MR-GPTQ, [`crate::rotation`]) gets its activations rotated first.
 //!
 //! Every kernel has a scalar version beside its AVX2/FMA/F16C one, chosen at run time
 //! ([`Isa::detect`], `llmq_quant::isa`, the one place that detects CPU features; set
@@ -92,6 +93,16 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
     assert_eq!(x.len(), n * cols, "matmul: x is not n x cols");
     assert_eq!(y.len(), n * rows, "matmul: y is not n x rows");
     let isa = if isa.available() { isa } else { Isa::Scalar };
+    if let Some(b) = w.input_rotation {
+        // `W'·(R·x)`: the activations rotated once, then the stored rows
+        let mut xr = x.to_vec();
+        for row in xr.chunks_mut(cols) {
+            crate::rotation::hadamard_blocks(row, b);
+        }
+        let mut stored = w.clone();
+        stored.input_rotation = None;
+        return matmul_with_isa(&stored, &xr, n, y, isa);
+    }
     if let Some(order) = &w.col_order {
         return matmul_permuted(w, order, x, n, y, isa);
     }

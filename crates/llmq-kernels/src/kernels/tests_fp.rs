@@ -56,7 +56,14 @@ impl Case {
     }
 }
 
-fn case(rng: &mut ChaCha8Rng, grid: FpGrid, rows: usize, cols: usize, rps: usize, cps: usize) -> Case {
+fn case(
+    rng: &mut ChaCha8Rng,
+    grid: FpGrid,
+    rows: usize,
+    cols: usize,
+    rps: usize,
+    cps: usize,
+) -> Case {
     let sc = cols.div_ceil(cps);
     let n_scales = rows.div_ceil(rps) * sc;
     let codes = (0..rows * cols)
@@ -108,7 +115,13 @@ fn packed_rows_dequantize_to_the_checkpoint_values() {
         let got = w.to_f32();
         let want = c.dense();
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{:?} {} at {i}", c.grid, w.ty.name());
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{:?} {} at {i}",
+                c.grid,
+                w.ty.name()
+            );
         }
     }
     // FP8 block lengths follow the scale groups
@@ -145,14 +158,24 @@ fn products_equal_the_dense_product() {
                 let mut y = vec![0.0; n * c.rows];
                 matmul_with_isa(&w, &x, n, &mut y, isa);
                 for (a, b) in y.iter().zip(&want) {
-                    assert!((a - b).abs() <= 1e-5 * scale, "{} n={n} {isa:?}: {a} vs {b}", w.ty.name());
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{} n={n} {isa:?}: {a} vs {b}",
+                        w.ty.name()
+                    );
                 }
                 by_isa.push(y);
             }
             // one activation row at a time gives the same bits as four at once
             let mut one = vec![0.0; n * c.rows];
             for t in 0..n {
-                matmul_with_isa(&w, &x[t * c.cols..(t + 1) * c.cols], 1, &mut one[t * c.rows..(t + 1) * c.rows], Isa::Avx2);
+                matmul_with_isa(
+                    &w,
+                    &x[t * c.cols..(t + 1) * c.cols],
+                    1,
+                    &mut one[t * c.rows..(t + 1) * c.rows],
+                    Isa::Avx2,
+                );
             }
             assert_eq!(one, by_isa[1], "{} n={n}", w.ty.name());
         }
@@ -170,4 +193,35 @@ fn scales_off_their_grid_and_nan_codes_are_refused() {
     let mut f = cases().remove(2);
     f.codes[10] = 0x7F;
     assert!(WeightMatrix::from_fp_groups(&f.groups(), IntAct::F32).is_err());
+}
+
+#[test]
+fn rotated_rows_multiply_as_their_folded_values() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for c in cases().into_iter().take(2) {
+        let w = WeightMatrix::from_fp_groups(&c.groups(), IntAct::F32)
+            .unwrap()
+            .with_input_rotation(32)
+            .unwrap();
+        // the matrix's values are W'·R, every row rotated
+        let mut folded = c.dense();
+        for row in folded.chunks_mut(c.cols) {
+            crate::rotation::hadamard_blocks(row, 32);
+        }
+        assert_eq!(w.to_f32(), folded);
+        let dense = WeightMatrix::from_f32(c.rows, c.cols, folded);
+        let x: Vec<f32> = (0..3 * c.cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let (mut got, mut want) = (vec![0.0; 3 * c.rows], vec![0.0; 3 * c.rows]);
+        matmul_with_isa(&w, &x, 3, &mut got, Isa::Avx2);
+        matmul_with_isa(&dense, &x, 3, &mut want, Isa::Avx2);
+        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+        }
+    }
+    let c = &cases()[0];
+    assert!(WeightMatrix::from_fp_groups(&c.groups(), IntAct::F32)
+        .unwrap()
+        .with_input_rotation(24)
+        .is_err());
 }
