@@ -219,6 +219,18 @@ pub fn e8m0_value(e: u8) -> f32 {
     llmq_formats::minifloat::e8m0_to_f32(e)
 }
 
+/// The value of an E4M3 byte (not NaN), from its bits: the magnitude bits as an f32
+/// bit pattern are the value times 2^-120 (E4M3 subnormals land on f32 subnormals).
+#[inline]
+pub fn e4m3_value(b: u8) -> f32 {
+    let m = f32::from_bits(((b & 0x7F) as u32) << 20) * f32::from_bits((127 + 120) << 23);
+    if b & 0x80 != 0 {
+        -m
+    } else {
+        m
+    }
+}
+
 /// The 8 E2M1 magnitudes times `s`, each rounded to bf16 (NVFP4's stored values).
 #[inline]
 pub fn nvfp4_levels(s: f32) -> [f32; 8] {
@@ -234,7 +246,7 @@ pub fn dequantize_fp_row(ty: FpType, src: &[u8], out: &mut [f32]) {
                 .chunks_exact_mut(16)
                 .zip(src[4..].chunks_exact(NVFP4_BLOCK_BYTES))
             {
-                let lv = nvfp4_levels(e4m3_to_f32(blk[0]) / g);
+                let lv = nvfp4_levels(e4m3_value(blk[0]) / g);
                 for (j, &q) in blk[1..].iter().enumerate() {
                     for (k, c) in [q & 15, q >> 4].into_iter().enumerate() {
                         let v = lv[(c & 7) as usize];
@@ -260,8 +272,21 @@ pub fn dequantize_fp_row(ty: FpType, src: &[u8], out: &mut [f32]) {
             for (ob, blk) in out.chunks_exact_mut(b).zip(src.chunks_exact(4 + b)) {
                 let s = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
                 for (o, &q) in ob.iter_mut().zip(&blk[4..]) {
-                    *o = e4m3_to_f32(q) * s;
+                    *o = e4m3_value(q) * s;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn e4m3_from_bits_is_the_e4m3_value() {
+        for b in 0..=255u8 {
+            if b & 0x7F != 0x7F {
+                let (a, w) = (super::e4m3_value(b), super::e4m3_to_f32(b));
+                assert_eq!(a.to_bits(), w.to_bits(), "{b:#x}");
             }
         }
     }

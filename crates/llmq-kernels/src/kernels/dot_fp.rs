@@ -14,8 +14,10 @@
 //! four-row kernel doing each row's operations in the one-row kernel's order). Results
 //! equal `x · dequant(W)ᵀ` up to f32 rounding.
 
-use crate::fp_blocks::{e8m0_value, nvfp4_levels, MXFP4_BLOCK_BYTES, NVFP4_BLOCK_BYTES};
-use llmq_formats::minifloat::{e4m3_to_f32, E2M1_VALUES};
+use crate::fp_blocks::{
+    e4m3_value, e8m0_value, nvfp4_levels, MXFP4_BLOCK_BYTES, NVFP4_BLOCK_BYTES,
+};
+use llmq_formats::minifloat::E2M1_VALUES;
 
 #[inline]
 fn f32_at(b: &[u8]) -> f32 {
@@ -45,7 +47,7 @@ pub fn dot_nvfp4(w: &[u8], a: &[u8]) -> f32 {
         .chunks_exact(NVFP4_BLOCK_BYTES)
         .zip(x.chunks_exact(16))
     {
-        let lv = nvfp4_levels(e4m3_to_f32(blk[0]) / g);
+        let lv = nvfp4_levels(e4m3_value(blk[0]) / g);
         let mut acc = [0.0f32; 2];
         for (j, &q) in blk[1..].iter().enumerate() {
             acc[0] += signed(&lv, q & 15) * xb[2 * j];
@@ -117,8 +119,9 @@ pub mod avx2 {
     //! AVX2 versions of the products above (blocks of 8 columns or more for FP8).
     #![allow(unsafe_op_in_unsafe_fn)]
     use super::super::simd::*;
+    use crate::fp_blocks::e4m3_value;
     use crate::fp_blocks::{MXFP4_BLOCK_BYTES, NVFP4_BLOCK_BYTES};
-    use llmq_formats::minifloat::{e4m3_to_f32, E2M1_VALUES};
+    use llmq_formats::minifloat::E2M1_VALUES;
     use std::arch::x86_64::*;
 
     /// 8 E2M1 codes (one per i32 lane) to values: magnitude from `lv`, sign from bit 3.
@@ -154,9 +157,32 @@ pub mod avx2 {
         let mut acc0 = [_mm256_setzero_ps(); N];
         let mut acc1 = [_mm256_setzero_ps(); N];
         let e2m1 = levels();
+        // the blocks' effective scales `e4m3 / g`, eight blocks per division
+        let mut sv = [0.0f32; 8];
         for i in 0..nb {
             let p = w.as_ptr().add(4 + i * NVFP4_BLOCK_BYTES);
-            let s = e4m3_to_f32(*p) / g;
+            if i % 8 == 0 {
+                if i + 8 <= nb {
+                    let mut bytes = [0i32; 8];
+                    for (j, b) in bytes.iter_mut().enumerate() {
+                        *b = *p.add(j * NVFP4_BLOCK_BYTES) as i32;
+                    }
+                    let v = _mm256_loadu_si256(bytes.as_ptr() as *const __m256i);
+                    let mag = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7F)), 20);
+                    let sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
+                    let m = _mm256_mul_ps(
+                        _mm256_castsi256_ps(mag),
+                        _mm256_set1_ps(f32::from_bits((127 + 120) << 23)),
+                    );
+                    let e = _mm256_or_ps(m, _mm256_castsi256_ps(sign));
+                    _mm256_storeu_ps(sv.as_mut_ptr(), _mm256_div_ps(e, _mm256_set1_ps(g)));
+                } else {
+                    for (j, s) in sv.iter_mut().enumerate().take(nb - i) {
+                        *s = e4m3_value(*p.add(j * NVFP4_BLOCK_BYTES)) / g;
+                    }
+                }
+            }
+            let s = sv[i % 8];
             let lv = round_bf16(_mm256_mul_ps(e2m1, _mm256_set1_ps(s)));
             let b = _mm_loadl_epi64(p.add(1) as *const __m128i);
             let lo = _mm_and_si128(b, _mm_set1_epi8(15));
