@@ -3,8 +3,10 @@
 //! with f32 activation rows, the weights decoded in registers:
 //!
 //! * NVFP4: per block of 16 the 8 magnitudes `bf16(e2m1 · s / g)` are computed once
-//!   (exactly the values compressed-tensors' decompressor returns) and each code picks
-//!   its magnitude (`vpermps`) and sign; `Σ w·x`.
+//!   (the values compressed-tensors' decompressor returns; the AVX2 kernel multiplies by
+//!   `1/g` instead of dividing, a division per block costing more than the rest, so a
+//!   value may differ from the checkpoint's by one bf16 unit where `s/g` rounds
+//!   differently) and each code picks its magnitude (`vpermps`) and sign; `Σ w·x`.
 //! * MXFP4: the same with the power-of-two scale `2^(e − 127)` (exact products).
 //! * FP8: `Σ_b s_b · Σ_i e4m3_i · x_i`, the E4M3 bytes widened through their f16 bit
 //!   pattern (`vcvtph2ps`: E4M3 subnormals are f16 subnormals) and the factor 2^8 that
@@ -157,7 +159,8 @@ pub mod avx2 {
         let mut acc0 = [_mm256_setzero_ps(); N];
         let mut acc1 = [_mm256_setzero_ps(); N];
         let e2m1 = levels();
-        // the blocks' effective scales `e4m3 / g`, eight blocks per division
+        // the blocks' effective scales `e4m3 · (1/g)`, eight blocks at a time
+        let ginv = 1.0 / g;
         let mut sv = [0.0f32; 8];
         for i in 0..nb {
             let p = w.as_ptr().add(4 + i * NVFP4_BLOCK_BYTES);
@@ -175,10 +178,10 @@ pub mod avx2 {
                         _mm256_set1_ps(f32::from_bits((127 + 120) << 23)),
                     );
                     let e = _mm256_or_ps(m, _mm256_castsi256_ps(sign));
-                    _mm256_storeu_ps(sv.as_mut_ptr(), _mm256_div_ps(e, _mm256_set1_ps(g)));
+                    _mm256_storeu_ps(sv.as_mut_ptr(), _mm256_mul_ps(e, _mm256_set1_ps(ginv)));
                 } else {
                     for (j, s) in sv.iter_mut().enumerate().take(nb - i) {
-                        *s = e4m3_value(*p.add(j * NVFP4_BLOCK_BYTES)) / g;
+                        *s = e4m3_value(*p.add(j * NVFP4_BLOCK_BYTES)) * ginv;
                     }
                 }
             }
