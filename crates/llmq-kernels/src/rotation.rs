@@ -2,32 +2,18 @@
 //! MR-GPTQ's input rotation (arXiv 2509.23202; compressed-tensors' `hadamard` transform
 //! with `head_dim` = the block): every block of `b` values times the Sylvester matrix
 //! `H_b` over `√b` (fast Walsh–Hadamard butterflies). The transform is symmetric and its
-//! own inverse; `llmq_hfquant::hadamard` is the same transform on the quantizer's side
-//! (the engine test `ct_fp_packed` checks the two agree through whole models).
+//! own inverse. The butterflies are `llmq_hfquant::hadamard`'s, the quantizer's own.
 
 /// Whether `b` can rotate rows of `cols` values (a power of two dividing `cols`).
 pub fn valid_block(b: usize, cols: usize) -> bool {
     b.is_power_of_two() && cols.is_multiple_of(b)
 }
 
-/// In place: every block of `b` values of `v` times `H_b / √b`.
+/// In place: every block of `b` values of `v` times `H_b / √b` (the quantizer's own
+/// transform, `llmq_hfquant::hadamard`).
 pub fn hadamard_blocks(v: &mut [f32], b: usize) {
     assert!(valid_block(b, v.len()), "Hadamard block {b}");
-    let norm = 1.0 / (b as f32).sqrt();
-    for blk in v.chunks_exact_mut(b) {
-        let mut len = 1;
-        while len < b {
-            for start in (0..b).step_by(2 * len) {
-                for k in start..start + len {
-                    let (a, c) = (blk[k], blk[k + len]);
-                    blk[k] = a + c;
-                    blk[k + len] = a - c;
-                }
-            }
-            len *= 2;
-        }
-        blk.iter_mut().for_each(|x| *x *= norm);
-    }
+    llmq_hfquant::hadamard::hadamard_blocks(v, b);
 }
 
 #[cfg(test)]
