@@ -2,7 +2,7 @@
 # KL-divergence table of the floating-point grids (issue 19) against the original, on
 # the shared models (or the folders given): compressed-tensors NVFP4, MXFP4, FP8 and
 # FP8_BLOCK (round-to-nearest with FP-Quant's MSE scale search), GPTQ and MR-GPTQ
-# (Hadamard 128 and 32) on NVFP4 and MXFP4 through `quantize --method gptq|mr-gptq` (calibrated
+# (Hadamard 128 and 32) on NVFP4 and MXFP4 (Hadamard 128 on FP8 and FP8_BLOCK) through `quantize --method gptq|mr-gptq` (calibrated
 # on 32 x 256 tokens of the bundled set), GGUF MXFP4 (llama.cpp's quantizer), and the
 # integer references RTN / GPTQ INT4 g128 (compressed-tensors W4A16, calibrated the
 # same way), each evaluated with `llm-quantize eval --base` on the shared test text.
@@ -33,7 +33,11 @@ ALL_METHODS=(
   "MR-GPTQ H32 MXFP4|compressed-tensors -q MXFP4 --method mr-gptq --hadamard-size 32 $CAL"
   "RTN MXFP4 (GGUF)|gguf -q MXFP4"
   "RTN FP8|compressed-tensors -q FP8"
+  "GPTQ FP8|compressed-tensors -q FP8 --method gptq $CAL"
+  "MR-GPTQ FP8|compressed-tensors -q FP8 --method mr-gptq $CAL"
   "RTN FP8_BLOCK|compressed-tensors -q FP8_BLOCK"
+  "GPTQ FP8_BLOCK|compressed-tensors -q FP8_BLOCK --method gptq $CAL"
+  "MR-GPTQ FP8_BLOCK|compressed-tensors -q FP8_BLOCK --method mr-gptq $CAL"
   "RTN INT4 g128|compressed-tensors -q W4A16 --method rtn"
   "GPTQ INT4 g128|compressed-tensors -q W4A16 $CAL"
 )

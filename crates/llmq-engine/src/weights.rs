@@ -6,8 +6,9 @@
 //! transformed-by-arithmetic tensors (Gemma's `1 + w` norms) become F32.
 //!
 //! Quantized checkpoints (GPTQ, AWQ, compressed-tensors pack-quantized; see
-//! [`crate::hf_quant`]) keep their integer weights: each quantized Linear is repacked
-//! into the kernels' integer block layout, with the plan's row transforms (llama's q/k
+//! [`crate::hf_quant`]) keep their integer or floating-point (NVFP4 / MXFP4 / FP8)
+//! codes: each quantized Linear is repacked into the kernels' block layout, with the
+//! plan's row transforms (llama's q/k
 //! row permutation, expert stacking) applied to the packed rows. Only transforms that
 //! mix columns (MLA's `kv_b` split) dequantize, to f32, as the engine does for that
 //! tensor anyway. EXL3 folders' trellis-coded Linears ([`crate::exl3`]) are decoded to

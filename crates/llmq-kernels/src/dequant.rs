@@ -1,5 +1,6 @@
 //! Weight rows back to f32: GGML types through `llmq_quant`'s type table, integer
-//! blocks through [`crate::int_blocks`]. Sits below both [`crate::tensor`] and
+//! blocks through [`crate::int_blocks`], floating-point coded blocks through
+//! [`crate::fp_blocks`]. Sits below both [`crate::tensor`] and
 //! [`crate::kernels`] (the reference product and `WeightMatrix::row_f32` use it).
 
 use crate::error::KernelError;
@@ -24,6 +25,10 @@ pub fn try_dequantize_row(
         WeightType::Ggml(t) => t,
         WeightType::Int(t) => {
             dequantize_int_row(t.bits, t.block as usize, src, out);
+            return Ok(());
+        }
+        WeightType::Fp(t) => {
+            crate::fp_blocks::dequantize_fp_row(t, src, out);
             return Ok(());
         }
     };

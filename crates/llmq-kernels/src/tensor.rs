@@ -6,10 +6,15 @@
 //! Besides GGML types a matrix may hold group-wise integer weights (GPTQ / AWQ /
 //! compressed-tensors checkpoints) in the block layout of [`crate::int_blocks`]
 //! ([`WeightType::Int`]); those may store their input columns in an act-order
-//! permutation ([`ColumnOrder`]), which `matmul` applies to the activations.
+//! permutation ([`ColumnOrder`]), which `matmul` applies to the activations. Floating-
+//! point coded weights (compressed-tensors NVFP4 / MXFP4 / FP8) are kept in the block
+//! layouts of [`crate::fp_blocks`] ([`WeightType::Fp`]); a matrix may be stored under a
+//! block-Hadamard input rotation (MR-GPTQ, [`crate::rotation`]), which `matmul` applies
+//! to the activations.
 
 use crate::dequant::dequantize_row;
 use crate::error::KernelError;
+use crate::fp_blocks::{FpGroups, FpType};
 use crate::int_blocks::{IntGroups, PackedInt};
 pub use crate::weight_type::{IntAct, IntType, WeightType};
 use llmq_formats::gguf::GgufFile;
@@ -162,6 +167,10 @@ pub struct WeightMatrix {
     pub data: Bytes,
     /// Stored column order, when it is not the natural one (integer act-order weights).
     pub col_order: Option<ColumnOrder>,
+    /// The block of an input rotation the rows are stored under (MR-GPTQ): the matrix
+    /// is `W = W'·R` with `R` the block-diagonal orthonormal Hadamard matrix
+    /// ([`crate::rotation`]), so `matmul` computes `W'·(R·x)`.
+    pub input_rotation: Option<usize>,
 }
 
 impl WeightMatrix {
@@ -196,6 +205,7 @@ impl WeightMatrix {
             cols,
             data,
             col_order: None,
+            input_rotation: None,
         })
     }
 
@@ -228,12 +238,33 @@ impl WeightMatrix {
             cols,
             data: Bytes::whole(Arc::new(p.data)),
             col_order: p.perm.map(ColumnOrder::single),
+            input_rotation: None,
         })
     }
 
     /// Repacks group-wise integer weights (codes, scales, zeros, g_idx).
     pub fn from_int_groups(g: &IntGroups<'_>, act: IntAct) -> Result<WeightMatrix, KernelError> {
         Self::from_packed_int(g.pack()?, g.rows, g.cols, act)
+    }
+
+    /// Repacks floating-point coded weights ([`crate::fp_blocks`]). MXFP4 rows are
+    /// ggml's `MXFP4` blocks: with `IntAct::Q8_0` they run as that GGML type (its Q8_0
+    /// kernels, as llama.cpp runs them), with `IntAct::F32` on the f32-activation
+    /// kernels; NVFP4 and FP8 always take f32 activations.
+    pub fn from_fp_groups(g: &FpGroups<'_>, act: IntAct) -> Result<WeightMatrix, KernelError> {
+        let (fp, data) = g.pack()?;
+        let bytes = Bytes::whole(Arc::new(data));
+        if fp == FpType::Mxfp4 && act == IntAct::Q8_0 {
+            return WeightMatrix::new(GgmlType::MXFP4, g.rows, g.cols, bytes);
+        }
+        Ok(WeightMatrix {
+            ty: WeightType::Fp(fp),
+            rows: g.rows,
+            cols: g.cols,
+            data: bytes,
+            col_order: None,
+            input_rotation: None,
+        })
     }
 
     /// The same integer weights computed against other activations (no-op for GGML).
@@ -251,8 +282,11 @@ impl WeightMatrix {
     pub fn stack_rows(parts: &[WeightMatrix]) -> Result<WeightMatrix, KernelError> {
         let first = parts.first().ok_or("nothing to stack")?;
         let (ty, cols) = (first.ty, first.cols);
-        if parts.iter().any(|p| p.ty != ty || p.cols != cols) {
-            return Err("stacked parts differ in type or width".into());
+        if parts
+            .iter()
+            .any(|p| p.ty != ty || p.cols != cols || p.input_rotation != first.input_rotation)
+        {
+            return Err("stacked parts differ in type, width or input rotation".into());
         }
         let rows: usize = parts.iter().map(|p| p.rows).sum();
         let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
@@ -287,6 +321,7 @@ impl WeightMatrix {
             cols,
             data: Bytes::whole(Arc::new(data)),
             col_order,
+            input_rotation: first.input_rotation,
         })
     }
 
@@ -310,6 +345,7 @@ impl WeightMatrix {
             cols: self.cols,
             data: Bytes::whole(Arc::new(data)),
             col_order: self.col_order.clone(),
+            input_rotation: self.input_rotation,
         })
     }
 
@@ -322,6 +358,7 @@ impl WeightMatrix {
             cols,
             data: Bytes::whole(Arc::new(values)),
             col_order: None,
+            input_rotation: None,
         }
     }
 
@@ -346,6 +383,7 @@ impl WeightMatrix {
             cols: self.cols,
             data: self.data.slice(start * rb, n * rb),
             col_order: self.col_order.as_ref().map(|o| o.offset(start)),
+            input_rotation: self.input_rotation,
         }
     }
 
@@ -365,6 +403,19 @@ impl WeightMatrix {
                 out[c as usize] = v;
             }
         }
+        if let Some(b) = self.input_rotation {
+            crate::rotation::hadamard_blocks(out, b);
+        }
+    }
+
+    /// The same stored rows read as `W'·R`: stored under an input rotation of block
+    /// `b` (a power of two dividing `cols`).
+    pub fn with_input_rotation(mut self, b: usize) -> Result<WeightMatrix, KernelError> {
+        if !crate::rotation::valid_block(b, self.cols) {
+            return Err(format!("input rotation block {b} over {} columns", self.cols).into());
+        }
+        self.input_rotation = Some(b);
+        Ok(self)
     }
 
     /// The whole matrix as f32 (tests, small tensors such as norms and biases).

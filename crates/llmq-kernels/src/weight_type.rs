@@ -1,7 +1,9 @@
 //! How a weight matrix stores its rows: a GGML type (bytes in `llmq_formats`'
-//! layouts) or group-wise integer blocks ([`crate::int_blocks`]), and the activations
-//! integer weights are multiplied with. Below both the kernels and [`crate::tensor`].
+//! layouts), group-wise integer blocks ([`crate::int_blocks`]) or floating-point coded
+//! blocks ([`crate::fp_blocks`]), and the activations integer weights are multiplied
+//! with. Below both the kernels and [`crate::tensor`].
 
+pub use crate::fp_blocks::FpType;
 use crate::int_blocks::int_block_bytes;
 use llmq_formats::GgmlType;
 
@@ -30,6 +32,8 @@ pub struct IntType {
 pub enum WeightType {
     Ggml(GgmlType),
     Int(IntType),
+    /// NVFP4 / MXFP4 / FP8 codes against f32 activations ([`crate::fp_blocks`]).
+    Fp(FpType),
 }
 
 impl From<GgmlType> for WeightType {
@@ -50,6 +54,7 @@ impl WeightType {
         match self {
             WeightType::Ggml(t) => t.name().to_string(),
             WeightType::Int(t) => format!("INT{}_B{}", t.bits, t.block),
+            WeightType::Fp(t) => t.name(),
         }
     }
 
@@ -58,6 +63,7 @@ impl WeightType {
         match self {
             WeightType::Ggml(t) => t.block_size(),
             WeightType::Int(t) => t.block as usize,
+            WeightType::Fp(t) => t.block(),
         }
     }
 
@@ -69,6 +75,7 @@ impl WeightType {
                 let b = t.block as usize;
                 (b > 0 && cols.is_multiple_of(b)).then(|| cols / b * int_block_bytes(t.bits, b))
             }
+            WeightType::Fp(t) => t.row_bytes(cols),
         }
     }
 
@@ -76,7 +83,7 @@ impl WeightType {
     pub fn ggml(self) -> Option<GgmlType> {
         match self {
             WeightType::Ggml(t) => Some(t),
-            WeightType::Int(_) => None,
+            WeightType::Int(_) | WeightType::Fp(_) => None,
         }
     }
 }

@@ -8,13 +8,14 @@ use super::act_quant::Act;
 #[cfg(target_arch = "x86_64")]
 use super::dot_legacy_avx512 as x5;
 use super::{
-    dot_float as fl, dot_fp4 as fp, dot_int as di, dot_kquants as kq, dot_legacy as lg, Isa,
+    dot_float as fl, dot_fp as fp, dot_fp4 as g4, dot_int as di, dot_kquants as kq,
+    dot_legacy as lg, Isa,
 };
 #[cfg(target_arch = "x86_64")]
 use super::{
-    dot_float::avx2 as f2, dot_fp4::avx2 as fp2, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2,
+    dot_float::avx2 as f2, dot_fp4::avx2 as g42, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2,
 };
-use crate::weight_type::{IntAct, IntType};
+use crate::weight_type::{FpType, IntAct, IntType};
 use llmq_formats::GgmlType;
 
 /// One weight row against one activation row (both packed).
@@ -134,7 +135,7 @@ pub const KERNELS: &[KernelRow] = &[
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
         dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: Tile::Legacy(l2::offset_mxfp4),
         dot512: x5::dot_mxfp4),
-    row!(NVFP4, Q8_0, fp::dot_nvfp4, avx2: fp2::dot_nvfp4, fp2::dot4_nvfp4,
+    row!(NVFP4, Q8_0, g4::dot_nvfp4, avx2: g42::dot_nvfp4, g42::dot4_nvfp4,
         dot512: super::dot_fp4::avx512::dot_nvfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
@@ -257,4 +258,52 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => Some(scalar),
     }
+}
+
+/// The f32-activation kernel for floating-point coded weights ([`crate::fp_blocks`]).
+pub fn fp_kernel(t: FpType, isa: Isa) -> Option<Kernel> {
+    let dot: DotFn = match t {
+        FpType::Nvfp4 => fp::dot_nvfp4,
+        FpType::Mxfp4 => fp::dot_mxfp4_f32,
+        FpType::Fp8 { block } => match block {
+            1 => fp::dot_fp8_b1,
+            2 => fp::dot_fp8_b2,
+            4 => fp::dot_fp8_b4,
+            8 => fp::dot_fp8_b8,
+            16 => fp::dot_fp8_b16,
+            32 => fp::dot_fp8_b32,
+            64 => fp::dot_fp8_b64,
+            128 => fp::dot_fp8_b128,
+            _ => return None,
+        },
+    };
+    let scalar = Kernel {
+        act: Act::F32,
+        dot,
+        dot4: None,
+        dot8: None,
+        #[cfg(target_arch = "x86_64")]
+        tile: None,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        use super::dot_fp::avx2 as a2;
+        let (dot, dot4): (DotFn, Dot4Fn) = match t {
+            FpType::Nvfp4 => (a2::dot_nvfp4, a2::dot4_nvfp4),
+            FpType::Mxfp4 => (a2::dot_mxfp4_f32, a2::dot4_mxfp4_f32),
+            FpType::Fp8 { block: 8 } => (a2::dot_fp8_b8, a2::dot4_fp8_b8),
+            FpType::Fp8 { block: 16 } => (a2::dot_fp8_b16, a2::dot4_fp8_b16),
+            FpType::Fp8 { block: 32 } => (a2::dot_fp8_b32, a2::dot4_fp8_b32),
+            FpType::Fp8 { block: 64 } => (a2::dot_fp8_b64, a2::dot4_fp8_b64),
+            FpType::Fp8 { block: 128 } => (a2::dot_fp8_b128, a2::dot4_fp8_b128),
+            FpType::Fp8 { .. } => return Some(scalar),
+        };
+        return Some(Kernel {
+            dot,
+            dot4: Some(dot4),
+            ..scalar
+        });
+    }
+    let _ = isa;
+    Some(scalar)
 }

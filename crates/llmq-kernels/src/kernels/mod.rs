@@ -25,7 +25,10 @@
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
 //! where their type asks for it (exact mode, blocks shorter than 32); act-order matrices
-//! gather the activation columns by their stored column order first.
+//! gather the activation columns by their stored column order first. Floating-point
+//! coded weights (compressed-tensors NVFP4 / MXFP4 / FP8, [`crate::fp_blocks`]) run
+//! against f32 activations, decoded in registers ([`dot_fp`]). A matrix stored under an
+//! input rotation (MR-GPTQ, [`crate::rotation`]) gets its activations rotated first.
 //!
 //! Every kernel has a scalar version beside its AVX2/FMA/F16C one, chosen at run time
 //! ([`Isa::detect`], `llmq_quant::isa`, the one place that detects CPU features; set
@@ -36,6 +39,7 @@
 pub mod act_quant;
 mod dispatch;
 pub mod dot_float;
+pub mod dot_fp;
 pub mod dot_fp4;
 pub mod dot_int;
 pub mod dot_kquants;
@@ -49,6 +53,8 @@ mod reference;
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fp;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_avx512;
 #[cfg(target_arch = "x86_64")]
@@ -88,17 +94,28 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
     assert_eq!(x.len(), n * cols, "matmul: x is not n x cols");
     assert_eq!(y.len(), n * rows, "matmul: y is not n x rows");
     let isa = if isa.available() { isa } else { Isa::Scalar };
+    if let Some(b) = w.input_rotation {
+        // `W'·(R·x)`: the activations rotated once, then the stored rows
+        let mut xr = x.to_vec();
+        for row in xr.chunks_mut(cols) {
+            crate::rotation::hadamard_blocks(row, b);
+        }
+        let mut stored = w.clone();
+        stored.input_rotation = None;
+        return matmul_with_isa(&stored, &xr, n, y, isa);
+    }
     if let Some(order) = &w.col_order {
         return matmul_permuted(w, order, x, n, y, isa);
     }
     let k = match w.ty {
         WeightType::Ggml(ty) => dispatch::kernel(ty, isa),
         WeightType::Int(t) => dispatch::int_kernel(t, isa),
+        WeightType::Fp(t) => dispatch::fp_kernel(t, isa),
     };
     let Some(k) = k else {
         return match w.ty {
             WeightType::Int(t) => matmul_int_f32(w, t, x, n, y),
-            WeightType::Ggml(_) => matmul_reference(w, x, n, y),
+            WeightType::Ggml(_) | WeightType::Fp(_) => matmul_reference(w, x, n, y),
         };
     };
     if n == 0 || rows == 0 {

@@ -91,14 +91,19 @@ pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
             _ => None,
         },
         WeightType::Int(_) => None,
+        // compressed-tensors NVFP4 / FP8 (and MXFP4 in exact mode) have no GPU kernel:
+        // refused at load by `unsupported`, naming the tensor and type
+        WeightType::Fp(_) => None,
     }
 }
 
-/// Whether the GPU runs `w`'s column order: none, or one permutation for all its rows.
+/// Whether the GPU runs `w`'s column order: none, or one permutation for all its rows;
+/// and no input rotation (MR-GPTQ's online Hadamard has no GPU kernel).
 pub(super) fn order_supported(w: &WeightMatrix) -> bool {
-    w.col_order
-        .as_ref()
-        .is_none_or(|o| o.segments(w.rows).len() <= 1)
+    w.input_rotation.is_none()
+        && w.col_order
+            .as_ref()
+            .is_none_or(|o| o.segments(w.rows).len() <= 1)
 }
 
 /// Copy `w`'s packed bytes to the device (the type was checked at load).
@@ -130,6 +135,7 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         act: match w.ty {
             WeightType::Ggml(t) => act_of(t),
             WeightType::Int(_) => ActRound::Q8_0,
+            WeightType::Fp(t) => unreachable!("{} has no GPU kernel", t.name()),
         },
     }
 }
