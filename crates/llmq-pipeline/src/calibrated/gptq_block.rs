@@ -26,11 +26,11 @@ pub(super) fn all_token_hessian(col: &Collector, top_k: usize) -> Option<(Vec<f6
     for ((stage, e, _), acc) in &col.sites {
         if *stage == LinearStage::FfnInput && e.is_some() {
             if let Some(h) = &acc.hess {
-                // h.finish() = 2/rows · XᵀX; re-weight by rows
-                let hv = h.clone().finish();
+                // finished: 2/rows · XᵀX; re-weight by rows
+                let hv = finished(h);
                 let s = sum.get_or_insert_with(|| vec![0.0; hv.len()]);
                 s.iter_mut()
-                    .zip(&hv)
+                    .zip(hv.iter())
                     .for_each(|(a, b)| *a += b * acc.rows as f64);
                 n += acc.rows;
             }
@@ -181,7 +181,7 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
     let solved: Vec<Vec<Result<(String, IntQuantized, TensorReport)>>> = groups
         .into_par_iter()
         .map(|(acc, tasks)| {
-            let h_site = acc.and_then(|a| a.hess.as_ref().map(|h| h.clone().finish()));
+            let h_site = acc.and_then(|a| a.hess.as_ref().map(finished));
             tasks
                 .into_par_iter()
                 .map(|t| {
@@ -206,6 +206,15 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
         out.push(r?);
     }
     Ok(())
+}
+
+/// A site's Hessian, finished where it was accumulated
+/// ([`Collector::finish_hessians`]; finished here if it was not).
+fn finished(h: &llmq_calib::HessianAccumulator) -> std::borrow::Cow<'_, [f64]> {
+    match h.finished() {
+        Some(v) => std::borrow::Cow::Borrowed(v),
+        None => std::borrow::Cow::Owned(h.clone().finish()),
+    }
 }
 
 /// Which Hessian a tensor's task uses.

@@ -28,6 +28,18 @@ pub(super) struct Collector {
     pub(super) expert_tokens: Vec<u64>,
 }
 
+impl Collector {
+    /// Finishes every Hessian where it was accumulated (once the block's tokens are
+    /// all in), so the solves read it without a copy.
+    pub(super) fn finish_hessians(&mut self) {
+        for acc in self.sites.values_mut() {
+            if let Some(h) = &mut acc.hess {
+                h.finish_in_place();
+            }
+        }
+    }
+}
+
 impl LinearObserver for Collector {
     fn observe(&mut self, site: &LinearSite<'_>, x: &[f32], rows: usize) {
         if rows == 0 {
