@@ -48,6 +48,9 @@ pub struct CalibrationRequest {
     pub data: Option<PathBuf>,
     pub samples: usize,
     pub seq_len: usize,
+    /// MoE: every routed expert's statistics see every token (the layer output still
+    /// uses the router's choice)
+    pub all_experts: bool,
 }
 
 /// Everything a quantize run needs (checked by [`QuantizeRequest::check`]).

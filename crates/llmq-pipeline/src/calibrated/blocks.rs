@@ -335,6 +335,7 @@ pub(super) fn run_blocks(
             want_awq: needs.awq_stats,
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
+            all_experts: req.calibration.all_experts,
         };
         // layer-streamed: only this block's weights are in the engine
         if streamed {

@@ -45,6 +45,16 @@ pub(super) fn all_token_hessian(col: &Collector, top_k: usize) -> Option<(Vec<f6
     Some((s, n / top_k as u64))
 }
 
+/// With `--calibrate-all-experts`: the expert's statistics cover all tokens; the
+/// report keeps the count the router sent it.
+fn all_experts_note(col: &Collector, expert: Option<usize>, rows: u64) -> Option<String> {
+    let e = expert.filter(|_| col.all_experts)?;
+    let routed = col.expert_tokens.get(e).copied().unwrap_or(0);
+    Some(format!(
+        "calibrated on all {rows} tokens (--calibrate-all-experts); the router sent it {routed}"
+    ))
+}
+
 /// Experts that never fired (not reported as sites): `(expert, first weight, stage)`.
 pub(super) fn missing_experts(col: &Collector) -> Vec<(usize, &'static str, LinearStage)> {
     let mut missing = Vec::new();
@@ -122,6 +132,7 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
                     },
                     _ => (HSel::None, "rtn".to_string(), None),
                 };
+                let note = note.or_else(|| all_experts_note(col, expert, acc.rows));
                 tasks.push(Task {
                     hf,
                     calib,
