@@ -49,8 +49,14 @@ fn all_experts_has_no_fallback_and_keeps_the_routed_output() {
     let routed = run(t, "routed", &[]);
     let all = run(t, "all", &["--calibrate-all-experts"]);
     // the setup starves some experts without the option
-    assert!(routed.iter().any(is_fallback), "no fallback without the option");
-    assert!(!all.iter().any(is_fallback), "a fallback with --calibrate-all-experts");
+    assert!(
+        routed.iter().any(is_fallback),
+        "no fallback without the option"
+    );
+    assert!(
+        !all.iter().any(is_fallback),
+        "a fallback with --calibrate-all-experts"
+    );
     let total = all
         .iter()
         .filter(|r| r["name"].as_str().unwrap().contains(".mlp.experts."))

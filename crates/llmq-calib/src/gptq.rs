@@ -36,12 +36,12 @@
 //! cholesky(H)), upper=True)`, with half the work.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
-use std::borrow::Cow;
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use half::f16;
 use llmq_hfquant::{rtn, IntQuantized};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// GPTQ settings (names as in AutoGPTQ's `BaseQuantizeConfig`).
 #[derive(Debug, Clone, PartialEq)]

@@ -35,7 +35,9 @@ fn all_experts_sees_every_token_and_keeps_the_block_output() {
     let lens = [23usize, 9];
     let mut x = Vec::new();
     for (s, &n) in lens.iter().enumerate() {
-        let ids: Vec<u32> = (0..n).map(|i| ((i * 7919 + s * 104_729 + 13) % v) as u32).collect();
+        let ids: Vec<u32> = (0..n)
+            .map(|i| ((i * 7919 + s * 104_729 + 13) % v) as u32)
+            .collect();
         x.extend(model.embed(&ids).unwrap());
     }
     let n: usize = lens.iter().sum();
@@ -45,17 +47,28 @@ fn all_experts_sees_every_token_and_keeps_the_block_output() {
         all: true,
         ..Default::default()
     };
-    model.forward_block(0, &mut a, &lens, Some(&mut routed)).unwrap();
-    model.forward_block(0, &mut b, &lens, Some(&mut all)).unwrap();
+    model
+        .forward_block(0, &mut a, &lens, Some(&mut routed))
+        .unwrap();
+    model
+        .forward_block(0, &mut b, &lens, Some(&mut all))
+        .unwrap();
     // the block output is the same bits
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
     let experts = routed.routed.len();
     assert!(experts >= 2, "qwen3-moe has experts");
-    assert_eq!(all.routed, routed.routed, "routed counts are still reported");
+    assert_eq!(
+        all.routed, routed.routed,
+        "routed counts are still reported"
+    );
     for e in 0..experts {
         for stage in [LinearStage::FfnInput, LinearStage::FfnDown] {
             // every expert saw every token with the option, its routed rows without
-            assert_eq!(all.seen.get(&(stage, Some(e))).copied(), Some(n), "{stage:?} {e}");
+            assert_eq!(
+                all.seen.get(&(stage, Some(e))).copied(),
+                Some(n),
+                "{stage:?} {e}"
+            );
             let r = routed.routed[e];
             assert_eq!(routed.seen.get(&(stage, Some(e))).copied().unwrap_or(0), r);
         }

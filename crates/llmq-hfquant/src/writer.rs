@@ -316,7 +316,14 @@ fn remove_stale_outputs(dir: &Path, keep: &[String]) -> Result<()> {
 pub fn write_safetensors(path: &Path, tensors: &[(String, HfTensor)]) -> Result<()> {
     let entries: Vec<(&str, Dtype, &[usize], DataRef<'_>)> = tensors
         .iter()
-        .map(|(n, t)| (n.as_str(), t.dtype, t.shape.as_slice(), DataRef::Bytes(&t.data)))
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                t.dtype,
+                t.shape.as_slice(),
+                DataRef::Bytes(&t.data),
+            )
+        })
         .collect();
     write_entries(path, &entries)
 }

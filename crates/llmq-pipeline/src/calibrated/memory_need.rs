@@ -49,7 +49,6 @@ pub(super) struct RunNeed {
     pub(super) activations: u64,
     /// quantized modules held until written: the largest block's when streamed, else
     /// all blocks'
-
     pub(super) modules: u64,
     /// the token embeddings, held while the samples are embedded (before any block)
     pub(super) embeddings: u64,

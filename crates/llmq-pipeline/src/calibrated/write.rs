@@ -122,7 +122,10 @@ pub(super) fn write_unquantized(
             (Some(v), _) => w.add(n.clone(), HfTensor::from_raw(dt, &shape, f32_as(dt, v))),
             // copied from the source file when its shard is written
             (None, Some((file, offset))) => w.add_file_range(n.clone(), dt, &shape, file, offset),
-            (None, None) => w.add(n.clone(), HfTensor::from_raw(dt, &shape, view.bytes.to_vec())),
+            (None, None) => w.add(
+                n.clone(),
+                HfTensor::from_raw(dt, &shape, view.bytes.to_vec()),
+            ),
         }
         .map_err(hf_err)?;
         tensors.st.release(&n);

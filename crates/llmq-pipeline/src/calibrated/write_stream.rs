@@ -51,7 +51,9 @@ pub(super) fn digest_f32(v: &[f32]) -> [u8; 32] {
     let mut buf = Vec::with_capacity(4 * 4096);
     for chunk in v.chunks(4096) {
         buf.clear();
-        chunk.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+        chunk
+            .iter()
+            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
         h.update(&buf);
     }
     h.finalize().into()
