@@ -1,7 +1,7 @@
 //! `--calibrate-all-experts` (issue 17): every calibration token reaches every expert's
 //! statistics, so no expert falls back for lack of tokens; the report keeps the count
 //! the router sent each expert, and the block output (the next block's inputs) is
-//! the routed one (the engine's side is in `llmq-engine/tests/all_experts.rs`).
+//! the routed one (the engine side is in `all_experts_forward.rs`).
 
 mod calibrated_support;
 mod common;

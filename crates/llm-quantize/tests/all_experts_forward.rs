@@ -1,10 +1,13 @@
 //! "Calibrate all experts" (issue 17): an observer that asks for it sees every token
 //! at every routed expert's inputs, while the block's output stays the bits of the
-//! routed forward pass (the next block's inputs do not change).
+//! routed forward pass (the next block's inputs do not change). (Here rather than in
+//! llmq-engine's tests: this package's test build shares the CLI's.)
 
+mod common;
+
+use common::shared_model;
 use llmq_engine::{LinearObserver, LinearSite, LinearStage, Model, WeightSource};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Rows seen per (stage, expert), and the routed counts.
 #[derive(Default)]
@@ -29,7 +32,7 @@ impl LinearObserver for Rows {
 
 #[test]
 fn all_experts_sees_every_token_and_keeps_the_block_output() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/qwen3-moe");
+    let dir = shared_model("qwen3-moe");
     let model = Model::load(&WeightSource::open_hf(&dir).unwrap()).unwrap();
     let v = model.n_vocab();
     let lens = [23usize, 9];
