@@ -127,6 +127,8 @@ pub(super) fn run_need(
         let mut widest = d as u64;
         let mut inputs: HashMap<TensorRole, (u64, u64)> = HashMap::new();
         let mut linears = 0u64;
+        // every Linear's input width (one per expert)
+        let mut widths: Vec<u64> = Vec::new();
         for spec in specs {
             loaded += bytes_of(spec);
             params += spec.n_elements() as u64;
@@ -138,6 +140,7 @@ pub(super) fn run_need(
             let experts = spec.shape_ne.get(2).copied().unwrap_or(1) as u64;
             block_modules += cols * rows * experts * 9 / 8;
             linears += experts;
+            widths.extend(std::iter::repeat_n(cols, experts as usize));
             largest = largest.max(cols * rows);
             widest = widest.max(rows).max(cols);
             let e = inputs
@@ -160,17 +163,13 @@ pub(super) fn run_need(
                 one * experts
             })
             .collect();
-        let widest_input = inputs.values().map(|v| v.0).max().unwrap_or(0);
-        // no more solves in flight than the block has Linears
+        // no more solves in flight than the block has Linears: the widest ones
         let threads = threads.min(linears.max(1));
+        widths.sort_unstable_by(|a, b| b.cmp(a));
+        let solving: u64 = widths.iter().take(threads as usize).map(|w| w * w).sum();
         modules += block_modules;
         block_modules_max = block_modules_max.max(block_modules);
-        let hessians = per_input.iter().sum::<u64>()
-            + if needs.hessian {
-                threads * widest_input * widest_input * 16
-            } else {
-                0
-            };
+        let hessians = per_input.iter().sum::<u64>() + if needs.hessian { solving * 16 } else { 0 };
         // the solves in flight (f32 weight, solver copy, dequantized copy, codes) and
         // one batch through the block (hidden state, norms, widest intermediate ×3)
         let work = threads * largest * 13 + batch * (4 * d as u64 + 3 * widest) * 4;
