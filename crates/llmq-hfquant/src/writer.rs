@@ -517,4 +517,48 @@ mod tests {
         assert!(!is_model_shard_name("model-final.safetensors"));
         assert!(!is_model_shard_name("adapter.safetensors"));
     }
+
+    /// Bytes given as a file range write the same shards as the bytes themselves.
+    #[test]
+    fn file_ranges_write_the_same_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        let tensors: Vec<(String, HfTensor)> = (0..5)
+            .map(|i| {
+                let v: Vec<f32> = (0..10 + i).map(|k| (k * 3 + i) as f32).collect();
+                (format!("t{}", 4 - i), HfTensor::from_f32(&[v.len()], &v))
+            })
+            .collect();
+        let mut blob = vec![7u8; 3];
+        let mut offsets = Vec::new();
+        for (_, t) in &tensors {
+            offsets.push(blob.len() as u64);
+            blob.extend_from_slice(&t.data);
+        }
+        fs::write(&src, &blob).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // a shard limit that splits them
+        let mut wa = ShardedWriter::new(&a, 120).unwrap();
+        let mut wb = ShardedWriter::new(&b, 120).unwrap();
+        for ((n, t), off) in tensors.iter().zip(&offsets) {
+            wa.add(n.clone(), t.clone()).unwrap();
+            wb.add_file_range(n.clone(), t.dtype, &t.shape, &src, *off)
+                .unwrap();
+        }
+        let (sa, sb) = (wa.finish().unwrap(), wb.finish().unwrap());
+        assert!(sa.files.len() > 1);
+        assert_eq!(sa.files.len(), sb.files.len());
+        for (fa, fb) in sa.files.iter().zip(&sb.files) {
+            assert_eq!(fs::read(fa).unwrap(), fs::read(fb).unwrap());
+        }
+        assert_eq!(
+            fs::read(a.join("model.safetensors.index.json")).unwrap(),
+            fs::read(b.join("model.safetensors.index.json")).unwrap()
+        );
+        // a range past the end of the file is an error, not a short tensor
+        let mut wc = ShardedWriter::new(dir.path().join("c"), 1 << 20).unwrap();
+        wc.add_file_range("x", Dtype::F32, &[1000], &src, 0)
+            .unwrap();
+        assert!(wc.finish().is_err());
+    }
 }
