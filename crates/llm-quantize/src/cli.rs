@@ -97,6 +97,12 @@ pub struct QuantizeArgs {
     /// Tokens per calibration sample (cut to the model's context)
     #[arg(long, default_value_t = 512)]
     pub calibration_seq_len: usize,
+    /// MoE (gptq/awq/compressed-tensors): route every calibration token through every
+    /// expert for the Hessians and statistics only (the layer output keeps the
+    /// router's choice), so no expert falls back for lack of tokens; costs one pass of
+    /// every expert over all tokens per layer
+    #[arg(long)]
+    pub calibrate_all_experts: bool,
     /// Group size for GPTQ/AWQ/compressed-tensors: 32, 64, 128, or -1 (per channel)
     #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub group_size: i64,

@@ -72,6 +72,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
             data: a.calibration_data.clone(),
             samples: a.calibration_samples,
             seq_len: a.calibration_seq_len,
+            all_experts: a.calibrate_all_experts,
         },
         output_dir: a.output_dir.clone(),
         output_name: a.output_name.clone(),

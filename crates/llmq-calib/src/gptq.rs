@@ -41,6 +41,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use half::f16;
 use llmq_hfquant::{rtn, IntQuantized};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// GPTQ settings (names as in AutoGPTQ's `BaseQuantizeConfig`).
 #[derive(Debug, Clone, PartialEq)]
@@ -215,9 +216,26 @@ pub(crate) fn upper_cholesky_of_inverse(h: &[f64], n: usize, damp: f64) -> Resul
     Ok(u)
 }
 
+/// The element types a Hessian can be given in.
+pub trait HessianElem: Copy + Into<f64> {
+    /// The values as f64 without a copy, when they are f64 already.
+    fn as_f64(_h: &[Self]) -> Option<&[f64]> {
+        None
+    }
+}
+
+impl HessianElem for f32 {}
+
+impl HessianElem for f64 {
+    fn as_f64(h: &[f64]) -> Option<&[f64]> {
+        Some(h)
+    }
+}
+
 /// Quantize `w` (`[out_features, in_features]`, row-major) with GPTQ against the
-/// Hessian `h` (`[in, in]`, row-major, f32 or f64). `name` is used in errors.
-pub fn gptq_quantize<T: Copy + Into<f64>>(
+/// Hessian `h` (`[in, in]`, row-major, f32 or f64; an f64 one is read in place, and
+/// copied only where dead inputs or act-order change it). `name` is used in errors.
+pub fn gptq_quantize<T: HessianElem>(
     name: &str,
     w: &[f32],
     out_features: usize,
@@ -254,7 +272,10 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
             what: "weight",
         });
     }
-    let mut hd: Vec<f64> = h.iter().map(|&v| v.into()).collect();
+    let mut hd: Cow<'_, [f64]> = match T::as_f64(h) {
+        Some(h) => Cow::Borrowed(h),
+        None => Cow::Owned(h.iter().map(|&v| v.into()).collect()),
+    };
     if !hd.iter().all(|v| v.is_finite()) {
         return Err(GptqError::NonFinite {
             tensor: name.to_string(),
@@ -278,7 +299,7 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
     // dead inputs
     for i in 0..n {
         if hd[i * n + i] == 0.0 {
-            hd[i * n + i] = 1.0;
+            hd.to_mut()[i * n + i] = 1.0;
             for o in 0..rows {
                 w[o * n + i] = 0.0;
             }
@@ -332,7 +353,8 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
                 hp[i * n + j] = hd[pi * n + pj];
             }
         }
-        (wp, hp)
+        drop(hd);
+        (wp, Cow::Owned(hp))
     };
 
     // dampening with retries
@@ -478,12 +500,15 @@ pub fn gptq_quantize<T: Copy + Into<f64>>(
     })
 }
 
-/// Accumulates `H = 2/n · XᵀX` over calibration tokens, in f64.
+/// Accumulates `H = 2/n · XᵀX` over calibration tokens, in f64, then finishes it in
+/// its own storage (no second `[in, in]` copy).
 #[derive(Debug, Clone)]
 pub struct HessianAccumulator {
     cols: usize,
-    xtx: Mat<f64>,
+    /// column-major `XᵀX` while accumulating; row-major `2/n · XᵀX` once finished
+    xtx: Vec<f64>,
     n_tokens: u64,
+    finished: bool,
 }
 
 impl HessianAccumulator {
@@ -491,8 +516,9 @@ impl HessianAccumulator {
     pub fn new(in_features: usize) -> Self {
         HessianAccumulator {
             cols: in_features,
-            xtx: Mat::zeros(in_features, in_features),
+            xtx: vec![0.0; in_features * in_features],
             n_tokens: 0,
+            finished: false,
         }
     }
 
@@ -502,7 +528,9 @@ impl HessianAccumulator {
     }
 
     /// Add `n_tokens` rows of layer input `x` (`[n_tokens, in_features]`, row-major).
+    /// Panics once the Hessian is finished.
     pub fn add(&mut self, x: &[f32], n_tokens: usize) {
+        assert!(!self.finished, "tokens added to a finished Hessian");
         assert_eq!(
             x.len(),
             n_tokens * self.cols,
@@ -520,7 +548,7 @@ impl HessianAccumulator {
             let xm = &xm;
             let blocks: Vec<(usize, MatMut<'_, f64>)> = {
                 let mut v = Vec::new();
-                let mut rest = self.xtx.as_mut();
+                let mut rest = MatMut::from_column_major_slice_mut(&mut self.xtx, c, c);
                 let mut start = 0;
                 while start < c {
                     let w = COLS.min(c - start);
@@ -546,21 +574,38 @@ impl HessianAccumulator {
         self.n_tokens += n_tokens as u64;
     }
 
-    /// `2/n · XᵀX` (`[in, in]`, row-major); all zeros if no token was added.
-    pub fn finish(self) -> Vec<f64> {
+    /// Turns the sums into `2/n · XᵀX` (`[in, in]`, row-major; all zeros if no token
+    /// was added) where they are stored; a second call does nothing.
+    pub fn finish_in_place(&mut self) {
+        if self.finished {
+            return;
+        }
         let c = self.cols;
         let f = if self.n_tokens == 0 {
             0.0
         } else {
             2.0 / self.n_tokens as f64
         };
-        let mut h = vec![0.0f64; c * c];
+        // column-major → row-major: entry (i, j) moves from j·c+i to i·c+j
         for i in 0..c {
-            for j in 0..c {
-                h[i * c + j] = self.xtx[(i, j)] * f;
+            for j in i + 1..c {
+                self.xtx.swap(i * c + j, j * c + i);
             }
         }
-        h
+        self.xtx.iter_mut().for_each(|v| *v *= f);
+        self.finished = true;
+    }
+
+    /// The finished Hessian (`[in, in]`, row-major), once [`Self::finish_in_place`]
+    /// has run.
+    pub fn finished(&self) -> Option<&[f64]> {
+        self.finished.then_some(self.xtx.as_slice())
+    }
+
+    /// `2/n · XᵀX` (`[in, in]`, row-major); all zeros if no token was added.
+    pub fn finish(mut self) -> Vec<f64> {
+        self.finish_in_place();
+        self.xtx
     }
 }
 

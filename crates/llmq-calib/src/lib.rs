@@ -9,6 +9,6 @@ pub mod gptq;
 pub mod imatrix;
 
 pub use gptq::{
-    gptq_quantize, rtn_quantize, GptqConfig, GptqError, GptqResult, HessianAccumulator,
+    gptq_quantize, rtn_quantize, GptqConfig, GptqError, GptqResult, HessianAccumulator, HessianElem,
 };
 pub use imatrix::{add_squares, ImatrixCollector, ImatrixData, ImatrixEntry, ImatrixError};

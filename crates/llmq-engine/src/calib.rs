@@ -70,6 +70,12 @@ pub trait LinearObserver {
     /// Tokens routed to each expert of a MoE layer (called once per MoE block run,
     /// including experts that got none).
     fn expert_counts(&mut self, _layer: usize, _counts: &[usize]) {}
+    /// Whether every routed expert is shown every token of a MoE layer (llm-compressor's
+    /// "calibrate all experts"): each expert also runs on all rows, for observation
+    /// only; the layer's output still comes from the router's choice.
+    fn all_experts(&self) -> bool {
+        false
+    }
 }
 
 /// The observer of one block run, or none (the plain forward pass).
@@ -124,6 +130,11 @@ impl Tap<'_> {
     /// Whether an observer is attached.
     pub fn is_observed(&self) -> bool {
         self.obs.is_some()
+    }
+
+    /// Whether the attached observer wants every expert to see every token.
+    pub fn all_experts(&self) -> bool {
+        self.obs.as_deref().is_some_and(|o| o.all_experts())
     }
 
     pub fn expert_counts(&mut self, counts: &[usize]) {

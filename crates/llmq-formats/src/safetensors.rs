@@ -296,6 +296,12 @@ impl SafetensorsModel {
         }
     }
 
+    /// The shard file holding a tensor and the offset of its bytes in it.
+    pub fn location(&self, name: &str) -> Option<(&Path, u64)> {
+        let info = self.tensors.get(name)?;
+        Some((self.shards[info.shard].0.as_path(), info.start as u64))
+    }
+
     /// A tensor converted to f32.
     pub fn f32(&self, name: &str) -> Result<Vec<f32>, SafetensorsError> {
         self.get(name)?.to_f32()

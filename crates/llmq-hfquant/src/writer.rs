@@ -12,17 +12,19 @@
 //! `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json` with
 //! `{"metadata": {"total_size": bytes}, "weight_map": {tensor: file}}`. Each shard
 //! is written under a hidden temporary name and renamed once every shard is
-//! complete (the final names need N).
+//! complete (the final names need N). A tensor's bytes may also be given as a range
+//! of a file ([`ShardedWriter::add_file_range`]), copied when its shard is written,
+//! so a large output need not be held in memory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
 use crate::error::io_err;
-use crate::{Error, HfTensor, Result};
+use crate::{Dtype, Error, HfTensor, Result};
 
 /// transformers' default `max_shard_size`, "5GB".
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -75,11 +77,37 @@ pub struct WriteSummary {
     pub n_tensors: usize,
 }
 
+/// A tensor waiting for its shard: its bytes, or where to read them.
+struct Pending {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+enum Data {
+    Bytes(Vec<u8>),
+    /// `len` bytes of `path` from `offset`
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Data {
+    fn len(&self) -> u64 {
+        match self {
+            Data::Bytes(b) => b.len() as u64,
+            Data::File { len, .. } => *len,
+        }
+    }
+}
+
 /// Collects tensors and writes them as `model*.safetensors` in `dir`.
 pub struct ShardedWriter {
     dir: PathBuf,
     max_shard_bytes: u64,
-    pending: Vec<(String, HfTensor)>,
+    pending: Vec<(String, Pending)>,
     pending_bytes: u64,
     shards: Vec<Shard>,
     names: HashSet<String>,
@@ -112,10 +140,47 @@ impl ShardedWriter {
                 "tensor {name}: bytes do not match shape"
             )));
         }
+        self.push(
+            name,
+            Pending {
+                dtype: tensor.dtype,
+                shape: tensor.shape,
+                data: Data::Bytes(tensor.data),
+            },
+        )
+    }
+
+    /// Adds a tensor whose bytes are read from `path` at `offset` (as many as `shape`
+    /// and `dtype` need) when its shard is written; the same shards and bytes as
+    /// [`Self::add`] with those bytes.
+    pub fn add_file_range(
+        &mut self,
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: &[usize],
+        path: &Path,
+        offset: u64,
+    ) -> Result<()> {
+        let len = (shape.iter().product::<usize>() * dtype.size()) as u64;
+        self.push(
+            name.into(),
+            Pending {
+                dtype,
+                shape: shape.to_vec(),
+                data: Data::File {
+                    path: path.to_path_buf(),
+                    offset,
+                    len,
+                },
+            },
+        )
+    }
+
+    fn push(&mut self, name: String, tensor: Pending) -> Result<()> {
         if !self.names.insert(name.clone()) {
             return Err(Error::Invalid(format!("tensor {name} added twice")));
         }
-        let size = tensor.data.len() as u64;
+        let size = tensor.data.len();
         if !self.pending.is_empty() && self.pending_bytes + size > self.max_shard_bytes {
             self.flush()?;
         }
@@ -144,7 +209,7 @@ impl ShardedWriter {
         let mut tensors = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        write_safetensors(&tmp, &tensors)?;
+        write_pending(&tmp, &tensors)?;
         self.shards.push(Shard {
             tmp,
             names: tensors.into_iter().map(|(n, _)| n).collect(),
@@ -249,19 +314,62 @@ fn remove_stale_outputs(dir: &Path, keep: &[String]) -> Result<()> {
 /// Writes one safetensors file with `__metadata__ = {"format": "pt"}`, tensors laid
 /// out in the given order.
 pub fn write_safetensors(path: &Path, tensors: &[(String, HfTensor)]) -> Result<()> {
+    let entries: Vec<(&str, Dtype, &[usize], DataRef<'_>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                t.dtype,
+                t.shape.as_slice(),
+                DataRef::Bytes(&t.data),
+            )
+        })
+        .collect();
+    write_entries(path, &entries)
+}
+
+fn write_pending(path: &Path, tensors: &[(String, Pending)]) -> Result<()> {
+    let entries: Vec<(&str, Dtype, &[usize], DataRef<'_>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let data = match &t.data {
+                Data::Bytes(b) => DataRef::Bytes(b),
+                Data::File { path, offset, len } => DataRef::File(path, *offset, *len),
+            };
+            (n.as_str(), t.dtype, t.shape.as_slice(), data)
+        })
+        .collect();
+    write_entries(path, &entries)
+}
+
+enum DataRef<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path, u64, u64),
+}
+
+impl DataRef<'_> {
+    fn len(&self) -> usize {
+        match self {
+            DataRef::Bytes(b) => b.len(),
+            DataRef::File(_, _, len) => *len as usize,
+        }
+    }
+}
+
+fn write_entries(path: &Path, tensors: &[(&str, Dtype, &[usize], DataRef<'_>)]) -> Result<()> {
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut off = 0usize;
-    for (name, t) in tensors {
+    for (name, dtype, shape, data) in tensors {
         header.insert(
-            name.clone(),
+            name.to_string(),
             json!({
-                "dtype": t.dtype.safetensors_name(),
-                "shape": t.shape,
-                "data_offsets": [off, off + t.data.len()],
+                "dtype": dtype.safetensors_name(),
+                "shape": shape,
+                "data_offsets": [off, off + data.len()],
             }),
         );
-        off += t.data.len();
+        off += data.len();
     }
     let mut hbytes = serde_json::to_vec(&Value::Object(header)).expect("serializable header");
     while !hbytes.len().is_multiple_of(8) {
@@ -272,13 +380,31 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HfTensor)]) -> Result<
     let res = (|| {
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
-        for (_, t) in tensors {
-            w.write_all(&t.data)?;
+        for (_, _, _, data) in tensors {
+            match data {
+                DataRef::Bytes(b) => w.write_all(b)?,
+                DataRef::File(src, offset, len) => copy_range(src, *offset, *len, &mut w)?,
+            }
         }
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()
     })();
     res.map_err(io_err(path))
+}
+
+/// Copies `len` bytes of `src` from `offset` into `w` (read, not mapped: the copy adds
+/// nothing to the resident set beyond the buffers).
+fn copy_range(src: &Path, offset: u64, len: u64, w: &mut impl Write) -> std::io::Result<()> {
+    let mut f = File::open(src)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut f.take(len), w)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} ends before byte {}", src.display(), offset + len),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes pretty JSON through a temporary file and a rename.
@@ -390,5 +516,49 @@ mod tests {
         assert!(is_model_shard_name("model.safetensors.index.json"));
         assert!(!is_model_shard_name("model-final.safetensors"));
         assert!(!is_model_shard_name("adapter.safetensors"));
+    }
+
+    /// Bytes given as a file range write the same shards as the bytes themselves.
+    #[test]
+    fn file_ranges_write_the_same_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        let tensors: Vec<(String, HfTensor)> = (0..5)
+            .map(|i| {
+                let v: Vec<f32> = (0..10 + i).map(|k| (k * 3 + i) as f32).collect();
+                (format!("t{}", 4 - i), HfTensor::from_f32(&[v.len()], &v))
+            })
+            .collect();
+        let mut blob = vec![7u8; 3];
+        let mut offsets = Vec::new();
+        for (_, t) in &tensors {
+            offsets.push(blob.len() as u64);
+            blob.extend_from_slice(&t.data);
+        }
+        fs::write(&src, &blob).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // a shard limit that splits them
+        let mut wa = ShardedWriter::new(&a, 120).unwrap();
+        let mut wb = ShardedWriter::new(&b, 120).unwrap();
+        for ((n, t), off) in tensors.iter().zip(&offsets) {
+            wa.add(n.clone(), t.clone()).unwrap();
+            wb.add_file_range(n.clone(), t.dtype, &t.shape, &src, *off)
+                .unwrap();
+        }
+        let (sa, sb) = (wa.finish().unwrap(), wb.finish().unwrap());
+        assert!(sa.files.len() > 1);
+        assert_eq!(sa.files.len(), sb.files.len());
+        for (fa, fb) in sa.files.iter().zip(&sb.files) {
+            assert_eq!(fs::read(fa).unwrap(), fs::read(fb).unwrap());
+        }
+        assert_eq!(
+            fs::read(a.join("model.safetensors.index.json")).unwrap(),
+            fs::read(b.join("model.safetensors.index.json")).unwrap()
+        );
+        // a range past the end of the file is an error, not a short tensor
+        let mut wc = ShardedWriter::new(dir.path().join("c"), 1 << 20).unwrap();
+        wc.add_file_range("x", Dtype::F32, &[1000], &src, 0)
+            .unwrap();
+        assert!(wc.finish().is_err());
     }
 }

@@ -48,6 +48,9 @@ pub struct CalibrationRequest {
     pub data: Option<PathBuf>,
     pub samples: usize,
     pub seq_len: usize,
+    /// MoE: every routed expert's statistics see every token (the layer output still
+    /// uses the router's choice)
+    pub all_experts: bool,
 }
 
 /// Where calibration runs: the CPU engine, or (GPTQ into an integer layout) a CUDA

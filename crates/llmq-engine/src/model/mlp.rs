@@ -3,7 +3,9 @@
 //! al. 2017; Mixtral, Qwen3-MoE, DeepSeek-V3 with shared experts): the router picks
 //! experts per token (`crate::routing`), each expert runs on the rows routed to it and
 //! the weighted outputs are summed. GPT-OSS adds biases to the router and to every
-//! expert projection.
+//! expert projection. An observer may ask for every expert to see every token
+//! ([`crate::LinearObserver::all_experts`]): each expert's inputs are then observed on
+//! all rows, and the routed forward that makes the output runs unobserved.
 
 use crate::backend::{Activation, Backend, Linear};
 use crate::calib::{LinearStage, Tap};
@@ -69,6 +71,25 @@ impl<B: Backend> Mlp<B> {
         kind: MlpKind,
         act: Activation,
     ) -> B::Buf {
+        let hidden = self.hidden(be, x, n, tap, kind, act);
+        let mut y = self.down.forward(be, &hidden, n);
+        if let Some(b) = &self.biases {
+            be.add_bias(&mut y, &b.down);
+        }
+        y
+    }
+
+    /// The down projection's input `act(gate·x) * up·x`, both projections' inputs
+    /// shown to `tap`.
+    fn hidden(
+        &self,
+        be: &B,
+        x: &B::Buf,
+        n: usize,
+        tap: &mut Tap<'_>,
+        kind: MlpKind,
+        act: Activation,
+    ) -> B::Buf {
         if tap.wants(LinearStage::FfnInput) {
             let separate = matches!(self.gate_up, GateUp::Separate { .. });
             let (names, expert): (&[&'static str], _) = match kind {
@@ -103,11 +124,7 @@ impl<B: Backend> Mlp<B> {
             };
             tap.see(be, LinearStage::FfnDown, expert, names, &hidden, n);
         }
-        let mut y = self.down.forward(be, &hidden, n);
-        if let Some(b) = &self.biases {
-            be.add_bias(&mut y, &b.down);
-        }
-        y
+        hidden
     }
 }
 
@@ -123,6 +140,13 @@ impl<B: Backend> Moe<B> {
             let counts: Vec<usize> = assigned.iter().map(|a| a.len()).collect();
             tap.expert_counts(&counts);
         }
+        // every expert sees every token, for the statistics only
+        let all = tap.all_experts();
+        if all {
+            for (e, expert) in self.experts.iter().enumerate() {
+                expert.hidden(be, h, n, tap, MlpKind::Expert(e), act);
+            }
+        }
         let mut out = be.zeros(n * d);
         for (e, toks) in assigned.iter().enumerate() {
             if toks.is_empty() {
@@ -130,7 +154,12 @@ impl<B: Backend> Moe<B> {
             }
             let rows: Vec<usize> = toks.iter().map(|(t, _)| *t).collect();
             let xe = be.gather_rows(h, d, &rows);
-            let ye = self.experts[e].forward(be, &xe, toks.len(), tap, MlpKind::Expert(e), act);
+            let kind = MlpKind::Expert(e);
+            let ye = if all {
+                self.experts[e].forward(be, &xe, toks.len(), &mut Tap::none(), kind, act)
+            } else {
+                self.experts[e].forward(be, &xe, toks.len(), tap, kind, act)
+            };
             be.scatter_add_rows(&mut out, d, &ye, toks);
         }
         if let Some(s) = &self.shared {

@@ -9,6 +9,7 @@
 use super::activations::{batches, run_batches, ActStore};
 use super::methods::{block_method, BlockCx};
 use super::observe::Collector;
+use super::write_stream::{ModuleSpill, PackedModule};
 use super::{engine_err, module_of, Tensors};
 use crate::allocate::Allocation;
 use crate::checkpoint::block_codec::{encode_block, BlockState, FpModule};
@@ -37,6 +38,8 @@ pub(super) enum QModule {
     Trellis(Box<Exl3Linear>),
     /// floating-point codes, optionally rotated (GPTQ / MR-GPTQ into compressed-tensors)
     Fp(Box<FpModule>),
+    /// on an integer grid, already packed into the spill file ([`super::write_stream`])
+    Packed(Box<PackedModule>),
 }
 
 impl QModule {
@@ -44,8 +47,8 @@ impl QModule {
     pub(super) fn int(&self) -> Result<&IntQuantized> {
         match self {
             QModule::Int(q) => Ok(q),
-            QModule::Trellis(_) | QModule::Fp(_) => Err(PipelineError::general(
-                "a trellis- or floating-point-coded module reached an integer-layout writer",
+            QModule::Trellis(_) | QModule::Fp(_) | QModule::Packed(_) => Err(PipelineError::general(
+                "a trellis-, floating-point-coded or packed module reached an integer-layout writer",
                 "Report this as a bug",
             )),
         }
@@ -157,6 +160,37 @@ pub(super) fn quantize_one(
     Ok((q, report))
 }
 
+/// Whether the run's modules are packed to disk as their block finishes: the Hugging
+/// Face integer layouts.
+fn streams_modules(req: &QuantizeRequest) -> bool {
+    matches!(req.format, crate::request::OutputFormat::Hf(_))
+        && crate::fp_export::fp_scheme(req).is_none()
+}
+
+/// An integer-grid module as the write stage will take it: packed into the spill
+/// (created in `dir` on first use) for the Hugging Face integer layouts, else as is.
+fn keep_int(
+    spill: &mut Option<ModuleSpill>,
+    req: &QuantizeRequest,
+    dir: &Path,
+    hf: &str,
+    q: IntQuantized,
+    deq: Option<&[f32]>,
+) -> Result<QModule> {
+    if !streams_modules(req) {
+        return Ok(QModule::Int(q));
+    }
+    let s = match spill {
+        Some(s) => s,
+        None => spill.insert(ModuleSpill::create(dir)?),
+    };
+    let d = match deq {
+        Some(d) => std::borrow::Cow::Borrowed(d),
+        None => std::borrow::Cow::Owned(q.dequantize()),
+    };
+    Ok(QModule::Packed(Box::new(s.spill(req, hf, q, &d)?)))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_blocks(
     req: &QuantizeRequest,
@@ -199,6 +233,7 @@ pub(super) fn run_blocks(
         d,
         rayon::current_num_threads(),
         spill,
+        streams_modules(req),
     );
     progress.message(&format!(
         "memory: about {:.2} GB at the peak (largest block {}: {:.2} GB)",
@@ -224,6 +259,8 @@ pub(super) fn run_blocks(
     let mut modules: BTreeMap<String, QModule> = BTreeMap::new();
     let mut overrides: HashMap<String, Vec<f32>> = HashMap::new();
     let mut ignored: BTreeSet<String> = BTreeSet::new();
+    // the integer layouts' modules go to disk as their block finishes
+    let mut module_spill: Option<ModuleSpill> = None;
 
     // blocks finished by an earlier run: their results, and the activations after them
     let resumed = checkpoint
@@ -235,7 +272,8 @@ pub(super) fn run_blocks(
             let b = cp.load_block(layer)?;
             for (hf, q, st) in b.modules {
                 stats.push(st);
-                modules.insert(hf, QModule::Int(q));
+                let m = keep_int(&mut module_spill, req, tmp_dir, &hf, q, None)?;
+                modules.insert(hf, m);
             }
             for (hf, q, st) in b.trellis {
                 stats.push(st);
@@ -297,6 +335,7 @@ pub(super) fn run_blocks(
             want_awq: needs.awq_stats,
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
+            all_experts: req.calibration.all_experts,
         };
         // layer-streamed: only this block's weights are in the engine
         if streamed {
@@ -311,6 +350,7 @@ pub(super) fn run_blocks(
             Some(&mut col),
             false,
         )?;
+        col.finish_hessians();
         // routers are kept in full precision
         let mut block_ignored: Vec<String> = Vec::new();
         if let Some(s) = tensors.spec(layer, "ffn_gate_inp.weight") {
@@ -359,9 +399,11 @@ pub(super) fn run_blocks(
             encode_block(&block)
         });
         for (hf, q, st) in block.modules {
-            deq.insert(hf.clone(), q.dequantize());
+            let d = q.dequantize();
             stats.push(st);
-            modules.insert(hf, QModule::Int(q));
+            let m = keep_int(&mut module_spill, req, tmp_dir, &hf, q, Some(&d))?;
+            deq.insert(hf.clone(), d);
+            modules.insert(hf, m);
         }
         for (hf, q, st) in block.trellis {
             deq.insert(hf.clone(), super::trellis_block::dequantize(&q));

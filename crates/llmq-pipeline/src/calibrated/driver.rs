@@ -325,8 +325,14 @@ fn calibrated_fingerprint(
     let hadamard = req
         .hadamard_size
         .map_or(String::new(), |b| format!("\nhadamard={b}"));
+    // so does --calibrate-all-experts
+    let all_experts = if req.calibration.all_experts {
+        "\nall-experts"
+    } else {
+        ""
+    };
     let text = format!(
-        "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}{hadamard}",
+        "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}{hadamard}{all_experts}",
         env!("CARGO_PKG_VERSION"),
         crate::hf_source::files_identity(src_dir),
         req.format,

@@ -26,11 +26,11 @@ pub(super) fn all_token_hessian(col: &Collector, top_k: usize) -> Option<(Vec<f6
     for ((stage, e, _), acc) in &col.sites {
         if *stage == LinearStage::FfnInput && e.is_some() {
             if let Some(h) = &acc.hess {
-                // h.finish() = 2/rows · XᵀX; re-weight by rows
-                let hv = h.clone().finish();
+                // finished: 2/rows · XᵀX; re-weight by rows
+                let hv = finished(h);
                 let s = sum.get_or_insert_with(|| vec![0.0; hv.len()]);
                 s.iter_mut()
-                    .zip(&hv)
+                    .zip(hv.iter())
                     .for_each(|(a, b)| *a += b * acc.rows as f64);
                 n += acc.rows;
             }
@@ -43,6 +43,16 @@ pub(super) fn all_token_hessian(col: &Collector, top_k: usize) -> Option<(Vec<f6
     // Σ rows_e·H_e = 2·Σ X_eᵀX_e = 2·top_k·XᵀX over n/top_k tokens → mean over tokens
     s.iter_mut().for_each(|v| *v /= n as f64);
     Some((s, n / top_k as u64))
+}
+
+/// With `--calibrate-all-experts`: the expert's statistics cover all tokens; the
+/// report keeps the count the router sent it.
+fn all_experts_note(col: &Collector, expert: Option<usize>, rows: u64) -> Option<String> {
+    let e = expert.filter(|_| col.all_experts)?;
+    let routed = col.expert_tokens.get(e).copied().unwrap_or(0);
+    Some(format!(
+        "calibrated on all {rows} tokens (--calibrate-all-experts); the router sent it {routed}"
+    ))
 }
 
 /// Experts that never fired (not reported as sites): `(expert, first weight, stage)`.
@@ -122,6 +132,7 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
                     },
                     _ => (HSel::None, "rtn".to_string(), None),
                 };
+                let note = note.or_else(|| all_experts_note(col, expert, acc.rows));
                 tasks.push(Task {
                     hf,
                     calib,
@@ -181,7 +192,7 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
     let solved: Vec<Vec<Result<(String, IntQuantized, TensorReport)>>> = groups
         .into_par_iter()
         .map(|(acc, tasks)| {
-            let h_site = acc.and_then(|a| a.hess.as_ref().map(|h| h.clone().finish()));
+            let h_site = acc.and_then(|a| a.hess.as_ref().map(finished));
             tasks
                 .into_par_iter()
                 .map(|t| {
@@ -206,6 +217,15 @@ pub(super) fn quantize_block_gptq(cx: BlockCx<'_>, gptq: bool) -> Result<()> {
         out.push(r?);
     }
     Ok(())
+}
+
+/// A site's Hessian, finished where it was accumulated
+/// ([`Collector::finish_hessians`]; finished here if it was not).
+fn finished(h: &llmq_calib::HessianAccumulator) -> std::borrow::Cow<'_, [f64]> {
+    match h.finished() {
+        Some(v) => std::borrow::Cow::Borrowed(v),
+        None => std::borrow::Cow::Owned(h.clone().finish()),
+    }
 }
 
 /// Which Hessian a tensor's task uses.

@@ -3,8 +3,11 @@
 //! working copies while it is quantized and put back, the concurrent solves), its
 //! Hessians (GPTQ, trellis) or AWQ row samples, one batch's intermediate
 //! activations, the calibration activations held in memory (bf16; spilled to disk
-//! beyond half the budget, then not counted), and the quantized modules of every
-//! block, held until the writer packs them. A run whose need exceeds the RAM budget
+//! beyond half the budget, then not counted), and the quantized modules: one block's
+//! where they are packed to disk as the block finishes (the integer layouts,
+//! [`super::write_stream`]), every block's where the writer packs them at the end.
+//! Hessians are finished where they were accumulated; each solve in flight holds the
+//! Cholesky factor and its inverse (two `[in, in]` f64). A run whose need exceeds the RAM budget
 //! (`--ram-budget-gb`, or the available memory) is refused with exit 5 and the
 //! numbers.
 
@@ -23,7 +26,8 @@ const AWQ_ROWS: u64 = super::AWQ_SAMPLE_ROWS as u64;
 pub(super) struct BlockNeed {
     /// weights as loaded, plus f32 working and dequantized copies
     pub(super) weights: u64,
-    /// Hessians (accumulators, and the finished copies being solved on)
+    /// Hessians (accumulators, finished in place, and each solve's Cholesky factor
+    /// and inverse)
     pub(super) hessians: u64,
     /// the tensors being solved at once, and one batch's intermediate activations
     pub(super) work: u64,
@@ -43,7 +47,8 @@ pub(super) struct RunNeed {
     pub(super) block: BlockNeed,
     /// calibration activations held in memory (0 when spilled)
     pub(super) activations: u64,
-    /// quantized modules of all blocks, held until written
+    /// quantized modules held until written: the largest block's when streamed, else
+    /// all blocks'
     pub(super) modules: u64,
     /// the token embeddings, held while the samples are embedded (before any block)
     pub(super) embeddings: u64,
@@ -77,7 +82,9 @@ fn input_key(role: TensorRole) -> TensorRole {
 }
 
 /// The need of quantizing with `needs`, `threads` solves at once, over samples of
-/// `lens` tokens in batches of at most `batch_tokens`, activations `spilled` or not.
+/// `lens` tokens in batches of at most `batch_tokens`, activations `spilled` or not,
+/// the quantized modules `streamed` to disk block by block or held to the end.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_need(
     tensors: &Tensors,
     needs: Needs,
@@ -86,6 +93,7 @@ pub(super) fn run_need(
     d: usize,
     threads: usize,
     spilled: bool,
+    streamed: bool,
 ) -> RunNeed {
     let mut blocks: BTreeMap<usize, Vec<&llmq_arch::GgufTensorSpec>> = BTreeMap::new();
     let mut embeddings = 0u64;
@@ -110,13 +118,17 @@ pub(super) fn run_need(
     let threads = threads.max(1) as u64;
     let mut best = (0usize, BlockNeed::default());
     let mut modules = 0u64;
+    let mut block_modules_max = 0u64;
     for (&layer, specs) in &blocks {
+        let mut block_modules = 0u64;
         let mut loaded = 0u64;
         let mut params = 0u64;
         let mut largest = 0u64;
         let mut widest = d as u64;
         let mut inputs: HashMap<TensorRole, (u64, u64)> = HashMap::new();
         let mut linears = 0u64;
+        // every Linear's input width (one per expert)
+        let mut widths: Vec<u64> = Vec::new();
         for spec in specs {
             loaded += bytes_of(spec);
             params += spec.n_elements() as u64;
@@ -126,8 +138,9 @@ pub(super) fn run_need(
             let cols = spec.shape_ne[0] as u64;
             let rows = spec.shape_ne[1] as u64;
             let experts = spec.shape_ne.get(2).copied().unwrap_or(1) as u64;
-            modules += cols * rows * experts * 9 / 8;
+            block_modules += cols * rows * experts * 9 / 8;
             linears += experts;
+            widths.extend(std::iter::repeat_n(cols, experts as usize));
             largest = largest.max(cols * rows);
             widest = widest.max(rows).max(cols);
             let e = inputs
@@ -150,15 +163,13 @@ pub(super) fn run_need(
                 one * experts
             })
             .collect();
-        let widest_input = inputs.values().map(|v| v.0).max().unwrap_or(0);
-        // no more solves in flight than the block has Linears
+        // no more solves in flight than the block has Linears: the widest ones
         let threads = threads.min(linears.max(1));
-        let hessians = per_input.iter().sum::<u64>()
-            + if needs.hessian {
-                threads * widest_input * widest_input * 8
-            } else {
-                0
-            };
+        widths.sort_unstable_by(|a, b| b.cmp(a));
+        let solving: u64 = widths.iter().take(threads as usize).map(|w| w * w).sum();
+        modules += block_modules;
+        block_modules_max = block_modules_max.max(block_modules);
+        let hessians = per_input.iter().sum::<u64>() + if needs.hessian { solving * 16 } else { 0 };
         // the solves in flight (f32 weight, solver copy, dequantized copy, codes) and
         // one batch through the block (hidden state, norms, widest intermediate ×3)
         let work = threads * largest * 13 + batch * (4 * d as u64 + 3 * widest) * 4;
@@ -175,7 +186,7 @@ pub(super) fn run_need(
         layer: best.0,
         block: best.1,
         activations: if spilled { 0 } else { tokens * d as u64 * 2 },
-        modules,
+        modules: if streamed { block_modules_max } else { modules },
         embeddings,
     }
 }

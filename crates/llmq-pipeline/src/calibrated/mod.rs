@@ -76,6 +76,7 @@ mod validate;
 mod write;
 mod write_exl3;
 mod write_fp;
+mod write_stream;
 
 use blocks::QModule;
 pub(crate) use driver::quantize_blocks;

@@ -1,7 +1,8 @@
 //! The measure stage of calibrated quantization: a [`LinearObserver`] that gathers,
 //! per distinct Linear input of a block, what the quantizers need — GPTQ's Hessian
 //! `2/n·XᵀX`, AWQ's `mean|x|` and a strided row sample — and the tokens routed to
-//! every expert.
+//! every expert (and, with `--calibrate-all-experts`, every expert's statistics over
+//! all tokens).
 
 use super::AWQ_SAMPLE_ROWS;
 use llmq_calib::HessianAccumulator;
@@ -26,6 +27,21 @@ pub(super) struct Collector {
     pub(super) want_awq: bool,
     pub(super) sites: BTreeMap<SiteKey, SiteAcc>,
     pub(super) expert_tokens: Vec<u64>,
+    /// every expert's statistics see every token (`--calibrate-all-experts`);
+    /// `expert_tokens` still counts the routed ones
+    pub(super) all_experts: bool,
+}
+
+impl Collector {
+    /// Finishes every Hessian where it was accumulated (once the block's tokens are
+    /// all in), so the solves read it without a copy.
+    pub(super) fn finish_hessians(&mut self) {
+        for acc in self.sites.values_mut() {
+            if let Some(h) = &mut acc.hess {
+                h.finish_in_place();
+            }
+        }
+    }
 }
 
 impl LinearObserver for Collector {
@@ -77,6 +93,10 @@ impl LinearObserver for Collector {
             }
         }
         acc.rows += rows as u64;
+    }
+
+    fn all_experts(&self) -> bool {
+        self.all_experts
     }
 
     fn expert_counts(&mut self, _layer: usize, counts: &[usize]) {

@@ -32,6 +32,22 @@ pub(super) fn validate_output(
     };
     for (hf, m) in modules {
         let prefix = module_of(hf);
+        if let QModule::Packed(p) = m {
+            let writer = int_writer(req, grid_of(&p.like))?;
+            let back = writer.read(&get, prefix, &p.like).map_err(|e| {
+                PipelineError::validation(
+                    format!("output tensor {prefix} does not read back: {e}"),
+                    "Report this as a bug",
+                )
+            })?;
+            if !p.matches(&back) {
+                return Err(PipelineError::validation(
+                    format!("output tensor {prefix} reads back different values"),
+                    "Report this as a bug",
+                ));
+            }
+            continue;
+        }
         let q = m.int()?;
         let writer = int_writer(req, grid_of(q))?;
         let back = writer.read(&get, prefix, q).map_err(|e| {

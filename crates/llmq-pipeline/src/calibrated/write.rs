@@ -2,6 +2,9 @@
 //! output format's writer ([`super::formats`]), every other tensor copied (AWQ's
 //! folded norms in the source dtype), sharded safetensors, config.json with the
 //! format's `quantization_config`, the format's extra files and the tokenizer files.
+//! Modules packed as their block finished ([`super::write_stream`]) and the source
+//! tensors are copied from their files when their shard is written, so the shards are
+//! never held in memory.
 
 use super::formats::{grid_of, int_writer};
 use super::{hf_err, module_of, QModule, Tensors};
@@ -11,7 +14,7 @@ use crate::source;
 use half::bf16;
 use llmq_formats::safetensors::StDtype;
 use llmq_hfquant::{Dtype, HfTensor, ShardedWriter};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 pub(super) fn round_to(v: f32, d: Option<StDtype>) -> f32 {
@@ -59,7 +62,15 @@ pub(super) fn write_rest(
     let mut w = ShardedWriter::new(tmp_dir, llmq_hfquant::writer::DEFAULT_MAX_SHARD_BYTES)
         .map_err(hf_err)?;
     let mut any_g_idx = false;
+    let mut spills = BTreeSet::new();
     for (hf, m) in modules {
+        if let QModule::Packed(p) = m {
+            // packed as its block finished (super::write_stream)
+            any_g_idx |= !p.like.has_default_g_idx();
+            p.add_to(&mut w)?;
+            spills.insert(p.file().to_path_buf());
+            continue;
+        }
         let q = m.int()?;
         any_g_idx |= !q.has_default_g_idx();
         let writer = int_writer(req, grid_of(q))?;
@@ -68,6 +79,9 @@ pub(super) fn write_rest(
     }
     write_unquantized(&mut w, tensors, modules, overrides)?;
     w.finish().map_err(hf_err)?;
+    for f in &spills {
+        super::write_stream::remove_spill(f)?;
+    }
     // the checkpoint-wide config states the requested grid
     let writer = int_writer(req, req.int_grid()?)?;
     let qc = writer.quantization_config(ignored, any_g_idx);
@@ -104,12 +118,16 @@ pub(super) fn write_unquantized(
             )
         })?;
         let shape = view.info.shape.clone();
-        let bytes = match overrides.get(&n) {
-            Some(v) => f32_as(dt, v),
-            None => view.bytes.to_vec(),
-        };
-        w.add(n.clone(), HfTensor::from_raw(dt, &shape, bytes))
-            .map_err(hf_err)?;
+        match (overrides.get(&n), tensors.st.location(&n)) {
+            (Some(v), _) => w.add(n.clone(), HfTensor::from_raw(dt, &shape, f32_as(dt, v))),
+            // copied from the source file when its shard is written
+            (None, Some((file, offset))) => w.add_file_range(n.clone(), dt, &shape, file, offset),
+            (None, None) => w.add(
+                n.clone(),
+                HfTensor::from_raw(dt, &shape, view.bytes.to_vec()),
+            ),
+        }
+        .map_err(hf_err)?;
         tensors.st.release(&n);
     }
     // GPT-OSS's per-expert biases, cut from the fused ones

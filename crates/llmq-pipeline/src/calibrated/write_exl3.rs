@@ -26,7 +26,7 @@ const HEAD_KEPT: u32 = 16;
 fn trellis_of(m: &QModule) -> Result<&Exl3Linear> {
     match m {
         QModule::Trellis(q) => Ok(q),
-        QModule::Int(_) | QModule::Fp(_) => Err(PipelineError::general(
+        QModule::Int(_) | QModule::Fp(_) | QModule::Packed(_) => Err(PipelineError::general(
             "an integer-grid module reached the EXL3 writer",
             "Report this as a bug",
         )),
