@@ -182,13 +182,19 @@ impl<B: Backend> Model<B> {
 
     /// The embedding rows of `tokens` (`[tokens, n_embd]`), the input of block 0.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        Ok(self.be.download(self.embed_buf(tokens)?))
+    }
+
+    /// [`Model::embed`] left on the backend (a GPU's calibration keeps its activations
+    /// there).
+    pub fn embed_buf(&self, tokens: &[u32]) -> Result<B::Buf> {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.n_vocab) {
             return Err(EngineError::BadToken {
                 id: t,
                 vocab: self.hp.n_vocab,
             });
         }
-        Ok(self.be.download(self.embed_ids(tokens)?))
+        self.embed_ids(tokens)
     }
 
     /// Embedding rows of `ids` (scaled where the architecture does).

@@ -62,6 +62,22 @@ impl<B: Backend> Model<B> {
         seq_lens: &[usize],
         observer: Option<&mut dyn LinearObserver>,
     ) -> Result<()> {
+        let mut x = self.be.upload(hidden.to_vec());
+        self.forward_block_buf(layer, &mut x, seq_lens, observer)?;
+        hidden.copy_from_slice(&self.be.to_host(&x));
+        Ok(())
+    }
+
+    /// [`Model::forward_block`] on hidden states already on the backend (a GPU's
+    /// calibration keeps them there between blocks): `hidden` is replaced by the
+    /// block's output.
+    pub fn forward_block_buf(
+        &self,
+        layer: usize,
+        hidden: &mut B::Buf,
+        seq_lens: &[usize],
+        observer: Option<&mut dyn LinearObserver>,
+    ) -> Result<()> {
         let d = self.hp.n_embd;
         let total: usize = seq_lens.iter().sum();
         if layer >= self.layers.len() {
@@ -70,10 +86,10 @@ impl<B: Backend> Model<B> {
                 self.layers.len()
             )));
         }
-        if hidden.len() != total * d {
+        let held = self.be.len(hidden);
+        if held != total * d {
             return Err(EngineError::Source(format!(
-                "hidden holds {} values, {total} tokens x {d} need {}",
-                hidden.len(),
+                "hidden holds {held} values, {total} tokens x {d} need {}",
                 total * d
             )));
         }
@@ -103,10 +119,7 @@ impl<B: Backend> Model<B> {
             seq: &tok_seq,
             pos: &tok_pos,
         };
-        let mut x = self.be.upload(hidden.to_vec());
-        self.layer_forward(layer, &mut x, &mut seqs, tokens, &mut tap)?;
-        hidden.copy_from_slice(&self.be.to_host(&x));
-        Ok(())
+        self.layer_forward(layer, hidden, &mut seqs, tokens, &mut tap)
     }
 
     /// Replace a weight matrix (GGUF name and shape, e.g. `blk.3.attn_q.weight`

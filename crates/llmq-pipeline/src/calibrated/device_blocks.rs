@@ -1,8 +1,8 @@
 //! GPTQ (Frantar et al., arXiv 2210.17323) block by block on a CUDA device
 //! (`quantize … --method gptq --device cuda`): the same stages as
 //! [`super::blocks::run_blocks`] — the engine streamed one block at a time, the
-//! calibration activations kept on the host in bf16 (spilled to disk beyond half the
-//! RAM budget) — with the block forward on the CUDA backend, every Linear input's
+//! calibration activations kept in bf16 precision, on the device when they fit
+//! ([`super::device_acts`]) — with the block forward on the CUDA backend, every Linear input's
 //! Hessian accumulated on the device ([`super::device_observe`]) and every tensor
 //! solved on the device ([`CalibGpu::gptq`]); then the dequantized weights go into
 //! the device's block and it runs again to give the next block's inputs. The MoE
@@ -14,6 +14,7 @@
 
 use super::activations::{batches, ActStore};
 use super::blocks::{quantize_one, rmse, BlockResult, Calib, QModule};
+use super::device_acts::{fits_on_device, Acts};
 use super::device_observe::DeviceCollector;
 use super::observe::SiteKey;
 use super::{engine_err, module_of, Tensors, MIN_EXPERT_TOKENS};
@@ -27,7 +28,7 @@ use crate::run::Progress;
 use llmq_arch::{apply_transform, GgufTensorSpec};
 use llmq_calib::dataset::CalibrationSet;
 use llmq_engine::backend::cuda::{CalibGpu, DeviceHessian, GptqFail, GptqOut, GptqParams};
-use llmq_engine::backend::Cuda;
+use llmq_engine::backend::{Backend, Cuda};
 use llmq_engine::{LinearStage, Model, WeightSource};
 use llmq_hfquant::IntQuantized;
 use llmq_kernels::WeightMatrix;
@@ -101,21 +102,31 @@ pub(super) fn run_blocks_device(
         .or_else(crate::memory::available_bytes)
         .unwrap_or(u64::MAX)
         / 2;
-    let spill = need > budget || crate::test_hooks::get().spill_activations;
-    if spill {
-        progress.message(&format!(
-            "activations ({:.1} MB in bf16) exceed half the RAM budget: spilling them to {}",
-            need as f64 / 1e6,
-            tmp_dir.display()
-        ));
-    }
-    let mut store = ActStore::new(d, lens.clone(), spill.then_some(tmp_dir))?;
-    for (i, s) in calib.samples.iter().enumerate() {
-        let x = model.embed(s).map_err(engine_err)?;
-        store.write(i, &x)?;
-    }
-    model.release_embeddings(src);
     let groups = batches(&lens, BATCH_TOKENS);
+    let on_device = fits_on_device(need * 2, cuda.free_memory());
+    let spill = !on_device && (need > budget || crate::test_hooks::get().spill_activations);
+    let mut acts = if on_device {
+        progress.message(&format!(
+            "activations ({:.1} GB in f32) kept on the device",
+            (need * 2) as f64 / 1e9
+        ));
+        Acts::on_device(&model, &gpu, &calib.samples, &groups)?
+    } else {
+        if spill {
+            progress.message(&format!(
+                "activations ({:.1} MB in bf16) exceed half the RAM budget: spilling them to {}",
+                need as f64 / 1e6,
+                tmp_dir.display()
+            ));
+        }
+        let mut store = ActStore::new(d, lens.clone(), spill.then_some(tmp_dir))?;
+        for (i, s) in calib.samples.iter().enumerate() {
+            let x = model.embed(s).map_err(engine_err)?;
+            store.write(i, &x)?;
+        }
+        Acts::Host(store)
+    };
+    model.release_embeddings(src);
     let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
 
     let mut stats = Vec::new();
@@ -144,7 +155,7 @@ pub(super) fn run_blocks_device(
             }
         }
         let mut col = DeviceCollector::new(&gpu);
-        run_device_batches(&model, layer, &mut store, &groups, Some(&mut col), false)?;
+        acts.run(&model, &gpu, layer, &groups, Some(&mut col), false)?;
         if let Some(e) = col.error.take() {
             return Err(engine_err(e));
         }
@@ -180,7 +191,7 @@ pub(super) fn run_blocks_device(
             put_weight(&mut model, spec, &srcs, f16, false)?;
         }
         drop(deq);
-        run_device_batches(&model, layer, &mut store, &groups, None, true)?;
+        acts.run(&model, &gpu, layer, &groups, None, true)?;
         progress.message(&format!(
             "layer {layer}: load, forward and Hessians {:.2} s, GPTQ {:.2} s, forward {:.2} s",
             (t1 - t0).as_secs_f64(),
@@ -192,7 +203,7 @@ pub(super) fn run_blocks_device(
                 cp.save_block(
                     layer,
                     bytes,
-                    Some(&mut |w: &mut dyn Write| store.save_to(w)),
+                    Some(&mut |w: &mut dyn Write| acts.save_to(&model, w)),
                 )?;
             } else {
                 cp.save_block(layer, bytes, None)?;
@@ -258,45 +269,6 @@ fn put_weight(
         Err(llmq_engine::EngineError::MissingTensor(_)) if keep_unknown => Ok(()),
         r => r.map_err(engine_err),
     }
-}
-
-/// Block `layer` of the device model over every stored sample, batch by batch, under
-/// `obs` if given; with `write_back` its outputs replace the stored activations.
-fn run_device_batches(
-    model: &Model<Cuda>,
-    layer: usize,
-    store: &mut ActStore,
-    groups: &[Vec<usize>],
-    mut obs: Option<&mut DeviceCollector<'_>>,
-    write_back: bool,
-) -> Result<()> {
-    let d = store.d;
-    let mut buf = Vec::new();
-    let mut one = Vec::new();
-    for g in groups {
-        buf.clear();
-        for &s in g {
-            store.read(s, &mut one)?;
-            buf.extend_from_slice(&one);
-        }
-        let lens: Vec<usize> = g.iter().map(|&s| store.lens[s]).collect();
-        let o: Option<&mut dyn llmq_engine::LinearObserver> = match obs.as_deref_mut() {
-            Some(c) => Some(c),
-            None => None,
-        };
-        model
-            .forward_block(layer, &mut buf, &lens, o)
-            .map_err(engine_err)?;
-        if write_back {
-            let mut off = 0;
-            for &s in g {
-                let n = store.lens[s] * d;
-                store.write(s, &buf[off..off + n])?;
-                off += n;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Every Linear of block `layer` quantized: GPTQ on the device where the allocation

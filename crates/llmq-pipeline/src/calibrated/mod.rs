@@ -59,6 +59,8 @@ mod awq_block;
 mod blocks;
 pub(crate) mod calibration;
 #[cfg(feature = "cuda")]
+mod device_acts;
+#[cfg(feature = "cuda")]
 mod device_blocks;
 #[cfg(feature = "cuda")]
 mod device_observe;

@@ -25,6 +25,7 @@ use llmq_hfquant::IntQuantized;
 /// The kernels of `kernels/calib.cu`.
 pub const CALIB_KERNELS: &[&str] = &[
     "calib_f32_to_f64",
+    "calib_round_bf16",
     "calib_diag",
     "calib_axpy",
     "calib_build_r",
@@ -187,6 +188,20 @@ impl CalibGpu {
             return Ok(Vec::new());
         }
         dev("download", self.be.stream().clone_dtoh(&s.slice(..n)))
+    }
+
+    /// Every value of `x` rounded to bf16 precision in place, as the host's activation
+    /// store rounds (so activations kept on the device hold the host store's values).
+    pub fn round_bf16(&self, x: &mut CudaBuf) -> Result<()> {
+        if x.len == 0 {
+            return Ok(());
+        }
+        let n = x.len as i64;
+        self.launch(
+            "calib_round_bf16",
+            grid(x.len),
+            &[&x.ptr_at(self.be.stream(), 0), &n],
+        )
     }
 
     /// An empty Hessian for `cols` input features.
