@@ -47,7 +47,7 @@ json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval
 
 PROMPT="The history of the city begins"
 SUMMARY="$R/summary.txt"
-printf '%-14s %-7s %12s %12s %10s %10s %8s  %s\n' model format ppl_cpu ppl_gpu rel_diff mean_kl top1 greedy32 | tee "$SUMMARY"
+printf '%-14s %-12s %12s %12s %10s %10s %8s  %s\n' model format ppl_cpu ppl_gpu rel_diff mean_kl top1 greedy32 | tee "$SUMMARY"
 # compare NAME FORMAT FILE: GPU against CPU for one model file or folder (one summary row)
 compare() {
   local name="$1" q="$2" f="$3" e="$W/eval.json" ppl_gpu ppl_cpu kl top rel greedy
@@ -74,7 +74,7 @@ else:
     print(f"differs at char {n}/{len(a)}")
 PY
 )"
-  printf '%-14s %-7s %12.5f %12.5f %10s %10.2e %7.2f%%  %s\n' "$name" "$q" "$ppl_cpu" "$ppl_gpu" "$rel" "$kl" \
+  printf '%-14s %-12s %12.5f %12.5f %10s %10.2e %7.2f%%  %s\n' "$name" "$q" "$ppl_cpu" "$ppl_gpu" "$rel" "$kl" \
     "$(python3 -c "print($top*100)")" "$greedy" | tee -a "$SUMMARY"
 }
 
