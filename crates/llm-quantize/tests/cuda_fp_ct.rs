@@ -279,7 +279,7 @@ fn cases() -> Vec<Case> {
                 if k == 3 {
                     f32::from_bits(0x0040_0000)
                 } else {
-                    2f32.powi(k as i32 % 30 - 20)
+                    2f32.powi(k % 30 - 20)
                 }
             })
             .collect(),
