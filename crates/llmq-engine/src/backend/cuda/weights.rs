@@ -178,3 +178,56 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_kernels::{FpGrid, FpGroups};
+
+    /// An FP8 matrix of one row whose scale groups are `cps` columns wide.
+    fn fp8(cols: usize, cps: usize) -> WeightMatrix {
+        let codes = vec![0x38u8; cols];
+        let scales = vec![0.5f32; cols.div_ceil(cps)];
+        let g = FpGroups {
+            grid: FpGrid::Fp8,
+            rows: 1,
+            cols,
+            codes: &codes,
+            scales: &scales,
+            rows_per_scale: 1,
+            cols_per_scale: cps,
+            scale_cols: cols.div_ceil(cps),
+            global_scale: 1.0,
+        };
+        WeightMatrix::from_fp_groups(&g, IntAct::F32).unwrap()
+    }
+
+    #[test]
+    fn fp_weights_and_rotations_run_and_the_rest_is_refused_by_name() {
+        assert_eq!(kernel_of(WeightType::Fp(FpType::Nvfp4)), Some("nvfp4_ct"));
+        assert_eq!(kernel_of(WeightType::Fp(FpType::Mxfp4)), Some("mxfp4"));
+        for (cps, kernel) in [(8, "fp8_b8"), (32, "fp8_b32"), (256, "fp8_b128")] {
+            let w = fp8(256, cps);
+            assert_eq!(kernel_of(w.ty), Some(kernel));
+            assert!(super::super::unsupported("w", &w).is_none());
+            // a rotated module runs too
+            let r = w.with_input_rotation(64).unwrap();
+            assert!(super::super::unsupported("w", &r).is_none());
+            // every Fp kernel has its f16 dequantization for tensor-core prompts
+            assert!(super::super::tensor_core::DEQUANT_TYPES.contains(&kernel));
+        }
+        // FP8 scale groups of 4 columns have no kernel: the tensor and type are named
+        let narrow = fp8(36, 4);
+        let e = super::super::unsupported("blk.0.attn_q.weight", &narrow).expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("blk.0.attn_q.weight") && msg.contains("FP8_B4"),
+            "{msg}"
+        );
+        // as is a rotation wider than the kernel's shared memory
+        let wide = fp8(2 * MAX_ROTATION, 128)
+            .with_input_rotation(2 * MAX_ROTATION)
+            .unwrap();
+        assert!(super::super::unsupported("w", &wide).is_some());
+    }
+}
