@@ -16,7 +16,7 @@
 #     relative difference and the mean KL divergence between the two;
 #   - greedy `generate` of 32 tokens on both: identical text or where it diverges.
 # For each Hugging Face folder, also each compressed-tensors checkpoint of $CT_FORMATS
-# (default NVFP4 FP8 FP8_BLOCK MR-NVFP4; MR-NVFP4 is NVFP4 through `--method mr-gptq`,
+# (default NVFP4 FP8 FP8_BLOCK MR-NVFP4 MR-MXFP4; MR-X is X through `--method mr-gptq`,
 # whose Hadamard rotation the engine applies to activations at run time; "" skips them)
 # made here with `quantize NAME compressed-tensors`, and every folder `ct/<name>/` (such
 # checkpoints made elsewhere, smaller to carry), compared the same way.
@@ -92,7 +92,7 @@ for m in "$D"/models/*/ "$D"/models/*.gguf; do
   done
   # compressed-tensors FP checkpoints of a Hugging Face folder
   [ -d "$m" ] || continue
-  for q in ${CT_FORMATS-NVFP4 FP8 FP8_BLOCK MR-NVFP4}; do
+  for q in ${CT_FORMATS-NVFP4 FP8 FP8_BLOCK MR-NVFP4 MR-MXFP4}; do
     case "$q" in
       MR-*) args=(-q "${q#MR-}" --method mr-gptq --calibration-samples 32 --calibration-seq-len 256) ;;
       *) args=(-q "$q") ;;
