@@ -15,6 +15,11 @@
 #   - `eval` on the GPU with the CPU as --base: perplexity on both devices, their
 #     relative difference and the mean KL divergence between the two;
 #   - greedy `generate` of 32 tokens on both: identical text or where it diverges.
+# For each Hugging Face folder, also each compressed-tensors checkpoint of $CT_FORMATS
+# (default NVFP4 FP8 FP8_BLOCK MR-NVFP4 MR-MXFP4; MR-X is X through `--method mr-gptq`,
+# whose Hadamard rotation the engine applies to activations at run time; "" skips them)
+# made here with `quantize NAME compressed-tensors`, and every folder `ct/<name>/` (such
+# checkpoints made elsewhere, smaller to carry), compared the same way.
 # Then `cuda_gemv`: every GPU weight type against the CPU dequantization, the copy
 # bandwidth and the GEMV share of it; and decode tokens/s of each real/*.gguf.
 set -uo pipefail
@@ -42,7 +47,37 @@ json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval
 
 PROMPT="The history of the city begins"
 SUMMARY="$R/summary.txt"
-printf '%-14s %-7s %12s %12s %10s %10s %8s  %s\n' model format ppl_cpu ppl_gpu rel_diff mean_kl top1 greedy32 | tee "$SUMMARY"
+printf '%-14s %-12s %12s %12s %10s %10s %8s  %s\n' model format ppl_cpu ppl_gpu rel_diff mean_kl top1 greedy32 | tee "$SUMMARY"
+# compare NAME FORMAT FILE: GPU against CPU for one model file or folder (one summary row)
+compare() {
+  local name="$1" q="$2" f="$3" e="$W/eval.json" ppl_gpu ppl_cpu kl top rel greedy
+  if ! "$LQ" --format json eval "$f" --device cuda --base "$f" --base-device cpu \
+      --dataset "$D/text.txt" --max-length 128 --samples 16 >"$e" 2>>"$LOG"; then
+    echo "$name $q: eval failed (see log)" | tee -a "$SUMMARY"; cat "$e" >>"$LOG"; return 1
+  fi
+  ppl_gpu="$(json "$e" "d['perplexity']")"
+  ppl_cpu="$(json "$e" "d['kl']['base_perplexity']")"
+  kl="$(json "$e" "d['kl']['mean_kl_divergence']")"
+  top="$(json "$e" "d['kl']['same_top_token_rate']")"
+  rel="$(python3 -c "print(f'{abs($ppl_gpu-$ppl_cpu)/$ppl_cpu:.2e}')")"
+  for dev in cpu cuda; do
+    "$LQ" --format json generate "$f" --device "$dev" -p "$PROMPT" --max-tokens 32 \
+      --temperature 0 --ignore-eos >"$W/gen-$dev.json" 2>>"$LOG"
+  done
+  greedy="$(python3 - "$W/gen-cpu.json" "$W/gen-cuda.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p))["text"] for p in sys.argv[1:])
+if a == b:
+    print("identical")
+else:
+    n = next(i for i in range(min(len(a), len(b)) + 1) if i == min(len(a), len(b)) or a[i] != b[i])
+    print(f"differs at char {n}/{len(a)}")
+PY
+)"
+  printf '%-14s %-12s %12.5f %12.5f %10s %10.2e %7.2f%%  %s\n' "$name" "$q" "$ppl_cpu" "$ppl_gpu" "$rel" "$kl" \
+    "$(python3 -c "print($top*100)")" "$greedy" | tee -a "$SUMMARY"
+}
+
 fail=0
 for m in "$D"/models/*/ "$D"/models/*.gguf; do
   [ -e "$m" ] || continue
@@ -53,33 +88,27 @@ for m in "$D"/models/*/ "$D"/models/*.gguf; do
     if ! "$LQ" quantize "$m" gguf -q "$q" -o "$W" -n "$name-$q.gguf" --verbosity quiet >>"$LOG" 2>&1; then
       echo "$name $q: quantize failed" | tee -a "$SUMMARY"; fail=1; continue
     fi
-    e="$W/eval.json"
-    if ! "$LQ" --format json eval "$f" --device cuda --base "$f" --base-device cpu \
-        --dataset "$D/text.txt" --max-length 128 --samples 16 >"$e" 2>>"$LOG"; then
-      echo "$name $q: eval failed (see log)" | tee -a "$SUMMARY"; cat "$e" >>"$LOG"; fail=1; continue
-    fi
-    ppl_gpu="$(json "$e" "d['perplexity']")"
-    ppl_cpu="$(json "$e" "d['kl']['base_perplexity']")"
-    kl="$(json "$e" "d['kl']['mean_kl_divergence']")"
-    top="$(json "$e" "d['kl']['same_top_token_rate']")"
-    rel="$(python3 -c "print(f'{abs($ppl_gpu-$ppl_cpu)/$ppl_cpu:.2e}')")"
-    for dev in cpu cuda; do
-      "$LQ" --format json generate "$f" --device "$dev" -p "$PROMPT" --max-tokens 32 \
-        --temperature 0 --ignore-eos >"$W/gen-$dev.json" 2>>"$LOG"
-    done
-    greedy="$(python3 - "$W/gen-cpu.json" "$W/gen-cuda.json" <<'PY'
-import json, sys
-a, b = (json.load(open(p))["text"] for p in sys.argv[1:])
-if a == b:
-    print("identical")
-else:
-    n = next(i for i in range(min(len(a), len(b)) + 1) if i == min(len(a), len(b)) or a[i] != b[i])
-    print(f"differs at char {n}/{len(a)}")
-PY
-)"
-    printf '%-14s %-7s %12.5f %12.5f %10s %10.2e %7.2f%%  %s\n' "$name" "$q" "$ppl_cpu" "$ppl_gpu" "$rel" "$kl" \
-      "$(python3 -c "print($top*100)")" "$greedy" | tee -a "$SUMMARY"
+    compare "$name" "$q" "$f" || fail=1
   done
+  # compressed-tensors FP checkpoints of a Hugging Face folder
+  [ -d "$m" ] || continue
+  for q in ${CT_FORMATS-NVFP4 FP8 FP8_BLOCK MR-NVFP4 MR-MXFP4}; do
+    case "$q" in
+      MR-*) args=(-q "${q#MR-}" --method mr-gptq --calibration-samples 32 --calibration-seq-len 256) ;;
+      *) args=(-q "$q") ;;
+    esac
+    out="$W/ct-$name-$q"
+    if ! "$LQ" quantize "$m" compressed-tensors "${args[@]}" -o "$out" --no-checkpoints --verbosity quiet \
+        >>"$LOG" 2>&1; then
+      echo "$name ct-$q: quantize failed" | tee -a "$SUMMARY"; fail=1; continue
+    fi
+    compare "$name" "ct-$q" "$(ls -d "$out"/* | head -1)" || fail=1
+    rm -rf "$out"
+  done
+done
+for c in "$D"/ct/*/; do
+  [ -d "$c" ] || continue
+  compare "$(basename "$c")" ct "${c%/}" || fail=1
 done
 
 echo | tee -a "$SUMMARY"

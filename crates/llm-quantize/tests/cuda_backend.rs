@@ -4,7 +4,9 @@
 //! a clear error with exit code 8.
 
 mod common;
+mod cuda_host;
 use common::*;
+use cuda_host::*;
 use llmq_engine::backend::cuda;
 use std::path::PathBuf;
 
@@ -55,7 +57,8 @@ fn nvrtc_compiles_every_kernel() {
         let kernels = ptx.matches(".entry ").count();
         // the shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
-        // dequantization per quantized type) + the calibration kernels
+        // dequantization per quantized type) + gemv and embed per compressed-tensors FP
+        // kernel (`fp_ct.cu`) + the calibration kernels
         for k in cuda::KERNELS {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }
@@ -64,6 +67,7 @@ fn nvrtc_compiles_every_kernel() {
             cuda::KERNELS.len()
                 + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
+                + cuda::fp_kernel_names().count()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len()
                 + cuda::CALIB_KERNELS.len(),
@@ -83,6 +87,9 @@ fn nvrtc_compiles_every_kernel() {
                 ptx.contains(&format!(".entry gemv_{k}(")),
                 "{arch}: gemv_{k}"
             );
+        }
+        for k in cuda::fp_kernel_names() {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }
         for k in cuda::INT_DOT_TYPES {
             for nb in [1, 8] {
@@ -134,27 +141,6 @@ fn device_cuda_without_a_driver_is_a_clear_error() {
     assert!(r.stderr.contains("cuda:N"), "{}", r.stderr);
 }
 
-/// The host shims that let `kernels/dequant.cuh` compile as plain C++.
-const HOST_PRELUDE: &str = r#"
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <cmath>
-#include <vector>
-typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16;
-typedef unsigned int u32; typedef unsigned long long u64;
-struct uint4 { u32 x, y, z, w; };
-static float h2f(u16 h) {
-    int s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
-    float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 1024), e - 25);
-    return s ? -v : v;
-}
-static float bf2f(u16 h) { u32 x = ((u32)h) << 16; float f; memcpy(&f, &x, 4); return f; }
-static u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
-static u32 ld32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
-static float __uint_as_float(u32 x) { float f; memcpy(&f, &x, 4); return f; }
-"#;
-
 const HOST_MAIN: &str = r#"
 template <class T> int run(const char* in, const char* out, int cols, int rows, int rb) {
     std::vector<u8> b((size_t)rows * rb);
@@ -183,54 +169,6 @@ int main(int argc, char** argv) {
     return 2;
 }
 "#;
-
-/// Kernel source `text` made plain C++ (device qualifiers dropped) and compiled for the
-/// host in `dir` with `prelude` before it and `main` after it; `None` where there is no
-/// C++ compiler outside CI.
-fn compile_for_host(
-    dir: &std::path::Path,
-    text: &str,
-    prelude: &str,
-    main: &str,
-) -> Option<PathBuf> {
-    if std::process::Command::new("c++")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI needs a C++ compiler (c++)"
-        );
-        eprintln!("skipped: no C++ compiler");
-        return None;
-    }
-    let src = text
-        .replace("static __device__ __forceinline__", "static inline")
-        .replace("__device__ __forceinline__", "inline")
-        .replace("__constant__", "")
-        .replace("#pragma unroll", "");
-    let cpp = dir.join("kernels.cpp");
-    let exe = dir.join("kernels");
-    std::fs::write(&cpp, format!("{prelude}{src}{main}")).unwrap();
-    let cc = std::process::Command::new("c++")
-        .args(["-O1", "-std=c++17", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    Some(exe)
-}
-
-/// The source of kernel file `name`.
-fn kernel_source(name: &str) -> &'static str {
-    cuda::SOURCES.iter().find(|(n, _)| *n == name).unwrap().1
-}
 
 /// The part of `kernels/fp4.cu` from its section comment `from` to `to`.
 fn fp4_section(from: &str, to: &str) -> &'static str {

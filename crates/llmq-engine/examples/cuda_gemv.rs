@@ -4,10 +4,14 @@
 //!    CPU engine's product (which rounds the activations the same way; batch sizes 1, 5
 //!    and 11), and the embedding lookup against the CPU dequantization, in f64; the
 //!    same product for GPTQ-style 4- and 8-bit integer weights (groups of 128 repacked
-//!    to 32-column blocks, with and without an act-order column permutation);
+//!    to 32-column blocks, with and without an act-order column permutation) and for
+//!    compressed-tensors FP weights (NVFP4, MXFP4 with f32 activations, FP8 per
+//!    channel / per tensor / 128×128 blocks, and NVFP4 behind MR-GPTQ's online
+//!    Hadamard rotation of 64 and 128);
 //! 2. the device-to-device copy bandwidth, then the time of `y = x · Wᵀ` for one
 //!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape)
-//!    per type (the integer checkpoints' `INT4_B32` / `INT8_B32` included): bytes moved
+//!    per type (the integer checkpoints' `INT4_B32` / `INT8_B32` and the FP types
+//!    `NVFP4_F32` / `MXFP4_F32` / `FP8_B128` included): bytes moved
 //!    per call / mean time over 50 back-to-back calls (median of 5 rounds), and its share
 //!    of the copy rate.
 //!
@@ -18,7 +22,7 @@ use llmq_engine::backend::Cpu;
 use llmq_engine::Backend;
 use llmq_formats::GgmlType;
 use llmq_kernels::int_blocks::{IntGroups, PackedInt};
-use llmq_kernels::{Bytes, IntAct, WeightMatrix};
+use llmq_kernels::{Bytes, FpGrid, FpGroups, IntAct, WeightMatrix};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -99,6 +103,56 @@ fn int_matrix(
     WeightMatrix::from_int_groups(&g, IntAct::Q8_0).expect("integer matrix")
 }
 
+/// A compressed-tensors FP matrix: random E2M1 / E4M3 codes, scales on their grids per
+/// `rps`×`cps` group, NVFP4's global scale.
+fn fp_matrix(
+    grid: FpGrid,
+    rows: usize,
+    cols: usize,
+    (rps, cps): (usize, usize),
+    rng: &mut impl Rng,
+) -> WeightMatrix {
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|_| match grid {
+            // E4M3 codes without the NaN ones
+            FpGrid::Fp8 => rng.gen_range(0..0x7Fu8) | (rng.gen_range(0..2u8) << 7),
+            _ => rng.gen_range(0..16u8),
+        })
+        .collect();
+    let scale_cols = cols.div_ceil(cps);
+    let scales: Vec<f32> = (0..rows.div_ceil(rps) * scale_cols)
+        .map(|_| match grid {
+            FpGrid::Nvfp4 => llmq_formats::minifloat::e4m3_to_f32(rng.gen_range(0x20..0x60u8)),
+            FpGrid::Mxfp4 => 2f32.powi(rng.gen_range(-10..0)),
+            FpGrid::Fp8 => rng.gen_range(1e-4f32..1e-2),
+        })
+        .collect();
+    let g = FpGroups {
+        grid,
+        rows,
+        cols,
+        codes: &codes,
+        scales: &scales,
+        rows_per_scale: rps,
+        cols_per_scale: cps,
+        scale_cols,
+        global_scale: 448.0 * 6.0 / 1.7,
+    };
+    WeightMatrix::from_fp_groups(&g, IntAct::F32).expect("FP matrix")
+}
+
+/// The compressed-tensors FP matrices the GPU computes: a label, the grid and the
+/// scale groups (rows, columns) of a matrix `cols` wide.
+fn fp_cases(cols: usize) -> [(&'static str, FpGrid, (usize, usize)); 5] {
+    [
+        ("NVFP4", FpGrid::Nvfp4, (1, 16)),
+        ("MXFP4_F32", FpGrid::Mxfp4, (1, 32)),
+        ("FP8/chan", FpGrid::Fp8, (1, cols)),
+        ("FP8/tens", FpGrid::Fp8, (usize::MAX, cols)),
+        ("FP8_BLOCK", FpGrid::Fp8, (128, 128)),
+    ]
+}
+
 /// The GPU product of `w` against the CPU engine's for batches of 1, 5 and 11 rows: the
 /// worst relative error, and `w` on the GPU.
 fn product_err(be: &Cuda, w: WeightMatrix, rng: &mut impl Rng) -> (f64, <Cuda as Backend>::Weight) {
@@ -160,6 +214,26 @@ fn main() {
             if ok { "ok" } else { "FAIL" }
         );
     }
+    for (label, grid, groups) in fp_cases(768) {
+        for rot in [None, Some(64), Some(128)] {
+            if rot.is_some() && grid != FpGrid::Nvfp4 {
+                continue;
+            }
+            let mut w = fp_matrix(grid, 48, 768, groups, &mut rng);
+            if let Some(b) = rot {
+                w = w.with_input_rotation(b).expect("rotation");
+            }
+            let (err, _) = product_err(&be, w, &mut rng);
+            let ok = err < 1e-5;
+            failed |= !ok;
+            let h = rot.map(|b| format!(" H{b}")).unwrap_or_default();
+            let name = format!("{label}{h}");
+            println!(
+                "  {name:8} rel err {err:.2e} {}",
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
     let copy = be.copy_bandwidth(1 << 30, 10).expect("copy bandwidth");
     println!("copy bandwidth (read + write): {:.0} GB/s", copy / 1e9);
     println!("GEMV 1 x {cols} x {rows} (y = x . W^T), median of 5 rounds of 50:");
@@ -202,6 +276,12 @@ fn main() {
         };
         let w = WeightMatrix::from_packed_int(p, rows, cols, IntAct::Q8_0).expect("matrix");
         time_row(&be, w, &x, copy);
+    }
+    for (_, grid, groups) in fp_cases(cols) {
+        if grid == FpGrid::Fp8 && groups != (128, 128) {
+            continue; // the same FP8_B128 rows as 128x128 blocks
+        }
+        time_row(&be, fp_matrix(grid, rows, cols, groups, &mut rng), &x, copy);
     }
     if failed {
         std::process::exit(1);

@@ -20,6 +20,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("gemvq.cu", include_str!("kernels/gemvq.cu")),
     ("tensorcore.cu", include_str!("kernels/tensorcore.cu")),
     ("fp4.cu", include_str!("kernels/fp4.cu")),
+    ("fp_ct.cu", include_str!("kernels/fp_ct.cu")),
+    ("rotation.cu", include_str!("kernels/rotation.cu")),
     ("calib.cuh", include_str!("kernels/calib.cuh")),
     ("calib.cu", include_str!("kernels/calib.cu")),
 ];

@@ -21,6 +21,7 @@ mod compile;
 mod device;
 mod ops;
 mod record;
+mod rotation;
 mod step;
 mod tensor_core;
 mod trace;
@@ -33,7 +34,7 @@ pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
 pub use record::GraphStats;
 pub use tensor_core::DEQUANT_TYPES as DEQUANT_F16_TYPES;
-pub use weights::{CudaWeight, GPU_TYPES, INT_DOT_TYPES};
+pub use weights::{fp_kernel_names, CudaWeight, GPU_TYPES, INT_DOT_TYPES};
 
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -54,6 +55,7 @@ pub const KERNELS: &[&str] = &[
     "gather_rows",
     "slice_cols",
     "permute_cols",
+    "rotate_blocks",
     "write_cols",
     "copy_at",
     "concat_cols",
@@ -147,6 +149,7 @@ impl Cuda {
                     .iter()
                     .flat_map(|k| [format!("gemvq1_{k}"), format!("gemvq8_{k}")]),
             )
+            .chain(weights::fp_kernel_names())
             .chain(tensor_core::kernel_names())
             .chain(calib::kernel_names());
         for n in names {

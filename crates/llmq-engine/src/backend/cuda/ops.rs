@@ -447,6 +447,8 @@ impl Backend for Cuda {
         if y.len == 0 {
             return y;
         }
+        let rotated = w.rotation.map(|b| self.rotate_blocks(x, n, w.cols, b));
+        let x = rotated.as_ref().unwrap_or(x);
         let permuted = w.perm.as_ref().map(|p| self.permute_cols(x, p, n, w.cols));
         let x = permuted.as_ref().unwrap_or(x);
         match &self.inner.tensor_core {
@@ -469,7 +471,11 @@ impl Backend for Cuda {
             && !tensor_cores
             && n > 0
             && ws.iter().all(|w| {
-                w.int_dot && w.act == first.act && w.cols == first.cols && w.perm.is_none()
+                w.int_dot
+                    && w.act == first.act
+                    && w.cols == first.cols
+                    && w.perm.is_none()
+                    && w.rotation.is_none()
             });
         if !shared {
             return ws.iter().map(|w| self.matmul(w, x, n)).collect();

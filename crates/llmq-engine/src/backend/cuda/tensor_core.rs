@@ -34,7 +34,7 @@ pub(super) const MIN_TOKENS: usize = crate::model::TENSOR_CORE_MIN_TOKENS;
 /// Weight kernels with a `dequant_f16_*` kernel (F16 needs none).
 pub const DEQUANT_TYPES: &[&str] = &[
     "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
-    "iq4_xs", "mxfp4", "nvfp4",
+    "iq4_xs", "mxfp4", "nvfp4", "nvfp4_ct", "fp8_b8", "fp8_b16", "fp8_b32", "fp8_b64", "fp8_b128",
 ];
 
 /// The kernels this module launches.

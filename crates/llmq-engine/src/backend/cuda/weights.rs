@@ -1,13 +1,17 @@
 //! Weight matrices on the device, uploaded once in their packed GGUF form, and which
-//! weight types the GPU kernels compute (`kernels/dequant.cuh`, and `kernels/fp4.cu` for
-//! MXFP4 / NVFP4). Any other type is refused when the model loads, naming the tensor,
-//! never computed on the host.
+//! weight types the GPU kernels compute (`kernels/dequant.cuh`, `kernels/fp4.cu` for
+//! MXFP4 / NVFP4, `kernels/fp_ct.cu` for compressed-tensors NVFP4 / FP8). Any other type
+//! is refused when the model loads, naming the tensor, never computed on the host.
 
 use super::buffers::ok;
 use cudarc::driver::{CudaSlice, CudaStream};
 use llmq_formats::GgmlType;
+use llmq_kernels::fp_blocks::FpType;
 use llmq_kernels::{IntAct, WeightMatrix, WeightType};
 use std::sync::Arc;
+
+/// The widest Hadamard block the rotation kernel takes (its floats in shared memory).
+pub(super) const MAX_ROTATION: usize = 8192;
 
 /// A packed weight matrix in device memory.
 #[derive(Clone)]
@@ -24,6 +28,9 @@ pub struct CudaWeight {
     pub(super) int_dot: bool,
     /// act-order weights: the stored column order (activations are gathered by it first)
     pub(super) perm: Option<Arc<CudaSlice<i32>>>,
+    /// MR-GPTQ's online Hadamard block: activations are rotated by it first
+    /// (`kernels/rotation.cu`)
+    pub(super) rotation: Option<usize>,
 }
 
 /// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
@@ -91,16 +98,46 @@ pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
             _ => None,
         },
         WeightType::Int(_) => None,
-        // compressed-tensors NVFP4 / FP8 (and MXFP4 in exact mode) have no GPU kernel:
-        // refused at load by `unsupported`, naming the tensor and type
-        WeightType::Fp(_) => None,
+        WeightType::Fp(t) => fp_kernel(t),
     }
 }
 
+/// The float kernels of compressed-tensors FP weights (`kernels/fp_ct.cu`; MXFP4 rows
+/// are ggml's and run on `fp4.cu`'s, with f32 activations like the CPU's `dot_fp`).
+/// FP8 blocks narrower than 8 columns are refused.
+pub(super) fn fp_kernel(t: FpType) -> Option<&'static str> {
+    match t {
+        FpType::Nvfp4 => Some("nvfp4_ct"),
+        FpType::Mxfp4 => Some("mxfp4"),
+        FpType::Fp8 { block } => FP8_KERNELS
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, k)| *k),
+    }
+}
+
+/// FP8 block widths with a kernel, and its suffix.
+const FP8_KERNELS: &[(u16, &str)] = &[
+    (8, "fp8_b8"),
+    (16, "fp8_b16"),
+    (32, "fp8_b32"),
+    (64, "fp8_b64"),
+    (128, "fp8_b128"),
+];
+
+/// The `gemv_*` / `embed_*` kernels of `kernels/fp_ct.cu` (the module loads them).
+pub fn fp_kernel_names() -> impl Iterator<Item = String> {
+    std::iter::once("nvfp4_ct")
+        .chain(FP8_KERNELS.iter().map(|(_, k)| *k))
+        .flat_map(|k| [format!("gemv_{k}"), format!("embed_{k}")])
+}
+
 /// Whether the GPU runs `w`'s column order: none, or one permutation for all its rows;
-/// and no input rotation (MR-GPTQ's online Hadamard has no GPU kernel).
+/// and its input rotation, if any: a Hadamard block that divides the row
+/// (`kernels/rotation.cu`, one thread block per Hadamard block in shared memory).
 pub(super) fn order_supported(w: &WeightMatrix) -> bool {
-    w.input_rotation.is_none()
+    w.input_rotation
+        .is_none_or(|b| llmq_kernels::rotation::valid_block(b, w.cols) && b <= MAX_ROTATION)
         && w.col_order
             .as_ref()
             .is_none_or(|o| o.segments(w.rows).len() <= 1)
@@ -126,16 +163,71 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
     });
     CudaWeight {
         perm,
+        rotation: w.input_rotation,
         data: Arc::new(data),
         rows: w.rows,
         cols: w.cols,
         row_bytes: w.row_bytes(),
         kernel,
-        int_dot: INT_DOT_TYPES.contains(&kernel),
+        // Fp weights multiply f32 activations (`dot_fp`), even MXFP4's ggml blocks
+        int_dot: !matches!(w.ty, WeightType::Fp(_)) && INT_DOT_TYPES.contains(&kernel),
         act: match w.ty {
             WeightType::Ggml(t) => act_of(t),
             WeightType::Int(_) => ActRound::Q8_0,
-            WeightType::Fp(t) => unreachable!("{} has no GPU kernel", t.name()),
+            WeightType::Fp(_) => ActRound::F32,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmq_kernels::{FpGrid, FpGroups};
+
+    /// An FP8 matrix of one row whose scale groups are `cps` columns wide.
+    fn fp8(cols: usize, cps: usize) -> WeightMatrix {
+        let codes = vec![0x38u8; cols];
+        let scales = vec![0.5f32; cols.div_ceil(cps)];
+        let g = FpGroups {
+            grid: FpGrid::Fp8,
+            rows: 1,
+            cols,
+            codes: &codes,
+            scales: &scales,
+            rows_per_scale: 1,
+            cols_per_scale: cps,
+            scale_cols: cols.div_ceil(cps),
+            global_scale: 1.0,
+        };
+        WeightMatrix::from_fp_groups(&g, IntAct::F32).unwrap()
+    }
+
+    #[test]
+    fn fp_weights_and_rotations_run_and_the_rest_is_refused_by_name() {
+        assert_eq!(kernel_of(WeightType::Fp(FpType::Nvfp4)), Some("nvfp4_ct"));
+        assert_eq!(kernel_of(WeightType::Fp(FpType::Mxfp4)), Some("mxfp4"));
+        for (cps, kernel) in [(8, "fp8_b8"), (32, "fp8_b32"), (256, "fp8_b128")] {
+            let w = fp8(256, cps);
+            assert_eq!(kernel_of(w.ty), Some(kernel));
+            assert!(super::super::unsupported("w", &w).is_none());
+            // a rotated module runs too
+            let r = w.with_input_rotation(64).unwrap();
+            assert!(super::super::unsupported("w", &r).is_none());
+            // every Fp kernel has its f16 dequantization for tensor-core prompts
+            assert!(super::super::tensor_core::DEQUANT_TYPES.contains(&kernel));
+        }
+        // FP8 scale groups of 4 columns have no kernel: the tensor and type are named
+        let narrow = fp8(36, 4);
+        let e = super::super::unsupported("blk.0.attn_q.weight", &narrow).expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("blk.0.attn_q.weight") && msg.contains("FP8_B4"),
+            "{msg}"
+        );
+        // as is a rotation wider than the kernel's shared memory
+        let wide = fp8(2 * MAX_ROTATION, 128)
+            .with_input_rotation(2 * MAX_ROTATION)
+            .unwrap();
+        assert!(super::super::unsupported("w", &wide).is_some());
     }
 }
