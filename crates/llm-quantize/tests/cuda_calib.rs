@@ -52,6 +52,13 @@ int main(int argc, char** argv) {
         wr(out, back);
         return 0;
     }
+    if (!strcmp(argv[1], "bf16")) {
+        int n = atoi(argv[4]);
+        std::vector<float> v = rd<float>(in, n);
+        for (int i = 0; i < n; i++) v[i] = calib_bf16_round(v[i]);
+        wr(out, v);
+        return 0;
+    }
     if (!strcmp(argv[1], "params")) {
         int rows = atoi(argv[4]), len = atoi(argv[5]), bits = atoi(argv[6]), sym = atoi(argv[7]);
         std::vector<float> v = rd<float>(in, (size_t)rows * len);
@@ -193,6 +200,50 @@ fn u16s(b: &[u8]) -> Vec<u16> {
     b.chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect()
+}
+
+/// The device activation store rounds to bf16 exactly as the host store
+/// (`half::bf16::from_f32`): ties to even, carries into the exponent, overflow to
+/// infinity, NaN payloads.
+#[test]
+fn bf16_rounding_matches_the_host_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(exe) = host_calib(tmp.path()) else {
+        return;
+    };
+    let mut s = 11u64;
+    let mut v: Vec<f32> = (0..20000)
+        .map(|k| lcg(&mut s) * 2f32.powi((k % 80) - 40))
+        .collect();
+    for k in 0..4096u32 {
+        // exact ties, just above and below them, and values that carry into the exponent
+        let base = (k.wrapping_mul(2654435761) & 0x7f7f_0000) | ((k & 1) << 16);
+        for low in [0x8000u32, 0x7fff, 0x8001, 0xffff] {
+            v.push(f32::from_bits(base | low));
+            v.push(-f32::from_bits(base | low));
+        }
+    }
+    v.extend([
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-45,
+        f32::INFINITY,
+        -f32::INFINITY,
+    ]);
+    v.extend([
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc1_2345),
+    ]);
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let out = run(&exe, tmp.path(), "bf16", &bytes, &[v.len().to_string()]);
+    for (i, (x, c)) in v.iter().zip(out.chunks_exact(4)).enumerate() {
+        let got = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let want = (half::bf16::from_f32(*x).to_bits() as u32) << 16;
+        assert_eq!(got, want, "value {i}: {x:e} ({:#010x})", x.to_bits());
+    }
 }
 
 #[test]

@@ -12,21 +12,10 @@ extern "C" __global__ void calib_f32_to_f64(const float* x, double* y, long long
     CALIB_FOR(k, n) y[k] = (double)x[k];
 }
 
-// Every value rounded to bf16 and back, in place (round to nearest even; NaN stays a
-// quiet NaN), as the host's activation store rounds them (the `half` crate's
-// `bf16::from_f32`): calibration activations kept on the device round as on the host.
+// Every value rounded to bf16 and back, in place (`calib_bf16_round`): calibration
+// activations kept on the device hold the host store's values.
 extern "C" __global__ void calib_round_bf16(float* x, long long n) {
-    CALIB_FOR(k, n) {
-        u32 b = __float_as_uint(x[k]);
-        u32 h;
-        if ((b & 0x7fffffffu) > 0x7f800000u) {
-            h = (b >> 16) | 0x0040u;
-        } else {
-            h = b >> 16;
-            if ((b & 0x8000u) != 0 && (b & 0x17fffu) != 0) h += 1;
-        }
-        x[k] = __uint_as_float(h << 16);
-    }
+    CALIB_FOR(k, n) x[k] = calib_bf16_round(x[k]);
 }
 
 extern "C" __global__ void calib_diag(const double* xtx, double* out, int n) {

@@ -10,6 +10,20 @@
 #define CALIB_SYNC() __syncthreads()
 #endif
 
+// f32 rounded to bf16 and back (round to nearest even; a NaN stays a quiet NaN), as
+// `half::bf16::from_f32` rounds: the host's activation store holds these values.
+__device__ __forceinline__ float calib_bf16_round(float f) {
+    u32 b = __float_as_uint(f);
+    u32 h;
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        h = (b >> 16) | 0x0040u;
+    } else {
+        h = b >> 16;
+        if ((b & 0x8000u) != 0 && (b & 0x17fffu) != 0) h += 1;
+    }
+    return __uint_as_float(h << 16);
+}
+
 // f32 to IEEE half bits, round to nearest even (as `half::f16::from_f32`).
 __device__ __forceinline__ u16 calib_f2h(float f) {
     u32 x = __float_as_uint(f);
