@@ -6,6 +6,7 @@
 use super::engine_err;
 use crate::error::{PipelineError, Result};
 use half::bf16;
+use llmq_engine::backend::Backend;
 use llmq_engine::{LinearObserver, Model};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -199,8 +200,8 @@ pub(super) fn batches(lens: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
 
 /// Runs block `layer` over every stored sample, batch by batch, under `obs` if given;
 /// with `write_back` the block outputs replace the stored activations.
-pub(super) fn run_batches<O: LinearObserver>(
-    model: &Model,
+pub(super) fn run_batches<B: Backend, O: LinearObserver>(
+    model: &Model<B>,
     layer: usize,
     store: &mut ActStore,
     groups: &[Vec<usize>],

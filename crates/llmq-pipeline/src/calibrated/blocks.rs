@@ -434,7 +434,7 @@ pub(super) fn run_blocks(
                 .map_err(engine_err)?;
         }
         if !rtn {
-            run_batches::<Collector>(model, layer, &mut store, &groups, None, true)?;
+            run_batches::<_, Collector>(model, layer, &mut store, &groups, None, true)?;
         }
         if let (Some(cp), Some(bytes)) = (checkpoint.as_deref_mut(), &block_bytes) {
             // the activations feeding the next block, unless there is none or they

@@ -9,7 +9,7 @@
 //! and uploading every activation twice per block, which took most of a block's time
 //! on an 8B model. `LLMQ_CALIB_HOST_ACTS=1` keeps them on the host (for comparison).
 
-use super::activations::ActStore;
+use super::activations::{run_batches, ActStore};
 use super::device_observe::DeviceCollector;
 use super::engine_err;
 use crate::error::{PipelineError, Result};
@@ -72,7 +72,7 @@ impl Acts {
         write_back: bool,
     ) -> Result<()> {
         match self {
-            Acts::Host(store) => run_host_batches(model, layer, store, groups, obs, write_back),
+            Acts::Host(store) => run_batches(model, layer, store, groups, obs, write_back),
             Acts::Device { d, lens, bufs } => {
                 let be = model.backend();
                 for (g, x) in groups.iter().zip(bufs.iter_mut()) {
@@ -122,43 +122,4 @@ impl Acts {
             }
         }
     }
-}
-
-/// The host store's way: each batch read from bf16, uploaded, run, and (with
-/// `write_back`) downloaded and stored back.
-fn run_host_batches(
-    model: &Model<Cuda>,
-    layer: usize,
-    store: &mut ActStore,
-    groups: &[Vec<usize>],
-    mut obs: Option<&mut DeviceCollector<'_>>,
-    write_back: bool,
-) -> Result<()> {
-    let d = store.d;
-    let mut buf = Vec::new();
-    let mut one = Vec::new();
-    for g in groups {
-        buf.clear();
-        for &s in g {
-            store.read(s, &mut one)?;
-            buf.extend_from_slice(&one);
-        }
-        let lens: Vec<usize> = g.iter().map(|&s| store.lens[s]).collect();
-        let o: Option<&mut dyn LinearObserver> = match obs.as_deref_mut() {
-            Some(c) => Some(c),
-            None => None,
-        };
-        model
-            .forward_block(layer, &mut buf, &lens, o)
-            .map_err(engine_err)?;
-        if write_back {
-            let mut off = 0;
-            for &s in g {
-                let n = store.lens[s] * d;
-                store.write(s, &buf[off..off + n])?;
-                off += n;
-            }
-        }
-    }
-    Ok(())
 }
