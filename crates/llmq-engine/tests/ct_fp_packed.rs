@@ -9,7 +9,9 @@
 //! too, the rotation applied to the activations. MXFP4 by default runs as ggml's MXFP4
 //! (Q8_0 activations), which is checked for closeness.
 
-use llmq_engine::{KvCache, Logits, Model, SeqStep, WeightSource};
+mod common;
+use common::{logits, shared, test_tokens};
+use llmq_engine::{Model, WeightSource};
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use llmq_hfquant::ct_fp;
 use llmq_hfquant::fp_quantized::rtn_fp;
@@ -18,11 +20,7 @@ use llmq_hfquant::writer::{config_with_quantization, write_json, ShardedWriter};
 use llmq_hfquant::{Dtype, FpScheme, HfTensor};
 use llmq_kernels::{FpType, IntAct, WeightType};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
+use std::path::Path;
 
 fn is_linear(name: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && name.ends_with(".weight") && name.contains("_proj.")
@@ -81,29 +79,6 @@ fn write_pair(model: &Path, scheme: FpScheme, rot: Option<usize>, qdir: &Path, d
     )
     .unwrap();
     write_json(&ddir.join("config.json"), &config).unwrap();
-}
-
-fn test_tokens(model: &Path, n: usize) -> Vec<u32> {
-    let text = std::fs::read_to_string(shared().join("data/corpus/test.txt")).unwrap();
-    let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
-    let ids = tok
-        .encode(&text[..20_000], false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    ids[..n].to_vec()
-}
-
-fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(model, tokens.len());
-    model
-        .forward(&mut [SeqStep {
-            tokens,
-            cache: &mut cache,
-            logits: Logits::All,
-        }])
-        .unwrap()
-        .remove(0)
 }
 
 /// Mean KL(p_want ‖ p_got) over positions, and whether every argmax agrees.

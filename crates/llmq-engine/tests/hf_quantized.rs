@@ -5,8 +5,10 @@
 //! the integer kernels implement exactly the dequantization of the reference packages.
 //! The fast path (Q8_0 activations) is checked for closeness and perplexity.
 
+mod common;
+use common::{logits, shared, test_tokens};
 use llmq_engine::perplexity::{perplexity, PplOptions, PplProtocol};
-use llmq_engine::{KvCache, Logits, Model, SeqStep, WeightSource};
+use llmq_engine::{Model, WeightSource};
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
 use llmq_hfquant::compressed_tensors::{self as ct, CtWeightScheme};
 use llmq_hfquant::gptq::{self, GptqConfig, GptqFormat};
@@ -17,11 +19,7 @@ use llmq_kernels::IntAct;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug)]
 enum Layout {
@@ -142,29 +140,6 @@ fn write_pair(model: &Path, v: &Variant, qdir: &Path, ddir: &Path) {
     )
     .unwrap();
     write_json(&ddir.join("config.json"), &config).unwrap();
-}
-
-fn test_tokens(model: &Path, n: usize) -> Vec<u32> {
-    let text = std::fs::read_to_string(shared().join("data/corpus/test.txt")).unwrap();
-    let tok = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
-    let ids = tok
-        .encode(&text[..20_000], false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    ids[..n].to_vec()
-}
-
-fn logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(model, tokens.len());
-    model
-        .forward(&mut [SeqStep {
-            tokens,
-            cache: &mut cache,
-            logits: Logits::All,
-        }])
-        .unwrap()
-        .remove(0)
 }
 
 /// max |a − b| / max |b|
