@@ -188,6 +188,21 @@ unsafe fn ld(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
+/// `acc += Σ pairs a·b` (`vpdpwssd`), as one instruction: from the intrinsic, LLVM's
+/// generic x86-64 tuning splits every other one of a chain into `vpmaddwd` + `vpaddd`,
+/// 50% more vector uops in the tile's inner loop. The integer sums are the same.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd(acc: &mut __m512i, a: __m512i, b: __m512i) {
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) *acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+}
+
 /// Lanes `8h..8h + 8` of `v`.
 #[inline(always)]
 unsafe fn half(v: __m512, h: usize) -> __m256 {
@@ -249,8 +264,8 @@ unsafe fn tile_n<const R: usize, const X: u8>(
                 let xa = _mm512_cvtepi8_epi16(ld(q));
                 let xb = _mm512_cvtepi8_epi16(ld(q.add(32)));
                 for r in 0..R {
-                    sumi[r][p] = _mm512_dpwssd_epi32(sumi[r][p], xa, wa[r]);
-                    sumi[r][p] = _mm512_dpwssd_epi32(sumi[r][p], xb, wbv[r]);
+                    dpwssd(&mut sumi[r][p], xa, wa[r]);
+                    dpwssd(&mut sumi[r][p], xb, wbv[r]);
                 }
             }
         }
