@@ -6,7 +6,7 @@
 
 use super::act_quant::Act;
 #[cfg(target_arch = "x86_64")]
-use super::dot_legacy_avx512 as x5;
+use super::{dot_kquants_avx512 as k5, dot_legacy_avx512 as x5};
 use super::{
     dot_float as fl, dot_fp as fp, dot_fp4 as g4, dot_int as di, dot_kquants as kq,
     dot_legacy as lg, Isa,
@@ -140,13 +140,13 @@ pub const KERNELS: &[KernelRow] = &[
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,
-        tile: wide!(decode_q4_k, Mins)),
+        tile: wide!(decode_q4_k, Mins), dot512: k5::dot_q4_k),
     row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k,
-        tile: wide!(decode_q5_k, Mins)),
+        tile: wide!(decode_q5_k, Mins), dot512: k5::dot_q5_k),
     row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
-        tile: wide!(decode_q6_k, Offset32)),
+        tile: wide!(decode_q6_k, Offset32), dot512: k5::dot_q6_k),
     row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs,
-        tile: wide!(decode_iq4_xs, Plain)),
+        tile: wide!(decode_iq4_xs, Plain), dot512: k5::dot_iq4_xs),
 ];
 
 /// The types of [`KERNELS`].

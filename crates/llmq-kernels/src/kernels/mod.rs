@@ -17,7 +17,8 @@
 //! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
 //! per call, activations packed once), and for IQ4_XS, Q4_K, Q5_K, Q6_K ([`tile_wide`]:
 //! each value times its sub-block scale decoded once per call as an i16, `vpdpwssd`);
-//! decode uses [`dot_legacy_avx512`] for the signed 32-value types.
+//! decode uses [`dot_legacy_avx512`] for the signed 32-value types and
+//! [`dot_kquants_avx512`] for Q4_K, Q5_K, Q6_K and IQ4_XS.
 //! Every multi-row and AVX-512 kernel does each output's float operations in the same
 //! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
 //! share the call (nor on AVX2 against AVX-512).
@@ -45,6 +46,8 @@ pub mod dot_int;
 pub mod dot_kquants;
 #[cfg(target_arch = "x86_64")]
 mod dot_kquants_avx2;
+#[cfg(target_arch = "x86_64")]
+mod dot_kquants_avx512;
 pub mod dot_legacy;
 #[cfg(target_arch = "x86_64")]
 pub mod dot_legacy_avx512;
@@ -53,6 +56,8 @@ mod reference;
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_dot512;
 #[cfg(test)]
 mod tests_fp;
 #[cfg(target_arch = "x86_64")]
