@@ -5,8 +5,6 @@
 //! path. A new kernel is one row here plus its dot product in a `dot_*` module.
 
 use super::act_quant::Act;
-#[cfg(target_arch = "x86_64")]
-use super::dot_legacy_avx512 as x5;
 use super::{
     dot_float as fl, dot_fp as fp, dot_fp4 as g4, dot_int as di, dot_kquants as kq,
     dot_legacy as lg, Isa,
@@ -15,6 +13,8 @@ use super::{
 use super::{
     dot_float::avx2 as f2, dot_fp4::avx2 as g42, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2,
 };
+#[cfg(target_arch = "x86_64")]
+use super::{dot_kquants_avx512 as k5, dot_legacy_avx512 as x5};
 use crate::weight_type::{FpType, IntAct, IntType};
 use llmq_formats::GgmlType;
 
@@ -144,9 +144,9 @@ pub const KERNELS: &[KernelRow] = &[
     row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k,
         tile: wide!(decode_q5_k, Mins)),
     row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
-        tile: wide!(decode_q6_k, Offset32)),
+        tile: wide!(decode_q6_k, Offset32), dot512: k5::dot_q6_k),
     row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs,
-        tile: wide!(decode_iq4_xs, Plain)),
+        tile: wide!(decode_iq4_xs, Plain), dot512: k5::dot_iq4_xs),
 ];
 
 /// The types of [`KERNELS`].
