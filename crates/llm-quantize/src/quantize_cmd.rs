@@ -86,7 +86,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
             bpw,
             windows: a.measure_windows,
             measurements: a.measurements.clone(),
-            per_expert: a.per_expert_bits,
+            per_expert: a.per_expert_bits || a.mixed_precision.is_some_and(|m| m.per_expert()),
         }),
     })
 }
