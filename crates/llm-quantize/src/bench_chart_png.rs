@@ -1,13 +1,29 @@
 //! `bench --chart FILE.png`: the chart of [`crate::bench_chart`] rasterised by `resvg`
 //! (its SVG parsed by `usvg`, drawn by `tiny-skia`, encoded as PNG) at twice the SVG's
-//! size. Labels are drawn with the system's fonts (`fontdb`, loaded at run time); a
-//! machine without any draws the lines and points without text.
+//! size. Labels are drawn with the system's fonts (`fontdb`, loaded at run time; the
+//! chart's `sans-serif` is mapped to the first common sans face found); a machine
+//! without any draws the lines and points without text.
 
 /// The PNG bytes of an SVG document.
 pub fn png_of_svg(svg: &str) -> Result<Vec<u8>, String> {
     use resvg::{tiny_skia, usvg};
     let mut opt = usvg::Options::default();
-    opt.fontdb_mut().load_system_fonts();
+    let db = opt.fontdb_mut();
+    db.load_system_fonts();
+    // the chart asks for `sans-serif`: the first common sans face installed, else any
+    let families: Vec<String> = db
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(n, _)| n.clone()))
+        .collect();
+    let pick = ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica", "Noto Sans"]
+        .iter()
+        .map(|s| s.to_string())
+        .find(|w| families.contains(w))
+        .or_else(|| families.first().cloned());
+    if let Some(f) = pick {
+        db.set_sans_serif_family(f.clone());
+        opt.font_family = f;
+    }
     let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| format!("chart SVG: {e}"))?;
     let scale = 2.0;
     let size = tree
