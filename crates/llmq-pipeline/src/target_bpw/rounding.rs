@@ -62,7 +62,7 @@ pub fn round(job: &TensorJob, cand: Candidate, orig: &[f32]) -> Result<Vec<f32>>
 fn trellis_round(job: &TensorJob, k: u32, orig: &[f32]) -> Result<Vec<f32>> {
     let cols = job.row_len();
     let rows = job.shape_ne.get(1).copied().unwrap_or(1) as usize;
-    if cols % 128 != 0 || rows % 128 != 0 {
+    if !cols.is_multiple_of(128) || !rows.is_multiple_of(128) {
         return Err(PipelineError::unsupported(
             format!(
                 "{} is {rows}x{cols}: exl3 output of Linears whose sizes are not multiples of 128 is not implemented",

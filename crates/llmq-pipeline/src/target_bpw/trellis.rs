@@ -305,7 +305,7 @@ fn hf_names(
             None => out.extend(spec.sources.iter().cloned()),
             Some((r0, r1)) => {
                 let per = r1 - r0;
-                let e = if per == 0 { 0 } else { r0 / per };
+                let e = r0.checked_div(per).unwrap_or(0);
                 let name = spec.sources.get(e).ok_or_else(|| {
                     PipelineError::general(
                         format!("{} has no expert {e}", job.name),
