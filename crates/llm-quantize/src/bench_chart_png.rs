@@ -15,11 +15,17 @@ pub fn png_of_svg(svg: &str) -> Result<Vec<u8>, String> {
         .faces()
         .flat_map(|f| f.families.iter().map(|(n, _)| n.clone()))
         .collect();
-    let pick = ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica", "Noto Sans"]
-        .iter()
-        .map(|s| s.to_string())
-        .find(|w| families.contains(w))
-        .or_else(|| families.first().cloned());
+    let pick = [
+        "DejaVu Sans",
+        "Liberation Sans",
+        "Arial",
+        "Helvetica",
+        "Noto Sans",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .find(|w| families.contains(w))
+    .or_else(|| families.first().cloned());
     if let Some(f) = pick {
         db.set_sans_serif_family(f.clone());
         opt.font_family = f;
