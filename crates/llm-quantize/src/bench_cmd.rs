@@ -64,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
     /// Draw bits per weight against KL-divergence and against decode tokens/s, one
-    /// point per model, into this SVG file (`crate::bench_chart`)
+    /// point per model, into this SVG or PNG file (`crate::bench_chart`, `crate::bench_chart_png`)
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
     /// Hugging Face token for gated models
@@ -123,10 +123,14 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
         ));
     }
     if let Some(c) = &a.chart {
-        if !c.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+        let ext = |x: &str| c.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+        if !ext("svg") && !ext("png") {
             return Err(PipelineError::invalid(
-                format!("--chart {}: only SVG charts are written", c.display()),
-                "Give a path ending in .svg",
+                format!(
+                    "--chart {}: only SVG and PNG charts are written",
+                    c.display()
+                ),
+                "Give a path ending in .svg or .png",
             ));
         }
     }
@@ -183,7 +187,13 @@ pub fn run(a: BenchArgs, mode: Mode, verbosity: Verbosity) -> Result<(), Pipelin
                 .unwrap_or_default()
         );
         let svg = crate::bench_chart::svg(&crate::bench_chart::points(&result), &title);
-        std::fs::write(p, svg).map_err(|e| {
+        let bytes = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            crate::bench_chart_png::png_of_svg(&svg)
+                .map_err(|e| PipelineError::general(e, "Report this as a bug"))?
+        } else {
+            svg.into_bytes()
+        };
+        std::fs::write(p, bytes).map_err(|e| {
             PipelineError::general(
                 format!("cannot write {}: {e}", p.display()),
                 "Check the path and free space",

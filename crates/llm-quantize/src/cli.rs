@@ -52,6 +52,23 @@ pub enum OutputFormat {
     Safetensors,
 }
 
+/// `--mixed-precision`: presets of the measured allocator.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MixedPrecision {
+    Dense,
+    Moe,
+    #[value(name = "moe-mtp")]
+    MoeMtp,
+    Auto,
+}
+
+impl MixedPrecision {
+    /// Whether routed experts are allocated one by one.
+    pub fn per_expert(self) -> bool {
+        matches!(self, MixedPrecision::Moe | MixedPrecision::MoeMtp)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// Model: Hugging Face Hub id (org/name), local folder, or a .gguf file
@@ -69,10 +86,24 @@ pub struct QuantizeArgs {
         required_unless_present = "target_bpw"
     )]
     pub quant_level: Option<String>,
-    /// gguf: choose each tensor group's type (Q3_K…Q8_0) by its measured KL increase
-    /// on calibration text, so the whole file takes at most this many bits per weight
+    /// Choose each tensor group's bits by its measured KL increase on calibration
+    /// text: gguf, types Q3_K…Q8_0 so the whole file takes at most BPW bits per
+    /// weight; exl3 (without -q), trellis K per group so the decoder's Linears average
+    /// at most BPW (1…8). Routed experts share one choice per layer unless
+    /// --per-expert-bits
     #[arg(long, value_name = "BPW")]
     pub target_bpw: Option<f64>,
+    /// With --target-bpw on MoE: write each routed expert's own measured choice. exl3
+    /// only (our engine runs it; exllamav3 needs one K per projection and does not
+    /// load it); gguf refuses it (llama.cpp stacks the experts in one tensor)
+    #[arg(long, requires = "target_bpw")]
+    pub per_expert_bits: bool,
+    /// With --target-bpw: the seeds' presets of the measured allocator. dense and auto:
+    /// routed experts share one choice per layer (what llama.cpp and exllamav3 load);
+    /// moe and moe-mtp: each routed expert its own (as --per-expert-bits; MTP layers
+    /// are not converted, so moe-mtp allocates as moe)
+    #[arg(long, value_enum, requires = "target_bpw", value_name = "PRESET")]
+    pub mixed_precision: Option<MixedPrecision>,
     /// Calibration windows (of --calibration-seq-len tokens) --target-bpw measures on
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub measure_windows: usize,

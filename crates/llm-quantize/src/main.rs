@@ -3,6 +3,7 @@
 //! `--version`; results alone on stdout, progress and logs on stderr; exit codes 0–9.
 
 mod bench_chart;
+mod bench_chart_png;
 mod bench_cmd;
 mod cli;
 mod convert_cmd;

@@ -86,6 +86,7 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
             bpw,
             windows: a.measure_windows,
             measurements: a.measurements.clone(),
+            per_expert: a.per_expert_bits || a.mixed_precision.is_some_and(|m| m.per_expert()),
         }),
     })
 }
@@ -124,7 +125,7 @@ fn level_of(a: &QuantizeArgs) -> Result<String, PipelineError> {
     a.quant_level.clone().ok_or_else(|| {
         PipelineError::invalid(
             "the quantization level -q is required for this format",
-            "Give -q LEVEL (--target-bpw applies to gguf only)",
+            "Give -q LEVEL (--target-bpw applies to gguf and exl3)",
         )
     })
 }
@@ -159,7 +160,18 @@ fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
             "exl3 takes bits per weight: -q 2.0 … 8.0",
         ));
     }
-    let bpw = llmq_pipeline::exl3_bpw(&level_of(a)?)?;
+    // --target-bpw gives the bits instead of -q
+    let level = match (&a.quant_level, a.target_bpw) {
+        (Some(_), Some(_)) => {
+            return Err(PipelineError::invalid(
+                "exl3 takes -q BPW or --target-bpw BPW, not both",
+                "Give --target-bpw alone for the measured allocation",
+            ))
+        }
+        (None, Some(t)) => t.to_string(),
+        _ => level_of(a)?,
+    };
+    let bpw = llmq_pipeline::exl3_bpw(&level)?;
     let method = a.method.unwrap_or(Method::Trellis);
     let level = if bpw.fract() == 0.0 {
         format!("{bpw}.0bpw")

@@ -33,11 +33,17 @@ fn report_line(t: &TensorReport) -> Value {
 /// `metadata.allocation` of a `--target-bpw` run: per group the chosen type and the
 /// measured curve (bytes and ΔKL at each candidate).
 fn allocation_json(a: &llmq_pipeline::target_bpw::AllocationReport) -> Value {
-    let group = |g: &llmq_pipeline::target_bpw::GroupChoice| json!({"group": g.label, "type": g.chosen, "bytes": g.bytes, "delta_kl": g.delta_kl});
+    use llmq_pipeline::target_bpw::SizeUnit;
+    // GGUF counts the whole file's bytes, EXL3 the decoder Linears' bits
+    let (size, budget, total) = match a.unit {
+        SizeUnit::FileBytes => ("bytes", "budget_bytes", "file_bytes"),
+        SizeUnit::DecoderBits => ("bits", "budget_bits", "decoder_bits"),
+    };
+    let group = |g: &llmq_pipeline::target_bpw::GroupChoice| json!({"group": g.label, "type": g.chosen, size: g.bytes, "delta_kl": g.delta_kl});
     let mut v = json!({
         "target_bpw": a.target_bpw,
-        "budget_bytes": a.budget_bytes,
-        "file_bytes": a.file_bytes,
+        budget: a.budget_bytes,
+        total: a.file_bytes,
         "candidates": a.candidates,
         "calibration": {"source": a.calibration_source, "windows": a.windows, "tokens": a.tokens},
         "predicted_delta_kl": a.predicted_delta_kl,

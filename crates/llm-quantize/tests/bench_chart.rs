@@ -1,6 +1,7 @@
-//! `bench --chart FILE.svg`: two quantized files of the shared llama, a short speed
-//! test and a short KL pass, drawn as one point per model in each panel; a chart path
-//! that is not `.svg` is refused before anything is measured.
+//! `bench --chart FILE.svg` / `FILE.png`: two quantized files of the shared llama, a
+//! short speed test and a short KL pass, drawn as one point per model in each panel; a
+//! PNG is the same chart rasterised; a chart path that is neither `.svg` nor `.png` is
+//! refused before anything is measured.
 
 mod common;
 use common::*;
@@ -59,12 +60,23 @@ fn chart_has_a_point_per_model_and_panel() {
         .map(|s| s.to_string())
         .collect()
     };
-    let a = args("frontier.png");
+    let a = args("frontier.jpg");
     let r = lq(
         tmp.path(),
         &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
+    // PNG: the same chart rasterised at twice the SVG's 980×440
+    let a = args("frontier.png");
+    let r = lq(
+        tmp.path(),
+        &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let png = std::fs::read(tmp.path().join("frontier.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1960);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 880);
     let a = args("frontier.svg");
     let r = lq(
         tmp.path(),

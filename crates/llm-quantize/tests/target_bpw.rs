@@ -174,4 +174,29 @@ fn refuses_targets_it_cannot_meet_and_other_formats() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stdout.contains("no measured curve"), "{}", r.stdout);
     assert!(files_ending(tmp.path(), ".gguf").is_empty());
+    // exl3: -q and --target-bpw together, a target outside 1…8, curves of other
+    // candidates; gguf cannot hold per-expert types (flag or preset)
+    let r = run(&["exl3", "-q", "3.5", "--target-bpw", "3.5"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.contains("not both"), "{}", r.stdout);
+    let r = run(&["exl3", "--target-bpw", "9"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = run(&[
+        "exl3",
+        "--target-bpw",
+        "3.5",
+        "--measurements",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.contains("candidates"), "{}", r.stdout);
+    for extra in [["--per-expert-bits", ""], ["--mixed-precision", "moe"]] {
+        let mut a = vec!["gguf", "--target-bpw", "5"];
+        a.extend(extra.iter().filter(|x| !x.is_empty()));
+        let r = run(&a);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stdout.contains("stacked expert"), "{}", r.stdout);
+    }
+    let r = run(&["exl3", "--mixed-precision", "moe"]);
+    assert_eq!(r.code, 2, "the preset needs --target-bpw: {}", r.stderr);
 }

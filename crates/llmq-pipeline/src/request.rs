@@ -112,6 +112,9 @@ pub struct TargetBpw {
     /// the JSON result of an earlier `--target-bpw` run of the same model and
     /// calibration, whose measured curves are used instead of measuring again
     pub measurements: Option<PathBuf>,
+    /// MoE: write each routed expert's own choice (EXL3: our engine runs it,
+    /// exllamav3 does not load it; GGUF refuses it: llama.cpp stacks the experts)
+    pub per_expert: bool,
 }
 
 impl QuantizeRequest {
@@ -173,6 +176,12 @@ impl QuantizeRequest {
                 );
             }
             crate::quantize::gguf_mix(&self.level)?;
+            if self.target_bpw.as_ref().is_some_and(|t| t.per_expert) {
+                return inv(
+                    "--per-expert-bits does not apply to gguf: llama.cpp reads one type per stacked expert tensor".into(),
+                    "Drop --per-expert-bits (the per-expert choice is reported in the JSON result)",
+                );
+            }
             if let Some(t) = &self.target_bpw {
                 if !(t.bpw.is_finite() && t.bpw > 0.0 && t.bpw <= 32.0) || t.windows == 0 {
                     return inv(
@@ -186,14 +195,25 @@ impl QuantizeRequest {
             }
             return Ok(());
         }
-        if self.target_bpw.is_some() {
-            return inv(
-                format!(
-                    "--target-bpw is implemented for gguf output, not {}",
-                    self.format.name()
-                ),
-                "Use `quantize MODEL gguf --target-bpw X`",
-            );
+        if let Some(t) = &self.target_bpw {
+            if self.format != OutputFormat::Exl3 {
+                return inv(
+                    format!(
+                        "--target-bpw is implemented for gguf and exl3 output, not {}",
+                        self.format.name()
+                    ),
+                    "Use `quantize MODEL gguf --target-bpw X` or `quantize MODEL exl3 --target-bpw X`",
+                );
+            }
+            if !(t.bpw.is_finite() && (1.0..=8.0).contains(&t.bpw)) || t.windows == 0 {
+                return inv(
+                    format!(
+                        "--target-bpw {} with {} measurement windows is not valid for exl3",
+                        t.bpw, t.windows
+                    ),
+                    "Give 1.0 … 8.0 bits per weight, e.g. --target-bpw 3.5 --measure-windows 16",
+                );
+            }
         }
         if self.imatrix.is_some() {
             return inv(

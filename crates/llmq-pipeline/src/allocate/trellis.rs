@@ -94,6 +94,23 @@ impl Allocation {
     /// any other. Refused: a K outside 1…8, and experts of one projection at
     /// different K (exllamav3 stores them stacked at one K).
     pub fn trellis_from_map(default_k: u32, ks: &BTreeMap<String, u32>) -> Result<Allocation> {
+        Self::trellis_map(default_k, ks, true)
+    }
+
+    /// [`Allocation::trellis_from_map`] with experts of one projection free to differ:
+    /// our engine runs such a folder, exllamav3 does not load it.
+    pub fn trellis_from_map_per_expert(
+        default_k: u32,
+        ks: &BTreeMap<String, u32>,
+    ) -> Result<Allocation> {
+        Self::trellis_map(default_k, ks, false)
+    }
+
+    fn trellis_map(
+        default_k: u32,
+        ks: &BTreeMap<String, u32>,
+        one_k_per_projection: bool,
+    ) -> Result<Allocation> {
         let bad_k = |k: u32| !(1..=8).contains(&k);
         if bad_k(default_k) {
             return Err(PipelineError::invalid(
@@ -109,7 +126,7 @@ impl Allocation {
                     "Use 1 to 8 bits per weight",
                 ));
             }
-            if let Some(p) = expert_projection(name) {
+            if let Some(p) = expert_projection(name).filter(|_| one_k_per_projection) {
                 let (k0, first) = *per_projection.entry(p).or_insert((k, name));
                 if k0 != k {
                     return Err(PipelineError::unsupported(

@@ -22,6 +22,7 @@ use crate::request::{Method, QuantizeRequest};
 use crate::run::Progress;
 use crate::source::{self, ResolvedModel};
 use crate::staging::{self, OutputKind, StagedFolder};
+use crate::target_bpw::AllocationReport;
 use llmq_arch::{gguf_plan, unfuse_gpt_oss_experts, TensorRole};
 use llmq_calib::dataset::CalibrationSet;
 use llmq_engine::{Model, WeightSource};
@@ -106,10 +107,10 @@ pub(crate) fn quantize_blocks(
         .collect();
     let tensors = Tensors::new(st, specs, unfused);
     // EXL3: exllamav3's per-tensor K for the level's bpw, and the head at its own K
-    let (alloc, head) = if exl3 {
-        exl3_allocation(req, &tensors)?
+    let (alloc, head, allocation) = if exl3 {
+        exl3_allocation(req, &tensors, &dir, &name, progress)?
     } else {
-        (alloc, None)
+        (alloc, None, None)
     };
     // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
@@ -164,7 +165,7 @@ pub(crate) fn quantize_blocks(
 
     // checkpoint: fresh, or reopened for --resume (refused unless everything that
     // determines the output is the same)
-    let fingerprint = calibrated_fingerprint(req, &dir, &calib, &final_dir);
+    let fingerprint = calibrated_fingerprint(req, &dir, &calib, &final_dir, allocation.as_ref());
     let mut checkpoint = match &req.checkpoint {
         Some(c) if c.resume => Some(BlockCheckpoint::load(&c.dir, &final_dir, &fingerprint)?),
         Some(c) => Some(BlockCheckpoint::create(&c.dir, &final_dir, &fingerprint)?),
@@ -302,7 +303,7 @@ pub(crate) fn quantize_blocks(
         workers: None,
         validated,
         peak_memory_bytes: crate::memory::peak_rss_bytes().unwrap_or(0),
-        allocation: None,
+        allocation,
     })
 }
 
@@ -313,6 +314,7 @@ fn calibrated_fingerprint(
     src_dir: &Path,
     calib: &CalibrationSet,
     final_dir: &Path,
+    allocation: Option<&AllocationReport>,
 ) -> String {
     let mut tokens = Vec::new();
     for s in &calib.samples {
@@ -331,8 +333,17 @@ fn calibrated_fingerprint(
     } else {
         ""
     };
+    // and a measured allocation's choices
+    let chosen = allocation.map_or(String::new(), |a| {
+        let picks: Vec<String> = a
+            .groups
+            .iter()
+            .map(|g| format!("{}={}", g.label, g.chosen))
+            .collect();
+        format!("\nallocation={}", picks.join(","))
+    });
     let text = format!(
-        "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}{hadamard}{all_experts}",
+        "llm-quantize {} calibrated\n{}\nformat={:?}\nlevel={}\nmethod={:?}\ngrid={:?}\ndamp={:x}\ntokens={}\noutput={}{hadamard}{all_experts}{chosen}",
         env!("CARGO_PKG_VERSION"),
         crate::hf_source::files_identity(src_dir),
         req.format,
@@ -347,12 +358,16 @@ fn calibrated_fingerprint(
 }
 
 /// EXL3's allocation: exllamav3's rule for the level's bpw over every Linear of the
-/// blocks (routers excepted), and the head (when it is coded, see
+/// blocks (routers excepted), or with `--target-bpw` the measured allocation
+/// ([`crate::target_bpw::trellis`]), and the head (when it is coded, see
 /// [`super::trellis_head::head_weight`]) at [`EXL3_HEAD_BITS`].
 fn exl3_allocation(
     req: &QuantizeRequest,
     tensors: &Tensors,
-) -> Result<(Allocation, Option<String>)> {
+    dir: &Path,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<(Allocation, Option<String>, Option<AllocationReport>)> {
     let mut targets = Vec::new();
     for spec in tensors.specs.values() {
         if spec.layer.is_none() || spec.role == TensorRole::FfnGateInp {
@@ -367,7 +382,39 @@ fn exl3_allocation(
             }
         }
     }
-    let (mut alloc, _) = Allocation::trellis_for_bpw(req.trellis_bpw()?, &targets)?;
+    let (mut alloc, report) = match &req.target_bpw {
+        None => (
+            Allocation::trellis_for_bpw(req.trellis_bpw()?, &targets)?.0,
+            None,
+        ),
+        Some(t) => {
+            targets.sort_by(|a, b| a.name.cmp(&b.name));
+            let inputs = crate::target_bpw::trellis::Exl3Inputs {
+                model_dir: dir,
+                name,
+                specs: &tensors.specs,
+                targets: &targets,
+            };
+            let (ks, r) = crate::target_bpw::trellis::allocate_exl3(
+                t.bpw,
+                t.measurements.as_deref(),
+                t.per_expert,
+                &inputs,
+                &crate::request::CalibrationRequest {
+                    samples: t.windows,
+                    ..req.calibration.clone()
+                },
+                progress,
+            )?;
+            let base = ks.values().copied().min().unwrap_or(1);
+            let a = if t.per_expert {
+                Allocation::trellis_from_map_per_expert(base, &ks)?
+            } else {
+                Allocation::trellis_from_map(base, &ks)?
+            };
+            (a, Some(r))
+        }
+    };
     let head = super::trellis_head::head_weight(tensors);
     if let Some(h) = &head {
         alloc.set(
@@ -378,5 +425,5 @@ fn exl3_allocation(
             },
         );
     }
-    Ok((alloc, head))
+    Ok((alloc, head, report))
 }

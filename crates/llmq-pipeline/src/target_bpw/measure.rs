@@ -5,6 +5,7 @@
 //! candidate (rounded through the same GGML quantizer and importance weights as the
 //! output, then dequantized to f32; everything else at the source's precision).
 //! Since the original's KL to itself is 0, this is the group's ΔKL at that type.
+//! A candidate is a GGML type (GGUF) or a trellis K (EXL3, [`super::rounding`]).
 //!
 //! Streamed layer by layer: the original hidden states at the input of block `l` are
 //! computed once, and a variant of a group in block `l` runs only blocks `l…L` from
@@ -17,6 +18,7 @@
 //! the group's own.
 
 use super::groups::Group;
+use super::rounding::Candidate;
 use crate::calibrated::calibration::calibration_set;
 use crate::calibrated::engine_err;
 use crate::error::{PipelineError, Result};
@@ -53,7 +55,7 @@ pub fn measure(
     model_path: &Path,
     jobs: &[TensorJob],
     groups: &[Group],
-    candidates: &[GgmlType],
+    candidates: &[Candidate],
     source: &dyn TensorSource,
     calibration: &CalibrationRequest,
     progress: &dyn Progress,
@@ -191,7 +193,7 @@ fn is_embeddings(jobs: &[TensorJob], g: &Group) -> bool {
 #[derive(Default)]
 struct QuantCache {
     orig: HashMap<usize, std::sync::Arc<Vec<f32>>>,
-    deq: HashMap<(usize, GgmlType), std::sync::Arc<Vec<f32>>>,
+    deq: HashMap<(usize, Candidate), std::sync::Arc<Vec<f32>>>,
 }
 
 impl QuantCache {
@@ -218,25 +220,39 @@ impl QuantCache {
         &mut self,
         jobs: &[TensorJob],
         j: usize,
-        cand: GgmlType,
+        cand: Candidate,
         source: &dyn TensorSource,
     ) -> Result<std::sync::Arc<Vec<f32>>> {
         if let Some(v) = self.deq.get(&(j, cand)) {
             return Ok(v.clone());
         }
         let orig = self.orig(jobs, j, source)?;
-        let mut job = jobs[j].clone();
-        job.ty = candidate_for(job.row_len(), cand);
-        let imatrix = source.importance(&job);
-        let bytes = run::quantize_rows(&job, &orig, imatrix.as_deref())?;
-        let mut out = vec![0f32; orig.len()];
-        llmq_quant::dequantize(job.ty, &bytes, &mut out).map_err(|e| {
-            PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
-        })?;
+        let out = match cand {
+            Candidate::Ggml(ty) => ggml_round(&jobs[j], ty, &orig, source)?,
+            other => super::rounding::round(&jobs[j], other, &orig)?,
+        };
         let out = std::sync::Arc::new(out);
         self.deq.insert((j, cand), out.clone());
         Ok(out)
     }
+}
+
+/// `orig` through the GGML quantizer at `cand` (and the source's importance weights).
+fn ggml_round(
+    job: &TensorJob,
+    cand: GgmlType,
+    orig: &[f32],
+    source: &dyn TensorSource,
+) -> Result<Vec<f32>> {
+    let mut job = job.clone();
+    job.ty = candidate_for(job.row_len(), cand);
+    let imatrix = source.importance(&job);
+    let bytes = run::quantize_rows(&job, orig, imatrix.as_deref())?;
+    let mut out = vec![0f32; orig.len()];
+    llmq_quant::dequantize(job.ty, &bytes, &mut out).map_err(|e| {
+        PipelineError::general(format!("{}: {e}", job.name), "Report this as a bug")
+    })?;
+    Ok(out)
 }
 
 struct Measurer<'a> {
@@ -331,7 +347,7 @@ impl Measurer<'_> {
         &mut self,
         jobs: &[TensorJob],
         g: &Group,
-        cand: GgmlType,
+        cand: Candidate,
         source: &dyn TensorSource,
         cache: &mut QuantCache,
     ) -> Result<Vec<String>> {

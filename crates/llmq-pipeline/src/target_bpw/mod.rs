@@ -23,6 +23,8 @@ pub mod chooser;
 pub mod groups;
 pub mod measure;
 mod reuse;
+pub mod rounding;
+pub mod trellis;
 
 use crate::allocate::{Allocation, QuantSpec, TensorSpec};
 use crate::error::{PipelineError, Result};
@@ -56,6 +58,15 @@ pub struct GroupChoice {
     pub delta_kl: Vec<f64>,
 }
 
+/// What the sizes of an [`AllocationReport`] count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeUnit {
+    /// bytes of the whole GGUF file
+    FileBytes,
+    /// bits of the decoder's Linears (EXL3: `Σ numel·K`, the head apart)
+    DecoderBits,
+}
+
 /// What the allocator measured and chose.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllocationReport {
@@ -75,6 +86,8 @@ pub struct AllocationReport {
     pub experts: Vec<GroupChoice>,
     /// the sum of the chosen groups' ΔKL
     pub predicted_delta_kl: f64,
+    /// what `budget_bytes`, `file_bytes` and the groups' `bytes` count
+    pub unit: SizeUnit,
 }
 
 fn align(n: u64, a: u64) -> u64 {
@@ -156,16 +169,21 @@ pub fn allocate(
             ),
         ));
     }
+    let ggml: Vec<rounding::Candidate> = CANDIDATES
+        .iter()
+        .map(|&c| rounding::Candidate::Ggml(c))
+        .collect();
+    let candidate_names: Vec<String> = ggml.iter().map(|c| c.name()).collect();
     let m = match measurements {
         Some(p) => {
             progress.message(&format!("Measured ΔKL from {}", p.display()));
-            reuse::read(p, &groups, &CANDIDATES)?
+            reuse::read(p, &groups, &candidate_names)?
         }
         None => measure::measure(
             model_path,
             jobs,
             &groups,
-            &CANDIDATES,
+            &ggml,
             source,
             calibration,
             progress,
@@ -253,6 +271,7 @@ pub fn allocate(
             groups: report_groups,
             experts,
             predicted_delta_kl: chosen.iter().enumerate().map(|(w, &c)| w_loss[w][c]).sum(),
+            unit: SizeUnit::FileBytes,
         },
     ))
 }

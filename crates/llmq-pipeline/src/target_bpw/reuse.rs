@@ -7,12 +7,11 @@
 use super::groups::Group;
 use super::measure::Measured;
 use crate::error::{PipelineError, Result};
-use llmq_formats::GgmlType;
 use serde_json::Value;
 use std::path::Path;
 
 /// The curves of `groups` read from `path`.
-pub fn read(path: &Path, groups: &[Group], candidates: &[GgmlType]) -> Result<Measured> {
+pub fn read(path: &Path, groups: &[Group], candidates: &[String]) -> Result<Measured> {
     let text =
         std::fs::read_to_string(path).map_err(|e| PipelineError::io("cannot read", path, &e))?;
     let bad = |why: String| {
@@ -31,7 +30,7 @@ pub fn read(path: &Path, groups: &[Group], candidates: &[GgmlType]) -> Result<Me
         .as_array()
         .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
         .unwrap_or_default();
-    let want: Vec<&str> = candidates.iter().map(|c| c.name()).collect();
+    let want: Vec<&str> = candidates.iter().map(|c| c.as_str()).collect();
     if names != want {
         return Err(bad(format!(
             "its candidates {names:?} are not this run's {want:?}"
