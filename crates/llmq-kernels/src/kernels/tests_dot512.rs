@@ -93,8 +93,9 @@ fn extreme_act_row(rng: &mut ChaCha8Rng, nb: usize) -> Vec<u8> {
     q
 }
 
-/// `Σ |w_j · a_j|` of the dequantized rows (the scale of the rounding error).
-fn magnitude(ty: GgmlType, w: &[u8], a: &[u8]) -> f64 {
+/// `Σ |w_j · a_j|` of the dequantized rows (the scale of the rounding error); the
+/// prompt tiles' tests use it too.
+pub(super) fn magnitude(ty: GgmlType, w: &[u8], a: &[u8]) -> f64 {
     let mut wf = vec![0.0f32; a.len() / Q8_K_BYTES * 256];
     crate::dequant::dequantize_row(ty, w, &mut wf);
     let af = a.chunks_exact(Q8_K_BYTES).flat_map(|blk| {

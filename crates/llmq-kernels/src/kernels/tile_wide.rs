@@ -307,6 +307,7 @@ unsafe fn tile_n<const R: usize, const X: u8>(
 mod tests {
     use super::*;
     use crate::kernels::act_quant::Act;
+    use crate::kernels::tests_dot512::magnitude;
     use crate::kernels::{dot_kquants as kq, dot_kquants_avx2 as k2, tile_wide_decode as dc, Isa};
     use half::f16;
     use llmq_formats::blocks::{BlockIq4Xs, BlockQ4K, BlockQ5K, BlockQ6K};
@@ -390,21 +391,6 @@ mod tests {
             Act::Q8K.quantize(Isa::Avx2, x, q);
         }
         q
-    }
-
-    /// `Σ |w_j · a_j|` of the dequantized rows (the scale of the rounding error).
-    fn magnitude(ty: GgmlType, w: &[u8], a: &[u8]) -> f64 {
-        let cols = a.len() / Q8_K_BYTES * 256;
-        let mut wf = vec![0.0f32; cols];
-        crate::dequant::dequantize_row(ty, w, &mut wf);
-        let af = a.chunks_exact(Q8_K_BYTES).flat_map(|blk| {
-            let d = f32::from_le_bytes(blk[BlockQ8K::D].try_into().unwrap());
-            blk[BlockQ8K::QS].iter().map(move |&q| d * q as i8 as f32)
-        });
-        wf.iter()
-            .zip(af)
-            .map(|(x, y)| (*x as f64 * y as f64).abs())
-            .sum()
     }
 
     /// Every tile gives each (row, token) the AVX2 one-row kernel's bits, and agrees
