@@ -25,6 +25,7 @@
 #   instead of tensor cores with f16 weights (the default of --device cuda).
 #
 # STEP_LIMIT (env, default 240 s) caps each quantize and eval of the small part.
+# KEEP_OUT=1 (env) keeps the big model's GPTQ output in WORK.
 # WORK (env, default /tmp/gpu-calib-work) holds the big model and the outputs; results
 # and logs go to --out (default $OUT, else /tmp/gpu-calib-check). Exit 0 only if every
 # part run passed.
@@ -220,6 +221,8 @@ PY
     say "big: FAIL (exit $rc; goal <= 600 s and <= 32 GB; see $R/big-quantize.log)"; tail -5 "$R/big-quantize.log" | tee -a "$SUMMARY"
     fail=1
   fi
-  rm -rf "$out" "$W/.llama8b-$LAYERS-gptq.partial"
+  # KEEP_OUT=1 keeps the quantized model (e.g. for a decode benchmark afterwards)
+  [ "${KEEP_OUT:-0}" = 1 ] || rm -rf "$out"
+  rm -rf "$W/.llama8b-$LAYERS-gptq.partial"
 fi
 exit $fail
