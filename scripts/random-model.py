@@ -5,6 +5,12 @@ no hub). Quality numbers of such a model mean nothing; its bytes per token are r
 
   random-model.py OUT --tokenizer DIR [--hidden 2048 --layers 16 --ffn 8192 --heads 32
                   --kv-heads 8 --head-dim 64 --vocab V]
+                  [--experts E --experts-per-token K --moe-ffn F]
+
+With --experts, a Qwen3-MoE folder instead (q/k norms, E routed experts of FFN F per layer,
+K of them per token; --ffn is then unused), e.g. the Qwen3-30B-A3B shape: --hidden 2048
+--heads 32 --kv-heads 4 --head-dim 128 --experts 128 --experts-per-token 8 --moe-ffn 768
+--vocab 151936 (48 layers; fewer to fit a disk or a time limit).
 
 The tokenizer files are copied from DIR (a small shared model); --vocab defaults to its
 vocabulary size, and may be larger (e.g. 128256 for a Llama-3 shape: the extra rows are
@@ -35,6 +41,9 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--vocab", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experts", type=int, default=0)
+    p.add_argument("--experts-per-token", type=int, default=8)
+    p.add_argument("--moe-ffn", type=int, default=768)
     a = p.parse_args()
     src = json.load(open(os.path.join(a.tokenizer, "config.json")))
     vocab = a.vocab or src["vocab_size"]
@@ -45,15 +54,24 @@ def main():
     h, hd = a.hidden, a.head_dim
     shapes = [("model.embed_tokens.weight", (vocab, h)), ("model.norm.weight", (h,)),
               ("lm_head.weight", (vocab, h))]
+    moe = a.experts > 0
     for i in range(a.layers):
         b = f"model.layers.{i}."
         shapes += [(b + "input_layernorm.weight", (h,)), (b + "post_attention_layernorm.weight", (h,)),
                    (b + "self_attn.q_proj.weight", (a.heads * hd, h)),
                    (b + "self_attn.k_proj.weight", (a.kv_heads * hd, h)),
                    (b + "self_attn.v_proj.weight", (a.kv_heads * hd, h)),
-                   (b + "self_attn.o_proj.weight", (h, a.heads * hd)),
-                   (b + "mlp.gate_proj.weight", (a.ffn, h)), (b + "mlp.up_proj.weight", (a.ffn, h)),
-                   (b + "mlp.down_proj.weight", (h, a.ffn))]
+                   (b + "self_attn.o_proj.weight", (h, a.heads * hd))]
+        if moe:
+            shapes += [(b + "self_attn.q_norm.weight", (hd,)), (b + "self_attn.k_norm.weight", (hd,)),
+                       (b + "mlp.gate.weight", (a.experts, h))]
+            for e in range(a.experts):
+                x = f"{b}mlp.experts.{e}."
+                shapes += [(x + "gate_proj.weight", (a.moe_ffn, h)), (x + "up_proj.weight", (a.moe_ffn, h)),
+                           (x + "down_proj.weight", (h, a.moe_ffn))]
+        else:
+            shapes += [(b + "mlp.gate_proj.weight", (a.ffn, h)), (b + "mlp.up_proj.weight", (a.ffn, h)),
+                       (b + "mlp.down_proj.weight", (h, a.ffn))]
     header, off = {}, 0
     for name, shape in shapes:
         n = int(np.prod(shape)) * 2
@@ -90,6 +108,14 @@ def main():
            "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
            "bos_token_id": src.get("bos_token_id", 0), "eos_token_id": src.get("eos_token_id", 0),
            "dtype": "bfloat16"}
+    if moe:
+        cfg.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+                    "intermediate_size": a.moe_ffn * a.experts_per_token,
+                    "moe_intermediate_size": a.moe_ffn, "num_experts": a.experts,
+                    "num_experts_per_tok": a.experts_per_token, "norm_topk_prob": True,
+                    "decoder_sparse_step": 1, "mlp_only_layers": [], "rms_norm_eps": 1e-6,
+                    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+                    "use_sliding_window": False, "sliding_window": None})
     json.dump(cfg, open(os.path.join(a.out, "config.json"), "w"), indent=1)
     print(f"{a.out}: {sum(int(np.prod(s)) for _, s in shapes) / 1e9:.2f} B parameters")
 
