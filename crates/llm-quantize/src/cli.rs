@@ -189,9 +189,9 @@ pub struct QuantizeArgs {
     /// Testing hook: stop after N layers as if the process had been killed
     #[arg(long, hide = true)]
     pub stop_after_layers: Option<usize>,
-    /// Where calibration runs (the block forward, Hessians and the GPTQ solve): cpu,
-    /// cuda, cuda:N or auto; the GPU takes --method gptq into gptq or
-    /// compressed-tensors integer levels
+    /// Where calibration runs (the block forward, Hessians and the GPTQ solve, or AWQ's
+    /// statistics and searches): cpu, cuda, cuda:N or auto; the GPU takes --method
+    /// gptq or awq into gptq, awq or compressed-tensors integer levels
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

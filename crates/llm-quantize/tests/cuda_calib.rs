@@ -491,5 +491,5 @@ fn quantize_device_cuda_without_a_driver_is_a_clear_error() {
     );
     assert_ne!(r.code, 0, "{}", r.stderr);
     let msg = r.json()["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("--method gptq only"), "{msg}");
+    assert!(msg.contains("--method gptq and awq only"), "{msg}");
 }

@@ -61,6 +61,8 @@ pub(crate) mod calibration;
 #[cfg(feature = "cuda")]
 mod device_acts;
 #[cfg(feature = "cuda")]
+mod device_awq;
+#[cfg(feature = "cuda")]
 mod device_blocks;
 #[cfg(feature = "cuda")]
 mod device_observe;
