@@ -34,7 +34,7 @@
 #   runs AWQ on the 8B shape with the same report and goal.
 #
 # STEP_LIMIT (env, default 240 s) caps each quantize and eval of the small part.
-# KEEP_OUT=1 (env) keeps the big model's GPTQ output in WORK.
+# KEEP_OUT=1 (env) keeps the big model's GPTQ (or --awq: AWQ) output in WORK.
 # WORK (env, default /tmp/gpu-calib-work) holds the big model and the outputs; results
 # and logs go to --out (default $OUT, else /tmp/gpu-calib-check). Exit 0 only if every
 # part run passed.

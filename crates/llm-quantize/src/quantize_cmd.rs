@@ -93,13 +93,15 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
 
 type Target = (Format, String, Method, Option<IntGrid>);
 
-/// `--device`: the CPU, or a GPU for GPTQ and AWQ (the pipeline refuses what the GPU
-/// path does not cover, see `llmq_pipeline::CalibDevice`).
+/// `--device`: the CPU, or a GPU for GPTQ and AWQ, and for the importance matrix a
+/// GGUF run computes from `--calibration-data` (the pipeline refuses what the GPU path
+/// does not cover, see `llmq_pipeline::CalibDevice`).
 fn calib_device(
     a: &QuantizeArgs,
     method: Method,
 ) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
-    let on_gpu = matches!(method, Method::Gptq | Method::Awq);
+    let imatrix = matches!(a.output_format, OutputFormat::Gguf) && a.calibration_data.is_some();
+    let on_gpu = matches!(method, Method::Gptq | Method::Awq) || imatrix;
     // `auto` takes a GPU only where the GPU path covers the method
     if a.device == "cpu" || (a.device == "auto" && !on_gpu) {
         return Ok(llmq_pipeline::CalibDevice::Cpu);
@@ -107,7 +109,7 @@ fn calib_device(
     if !on_gpu {
         return Err(PipelineError::unsupported(
             format!(
-                "--device {}: calibration on the GPU covers --method gptq and awq only (this run uses {})",
+                "--device {}: calibration on the GPU covers --method gptq and awq only, and gguf's importance matrix from --calibration-data (this run uses {})",
                 a.device,
                 method.name()
             ),

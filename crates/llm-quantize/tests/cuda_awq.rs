@@ -2,7 +2,8 @@
 //! `kernels/calib_awq.cu` whose loops stride over the grid, compiled for the host
 //! (a C++ compiler, shims for the CUDA intrinsics, one thread covering the grid),
 //! checked against `llmq_calib::awq`, the CPU reference they mirror: the
-//! per-channel `Σ|x|` and the row gather of the statistics, the scale search's
+//! per-channel `Σ|x|` and the row gather of the statistics (and the importance
+//! matrix's `Σx²` against `llmq_calib::add_squares`), the scale search's
 //! quantize-dequantize error bit for bit against `awq_quantize`, whole scale searches
 //! (the cuBLAS product as a plain loop) against `search_scale`, and the clip search —
 //! Gram matrices and the per-(row, group) search — bit for bit against
@@ -66,7 +67,10 @@ int main(int argc, char** argv) {
         awq_abs_sum(x.data() + (size_t)half * cols, rows - half, cols, sum.data());
         std::vector<float> g((size_t)ni * cols);
         awq_gather(x.data(), idx.data(), ni, cols, g.data());
-        wr(out, sum); wr(out, g);
+        std::vector<float> sq(cols, 0.0f);
+        calib_sq_sum(x.data(), half, cols, sq.data());
+        calib_sq_sum(x.data() + (size_t)half * cols, rows - half, cols, sq.data());
+        wr(out, sum); wr(out, g); wr(out, sq);
         return 0;
     }
     if (!strcmp(argv[1], "fq")) {
@@ -241,7 +245,8 @@ fn mean_abs(x: &[f32], n: usize, inp: usize) -> Vec<f32> {
 }
 
 /// `Σ|x|` per channel over rows added in two batches equals the observer's f64 sum
-/// in row order; the gather picks the rows asked for.
+/// in row order; the gather picks the rows asked for; the importance matrix's `Σx²`
+/// equals the CPU's (`add_squares` per batch, `ImatrixEntry::add_sums`) bit for bit.
 #[test]
 fn statistics_match_the_observer() {
     let tmp = tempfile::tempdir().unwrap();
@@ -268,12 +273,25 @@ fn statistics_match_the_observer() {
     for c in 0..cols {
         assert_eq!(sums[c].to_bits(), want[c].to_bits(), "column {c}");
     }
-    let g = f32s(&out[8 * cols..]);
+    let g = f32s(&out[8 * cols..8 * cols + 4 * idx.len() * cols]);
     for (i, &r) in idx.iter().enumerate() {
         assert_eq!(
             &g[i * cols..(i + 1) * cols],
             &x[r as usize * cols..(r as usize + 1) * cols]
         );
+    }
+    // the importance matrix's sums: each batch's squares from zero, then the total, as
+    // the CPU's observer adds them
+    let sq = f32s(&out[8 * cols + 4 * idx.len() * cols..]);
+    let half = rows / 2;
+    let mut e = llmq_calib::ImatrixEntry::zeros(1, cols);
+    for (a, b) in [(0, half), (half, rows)] {
+        let mut part = vec![0.0f32; cols];
+        llmq_calib::add_squares(&mut part, &x[a * cols..b * cols]);
+        e.add_sums(0, &part, (b - a) as u64);
+    }
+    for c in 0..cols {
+        assert_eq!(sq[c].to_bits(), e.sum2[c].to_bits(), "imatrix column {c}");
     }
 }
 

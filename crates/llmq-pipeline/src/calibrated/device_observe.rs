@@ -3,12 +3,13 @@
 //! `Dsyrk`) while the block runs on the CUDA backend, with no copy to the host, and
 //! counts the tokens routed to every expert (as [`super::observe::Collector`] does on
 //! the CPU); for AWQ it gathers the per-channel `Σ|x|` and the row sample on the
-//! device instead ([`CalibGpu::awq_add`]).
+//! device instead ([`CalibGpu::awq_add`]), for the importance matrix the per-channel
+//! `Σx²` ([`CalibGpu::squares_add`]).
 
 use super::observe::SiteKey;
 use super::AWQ_SAMPLE_ROWS;
 use llmq_calib::HessianAccumulator;
-use llmq_engine::backend::cuda::{CalibGpu, CudaBuf, DeviceAwqStats, DeviceHessian};
+use llmq_engine::backend::cuda::{CalibGpu, CudaBuf, DeviceAwqStats, DeviceHessian, DeviceSquares};
 use llmq_engine::{Backend, EngineError, LinearObserver, LinearSite};
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ pub(super) struct DeviceSite {
     pub(super) weights: Vec<&'static str>,
     pub(super) hess: Option<DeviceHessian>,
     pub(super) awq: Option<DeviceAwqStats>,
+    pub(super) sq: Option<DeviceSquares>,
     /// `LLMQ_CALIB_CHECK=1`: the same Hessian accumulated on the host from the rows
     /// fetched there (a check of the device's)
     pub(super) host: Option<HessianAccumulator>,
@@ -28,6 +30,8 @@ pub(super) struct DeviceCollector<'g> {
     pub(super) expert_tokens: Vec<u64>,
     /// AWQ's statistics instead of Hessians
     pub(super) awq: bool,
+    /// the importance matrix's sums of squares instead of Hessians
+    pub(super) squares: bool,
     /// also accumulate every Hessian on the host (`LLMQ_CALIB_CHECK=1`)
     pub(super) check: bool,
     /// the first failure (an observer cannot return one)
@@ -41,6 +45,7 @@ impl<'g> DeviceCollector<'g> {
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
             awq,
+            squares: false,
             check: !awq && std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1"),
             error: None,
         }
@@ -50,10 +55,12 @@ impl<'g> DeviceCollector<'g> {
         let cols = self.gpu.cuda().len(x) / rows;
         let key = (site.stage, site.expert, site.weights[0]);
         if !self.sites.contains_key(&key) {
-            let (hess, awq) = if self.awq {
-                (None, Some(self.gpu.awq_stats(cols, AWQ_SAMPLE_ROWS)?))
+            let (hess, awq, sq) = if self.squares {
+                (None, None, Some(self.gpu.squares(cols)?))
+            } else if self.awq {
+                (None, Some(self.gpu.awq_stats(cols, AWQ_SAMPLE_ROWS)?), None)
             } else {
-                (Some(self.gpu.hessian(cols)?), None)
+                (Some(self.gpu.hessian(cols)?), None, None)
             };
             self.sites.insert(
                 key,
@@ -61,6 +68,7 @@ impl<'g> DeviceCollector<'g> {
                     weights: site.weights.to_vec(),
                     hess,
                     awq,
+                    sq,
                     host: self.check.then(|| HessianAccumulator::new(cols)),
                 },
             );
@@ -71,6 +79,9 @@ impl<'g> DeviceCollector<'g> {
         }
         if let Some(a) = &mut s.awq {
             self.gpu.awq_add(a, x, rows)?;
+        }
+        if let Some(q) = &mut s.sq {
+            self.gpu.squares_add(q, x, rows)?;
         }
         match &mut s.hess {
             Some(h) => self.gpu.hessian_add(h, x, rows),

@@ -65,6 +65,8 @@ mod device_awq;
 #[cfg(feature = "cuda")]
 mod device_blocks;
 #[cfg(feature = "cuda")]
+mod device_imatrix;
+#[cfg(feature = "cuda")]
 mod device_observe;
 mod driver;
 mod formats;

@@ -41,6 +41,7 @@ pub const CALIB_KERNELS: &[&str] = &[
     "awq_sum_into",
     "awq_gram",
     "awq_clip",
+    "calib_sq_sum",
 ];
 
 /// Columns of one diagonal block of the blocked Cholesky.
@@ -332,4 +333,4 @@ pub(super) fn kernel_names() -> impl Iterator<Item = String> {
 mod awq;
 #[path = "calib_gptq.rs"]
 mod gptq;
-pub use awq::DeviceAwqStats;
+pub use awq::{DeviceAwqStats, DeviceSquares};

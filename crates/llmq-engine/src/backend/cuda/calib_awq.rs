@@ -15,6 +15,10 @@
 //!   of every group's columns, and every (row, group)'s clip search on it, the CPU's
 //!   arithmetic in the CPU's order; the ranges come back.
 //!
+//! * [`DeviceSquares`]: the importance matrix's `Σx²` per input channel (llama.cpp's
+//!   imatrix; the CPU's `ImatrixObserver`), each batch's f32 sum added to the total
+//!   as the CPU adds them.
+//!
 //! The scale search's loss differs from the CPU's by the GEMM's summation order
 //! (`‖X·Dᵀ‖²` instead of `‖X·Wqᵀ − X·Wᵀ‖²`, the same quantity); the clip search
 //! gives the CPU's bits on the same inputs.
@@ -362,6 +366,69 @@ impl CalibGpu {
             ],
         )?;
         self.download(&best, out * ng)
+    }
+}
+
+/// The importance matrix's `Σx²` per input channel of one Linear input on the device,
+/// and the rows added.
+pub struct DeviceSquares {
+    cols: usize,
+    sum: CudaSlice<f32>,
+    rows: u64,
+}
+
+impl DeviceSquares {
+    /// Rows added so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+impl CalibGpu {
+    /// Empty sums for `cols` input features.
+    pub fn squares(&self, cols: usize) -> Result<DeviceSquares> {
+        Ok(DeviceSquares {
+            cols,
+            sum: self.zeros::<f32>(cols)?,
+            rows: 0,
+        })
+    }
+
+    /// Add `rows` rows of `x` (`[rows, cols]` on the device) to `sq`: their f32 sum of
+    /// squares per column, then that sum to the total.
+    pub fn squares_add(&self, sq: &mut DeviceSquares, x: &CudaBuf, rows: usize) -> Result<()> {
+        let c = sq.cols;
+        if rows == 0 {
+            return Ok(());
+        }
+        if x.len != rows * c {
+            return Err(EngineError::Device(format!(
+                "imatrix input holds {} values, {rows} rows of {c} need {}",
+                x.len,
+                rows * c
+            )));
+        }
+        self.launch(
+            "calib_sq_sum",
+            grid(c),
+            &[
+                &x.ptr_at(self.be.stream(), 0),
+                &(rows as i32),
+                &(c as i32),
+                &self.ptr(&sq.sum),
+            ],
+        )?;
+        sq.rows += rows as u64;
+        Ok(())
+    }
+
+    /// The sums on the host.
+    pub fn squares_host(&self, sq: &DeviceSquares) -> Result<Vec<f32>> {
+        self.download(&sq.sum, sq.cols)
     }
 }
 

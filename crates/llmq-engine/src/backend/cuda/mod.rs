@@ -30,7 +30,8 @@ mod weights;
 
 pub use buffers::CudaBuf;
 pub use calib::{
-    CalibGpu, DeviceAwqStats, DeviceHessian, GptqFail, GptqOut, GptqParams, CALIB_KERNELS,
+    CalibGpu, DeviceAwqStats, DeviceHessian, DeviceSquares, GptqFail, GptqOut, GptqParams,
+    CALIB_KERNELS,
 };
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};

@@ -1,4 +1,5 @@
-// AWQ kernels (`backend/cuda/calib_awq.rs`; the math is in `calib_awq.cuh`): the
+// AWQ kernels (`backend/cuda/calib_awq.rs`; the math is in `calib_awq.cuh`), and the
+// importance matrix's per-channel sums of squares (llama.cpp's imatrix): the
 // per-channel sums of |x| and the row sample of every Linear input, the scale search's
 // weight error per grid point (its product with the sample rows is a cuBLAS `Sgemm`)
 // and the squared sum of that product reduced in a fixed order, the inputs divided by
@@ -89,4 +90,18 @@ extern "C" __global__ void awq_clip(const float* w, const float* gram, int out, 
     const float* wg = w + (u64)o * inp + (u64)g * gs;
     best[(u64)o * ng + g] = awq_clip_one(wg, gram + (u64)g * gs * gs, gs, maxqf, factors, nf,
                                          awq_d + threadIdx.x, (int)blockDim.x);
+}
+
+// The importance matrix: sum[c] += Σ_r x[r, c]², the batch's sum first (f32 from zero,
+// rows in order, as `llmq_calib::add_squares` sums one observed batch), then added to
+// the running total (`ImatrixEntry::add_sums`). One thread per column.
+extern "C" __global__ void calib_sq_sum(const float* x, int rows, int cols, float* sum) {
+    CALIB_FOR(c, cols) {
+        float a = 0.0f;
+        for (int r = 0; r < rows; r++) {
+            float v = x[(u64)r * cols + c];
+            a = __fadd_rn(a, __fmul_rn(v, v));
+        }
+        sum[c] = __fadd_rn(sum[c], a);
+    }
 }
