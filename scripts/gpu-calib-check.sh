@@ -4,7 +4,7 @@
 #   bash scripts/gpu-calib-check.sh --bin LLM_QUANTIZE --text TEXT [--out DIR] [--samples 64] MODEL...
 #   bash scripts/gpu-calib-check.sh --bin LLM_QUANTIZE --text TEXT [--out DIR] --big \
 #        [--layers 32] [--limit 560] --tokenizer MODEL
-#   add --awq to either for AWQ instead of GPTQ
+#   add --awq to either for AWQ instead of GPTQ; --imatrix (small part) for gguf's importance matrix
 #
 # Small part (each MODEL a Hugging Face folder, e.g. the shared llama, qwen3, qwen3-moe):
 #   GPTQ 4-bit g128 (`quantize MODEL gptq -q 4bit --method gptq`, --samples windows of 512
@@ -32,6 +32,11 @@
 #   which runs the CPU's searches on the device's statistics (lines "check awq ...":
 #   exponents, losses and clip ranges of both, summarised per model). The big part
 #   runs AWQ on the 8B shape with the same report and goal.
+# --imatrix: the small part only, for gguf's importance matrix (`quantize MODEL gguf -q
+#   Q4_K_M --calibration-data TEXT`, --samples windows) with --device cpu and --device
+#   cuda: the largest relative difference between the two .imatrix.gguf files' sums, the
+#   eval KL of both GGUFs (PASS: KL within 10% or 2e-4, sums within 5%; with --exact
+#   the sums should agree to float rounding).
 #
 # STEP_LIMIT (env, default 240 s) caps each quantize and eval of the small part.
 # KEEP_OUT=1 (env) keeps the big model's GPTQ (or --awq: AWQ) output in WORK.
@@ -56,6 +61,7 @@ while [ $# -gt 0 ]; do
     --exact) export LLMQ_CALIB_EXACT=1; shift ;;
     --make-only) MAKE_ONLY=1; shift ;;
     --awq) METHOD=awq; shift ;;
+    --imatrix) METHOD=imatrix; shift ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) MODELS+=("$1"); shift ;;
   esac
@@ -117,6 +123,87 @@ print(f"{same / max(total, 1):.5f}" if a else "nan")
 PY
 }
 
+# the importance matrix of one model on the CPU and on the GPU (--imatrix)
+imatrix_model() {
+  local m="$1" name dev out e
+  name="$(basename "$m")"
+  declare -A wall=() kl=()
+  for dev in cpu cuda; do
+    out="$W/$name-imatrix-$dev"
+    rm -rf "$out"; mkdir -p "$out"
+    t0="$(now)"
+    if ! timeout "${STEP_LIMIT:-240}" "$LQ" --format json quantize "$m" gguf -q Q4_K_M --device "$dev" \
+        --calibration-data "$TEXT" --calibration-samples "$SAMPLES" -o "$out" -n model.gguf \
+        >"$R/$name-imatrix-$dev.json" 2>"$R/$name-imatrix-$dev.log"; then
+      say "$name: imatrix quantize --device $dev FAILED (see $R/$name-imatrix-$dev.log):"
+      tail -3 "$R/$name-imatrix-$dev.log" | tee -a "$SUMMARY"; return 1
+    fi
+    wall[$dev]="$(python3 -c "print(f'{$(now) - $t0:.1f}')")"
+    e="$R/$name-imatrix-eval-$dev.json"
+    if ! timeout "${STEP_LIMIT:-240}" "$LQ" --format json eval "$out/model.gguf" --base "$m" --dataset "$TEXT" \
+        --samples 16 --max-length 256 --device cpu >"$e" 2>>"$LOG"; then
+      say "$name: eval of the $dev GGUF FAILED (see $LOG)"; return 1
+    fi
+    kl[$dev]="$(json "$e" "d['kl']['mean_kl_divergence']")"
+  done
+  python3 - "$W/$name-imatrix-cpu/model.imatrix.gguf" "$W/$name-imatrix-cuda/model.imatrix.gguf" \
+      "$name" "${wall[cpu]}" "${wall[cuda]}" "${kl[cpu]}" "${kl[cuda]}" <<'PY' | tee -a "$SUMMARY"
+import struct, sys
+import numpy as np
+def gguf_tensors(path):
+    b = open(path, "rb").read()
+    assert b[:4] == b"GGUF", path
+    p = 4
+    def u(fmt):
+        nonlocal p
+        v = struct.unpack_from("<" + fmt, b, p); p += struct.calcsize("<" + fmt); return v[0]
+    def s():
+        nonlocal p
+        n = u("Q"); v = b[p:p + n].decode(); p += n; return v
+    sizes = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    def val(t):
+        if t == 8: return s()
+        if t == 9:
+            et = u("I"); n = u("Q"); return [val(et) for _ in range(n)]
+        return u(sizes[t])
+    _version, nt, nkv = u("I"), u("Q"), u("Q")
+    align = 32
+    for _ in range(nkv):
+        k = s(); v = val(u("I"))
+        if k == "general.alignment": align = v
+    infos = []
+    for _ in range(nt):
+        name = s(); nd = u("I"); dims = [u("Q") for _ in range(nd)]; typ = u("I"); off = u("Q")
+        infos.append((name, dims, typ, off))
+    base = (p + align - 1) // align * align
+    out = {}
+    for name, dims, typ, off in infos:
+        n = int(np.prod(dims)); assert typ == 0, (name, typ)
+        out[name] = np.frombuffer(b, dtype=np.float32, count=n, offset=base + off).astype(np.float64)
+    return out
+a, g = gguf_tensors(sys.argv[1]), gguf_tensors(sys.argv[2])
+name, wc, wg, kc, kg = sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6]), float(sys.argv[7])
+same_keys = sorted(a) == sorted(g)
+worst, worst_name, counts_eq = 0.0, "", True
+for k in a:
+    if k not in g or a[k].shape != g[k].shape:
+        same_keys = False; continue
+    if k.endswith(".counts"):
+        counts_eq &= bool(np.array_equal(a[k], g[k])); continue
+    d = float(np.max(np.abs(a[k] - g[k]) / np.maximum(np.abs(a[k]), 1e-30)))
+    if d > worst: worst, worst_name = d, k
+rel = abs(kg - kc) / max(kc, 1e-12)
+ok = same_keys and counts_eq and worst <= 0.05 and (rel <= 0.10 or abs(kg - kc) <= 2e-4)
+print(f"{name:12s} imatrix cpu {wc} s, cuda {wg} s; {len(a)} tensors, same names {same_keys}, counts equal {counts_eq}, "
+      f"sums max rel. diff {worst:.2e} ({worst_name}); KL cpu {kc:.4e} cuda {kg:.4e} (rel {rel:.3f})  {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+}
+
+if [ "$METHOD" = imatrix ]; then
+  for m in "${MODELS[@]}"; do imatrix_model "$m" || fail=1; done
+  exit $fail
+fi
 if [ ${#MODELS[@]} -gt 0 ]; then
   printf '%-12s %9s %9s %12s %12s %9s %9s  %s\n' model cpu_s gpu_s kl_cpu kl_gpu kl_rel codes_eq result | tee -a "$SUMMARY"
 fi

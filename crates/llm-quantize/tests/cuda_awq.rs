@@ -290,8 +290,8 @@ fn statistics_match_the_observer() {
         llmq_calib::add_squares(&mut part, &x[a * cols..b * cols]);
         e.add_sums(0, &part, (b - a) as u64);
     }
-    for c in 0..cols {
-        assert_eq!(sq[c].to_bits(), e.sum2[c].to_bits(), "imatrix column {c}");
+    for (c, (a, b)) in sq.iter().zip(&e.sum2).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "imatrix column {c}");
     }
 }
 
