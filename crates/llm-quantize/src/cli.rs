@@ -189,9 +189,10 @@ pub struct QuantizeArgs {
     /// Testing hook: stop after N layers as if the process had been killed
     #[arg(long, hide = true)]
     pub stop_after_layers: Option<usize>,
-    /// Where calibration runs (the block forward, Hessians and the GPTQ solve): cpu,
-    /// cuda, cuda:N or auto; the GPU takes --method gptq into gptq or
-    /// compressed-tensors integer levels
+    /// Where calibration runs (the block forward, Hessians and the GPTQ solve, or AWQ's
+    /// statistics and searches, or gguf's importance matrix from --calibration-data):
+    /// cpu, cuda, cuda:N or auto; the GPU takes --method gptq or awq into gptq, awq or
+    /// compressed-tensors integer levels, and gguf with --calibration-data
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

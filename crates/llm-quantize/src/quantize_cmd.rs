@@ -93,24 +93,27 @@ fn request(a: &QuantizeArgs) -> Result<QuantizeRequest, PipelineError> {
 
 type Target = (Format, String, Method, Option<IntGrid>);
 
-/// `--device`: the CPU, or a GPU for GPTQ (the pipeline refuses what the GPU path
+/// `--device`: the CPU, or a GPU for GPTQ and AWQ, and for the importance matrix a
+/// GGUF run computes from `--calibration-data` (the pipeline refuses what the GPU path
 /// does not cover, see `llmq_pipeline::CalibDevice`).
 fn calib_device(
     a: &QuantizeArgs,
     method: Method,
 ) -> Result<llmq_pipeline::CalibDevice, PipelineError> {
+    let imatrix = matches!(a.output_format, OutputFormat::Gguf) && a.calibration_data.is_some();
+    let on_gpu = matches!(method, Method::Gptq | Method::Awq) || imatrix;
     // `auto` takes a GPU only where the GPU path covers the method
-    if a.device == "cpu" || (a.device == "auto" && method != Method::Gptq) {
+    if a.device == "cpu" || (a.device == "auto" && !on_gpu) {
         return Ok(llmq_pipeline::CalibDevice::Cpu);
     }
-    if method != Method::Gptq {
+    if !on_gpu {
         return Err(PipelineError::unsupported(
             format!(
-                "--device {}: calibration on the GPU covers --method gptq only (this run uses {})",
+                "--device {}: calibration on the GPU covers --method gptq and awq only, and gguf's importance matrix from --calibration-data (this run uses {})",
                 a.device,
                 method.name()
             ),
-            "Run with --device cpu, or use --method gptq",
+            "Run with --device cpu, or use --method gptq or awq",
         ));
     }
     match crate::model_load::choose_device(&a.device, false)? {

@@ -470,6 +470,31 @@ fn quantize_device_cuda_without_a_driver_is_a_clear_error() {
     assert_eq!(r.code, 8, "{}\n{}", r.stdout, r.stderr);
     let msg = r.json()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("no CUDA driver"), "{msg}");
+    // AWQ, and a GGUF importance matrix from calibration text, take the GPU path too
+    let text = tmp.path().join("calib.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    for args in [
+        &["awq", "-q", "4bit", "--method", "awq"][..],
+        &[
+            "gguf",
+            "-q",
+            "Q4_K_M",
+            "--calibration-data",
+            text.to_str().unwrap(),
+        ][..],
+    ] {
+        let mut a = vec!["--format", "json", "quantize", model.to_str().unwrap()];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--device", "cuda", "--output-dir", out.to_str().unwrap()]);
+        let r = lq(tmp.path(), &a);
+        assert_eq!(r.code, 8, "{args:?}: {}\n{}", r.stdout, r.stderr);
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("no CUDA driver"), "{args:?}: {msg}");
+    }
     // a method the GPU path does not cover is refused before any device is opened
     let r = lq(
         tmp.path(),
@@ -491,5 +516,5 @@ fn quantize_device_cuda_without_a_driver_is_a_clear_error() {
     );
     assert_ne!(r.code, 0, "{}", r.stderr);
     let msg = r.json()["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("--method gptq only"), "{msg}");
+    assert!(msg.contains("--method gptq and awq only"), "{msg}");
 }

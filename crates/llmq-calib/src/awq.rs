@@ -192,18 +192,7 @@ pub fn search_scale(
     let results: Vec<(f64, f32, Vec<f32>)> = (0..N_GRID)
         .into_par_iter()
         .map(|i| {
-            let ratio = i as f32 / N_GRID as f32;
-            let mut s: Vec<f32> = x_abs_mean
-                .iter()
-                .map(|&m| m.powf(ratio).max(1e-4))
-                .collect();
-            let (mx, mn) = s
-                .iter()
-                .fold((0.0f32, f32::INFINITY), |(a, b), &v| (a.max(v), b.min(v)));
-            let norm = (mx * mn).sqrt();
-            if norm.is_finite() && norm > 0.0 {
-                s.iter_mut().for_each(|v| *v /= norm);
-            }
+            let (ratio, s) = grid_scales(x_abs_mean, i);
             let mut loss = 0.0f64;
             for (l, r) in layers.iter().zip(&refs) {
                 let mut ws: Vec<f32> = l.w.to_vec();
@@ -226,6 +215,31 @@ pub fn search_scale(
             (loss, ratio, s)
         })
         .collect();
+    pick_scale(results, inp)
+}
+
+/// Grid point `i` of the scale search: the exponent `α = i/N_GRID` and the scales
+/// `max(mean|x|^α, 1e-4)` normalized by `sqrt(max s · min s)` (computed on the host
+/// for the device search too, so both try the same scales).
+pub fn grid_scales(x_abs_mean: &[f32], i: usize) -> (f32, Vec<f32>) {
+    let ratio = i as f32 / N_GRID as f32;
+    let mut s: Vec<f32> = x_abs_mean
+        .iter()
+        .map(|&m| m.powf(ratio).max(1e-4))
+        .collect();
+    let (mx, mn) = s
+        .iter()
+        .fold((0.0f32, f32::INFINITY), |(a, b), &v| (a.max(v), b.min(v)));
+    let norm = (mx * mn).sqrt();
+    if norm.is_finite() && norm > 0.0 {
+        s.iter_mut().for_each(|v| *v /= norm);
+    }
+    (ratio, s)
+}
+
+/// The search's answer from every grid point's (mean loss, α, scales), in grid
+/// order: the first smallest loss wins (α = 0 is the RTN loss).
+pub fn pick_scale(results: Vec<(f64, f32, Vec<f32>)>, inp: usize) -> ScaleSearch {
     let rtn_loss = results[0].0;
     let mut best = (f64::INFINITY, 0.0f32, vec![1.0f32; inp]);
     for r in results {
@@ -239,6 +253,20 @@ pub fn search_scale(
         rtn_loss,
         best_loss: best.0,
     }
+}
+
+/// The clip search's shrink factors `1 − i/N_GRID`, `i = 0..N_GRID/2`, as f32 (the
+/// candidate range of a group is `max|w|` times one of them).
+pub fn clip_factors() -> Vec<f32> {
+    (0..N_GRID / 2)
+        .map(|i| 1.0 - i as f32 / N_GRID as f32)
+        .collect()
+}
+
+/// The rows of `n` the clip search uses: at most [`CLIP_TOKENS`], evenly spaced.
+pub fn clip_rows(n: usize) -> Vec<usize> {
+    let step = n.div_ceil(CLIP_TOKENS).max(1);
+    (0..n).step_by(step).collect()
 }
 
 /// Search the clipping range of every (row, group) of `w` (`[out, inp]`) on the rows
@@ -256,8 +284,7 @@ pub fn search_clip(
     assert_eq!(w.len(), out * inp);
     assert_eq!(x.len(), n * inp);
     let ng = inp / group_size;
-    let step = n.div_ceil(CLIP_TOKENS).max(1);
-    let rows: Vec<usize> = (0..n).step_by(step).collect();
+    let rows = clip_rows(n);
     let maxq = (1u32 << bits) - 1;
     let max_shrink = N_GRID / 2;
     let mut best = vec![0.0f32; out * ng];

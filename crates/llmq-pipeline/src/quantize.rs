@@ -121,6 +121,7 @@ pub(crate) fn quantize_streaming(
                 &path,
                 &req.calibration,
                 req.ram_budget_bytes,
+                &req.device,
                 progress,
             )?;
             for n in notes {

@@ -1,19 +1,128 @@
 //! AWQ (Lin et al., arXiv 2306.00978) of every Linear of one block: scale and clip
 //! search on the observed inputs, scales folded into the norms (or the previous
-//! projection), the folded weights put back into the engine.
+//! projection), the folded weights put back into the engine. The searches run where
+//! the statistics are ([`AwqSites`]): on the CPU over the observer's [`Collector`],
+//! or on the GPU (`super::device_awq`); everything else here is shared.
 
 use super::blocks::rmse;
 use super::methods::BlockCx;
-use super::observe::SiteKey;
+use super::observe::{Collector, SiteKey};
 use super::write::round_to;
 use super::{engine_err, Tensors, MIN_EXPERT_TOKENS};
 use crate::allocate::Allocation;
 use crate::error::{PipelineError, Result};
 use crate::report::{CalibrationDetail, TensorReport};
 use llmq_arch::Transform;
-use llmq_calib::awq::{self as awq_algo, AwqLayer};
-use llmq_engine::LinearStage;
+use llmq_calib::awq::{self as awq_algo, AwqLayer, ScaleSearch};
+use llmq_engine::{Backend, LinearStage, Model};
+use llmq_hfquant::IntQuantized;
 use std::collections::{BTreeMap, HashMap};
+
+/// The measured Linear inputs of one block as AWQ reads them, and its two searches
+/// on them.
+pub(super) trait AwqSites {
+    /// the sites, in key order
+    fn keys(&self) -> Vec<SiteKey>;
+    /// the (GGUF) weights applied to a site's rows
+    fn weights(&self, key: &SiteKey) -> &[&'static str];
+    /// input features
+    fn cols(&self, key: &SiteKey) -> usize;
+    /// rows seen
+    fn rows(&self, key: &SiteKey) -> u64;
+    /// rows in the sample the searches measure on
+    fn n_sample(&self, key: &SiteKey) -> usize;
+    /// `Σ|x|` per input feature over every row seen
+    fn abs_sum(&self, key: &SiteKey) -> Result<Vec<f64>>;
+    /// [`awq_algo::search_scale`] on the site's sample
+    fn search_scale(
+        &self,
+        key: &SiteKey,
+        layers: &[AwqLayer<'_>],
+        mean: &[f32],
+        bits: u8,
+        gs: usize,
+    ) -> Result<ScaleSearch>;
+    /// [`awq_algo::search_clip`] of `w` (`[out, cols]`, scaled by `scales` when given)
+    /// on the site's sample divided by `scales`
+    fn search_clip(
+        &self,
+        key: &SiteKey,
+        w: &[f32],
+        out: usize,
+        scales: Option<&[f32]>,
+        bits: u8,
+        gs: usize,
+    ) -> Result<Vec<f32>>;
+    /// routed experts seen (0 for a dense block)
+    fn n_experts(&self) -> usize;
+}
+
+impl AwqSites for Collector {
+    fn keys(&self) -> Vec<SiteKey> {
+        let mut keys: Vec<SiteKey> = self.sites.keys().copied().collect();
+        keys.sort();
+        keys
+    }
+    fn weights(&self, key: &SiteKey) -> &[&'static str] {
+        &self.sites[key].weights
+    }
+    fn cols(&self, key: &SiteKey) -> usize {
+        self.sites[key].cols
+    }
+    fn rows(&self, key: &SiteKey) -> u64 {
+        self.sites[key].rows
+    }
+    fn n_sample(&self, key: &SiteKey) -> usize {
+        let acc = &self.sites[key];
+        acc.sample.len() / acc.cols.max(1)
+    }
+    fn abs_sum(&self, key: &SiteKey) -> Result<Vec<f64>> {
+        Ok(self.sites[key].abs_sum.clone())
+    }
+    fn search_scale(
+        &self,
+        key: &SiteKey,
+        layers: &[AwqLayer<'_>],
+        mean: &[f32],
+        bits: u8,
+        gs: usize,
+    ) -> Result<ScaleSearch> {
+        let acc = &self.sites[key];
+        let n = self.n_sample(key);
+        Ok(awq_algo::search_scale(
+            layers,
+            acc.cols,
+            mean,
+            &acc.sample,
+            n,
+            bits,
+            gs,
+        ))
+    }
+    fn search_clip(
+        &self,
+        key: &SiteKey,
+        w: &[f32],
+        out: usize,
+        scales: Option<&[f32]>,
+        bits: u8,
+        gs: usize,
+    ) -> Result<Vec<f32>> {
+        let acc = &self.sites[key];
+        let inp = acc.cols;
+        let mut x = acc.sample.clone();
+        if let Some(s) = scales {
+            for row in x.chunks_mut(inp) {
+                row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+            }
+        }
+        let n = self.n_sample(key);
+        Ok(awq_algo::search_clip(w, out, inp, &x, n, bits, gs))
+    }
+    fn n_experts(&self) -> usize {
+        self.expert_tokens.len()
+    }
+}
 
 /// The norm (engine name, HF name) whose weight produces a site's input, when the
 /// AWQ scales can be folded into it.
@@ -39,8 +148,7 @@ pub(super) fn fold_norm(
     Some((spec.gguf_name.clone(), spec.sources[0].clone(), add_one))
 }
 
-/// AWQ of every Linear of one block, folding the scales into the norms (and the up
-/// projections into the down projections' inputs).
+/// AWQ of every Linear of one block on the CPU.
 pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
     let BlockCx {
         alloc,
@@ -52,20 +160,35 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
         overrides,
         ..
     } = cx;
+    awq_block(alloc, tensors, model, layer, col, overrides, out)
+}
+
+/// AWQ of every Linear of one block on the measured `sites`, folding the scales into
+/// the norms of `model` (and the up projections into the down projections' inputs);
+/// the quantized modules go to `out`, the norms' new values to `overrides`.
+pub(super) fn awq_block<B: Backend>(
+    alloc: &Allocation,
+    tensors: &Tensors,
+    model: &mut Model<B>,
+    layer: usize,
+    sites: &dyn AwqSites,
+    overrides: &mut HashMap<String, Vec<f32>>,
+    out: &mut Vec<(String, IntQuantized, TensorReport)>,
+) -> Result<()> {
     let moe_layer = tensors.spec(layer, "ffn_gate_inp.weight").is_some();
     // weights (HF name → current f32 values, with scales applied) and the per-input
     // scales each one's input is divided by
     let mut w_cur: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut info: BTreeMap<String, (SiteKey, Option<f32>, Option<String>)> = BTreeMap::new();
     let mut site_scales: HashMap<SiteKey, Vec<f32>> = HashMap::new();
-    let mut keys: Vec<&SiteKey> = col.sites.keys().collect();
-    keys.sort();
+    let keys = sites.keys();
     // 1. scale search, stage by stage (FfnDown after FfnInput, so up is final)
-    for key in keys.iter().copied() {
-        let acc = &col.sites[key];
+    for key in &keys {
         let (stage, expert, _) = *key;
+        let weights = sites.weights(key);
+        let acc_rows = sites.rows(key);
         let mut hf: Vec<String> = Vec::new();
-        for g in &acc.weights {
+        for g in weights {
             for n in tensors.hf_names(layer, g, expert) {
                 if !hf.contains(&n) {
                     hf.push(n);
@@ -77,10 +200,10 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
                 w_cur.insert(n.clone(), tensors.hf_f32(n)?);
             }
         }
-        let inp = acc.cols;
-        let n_rows = acc.sample.len() / inp.max(1);
+        let inp = sites.cols(key);
+        let n_rows = sites.n_sample(key);
         let (bits, gs) = shared_grid(alloc, &hf)?;
-        if expert.is_some() && acc.rows < MIN_EXPERT_TOKENS {
+        if expert.is_some() && acc_rows < MIN_EXPERT_TOKENS {
             for n in &hf {
                 info.insert(
                     n.clone(),
@@ -89,7 +212,7 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
                         None,
                         Some(format!(
                             "expert got {} calibration tokens (< {MIN_EXPERT_TOKENS}): no AWQ search, round-to-nearest",
-                            acc.rows
+                            acc_rows
                         )),
                     ),
                 );
@@ -98,11 +221,11 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
         }
         // where can 1/s go?
         let target: Option<(String, String, bool)> =
-            fold_norm(tensors, layer, stage, &acc.weights, moe_layer);
+            fold_norm(tensors, layer, stage, weights, moe_layer);
         let prev_up: Option<String> = if stage == LinearStage::FfnDown {
             let up = match expert {
                 Some(_) => "ffn_up_exps.weight",
-                None if acc.weights[0] == "ffn_down_shexp.weight" => "ffn_up_shexp.weight",
+                None if weights[0] == "ffn_down_shexp.weight" => "ffn_up_shexp.weight",
                 None => "ffn_up.weight",
             };
             // a fused gate|up (Phi-3) cannot take a scale on the up half alone here,
@@ -123,10 +246,10 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
         let mut ratio = None;
         let mut note = None;
         if can_scale && n_rows > 0 {
-            let mean: Vec<f32> = acc
-                .abs_sum
+            let mean: Vec<f32> = sites
+                .abs_sum(key)?
                 .iter()
-                .map(|s| (*s / acc.rows as f64) as f32)
+                .map(|s| (*s / acc_rows as f64) as f32)
                 .collect();
             let shapes: Vec<usize> = hf.iter().map(|n| tensors.shape(n)[0]).collect();
             let layers: Vec<AwqLayer<'_>> = hf
@@ -137,7 +260,7 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
                     out: o,
                 })
                 .collect();
-            let found = awq_algo::search_scale(&layers, inp, &mean, &acc.sample, n_rows, bits, gs);
+            let found = sites.search_scale(key, &layers, &mean, bits, gs)?;
             let s = found.scales;
             ratio = Some(found.ratio);
             // weights' columns × s
@@ -190,14 +313,14 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
     }
     // 2. clip search and quantization, with inputs divided by the scales
     for (n, (key, ratio, note)) in &info {
-        let acc = &col.sites[key];
         let (stage, expert, _) = *key;
-        let inp = acc.cols;
+        let acc_rows = sites.rows(key);
+        let inp = sites.cols(key);
         let shape = tensors.shape(n);
         let o = shape[0];
         let w = &w_cur[n];
-        let starved = expert.is_some() && acc.rows < MIN_EXPERT_TOKENS;
-        let n_rows = acc.sample.len() / inp.max(1);
+        let starved = expert.is_some() && acc_rows < MIN_EXPERT_TOKENS;
+        let n_rows = sites.n_sample(key);
         let (bits, gs) = awq_grid(alloc, n)?;
         let no_clip = starved
             || n_rows == 0
@@ -206,13 +329,8 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
         let clip = if no_clip {
             None
         } else {
-            let mut x = acc.sample.clone();
-            if let Some(s) = site_scales.get(key) {
-                for row in x.chunks_mut(inp) {
-                    row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
-                }
-            }
-            Some(awq_algo::search_clip(w, o, inp, &x, n_rows, bits, gs))
+            let s = site_scales.get(key).map(|s| s.as_slice());
+            Some(sites.search_clip(key, w, o, s, bits, gs)?)
         };
         let q = awq_algo::awq_quantize(w, o, inp, bits, gs, clip.as_deref());
         // error against the original weight, in the original basis
@@ -235,7 +353,7 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
             label,
             (r, rel),
             CalibrationDetail {
-                tokens: acc.rows,
+                tokens: acc_rows,
                 awq_ratio: *ratio,
                 note: note.clone(),
                 ..Default::default()
@@ -244,7 +362,7 @@ pub(super) fn quantize_block_awq(cx: BlockCx<'_>) -> Result<()> {
         out.push((n.clone(), q, report));
     }
     // experts that never fired: RTN with AWQ's quantizer
-    for e in 0..col.expert_tokens.len() {
+    for e in 0..sites.n_experts() {
         for g in [
             "ffn_gate_exps.weight",
             "ffn_up_exps.weight",

@@ -1,10 +1,14 @@
-//! GPTQ (Frantar et al., arXiv 2210.17323) block by block on a CUDA device
-//! (`quantize … --method gptq --device cuda`): the same stages as
+//! GPTQ (Frantar et al., arXiv 2210.17323) and AWQ (Lin et al., arXiv 2306.00978)
+//! block by block on a CUDA device (`quantize … --method gptq|awq --device cuda`):
+//! the same stages as
 //! [`super::blocks::run_blocks`] — the engine streamed one block at a time, the
 //! calibration activations kept in bf16 precision, on the device when they fit
 //! ([`super::device_acts`]) — with the block forward on the CUDA backend, every Linear input's
 //! Hessian accumulated on the device ([`super::device_observe`]) and every tensor
-//! solved on the device ([`CalibGpu::gptq`]); then the dequantized weights go into
+//! solved on the device ([`CalibGpu::gptq`]) — for AWQ the inputs' statistics
+//! gathered on the device and the block quantized by the CPU's AWQ with its searches
+//! on the device ([`super::device_awq`]), the scales folded into the device model's
+//! norms —; then the dequantized weights go into
 //! the device's block and it runs again to give the next block's inputs. The MoE
 //! fallbacks are the CPU's ([`super::gptq_block`]): an expert with fewer than
 //! [`MIN_EXPERT_TOKENS`] tokens (or none) takes the all-token Hessian of the MoE
@@ -15,6 +19,7 @@
 use super::activations::{batches, ActStore};
 use super::blocks::{quantize_one, rmse, BlockResult, Calib, QModule};
 use super::device_acts::{fits_on_device, Acts};
+use super::device_awq::DeviceAwq;
 use super::device_observe::DeviceCollector;
 use super::observe::SiteKey;
 use super::{engine_err, module_of, Tensors, MIN_EXPERT_TOKENS};
@@ -32,7 +37,7 @@ use llmq_engine::backend::{Backend, Cuda};
 use llmq_engine::{LinearStage, Model, WeightSource};
 use llmq_hfquant::IntQuantized;
 use llmq_kernels::WeightMatrix;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -129,9 +134,12 @@ pub(super) fn run_blocks_device(
     model.release_embeddings(src);
     let top_k = cfg.moe.as_ref().map(|m| m.top_k).unwrap_or(1).max(1);
 
+    let awq = req.method == Method::Awq;
     let mut stats = Vec::new();
     let mut modules: BTreeMap<String, QModule> = BTreeMap::new();
     let mut ignored: BTreeSet<String> = BTreeSet::new();
+    // norms AWQ folded its scales into (HF name → values as stored)
+    let mut overrides: HashMap<String, Vec<f32>> = HashMap::new();
     progress.start(n_layer, 0);
     for layer in 0..n_layer {
         if crate::CANCEL.load(Ordering::SeqCst) {
@@ -154,7 +162,7 @@ pub(super) fn run_blocks_device(
                 put_weight(&mut model, spec, &srcs, true, true)?;
             }
         }
-        let mut col = DeviceCollector::new(&gpu);
+        let mut col = DeviceCollector::new(&gpu, awq);
         acts.run(&model, &gpu, layer, &groups, Some(&mut col), false)?;
         if let Some(e) = col.error.take() {
             return Err(engine_err(e));
@@ -167,14 +175,41 @@ pub(super) fn run_blocks_device(
         }
         ignored.extend(block_ignored.iter().cloned());
         let t1 = Instant::now();
-        let block_q = solve_block(req, alloc, tensors, &gpu, layer, &col, top_k, progress)?;
+        let mut block_overrides: Vec<(String, Vec<f32>)> = Vec::new();
+        let block_q = if awq {
+            let before = overrides.clone();
+            let mut out = Vec::new();
+            let check = std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1");
+            let sites = DeviceAwq {
+                col: &col,
+                check: check.then_some(progress),
+            };
+            super::awq_block::awq_block(
+                alloc,
+                tensors,
+                &mut model,
+                layer,
+                &sites,
+                &mut overrides,
+                &mut out,
+            )?;
+            block_overrides = overrides
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            block_overrides.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        } else {
+            solve_block(req, alloc, tensors, &gpu, layer, &col, top_k, progress)?
+        };
         let t2 = Instant::now();
         drop(col);
         let block = BlockState {
             modules: block_q,
             trellis: Vec::new(),
             fp: Vec::new(),
-            overrides: Vec::new(),
+            overrides: block_overrides,
             ignored: block_ignored,
         };
         let block_bytes = checkpoint.is_some().then(|| encode_block(&block));
@@ -193,8 +228,10 @@ pub(super) fn run_blocks_device(
         drop(deq);
         acts.run(&model, &gpu, layer, &groups, None, true)?;
         progress.message(&format!(
-            "layer {layer}: load, forward and Hessians {:.2} s, GPTQ {:.2} s, forward {:.2} s",
+            "layer {layer}: load, forward and {} {:.2} s, {} {:.2} s, forward {:.2} s",
+            if awq { "statistics" } else { "Hessians" },
             (t1 - t0).as_secs_f64(),
+            if awq { "AWQ" } else { "GPTQ" },
             (t2 - t1).as_secs_f64(),
             t2.elapsed().as_secs_f64()
         ));
@@ -217,7 +254,7 @@ pub(super) fn run_blocks_device(
     Ok((
         stats,
         modules,
-        Default::default(),
+        overrides,
         spill,
         ignored.into_iter().collect(),
         0,
@@ -292,7 +329,7 @@ fn solve_block(
         .sites
         .iter()
         .filter(|((stage, e, _), _)| *stage == LinearStage::FfnInput && e.is_some())
-        .map(|(_, s)| &s.hess)
+        .filter_map(|(_, s)| s.hess.as_ref())
         .collect();
     let moe_all = gpu.hessian_sum(&experts).map_err(engine_err)?;
     let moe_n = moe_all.as_ref().map(|h| h.n_tokens() / top_k as u64);
@@ -301,7 +338,7 @@ fn solve_block(
     let mut tasks: Vec<Task> = Vec::new();
     for (key, site) in &col.sites {
         let (stage, expert, _) = *key;
-        let rows = site.hess.n_tokens();
+        let rows = site.hess.as_ref().map_or(0, |h| h.n_tokens());
         for gguf in &site.weights {
             for hf in tensors.hf_names(layer, gguf, expert) {
                 if !done.insert(hf.clone()) {
@@ -397,7 +434,7 @@ fn solve_block(
         let w = tensors.hf_f32(&t.hf)?;
         let grid = alloc.int_grid(&t.hf)?;
         let h = match &t.calib {
-            HSel::Site(k) => col.sites.get(k).map(|s| &s.hess),
+            HSel::Site(k) => col.sites.get(k).and_then(|s| s.hess.as_ref()),
             HSel::MoeAll => moe_all.as_ref(),
             HSel::None => None,
         };

@@ -2,18 +2,23 @@
 //! its site's Hessian `XᵀX` on the device ([`CalibGpu::hessian_add`], a cuBLAS
 //! `Dsyrk`) while the block runs on the CUDA backend, with no copy to the host, and
 //! counts the tokens routed to every expert (as [`super::observe::Collector`] does on
-//! the CPU).
+//! the CPU); for AWQ it gathers the per-channel `Σ|x|` and the row sample on the
+//! device instead ([`CalibGpu::awq_add`]), for the importance matrix the per-channel
+//! `Σx²` ([`CalibGpu::squares_add`]).
 
 use super::observe::SiteKey;
+use super::AWQ_SAMPLE_ROWS;
 use llmq_calib::HessianAccumulator;
-use llmq_engine::backend::cuda::{CalibGpu, CudaBuf, DeviceHessian};
+use llmq_engine::backend::cuda::{CalibGpu, CudaBuf, DeviceAwqStats, DeviceHessian, DeviceSquares};
 use llmq_engine::{Backend, EngineError, LinearObserver, LinearSite};
 use std::collections::BTreeMap;
 
-/// One site's Hessian and the weights applied to its rows.
+/// One site's Hessian (GPTQ) or AWQ statistics, and the weights applied to its rows.
 pub(super) struct DeviceSite {
     pub(super) weights: Vec<&'static str>,
-    pub(super) hess: DeviceHessian,
+    pub(super) hess: Option<DeviceHessian>,
+    pub(super) awq: Option<DeviceAwqStats>,
+    pub(super) sq: Option<DeviceSquares>,
     /// `LLMQ_CALIB_CHECK=1`: the same Hessian accumulated on the host from the rows
     /// fetched there (a check of the device's)
     pub(super) host: Option<HessianAccumulator>,
@@ -23,6 +28,10 @@ pub(super) struct DeviceCollector<'g> {
     pub(super) gpu: &'g CalibGpu,
     pub(super) sites: BTreeMap<SiteKey, DeviceSite>,
     pub(super) expert_tokens: Vec<u64>,
+    /// AWQ's statistics instead of Hessians
+    pub(super) awq: bool,
+    /// the importance matrix's sums of squares instead of Hessians
+    pub(super) squares: bool,
     /// also accumulate every Hessian on the host (`LLMQ_CALIB_CHECK=1`)
     pub(super) check: bool,
     /// the first failure (an observer cannot return one)
@@ -30,12 +39,14 @@ pub(super) struct DeviceCollector<'g> {
 }
 
 impl<'g> DeviceCollector<'g> {
-    pub(super) fn new(gpu: &'g CalibGpu) -> Self {
+    pub(super) fn new(gpu: &'g CalibGpu, awq: bool) -> Self {
         DeviceCollector {
             gpu,
             sites: BTreeMap::new(),
             expert_tokens: Vec::new(),
-            check: std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1"),
+            awq,
+            squares: false,
+            check: !awq && std::env::var_os("LLMQ_CALIB_CHECK").is_some_and(|v| v == "1"),
             error: None,
         }
     }
@@ -44,12 +55,20 @@ impl<'g> DeviceCollector<'g> {
         let cols = self.gpu.cuda().len(x) / rows;
         let key = (site.stage, site.expert, site.weights[0]);
         if !self.sites.contains_key(&key) {
-            let hess = self.gpu.hessian(cols)?;
+            let (hess, awq, sq) = if self.squares {
+                (None, None, Some(self.gpu.squares(cols)?))
+            } else if self.awq {
+                (None, Some(self.gpu.awq_stats(cols, AWQ_SAMPLE_ROWS)?), None)
+            } else {
+                (Some(self.gpu.hessian(cols)?), None, None)
+            };
             self.sites.insert(
                 key,
                 DeviceSite {
                     weights: site.weights.to_vec(),
                     hess,
+                    awq,
+                    sq,
                     host: self.check.then(|| HessianAccumulator::new(cols)),
                 },
             );
@@ -58,7 +77,16 @@ impl<'g> DeviceCollector<'g> {
         if let Some(h) = &mut s.host {
             h.add(&self.gpu.cuda().to_host(x), rows);
         }
-        self.gpu.hessian_add(&mut s.hess, x, rows)
+        if let Some(a) = &mut s.awq {
+            self.gpu.awq_add(a, x, rows)?;
+        }
+        if let Some(q) = &mut s.sq {
+            self.gpu.squares_add(q, x, rows)?;
+        }
+        match &mut s.hess {
+            Some(h) => self.gpu.hessian_add(h, x, rows),
+            None => Ok(()),
+        }
     }
 }
 

@@ -115,9 +115,9 @@ pub(crate) fn quantize_blocks(
     // layer-streamed: the engine loads one block at a time from `src` (see blocks)
     let src = WeightSource::open_hf(&dir).map_err(engine_err)?;
     let on_cpu = matches!(req.device, crate::request::CalibDevice::Cpu);
-    if !on_cpu && (exl3 || fp.is_some() || req.method != Method::Gptq) {
+    if !on_cpu && (exl3 || fp.is_some() || !matches!(req.method, Method::Gptq | Method::Awq)) {
         return Err(PipelineError::unsupported(
-            "calibration on the GPU covers --method gptq into gptq or compressed-tensors integer levels",
+            "calibration on the GPU covers --method gptq and --method awq into the integer layouts (gptq, awq, compressed-tensors integer levels)",
             "Run with --device cpu",
         ));
     }

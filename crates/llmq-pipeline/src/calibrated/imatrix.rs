@@ -46,38 +46,38 @@ impl LinearObserver for ImatrixObserver {
 /// of every Linear (GGUF tensor names), as llama-imatrix computes it over the same
 /// text, holding activations in at most half of `ram_budget_bytes` (default: the
 /// available memory). Also returns the notes about the data.
+/// With `device` a GPU, the blocks run there and the sums are taken there
+/// ([`super::device_imatrix`]).
 pub fn collect_imatrix(
     model_path: &Path,
     calibration: &CalibrationRequest,
     ram_budget_bytes: Option<u64>,
+    device: &crate::request::CalibDevice,
     progress: &dyn Progress,
 ) -> Result<(llmq_calib::ImatrixData, Vec<String>)> {
     let src = WeightSource::open(model_path).map_err(engine_err)?;
+    #[cfg(feature = "cuda")]
+    if let crate::request::CalibDevice::Cuda(c) = device {
+        return super::device_imatrix::collect_imatrix_device(
+            model_path,
+            &src,
+            c,
+            calibration,
+            ram_budget_bytes,
+            progress,
+        );
+    }
+    let _ = device;
     // layer-streamed: one block in memory at a time
     let mut model = Model::load_streamed(&src).map_err(engine_err)?;
-    let tok = match &src {
-        WeightSource::Gguf(f) => llmq_tokenizer::Tokenizer::from_gguf(f),
-        WeightSource::Hf(_) => llmq_tokenizer::Tokenizer::from_hf_dir(model_path),
-    }
-    .map_err(|e| {
-        PipelineError::invalid(
-            format!("cannot load the tokenizer of {}: {e}", model_path.display()),
-            "Computing an imatrix needs the model's tokenizer",
-        )
-    })?;
-    let (calib, notes, seq_len) = calibration_set(
-        &tok,
-        calibration.data.as_deref(),
-        calibration.samples,
-        calibration.seq_len,
-        model.hp.n_ctx_train.max(2),
+    let (calib, notes, seq_len) = imatrix_calibration(
+        model_path,
+        &src,
+        calibration,
+        model.hp.n_ctx_train,
+        progress,
     )?;
-    progress.message(&format!(
-        "Computing the importance matrix: {} samples, {} tokens from {}",
-        calib.samples.len(),
-        calib.n_tokens(),
-        calib.source
-    ));
+
     let d = model.hp.n_embd;
     let lens: Vec<usize> = calib.samples.iter().map(|s| s.len()).collect();
     let need = lens.iter().sum::<usize>() as u64 * d as u64 * 2;
@@ -131,4 +131,39 @@ pub fn collect_imatrix(
         },
         notes,
     ))
+}
+
+/// The calibration set of an importance matrix (the model's tokenizer, windows of at
+/// most `n_ctx` tokens), announced on `progress`: samples, notes, window length.
+pub(super) fn imatrix_calibration(
+    model_path: &Path,
+    src: &WeightSource,
+    calibration: &CalibrationRequest,
+    n_ctx: usize,
+    progress: &dyn Progress,
+) -> Result<(llmq_calib::dataset::CalibrationSet, Vec<String>, usize)> {
+    let tok = match src {
+        WeightSource::Gguf(f) => llmq_tokenizer::Tokenizer::from_gguf(f),
+        WeightSource::Hf(_) => llmq_tokenizer::Tokenizer::from_hf_dir(model_path),
+    }
+    .map_err(|e| {
+        PipelineError::invalid(
+            format!("cannot load the tokenizer of {}: {e}", model_path.display()),
+            "Computing an imatrix needs the model's tokenizer",
+        )
+    })?;
+    let (calib, notes, seq_len) = calibration_set(
+        &tok,
+        calibration.data.as_deref(),
+        calibration.samples,
+        calibration.seq_len,
+        n_ctx.max(2),
+    )?;
+    progress.message(&format!(
+        "Computing the importance matrix: {} samples, {} tokens from {}",
+        calib.samples.len(),
+        calib.n_tokens(),
+        calib.source
+    ));
+    Ok((calib, notes, seq_len))
 }

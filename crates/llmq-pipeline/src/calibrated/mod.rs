@@ -61,7 +61,11 @@ pub(crate) mod calibration;
 #[cfg(feature = "cuda")]
 mod device_acts;
 #[cfg(feature = "cuda")]
+mod device_awq;
+#[cfg(feature = "cuda")]
 mod device_blocks;
+#[cfg(feature = "cuda")]
+mod device_imatrix;
 #[cfg(feature = "cuda")]
 mod device_observe;
 mod driver;

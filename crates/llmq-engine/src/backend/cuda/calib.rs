@@ -22,7 +22,7 @@ use cudarc::cublas::{sys, CudaBlas};
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use llmq_hfquant::IntQuantized;
 
-/// The kernels of `kernels/calib.cu`.
+/// The kernels of `kernels/calib.cu` and `kernels/calib_awq.cu`.
 pub const CALIB_KERNELS: &[&str] = &[
     "calib_f32_to_f64",
     "calib_round_bf16",
@@ -33,6 +33,15 @@ pub const CALIB_KERNELS: &[&str] = &[
     "calib_eye",
     "calib_u",
     "calib_gptq_block",
+    "awq_abs_sum",
+    "awq_gather",
+    "awq_div_cols",
+    "awq_fq_diff_k",
+    "awq_sq_partial",
+    "awq_sum_into",
+    "awq_gram",
+    "awq_clip",
+    "calib_sq_sum",
 ];
 
 /// Columns of one diagonal block of the blocked Cholesky.
@@ -320,5 +329,8 @@ pub(super) fn kernel_names() -> impl Iterator<Item = String> {
     CALIB_KERNELS.iter().map(|k| k.to_string())
 }
 
+#[path = "calib_awq.rs"]
+mod awq;
 #[path = "calib_gptq.rs"]
 mod gptq;
+pub use awq::{DeviceAwqStats, DeviceSquares};

@@ -24,6 +24,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rotation.cu", include_str!("kernels/rotation.cu")),
     ("calib.cuh", include_str!("kernels/calib.cuh")),
     ("calib.cu", include_str!("kernels/calib.cu")),
+    ("calib_awq.cuh", include_str!("kernels/calib_awq.cuh")),
+    ("calib_awq.cu", include_str!("kernels/calib_awq.cu")),
 ];
 
 /// The whole module's source.

@@ -29,7 +29,10 @@ mod uploads;
 mod weights;
 
 pub use buffers::CudaBuf;
-pub use calib::{CalibGpu, DeviceHessian, GptqFail, GptqOut, GptqParams, CALIB_KERNELS};
+pub use calib::{
+    CalibGpu, DeviceAwqStats, DeviceHessian, DeviceSquares, GptqFail, GptqOut, GptqParams,
+    CALIB_KERNELS,
+};
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
 pub use record::GraphStats;
