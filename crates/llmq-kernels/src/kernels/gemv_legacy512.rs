@@ -197,7 +197,7 @@ unsafe fn rows<B: Pair, const R: usize>(
 #[inline(always)]
 unsafe fn gemv<B: Pair>(w: &[u8], wrb: usize, a: &[u8], y: &mut [f32]) {
     let nb = wrb / B::WB;
-    assert!(wrb % B::WB == 0 && a.len() >= nb * BQ8_0::BYTES);
+    assert!(wrb.is_multiple_of(B::WB) && a.len() >= nb * BQ8_0::BYTES);
     assert!(w.len() >= y.len() * wrb);
     let (wp, ap) = (w.as_ptr(), a.as_ptr());
     let end = wp.add(w.len());
