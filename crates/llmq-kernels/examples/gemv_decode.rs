@@ -1,5 +1,5 @@
 //! Decode GEMV throughput (one token) per weight type, cache-resident (`L2`) and streaming
-//! (`DRAM`), the streaming read bandwidth (`read`) and the cost of one rayon parallel call
+//! (`DRAM`: 1.5 GiB of weights, more than any last-level cache), the streaming read bandwidth (`read`) and the cost of one rayon parallel call
 //! (`sync`). `LLMQ_KERNELS_NO_AVX512=1` runs the AVX2 one-row kernels instead of the
 //! AVX-512 ones; `RAYON_NUM_THREADS` sets the threads (with 1, times are CPU time).
 
@@ -45,7 +45,8 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `gemv_decode TYPE SIZE` times one type (`L2` or `DRAM` sized), `gemv_decode read`
+    // `gemv_decode TYPE SIZE [COLS]` times one type (`L2` or `DRAM` sized; rows of COLS
+    // columns, 2048 by default), `gemv_decode read`
     // the streaming read; without arguments, everything
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(|a| a == "read").unwrap_or(false) {
@@ -55,12 +56,13 @@ fn main() {
         return sync();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let cols = 2048;
+    let cols: usize = args.get(2).map_or(2048, |c| c.parse().expect("COLS"));
     let types = [
         GgmlType::Q4K,
         GgmlType::Q6K,
         GgmlType::IQ4XS,
         GgmlType::Q8_0,
+        GgmlType::Q5_0,
     ];
     for ty in types {
         if args.first().is_some_and(|a| a != ty.name()) {
@@ -70,13 +72,26 @@ fn main() {
             if args.get(1).is_some_and(|a| a != label) {
                 continue;
             }
-            let ws: Vec<WeightMatrix> = (0..copies)
+            // the same bytes whatever the row length
+            let (rows, copies) = (rows * 2048 / cols, copies);
+            let mut ws: Vec<WeightMatrix> = (0..copies)
                 .map(|_| weight(ty, rows, cols, &mut rng))
                 .collect();
+            // `DRAM`: copies of those bytes up to 1.5 GiB, past any last-level cache
+            let target = if label == "DRAM" { 3usize << 29 } else { 0 };
+            let mut k = 0;
+            while ws.iter().map(|w| w.data.len()).sum::<usize>() < target {
+                let bytes = ws[k % copies].data.as_slice().to_vec();
+                let n = bytes.len();
+                ws.push(
+                    WeightMatrix::new(ty, rows, cols, Bytes::new(Arc::new(bytes), 0, n)).unwrap(),
+                );
+                k += 1;
+            }
             let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let mut y = vec![0.0f32; rows];
             let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
-            let iters = if label == "L2" { 400 } else { 4 };
+            let iters = if label == "L2" { 400 } else { 1 };
             let s = best(5, || {
                 for _ in 0..iters {
                     for w in &ws {

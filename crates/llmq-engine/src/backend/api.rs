@@ -111,11 +111,11 @@ pub struct KvView<'a, B: Backend> {
 pub type Routing = Vec<Vec<(usize, f32)>>;
 
 /// The operations of a decoder over buffers the backend owns.
-pub trait Backend: Sized {
+pub trait Backend: Sized + Sync {
     /// Activations, norm weights, biases and KV cache rows (f32, row-major).
-    type Buf: Clone + 'static;
+    type Buf: Clone + Send + Sync + 'static;
     /// A weight matrix in the backend's memory, in whatever format it was loaded.
-    type Weight: Clone;
+    type Weight: Clone + Send + Sync;
 
     // --- memory -------------------------------------------------------------------
 
@@ -136,6 +136,13 @@ pub trait Backend: Sized {
     /// The step that [`Backend::begin_step`] began is over, successful or not: all its
     /// work has been issued.
     fn end_step(&self) {}
+    /// Runs a forward step's host side (`step`), between [`Backend::begin_step`] and
+    /// [`Backend::end_step`]. In place by default; the CPU backend moves it onto a
+    /// worker of its thread pool, where each of the step's parallel operations forks
+    /// from inside the pool instead of being injected from outside and waited for.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        step()
+    }
     /// Whether this backend computes `w` (tensor `name`): the loader asks before
     /// [`Backend::upload_weight`], so a model with a weight type the backend lacks is
     /// refused at load, naming the tensor. Every type by default.

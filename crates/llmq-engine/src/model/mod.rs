@@ -118,7 +118,7 @@ impl<B: Backend> Model<B> {
             pos: &tok_pos,
         };
         be.begin_step(ids.len(), seqs.len());
-        let logits = self.step_logits(seqs, &ids, tokens);
+        let logits = be.run_step(|| self.step_logits(seqs, &ids, tokens));
         be.end_step();
         let logits = logits?;
         let v = hp.n_vocab;

@@ -14,7 +14,7 @@ use super::{
     dot_float::avx2 as f2, dot_fp4::avx2 as g42, dot_kquants_avx2 as k2, dot_legacy::avx2 as l2,
 };
 #[cfg(target_arch = "x86_64")]
-use super::{dot_kquants_avx512 as k5, dot_legacy_avx512 as x5};
+use super::{dot_kquants_avx512 as k5, dot_legacy_avx512 as x5, gemv_legacy512 as g5};
 use crate::weight_type::{FpType, IntAct, IntType};
 use llmq_formats::GgmlType;
 
@@ -25,6 +25,10 @@ pub type Dot4Fn = fn(&[u8], [&[u8]; 4]) -> [f32; 4];
 /// One weight row against eight activation rows in the group layout of
 /// `dot_legacy::interleave8`.
 pub type Dot8Fn = fn(&[u8], &[u8]) -> [f32; 8];
+/// Consecutive weight rows against one activation row (decode), each row's result
+/// that of the one-row `dot`.
+#[cfg(target_arch = "x86_64")]
+pub use super::gemv_legacy512::GemvFn;
 
 /// A fast kernel for one weight type.
 #[derive(Clone, Copy)]
@@ -40,6 +44,9 @@ pub struct Kernel {
     /// one; same results as `dot`.
     #[cfg(target_arch = "x86_64")]
     pub tile: Option<Tile>,
+    /// The multi-row one-token product (decode), where the CPU and type have one.
+    #[cfg(target_arch = "x86_64")]
+    pub gemv: Option<GemvFn>,
 }
 
 /// This layer's row of the type table: how `matmul` computes weights of `ty` from
@@ -64,6 +71,9 @@ pub struct KernelRow {
     /// The AVX-512 VNNI one-row dot product, where there is one.
     #[cfg(target_arch = "x86_64")]
     pub dot512: Option<DotFn>,
+    /// The AVX-512 VNNI multi-row one-token product, where there is one.
+    #[cfg(target_arch = "x86_64")]
+    pub gemv512: Option<GemvFn>,
 }
 
 /// An AVX-512 tile family for prompt processing (`super::tiled`).
@@ -88,7 +98,8 @@ macro_rules! wide {
 
 macro_rules! row {
     ($ty:ident, $act:ident, $scalar:expr, avx2: $d:expr, $d4:expr
-        $(, dot8: $d8:expr, $v8:expr)? $(, tile: $t:expr)? $(, dot512: $d5:expr)?) => {
+        $(, dot8: $d8:expr, $v8:expr)? $(, tile: $t:expr)? $(, dot512: $d5:expr)?
+        $(, gemv512: $g5:expr)?) => {
         KernelRow {
             ty: GgmlType::$ty,
             act: Act::$act,
@@ -101,8 +112,12 @@ macro_rules! row {
             tile: row!(@tile $($t)?),
             #[cfg(target_arch = "x86_64")]
             dot512: row!(@dot512 $($d5)?),
+            #[cfg(target_arch = "x86_64")]
+            gemv512: row!(@gemv512 $($g5)?),
         }
     };
+    (@gemv512) => { None };
+    (@gemv512 $g:expr) => { Some($g as GemvFn) };
     (@dot512) => { None };
     (@dot512 $d:expr) => { Some($d as DotFn) };
     (@tile) => { None };
@@ -118,23 +133,23 @@ pub const KERNELS: &[KernelRow] = &[
     row!(BF16, F32, fl::dot_bf16, avx2: f2::dot_bf16, f2::dot4_bf16),
     row!(Q4_0, Q8_0, lg::dot_q4_0, avx2: l2::dot_q4_0, l2::dot4_q4_0,
         dot8: l2::dot8_q4_0, l2::dot8_vnni_q4_0, tile: Tile::Legacy(l2::offset_q4_0),
-        dot512: x5::dot_q4_0),
+        dot512: x5::dot_q4_0, gemv512: g5::gemv_q4_0),
     row!(Q4_1, Q8_1, lg::dot_q4_1, avx2: l2::dot_q4_1, l2::dot4_q4_1,
         dot8: l2::dot8_q4_1, l2::dot8_vnni_q4_1),
     row!(Q5_0, Q8_0, lg::dot_q5_0, avx2: l2::dot_q5_0, l2::dot4_q5_0,
         dot8: l2::dot8_q5_0, l2::dot8_vnni_q5_0, tile: Tile::Legacy(l2::offset_q5_0),
-        dot512: x5::dot_q5_0),
+        dot512: x5::dot_q5_0, gemv512: g5::gemv_q5_0),
     row!(Q5_1, Q8_1, lg::dot_q5_1, avx2: l2::dot_q5_1, l2::dot4_q5_1,
         dot8: l2::dot8_q5_1, l2::dot8_vnni_q5_1),
     row!(Q8_0, Q8_0, lg::dot_q8_0, avx2: l2::dot_q8_0, l2::dot4_q8_0,
         dot8: l2::dot8_q8_0, l2::dot8_vnni_q8_0, tile: Tile::Legacy(l2::offset_q8_0),
-        dot512: x5::dot_q8_0),
+        dot512: x5::dot_q8_0, gemv512: g5::gemv_q8_0),
     row!(IQ4NL, Q8_0, lg::dot_iq4_nl, avx2: l2::dot_iq4_nl, l2::dot4_iq4_nl,
         dot8: l2::dot8_iq4_nl, l2::dot8_vnni_iq4_nl, tile: Tile::Legacy(l2::offset_iq4_nl),
-        dot512: x5::dot_iq4_nl),
+        dot512: x5::dot_iq4_nl, gemv512: g5::gemv_iq4_nl),
     row!(MXFP4, Q8_0, lg::dot_mxfp4, avx2: l2::dot_mxfp4, l2::dot4_mxfp4,
         dot8: l2::dot8_mxfp4, l2::dot8_vnni_mxfp4, tile: Tile::Legacy(l2::offset_mxfp4),
-        dot512: x5::dot_mxfp4),
+        dot512: x5::dot_mxfp4, gemv512: g5::gemv_mxfp4),
     row!(NVFP4, Q8_0, g4::dot_nvfp4, avx2: g42::dot_nvfp4, g42::dot4_nvfp4,
         dot512: super::dot_fp4::avx512::dot_nvfp4),
     row!(Q2K, Q8K, kq::dot_q2_k, avx2: k2::dot_q2_k, k2::dot4_q2_k),
@@ -189,6 +204,8 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
         dot8: None,
         #[cfg(target_arch = "x86_64")]
         tile: None,
+        #[cfg(target_arch = "x86_64")]
+        gemv: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -204,6 +221,7 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
                 dot4: Some(r.avx2.1),
                 dot8: r.dot8.map(|(plain, v)| if vnni { v } else { plain }),
                 tile: r.tile.filter(|_| avx512),
+                gemv: r.gemv512.filter(|_| avx512),
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -234,6 +252,8 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
         dot8: None,
         #[cfg(target_arch = "x86_64")]
         tile: None,
+        #[cfg(target_arch = "x86_64")]
+        gemv: None,
     };
     match isa {
         Isa::Scalar => Some(scalar),
@@ -245,6 +265,7 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
                 dot4: Some(di::avx2::dot4_int4),
                 dot8: None,
                 tile: None,
+                gemv: None,
             },
             8 => Kernel {
                 act: Act::Q8_0,
@@ -252,6 +273,7 @@ pub fn int_kernel(t: IntType, isa: Isa) -> Option<Kernel> {
                 dot4: Some(di::avx2::dot4_int8),
                 dot8: None,
                 tile: None,
+                gemv: None,
             },
             _ => scalar,
         }),
@@ -284,6 +306,8 @@ pub fn fp_kernel(t: FpType, isa: Isa) -> Option<Kernel> {
         dot8: None,
         #[cfg(target_arch = "x86_64")]
         tile: None,
+        #[cfg(target_arch = "x86_64")]
+        gemv: None,
     };
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {

@@ -17,10 +17,11 @@
 //! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
 //! per call, activations packed once), and for IQ4_XS, Q4_K, Q5_K, Q6_K ([`tile_wide`]:
 //! each value times its sub-block scale decoded once per call as an i16, `vpdpwssd`);
-//! decode uses [`dot_legacy_avx512`] for the signed 32-value types and
-//! [`dot_kquants_avx512`] for Q6_K and IQ4_XS. One-row products (decode) prefetch
-//! the weight row two rows ahead: each row is read once, and the hardware prefetcher
-//! alone left one thread at about 6 of its 8 GB/s of streaming reads.
+//! decode uses [`gemv_legacy512`] for the signed 32-value types (four weight rows per
+//! pass sharing the activation loads, one pass prefetched ahead into L2) and
+//! [`dot_kquants_avx512`] for Q6_K and IQ4_XS. The other one-row products (decode)
+//! prefetch the weight row two rows ahead: each row is read once, and the hardware
+//! prefetcher alone left one thread at about 6 of its 8 GB/s of streaming reads.
 //! Every multi-row and AVX-512 kernel does each output's float operations in the same
 //! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
 //! share the call (nor on AVX2 against AVX-512).
@@ -53,6 +54,8 @@ mod dot_kquants_avx512;
 pub mod dot_legacy;
 #[cfg(target_arch = "x86_64")]
 pub mod dot_legacy_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod gemv_legacy512;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -62,6 +65,8 @@ mod tests;
 mod tests_dot512;
 #[cfg(test)]
 mod tests_fp;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_gemv512;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_avx512;
 #[cfg(target_arch = "x86_64")]
@@ -313,6 +318,15 @@ fn tail(
             }
             t += 4;
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(gemv), 1) = (k.gemv, n - t) {
+        // SAFETY: rows r0..r1 of token t belong to this chunk only.
+        let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * rows + r0), r1 - r0) };
+        let wrb = w.row_bytes();
+        // the rows to the matrix's end: the prefetches may run past this chunk
+        gemv(&w.data.as_slice()[r0 * wrb..], wrb, act(t), y);
+        return;
     }
     for t in t..n {
         let a = act(t);
