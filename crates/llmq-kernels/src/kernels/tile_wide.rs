@@ -36,26 +36,28 @@ pub const GROUP: usize = 8;
 /// Weight rows per tile.
 pub const ROWS: usize = 4;
 
-// Packed activations, per block of an 8-token group.
+// Packed activations, per block of an 8-token group: the values and the pairs' `d`,
+// then only what the type's extra terms read (fewer bytes to stream through the caches).
 const QA: usize = 0;
 const D_PAIRS: usize = 8 * 4 * 64;
-const BSUMS: usize = D_PAIRS + 4 * 64;
-const BS_QUADS: usize = BSUMS + 4 * 64;
+const EXTRA: usize = D_PAIRS + 4 * 64;
+// Offset32, Offset4: the pairs' raw `bsums`.
+const BSUMS: usize = EXTRA;
+// Mins: `bsums` summed in pairs for 4 tokens, and those `d`.
+const BS_QUADS: usize = EXTRA;
 const D_QUADS: usize = BS_QUADS + 2 * 64;
-/// Bytes of one block of a packed group.
-const BLOCK: usize = D_QUADS + 2 * 64;
-// Q2_K's extra: per pair `g` of sub-blocks, the 8 tokens' `bsums[2g], bsums[2g + 1]`,
-// then the 8 tokens' `d`.
-const BS_TOKENS: usize = BLOCK;
+// Mins16: per pair `g` of sub-blocks, the 8 tokens' `bsums[2g], bsums[2g + 1]`, then
+// the 8 tokens' `d`.
+const BS_TOKENS: usize = EXTRA;
 const D8: usize = BS_TOKENS + 8 * 32;
-/// Bytes of one block of a packed group for [`Extra::Mins16`].
-const BLOCK_MINS16: usize = D8 + 64;
 
 /// Bytes of one packed block for `extra`.
 const fn block_bytes(extra: Extra) -> usize {
     match extra {
-        Extra::Mins16 => BLOCK_MINS16,
-        _ => BLOCK,
+        Extra::Plain => EXTRA,
+        Extra::Mins => D_QUADS + 2 * 64,
+        Extra::Offset32 | Extra::Offset4 => BSUMS + 4 * 64,
+        Extra::Mins16 => D8 + 64,
     }
 }
 
@@ -131,25 +133,32 @@ fn pack_group(acts: &[u8], rb: usize, nb: usize, extra: Extra, dst: &mut [u8]) {
                 blk[at..at + 4].copy_from_slice(d);
             }
             let bsums = &src[BlockQ8K::BSUMS];
-            let at = BSUMS + p * 64 + 32 * half;
-            blk[at..at + 32].copy_from_slice(bsums);
-            let (q, k) = (t / 4, t % 4);
-            for j in 0..8 {
-                let a = i16::from_le_bytes([bsums[4 * j], bsums[4 * j + 1]]);
-                let b = i16::from_le_bytes([bsums[4 * j + 2], bsums[4 * j + 3]]);
-                let at = BS_QUADS + q * 64 + 16 * k + 2 * j;
-                blk[at..at + 2].copy_from_slice(&a.wrapping_add(b).to_le_bytes());
-            }
-            for l in 0..4 {
-                let at = D_QUADS + q * 64 + 4 * (4 * k + l);
-                blk[at..at + 4].copy_from_slice(d);
-            }
-            if extra == Extra::Mins16 {
-                for g in 0..8 {
-                    let at = BS_TOKENS + 32 * g + 4 * t;
-                    blk[at..at + 4].copy_from_slice(&bsums[4 * g..4 * g + 4]);
+            match extra {
+                Extra::Plain => {}
+                Extra::Offset32 | Extra::Offset4 => {
+                    let at = BSUMS + p * 64 + 32 * half;
+                    blk[at..at + 32].copy_from_slice(bsums);
                 }
-                blk[D8 + 4 * t..D8 + 4 * t + 4].copy_from_slice(d);
+                Extra::Mins => {
+                    let (q, k) = (t / 4, t % 4);
+                    for j in 0..8 {
+                        let a = i16::from_le_bytes([bsums[4 * j], bsums[4 * j + 1]]);
+                        let b = i16::from_le_bytes([bsums[4 * j + 2], bsums[4 * j + 3]]);
+                        let at = BS_QUADS + q * 64 + 16 * k + 2 * j;
+                        blk[at..at + 2].copy_from_slice(&a.wrapping_add(b).to_le_bytes());
+                    }
+                    for l in 0..4 {
+                        let at = D_QUADS + q * 64 + 4 * (4 * k + l);
+                        blk[at..at + 4].copy_from_slice(d);
+                    }
+                }
+                Extra::Mins16 => {
+                    for g in 0..8 {
+                        let at = BS_TOKENS + 32 * g + 4 * t;
+                        blk[at..at + 4].copy_from_slice(&bsums[4 * g..4 * g + 4]);
+                    }
+                    blk[D8 + 4 * t..D8 + 4 * t + 4].copy_from_slice(d);
+                }
             }
         }
     }
@@ -272,7 +281,13 @@ unsafe fn tile_n<const R: usize, const X: u8>(
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let mut accm = [[_mm512_setzero_ps(); 2]; R];
     let mut accm8 = [_mm256_setzero_ps(); R];
-    let bb = if X == 4 { BLOCK_MINS16 } else { BLOCK };
+    let bb = block_bytes(match X {
+        0 => Extra::Plain,
+        1 => Extra::Mins,
+        2 => Extra::Offset32,
+        3 => Extra::Offset4,
+        _ => Extra::Mins16,
+    });
     for i in 0..nb {
         let blk = ap.add(i * bb);
         let wb: [*const u8; R] = std::array::from_fn(|r| wp[r].add(i * DEC_BLOCK));
