@@ -88,10 +88,12 @@ pub fn run(
                             Decoded::Wide(d, x) => wd::tile(d, *x, q0 - r0, rr, a, &mut res),
                         }
                     }
-                    for (r, vals) in res.iter().take(rr).enumerate() {
-                        for (i, &v) in vals.iter().enumerate() {
+                    // token by token: the tile's rows are adjacent in `y`
+                    for i in 0..GROUP {
+                        let at = (g * GROUP + i) * rows + q0;
+                        for (r, vals) in res.iter().take(rr).enumerate() {
                             // SAFETY: (token, row) in bounds; the row is this chunk's.
-                            unsafe { out.write((g * GROUP + i) * rows + q0 + r, v) };
+                            unsafe { out.write(at + r, vals[i]) };
                         }
                     }
                 }
