@@ -97,7 +97,7 @@ fn j_row(j: usize, stride: usize, h: usize, width: usize) -> std::ops::Range<usi
 fn avx_blocked(dk: usize, dv: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        return dk % 8 == 0 && dv % 8 == 0 && dk > 0 && dv > 0;
+        return dk.is_multiple_of(8) && dv.is_multiple_of(8) && dk > 0 && dv > 0;
     }
     let _ = (dk, dv);
     false
@@ -176,7 +176,7 @@ mod avx {
         ) {
             let heads = q.len() / dk;
             let len = out.len() / heads;
-            assert!(dk % 8 == 0 && heads * len == out.len());
+            assert!(dk.is_multiple_of(8) && heads * len == out.len());
             assert!(len == 0 || (len - 1) * stride + off + dk <= ks.len());
             // `f32: Sum` folds from this value (`dot` sums its lanes, then the empty
             // remainder, through it)
@@ -221,7 +221,7 @@ mod avx {
         #[target_feature(enable = "avx")]
         unsafe fn inner(o: &mut [f32], w: &[f32], vs: &[f32], stride: usize, off: usize) {
             let dv = o.len();
-            assert!(dv % 8 == 0);
+            assert!(dv.is_multiple_of(8));
             assert!(w.is_empty() || (w.len() - 1) * stride + off + dv <= vs.len());
             for c0 in (0..dv).step_by(64) {
                 let n = ((dv - c0) / 8).min(8);
