@@ -27,7 +27,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
     let mut rng = ChaCha8Rng::seed_from_u64(20);
-    let types = [GgmlType::IQ4XS, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+    let types = [
+        GgmlType::IQ4XS,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
     for (rows, cols) in [(8192usize, 2048usize), (2048, 8192)] {
         let wv: Vec<f32> = (0..rows * cols)
             .map(|_| rng.gen_range(-0.05f32..0.05))

@@ -614,6 +614,8 @@ fn tiled_prompts_across_panels_and_chunks_are_batch_invariant() {
     let types = [
         GgmlType::Q8_0,
         GgmlType::Q5_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,

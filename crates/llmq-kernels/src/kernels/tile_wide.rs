@@ -1,7 +1,7 @@
 //! Tiled GEMM on 16-bit products for prompt processing (AVX-512 F, BW, VNNI): 4 weight
 //! rows × 8 tokens per register tile for the 256-value types whose sub-block scales
-//! multiply integer sums (IQ4_XS, Q4_K, Q5_K, Q6_K; llama.cpp `ggml-common.h` layouts)
-//! against Q8_K activations.
+//! multiply integer sums (IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; llama.cpp
+//! `ggml-common.h` layouts) against Q8_K activations.
 //!
 //! Each weight row is decoded once per call ([`super::tile_wide_decode`]): every value
 //! times its sub-block scale as an i16 (`|s·q| ≤ 8128`), so one `vpdpwssd` (pairs of
@@ -13,13 +13,16 @@
 //! (`dot_kquants_avx2`), whose integer sums are exact too. The float operations per
 //! block are that kernel's (`acc = fma(d·d_a, f32(sumi), acc)` on 8 lanes, Q4_K/Q5_K's
 //! `accm = fma(dmin·d_a, f32(Σ mins·bsums), accm)` on 4 lanes, Q6_K's `−32·Σ sc·bsums`
-//! folded into `sumi` first) and so is the final sum, so a token's result is the same
-//! bits whatever else is in the batch.
+//! and Q3_K's `−4·Σ sc·bsums` folded into `sumi` first, Q2_K's scalar
+//! `accm += dmin·d_a·f32(Σ_16 mins·bsums)`, here 8 tokens a vector) and so is the final
+//! sum, so a token's result is the same bits whatever else is in the batch.
 //!
 //! The activations are packed once per call ([`pack`]): per 8-token group and block,
 //! for each sub-block and token pair the `A` bytes of both tokens then their `B` bytes
 //! (widened to i16 in the kernel), then each pair's `d`
-//! (16 × f32) and raw `bsums`, the `bsums` summed in pairs for 4 tokens and those `d`.
+//! (16 × f32) and raw `bsums`, the `bsums` summed in pairs for 4 tokens and those `d`;
+//! for Q2_K only ([`Extra::Mins16`]) then the `bsums` by pairs of sub-blocks across the 8
+//! tokens and the 8 `d`.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -33,14 +36,30 @@ pub const GROUP: usize = 8;
 /// Weight rows per tile.
 pub const ROWS: usize = 4;
 
-// Packed activations, per block of an 8-token group.
+// Packed activations, per block of an 8-token group: the values and the pairs' `d`,
+// then only what the type's extra terms read (fewer bytes to stream through the caches).
 const QA: usize = 0;
 const D_PAIRS: usize = 8 * 4 * 64;
-const BSUMS: usize = D_PAIRS + 4 * 64;
-const BS_QUADS: usize = BSUMS + 4 * 64;
+const EXTRA: usize = D_PAIRS + 4 * 64;
+// Offset32, Offset4: the pairs' raw `bsums`.
+const BSUMS: usize = EXTRA;
+// Mins: `bsums` summed in pairs for 4 tokens, and those `d`.
+const BS_QUADS: usize = EXTRA;
 const D_QUADS: usize = BS_QUADS + 2 * 64;
-/// Bytes of one block of a packed group.
-const BLOCK: usize = D_QUADS + 2 * 64;
+// Mins16: per pair `g` of sub-blocks, the 8 tokens' `bsums[2g], bsums[2g + 1]`, then
+// the 8 tokens' `d`.
+const BS_TOKENS: usize = EXTRA;
+const D8: usize = BS_TOKENS + 8 * 32;
+
+/// Bytes of one packed block for `extra`.
+const fn block_bytes(extra: Extra) -> usize {
+    match extra {
+        Extra::Plain => EXTRA,
+        Extra::Mins => D_QUADS + 2 * 64,
+        Extra::Offset32 | Extra::Offset4 => BSUMS + 4 * 64,
+        Extra::Mins16 => D8 + 64,
+    }
+}
 
 // Decoded weights, per block of a row.
 /// `d` (f32).
@@ -49,7 +68,7 @@ pub const DEC_D: usize = 512;
 pub const DEC_DMIN: usize = 516;
 /// The 8 mins (i16; Q4_K/Q5_K).
 pub const DEC_MINS: usize = 528;
-/// The 16 scales (i16; Q6_K).
+/// The 16 scales (i16; Q6_K, Q3_K) or the 16 mins (Q2_K).
 pub const DEC_SC16: usize = 544;
 /// Bytes of one decoded block: 8 sub-blocks of `A` (32 B) and `B` (32 B) i16 values,
 /// then the fields above.
@@ -67,6 +86,10 @@ pub enum Extra {
     Mins,
     /// `−32·Σ sc·bsums` in the integer sums (Q6_K).
     Offset32,
+    /// `−4·Σ sc·bsums` in the integer sums (Q3_K).
+    Offset4,
+    /// `− dmin·Σ_16 mins·bsums`, one scalar per token (Q2_K).
+    Mins16,
 }
 
 /// A type's decoder and extra terms.
@@ -76,21 +99,22 @@ pub struct WideType {
     pub extra: Extra,
 }
 
-/// Bytes of one packed 8-token group of `nb` blocks.
-pub fn group_bytes(nb: usize) -> usize {
-    nb * BLOCK
+/// Bytes of one packed 8-token group of `nb` blocks for `extra`.
+pub fn group_bytes(nb: usize, extra: Extra) -> usize {
+    nb * block_bytes(extra)
 }
 
-/// Packs the full 8-token groups of `n` Q8_K rows (`rb` bytes each).
-pub fn pack(acts: &[u8], rb: usize, n: usize) -> Vec<u8> {
+/// Packs the full 8-token groups of `n` Q8_K rows (`rb` bytes each) for `extra`.
+pub fn pack(acts: &[u8], rb: usize, n: usize, extra: Extra) -> Vec<u8> {
     let nb = rb / Q8_K_BYTES;
-    super::tiled::pack_groups(acts, rb, n, GROUP, group_bytes(nb), |a, dst| {
-        pack_group(a, rb, nb, dst)
+    super::tiled::pack_groups(acts, rb, n, GROUP, group_bytes(nb, extra), |a, dst| {
+        pack_group(a, rb, nb, extra, dst)
     })
 }
 
-fn pack_group(acts: &[u8], rb: usize, nb: usize, dst: &mut [u8]) {
-    for (b, blk) in dst.chunks_exact_mut(BLOCK).take(nb).enumerate() {
+fn pack_group(acts: &[u8], rb: usize, nb: usize, extra: Extra, dst: &mut [u8]) {
+    let bb = block_bytes(extra);
+    for (b, blk) in dst.chunks_exact_mut(bb).take(nb).enumerate() {
         for t in 0..GROUP {
             let src = &acts[t * rb + b * Q8_K_BYTES..][..Q8_K_BYTES];
             let (p, half) = (t / 2, t % 2);
@@ -109,18 +133,32 @@ fn pack_group(acts: &[u8], rb: usize, nb: usize, dst: &mut [u8]) {
                 blk[at..at + 4].copy_from_slice(d);
             }
             let bsums = &src[BlockQ8K::BSUMS];
-            let at = BSUMS + p * 64 + 32 * half;
-            blk[at..at + 32].copy_from_slice(bsums);
-            let (q, k) = (t / 4, t % 4);
-            for j in 0..8 {
-                let a = i16::from_le_bytes([bsums[4 * j], bsums[4 * j + 1]]);
-                let b = i16::from_le_bytes([bsums[4 * j + 2], bsums[4 * j + 3]]);
-                let at = BS_QUADS + q * 64 + 16 * k + 2 * j;
-                blk[at..at + 2].copy_from_slice(&a.wrapping_add(b).to_le_bytes());
-            }
-            for l in 0..4 {
-                let at = D_QUADS + q * 64 + 4 * (4 * k + l);
-                blk[at..at + 4].copy_from_slice(d);
+            match extra {
+                Extra::Plain => {}
+                Extra::Offset32 | Extra::Offset4 => {
+                    let at = BSUMS + p * 64 + 32 * half;
+                    blk[at..at + 32].copy_from_slice(bsums);
+                }
+                Extra::Mins => {
+                    let (q, k) = (t / 4, t % 4);
+                    for j in 0..8 {
+                        let a = i16::from_le_bytes([bsums[4 * j], bsums[4 * j + 1]]);
+                        let b = i16::from_le_bytes([bsums[4 * j + 2], bsums[4 * j + 3]]);
+                        let at = BS_QUADS + q * 64 + 16 * k + 2 * j;
+                        blk[at..at + 2].copy_from_slice(&a.wrapping_add(b).to_le_bytes());
+                    }
+                    for l in 0..4 {
+                        let at = D_QUADS + q * 64 + 4 * (4 * k + l);
+                        blk[at..at + 4].copy_from_slice(d);
+                    }
+                }
+                Extra::Mins16 => {
+                    for g in 0..8 {
+                        let at = BS_TOKENS + 32 * g + 4 * t;
+                        blk[at..at + 4].copy_from_slice(&bsums[4 * g..4 * g + 4]);
+                    }
+                    blk[D8 + 4 * t..D8 + 4 * t + 4].copy_from_slice(d);
+                }
             }
         }
     }
@@ -165,7 +203,7 @@ pub unsafe fn tile(
     out: &mut [[f32; GROUP]; ROWS],
 ) {
     assert!((1..=ROWS).contains(&rr) && r0 + rr <= w.rows());
-    assert!(a.len() >= group_bytes(w.nb));
+    assert!(a.len() >= group_bytes(w.nb, extra));
     macro_rules! go {
         ($x:expr) => {
             match rr {
@@ -180,6 +218,8 @@ pub unsafe fn tile(
         Extra::Plain => go!(0),
         Extra::Mins => go!(1),
         Extra::Offset32 => go!(2),
+        Extra::Offset4 => go!(3),
+        Extra::Mins16 => go!(4),
     }
 }
 
@@ -240,17 +280,30 @@ unsafe fn tile_n<const R: usize, const X: u8>(
     let ap = a.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     let mut accm = [[_mm512_setzero_ps(); 2]; R];
+    let mut accm8 = [_mm256_setzero_ps(); R];
+    let bb = block_bytes(match X {
+        0 => Extra::Plain,
+        1 => Extra::Mins,
+        2 => Extra::Offset32,
+        3 => Extra::Offset4,
+        _ => Extra::Mins16,
+    });
     for i in 0..nb {
-        let blk = ap.add(i * BLOCK);
+        let blk = ap.add(i * bb);
         let wb: [*const u8; R] = std::array::from_fn(|r| wp[r].add(i * DEC_BLOCK));
         let mut sumi = [[_mm512_setzero_si512(); 4]; R];
-        if X == 2 {
+        if X == 2 || X == 3 {
             for r in 0..R {
                 let sc = _mm512_broadcast_i64x4(ld(wb[r].add(DEC_SC16)));
                 for p in 0..4 {
                     let bs = _mm512_loadu_si512(blk.add(BSUMS + 64 * p) as *const __m512i);
                     let off = _mm512_madd_epi16(sc, bs);
-                    sumi[r][p] = _mm512_sub_epi32(sumi[r][p], _mm512_slli_epi32::<5>(off));
+                    let off = if X == 2 {
+                        _mm512_slli_epi32::<5>(off)
+                    } else {
+                        _mm512_slli_epi32::<2>(off)
+                    };
+                    sumi[r][p] = _mm512_sub_epi32(sumi[r][p], off);
                 }
             }
         }
@@ -290,14 +343,30 @@ unsafe fn tile_n<const R: usize, const X: u8>(
                 }
             }
         }
+        if X == 4 {
+            let yd = _mm256_loadu_ps(blk.add(D8) as *const f32);
+            for r in 0..R {
+                let mut ms = _mm256_setzero_si256();
+                for g in 0..8 {
+                    let m = (wb[r].add(DEC_SC16 + 4 * g) as *const i32).read_unaligned();
+                    let bs = ld(blk.add(BS_TOKENS + 32 * g));
+                    ms = _mm256_add_epi32(ms, _mm256_madd_epi16(_mm256_set1_epi32(m), bs));
+                }
+                let dmin = _mm256_set1_ps((wb[r].add(DEC_DMIN) as *const f32).read_unaligned());
+                let t = _mm256_mul_ps(_mm256_mul_ps(dmin, yd), _mm256_cvtepi32_ps(ms));
+                accm8[r] = _mm256_add_ps(accm8[r], t);
+            }
+        }
     }
     for r in 0..R {
+        let mut m8 = [0.0f32; GROUP];
+        _mm256_storeu_ps(m8.as_mut_ptr(), accm8[r]);
         for t in 0..GROUP {
             let s = hsum_ps(half(acc[r][t / 2], t % 2));
-            out[r][t] = if X == 1 {
-                s - hsum4(accm[r][t / 4], t % 4)
-            } else {
-                s
+            out[r][t] = match X {
+                1 => s - hsum4(accm[r][t / 4], t % 4),
+                4 => s - m8[t],
+                _ => s,
             };
         }
     }
@@ -310,7 +379,7 @@ mod tests {
     use crate::kernels::tests_dot512::magnitude;
     use crate::kernels::{dot_kquants as kq, dot_kquants_avx2 as k2, tile_wide_decode as dc, Isa};
     use half::f16;
-    use llmq_formats::blocks::{BlockIq4Xs, BlockQ4K, BlockQ5K, BlockQ6K};
+    use llmq_formats::blocks::{BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
     use llmq_formats::GgmlType;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -351,6 +420,22 @@ mod tests {
                         blk[BlockIq4Xs::QS].fill(f);
                         blk[BlockIq4Xs::SCALES_L].fill(f);
                         blk[BlockIq4Xs::SCALES_H].fill(f);
+                    }
+                }
+                GgmlType::Q2K => {
+                    blk[BlockQ2K::D].copy_from_slice(&f16b(d));
+                    blk[BlockQ2K::DMIN].copy_from_slice(&dmin);
+                    if let Some(f) = fill {
+                        blk[BlockQ2K::SCALES].fill(f);
+                        blk[BlockQ2K::QS].fill(f);
+                    }
+                }
+                GgmlType::Q3K => {
+                    blk[BlockQ3K::D].copy_from_slice(&f16b(d));
+                    if let Some(f) = fill {
+                        blk[BlockQ3K::SCALES].fill(f);
+                        blk[BlockQ3K::QS].fill(f);
+                        blk[BlockQ3K::HMASK].fill(f);
                     }
                 }
                 GgmlType::Q4K | GgmlType::Q5K => {
@@ -400,7 +485,7 @@ mod tests {
         if !available() {
             return;
         }
-        let cases: [(GgmlType, WideDecodeFn, Extra, One, One); 4] = [
+        let cases: [(GgmlType, WideDecodeFn, Extra, One, One); 6] = [
             (
                 GgmlType::IQ4XS,
                 dc::decode_iq4_xs,
@@ -429,6 +514,20 @@ mod tests {
                 k2::dot_q6_k,
                 kq::dot_q6_k,
             ),
+            (
+                GgmlType::Q3K,
+                dc::decode_q3_k,
+                Extra::Offset4,
+                k2::dot_q3_k,
+                kq::dot_q3_k,
+            ),
+            (
+                GgmlType::Q2K,
+                dc::decode_q2_k,
+                Extra::Mins16,
+                k2::dot_q2_k,
+                kq::dot_q2_k,
+            ),
         ];
         let mut rng = ChaCha8Rng::seed_from_u64(20);
         for (ty, decode, extra, one, scalar) in cases {
@@ -441,11 +540,12 @@ mod tests {
                 let n = 16;
                 let rb = nb * Q8_K_BYTES;
                 let acts = act_rows(&mut rng, n, nb * 256);
-                let packed = pack(&acts, rb, n);
+                let packed = pack(&acts, rb, n, extra);
                 let mut out = [[0.0f32; GROUP]; ROWS];
                 for (r0, rr) in [(0, 4), (4, 1), (1, 3), (3, 2)] {
                     for g in 0..n / GROUP {
-                        let a = &packed[g * group_bytes(nb)..(g + 1) * group_bytes(nb)];
+                        let gb = group_bytes(nb, extra);
+                        let a = &packed[g * gb..(g + 1) * gb];
                         // SAFETY: checked by `available`.
                         unsafe { tile(&dec, extra, r0, rr, a, &mut out) };
                         for (i, vals) in out.iter().take(rr).enumerate() {

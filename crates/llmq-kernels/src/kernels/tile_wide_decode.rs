@@ -1,17 +1,18 @@
-//! Row decoders for [`super::tile_wide`] (AVX-512 F/BW): IQ4_XS, Q4_K, Q5_K and Q6_K
-//! blocks (llama.cpp `ggml-common.h` layouts) to each value times its sub-block scale as
+//! Row decoders for [`super::tile_wide`] (AVX-512 F/BW): IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K
+//! and Q6_K blocks (llama.cpp `ggml-common.h` layouts) to each value times its sub-block scale as
 //! an i16, in the `A`/`B` order of the tile, plus the block's float scales, mins and
 //! per-16 scales. The integer values are the ones the AVX2 kernels
 //! (`dot_kquants_avx2`) unpack, so the tile's sums are theirs.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
-use super::dot_kquants::scales_iq4_xs;
+use super::dot_kquants::{scales_iq4_xs, scales_q3_k};
 use super::dot_legacy::IQ4NL_VALUES;
 use super::simd::{load128, load256, load_f16, nibbles_32};
 use super::tile_wide::{DEC_BLOCK, DEC_D, DEC_DMIN, DEC_MINS, DEC_SC16};
 use llmq_formats::blocks::{
-    BlockIq4Xs as Iq4Xs, BlockQ4K as Q4K, BlockQ5K as Q5K, BlockQ6K as Q6K,
+    BlockIq4Xs as Iq4Xs, BlockQ2K as Q2K, BlockQ3K as Q3K, BlockQ4K as Q4K, BlockQ5K as Q5K,
+    BlockQ6K as Q6K,
 };
 use std::arch::x86_64::*;
 
@@ -167,6 +168,76 @@ unsafe fn q6_k(w: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Stores sub-block `c`'s unsigned values `u` times its two per-16 scales.
+#[inline(always)]
+unsafe fn store_scaled16(o: *mut u8, c: usize, u: __m256i, s0: i16, s1: i16) {
+    let s = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(_mm256_set1_epi16(s0)),
+        _mm256_set1_epi16(s1),
+    );
+    store_ab(o, c, _mm512_mullo_epi16(_mm512_cvtepu8_epi16(u), s));
+}
+
+/// Q3_K: `u = q + 4 ∈ [0, 8)` (2 bits of `qs`, the `hmask` bit as 4) times the signed
+/// scale; the `−4` goes through the activation sums ([`super::tile_wide::Extra::Offset4`]).
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn q3_k(w: &[u8], out: &mut [u8]) {
+    let nb = blocks(w, out, Q3K::BYTES);
+    let m3 = _mm256_set1_epi8(3);
+    let m4 = _mm256_set1_epi8(4);
+    for i in 0..nb {
+        let xs = &w[i * Q3K::BYTES..(i + 1) * Q3K::BYTES];
+        let x = xs.as_ptr();
+        let o = out.as_mut_ptr().add(i * DEC_BLOCK);
+        let sc = scales_q3_k(&xs[Q3K::SCALES]);
+        let mut hm = load256(x.add(Q3K::HMASK.start));
+        for h in 0..2 {
+            let mut q = load256(x.add(Q3K::QS.start + 32 * h));
+            for j in 0..4 {
+                let hb = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), m4);
+                let u = _mm256_or_si256(_mm256_and_si256(q, m3), hb);
+                q = _mm256_srli_epi16::<2>(q);
+                hm = _mm256_srli_epi16::<1>(hm);
+                let c = 4 * h + j;
+                store_scaled16(o, c, u, sc[2 * c] as i16, sc[2 * c + 1] as i16);
+            }
+        }
+        for (k, &s) in sc.iter().enumerate() {
+            (o.add(DEC_SC16 + 2 * k) as *mut i16).write_unaligned(s as i16);
+        }
+        put_f32(o, DEC_D, load_f16(x.add(Q3K::D.start)));
+    }
+}
+
+/// Q2_K: `q ∈ [0, 4)` times the 4-bit scale; the 16 mins for
+/// [`super::tile_wide::Extra::Mins16`].
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn q2_k(w: &[u8], out: &mut [u8]) {
+    let nb = blocks(w, out, Q2K::BYTES);
+    let m3 = _mm256_set1_epi8(3);
+    for i in 0..nb {
+        let xs = &w[i * Q2K::BYTES..(i + 1) * Q2K::BYTES];
+        let x = xs.as_ptr();
+        let o = out.as_mut_ptr().add(i * DEC_BLOCK);
+        let sc = &xs[Q2K::SCALES];
+        for h in 0..2 {
+            let mut q = load256(x.add(Q2K::QS.start + 32 * h));
+            for j in 0..4 {
+                let u = _mm256_and_si256(q, m3);
+                q = _mm256_srli_epi16::<2>(q);
+                let c = 4 * h + j;
+                let (s0, s1) = (sc[2 * c] & 0x0f, sc[2 * c + 1] & 0x0f);
+                store_scaled16(o, c, u, s0 as i16, s1 as i16);
+            }
+        }
+        for (k, &s) in sc.iter().enumerate() {
+            (o.add(DEC_SC16 + 2 * k) as *mut i16).write_unaligned((s >> 4) as i16);
+        }
+        put_f32(o, DEC_D, load_f16(x.add(Q2K::D.start)));
+        put_f32(o, DEC_DMIN, load_f16(x.add(Q2K::DMIN.start)));
+    }
+}
+
 macro_rules! entry {
     ($name:ident, $($k:tt)+) => {
         /// Decodes one row. Only handed out by the dispatcher when AVX-512 F/BW and
@@ -181,3 +252,5 @@ entry!(decode_iq4_xs, iq4_xs);
 entry!(decode_q4_k, q45_k::<false>);
 entry!(decode_q5_k, q45_k::<true>);
 entry!(decode_q6_k, q6_k);
+entry!(decode_q2_k, q2_k);
+entry!(decode_q3_k, q3_k);

@@ -1,6 +1,6 @@
 //! Prompt processing through the AVX-512 register tiles (8 tokens × a few weight rows,
 //! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_wide`] for
-//! IQ4_XS, Q4_K, Q5_K and Q6_K): the activations are packed once per call, each task takes a chunk of up to
+//! IQ4_XS and Q2_K–Q6_K): the activations are packed once per call, each task takes a chunk of up to
 //! 64 weight rows (fewer where their decoded form would not stay in L2) and walks token
 //! panels (kept in L2) × row tiles × 8-token groups; the tokens past the last full group
 //! go through the 4-row and 1-row kernels.
@@ -43,9 +43,10 @@ pub fn run(
             let nb = rb / act_quant::Q8_0_BYTES;
             (lg::pack(acts, rb, n), lg::group_bytes(nb), lg::ROWS)
         }
-        Tile::Wide(_) => {
+        Tile::Wide(t) => {
             let nb = rb / act_quant::Q8_K_BYTES;
-            (wd::pack(acts, rb, n), wd::group_bytes(nb), wd::ROWS)
+            let x = t.extra;
+            (wd::pack(acts, rb, n, x), wd::group_bytes(nb, x), wd::ROWS)
         }
     };
     let threads = rayon::current_num_threads().max(1);
@@ -87,10 +88,12 @@ pub fn run(
                             Decoded::Wide(d, x) => wd::tile(d, *x, q0 - r0, rr, a, &mut res),
                         }
                     }
-                    for (r, vals) in res.iter().take(rr).enumerate() {
-                        for (i, &v) in vals.iter().enumerate() {
+                    // token by token: the tile's rows are adjacent in `y`
+                    for i in 0..GROUP {
+                        let at = (g * GROUP + i) * rows + q0;
+                        for (r, vals) in res.iter().take(rr).enumerate() {
                             // SAFETY: (token, row) in bounds; the row is this chunk's.
-                            unsafe { out.write((g * GROUP + i) * rows + q0 + r, v) };
+                            unsafe { out.write(at + r, vals[i]) };
                         }
                     }
                 }
