@@ -89,13 +89,16 @@ pub struct QuantizeArgs {
     /// Choose each tensor group's bits by its measured KL increase on calibration
     /// text: gguf, types Q3_K…Q8_0 so the whole file takes at most BPW bits per
     /// weight; exl3 (without -q), trellis K per group so the decoder's Linears average
-    /// at most BPW (1…8). Routed experts share one choice per layer unless
+    /// at most BPW (1…8); gptq and compressed-tensors (without -q), bits per group
+    /// (2/3/4/8, on --group-size and --symmetric) so the decoder's Linears average
+    /// at most BPW code bits. Routed experts share one choice per layer unless
     /// --per-expert-bits
     #[arg(long, value_name = "BPW")]
     pub target_bpw: Option<f64>,
     /// With --target-bpw on MoE: write each routed expert's own measured choice. exl3
-    /// only (our engine runs it; exllamav3 needs one K per projection and does not
-    /// load it); gguf refuses it (llama.cpp stacks the experts in one tensor)
+    /// (our engine runs it; exllamav3 needs one K per projection and does not load
+    /// it), gptq and compressed-tensors (per-module bits; fused-MoE kernels want one
+    /// width per layer); gguf refuses it (llama.cpp stacks the experts in one tensor)
     #[arg(long, requires = "target_bpw")]
     pub per_expert_bits: bool,
     /// With --target-bpw: the seeds' presets of the measured allocator. dense and auto:

@@ -187,7 +187,25 @@ fn exl3_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
 /// gptq, awq, compressed-tensors: the level gives bits (and symmetry); the grid
 /// flags complete it.
 fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
-    let level = level_of(a)?.trim().to_string();
+    // gptq and integer compressed-tensors: --target-bpw gives the bits instead of -q
+    let measured = matches!(
+        a.output_format,
+        OutputFormat::Gptq | OutputFormat::CompressedTensors
+    ) && a.target_bpw.is_some();
+    let level = match (&a.quant_level, measured) {
+        (Some(_), true) => {
+            return Err(PipelineError::invalid(
+                format!(
+                    "{} takes -q LEVEL or --target-bpw BPW, not both",
+                    format_name(a.output_format)
+                ),
+                "Give --target-bpw alone for the measured allocation (--group-size and --symmetric set the grid)",
+            ))
+        }
+        (None, true) if a.output_format == OutputFormat::Gptq => "4bit".to_string(),
+        (None, true) => "W4A16".to_string(),
+        _ => level_of(a)?.trim().to_string(),
+    };
     let bad_level = |fmt: &str, allowed: &str| {
         PipelineError::invalid(
             format!("unknown {fmt} quantization level `{level}`"),
@@ -277,6 +295,23 @@ fn hf_target(a: &QuantizeArgs) -> Result<Target, PipelineError> {
         }
     };
     let method = a.method.unwrap_or(default_method);
+    // measured: the widest width within the target is the base (modules the
+    // allocation does not list); the level names the target
+    let (bits, level_name) = match a.target_bpw.filter(|_| measured) {
+        Some(t) => (
+            llmq_pipeline::target_bpw::int::widths(match format {
+                Format::Hf(l) => l,
+                _ => Layout::CompressedTensors,
+            })
+            .iter()
+            .copied()
+            .filter(|&b| b as f64 <= t)
+            .max()
+            .unwrap_or(2),
+            format!("{t}bpw"),
+        ),
+        None => (bits, level_name),
+    };
     let grid = IntGrid {
         bits,
         group_size,

@@ -152,9 +152,9 @@ fn refuses_targets_it_cannot_meet_and_other_formats() {
     let r = run(&["gguf", "--target-bpw", "2.0"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stdout.contains("smallest file"), "{}", r.stdout);
-    let r = run(&["gptq", "-q", "4bit", "--target-bpw", "4.5"]);
+    let r = run(&["awq", "-q", "4bit", "--target-bpw", "4.5"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stdout.contains("gguf"), "{}", r.stdout);
+    assert!(r.stdout.contains("gguf, exl3, gptq"), "{}", r.stdout);
     let r = run(&["gptq"]);
     assert_eq!(r.code, 2, "-q is required without --target-bpw");
     // measurements that do not belong to this model

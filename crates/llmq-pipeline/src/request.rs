@@ -196,16 +196,41 @@ impl QuantizeRequest {
             return Ok(());
         }
         if let Some(t) = &self.target_bpw {
-            if self.format != OutputFormat::Exl3 {
+            let int_layout = matches!(
+                self.format,
+                OutputFormat::Hf(Layout::Gptq(_) | Layout::CompressedTensors)
+            ) && self.grid.is_some();
+            if self.format != OutputFormat::Exl3 && !int_layout {
                 return inv(
                     format!(
-                        "--target-bpw is implemented for gguf and exl3 output, not {}",
-                        self.format.name()
+                        "--target-bpw is implemented for gguf, exl3, gptq and integer compressed-tensors output, not {} at {}",
+                        self.format.name(),
+                        self.level
                     ),
-                    "Use `quantize MODEL gguf --target-bpw X` or `quantize MODEL exl3 --target-bpw X`",
+                    "Use `quantize MODEL gguf|exl3|gptq|compressed-tensors --target-bpw X`",
                 );
             }
-            if !(t.bpw.is_finite() && (1.0..=8.0).contains(&t.bpw)) || t.windows == 0 {
+            if int_layout {
+                if !matches!(self.method, Method::Gptq | Method::Rtn) {
+                    return inv(
+                        format!(
+                            "--target-bpw for {} takes --method gptq or rtn, not {}",
+                            self.format.name(),
+                            self.method.name()
+                        ),
+                        "Use --method gptq (the default)",
+                    );
+                }
+                if !t.bpw.is_finite() || t.windows == 0 {
+                    return inv(
+                        format!(
+                            "--target-bpw {} with {} measurement windows is not valid",
+                            t.bpw, t.windows
+                        ),
+                        "e.g. --target-bpw 3.5 --measure-windows 16",
+                    );
+                }
+            } else if !(t.bpw.is_finite() && (1.0..=8.0).contains(&t.bpw)) || t.windows == 0 {
                 return inv(
                     format!(
                         "--target-bpw {} with {} measurement windows is not valid for exl3",

@@ -109,6 +109,8 @@ pub(crate) fn quantize_blocks(
     // EXL3: exllamav3's per-tensor K for the level's bpw, and the head at its own K
     let (alloc, head, allocation) = if exl3 {
         exl3_allocation(req, &tensors, &dir, &name, progress)?
+    } else if req.target_bpw.is_some() {
+        int_allocation(req, &tensors, &dir, &name, progress)?
     } else {
         (alloc, None, None)
     };
@@ -368,20 +370,7 @@ fn exl3_allocation(
     name: &str,
     progress: &dyn Progress,
 ) -> Result<(Allocation, Option<String>, Option<AllocationReport>)> {
-    let mut targets = Vec::new();
-    for spec in tensors.specs.values() {
-        if spec.layer.is_none() || spec.role == TensorRole::FfnGateInp {
-            continue;
-        }
-        for (name, shape) in spec.sources.iter().zip(&spec.source_shapes) {
-            if shape.len() == 2 && name.ends_with(".weight") {
-                targets.push(TrellisTarget {
-                    name: name.clone(),
-                    numel: shape.iter().product::<usize>() as u64,
-                });
-            }
-        }
-    }
+    let mut targets = linear_targets(tensors);
     let (mut alloc, report) = match &req.target_bpw {
         None => (
             Allocation::trellis_for_bpw(req.trellis_bpw()?, &targets)?.0,
@@ -389,7 +378,7 @@ fn exl3_allocation(
         ),
         Some(t) => {
             targets.sort_by(|a, b| a.name.cmp(&b.name));
-            let inputs = crate::target_bpw::trellis::Exl3Inputs {
+            let inputs = crate::target_bpw::linears::LinearInputs {
                 model_dir: dir,
                 name,
                 specs: &tensors.specs,
@@ -426,4 +415,64 @@ fn exl3_allocation(
         );
     }
     Ok((alloc, head, report))
+}
+
+/// The Linears of the blocks a measured allocation covers (routers apart), by name.
+fn linear_targets(tensors: &Tensors) -> Vec<TrellisTarget> {
+    let mut targets = Vec::new();
+    for spec in tensors.specs.values() {
+        if spec.layer.is_none() || spec.role == TensorRole::FfnGateInp {
+            continue;
+        }
+        for (name, shape) in spec.sources.iter().zip(&spec.source_shapes) {
+            if shape.len() == 2 && name.ends_with(".weight") {
+                targets.push(TrellisTarget {
+                    name: name.clone(),
+                    numel: shape.iter().product::<usize>() as u64,
+                });
+            }
+        }
+    }
+    targets
+}
+
+/// GPTQ / compressed-tensors with `--target-bpw`: the measured width of every Linear
+/// ([`crate::target_bpw::int`]) on the request's group size, symmetry and act-order.
+fn int_allocation(
+    req: &QuantizeRequest,
+    tensors: &Tensors,
+    dir: &Path,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<(Allocation, Option<String>, Option<AllocationReport>)> {
+    let (Some(t), crate::request::OutputFormat::Hf(layout)) = (&req.target_bpw, req.format) else {
+        return Err(PipelineError::general(
+            "no integer layout to allocate",
+            "Report this as a bug",
+        ));
+    };
+    let base = req.int_grid()?;
+    let mut targets = linear_targets(tensors);
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    let inputs = crate::target_bpw::linears::LinearInputs {
+        model_dir: dir,
+        name,
+        specs: &tensors.specs,
+        targets: &targets,
+    };
+    let (bits, r) = crate::target_bpw::int::allocate_int(
+        t.bpw,
+        layout,
+        base,
+        t.measurements.as_deref(),
+        t.per_expert,
+        &inputs,
+        &crate::request::CalibrationRequest {
+            samples: t.windows,
+            ..req.calibration.clone()
+        },
+        progress,
+    )?;
+    let alloc = crate::target_bpw::int::allocation(req.method, base, &bits);
+    Ok((alloc, None, Some(r)))
 }

@@ -9,7 +9,7 @@
 use super::formats::{grid_of, int_writer};
 use super::{hf_err, module_of, QModule, Tensors};
 use crate::error::{PipelineError, Result};
-use crate::request::QuantizeRequest;
+use crate::request::{IntGrid, QuantizeRequest};
 use crate::source;
 use half::bf16;
 use llmq_formats::safetensors::StDtype;
@@ -63,16 +63,20 @@ pub(super) fn write_rest(
         .map_err(hf_err)?;
     let mut any_g_idx = false;
     let mut spills = BTreeSet::new();
+    // every module's width (`--target-bpw` mixes them)
+    let mut bits: BTreeMap<String, u8> = BTreeMap::new();
     for (hf, m) in modules {
         if let QModule::Packed(p) = m {
             // packed as its block finished (super::write_stream)
             any_g_idx |= !p.like.has_default_g_idx();
+            bits.insert(module_of(hf).to_string(), p.like.bits);
             p.add_to(&mut w)?;
             spills.insert(p.file().to_path_buf());
             continue;
         }
         let q = m.int()?;
         any_g_idx |= !q.has_default_g_idx();
+        bits.insert(module_of(hf).to_string(), q.bits);
         let writer = int_writer(req, grid_of(q))?;
         w.add_all(writer.pack(module_of(hf), q).map_err(hf_err)?)
             .map_err(hf_err)?;
@@ -82,11 +86,32 @@ pub(super) fn write_rest(
     for f in &spills {
         super::write_stream::remove_spill(f)?;
     }
-    // the checkpoint-wide config states the requested grid
-    let writer = int_writer(req, req.int_grid()?)?;
-    let qc = writer.quantization_config(ignored, any_g_idx);
+    // the checkpoint-wide config states the requested grid, or with modules of
+    // several widths the most common one and each module's own
+    let grid = req.int_grid()?;
+    let qc = match mixed_base(&bits) {
+        None => int_writer(req, grid)?.quantization_config(ignored, any_g_idx),
+        Some(base) => int_writer(req, IntGrid { bits: base, ..grid })?
+            .quantization_config_mixed(ignored, any_g_idx, &bits)
+            .map_err(|e| PipelineError::unsupported(e, "Use one -q level for this format"))?,
+    };
+    let writer = int_writer(req, grid)?;
     llmq_hfquant::writer::copy_model_files(src_dir, tmp_dir, &qc).map_err(hf_err)?;
     writer.extra_files(tmp_dir, &qc).map_err(hf_err)
+}
+
+/// With modules of several widths, the most common one (the narrowest of equals);
+/// `None` when they share one.
+fn mixed_base(bits: &BTreeMap<String, u8>) -> Option<u8> {
+    let mut count: BTreeMap<u8, usize> = BTreeMap::new();
+    for &b in bits.values() {
+        *count.entry(b).or_default() += 1;
+    }
+    if count.len() < 2 {
+        return None;
+    }
+    let most = count.values().copied().max()?;
+    count.into_iter().find(|&(_, n)| n == most).map(|(b, _)| b)
 }
 
 /// Every source tensor that is not a quantized module, as stored (or its `overrides`

@@ -5,6 +5,13 @@
 //! of the three stacked `ffn_*_exps` tensors). Only tensors the base level quantizes
 //! are grouped; the rest (norms, routers) keep the level's type.
 //!
+//! [`Granularity::Fine`] (EXL3, GPTQ, compressed-tensors, which store one choice per
+//! Linear) splits each block's groups as exllamav3's own rule does: the attention
+//! into `blk.N.attn_qkv` (every input projection, MLA's included) and
+//! `blk.N.attn_output`, the dense MLP into `blk.N.mlp_gate_up` and `blk.N.mlp_down`,
+//! the shared experts into `blk.N.shared_experts_gate_up` and
+//! `blk.N.shared_experts_down`. GGUF keeps [`Granularity::Block`].
+//!
 //! GGUF stores one type per stacked expert tensor (llama.cpp reads `ffn_*_exps` as
 //! one ggml tensor), so the written allocation merges a block's experts into one
 //! group `blk.N.experts` whose loss is the sum of its experts' measured losses.
@@ -38,9 +45,24 @@ fn split_block(name: &str) -> Option<(usize, &str)> {
     Some((n.parse().ok()?, tail))
 }
 
+/// How finely a block's dense tensors are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// one group for the attention, one for the MLP, one for the shared experts
+    Block,
+    /// attention input projections / output, gate+up / down (MLP and shared experts)
+    Fine,
+}
+
 /// Measured groups (in a fixed order: embeddings, blocks in order, head) and the
-/// labels of the written groups they merge into.
+/// labels of the written groups they merge into, per block ([`Granularity::Block`]).
 pub fn groups(jobs: &[TensorJob]) -> (Vec<Group>, Vec<String>) {
+    groups_with(jobs, Granularity::Block)
+}
+
+/// [`groups`] at a given granularity.
+pub fn groups_with(jobs: &[TensorJob], granularity: Granularity) -> (Vec<Group>, Vec<String>) {
+    let fine = granularity == Granularity::Fine;
     let mut out: Vec<Group> = Vec::new();
     let mut written: Vec<String> = Vec::new();
     let mut add = |label: String, layer: Option<usize>, m: Member, w_label: String| {
@@ -87,7 +109,12 @@ pub fn groups(jobs: &[TensorJob]) -> (Vec<Group>, Vec<String>) {
             add(label.clone(), None, whole, label);
             continue;
         };
-        let kind = if rest.starts_with("attn") {
+        let down = rest.starts_with("ffn_down");
+        let kind = if rest.starts_with("attn_output") && fine {
+            "attn_output"
+        } else if rest.starts_with("attn") && fine {
+            "attn_qkv"
+        } else if rest.starts_with("attn") {
             "attn"
         } else if rest.contains("_exps") && job.shape_ne.len() == 3 {
             let n_expert = job.shape_ne[2] as usize;
@@ -104,8 +131,20 @@ pub fn groups(jobs: &[TensorJob]) -> (Vec<Group>, Vec<String>) {
                 );
             }
             continue;
+        } else if rest.contains("_shexp") && fine {
+            if down {
+                "shared_experts_down"
+            } else {
+                "shared_experts_gate_up"
+            }
         } else if rest.contains("_shexp") {
             "shared_experts"
+        } else if rest.starts_with("ffn") && fine {
+            if down {
+                "mlp_down"
+            } else {
+                "mlp_gate_up"
+            }
         } else if rest.starts_with("ffn") {
             "mlp"
         } else {
@@ -171,5 +210,40 @@ mod tests {
         assert_eq!(g[2].written, g[5].written);
         assert_eq!(written[g[2].written], "blk.0.experts");
         assert_eq!(written.len(), 6);
+        // fine: q and v together, the shared experts' down apart, the MLP's down apart
+        let jobs2 = [
+            jobs.clone(),
+            vec![
+                job("blk.0.attn_output.weight", &[256, 256], GgmlType::Q4K),
+                job("blk.0.ffn_gate_shexp.weight", &[256, 64], GgmlType::Q4K),
+                job("blk.1.ffn_up.weight", &[256, 768], GgmlType::Q4K),
+                job("blk.1.ffn_gate.weight", &[256, 768], GgmlType::Q4K),
+            ],
+        ]
+        .concat();
+        let (g, written) = groups_with(&jobs2, Granularity::Fine);
+        let labels: Vec<&str> = g.iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "embeddings",
+                "blk.0.attn_qkv",
+                "blk.0.expert.0",
+                "blk.0.expert.1",
+                "blk.0.expert.2",
+                "blk.0.expert.3",
+                "blk.0.shared_experts_down",
+                "blk.0.attn_output",
+                "blk.0.shared_experts_gate_up",
+                "blk.1.mlp_down",
+                "blk.1.mlp_gate_up",
+                "head"
+            ]
+        );
+        assert_eq!(g[1].members.len(), 2, "attn_q and attn_v");
+        assert_eq!(g[10].members.len(), 2, "ffn_up and ffn_gate");
+        assert_eq!(written.len(), 9);
+        // the block grouping of the same jobs is unchanged
+        assert_eq!(groups(&jobs2).0.len(), 9);
     }
 }

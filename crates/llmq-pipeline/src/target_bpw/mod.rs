@@ -18,9 +18,14 @@
 //! per projection merged); the per-expert choice the same budget would give where
 //! per-expert types can be stored (our engine) is reported beside it. Tensors the
 //! base level (`-q`, default Q4_K_M) keeps unquantized stay so.
+//!
+//! Outputs that store one choice per Linear (EXL3, GPTQ, compressed-tensors) go
+//! through [`linears`] instead, on finer groups: [`trellis`], [`int`].
 
 pub mod chooser;
 pub mod groups;
+pub mod int;
+pub mod linears;
 pub mod measure;
 mod reuse;
 pub mod rounding;
@@ -63,7 +68,8 @@ pub struct GroupChoice {
 pub enum SizeUnit {
     /// bytes of the whole GGUF file
     FileBytes,
-    /// bits of the decoder's Linears (EXL3: `Σ numel·K`, the head apart)
+    /// bits of the codes of the decoder's Linears (EXL3: `Σ numel·K`, GPTQ and
+    /// compressed-tensors: `Σ numel·bits`; the head apart)
     DecoderBits,
 }
 

@@ -1,7 +1,10 @@
 //! The candidates the measured allocator rounds a group to, and the rounding of one
 //! tensor to a candidate other than a GGML type: a trellis code at K bits (QTIP,
 //! Tseng et al., arXiv 2406.11235, through `llmq_trellis::quantize::quantize_linear`
-//! with exllamav3's settings), decoded back to f32.
+//! with exllamav3's settings), decoded back to f32, or an integer grid (GPTQ /
+//! compressed-tensors output: round-to-nearest on the min-max group grid,
+//! `llmq_hfquant::rtn`, without the Hessian the written GPTQ uses, as the trellis
+//! measure leaves out LDLQ), dequantized.
 //!
 //! The measurement codes a tensor **without a Hessian** (`H = I`: random signs and
 //! 128-Hadamards on both sides and the tail-biting Viterbi, but no LDLQ), so it
@@ -12,6 +15,7 @@
 //! the same statistics.
 
 use crate::error::{PipelineError, Result};
+use crate::request::IntGrid;
 use crate::run::TensorJob;
 use llmq_formats::GgmlType;
 use llmq_trellis::decode::reconstruct;
@@ -26,6 +30,8 @@ pub enum Candidate {
     Ggml(GgmlType),
     /// a trellis code of K bits per weight (EXL3 output)
     Trellis(u32),
+    /// an integer grid (GPTQ, compressed-tensors output)
+    Int(IntGrid),
 }
 
 impl Candidate {
@@ -34,6 +40,16 @@ impl Candidate {
         match self {
             Candidate::Ggml(t) => t.name().to_string(),
             Candidate::Trellis(k) => format!("K{k}"),
+            Candidate::Int(g) => format!("{}bit", g.bits),
+        }
+    }
+
+    /// The bits per weight of its codes (`None`: a GGML type, sized by its blocks).
+    pub fn code_bits(self) -> Option<u32> {
+        match self {
+            Candidate::Ggml(_) => None,
+            Candidate::Trellis(k) => Some(k),
+            Candidate::Int(g) => Some(g.bits as u32),
         }
     }
 }
@@ -51,11 +67,28 @@ fn seed_of(name: &str, expert: usize) -> u64 {
 pub fn round(job: &TensorJob, cand: Candidate, orig: &[f32]) -> Result<Vec<f32>> {
     match cand {
         Candidate::Trellis(k) => trellis_round(job, k, orig),
+        Candidate::Int(g) => int_round(job, g, orig),
         Candidate::Ggml(_) => Err(PipelineError::general(
             "GGML candidates are rounded by the measure stage",
             "Report this as a bug",
         )),
     }
+}
+
+/// Round-to-nearest on `grid` of every row of the job (an expert's rows are rows like
+/// any other: groups run along a row), dequantized.
+fn int_round(job: &TensorJob, grid: IntGrid, orig: &[f32]) -> Result<Vec<f32>> {
+    let cols = job.row_len();
+    let rows = orig.len() / cols.max(1);
+    let cfg = llmq_hfquant::rtn::RtnConfig {
+        bits: grid.bits,
+        group_size: grid.group_size,
+        symmetric: grid.symmetric,
+    };
+    let q = llmq_hfquant::rtn::quantize_rtn(orig, rows, cols, &cfg).map_err(|e| {
+        PipelineError::general(format!("tensor {}: {e}", job.name), "Report this as a bug")
+    })?;
+    Ok(q.dequantize())
 }
 
 /// Trellis code at K of every `rows × cols` matrix of the job (one per expert).
@@ -125,5 +158,42 @@ mod tests {
         assert!(e3 < e2 * 0.5 && e4 < e3 * 0.5, "{e2} {e3} {e4}");
         assert_eq!(Candidate::Trellis(3).name(), "K3");
         assert_eq!(Candidate::Ggml(GgmlType::Q4K).name(), "Q4_K");
+    }
+
+    /// The integer candidate is the RTN grid's own dequantization, and its error falls
+    /// with the bits.
+    #[test]
+    fn int_rounding_is_the_rtn_grid() {
+        let job = TensorJob {
+            name: "blk.0.ffn_up_exps.weight".into(),
+            shape_ne: vec![256, 8, 2],
+            ty: GgmlType::F32,
+            unit: 0,
+        };
+        let w: Vec<f32> = (0..256 * 16)
+            .map(|i| ((i as f32 * 0.618).fract() - 0.5) * (1.0 + (i % 5) as f32))
+            .collect();
+        let grid = |bits| IntGrid {
+            bits,
+            group_size: Some(128),
+            symmetric: true,
+            act_order: false,
+        };
+        let cfg = llmq_hfquant::rtn::RtnConfig {
+            bits: 4,
+            group_size: Some(128),
+            symmetric: true,
+        };
+        let want = llmq_hfquant::rtn::quantize_rtn(&w, 16, 256, &cfg)
+            .unwrap()
+            .dequantize();
+        assert_eq!(round(&job, Candidate::Int(grid(4)), &w).unwrap(), want);
+        let err = |b| {
+            let r = round(&job, Candidate::Int(grid(b)), &w).unwrap();
+            w.iter().zip(&r).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+        };
+        assert!(err(2) > err(3) && err(3) > err(4) && err(4) > err(8));
+        assert_eq!(Candidate::Int(grid(3)).name(), "3bit");
+        assert_eq!(Candidate::Int(grid(3)).code_bits(), Some(3));
     }
 }

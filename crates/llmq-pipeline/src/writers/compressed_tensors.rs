@@ -1,10 +1,14 @@
 //! compressed-tensors `pack-quantized` layout (`weight_packed`/`weight_scale`, optional
 //! `weight_zero_point` and `weight_g_idx`); `lm_head` is always listed as ignored.
+//! Modules of several widths: one config group per width, `group_0` the narrowest,
+//! each listing its modules by full name in `targets` (no `Linear` group, so no
+//! module matches two groups).
 
 use super::{fetch, IntWriter, LayoutSpec};
 use llmq_hfquant::compressed_tensors::{self as ct, CtStrategy, CtWeightScheme};
 use llmq_hfquant::{HfTensor, IntQuantized};
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 pub(super) struct CtWriter {
     pub(super) spec: LayoutSpec,
@@ -63,5 +67,33 @@ impl IntWriter for CtWriter {
         let mut ig = vec!["lm_head".to_string()];
         ig.extend(ignored.iter().cloned());
         ct::quantization_config(&self.scheme(), &ig, any_g_idx)
+    }
+
+    fn quantization_config_mixed(
+        &self,
+        ignored: &[String],
+        any_g_idx: bool,
+        bits: &BTreeMap<String, u8>,
+    ) -> Result<Value, String> {
+        let mut v = self.quantization_config(ignored, any_g_idx);
+        let base = v["config_groups"]["group_0"].clone();
+        let mut by_bits: BTreeMap<u8, Vec<&str>> = BTreeMap::new();
+        for (m, &b) in bits {
+            by_bits.entry(b).or_default().push(m);
+        }
+        let actorder = any_g_idx.then_some("group");
+        let mut groups = serde_json::Map::new();
+        for (i, (b, modules)) in by_bits.into_iter().enumerate() {
+            let scheme = CtWeightScheme {
+                num_bits: b,
+                ..self.scheme()
+            };
+            let mut g = base.clone();
+            g["targets"] = json!(modules);
+            g["weights"] = scheme.weights_json(actorder);
+            groups.insert(format!("group_{i}"), g);
+        }
+        v["config_groups"] = Value::Object(groups);
+        Ok(v)
     }
 }

@@ -1,10 +1,13 @@
 //! GPTQ layout (GPTQModel `qweight`/`qzeros`/`scales`/`g_idx`, v1 or v2 zero points),
-//! with `quantize_config.json` beside config.json.
+//! with `quantize_config.json` beside config.json. Modules of other widths than the
+//! config's `bits` are GPTQModel `dynamic` overrides (`"+:^name$": {"bits": b}`, the
+//! form GPTQModel and vLLM match with `re.match` against module names).
 
 use super::{IntWriter, LayoutSpec};
 use llmq_hfquant::gptq::{self, GptqFormat};
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub(super) struct GptqWriter {
@@ -52,6 +55,30 @@ impl IntWriter for GptqWriter {
             v["meta"]["calibration_method"] = json!(m);
         }
         v
+    }
+
+    fn quantization_config_mixed(
+        &self,
+        ignored: &[String],
+        any_g_idx: bool,
+        bits: &BTreeMap<String, u8>,
+    ) -> Result<Value, String> {
+        let mut v = self.quantization_config(ignored, any_g_idx);
+        if v.get("dynamic").is_none() {
+            v["dynamic"] = json!({});
+        }
+        let dynamic = v["dynamic"]
+            .as_object_mut()
+            .ok_or("dynamic is not an object")?;
+        for (m, &b) in bits {
+            if b != self.spec.bits {
+                dynamic.insert(
+                    format!("+:^{}$", m.replace('.', "\\.")),
+                    json!({ "bits": b }),
+                );
+            }
+        }
+        Ok(v)
     }
 
     fn extra_files(&self, dir: &Path, qc: &Value) -> llmq_hfquant::Result<()> {

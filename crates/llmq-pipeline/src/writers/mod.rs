@@ -10,6 +10,7 @@ mod gptq;
 use llmq_hfquant::gptq::GptqFormat;
 use llmq_hfquant::{HfTensor, IntQuantized};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A Hugging Face quantized layout.
@@ -65,6 +66,17 @@ pub trait IntWriter {
     /// config.json's `quantization_config`; `ignored` modules stay in full precision,
     /// `any_g_idx` tells whether a module has an act-order permutation.
     fn quantization_config(&self, ignored: &[String], any_g_idx: bool) -> Value;
+    /// [`Self::quantization_config`] for modules of several bit widths: `bits` maps
+    /// every quantized module (`model.layers.0.mlp.down_proj`) to its width; the
+    /// writer's own grid gives the rest (group size, symmetry, and the base width).
+    fn quantization_config_mixed(
+        &self,
+        _ignored: &[String],
+        _any_g_idx: bool,
+        _bits: &BTreeMap<String, u8>,
+    ) -> Result<Value, String> {
+        Err("this layout stores one bit width for every module".into())
+    }
     /// Files the layout wants beside config.json.
     fn extra_files(&self, _dir: &Path, _qc: &Value) -> llmq_hfquant::Result<()> {
         Ok(())
