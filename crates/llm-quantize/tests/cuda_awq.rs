@@ -10,7 +10,8 @@
 //! `search_clip`.
 
 use llmq_calib::awq::{self as awq_algo, AwqLayer};
-use llmq_engine::backend::cuda;
+mod cuda_host;
+use cuda_host::{compile_cpp, kernel_source, lcg, run};
 use std::path::{Path, PathBuf};
 
 const PRELUDE: &str = r#"
@@ -136,71 +137,18 @@ int main(int argc, char** argv) {
 /// The AWQ kernels and the test driver compiled for the host in `dir`; `None` where
 /// there is no C++ compiler outside CI.
 fn host_awq(dir: &Path) -> Option<PathBuf> {
-    if std::process::Command::new("c++")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI needs a C++ compiler (c++)"
-        );
-        eprintln!("skipped: no C++ compiler");
-        return None;
-    }
-    let src = |name: &str| {
-        cuda::SOURCES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .unwrap_or_else(|| panic!("{name}"))
-            .1
-    };
-    let kernels = src("calib_awq.cu").replace("extern __shared__", "extern");
-    let cpp = dir.join("awq.cpp");
-    let exe = dir.join("awq");
-    std::fs::write(
-        &cpp,
-        format!(
-            "{PRELUDE}{}\n{}\n{kernels}\n{MAIN}",
-            src("calib.cuh"),
-            src("calib_awq.cuh")
-        ),
-    )
-    .unwrap();
-    let cc = std::process::Command::new("c++")
-        .args(["-O2", "-std=c++17", "-ffp-contract=off", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
+    let kernels = kernel_source("calib_awq.cu").replace("extern __shared__", "extern");
+    let source = format!(
+        "{PRELUDE}{}\n{}\n{kernels}\n{MAIN}",
+        kernel_source("calib.cuh"),
+        kernel_source("calib_awq.cuh")
     );
-    Some(exe)
-}
-
-/// Run the host driver: `mode`, the input bytes and the extra arguments; the output.
-fn run(exe: &Path, dir: &Path, mode: &str, input: &[u8], args: &[String]) -> Vec<u8> {
-    let (i, o) = (dir.join("in.bin"), dir.join("out.bin"));
-    std::fs::write(&i, input).unwrap();
-    let st = std::process::Command::new(exe)
-        .arg(mode)
-        .arg(&i)
-        .arg(&o)
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{mode}: exit {st}");
-    std::fs::read(&o).unwrap()
-}
-
-fn lcg(s: &mut u64) -> f32 {
-    *s = s
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (*s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    compile_cpp(
+        dir,
+        "awq",
+        &source,
+        &["-O2", "-std=c++17", "-ffp-contract=off"],
+    )
 }
 
 /// Roughly normal (sum of four uniforms).

@@ -8,7 +8,9 @@
 //! cuda` without a driver is a clear error with the device exit code.
 
 mod common;
+mod cuda_host;
 use common::*;
+use cuda_host::{compile_cpp, kernel_source, lcg, run};
 use half::f16;
 use llmq_engine::backend::cuda;
 use std::path::{Path, PathBuf};
@@ -140,60 +142,13 @@ int main(int argc, char** argv) {
 /// `kernels/calib.cuh` and the test driver compiled for the host in `dir`; `None`
 /// where there is no C++ compiler outside CI.
 fn host_calib(dir: &Path) -> Option<PathBuf> {
-    if std::process::Command::new("c++")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI needs a C++ compiler (c++)"
-        );
-        eprintln!("skipped: no C++ compiler");
-        return None;
-    }
-    let src = cuda::SOURCES
-        .iter()
-        .find(|(n, _)| *n == "calib.cuh")
-        .unwrap()
-        .1;
-    let cpp = dir.join("calib.cpp");
-    let exe = dir.join("calib");
-    std::fs::write(&cpp, format!("{PRELUDE}{src}{MAIN}")).unwrap();
-    let cc = std::process::Command::new("c++")
-        .args(["-O1", "-std=c++17", "-ffp-contract=off", "-o"])
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    Some(exe)
-}
-
-/// Run the host driver: `mode`, the input bytes and the extra arguments; the output.
-fn run(exe: &Path, dir: &Path, mode: &str, input: &[u8], args: &[String]) -> Vec<u8> {
-    let (i, o) = (dir.join("in.bin"), dir.join("out.bin"));
-    std::fs::write(&i, input).unwrap();
-    let st = std::process::Command::new(exe)
-        .arg(mode)
-        .arg(&i)
-        .arg(&o)
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{mode}: exit {st}");
-    std::fs::read(&o).unwrap()
-}
-
-fn lcg(s: &mut u64) -> f32 {
-    *s = s
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (*s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    let src = kernel_source("calib.cuh");
+    compile_cpp(
+        dir,
+        "calib",
+        &format!("{PRELUDE}{src}{MAIN}"),
+        &["-O1", "-std=c++17", "-ffp-contract=off"],
+    )
 }
 
 fn u16s(b: &[u8]) -> Vec<u16> {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use llmq_engine::backend::cuda;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The host shims that let `kernels/dequant.cuh` compile as plain C++.
 pub const HOST_PRELUDE: &str = r#"
@@ -30,12 +30,23 @@ static float __uint_as_float(u32 x) { float f; memcpy(&f, &x, 4); return f; }
 /// Kernel source `text` made plain C++ (device qualifiers dropped) and compiled for the
 /// host in `dir` with `prelude` before it and `main` after it; `None` where there is no
 /// C++ compiler outside CI.
-pub fn compile_for_host(
-    dir: &std::path::Path,
-    text: &str,
-    prelude: &str,
-    main: &str,
-) -> Option<PathBuf> {
+pub fn compile_for_host(dir: &Path, text: &str, prelude: &str, main: &str) -> Option<PathBuf> {
+    let src = text
+        .replace("static __device__ __forceinline__", "static inline")
+        .replace("__device__ __forceinline__", "inline")
+        .replace("__constant__", "")
+        .replace("#pragma unroll", "");
+    compile_cpp(
+        dir,
+        "kernels",
+        &format!("{prelude}{src}{main}"),
+        &["-O1", "-std=c++17"],
+    )
+}
+
+/// C++ `source` (already plain host code) compiled in `dir` as `name` with `flags`;
+/// `None` where there is no C++ compiler outside CI.
+pub fn compile_cpp(dir: &Path, name: &str, source: &str, flags: &[&str]) -> Option<PathBuf> {
     if std::process::Command::new("c++")
         .arg("--version")
         .output()
@@ -48,16 +59,12 @@ pub fn compile_for_host(
         eprintln!("skipped: no C++ compiler");
         return None;
     }
-    let src = text
-        .replace("static __device__ __forceinline__", "static inline")
-        .replace("__device__ __forceinline__", "inline")
-        .replace("__constant__", "")
-        .replace("#pragma unroll", "");
-    let cpp = dir.join("kernels.cpp");
-    let exe = dir.join("kernels");
-    std::fs::write(&cpp, format!("{prelude}{src}{main}")).unwrap();
+    let cpp = dir.join(format!("{name}.cpp"));
+    let exe = dir.join(name);
+    std::fs::write(&cpp, source).unwrap();
     let cc = std::process::Command::new("c++")
-        .args(["-O1", "-std=c++17", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&cpp)
         .output()
@@ -68,6 +75,30 @@ pub fn compile_for_host(
         String::from_utf8_lossy(&cc.stderr)
     );
     Some(exe)
+}
+
+/// Run a host driver: `mode`, the input bytes (written to a file in `dir`) and the
+/// extra arguments; the bytes it wrote.
+pub fn run(exe: &Path, dir: &Path, mode: &str, input: &[u8], args: &[String]) -> Vec<u8> {
+    let (i, o) = (dir.join("in.bin"), dir.join("out.bin"));
+    std::fs::write(&i, input).unwrap();
+    let st = std::process::Command::new(exe)
+        .arg(mode)
+        .arg(&i)
+        .arg(&o)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{mode}: exit {st}");
+    std::fs::read(&o).unwrap()
+}
+
+/// The tests' deterministic generator: uniform in [-0.5, 0.5).
+pub fn lcg(s: &mut u64) -> f32 {
+    *s = s
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
 }
 
 /// The source of kernel file `name`.

@@ -12,7 +12,7 @@ use super::activations::{batches, ActStore};
 use super::device_acts::{fits_on_device, Acts};
 use super::device_observe::DeviceCollector;
 use super::engine_err;
-use super::imatrix::imatrix_calibration;
+use super::imatrix::{finish_imatrix, imatrix_calibration, imatrix_spill_dir};
 use crate::error::{PipelineError, Result};
 use crate::request::CalibrationRequest;
 use crate::run::Progress;
@@ -47,8 +47,7 @@ pub(super) fn collect_imatrix_device(
         .unwrap_or(u64::MAX)
         / 2;
     let groups = batches(&lens, BATCH_TOKENS);
-    let spill_dir =
-        std::env::temp_dir().join(format!("llm-quantize-imatrix-{}", std::process::id()));
+    let spill_dir = imatrix_spill_dir();
     let on_device = fits_on_device(need * 2, cuda.free_memory());
     let spill = !on_device && need > budget;
     if spill {
@@ -103,18 +102,11 @@ pub(super) fn collect_imatrix_device(
         }
         Ok(entries)
     })();
-    if spill {
-        let _ = std::fs::remove_dir_all(&spill_dir);
-    }
-    let entries = res?;
-    Ok((
-        llmq_calib::ImatrixData {
-            entries,
-            datasets: vec![calib.source.clone()],
-            chunk_count: calib.samples.len() as u32,
-            chunk_size: seq_len as u32,
-            legacy: false,
-        },
+    finish_imatrix(
+        res,
+        spill.then_some(spill_dir.as_path()),
+        &calib,
+        seq_len,
         notes,
-    ))
+    )
 }

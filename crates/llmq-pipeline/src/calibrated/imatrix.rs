@@ -8,6 +8,7 @@ use super::engine_err;
 use crate::error::{PipelineError, Result};
 use crate::request::CalibrationRequest;
 use crate::run::Progress;
+use llmq_calib::dataset::CalibrationSet;
 use llmq_engine::{LinearObserver, LinearSite, Model, WeightSource};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,8 +86,7 @@ pub fn collect_imatrix(
         .or_else(crate::memory::available_bytes)
         .unwrap_or(u64::MAX)
         / 2;
-    let spill_dir =
-        std::env::temp_dir().join(format!("llm-quantize-imatrix-{}", std::process::id()));
+    let spill_dir = imatrix_spill_dir();
     let spill = need > budget;
     if spill {
         std::fs::create_dir_all(&spill_dir)
@@ -117,13 +117,35 @@ pub fn collect_imatrix(
         }
         Ok(obs.entries)
     })();
-    if spill {
-        let _ = std::fs::remove_dir_all(&spill_dir);
+    finish_imatrix(
+        res,
+        spill.then_some(spill_dir.as_path()),
+        &calib,
+        seq_len,
+        notes,
+    )
+}
+
+/// The folder where a run's activations spill beyond the memory budget.
+pub(super) fn imatrix_spill_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("llm-quantize-imatrix-{}", std::process::id()))
+}
+
+/// A run's sums as llama.cpp's imatrix data (datasets, chunk count and size from the
+/// calibration set); the spill folder, when one was used, is removed whatever happened.
+pub(super) fn finish_imatrix(
+    res: Result<BTreeMap<String, llmq_calib::ImatrixEntry>>,
+    spill_dir: Option<&Path>,
+    calib: &CalibrationSet,
+    seq_len: usize,
+    notes: Vec<String>,
+) -> Result<(llmq_calib::ImatrixData, Vec<String>)> {
+    if let Some(dir) = spill_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
-    let entries = res?;
     Ok((
         llmq_calib::ImatrixData {
-            entries,
+            entries: res?,
             datasets: vec![calib.source.clone()],
             chunk_count: calib.samples.len() as u32,
             chunk_size: seq_len as u32,
