@@ -109,6 +109,8 @@ struct QAct {
     __device__ __forceinline__ const i8* q(int r, int i) const { return qx + (u64)r * cols + i; }
     __device__ __forceinline__ float d(int r, int i) const { return dx[(u64)r * (cols >> 5) + (i >> 5)]; }
     __device__ __forceinline__ int s(int r, int i) const { return sx[(u64)r * (cols >> 4) + (i >> 4)]; }
+    // the sums of values i .. i+63 (64 | i, 256 | cols: 16-byte aligned)
+    __device__ __forceinline__ int4 s4(int r, int i) const { return *(const int4*)(sx + (u64)r * (cols >> 4) + (i >> 4)); }
     __device__ __forceinline__ float s32(int r, int i) const { return s1[(u64)r * (cols >> 5) + (i >> 5)]; }
 };
 
@@ -302,29 +304,30 @@ struct GQK45 {
                 int4 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
                 int s0 = dot16(lo + 4, x1, dot16(lo, x0, 0));
                 int s1 = dot16(hi + 4, x3, dot16(hi, x2, 0));
-                int b0 = a.s(r, i0) + a.s(r, i0 + 16), b1 = a.s(r, i0 + 32) + a.s(r, i0 + 48);
+                int4 bs = a.s4(r, i0);
+                int b0 = bs.x + bs.y, b1 = bs.z + bs.w;
                 acc[r] += a.d(r, i0) * (d * (float)(sc0 * s0 + sc1 * s1) - dmin * (float)(m0 * b0 + m1 * b1));
             }
         }
     }
 };
 
-// Q6_K (210 bytes, 2-byte aligned): unit = half n, lanes l = 8k..8k+7, for the four
-// quarters g (32 values): ql[64n + 32(g&1) + l] low (g < 2) or high nibble, bits 2g of
-// qh[32n + l], minus 32; int8 scale of 16 values scales[8n + l/16 + 2g]; d at 208.
+// Q6_K (blocks padded to Q6K_STRIDE = 216 bytes on the device: 8-byte aligned): unit =
+// half n, lanes l = 8k..8k+7, for the four quarters g (32 values): ql[64n + 32(g&1) + l]
+// low (g < 2) or high nibble, bits 2g of qh[32n + l], minus 32; int8 scale of 16 values
+// scales[8n + l/16 + 2g]; d at 208. Five loads: ql twice, qh, the half's 8 scales (8
+// bytes each) and d.
 struct GQ6_K {
     static const int UNIT = 32;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         int blk = u >> 3, n = (u >> 2) & 1, k = u & 3;
-        const u8* b = row + blk * 210;
-        const u8* ql = b + 64 * n + 8 * k;
-        const u8* qh = b + 128 + 32 * n + 8 * k;
-        int la[2] = {ld32_a2(ql), ld32_a2(ql + 4)};
-        int lb[2] = {ld32_a2(ql + 32), ld32_a2(ql + 36)};
-        int hb[2] = {ld32_a2(qh), ld32_a2(qh + 4)};
+        const u8* b = row + blk * Q6K_STRIDE;
+        uint2 qa = *(const uint2*)(b + 64 * n + 8 * k), qb = *(const uint2*)(b + 64 * n + 8 * k + 32);
+        uint2 qh = *(const uint2*)(b + 128 + 32 * n + 8 * k);
+        uint2 sw = *(const uint2*)(b + 192 + 8 * n);
         float d = h2f(*(const u16*)(b + 208));
-        const i8* scales = (const i8*)(b + 192 + 8 * n + (k >> 1));
+        int la[2] = {(int)qa.x, (int)qa.y}, lb[2] = {(int)qb.x, (int)qb.y}, hb[2] = {(int)qh.x, (int)qh.y};
         int w[4][2];
 #pragma unroll
         for (int g = 0; g < 4; g++) {
@@ -335,7 +338,10 @@ struct GQ6_K {
                 w[g][j] = l | (((hb[j] >> (2 * g)) & 0x03030303) << 4);
             }
         }
-        int sc[4] = {scales[0], scales[2], scales[4], scales[6]};
+        // scales[8n + (k >> 1) + 2g]: byte (k >> 1) + 2(g & 1) of word g >> 1, sign-extended
+        int h = k >> 1;
+        int sc[4] = {(int)(sw.x << (24 - 8 * h)) >> 24, (int)(sw.x << (8 - 8 * h)) >> 24,
+                     (int)(sw.y << (24 - 8 * h)) >> 24, (int)(sw.y << (8 - 8 * h)) >> 24};
         int i0 = blk * 256 + 128 * n + 8 * k;
 #pragma unroll
         for (int r = 0; r < NB; r++) {
@@ -360,13 +366,18 @@ struct GQ6_K {
 #define IQ4_T2 0x26190D01u  // 1 13 25 38
 #define IQ4_T3 0x71594535u  // 53 69 89 113
 
-// Four 4-bit indices (bits 0..3 of each byte of q) looked up in the IQ4_NL codebook.
-__device__ __forceinline__ int iq4_lookup(u32 q) {
-    u32 sel = q & 0x07070707u;
-    u32 s = (sel & 0xFu) | ((sel >> 4) & 0xF0u) | ((sel >> 8) & 0xF00u) | ((sel >> 12) & 0xF000u);
-    u32 lo = (u32)prmt(IQ4_T0, IQ4_T1, s), hi = (u32)prmt(IQ4_T2, IQ4_T3, s);
-    u32 m = ((q & 0x08080808u) >> 3) * 0xFFu;
-    return (int)((lo & ~m) | (hi & m));
+// The eight 4-bit indices of q (the low and high nibble of each byte) looked up in a
+// 16-entry int8 table held in four words (entry i is byte i % 4 of word i / 4): `lo` gets
+// the entries of the low nibbles of bytes 0..3, `hi` those of the high nibbles. Seven
+// byte permutes for eight values (llama.cpp's get_int_from_table_16): each nibble's
+// bits 0..2 pick from the table's low and high halves, its bit 3 picks the half.
+__device__ __forceinline__ void lookup16x8(u32 q, u32 t0, u32 t1, u32 t2, u32 t3, int* lo, int* hi) {
+    u32 q7 = q & 0x77777777u;
+    u32 pick = ((q & 0x88888888u) >> 1) | 0x32103210u;
+    u32 a = (u32)prmt((u32)prmt(t0, t1, q7), (u32)prmt(t2, t3, q7), pick);  // lo0 hi0 lo1 hi1
+    u32 b = (u32)prmt((u32)prmt(t0, t1, q7 >> 16), (u32)prmt(t2, t3, q7 >> 16), pick >> 16);  // lo2 hi2 lo3 hi3
+    *lo = prmt(a, b, 0x6420u);
+    *hi = prmt(a, b, 0x7531u);
 }
 
 // IQ4_NL: unit = a block (32 values); 18 bytes like Q4_0, nibbles index the codebook.
@@ -378,11 +389,7 @@ struct GIQ4_NL {
         float d = h2f(*(const u16*)b);
         int lo[4], hi[4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u32 v = (u32)ld32_a2(b + 2 + 4 * k);
-            lo[k] = iq4_lookup(v & 0x0F0F0F0Fu);
-            hi[k] = iq4_lookup((v >> 4) & 0x0F0F0F0Fu);
-        }
+        for (int k = 0; k < 4; k++) lookup16x8((u32)ld32_a2(b + 2 + 4 * k), IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -412,10 +419,7 @@ struct GIQ4_XS {
         u32 v[4] = {q0.x, q0.y, q1.x, q1.y};
         int lo[4], hi[4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            lo[k] = iq4_lookup(v[k] & 0x0F0F0F0Fu);
-            hi[k] = iq4_lookup((v[k] >> 4) & 0x0F0F0F0Fu);
-        }
+        for (int k = 0; k < 4; k++) lookup16x8(v[k], IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
         float dl = d * (float)(ls - 32);
         int i0 = blk * 256 + 32 * sb;
 #pragma unroll
@@ -527,8 +531,10 @@ struct GQ3_K {
 };
 
 template <class T, int NB>
-__device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx,
-                                           const float* dx, const int* sx, const float* s1, float* y, int n) {
+__device__ __forceinline__ void gemvq_impl(const u8* __restrict__ w, u64 row_bytes, int rows, int cols,
+                                           const i8* __restrict__ qx, const float* __restrict__ dx,
+                                           const int* __restrict__ sx, const float* __restrict__ s1,
+                                           float* __restrict__ y, int n) {
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GQ_WARPS + (threadIdx.x >> 5);
     int r0 = blockIdx.y * NB;
@@ -545,6 +551,7 @@ __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows,
 #pragma unroll
     for (int r = 0; r < NB; r++) acc[r] = 0.0f;
     int units = cols / T::UNIT;
+UNROLL_ONE_ROW
     for (int u = lane; u < units; u += 32) T::template dot<NB>(wr, u, a, acc);
 #pragma unroll
     for (int r = 0; r < NB; r++) {
