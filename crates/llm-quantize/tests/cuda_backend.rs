@@ -264,7 +264,8 @@ static int spread4(u32 x) { return (int)(((x & 15u) * 0x00204081u) & 0x01010101u
 const GEMVQ_MAIN: &str = r#"
 template <class T> int run(const char* dir, int cols, int rows, int rb, int n) {
     auto rd = [&](const char* name, size_t bytes) {
-        std::vector<u8> v(bytes);
+        // 16 zero bytes after the data, as the device copies of weights have
+        std::vector<u8> v(bytes + 16);
         std::string p = std::string(dir) + "/" + name;
         FILE* f = fopen(p.c_str(), "rb");
         if (!f || fread(v.data(), 1, bytes, f) != bytes) exit(3);

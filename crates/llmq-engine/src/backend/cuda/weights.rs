@@ -180,6 +180,11 @@ pub fn device_layout<'a>(
     (Cow::Owned(out), row_bytes / Q6K * Q6K_DEVICE_BLOCK)
 }
 
+/// The kernels that read whole words around byte-aligned blocks (`kernels/gemvq.cu`'s
+/// GQINT: up to 5 bytes past a block), and the zero bytes their copies get after the end.
+const TAIL_PADDED: &[&str] = &["int4", "int8"];
+const TAIL_PAD: usize = 16;
+
 /// Copy `w`'s packed bytes to the device (the type was checked at load), in the kernels'
 /// layout ([`device_layout`]).
 pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
@@ -192,6 +197,13 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
     let (bytes, row_bytes) = device_layout(kernel, w.data.as_slice(), w.row_bytes());
     let data = if bytes.is_empty() {
         ok("alloc", stream.alloc_zeros::<u8>(1))
+    } else if TAIL_PADDED.contains(&kernel) {
+        let mut d = ok("alloc", stream.alloc_zeros::<u8>(bytes.len() + TAIL_PAD));
+        ok(
+            "upload",
+            stream.memcpy_htod(&bytes[..], &mut d.slice_mut(..bytes.len())),
+        );
+        d
     } else {
         ok("upload", stream.clone_htod(&bytes[..]))
     };

@@ -119,6 +119,21 @@ __device__ __forceinline__ int dot16(const int* w, int4 x, int acc) {
     return dp4a(w[3], x.w, dp4a(w[2], x.z, dp4a(w[1], x.y, dp4a(w[0], x.x, acc))));
 }
 
+// Sixteen bytes at p (2-byte aligned) as four little-endian words: four aligned word loads
+// and, where p is not 4-byte aligned, the two bytes after them and funnel shifts (five
+// loads where two-byte loads took eight; every load stays inside the 16 bytes' words).
+__device__ __forceinline__ void ld16_a2(const u8* p, int* w) {
+    u32 mis = (u32)(u64)p & 2u;
+    const u32* a = (const u32*)(p - mis);
+    u32 v0 = a[0], v1 = a[1], v2 = a[2], v3 = a[3];
+    u32 v4 = mis ? (u32) * (const u16*)(p + 14) : 0u;
+    u32 sh = 8 * mis;
+    w[0] = (int)__funnelshift_r(v0, v1, sh);
+    w[1] = (int)__funnelshift_r(v1, v2, sh);
+    w[2] = (int)__funnelshift_r(v2, v3, sh);
+    w[3] = (int)__funnelshift_r(v3, v4, sh);
+}
+
 // Q8_0: unit = half a block (16 values); 34-byte blocks.
 struct GQ8_0 {
     static const int UNIT = 16;
@@ -127,7 +142,8 @@ struct GQ8_0 {
         const u8* b = row + (u >> 1) * 34;
         float d = h2f(*(const u16*)b);
         const u8* q = b + 2 + 16 * (u & 1);
-        int w[4] = {ld32_a2(q), ld32_a2(q + 4), ld32_a2(q + 8), ld32_a2(q + 12)};
+        int w[4];
+        ld16_a2(q, w);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -173,13 +189,12 @@ struct GQ4 {
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * (MIN ? 20 : 18);
         float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
-        const u8* qs = b + (MIN ? 4 : 2);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(b + (MIN ? 4 : 2), v);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(qs + 4 * k);
-            lo[k] = v & 0x0F0F0F0F;
-            hi[k] = (v >> 4) & 0x0F0F0F0F;
+            lo[k] = v[k] & 0x0F0F0F0F;
+            hi[k] = (v[k] >> 4) & 0x0F0F0F0F;
         }
         offset_or_min_dot<NB, MIN>(lo, hi, d, m, 8, u, a, acc);
     }
@@ -196,12 +211,12 @@ struct GQ5 {
         float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
         const u8* h = b + (MIN ? 4 : 2);
         u32 qh = (u32)ld32_a2(h);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(h + 4, v);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(h + 4 + 4 * k);
-            lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
-            hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
+            lo[k] = (v[k] & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
+            hi[k] = ((v[k] >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
         }
         offset_or_min_dot<NB, MIN>(lo, hi, d, m, 16, u, a, acc);
     }
@@ -211,32 +226,38 @@ struct GQ5 {
 // `llmq_kernels::int_blocks`): blocks of 32 columns, each [f16 scale s][zero z][codes],
 // value s·(q - z). 4 bits: 19-byte blocks, codes in Q4_0's nibble order; 8 bits: 35-byte
 // blocks, codes and zero stored `q ^ 0x80` (signed q - 128). Σ w·x = s·dx·(Σ q·qx - z·Σ qx),
-// as `dot_int_q8_0` on the CPU. The blocks are byte aligned only, so bytes are loaded one by
-// one.
-__device__ __forceinline__ int ld32_a1(const u8* p) {
-    return (int)((u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24));
-}
-
+// as `dot_int_q8_0` on the CPU. The blocks are byte aligned only: a lane loads the aligned
+// words around its block (6 or 10) and funnel-shifts them into place; the last of them may
+// reach up to 5 bytes past the block, which the device copy's 16 bytes of tail padding
+// (`weights::upload`) keep inside the allocation.
 template <int BITS>
 struct GQINT {
     static const int UNIT = 32;
     static const int BYTES = BITS == 4 ? 19 : 35;
+    static const int WORDS = BITS == 4 ? 5 : 9;  // the block's bytes as words from b
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * BYTES;
-        float d = h2f((u16)(b[0] | (b[1] << 8)));
-        int z = BITS == 4 ? (int)b[2] : (int)(i8)b[2];
-        const u8* qs = b + 3;
+        u32 mis = (u32)(u64)b & 3u;
+        const u32* p = (const u32*)(b - mis);
+        u32 v[WORDS + 1], x[WORDS];
+#pragma unroll
+        for (int k = 0; k <= WORDS; k++) v[k] = p[k];
+#pragma unroll
+        for (int k = 0; k < WORDS; k++) x[k] = __funnelshift_r(v[k], v[k + 1], 8 * mis);
+        float d = h2f((u16)(x[0] & 0xFFFF));
+        int z = BITS == 4 ? (int)((x[0] >> 16) & 0xFF) : (int)(i8)((x[0] >> 16) & 0xFF);
+        // codes from byte 3: word j is bytes 3 + 4j ..
         int lo[4], hi[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             if (BITS == 4) {
-                int v = ld32_a1(qs + 4 * k);
-                lo[k] = v & 0x0F0F0F0F;
-                hi[k] = (v >> 4) & 0x0F0F0F0F;
+                int q = (int)__funnelshift_r(x[k], x[k + 1], 24);
+                lo[k] = q & 0x0F0F0F0F;
+                hi[k] = (q >> 4) & 0x0F0F0F0F;
             } else {
-                lo[k] = ld32_a1(qs + 4 * k);
-                hi[k] = ld32_a1(qs + 16 + 4 * k);
+                lo[k] = (int)__funnelshift_r(x[k], x[k + 1], 24);
+                hi[k] = (int)__funnelshift_r(x[k + 4], x[k + 5], 24);
             }
         }
         offset_or_min_dot<NB, false>(lo, hi, d, 0.0f, z, u, a, acc);
@@ -387,9 +408,10 @@ struct GIQ4_NL {
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * 18;
         float d = h2f(*(const u16*)b);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(b + 2, v);
 #pragma unroll
-        for (int k = 0; k < 4; k++) lookup16x8((u32)ld32_a2(b + 2 + 4 * k), IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
+        for (int k = 0; k < 4; k++) lookup16x8((u32)v[k], IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -489,11 +511,14 @@ struct GQ3_K {
         const u8* b = row + blk * 110;
         const u8* qp = b + 32 + 32 * n + 16 * hh;
         const u8* hp = b + 16 * hh;
+        int vi[4], hmi[4];
+        ld16_a2(qp, vi);
+        ld16_a2(hp, hmi);
         u32 v[4], hm[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            v[k] = (u32)ld32_a2(qp + 4 * k);
-            hm[k] = (u32)ld32_a2(hp + 4 * k);
+            v[k] = (u32)vi[k];
+            hm[k] = (u32)hmi[k];
         }
         u32 a0 = (u32)ld32_a2(b + 96), a1 = (u32)ld32_a2(b + 100), a2 = (u32)ld32_a2(b + 104);
         float d = h2f(*(const u16*)(b + 108));
