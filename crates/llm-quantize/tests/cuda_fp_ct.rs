@@ -4,8 +4,9 @@
 //! host with a C++ compiler (no GPU): their decoded values equal the CPU engine's
 //! `fp_blocks::dequantize_fp_row` bit for bit, the rotation equals
 //! `llmq_kernels::rotation` bit for bit, and products summed in `gemv.cu`'s order (32
-//! lanes over 8-value chunks, then the warp's shuffle tree) equal the CPU engine's within
-//! 1e-6 relative, on random data and on edge cases (every E4M3 code and scale byte,
+//! lanes over 8-value chunks, then the warp's shuffle tree) — and by the float units the
+//! `gemv_*` / `gemv1_*` kernels run (`gemvu_impl`: batch and one-row) — equal the CPU
+//! engine's within 1e-6 relative, on random data and on edge cases (every E4M3 code and scale byte,
 //! subnormal and huge scales, zeros, outliers). NVRTC compiling these sources is
 //! `cuda_backend.rs`'s `nvrtc_compiles_every_kernel`.
 
