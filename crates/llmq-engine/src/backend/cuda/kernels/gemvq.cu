@@ -109,8 +109,6 @@ struct QAct {
     __device__ __forceinline__ const i8* q(int r, int i) const { return qx + (u64)r * cols + i; }
     __device__ __forceinline__ float d(int r, int i) const { return dx[(u64)r * (cols >> 5) + (i >> 5)]; }
     __device__ __forceinline__ int s(int r, int i) const { return sx[(u64)r * (cols >> 4) + (i >> 4)]; }
-    // the sums of values i .. i+63 (64 | i, 256 | cols: 16-byte aligned)
-    __device__ __forceinline__ int4 s4(int r, int i) const { return *(const int4*)(sx + (u64)r * (cols >> 4) + (i >> 4)); }
     __device__ __forceinline__ float s32(int r, int i) const { return s1[(u64)r * (cols >> 5) + (i >> 5)]; }
 };
 
@@ -281,100 +279,78 @@ __device__ __forceinline__ void kscale_min(uint4 h, int j, int* sc, int* mn) {
     }
 }
 
-// Q4_K (144-byte blocks, 16-byte aligned) and Q5_K (176): unit = sub-block pair p of a
-// block (64 values: low nibbles of qs[32p..32p+32] are sub-block 2p, high ones 2p+1);
-// value = d * sc * q - dmin * m.
+// Q4_K (144-byte blocks, 16-byte aligned) and Q5_K (176): unit = 16 values in order
+// (half h of sub-block s), so the warp's 32 lanes read 512 contiguous activation bytes per
+// step: 16 bytes of qs[32(s/2) + 16h ..], low nibbles for even s, high ones for odd s (Q5_K:
+// bit s of qh[16h ..] above them); value = d * sc * q - dmin * m, the sub-block's 6-bit
+// scale and min from the block's 16-byte header.
 template <bool Q5>
 struct GQK45 {
-    static const int UNIT = 64;
+    static const int UNIT = 16;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const int bytes = Q5 ? 176 : 144;
-        int blk = u >> 2, p = u & 3;
+        int blk = u >> 4, sb = (u & 15) >> 1, h = u & 1;
         const u8* b = row + blk * bytes;
-        uint4 h = *(const uint4*)b;
-        const uint4* qs = (const uint4*)(b + (Q5 ? 48 : 16) + 32 * p);
-        uint4 q0 = qs[0], q1 = qs[1];
-        int v[8] = {(int)q0.x, (int)q0.y, (int)q0.z, (int)q0.w, (int)q1.x, (int)q1.y, (int)q1.z, (int)q1.w};
-        int lo[8], hi[8];
+        uint4 hd = *(const uint4*)b;
+        uint4 q = *(const uint4*)(b + (Q5 ? 48 : 16) + 32 * (sb >> 1) + 16 * h);
+        u32 v[4] = {q.x, q.y, q.z, q.w};
+        int sh = 4 * (sb & 1);
+        int w[4];
         if (Q5) {
-            const uint4* qhp = (const uint4*)(b + 16);
-            uint4 h0 = qhp[0], h1 = qhp[1];
-            u32 qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+            uint4 qh = *(const uint4*)(b + 16 + 16 * h);
+            u32 hv[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                lo[k] = (v[k] & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p)) & 0x01010101u) << 4);
-                hi[k] = ((v[k] >> 4) & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p + 1)) & 0x01010101u) << 4);
-            }
+            for (int k = 0; k < 4; k++)
+                w[k] = (int)(((v[k] >> sh) & 0x0F0F0F0Fu) | (((hv[k] >> sb) & 0x01010101u) << 4));
         } else {
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                lo[k] = v[k] & 0x0F0F0F0F;
-                hi[k] = (v[k] >> 4) & 0x0F0F0F0F;
-            }
+            for (int k = 0; k < 4; k++) w[k] = (int)((v[k] >> sh) & 0x0F0F0F0Fu);
         }
-        float d = h2f((u16)(h.x & 0xFFFF)), dmin = h2f((u16)(h.x >> 16));
-        int sc0, m0, sc1, m1;
-        kscale_min(h, 2 * p, &sc0, &m0);
-        kscale_min(h, 2 * p + 1, &sc1, &m1);
-        int i0 = blk * 256 + 64 * p;
+        float d = h2f((u16)(hd.x & 0xFFFF)), dmin = h2f((u16)(hd.x >> 16));
+        int sc, mn;
+        kscale_min(hd, sb, &sc, &mn);
+        int i0 = 16 * u;
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, i0);
-                int4 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-                int s0 = dot16(lo + 4, x1, dot16(lo, x0, 0));
-                int s1 = dot16(hi + 4, x3, dot16(hi, x2, 0));
-                int4 bs = a.s4(r, i0);
-                int b0 = bs.x + bs.y, b1 = bs.z + bs.w;
-                acc[r] += a.d(r, i0) * (d * (float)(sc0 * s0 + sc1 * s1) - dmin * (float)(m0 * b0 + m1 * b1));
+                int4 x = *(const int4*)a.q(r, i0);
+                int dt = dot16(w, x, 0);
+                acc[r] += a.d(r, i0) * (d * (float)(sc * dt) - dmin * (float)(mn * a.s(r, i0)));
             }
         }
     }
 };
 
 // Q6_K (blocks padded to Q6K_STRIDE = 216 bytes on the device: 8-byte aligned): unit =
-// half n, lanes l = 8k..8k+7, for the four quarters g (32 values): ql[64n + 32(g&1) + l]
-// low (g < 2) or high nibble, bits 2g of qh[32n + l], minus 32; int8 scale of 16 values
-// scales[8n + l/16 + 2g]; d at 208. Five loads: ql twice, qh, the half's 8 scales (8
-// bytes each) and d.
+// 16 values in order (so the warp's activation loads are 512 contiguous bytes), values
+// 128n + 32g + l0 .. + 15 (l0 = 0 or 16): 4 low bits from ql[64n + 32(g&1) + l0 ..] (low
+// nibbles for g < 2, high ones above), 2 high bits from bits 2g of qh[32n + l0 ..], minus
+// 32; int8 scale scales[8n + l0/16 + 2g]; d at 208. Σ (q - 32)·x = Σ q·x - 32·Σ x with the
+// activations' 16-value sum.
 struct GQ6_K {
-    static const int UNIT = 32;
+    static const int UNIT = 16;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        int blk = u >> 3, n = (u >> 2) & 1, k = u & 3;
+        int blk = u >> 4, o = 16 * (u & 15), n = o >> 7, g = (o >> 5) & 3, l0 = o & 31;
         const u8* b = row + blk * Q6K_STRIDE;
-        uint2 qa = *(const uint2*)(b + 64 * n + 8 * k), qb = *(const uint2*)(b + 64 * n + 8 * k + 32);
-        uint2 qh = *(const uint2*)(b + 128 + 32 * n + 8 * k);
-        uint2 sw = *(const uint2*)(b + 192 + 8 * n);
+        const uint2* ql = (const uint2*)(b + 64 * n + 32 * (g & 1) + l0);
+        const uint2* qh = (const uint2*)(b + 128 + 32 * n + l0);
+        uint2 la = ql[0], lb = ql[1], ha = qh[0], hb = qh[1];
+        int sc = (int)((const i8*)b)[192 + 8 * n + (l0 >> 4) + 2 * g];
         float d = h2f(*(const u16*)(b + 208));
-        int la[2] = {(int)qa.x, (int)qa.y}, lb[2] = {(int)qb.x, (int)qb.y}, hb[2] = {(int)qh.x, (int)qh.y};
-        int w[4][2];
+        u32 lq[4] = {la.x, la.y, lb.x, lb.y}, hq[4] = {ha.x, ha.y, hb.x, hb.y};
+        int shl = 4 * (g >> 1), shh = 2 * g;
+        int w[4];
 #pragma unroll
-        for (int g = 0; g < 4; g++) {
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                int l = (g & 1) ? lb[j] : la[j];
-                l = (g >= 2 ? (l >> 4) : l) & 0x0F0F0F0F;
-                w[g][j] = l | (((hb[j] >> (2 * g)) & 0x03030303) << 4);
-            }
-        }
-        // scales[8n + (k >> 1) + 2g]: byte (k >> 1) + 2(g & 1) of word g >> 1, sign-extended
-        int h = k >> 1;
-        int sc[4] = {(int)(sw.x << (24 - 8 * h)) >> 24, (int)(sw.x << (8 - 8 * h)) >> 24,
-                     (int)(sw.y << (24 - 8 * h)) >> 24, (int)(sw.y << (8 - 8 * h)) >> 24};
-        int i0 = blk * 256 + 128 * n + 8 * k;
+        for (int k = 0; k < 4; k++)
+            w[k] = (int)(((lq[k] >> shl) & 0x0F0F0F0Fu) | (((hq[k] >> shh) & 0x03030303u) << 4));
+        int i0 = blk * 256 + o;
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
-                int s = 0;
-#pragma unroll
-                for (int g = 0; g < 4; g++) {
-                    int2 x = *(const int2*)a.q(r, i0 + 32 * g);
-                    int dotg = dp4a(w[g][1], x.y, dp4a(w[g][0], x.x, 0));
-                    int sumg = dp4a(0x01010101, x.y, dp4a(0x01010101, x.x, 0));
-                    s += sc[g] * (dotg - 32 * sumg);
-                }
+                int4 x = *(const int4*)a.q(r, i0);
+                int s = sc * (dot16(w, x, 0) - 32 * a.s(r, i0));
                 acc[r] += d * a.d(r, i0) * (float)s;
             }
         }
