@@ -118,15 +118,31 @@ struct UNVFP4CT {
             float sd = e4m3_val((w[(9 * j) / 4] >> (8 * ((9 * j) % 4))) & 0xFF) / g;
             u32 c[2] = {WORD_AT(w, 9 * j + 1), WORD_AT(w, 9 * j + 5)};
             float v[16];
+            // ±e2m1·2^-126 times s'·2^126 is ±e2m1·s' rounded once, the CPU's product, while
+            // s'·2^126 is finite (|s'| < 4, as NVFP4 scales are): one multiply per value
+            if (fabsf(sd) < 4.0f) {
+                float f = sd * TWO_P126;
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                u32 cw = c[i >> 2];
-                int b = i & 3;
-                float lo = e2m1_scaled(cw << (28 - 8 * b)) * TWO_P126 * sd;
-                float hi = e2m1_scaled(cw << (24 - 8 * b)) * TWO_P126 * sd;
-                bf16_round2(lo, hi);
-                v[2 * i] = lo;
-                v[2 * i + 1] = hi;
+                for (int i = 0; i < 8; i++) {
+                    u32 cw = c[i >> 2];
+                    int b = i & 3;
+                    float lo = e2m1_scaled(cw << (28 - 8 * b)) * f;
+                    float hi = e2m1_scaled(cw << (24 - 8 * b)) * f;
+                    bf16_round2(lo, hi);
+                    v[2 * i] = lo;
+                    v[2 * i + 1] = hi;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    u32 cw = c[i >> 2];
+                    int b = i & 3;
+                    float lo = e2m1_scaled(cw << (28 - 8 * b)) * TWO_P126 * sd;
+                    float hi = e2m1_scaled(cw << (24 - 8 * b)) * TWO_P126 * sd;
+                    bf16_round2(lo, hi);
+                    v[2 * i] = lo;
+                    v[2 * i + 1] = hi;
+                }
             }
 #pragma unroll
             for (int r = 0; r < NB; r++)
