@@ -58,7 +58,7 @@ fn nvrtc_compiles_every_kernel() {
         // the shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
         // dequantization per quantized type) + gemv and embed per compressed-tensors FP
-        // kernel (`fp_ct.cu`) + the calibration kernels
+        // kernel (`fp_ct.cu`) + the one-row float GEMVs + the calibration kernels
         for k in cuda::KERNELS {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }
@@ -68,6 +68,7 @@ fn nvrtc_compiles_every_kernel() {
                 + 2 * cuda::GPU_TYPES.len()
                 + 2 * cuda::INT_DOT_TYPES.len()
                 + cuda::fp_kernel_names().count()
+                + cuda::GEMV1_KERNELS.len()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len()
                 + cuda::CALIB_KERNELS.len(),
@@ -90,6 +91,12 @@ fn nvrtc_compiles_every_kernel() {
         }
         for k in cuda::fp_kernel_names() {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
+        }
+        for k in cuda::GEMV1_KERNELS {
+            assert!(
+                ptx.contains(&format!(".entry gemv1_{k}(")),
+                "{arch}: gemv1_{k}"
+            );
         }
         for k in cuda::INT_DOT_TYPES {
             for nb in [1, 8] {
@@ -210,6 +217,8 @@ fn dequant_kernels_match_the_cpu_dequantizers() {
         llmq_quant::quantize(*ty, &vals, cols, None, &mut q).unwrap();
         let mut want = vec![0f32; rows * cols];
         llmq_quant::dequantize(*ty, &q, &mut want).unwrap();
+        // the bytes as the backend uploads them (Q6_K's padded blocks)
+        let (q, rb) = cuda::device_layout(name, &q, rb);
         let (inp, out) = (tmp.path().join("in.bin"), tmp.path().join("out.bin"));
         std::fs::write(&inp, &q).unwrap();
         let st = std::process::Command::new(&exe)
@@ -255,7 +264,8 @@ static int spread4(u32 x) { return (int)(((x & 15u) * 0x00204081u) & 0x01010101u
 const GEMVQ_MAIN: &str = r#"
 template <class T> int run(const char* dir, int cols, int rows, int rb, int n) {
     auto rd = [&](const char* name, size_t bytes) {
-        std::vector<u8> v(bytes);
+        // 16 zero bytes after the data, as the device copies of weights have
+        std::vector<u8> v(bytes + 16);
         std::string p = std::string(dir) + "/" + name;
         FILE* f = fopen(p.c_str(), "rb");
         if (!f || fread(v.data(), 1, bytes, f) != bytes) exit(3);
@@ -318,6 +328,10 @@ fn integer_dot_units_match_the_cpu_engine() {
     let prelude = format!(
         "{prelude}#define DEQ1_FROM_DEQ8 static inline float deq1(const u8* r, int i) {{ float o[8]; deq8(r, i >> 3, o); return o[i & 7]; }}\n"
     );
+    // Q6_K's device block (dequant.cuh, not part of this build) is the uploader's
+    let stride = format!("#define Q6K_STRIDE {}\n", cuda::Q6K_DEVICE_BLOCK);
+    assert!(kernel_source("dequant.cuh").contains(&stride));
+    let prelude = format!("{prelude}{stride}");
     let Some(exe) = compile_for_host(tmp.path(), &units, &prelude, GEMVQ_MAIN) else {
         return;
     };
@@ -378,8 +392,8 @@ fn integer_dot_units_match_the_cpu_engine() {
                 .unwrap()
             }
         };
-        let rb = w.row_bytes();
-        let q = w.data.as_slice().to_vec();
+        let (q, rb) = cuda::device_layout(k, w.data.as_slice(), w.row_bytes());
+        let q = q.into_owned();
         let act = match w.ty.name().as_str() {
             "Q8_0" | "Q4_0" | "Q5_0" | "IQ4_NL" | "MXFP4" | "NVFP4" | "INT4_B32" | "INT8_B32" => {
                 Act::Q8_0

@@ -4,8 +4,9 @@
 //! host with a C++ compiler (no GPU): their decoded values equal the CPU engine's
 //! `fp_blocks::dequantize_fp_row` bit for bit, the rotation equals
 //! `llmq_kernels::rotation` bit for bit, and products summed in `gemv.cu`'s order (32
-//! lanes over 8-value chunks, then the warp's shuffle tree) equal the CPU engine's within
-//! 1e-6 relative, on random data and on edge cases (every E4M3 code and scale byte,
+//! lanes over 8-value chunks, then the warp's shuffle tree) — and by the float units the
+//! `gemv_*` / `gemv1_*` kernels run (`gemvu_impl`: batch and one-row) — equal the CPU
+//! engine's within 1e-6 relative, on random data and on edge cases (every E4M3 code and scale byte,
 //! subnormal and huge scales, zeros, outliers). NVRTC compiling these sources is
 //! `cuda_backend.rs`'s `nvrtc_compiles_every_kernel`.
 
@@ -81,8 +82,49 @@ template <class T> int gemv(const std::string& dir, int cols, int rows, int rb, 
     wr(dir + "/y.bin", y.data(), y.size());
     return 0;
 }
+// `gemvu_impl`'s order: lane l takes units l, l + 32, ...; dot<8> over the n rows at once
+// (y.bin) and dot<1> row by row (y1.bin); then the warp's shuffle tree.
+template <class U> int gemvu(const std::string& dir, int cols, int rows, int rb, int n) {
+    std::vector<u8> w = rd(dir + "/w.bin", (size_t)rows * rb), xb = rd(dir + "/x.bin", (size_t)n * cols * 4);
+    const float* x = (const float*)xb.data();
+    std::vector<float> y((size_t)n * rows), y1((size_t)n * rows);
+    int units = cols / U::UNIT;
+    for (int row = 0; row < rows; row++) {
+        const u8* wr = w.data() + (size_t)row * rb;
+        float acc[8][32], acc1[8][32];
+        for (int lane = 0; lane < 32; lane++) {
+            float a[8] = {0}, a1[8] = {0};
+            for (int u = lane; u < units; u += 32) U::template dot<8>(wr, u, x, cols, n, a);
+            for (int r = 0; r < n; r++)
+                for (int u = lane; u < units; u += 32) U::template dot<1>(wr, u, x + (size_t)r * cols, cols, 1, &a1[r]);
+            for (int r = 0; r < 8; r++) acc[r][lane] = a[r], acc1[r][lane] = a1[r];
+        }
+        for (int r = 0; r < n; r++) {
+            for (float* v : {acc[r], acc1[r]})
+                for (int o = 16; o > 0; o >>= 1) {
+                    float t[32];
+                    for (int l = 0; l < 32; l++) t[l] = v[l] + v[l ^ o];
+                    memcpy(v, t, sizeof t);
+                }
+            y[(size_t)r * rows + row] = acc[r][0];
+            y1[(size_t)r * rows + row] = acc1[r][0];
+        }
+    }
+    wr(dir + "/y.bin", y.data(), y.size());
+    wr(dir + "/y1.bin", y1.data(), y1.size());
+    return 0;
+}
 int main(int argc, char** argv) {
     std::string mode = argv[1];
+    if (mode == "gemvu") {
+        const char* t = argv[2];
+        std::string dir = argv[3];
+        int cols = atoi(argv[4]), rows = atoi(argv[5]), rb = atoi(argv[6]), n = atoi(argv[7]);
+#define U(nm, S) if (!strcmp(t, nm)) return gemvu<S>(dir, cols, rows, rb, n);
+        U("nvfp4_ct", UNVFP4CT) U("fp8_b8", UFP8<8>) U("fp8_b16", UFP8<16>) U("fp8_b32", UFP8<32>)
+        U("fp8_b64", UFP8<64>) U("fp8_b128", UFP8<128>) U("mxfp4", UMXFP4)
+        return 2;
+    }
     if (mode == "rot") {
         size_t len = atol(argv[4]);
         int b = atoi(argv[5]);
@@ -111,6 +153,7 @@ int main(int argc, char** argv) {
 /// The host build of the FP decoders and the rotation butterflies.
 fn harness(dir: &Path) -> Option<std::path::PathBuf> {
     let fp4 = kernel_source("fp4.cu");
+    // the decoders and the float units
     let fp4_deq = &fp4[fp4.find("// ---- fp4: dequantization").unwrap()
         ..fp4.find("// ---- fp4: integer units").unwrap()];
     let ct = kernel_source("fp_ct.cu");
@@ -321,6 +364,19 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// `y = x · Wᵀ` by the host build of `w`'s float unit (`gemvu_impl`'s order): the batch
+/// kernel's sums over all `n` rows at once and the one-row kernel's row by row.
+fn host_gemvu(exe: &Path, dir: &Path, w: &WeightMatrix, x: &[f32], n: usize) -> [Vec<f32>; 2] {
+    std::fs::write(dir.join("w.bin"), w.data.as_slice()).unwrap();
+    std::fs::write(dir.join("x.bin"), f32_bytes(x)).unwrap();
+    let args = ["gemvu".to_string(), kernel_of(w), dir.display().to_string()]
+        .into_iter()
+        .chain([w.cols, w.rows, w.row_bytes(), n].map(|v| v.to_string()))
+        .collect::<Vec<_>>();
+    run(exe, &args);
+    [floats(&dir.join("y.bin")), floats(&dir.join("y1.bin"))]
+}
+
 /// `y = x · Wᵀ` by the host build of `w`'s GPU decoder, in `gemv.cu`'s summation order.
 fn host_gemv(exe: &Path, dir: &Path, w: &WeightMatrix, x: &[f32], n: usize) -> Vec<f32> {
     std::fs::write(dir.join("w.bin"), w.data.as_slice()).unwrap();
@@ -376,6 +432,19 @@ fn fp_kernels_decode_and_multiply_as_the_cpu_engine() {
                 "{} ({k}): product differs by {rel:.2e}",
                 case.name
             );
+            // the unit kernels (`gemv_*` for batches, `gemv1_*` for one row)
+            for (which, got) in
+                ["batch", "one-row"]
+                    .iter()
+                    .zip(host_gemvu(&exe, tmp.path(), &w, &x, n))
+            {
+                let rel = rel_err(&got, &want);
+                assert!(
+                    rel < 1e-6,
+                    "{} ({k}), {which} unit kernel: product differs by {rel:.2e}",
+                    case.name
+                );
+            }
         }
     }
     let all: Vec<String> = cuda_kernels();

@@ -9,7 +9,8 @@
 //!    channel / per tensor / 128×128 blocks, and NVFP4 behind MR-GPTQ's online
 //!    Hadamard rotation of 64 and 128);
 //! 2. the device-to-device copy bandwidth, then the time of `y = x · Wᵀ` for one
-//!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape)
+//!    activation row over ROWS×COLS matrices (default 14336×4096, the 8B FFN shape, then
+//!    8192×8192)
 //!    per type (the integer checkpoints' `INT4_B32` / `INT8_B32` and the FP types
 //!    `NVFP4_F32` / `MXFP4_F32` / `FP8_B128` included): bytes moved
 //!    per call / mean time over 50 back-to-back calls (median of 5 rounds), and its share
@@ -178,9 +179,9 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let (rows, cols) = match args[..] {
-        [r, c] => (r, c),
-        _ => (14336, 4096),
+    let shapes = match args[..] {
+        [r, c] => vec![(r, c)],
+        _ => vec![(14336, 4096), (8192, 8192)],
     };
     let be = match Cuda::open(0) {
         Ok(b) => b,
@@ -236,6 +237,17 @@ fn main() {
     }
     let copy = be.copy_bandwidth(1 << 30, 10).expect("copy bandwidth");
     println!("copy bandwidth (read + write): {:.0} GB/s", copy / 1e9);
+    for (rows, cols) in shapes {
+        time_shape(&be, rows, cols, copy, &mut rng);
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// The timing table for `rows`×`cols` weights: every GGML type with an integer kernel
+/// and F16, the integer checkpoints' blocks, and the compressed-tensors FP kernels.
+fn time_shape(be: &Cuda, rows: usize, cols: usize, copy: f64, rng: &mut impl Rng) {
     println!("GEMV 1 x {cols} x {rows} (y = x . W^T), median of 5 rounds of 50:");
     let x = be.upload((0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect());
     for ty in [
@@ -262,7 +274,7 @@ fn main() {
             }
         }
         let w = WeightMatrix::new(ty, rows, cols, Bytes::whole(Arc::new(buf))).expect("matrix");
-        time_row(&be, w, &x, copy);
+        time_row(be, w, &x, copy);
     }
     for bits in [4u8, 8] {
         let rb = llmq_kernels::int_blocks::int_block_bytes(bits, 32) * cols / 32;
@@ -275,16 +287,13 @@ fn main() {
             perm: None,
         };
         let w = WeightMatrix::from_packed_int(p, rows, cols, IntAct::Q8_0).expect("matrix");
-        time_row(&be, w, &x, copy);
+        time_row(be, w, &x, copy);
     }
     for (_, grid, groups) in fp_cases(cols) {
         if grid == FpGrid::Fp8 && groups != (128, 128) {
             continue; // the same FP8_B128 rows as 128x128 blocks
         }
-        time_row(&be, fp_matrix(grid, rows, cols, groups, &mut rng), &x, copy);
-    }
-    if failed {
-        std::process::exit(1);
+        time_row(be, fp_matrix(grid, rows, cols, groups, rng), &x, copy);
     }
 }
 

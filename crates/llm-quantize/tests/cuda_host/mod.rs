@@ -15,7 +15,7 @@ pub const HOST_PRELUDE: &str = r#"
 #include <vector>
 typedef unsigned char u8; typedef signed char i8; typedef unsigned short u16;
 typedef unsigned int u32; typedef unsigned long long u64;
-struct uint4 { u32 x, y, z, w; };
+struct uint4 { u32 x, y, z, w; }; struct float4 { float x, y, z, w; };
 static float h2f(u16 h) {
     int s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
     float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 1024), e - 25);
@@ -25,6 +25,7 @@ static float bf2f(u16 h) { u32 x = ((u32)h) << 16; float f; memcpy(&f, &x, 4); r
 static u16 ld16(const u8* p) { return (u16)p[0] | ((u16)p[1] << 8); }
 static u32 ld32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
 static float __uint_as_float(u32 x) { float f; memcpy(&f, &x, 4); return f; }
+static u32 __funnelshift_r(u32 lo, u32 hi, u32 s) { s &= 31; return s ? (lo >> s) | (hi << (32 - s)) : lo; }
 "#;
 
 /// Kernel source `text` made plain C++ (device qualifiers dropped) and compiled for the

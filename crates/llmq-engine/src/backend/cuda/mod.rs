@@ -37,7 +37,10 @@ pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
 pub use record::GraphStats;
 pub use tensor_core::DEQUANT_TYPES as DEQUANT_F16_TYPES;
-pub use weights::{fp_kernel_names, CudaWeight, GPU_TYPES, INT_DOT_TYPES};
+pub use weights::{
+    device_layout, fp_kernel_names, CudaWeight, GEMV1_KERNELS, GPU_TYPES, INT_DOT_TYPES,
+    Q6K_DEVICE_BLOCK,
+};
 
 use crate::error::{EngineError, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -153,6 +156,7 @@ impl Cuda {
                     .flat_map(|k| [format!("gemvq1_{k}"), format!("gemvq8_{k}")]),
             )
             .chain(weights::fp_kernel_names())
+            .chain(GEMV1_KERNELS.iter().map(|k| format!("gemv1_{k}")))
             .chain(tensor_core::kernel_names())
             .chain(calib::kernel_names());
         for n in names {

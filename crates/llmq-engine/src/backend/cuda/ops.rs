@@ -153,7 +153,8 @@ impl Cuda {
         launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, qx, dx, sx, s1, &y.data, &nn);
     }
 
-    /// `y = x · Wᵀ` by the float kernel `gemv_*` (x already rounded).
+    /// `y = x · Wᵀ` by the float kernel `gemv_*` (x already rounded), or `gemv1_*` for
+    /// one row where the type has it.
     fn gemv_float(&self, w: &CudaWeight, x: &CudaBuf, n: usize, y: &CudaBuf) {
         let cfg = LaunchConfig {
             grid_dim: (
@@ -165,7 +166,8 @@ impl Cuda {
             shared_mem_bytes: 0,
         };
         let (rb, rows, cols, nn) = (w.row_bytes as u64, w.rows as i32, w.cols as i32, n as i32);
-        let name = format!("gemv_{}", w.kernel);
+        let one = n == 1 && weights::GEMV1_KERNELS.contains(&w.kernel);
+        let name = format!("gemv{}_{}", if one { "1" } else { "" }, w.kernel);
         launch!(self, &name, cfg, &*w.data, &rb, &rows, &cols, &x.data, &y.data, &nn);
     }
 

@@ -8,6 +8,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use llmq_formats::GgmlType;
 use llmq_kernels::fp_blocks::FpType;
 use llmq_kernels::{IntAct, WeightMatrix, WeightType};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The widest Hadamard block the rotation kernel takes (its floats in shared memory).
@@ -85,6 +86,14 @@ pub const INT_DOT_TYPES: &[&str] = &[
     "iq4_xs", "int4", "int8", "mxfp4", "nvfp4",
 ];
 
+/// The float products with a one-row kernel `gemv1_*` besides the batch kernel `gemv_*`
+/// (`kernels/gemv.cu`: fewer registers, the loop unrolled for more loads in flight): the
+/// dense types and the compressed-tensors FP kernels, whose one-row products are float.
+pub const GEMV1_KERNELS: &[&str] = &[
+    "f32", "f16", "bf16", "mxfp4", "nvfp4_ct", "fp8_b8", "fp8_b16", "fp8_b32", "fp8_b64",
+    "fp8_b128",
+];
+
 /// The kernel suffix of a weight type the GPU computes. Group-wise integer weights
 /// (GPTQ / AWQ / compressed-tensors) run where the CPU engine multiplies them in integers:
 /// 4 or 8 bits in blocks of 32 against Q8_0 activations (`int4` / `int8` in
@@ -143,7 +152,41 @@ pub(super) fn order_supported(w: &WeightMatrix) -> bool {
             .is_none_or(|o| o.segments(w.rows).len() <= 1)
 }
 
-/// Copy `w`'s packed bytes to the device (the type was checked at load).
+/// Q6_K's block size on the device (`Q6K_STRIDE` in `kernels/dequant.cuh`): the 210-byte
+/// blocks padded with 6 zero bytes, so that every piece the kernels read (ql, qh, the
+/// scales, d: all at multiples of 8 inside the block) is 8-byte aligned and read with
+/// one 8-byte load where the 2-byte aligned blocks needed four 2-byte ones.
+pub const Q6K_DEVICE_BLOCK: usize = 216;
+
+/// `bytes` (whole rows of `row_bytes`, in the weight's packed form) in the layout the
+/// device kernel `kernel` reads, and its row size: the bytes as they are for every
+/// kernel but `q6_k`, whose blocks are padded to [`Q6K_DEVICE_BLOCK`] bytes.
+pub fn device_layout<'a>(
+    kernel: &str,
+    bytes: &'a [u8],
+    row_bytes: usize,
+) -> (Cow<'a, [u8]>, usize) {
+    const Q6K: usize = 210;
+    if kernel != "q6_k" {
+        return (Cow::Borrowed(bytes), row_bytes);
+    }
+    let mut out = vec![0u8; bytes.len() / Q6K * Q6K_DEVICE_BLOCK];
+    for (o, b) in out
+        .chunks_exact_mut(Q6K_DEVICE_BLOCK)
+        .zip(bytes.chunks_exact(Q6K))
+    {
+        o[..Q6K].copy_from_slice(b);
+    }
+    (Cow::Owned(out), row_bytes / Q6K * Q6K_DEVICE_BLOCK)
+}
+
+/// The kernels that read whole words around byte-aligned blocks (`kernels/gemvq.cu`'s
+/// GQINT: up to 5 bytes past a block), and the zero bytes their copies get after the end.
+const TAIL_PADDED: &[&str] = &["int4", "int8"];
+const TAIL_PAD: usize = 16;
+
+/// Copy `w`'s packed bytes to the device (the type was checked at load), in the kernels'
+/// layout ([`device_layout`]).
 pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
     let kernel = kernel_of(w.ty).unwrap_or_else(|| {
         panic!(
@@ -151,11 +194,18 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
             w.ty.name()
         )
     });
-    let bytes = w.data.as_slice();
+    let (bytes, row_bytes) = device_layout(kernel, w.data.as_slice(), w.row_bytes());
     let data = if bytes.is_empty() {
         ok("alloc", stream.alloc_zeros::<u8>(1))
+    } else if TAIL_PADDED.contains(&kernel) {
+        let mut d = ok("alloc", stream.alloc_zeros::<u8>(bytes.len() + TAIL_PAD));
+        ok(
+            "upload",
+            stream.memcpy_htod(&bytes[..], &mut d.slice_mut(..bytes.len())),
+        );
+        d
     } else {
-        ok("upload", stream.clone_htod(bytes))
+        ok("upload", stream.clone_htod(&bytes[..]))
     };
     let perm = w.col_order.as_ref().map(|o| {
         let p: Vec<i32> = o.perm_of_row(0).iter().map(|&c| c as i32).collect();
@@ -167,7 +217,7 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
         data: Arc::new(data),
         rows: w.rows,
         cols: w.cols,
-        row_bytes: w.row_bytes(),
+        row_bytes,
         kernel,
         // Fp weights multiply f32 activations (`dot_fp`), even MXFP4's ggml blocks
         int_dot: !matches!(w.ty, WeightType::Fp(_)) && INT_DOT_TYPES.contains(&kernel),

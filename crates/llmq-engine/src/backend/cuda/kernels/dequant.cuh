@@ -202,10 +202,13 @@ struct TQ5_K {
 };
 
 // 210 bytes: ql[128], qh[64], scales[16] (i8), d (f16). Value i: half n = i/128,
-// quarter g, lane l; 4 low bits from ql, 2 high from qh; minus 32.
+// quarter g, lane l; 4 low bits from ql, 2 high from qh; minus 32. On the device each
+// block is padded to Q6K_STRIDE bytes (`weights::device_layout`), so that every piece of
+// it is 8-byte aligned.
+#define Q6K_STRIDE 216
 struct TQ6_K {
     static __device__ __forceinline__ void deq8(const u8* r, int c, float* o) {
-        const u8* b = r + (c >> 5) * 210;
+        const u8* b = r + (c >> 5) * Q6K_STRIDE;
         int i0 = (c & 31) * 8, n = i0 >> 7, g = (i0 & 127) >> 5, l0 = i0 & 31;
         float d = h2f(ld16(b + 208));
         const u8* ql = b + n * 64 + (g & 1) * 32 + l0;

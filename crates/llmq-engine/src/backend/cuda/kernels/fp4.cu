@@ -61,22 +61,76 @@ struct TNVFP4 {
     DEQ1_FROM_DEQ8
 };
 
+// ---- fp4: float units
+
+// The one-row and batch float products of the FP formats (`gemvu_impl` in gemv.cu; here
+// MXFP4 with f32 activations, `fp_ct.cu` NVFP4 and FP8) decode a lane's values from word
+// loads in registers, with no table lookups and one scale per block. An E2M1 code (sign
+// in bit 31 of t, magnitude in bits 28..30) as ±e2m1·2^-126 is its magnitude bits moved
+// to bits 22..24 of an f32 (code 1, 0.5, lands on the subnormal 2^-127); times 2^126
+// (exact) it is the E2M1 value.
+#define TWO_P126 __uint_as_float(0x7E800000u)
+
+__device__ __forceinline__ float e2m1_scaled(u32 t) { return __uint_as_float((u32)((int)t >> 6) & 0x81C00000u); }
+
+// Bytes o .. o+3 (o a constant, after unrolling) of the little-endian words w; w[o / 4 + 1]
+// must exist.
+#define WORD_AT(w, o) \
+    ((o) % 4 == 0 ? (w)[(o) / 4] : __funnelshift_r((w)[(o) / 4], (w)[(o) / 4 + 1], 8 * ((o) % 4)))
+
+// Σ v[i]·x[i] over N values (a multiple of 4), x 16-byte aligned.
+template <int N>
+__device__ __forceinline__ float dotf(const float* v, const float* x) {
+    const float4* x4 = (const float4*)x;
+    float p = 0.0f;
+#pragma unroll
+    for (int k = 0; k < N / 4; k++) {
+        float4 a = x4[k];
+        p += v[4 * k] * a.x + v[4 * k + 1] * a.y + v[4 * k + 2] * a.z + v[4 * k + 3] * a.w;
+    }
+    return p;
+}
+
+// MXFP4 with f32 activations (compressed-tensors `Fp(Mxfp4)`): unit = four blocks (128
+// values, 68 bytes: 17 words, 4-byte aligned when 128 | cols); Σ e2m1·x per block times
+// 2^(e - 127), as `dot_mxfp4_f32`.
+struct UMXFP4 {
+    static const int UNIT = 128;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const float* x, int cols, int nb, float* acc) {
+        const u32* q = (const u32*)(row + 68 * u);
+        u32 w[18];  // (w[17]: the unread word of WORD_AT's untaken branch)
+#pragma unroll
+        for (int k = 0; k < 17; k++) w[k] = q[k];
+        w[17] = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 e = (w[(17 * j) / 4] >> (8 * ((17 * j) % 4))) & 0xFF;
+            float d = __uint_as_float(e == 0 ? 0x00400000u : e << 23);
+            u32 c[4] = {WORD_AT(w, 17 * j + 1), WORD_AT(w, 17 * j + 5), WORD_AT(w, 17 * j + 9),
+                        WORD_AT(w, 17 * j + 13)};
+            float v[32];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                u32 cw = c[i >> 2];
+                int b = i & 3;
+                v[i] = e2m1_scaled(cw << (28 - 8 * b)) * TWO_P126;
+                v[i + 16] = e2m1_scaled(cw << (24 - 8 * b)) * TWO_P126;
+            }
+#pragma unroll
+            for (int r = 0; r < NB; r++)
+                if (r < nb) acc[r] += dotf<32>(v, x + (u64)r * cols + 128 * u + 32 * j) * d;
+        }
+    }
+};
+
 // ---- fp4: integer units
 
-// The doubled E2M1 levels as int8 bytes, four per word.
+// The doubled E2M1 levels as int8 bytes, four per word (a table for `lookup16x8`).
 #define FP4_T0 0x03020100u  // 0 1 2 3
 #define FP4_T1 0x0C080604u  // 4 6 8 12
 #define FP4_T2 0xFDFEFF00u  // 0 -1 -2 -3
 #define FP4_T3 0xF4F8FAFCu  // -4 -6 -8 -12
-
-// Four 4-bit codes (bits 0..3 of each byte of q) as their int8 doubled levels.
-__device__ __forceinline__ int fp4_lookup(u32 q) {
-    u32 sel = q & 0x07070707u;
-    u32 s = (sel & 0xFu) | ((sel >> 4) & 0xF0u) | ((sel >> 8) & 0xF00u) | ((sel >> 12) & 0xF000u);
-    u32 lo = (u32)prmt(FP4_T0, FP4_T1, s), hi = (u32)prmt(FP4_T2, FP4_T3, s);
-    u32 m = ((q & 0x08080808u) >> 3) * 0xFFu;
-    return (int)((lo & ~m) | (hi & m));
-}
 
 // MXFP4: unit = a block (32 values), 17-byte blocks (byte aligned: byte loads); as
 // ggml's vec_dot_mxfp4_q8_0, Σ w·x = 2^(e-128)·dx·Σ level·qx.
@@ -88,11 +142,7 @@ struct GMXFP4 {
         float d = e8m0_half(b[0]);
         int lo[4], hi[4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u32 v = ld32(b + 1 + 4 * k);
-            lo[k] = fp4_lookup(v & 0x0F0F0F0Fu);
-            hi[k] = fp4_lookup((v >> 4) & 0x0F0F0F0Fu);
-        }
+        for (int k = 0; k < 4; k++) lookup16x8(ld32(b + 1 + 4 * k), FP4_T0, FP4_T1, FP4_T2, FP4_T3, &lo[k], &hi[k]);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -118,10 +168,11 @@ struct GNVFP4 {
         const u32* q = (const u32*)(b + 4 + 16 * h);
         u32 v0 = q[0], v1 = q[1], v2 = q[2], v3 = q[3];
         // values 0..7 (low nibbles) then 8..15 (high nibbles) of each sub-block
-        int w0[4] = {fp4_lookup(v0 & 0x0F0F0F0Fu), fp4_lookup(v1 & 0x0F0F0F0Fu),
-                     fp4_lookup((v0 >> 4) & 0x0F0F0F0Fu), fp4_lookup((v1 >> 4) & 0x0F0F0F0Fu)};
-        int w1[4] = {fp4_lookup(v2 & 0x0F0F0F0Fu), fp4_lookup(v3 & 0x0F0F0F0Fu),
-                     fp4_lookup((v2 >> 4) & 0x0F0F0F0Fu), fp4_lookup((v3 >> 4) & 0x0F0F0F0Fu)};
+        int w0[4], w1[4];
+        lookup16x8(v0, FP4_T0, FP4_T1, FP4_T2, FP4_T3, &w0[0], &w0[2]);
+        lookup16x8(v1, FP4_T0, FP4_T1, FP4_T2, FP4_T3, &w0[1], &w0[3]);
+        lookup16x8(v2, FP4_T0, FP4_T1, FP4_T2, FP4_T3, &w1[0], &w1[2]);
+        lookup16x8(v3, FP4_T0, FP4_T1, FP4_T2, FP4_T3, &w1[1], &w1[3]);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -137,7 +188,19 @@ struct GNVFP4 {
 
 // ---- fp4: kernels
 
-WEIGHT_KERNELS(mxfp4, TMXFP4)
+// MXFP4's float product (f32 activations: `Fp(Mxfp4)`): rows of 128 | cols on the unit
+// above, others (32 | cols: byte-aligned blocks) on the decoder of 8 values
+template <class T, int NB>
+__device__ __forceinline__ void gemv_mxfp4_impl(const u8* __restrict__ w, u64 row_bytes, int rows, int cols,
+                                                const float* __restrict__ x, float* __restrict__ y, int n) {
+    if (cols % 128 == 0)
+        gemvu_impl<UMXFP4, NB>(w, row_bytes, rows, cols, x, y, n);
+    else
+        gemv_impl<T, NB>(w, row_bytes, rows, cols, x, y, n);
+}
+
+GEMV_KERNELS(mxfp4, gemv_mxfp4_impl, TMXFP4)
+EMBED_KERNEL(mxfp4, TMXFP4)
 WEIGHT_KERNELS(nvfp4, TNVFP4)
 GEMVQ_KERNELS(mxfp4, GMXFP4)
 GEMVQ_KERNELS(nvfp4, GNVFP4)

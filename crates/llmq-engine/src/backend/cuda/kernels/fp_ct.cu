@@ -8,6 +8,10 @@
 // float GEMV and embedding of `gemv.cu` (f32 activations, as the CPU's `dot_fp`) and
 // the f16 dequantization of `tensorcore.cu` serve them with the per-type pieces here.
 //
+// The products (`gemv_*` for batches, `gemv1_*` for one row) decode a unit of 16 to 64
+// values per lane from word loads (`fp_ct: float units`), one scale per block; the
+// embedding and the f16 dequantization keep the 8-value decoders.
+//
 // Needs (concatenated before it): common.cuh, dequant.cuh, gemv.cu, tensorcore.cu.
 
 // ---- fp_ct: dequantization
@@ -72,14 +76,134 @@ struct TFP8 {
     DEQ1_FROM_DEQ8
 };
 
+// ---- fp_ct: float units
+
+// The one-row and batch products (`gemvu_impl` in gemv.cu) decode a lane's values from
+// word loads in registers (`e2m1_scaled`, `WORD_AT`, `dotf` of fp4.cu's float units).
+// An E4M3 byte (bits 24..31 of t) as ±e4m3·2^-120 is its bits 0..6 moved to bits 20..26
+// of an f32 (E4M3 subnormals land on f32 subnormals), as `fp_blocks::e4m3_value` does;
+// times 2^120 (exact) it is the CPU's value bit for bit.
+#define TWO_P120 __uint_as_float(0x7B800000u)
+
+__device__ __forceinline__ float e4m3_scaled(u32 t) { return __uint_as_float((u32)((int)t >> 4) & 0x87F00000u); }
+
+// a and b rounded to the nearest bf16, ties to even (one conversion for both on sm_80+).
+__device__ __forceinline__ void bf16_round2(float& a, float& b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(a), "f"(b));
+    a = __uint_as_float(d & 0xFFFF0000u);
+    b = __uint_as_float(d << 16);
+#else
+    a = bf16_round(a);
+    b = bf16_round(b);
+#endif
+}
+
+// NVFP4: unit = four blocks (64 values, 36 bytes: nine words, 4-byte aligned when
+// 64 | cols). Per block s' = e4m3(s) / g once, each value ±bf16(e2m1 · s') exactly as
+// `dequantize_fp_row` (bf16 rounding is symmetric, so the sign may come first).
+struct UNVFP4CT {
+    static const int UNIT = 64;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const float* x, int cols, int nb, float* acc) {
+        float g = __uint_as_float(*(const u32*)row);
+        const u32* q = (const u32*)(row + 4 + 36 * u);
+        u32 w[10];  // (w[9]: the unread word of WORD_AT's untaken branch)
+#pragma unroll
+        for (int k = 0; k < 9; k++) w[k] = q[k];
+        w[9] = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float sd = e4m3_val((w[(9 * j) / 4] >> (8 * ((9 * j) % 4))) & 0xFF) / g;
+            u32 c[2] = {WORD_AT(w, 9 * j + 1), WORD_AT(w, 9 * j + 5)};
+            float v[16];
+            // ±e2m1·2^-126 times s'·2^126 is ±e2m1·s' rounded once, the CPU's product, while
+            // s'·2^126 is finite (|s'| < 4, as NVFP4 scales are): one multiply per value
+            if (fabsf(sd) < 4.0f) {
+                float f = sd * TWO_P126;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    u32 cw = c[i >> 2];
+                    int b = i & 3;
+                    float lo = e2m1_scaled(cw << (28 - 8 * b)) * f;
+                    float hi = e2m1_scaled(cw << (24 - 8 * b)) * f;
+                    bf16_round2(lo, hi);
+                    v[2 * i] = lo;
+                    v[2 * i + 1] = hi;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    u32 cw = c[i >> 2];
+                    int b = i & 3;
+                    float lo = e2m1_scaled(cw << (28 - 8 * b)) * TWO_P126 * sd;
+                    float hi = e2m1_scaled(cw << (24 - 8 * b)) * TWO_P126 * sd;
+                    bf16_round2(lo, hi);
+                    v[2 * i] = lo;
+                    v[2 * i + 1] = hi;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < NB; r++)
+                if (r < nb) acc[r] += dotf<16>(v, x + (u64)r * cols + 64 * u + 16 * j);
+        }
+    }
+};
+
+// FP8 in blocks of B: unit = 16 values of one block (8 for B = 8), four bytes per word
+// load (blocks are 4-byte aligned); Σ e4m3·x per unit, times the block's scale, as
+// `dot_fp8` takes the scale out of each block.
+template <int B>
+struct UFP8 {
+    static const int UNIT = B < 16 ? B : 16;
+    template <int NB>
+    static __device__ __forceinline__ void dot(const u8* row, int u, const float* x, int cols, int nb, float* acc) {
+        int v0 = u * UNIT;
+        const u8* blk = row + (v0 / B) * (4 + B);
+        float s = __uint_as_float(*(const u32*)blk);
+        const u32* q = (const u32*)(blk + 4 + v0 % B);
+        float v[UNIT];
+#pragma unroll
+        for (int k = 0; k < UNIT / 4; k++) {
+            u32 t = q[k];
+            v[4 * k] = e4m3_scaled(t << 24) * TWO_P120;
+            v[4 * k + 1] = e4m3_scaled(t << 16) * TWO_P120;
+            v[4 * k + 2] = e4m3_scaled(t << 8) * TWO_P120;
+            v[4 * k + 3] = e4m3_scaled(t) * TWO_P120;
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            if (r < nb) acc[r] += dotf<UNIT>(v, x + (u64)r * cols + v0) * s;
+        }
+    }
+};
+
 // ---- fp_ct: kernels
 
-WEIGHT_KERNELS(nvfp4_ct, TNVFP4CT)
-WEIGHT_KERNELS(fp8_b8, TFP8<8>)
-WEIGHT_KERNELS(fp8_b16, TFP8<16>)
-WEIGHT_KERNELS(fp8_b32, TFP8<32>)
-WEIGHT_KERNELS(fp8_b64, TFP8<64>)
-WEIGHT_KERNELS(fp8_b128, TFP8<128>)
+// NVFP4 rows of 64 | cols on the unit above, others (16 | cols: byte-aligned blocks) on
+// the decoder of 8 values
+template <class T, int NB>
+__device__ __forceinline__ void gemv_nvfp4_ct_impl(const u8* __restrict__ w, u64 row_bytes, int rows, int cols,
+                                                   const float* __restrict__ x, float* __restrict__ y, int n) {
+    if (cols % 64 == 0)
+        gemvu_impl<UNVFP4CT, NB>(w, row_bytes, rows, cols, x, y, n);
+    else
+        gemv_impl<T, NB>(w, row_bytes, rows, cols, x, y, n);
+}
+
+GEMV_KERNELS(nvfp4_ct, gemv_nvfp4_ct_impl, TNVFP4CT)
+GEMV_KERNELS(fp8_b8, gemvu_impl, UFP8<8>)
+GEMV_KERNELS(fp8_b16, gemvu_impl, UFP8<16>)
+GEMV_KERNELS(fp8_b32, gemvu_impl, UFP8<32>)
+GEMV_KERNELS(fp8_b64, gemvu_impl, UFP8<64>)
+GEMV_KERNELS(fp8_b128, gemvu_impl, UFP8<128>)
+EMBED_KERNEL(nvfp4_ct, TNVFP4CT)
+EMBED_KERNEL(fp8_b8, TFP8<8>)
+EMBED_KERNEL(fp8_b16, TFP8<16>)
+EMBED_KERNEL(fp8_b32, TFP8<32>)
+EMBED_KERNEL(fp8_b64, TFP8<64>)
+EMBED_KERNEL(fp8_b128, TFP8<128>)
 DEQUANT_F16(nvfp4_ct, TNVFP4CT)
 DEQUANT_F16(fp8_b8, TFP8<8>)
 DEQUANT_F16(fp8_b16, TFP8<16>)

@@ -117,6 +117,21 @@ __device__ __forceinline__ int dot16(const int* w, int4 x, int acc) {
     return dp4a(w[3], x.w, dp4a(w[2], x.z, dp4a(w[1], x.y, dp4a(w[0], x.x, acc))));
 }
 
+// Sixteen bytes at p (2-byte aligned) as four little-endian words: four aligned word loads
+// and, where p is not 4-byte aligned, the two bytes after them and funnel shifts (five
+// loads where two-byte loads took eight; every load stays inside the 16 bytes' words).
+__device__ __forceinline__ void ld16_a2(const u8* p, int* w) {
+    u32 mis = (u32)(u64)p & 2u;
+    const u32* a = (const u32*)(p - mis);
+    u32 v0 = a[0], v1 = a[1], v2 = a[2], v3 = a[3];
+    u32 v4 = mis ? (u32) * (const u16*)(p + 14) : 0u;
+    u32 sh = 8 * mis;
+    w[0] = (int)__funnelshift_r(v0, v1, sh);
+    w[1] = (int)__funnelshift_r(v1, v2, sh);
+    w[2] = (int)__funnelshift_r(v2, v3, sh);
+    w[3] = (int)__funnelshift_r(v3, v4, sh);
+}
+
 // Q8_0: unit = half a block (16 values); 34-byte blocks.
 struct GQ8_0 {
     static const int UNIT = 16;
@@ -125,7 +140,8 @@ struct GQ8_0 {
         const u8* b = row + (u >> 1) * 34;
         float d = h2f(*(const u16*)b);
         const u8* q = b + 2 + 16 * (u & 1);
-        int w[4] = {ld32_a2(q), ld32_a2(q + 4), ld32_a2(q + 8), ld32_a2(q + 12)};
+        int w[4];
+        ld16_a2(q, w);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -171,13 +187,12 @@ struct GQ4 {
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * (MIN ? 20 : 18);
         float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
-        const u8* qs = b + (MIN ? 4 : 2);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(b + (MIN ? 4 : 2), v);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(qs + 4 * k);
-            lo[k] = v & 0x0F0F0F0F;
-            hi[k] = (v >> 4) & 0x0F0F0F0F;
+            lo[k] = v[k] & 0x0F0F0F0F;
+            hi[k] = (v[k] >> 4) & 0x0F0F0F0F;
         }
         offset_or_min_dot<NB, MIN>(lo, hi, d, m, 8, u, a, acc);
     }
@@ -194,12 +209,12 @@ struct GQ5 {
         float d = h2f(*(const u16*)b), m = MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
         const u8* h = b + (MIN ? 4 : 2);
         u32 qh = (u32)ld32_a2(h);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(h + 4, v);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            int v = ld32_a2(h + 4 + 4 * k);
-            lo[k] = (v & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
-            hi[k] = ((v >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
+            lo[k] = (v[k] & 0x0F0F0F0F) | (spread4(qh >> (4 * k)) << 4);
+            hi[k] = ((v[k] >> 4) & 0x0F0F0F0F) | (spread4(qh >> (16 + 4 * k)) << 4);
         }
         offset_or_min_dot<NB, MIN>(lo, hi, d, m, 16, u, a, acc);
     }
@@ -209,32 +224,38 @@ struct GQ5 {
 // `llmq_kernels::int_blocks`): blocks of 32 columns, each [f16 scale s][zero z][codes],
 // value s·(q - z). 4 bits: 19-byte blocks, codes in Q4_0's nibble order; 8 bits: 35-byte
 // blocks, codes and zero stored `q ^ 0x80` (signed q - 128). Σ w·x = s·dx·(Σ q·qx - z·Σ qx),
-// as `dot_int_q8_0` on the CPU. The blocks are byte aligned only, so bytes are loaded one by
-// one.
-__device__ __forceinline__ int ld32_a1(const u8* p) {
-    return (int)((u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24));
-}
-
+// as `dot_int_q8_0` on the CPU. The blocks are byte aligned only: a lane loads the aligned
+// words around its block (6 or 10) and funnel-shifts them into place; the last of them may
+// reach up to 5 bytes past the block, which the device copy's 16 bytes of tail padding
+// (`weights::upload`) keep inside the allocation.
 template <int BITS>
 struct GQINT {
     static const int UNIT = 32;
     static const int BYTES = BITS == 4 ? 19 : 35;
+    static const int WORDS = BITS == 4 ? 5 : 9;  // the block's bytes as words from b
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * BYTES;
-        float d = h2f((u16)(b[0] | (b[1] << 8)));
-        int z = BITS == 4 ? (int)b[2] : (int)(i8)b[2];
-        const u8* qs = b + 3;
+        u32 mis = (u32)(u64)b & 3u;
+        const u32* p = (const u32*)(b - mis);
+        u32 v[WORDS + 1], x[WORDS];
+#pragma unroll
+        for (int k = 0; k <= WORDS; k++) v[k] = p[k];
+#pragma unroll
+        for (int k = 0; k < WORDS; k++) x[k] = __funnelshift_r(v[k], v[k + 1], 8 * mis);
+        float d = h2f((u16)(x[0] & 0xFFFF));
+        int z = BITS == 4 ? (int)((x[0] >> 16) & 0xFF) : (int)(i8)((x[0] >> 16) & 0xFF);
+        // codes from byte 3: word j is bytes 3 + 4j ..
         int lo[4], hi[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             if (BITS == 4) {
-                int v = ld32_a1(qs + 4 * k);
-                lo[k] = v & 0x0F0F0F0F;
-                hi[k] = (v >> 4) & 0x0F0F0F0F;
+                int q = (int)__funnelshift_r(x[k], x[k + 1], 24);
+                lo[k] = q & 0x0F0F0F0F;
+                hi[k] = (q >> 4) & 0x0F0F0F0F;
             } else {
-                lo[k] = ld32_a1(qs + 4 * k);
-                hi[k] = ld32_a1(qs + 16 + 4 * k);
+                lo[k] = (int)__funnelshift_r(x[k], x[k + 1], 24);
+                hi[k] = (int)__funnelshift_r(x[k + 4], x[k + 5], 24);
             }
         }
         offset_or_min_dot<NB, false>(lo, hi, d, 0.0f, z, u, a, acc);
@@ -258,96 +279,78 @@ __device__ __forceinline__ void kscale_min(uint4 h, int j, int* sc, int* mn) {
     }
 }
 
-// Q4_K (144-byte blocks, 16-byte aligned) and Q5_K (176): unit = sub-block pair p of a
-// block (64 values: low nibbles of qs[32p..32p+32] are sub-block 2p, high ones 2p+1);
-// value = d * sc * q - dmin * m.
+// Q4_K (144-byte blocks, 16-byte aligned) and Q5_K (176): unit = 16 values in order
+// (half h of sub-block s), so the warp's 32 lanes read 512 contiguous activation bytes per
+// step: 16 bytes of qs[32(s/2) + 16h ..], low nibbles for even s, high ones for odd s (Q5_K:
+// bit s of qh[16h ..] above them); value = d * sc * q - dmin * m, the sub-block's 6-bit
+// scale and min from the block's 16-byte header.
 template <bool Q5>
 struct GQK45 {
-    static const int UNIT = 64;
+    static const int UNIT = 16;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const int bytes = Q5 ? 176 : 144;
-        int blk = u >> 2, p = u & 3;
+        int blk = u >> 4, sb = (u & 15) >> 1, h = u & 1;
         const u8* b = row + blk * bytes;
-        uint4 h = *(const uint4*)b;
-        const uint4* qs = (const uint4*)(b + (Q5 ? 48 : 16) + 32 * p);
-        uint4 q0 = qs[0], q1 = qs[1];
-        int v[8] = {(int)q0.x, (int)q0.y, (int)q0.z, (int)q0.w, (int)q1.x, (int)q1.y, (int)q1.z, (int)q1.w};
-        int lo[8], hi[8];
+        uint4 hd = *(const uint4*)b;
+        uint4 q = *(const uint4*)(b + (Q5 ? 48 : 16) + 32 * (sb >> 1) + 16 * h);
+        u32 v[4] = {q.x, q.y, q.z, q.w};
+        int sh = 4 * (sb & 1);
+        int w[4];
         if (Q5) {
-            const uint4* qhp = (const uint4*)(b + 16);
-            uint4 h0 = qhp[0], h1 = qhp[1];
-            u32 qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+            uint4 qh = *(const uint4*)(b + 16 + 16 * h);
+            u32 hv[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                lo[k] = (v[k] & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p)) & 0x01010101u) << 4);
-                hi[k] = ((v[k] >> 4) & 0x0F0F0F0F) | (int)(((qh[k] >> (2 * p + 1)) & 0x01010101u) << 4);
-            }
+            for (int k = 0; k < 4; k++)
+                w[k] = (int)(((v[k] >> sh) & 0x0F0F0F0Fu) | (((hv[k] >> sb) & 0x01010101u) << 4));
         } else {
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                lo[k] = v[k] & 0x0F0F0F0F;
-                hi[k] = (v[k] >> 4) & 0x0F0F0F0F;
-            }
+            for (int k = 0; k < 4; k++) w[k] = (int)((v[k] >> sh) & 0x0F0F0F0Fu);
         }
-        float d = h2f((u16)(h.x & 0xFFFF)), dmin = h2f((u16)(h.x >> 16));
-        int sc0, m0, sc1, m1;
-        kscale_min(h, 2 * p, &sc0, &m0);
-        kscale_min(h, 2 * p + 1, &sc1, &m1);
-        int i0 = blk * 256 + 64 * p;
+        float d = h2f((u16)(hd.x & 0xFFFF)), dmin = h2f((u16)(hd.x >> 16));
+        int sc, mn;
+        kscale_min(hd, sb, &sc, &mn);
+        int i0 = 16 * u;
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
-                const int4* x = (const int4*)a.q(r, i0);
-                int4 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-                int s0 = dot16(lo + 4, x1, dot16(lo, x0, 0));
-                int s1 = dot16(hi + 4, x3, dot16(hi, x2, 0));
-                int b0 = a.s(r, i0) + a.s(r, i0 + 16), b1 = a.s(r, i0 + 32) + a.s(r, i0 + 48);
-                acc[r] += a.d(r, i0) * (d * (float)(sc0 * s0 + sc1 * s1) - dmin * (float)(m0 * b0 + m1 * b1));
+                int4 x = *(const int4*)a.q(r, i0);
+                int dt = dot16(w, x, 0);
+                acc[r] += a.d(r, i0) * (d * (float)(sc * dt) - dmin * (float)(mn * a.s(r, i0)));
             }
         }
     }
 };
 
-// Q6_K (210 bytes, 2-byte aligned): unit = half n, lanes l = 8k..8k+7, for the four
-// quarters g (32 values): ql[64n + 32(g&1) + l] low (g < 2) or high nibble, bits 2g of
-// qh[32n + l], minus 32; int8 scale of 16 values scales[8n + l/16 + 2g]; d at 208.
+// Q6_K (blocks padded to Q6K_STRIDE = 216 bytes on the device: 8-byte aligned): unit =
+// 16 values in order (so the warp's activation loads are 512 contiguous bytes), values
+// 128n + 32g + l0 .. + 15 (l0 = 0 or 16): 4 low bits from ql[64n + 32(g&1) + l0 ..] (low
+// nibbles for g < 2, high ones above), 2 high bits from bits 2g of qh[32n + l0 ..], minus
+// 32; int8 scale scales[8n + l0/16 + 2g]; d at 208. Σ (q - 32)·x = Σ q·x - 32·Σ x with the
+// activations' 16-value sum.
 struct GQ6_K {
-    static const int UNIT = 32;
+    static const int UNIT = 16;
     template <int NB>
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
-        int blk = u >> 3, n = (u >> 2) & 1, k = u & 3;
-        const u8* b = row + blk * 210;
-        const u8* ql = b + 64 * n + 8 * k;
-        const u8* qh = b + 128 + 32 * n + 8 * k;
-        int la[2] = {ld32_a2(ql), ld32_a2(ql + 4)};
-        int lb[2] = {ld32_a2(ql + 32), ld32_a2(ql + 36)};
-        int hb[2] = {ld32_a2(qh), ld32_a2(qh + 4)};
+        int blk = u >> 4, o = 16 * (u & 15), n = o >> 7, g = (o >> 5) & 3, l0 = o & 31;
+        const u8* b = row + blk * Q6K_STRIDE;
+        const uint2* ql = (const uint2*)(b + 64 * n + 32 * (g & 1) + l0);
+        const uint2* qh = (const uint2*)(b + 128 + 32 * n + l0);
+        uint2 la = ql[0], lb = ql[1], ha = qh[0], hb = qh[1];
+        int sc = (int)((const i8*)b)[192 + 8 * n + (l0 >> 4) + 2 * g];
         float d = h2f(*(const u16*)(b + 208));
-        const i8* scales = (const i8*)(b + 192 + 8 * n + (k >> 1));
-        int w[4][2];
+        u32 lq[4] = {la.x, la.y, lb.x, lb.y}, hq[4] = {ha.x, ha.y, hb.x, hb.y};
+        int shl = 4 * (g >> 1), shh = 2 * g;
+        int w[4];
 #pragma unroll
-        for (int g = 0; g < 4; g++) {
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                int l = (g & 1) ? lb[j] : la[j];
-                l = (g >= 2 ? (l >> 4) : l) & 0x0F0F0F0F;
-                w[g][j] = l | (((hb[j] >> (2 * g)) & 0x03030303) << 4);
-            }
-        }
-        int sc[4] = {scales[0], scales[2], scales[4], scales[6]};
-        int i0 = blk * 256 + 128 * n + 8 * k;
+        for (int k = 0; k < 4; k++)
+            w[k] = (int)(((lq[k] >> shl) & 0x0F0F0F0Fu) | (((hq[k] >> shh) & 0x03030303u) << 4));
+        int i0 = blk * 256 + o;
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
-                int s = 0;
-#pragma unroll
-                for (int g = 0; g < 4; g++) {
-                    int2 x = *(const int2*)a.q(r, i0 + 32 * g);
-                    int dotg = dp4a(w[g][1], x.y, dp4a(w[g][0], x.x, 0));
-                    int sumg = dp4a(0x01010101, x.y, dp4a(0x01010101, x.x, 0));
-                    s += sc[g] * (dotg - 32 * sumg);
-                }
+                int4 x = *(const int4*)a.q(r, i0);
+                int s = sc * (dot16(w, x, 0) - 32 * a.s(r, i0));
                 acc[r] += d * a.d(r, i0) * (float)s;
             }
         }
@@ -360,13 +363,18 @@ struct GQ6_K {
 #define IQ4_T2 0x26190D01u  // 1 13 25 38
 #define IQ4_T3 0x71594535u  // 53 69 89 113
 
-// Four 4-bit indices (bits 0..3 of each byte of q) looked up in the IQ4_NL codebook.
-__device__ __forceinline__ int iq4_lookup(u32 q) {
-    u32 sel = q & 0x07070707u;
-    u32 s = (sel & 0xFu) | ((sel >> 4) & 0xF0u) | ((sel >> 8) & 0xF00u) | ((sel >> 12) & 0xF000u);
-    u32 lo = (u32)prmt(IQ4_T0, IQ4_T1, s), hi = (u32)prmt(IQ4_T2, IQ4_T3, s);
-    u32 m = ((q & 0x08080808u) >> 3) * 0xFFu;
-    return (int)((lo & ~m) | (hi & m));
+// The eight 4-bit indices of q (the low and high nibble of each byte) looked up in a
+// 16-entry int8 table held in four words (entry i is byte i % 4 of word i / 4): `lo` gets
+// the entries of the low nibbles of bytes 0..3, `hi` those of the high nibbles. Seven
+// byte permutes for eight values (llama.cpp's get_int_from_table_16): each nibble's
+// bits 0..2 pick from the table's low and high halves, its bit 3 picks the half.
+__device__ __forceinline__ void lookup16x8(u32 q, u32 t0, u32 t1, u32 t2, u32 t3, int* lo, int* hi) {
+    u32 q7 = q & 0x77777777u;
+    u32 pick = ((q & 0x88888888u) >> 1) | 0x32103210u;
+    u32 a = (u32)prmt((u32)prmt(t0, t1, q7), (u32)prmt(t2, t3, q7), pick);  // lo0 hi0 lo1 hi1
+    u32 b = (u32)prmt((u32)prmt(t0, t1, q7 >> 16), (u32)prmt(t2, t3, q7 >> 16), pick >> 16);  // lo2 hi2 lo3 hi3
+    *lo = prmt(a, b, 0x6420u);
+    *hi = prmt(a, b, 0x7531u);
 }
 
 // IQ4_NL: unit = a block (32 values); 18 bytes like Q4_0, nibbles index the codebook.
@@ -376,13 +384,10 @@ struct GIQ4_NL {
     static __device__ __forceinline__ void dot(const u8* row, int u, const QAct& a, float* acc) {
         const u8* b = row + u * 18;
         float d = h2f(*(const u16*)b);
-        int lo[4], hi[4];
+        int v[4], lo[4], hi[4];
+        ld16_a2(b + 2, v);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u32 v = (u32)ld32_a2(b + 2 + 4 * k);
-            lo[k] = iq4_lookup(v & 0x0F0F0F0Fu);
-            hi[k] = iq4_lookup((v >> 4) & 0x0F0F0F0Fu);
-        }
+        for (int k = 0; k < 4; k++) lookup16x8((u32)v[k], IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
 #pragma unroll
         for (int r = 0; r < NB; r++) {
             if (r < a.nb) {
@@ -412,10 +417,7 @@ struct GIQ4_XS {
         u32 v[4] = {q0.x, q0.y, q1.x, q1.y};
         int lo[4], hi[4];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            lo[k] = iq4_lookup(v[k] & 0x0F0F0F0Fu);
-            hi[k] = iq4_lookup((v[k] >> 4) & 0x0F0F0F0Fu);
-        }
+        for (int k = 0; k < 4; k++) lookup16x8(v[k], IQ4_T0, IQ4_T1, IQ4_T2, IQ4_T3, &lo[k], &hi[k]);
         float dl = d * (float)(ls - 32);
         int i0 = blk * 256 + 32 * sb;
 #pragma unroll
@@ -485,11 +487,14 @@ struct GQ3_K {
         const u8* b = row + blk * 110;
         const u8* qp = b + 32 + 32 * n + 16 * hh;
         const u8* hp = b + 16 * hh;
+        int vi[4], hmi[4];
+        ld16_a2(qp, vi);
+        ld16_a2(hp, hmi);
         u32 v[4], hm[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            v[k] = (u32)ld32_a2(qp + 4 * k);
-            hm[k] = (u32)ld32_a2(hp + 4 * k);
+            v[k] = (u32)vi[k];
+            hm[k] = (u32)hmi[k];
         }
         u32 a0 = (u32)ld32_a2(b + 96), a1 = (u32)ld32_a2(b + 100), a2 = (u32)ld32_a2(b + 104);
         float d = h2f(*(const u16*)(b + 108));
@@ -527,8 +532,10 @@ struct GQ3_K {
 };
 
 template <class T, int NB>
-__device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows, int cols, const i8* qx,
-                                           const float* dx, const int* sx, const float* s1, float* y, int n) {
+__device__ __forceinline__ void gemvq_impl(const u8* __restrict__ w, u64 row_bytes, int rows, int cols,
+                                           const i8* __restrict__ qx, const float* __restrict__ dx,
+                                           const int* __restrict__ sx, const float* __restrict__ s1,
+                                           float* __restrict__ y, int n) {
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GQ_WARPS + (threadIdx.x >> 5);
     int r0 = blockIdx.y * NB;
@@ -545,6 +552,7 @@ __device__ __forceinline__ void gemvq_impl(const u8* w, u64 row_bytes, int rows,
 #pragma unroll
     for (int r = 0; r < NB; r++) acc[r] = 0.0f;
     int units = cols / T::UNIT;
+UNROLL_ONE_ROW
     for (int u = lane; u < units; u += 32) T::template dot<NB>(wr, u, a, acc);
 #pragma unroll
     for (int r = 0; r < NB; r++) {
