@@ -49,28 +49,31 @@ pub fn from_bands(bands: &[u16], in_f: usize, out_f: usize, k: u32) -> Vec<i16> 
 }
 
 /// One stored tile (`16·k` words) decoded through `table` (the codebook's 65536 values)
-/// into `out`, row-major (row = input index inside the tile). The state of stream position
-/// `t` is read from one 64-bit window of the MSB-first stream (the CUDA decoder's funnel
-/// shift).
+/// into `out`, row-major (row = input index inside the tile). The stream is read once, k
+/// bits per position, into a shift register that starts with the stream's last 16 bits
+/// (tail-biting), so the state of position `t` — bits `[(t+1)·k − 16, (t+1)·k)` modulo
+/// `256·k` — is the register's low 16 bits after `t + 1` codes.
 #[inline]
 pub fn decode_tile_words(stored: &[u16], k: usize, table: &[f32], out: &mut [f32; TILE]) {
     let table = &table[..1 << 16];
     let n32 = stored.len() / 2;
-    // the stream as u32, its first word repeated after the end (the tail-biting wrap)
-    let mut w32 = [0u32; 65];
+    let mut w32 = [0u32; 64];
     for (w, p) in w32.iter_mut().zip(stored.chunks_exact(2)) {
         *w = (p[0] as u32) | ((p[1] as u32) << 16);
     }
-    w32[n32] = w32[0];
-    let nbits = TILE * k;
-    // e: the end bit of position t, (t + 1)·k; the state is bits [e − 16, e)
-    let mut e = k;
+    let mut reg = (w32[n32 - 1] & 0xffff) as u64;
+    // the next bits, MSB-aligned: the top `nb` bits of `buf` are valid
+    let (mut buf, mut nb, mut wi) = (0u64, 0usize, 0usize);
     for &p in TENSOR_CORE_PERM.iter() {
-        let b = if e >= 16 { e - 16 } else { e + nbits - 16 };
-        let (i0, off) = (b >> 5, b & 31);
-        let win = ((w32[i0] as u64) << 32) | w32[i0 + 1] as u64;
-        out[p as usize & (TILE - 1)] = table[((win >> (48 - off)) & 0xffff) as usize];
-        e += k;
+        if nb < k {
+            buf |= (w32[wi & 63] as u64) << (32 - nb);
+            nb += 32;
+            wi += 1;
+        }
+        reg = (reg << k) | (buf >> (64 - k));
+        buf <<= k;
+        nb -= k;
+        out[p as usize & (TILE - 1)] = table[(reg & 0xffff) as usize];
     }
 }
 
