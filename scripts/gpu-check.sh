@@ -20,8 +20,14 @@
 # whose Hadamard rotation the engine applies to activations at run time; "" skips them)
 # made here with `quantize NAME compressed-tensors`, and every folder `ct/<name>/` (such
 # checkpoints made elsewhere, smaller to carry), compared the same way.
+# EXL3: each Hugging Face folder named in $EXL3_MODELS (default llama) quantized with
+# `quantize NAME exl3 -q L` for each L of $EXL3_LEVELS (default 4.0; "" skips), and every
+# folder `exl3/<name>/` (made elsewhere), compared the same way once per GPU decoder
+# (LLMQ_EXL3_DECODE=alu, =lut); these rows must be within 0.1% in perplexity and 1e-4 mean
+# KL of the CPU, else the script fails.
 # Then `cuda_gemv`: every GPU weight type against the CPU dequantization, the copy
-# bandwidth and the GEMV share of it; and decode tokens/s of each real/*.gguf.
+# bandwidth and the GEMV share of it (EXL3 rows per K and decoder); and decode tokens/s of
+# each real/*.gguf.
 set -uo pipefail
 D="${1:?usage: gpu-check.sh DIR [RESULTS]}"
 R="${2:-${OUT:-/tmp/gpu-check}}"
@@ -76,6 +82,18 @@ PY
 )"
   printf '%-14s %-12s %12.5f %12.5f %10s %10.2e %7.2f%%  %s\n' "$name" "$q" "$ppl_cpu" "$ppl_gpu" "$rel" "$kl" \
     "$(python3 -c "print($top*100)")" "$greedy" | tee -a "$SUMMARY"
+  # EXL3 rows are held to 0.1% perplexity and 1e-4 mean KL
+  case "$q" in
+    exl3*) python3 -c "import sys; sys.exit(0 if $rel <= 1e-3 and $kl <= 1e-4 else 1)" \
+      || { echo "$name $q: outside 0.1% / 1e-4" | tee -a "$SUMMARY"; return 1; } ;;
+  esac
+}
+
+# compare_exl3 NAME LEVEL FOLDER: once per GPU decoder
+compare_exl3() {
+  for dec in alu lut; do
+    LLMQ_EXL3_DECODE="$dec" compare "$1" "exl3-$2-$dec" "$3" || return 1
+  done
 }
 
 fail=0
@@ -109,6 +127,22 @@ done
 for c in "$D"/ct/*/; do
   [ -d "$c" ] || continue
   compare "$(basename "$c")" ct "${c%/}" || fail=1
+done
+for name in ${EXL3_MODELS-llama}; do
+  m="$D/models/$name"
+  [ -d "$m" ] || continue
+  for lv in ${EXL3_LEVELS-4.0}; do
+    out="$W/exl3-$name-$lv"
+    if ! "$LQ" quantize "$m" exl3 -q "$lv" -o "$out" --no-checkpoints --verbosity quiet >>"$LOG" 2>&1; then
+      echo "$name exl3-$lv: quantize failed" | tee -a "$SUMMARY"; fail=1; continue
+    fi
+    compare_exl3 "$name" "$lv" "$(ls -d "$out"/* | head -1)" || fail=1
+    rm -rf "$out"
+  done
+done
+for c in "$D"/exl3/*/; do
+  [ -d "$c" ] || continue
+  compare_exl3 "$(basename "$c")" carried "${c%/}" || fail=1
 done
 
 echo | tee -a "$SUMMARY"

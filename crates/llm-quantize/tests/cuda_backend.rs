@@ -58,7 +58,8 @@ fn nvrtc_compiles_every_kernel() {
         // the shared kernels + gemv and embed per GPU type + two integer GEMVs per
         // integer-dot type + the tensor-core inputs (f32_to_f16 and one f16
         // dequantization per quantized type) + gemv and embed per compressed-tensors FP
-        // kernel (`fp_ct.cu`) + the one-row float GEMVs + the calibration kernels
+        // kernel (`fp_ct.cu`) + the one-row float GEMVs + the calibration kernels + EXL3's
+        // (`exl3.cu`)
         for k in cuda::KERNELS {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }
@@ -71,9 +72,13 @@ fn nvrtc_compiles_every_kernel() {
                 + cuda::GEMV1_KERNELS.len()
                 + 1
                 + cuda::DEQUANT_F16_TYPES.len()
-                + cuda::CALIB_KERNELS.len(),
+                + cuda::CALIB_KERNELS.len()
+                + cuda::exl3_kernel_names().count(),
             "{arch}"
         );
+        for k in cuda::exl3_kernel_names() {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
+        }
         for k in cuda::CALIB_KERNELS {
             assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: {k}");
         }

@@ -14,16 +14,21 @@
 //!    per type (the integer checkpoints' `INT4_B32` / `INT8_B32` and the FP types
 //!    `NVFP4_F32` / `MXFP4_F32` / `FP8_B128` included): bytes moved
 //!    per call / mean time over 50 back-to-back calls (median of 5 rounds), and its share
-//!    of the copy rate.
+//!    of the copy rate;
+//! 3. EXL3 trellis weights (`kernels/exl3.cu`): the product (rotations, GEMV, scales, a
+//!    q/k-style row order) against the CPU's fused trellis product at K = 1…8 for every
+//!    codebook and both decoders (`alu`: the codebook's arithmetic, exllamav3's; `lut`:
+//!    the fp16 table), then the GEMV alone at K = 2, 3, 4, 5 (MUL1) per decoder, timed
+//!    as in 2 (the two 128-point rotations are separate small launches, not counted).
 //!
 //! `cargo run --release -p llmq-engine --features cuda --example cuda_gemv [ROWS COLS]`
 
-use llmq_engine::backend::cuda::{Cuda, GPU_TYPES};
+use llmq_engine::backend::cuda::{Cuda, Exl3Decode, GPU_TYPES};
 use llmq_engine::backend::Cpu;
 use llmq_engine::Backend;
 use llmq_formats::GgmlType;
 use llmq_kernels::int_blocks::{IntGroups, PackedInt};
-use llmq_kernels::{Bytes, FpGrid, FpGroups, IntAct, WeightMatrix};
+use llmq_kernels::{Bytes, Codebook, FpGrid, FpGroups, IntAct, WeightMatrix};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -237,9 +242,13 @@ fn main() {
     }
     let copy = be.copy_bandwidth(1 << 30, 10).expect("copy bandwidth");
     println!("copy bandwidth (read + write): {:.0} GB/s", copy / 1e9);
-    for (rows, cols) in shapes {
+    for &(rows, cols) in &shapes {
         time_shape(&be, rows, cols, copy, &mut rng);
     }
+    // EXL3: correctness at every K, codebook and decoder, then timings on the first shape
+    let (rows, cols) = shapes[0];
+    let x = be.upload((0..cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect());
+    failed |= exl3_rows(&be, rows, cols, &x, copy, &mut rng);
     if failed {
         std::process::exit(1);
     }
@@ -295,6 +304,83 @@ fn time_shape(be: &Cuda, rows: usize, cols: usize, copy: f64, rng: &mut impl Rng
         }
         time_row(be, fp_matrix(grid, rows, cols, groups, rng), &x, copy);
     }
+}
+
+/// A random EXL3 Linear `rows × cols` at `k` bits (codes uniform: every state is valid).
+fn exl3_matrix(rows: usize, cols: usize, k: u32, cb: Codebook, rng: &mut impl Rng) -> WeightMatrix {
+    let trellis: Vec<i16> = (0..rows / 16 * cols / 16 * 16 * k as usize)
+        .map(|_| rng.gen())
+        .collect();
+    let h = |n: usize, a: f32, rng: &mut dyn rand::RngCore| -> Vec<half::f16> {
+        (0..n)
+            .map(|_| {
+                half::f16::from_f32(
+                    a * (rng.gen_range(0.5f32..1.5)) * if rng.gen() { 1.0 } else { -1.0 },
+                )
+            })
+            .collect()
+    };
+    let (suh, svh) = (h(cols, 1.0, rng), h(rows, 0.02, rng));
+    WeightMatrix::from_trellis(&trellis, &suh, &svh, k, cb).expect("trellis matrix")
+}
+
+/// EXL3 correctness (every K, codebook and decoder, with and without a row order) and
+/// the GEMV timings; whether anything failed.
+fn exl3_rows(
+    be: &Cuda,
+    rows: usize,
+    cols: usize,
+    x: &<Cuda as Backend>::Buf,
+    copy: f64,
+    rng: &mut impl Rng,
+) -> bool {
+    let mut failed = false;
+    println!("EXL3 correctness (GPU vs the CPU's fused trellis product, batches 1, 5, 11):");
+    for k in 1..=8u32 {
+        for cb in [Codebook::Inst3, Codebook::Mcg, Codebook::Mul1] {
+            let mut line = format!("  EXL3_K{k}_{:5}", cb.name());
+            for d in [Exl3Decode::Alu, Exl3Decode::Lut] {
+                be.set_exl3_decode(d);
+                let mut w = exl3_matrix(256, 384, k, cb, rng);
+                if k % 2 == 0 {
+                    let order: Vec<usize> = (0..256).map(|r| (r * 37 + 11) % 256).collect();
+                    w = w.permute_rows(&order).expect("row order");
+                }
+                let (err, _) = product_err(be, w, rng);
+                let ok = err < 1e-5;
+                failed |= !ok;
+                line += &format!("  {d:?} {err:.2e} {}", if ok { "ok" } else { "FAIL" });
+            }
+            println!("{line}");
+        }
+    }
+    println!("EXL3 GEMV 1 x {cols} x {rows} (kernel alone, on rotated activations), median of 5 rounds of 50:");
+    for k in [2u32, 3, 4, 5] {
+        let w = exl3_matrix(rows, cols, k, Codebook::Mul1, rng);
+        let gw = be.upload_weight(w);
+        for d in [Exl3Decode::Alu, Exl3Decode::Lut] {
+            be.set_exl3_decode(d);
+            let mut times = Vec::new();
+            for round in 0..7 {
+                let t = be.time_matmul(&gw, x, 1, 50).expect("timing");
+                if round >= 2 {
+                    times.push(t);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let t = times[times.len() / 2];
+            let bytes = (rows * cols * k as usize / 8 + cols * 4 + rows * 4) as f64;
+            println!(
+                "  EXL3_K{k} {:3}  {:8.1} us  {:7.0} GB/s  {:.2} of copy",
+                format!("{d:?}").to_lowercase(),
+                t * 1e6,
+                bytes / t / 1e9,
+                bytes / t / copy
+            );
+        }
+    }
+    be.set_exl3_decode(Exl3Decode::from_env());
+    failed
 }
 
 /// One timing row: `w`'s product with one activation row.

@@ -1,17 +1,21 @@
 //! EXL3 folders (exllamav3 1.x; trellis codes from QTIP, arXiv 2406.11235) for the engine:
 //! each quantized Linear `X` (`X.trellis` int16 `(in/16, out/16, 16·K)`, `X.suh` / `X.svh`
 //! fp16, a codebook marker `X.mcg` / `X.mul1` or none for 3INST) is presented to the GGUF
-//! plan as a virtual `X.weight` of shape `[out, in]` and decoded once at load by
-//! `llmq_trellis::decode::reconstruct` (`W = diag(su)·H·Ŵ·H·diag(sv)`) into f32; the
-//! backend then multiplies it as any dense weight. Other tensors load as stored.
+//! plan as a virtual `X.weight` of shape `[out, in]` and kept as its codes
+//! ([`Exl3Modules::matrix`]: an `llmq_kernels` `WeightType::Trellis` matrix, decoded inside
+//! the product; a plan transform that only reorders rows, llama's q/k permutation, becomes
+//! the matrix's output order). Transforms that mix values (expert stacking, MLA's splits)
+//! and [`crate::WeightSource::with_exl3_expanded`] decode the Linear once at load by
+//! `llmq_trellis::decode::reconstruct` (`W = diag(su)·H·Ŵ·H·diag(sv)`) into f32 instead.
+//! Other tensors load as stored.
 //!
-//! Not done: a fused decode-in-the-product Linear (`llmq_trellis::gemv::Exl3Matrix`) and
-//! cropping of padded dimensions (a Linear whose padded shape differs from the
+//! Not done: cropping of padded dimensions (a Linear whose padded shape differs from the
 //! architecture's is refused by the plan check).
 
 use crate::error::{EngineError, Result};
 use half::f16;
 use llmq_formats::safetensors::{SafetensorsModel, StDtype};
+use llmq_kernels::WeightMatrix;
 use llmq_trellis::decode::reconstruct;
 use llmq_trellis::Codebook;
 use std::collections::BTreeSet;
@@ -78,6 +82,27 @@ impl Exl3Modules {
 
     /// Module `m` decoded to its Hugging Face weight, `[out, in]` row-major.
     pub fn dequantize(&self, st: &SafetensorsModel, m: &str) -> Result<Vec<f32>> {
+        let p = self.read(st, m)?;
+        let (in_f, out_f) = (p.suh.len(), p.svh.len());
+        let r = reconstruct(&p.trellis, &p.suh, &p.svh, p.k, p.codebook);
+        let mut w = vec![0f32; out_f * in_f];
+        for i in 0..in_f {
+            for o in 0..out_f {
+                w[o * in_f + i] = r[i * out_f + o];
+            }
+        }
+        Ok(w)
+    }
+
+    /// Module `m` as a trellis matrix `[out, in]`, its codes as stored.
+    pub fn matrix(&self, st: &SafetensorsModel, m: &str) -> Result<WeightMatrix> {
+        let p = self.read(st, m)?;
+        WeightMatrix::from_trellis(&p.trellis, &p.suh, &p.svh, p.k, p.codebook)
+            .map_err(|e| bad(&format!("{m}.trellis"), e.to_string()))
+    }
+
+    /// Module `m`'s stored tensors, checked.
+    fn read(&self, st: &SafetensorsModel, m: &str) -> Result<Parts> {
         let name = format!("{m}.trellis");
         let t = st.get(&name).map_err(|e| bad(&name, e.to_string()))?;
         if t.info.dtype != StDtype::Other("I16") || t.info.shape.len() != 3 {
@@ -132,13 +157,21 @@ impl Exl3Modules {
                 ));
             }
         }
-        let r = reconstruct(&trellis, &suh, &svh, k, codebook);
-        let mut w = vec![0f32; out_f * in_f];
-        for i in 0..in_f {
-            for o in 0..out_f {
-                w[o * in_f + i] = r[i * out_f + o];
-            }
-        }
-        Ok(w)
+        Ok(Parts {
+            trellis,
+            suh,
+            svh,
+            k,
+            codebook,
+        })
     }
+}
+
+/// One module's stored tensors.
+struct Parts {
+    trellis: Vec<i16>,
+    suh: Vec<f16>,
+    svh: Vec<f16>,
+    k: u32,
+    codebook: Codebook,
 }

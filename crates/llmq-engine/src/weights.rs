@@ -11,8 +11,9 @@
 //! plan's row transforms (llama's q/k
 //! row permutation, expert stacking) applied to the packed rows. Only transforms that
 //! mix columns (MLA's `kv_b` split) dequantize, to f32, as the engine does for that
-//! tensor anyway. EXL3 folders' trellis-coded Linears ([`crate::exl3`]) are decoded to
-//! f32 at load.
+//! tensor anyway. EXL3 folders' trellis-coded Linears ([`crate::exl3`]) keep their
+//! trellis codes (decoded inside the product), or are decoded to f32 at load where the
+//! plan's transform mixes values or [`WeightSource::with_exl3_expanded`] asks for it.
 
 use crate::error::{EngineError, Result};
 use crate::exl3::Exl3Modules;
@@ -44,6 +45,8 @@ pub struct HfWeights {
     exl3: Option<Exl3Modules>,
     /// activations the integer weights are multiplied with
     int_act: IntAct,
+    /// EXL3 Linears decoded to f32 at load instead of kept as trellis codes
+    exl3_expanded: bool,
 }
 
 struct U16Buf(Vec<u16>);
@@ -110,6 +113,7 @@ impl WeightSource {
             quant,
             exl3,
             int_act: IntAct::Q8_0,
+            exl3_expanded: false,
         })))
     }
 
@@ -118,6 +122,16 @@ impl WeightSource {
     pub fn with_int_activations(mut self, act: IntAct) -> WeightSource {
         if let WeightSource::Hf(h) = &mut self {
             h.int_act = act;
+        }
+        self
+    }
+
+    /// EXL3 folders: decode every trellis-coded Linear to f32 at load (`true`) instead of
+    /// keeping its codes for the fused product (the default). The reference the fused
+    /// path is checked against.
+    pub fn with_exl3_expanded(mut self, expanded: bool) -> WeightSource {
+        if let WeightSource::Hf(h) = &mut self {
+            h.exl3_expanded = expanded;
         }
         self
     }
@@ -295,7 +309,49 @@ impl HfWeights {
         Ok(Some(w))
     }
 
+    /// A plan tensor that is one EXL3 Linear under a transform that keeps its values
+    /// (none, or a row order), as a trellis matrix.
+    fn exl3_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<WeightMatrix>> {
+        let Some(e) = self.exl3.as_ref().filter(|_| !self.exl3_expanded) else {
+            return Ok(None);
+        };
+        let spec = &self.plan[name];
+        let [src] = spec.sources.as_slice() else {
+            return Ok(None);
+        };
+        let Some(m) = e.module_of(src) else {
+            return Ok(None);
+        };
+        let w = match &spec.transform {
+            Transform::None => e.matrix(&self.st, m)?,
+            Transform::PermuteQK { n_head } => {
+                let w = e.matrix(&self.st, m)?;
+                let idx: Vec<f32> = (0..w.rows).map(|r| r as f32).collect();
+                let order: Vec<usize> = llmq_arch::gguf_names::permute_qk(&idx, w.rows, 1, *n_head)
+                    .into_iter()
+                    .map(|r| r as usize)
+                    .collect();
+                w.permute_rows(&order)
+                    .map_err(|e| EngineError::tensor(name, e))?
+            }
+            _ => return Ok(None),
+        };
+        if w.rows != rows || w.cols != cols {
+            return Err(EngineError::BadTensor {
+                name: name.into(),
+                why: format!(
+                    "trellis weight is {}x{}, the plan wants {rows}x{cols}",
+                    w.rows, w.cols
+                ),
+            });
+        }
+        Ok(Some(w))
+    }
+
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightMatrix> {
+        if let Some(w) = self.exl3_matrix(name, rows, cols)? {
+            return Ok(w);
+        }
         if let Some(w) = self.int_matrix(name, rows, cols)? {
             return Ok(w);
         }

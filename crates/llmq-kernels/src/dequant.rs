@@ -31,6 +31,11 @@ pub fn try_dequantize_row(
             crate::fp_blocks::dequantize_fp_row(t, src, out);
             return Ok(());
         }
+        WeightType::Trellis(_) => {
+            return Err(KernelError::Layout(
+                "a trellis row is decoded with its 128-row block (WeightMatrix::to_f32)".into(),
+            ))
+        }
     };
     match ty {
         GgmlType::F32 => {

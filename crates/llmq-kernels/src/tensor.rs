@@ -171,6 +171,9 @@ pub struct WeightMatrix {
     /// is `W = W'·R` with `R` the block-diagonal orthonormal Hadamard matrix
     /// ([`crate::rotation`]), so `matmul` computes `W'·(R·x)`.
     pub input_rotation: Option<usize>,
+    /// EXL3 trellis weights ([`WeightType::Trellis`]): their sign/scale vectors and
+    /// output order ([`crate::trellis`]); `None` for every other type.
+    pub trellis: Option<Arc<crate::trellis::TrellisSides>>,
 }
 
 impl WeightMatrix {
@@ -206,6 +209,7 @@ impl WeightMatrix {
             data,
             col_order: None,
             input_rotation: None,
+            trellis: None,
         })
     }
 
@@ -239,6 +243,7 @@ impl WeightMatrix {
             data: Bytes::whole(Arc::new(p.data)),
             col_order: p.perm.map(ColumnOrder::single),
             input_rotation: None,
+            trellis: None,
         })
     }
 
@@ -264,6 +269,7 @@ impl WeightMatrix {
             data: bytes,
             col_order: None,
             input_rotation: None,
+            trellis: None,
         })
     }
 
@@ -282,6 +288,9 @@ impl WeightMatrix {
     pub fn stack_rows(parts: &[WeightMatrix]) -> Result<WeightMatrix, KernelError> {
         let first = parts.first().ok_or("nothing to stack")?;
         let (ty, cols) = (first.ty, first.cols);
+        if parts.iter().any(|p| p.trellis.is_some()) {
+            return Err("trellis matrices are not stacked (decode them first)".into());
+        }
         if parts
             .iter()
             .any(|p| p.ty != ty || p.cols != cols || p.input_rotation != first.input_rotation)
@@ -322,6 +331,7 @@ impl WeightMatrix {
             data: Bytes::whole(Arc::new(data)),
             col_order,
             input_rotation: first.input_rotation,
+            trellis: None,
         })
     }
 
@@ -335,6 +345,12 @@ impl WeightMatrix {
                 return Err("permuting rows of a stacked act-order matrix".into());
             }
         }
+        if let Some(t) = &self.trellis {
+            // rows mixed by the output Hadamard: the order is applied to the products
+            let mut w = self.clone();
+            w.trellis = Some(Arc::new(t.permuted(order)));
+            return Ok(w);
+        }
         let mut data = Vec::with_capacity(self.data.len());
         for &r in order {
             data.extend_from_slice(self.row(r));
@@ -346,6 +362,7 @@ impl WeightMatrix {
             data: Bytes::whole(Arc::new(data)),
             col_order: self.col_order.clone(),
             input_rotation: self.input_rotation,
+            trellis: None,
         })
     }
 
@@ -359,6 +376,7 @@ impl WeightMatrix {
             data: Bytes::whole(Arc::new(values)),
             col_order: None,
             input_rotation: None,
+            trellis: None,
         }
     }
 
@@ -375,7 +393,12 @@ impl WeightMatrix {
 
     /// Rows `[start, start + n)` as their own matrix (no copy): one expert of a stacked
     /// expert tensor, or the q/k/v part of a fused projection.
+    /// Trellis matrices are cut at whole 128-row blocks in their natural order; any other
+    /// range of them is decoded to f32 first.
     pub fn row_range(&self, start: usize, n: usize) -> WeightMatrix {
+        if let Some(t) = &self.trellis {
+            return crate::trellis::row_range(self, t, start, n);
+        }
         let rb = self.row_bytes();
         WeightMatrix {
             ty: self.ty,
@@ -384,6 +407,7 @@ impl WeightMatrix {
             data: self.data.slice(start * rb, n * rb),
             col_order: self.col_order.as_ref().map(|o| o.offset(start)),
             input_rotation: self.input_rotation,
+            trellis: None,
         }
     }
 
@@ -395,7 +419,14 @@ impl WeightMatrix {
     }
 
     /// Row `r` as f32 values (natural column order) into `out`.
+    /// Trellis rows are mixed by their output Hadamard: the whole matrix is decoded
+    /// (use [`WeightMatrix::to_f32`] for more than a row).
     pub fn row_f32_into(&self, r: usize, out: &mut [f32]) {
+        if self.trellis.is_some() {
+            let c = self.cols;
+            out.copy_from_slice(&self.to_f32()[r * c..(r + 1) * c]);
+            return;
+        }
         dequantize_row(self.ty, self.row(r), out);
         if let Some(o) = &self.col_order {
             let stored = out.to_vec();
@@ -420,6 +451,9 @@ impl WeightMatrix {
 
     /// The whole matrix as f32 (tests, small tensors such as norms and biases).
     pub fn to_f32(&self) -> Vec<f32> {
+        if let Some(t) = &self.trellis {
+            return crate::trellis::dense(self, t);
+        }
         let mut out = vec![0.0; self.rows * self.cols];
         for (r, chunk) in out.chunks_mut(self.cols.max(1)).enumerate() {
             self.row_f32_into(r, chunk);

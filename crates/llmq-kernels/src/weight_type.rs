@@ -1,11 +1,13 @@
 //! How a weight matrix stores its rows: a GGML type (bytes in `llmq_formats`'
 //! layouts), group-wise integer blocks ([`crate::int_blocks`]) or floating-point coded
-//! blocks ([`crate::fp_blocks`]), and the activations integer weights are multiplied
-//! with. Below both the kernels and [`crate::tensor`].
+//! blocks ([`crate::fp_blocks`]), EXL3 trellis codes ([`crate::trellis`]), and the
+//! activations integer weights are multiplied with. Below both the kernels and
+//! [`crate::tensor`].
 
 pub use crate::fp_blocks::FpType;
 use crate::int_blocks::int_block_bytes;
 use llmq_formats::GgmlType;
+pub use llmq_trellis::Codebook;
 
 /// Activations an integer-weight matrix is multiplied with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +29,15 @@ pub struct IntType {
     pub act: IntAct,
 }
 
+/// EXL3 trellis codes ([`crate::trellis`]): `k` bits per weight, 16×16 tiles grouped in
+/// bands of 16 rows, decoded through `codebook`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrellisType {
+    /// 1..=8
+    pub k: u8,
+    pub codebook: Codebook,
+}
+
 /// How a matrix's rows are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightType {
@@ -34,6 +45,9 @@ pub enum WeightType {
     Int(IntType),
     /// NVFP4 / MXFP4 / FP8 codes against f32 activations ([`crate::fp_blocks`]).
     Fp(FpType),
+    /// EXL3 trellis-coded Linears ([`crate::trellis`]; the matrix carries its sign/scale
+    /// vectors).
+    Trellis(TrellisType),
 }
 
 impl From<GgmlType> for WeightType {
@@ -55,6 +69,7 @@ impl WeightType {
             WeightType::Ggml(t) => t.name().to_string(),
             WeightType::Int(t) => format!("INT{}_B{}", t.bits, t.block),
             WeightType::Fp(t) => t.name(),
+            WeightType::Trellis(t) => format!("EXL3_K{}_{}", t.k, t.codebook.name().to_uppercase()),
         }
     }
 
@@ -64,6 +79,7 @@ impl WeightType {
             WeightType::Ggml(t) => t.block_size(),
             WeightType::Int(t) => t.block as usize,
             WeightType::Fp(t) => t.block(),
+            WeightType::Trellis(_) => 16,
         }
     }
 
@@ -76,6 +92,8 @@ impl WeightType {
                 (b > 0 && cols.is_multiple_of(b)).then(|| cols / b * int_block_bytes(t.bits, b))
             }
             WeightType::Fp(t) => t.row_bytes(cols),
+            // a band of 16 rows holds cols/16 tiles of 32·k bytes
+            WeightType::Trellis(t) => cols.is_multiple_of(128).then(|| cols * t.k as usize / 8),
         }
     }
 
@@ -83,7 +101,7 @@ impl WeightType {
     pub fn ggml(self) -> Option<GgmlType> {
         match self {
             WeightType::Ggml(t) => Some(t),
-            WeightType::Int(_) | WeightType::Fp(_) => None,
+            WeightType::Int(_) | WeightType::Fp(_) | WeightType::Trellis(_) => None,
         }
     }
 }

@@ -73,6 +73,22 @@ impl Codebook {
     pub fn table(self) -> Vec<f32> {
         (0..=u16::MAX).map(|s| self.decode(s).to_f32()).collect()
     }
+
+    /// [`Codebook::table`], built once per process and shared (the fused products'
+    /// decoding table).
+    pub fn shared_table(self) -> &'static [f32] {
+        static TABLES: [std::sync::OnceLock<Vec<f32>>; 3] = [
+            std::sync::OnceLock::new(),
+            std::sync::OnceLock::new(),
+            std::sync::OnceLock::new(),
+        ];
+        let i = match self {
+            Codebook::Inst3 => 0,
+            Codebook::Mcg => 1,
+            Codebook::Mul1 => 2,
+        };
+        TABLES[i].get_or_init(|| self.table())
+    }
 }
 
 fn two_halves(x: u32) -> f16 {

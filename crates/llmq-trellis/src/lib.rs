@@ -2,6 +2,7 @@
 //! De Sa, arXiv 2406.11235; exllamav3 1.x by turboderp): the codebooks, the packed bitstream, the
 //! tail-biting Viterbi encoder, decoding, and the incoherence-processed LDLQ around them.
 
+pub mod bands;
 pub mod bitstream;
 pub mod codebook;
 pub mod decode;

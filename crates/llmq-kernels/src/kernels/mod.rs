@@ -106,6 +106,9 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
     assert_eq!(x.len(), n * cols, "matmul: x is not n x cols");
     assert_eq!(y.len(), n * rows, "matmul: y is not n x rows");
     let isa = if isa.available() { isa } else { Isa::Scalar };
+    if w.trellis.is_some() {
+        return crate::trellis::matmul_trellis(w, x, n, y);
+    }
     if let Some(b) = w.input_rotation {
         // `W'·(R·x)`: the activations rotated once, then the stored rows
         let mut xr = x.to_vec();
@@ -123,11 +126,14 @@ pub fn matmul_with_isa(w: &WeightMatrix, x: &[f32], n: usize, y: &mut [f32], isa
         WeightType::Ggml(ty) => dispatch::kernel(ty, isa),
         WeightType::Int(t) => dispatch::int_kernel(t, isa),
         WeightType::Fp(t) => dispatch::fp_kernel(t, isa),
+        WeightType::Trellis(_) => None,
     };
     let Some(k) = k else {
         return match w.ty {
             WeightType::Int(t) => matmul_int_f32(w, t, x, n, y),
-            WeightType::Ggml(_) | WeightType::Fp(_) => matmul_reference(w, x, n, y),
+            WeightType::Ggml(_) | WeightType::Fp(_) | WeightType::Trellis(_) => {
+                matmul_reference(w, x, n, y)
+            }
         };
     };
     if n == 0 || rows == 0 {

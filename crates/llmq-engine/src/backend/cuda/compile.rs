@@ -22,6 +22,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("fp4.cu", include_str!("kernels/fp4.cu")),
     ("fp_ct.cu", include_str!("kernels/fp_ct.cu")),
     ("rotation.cu", include_str!("kernels/rotation.cu")),
+    ("exl3.cu", include_str!("kernels/exl3.cu")),
     ("calib.cuh", include_str!("kernels/calib.cuh")),
     ("calib.cu", include_str!("kernels/calib.cu")),
     ("calib_awq.cuh", include_str!("kernels/calib_awq.cuh")),

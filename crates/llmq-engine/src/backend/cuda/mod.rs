@@ -19,6 +19,7 @@ mod buffers;
 mod calib;
 mod compile;
 mod device;
+mod exl3;
 mod ops;
 mod record;
 mod rotation;
@@ -35,6 +36,10 @@ pub use calib::{
 };
 pub use compile::{compile_uncached, module_source, SOURCES};
 pub use device::{device_count, driver_present, nvrtc_present};
+pub use exl3::{
+    gemv_kernel as exl3_gemv_kernel, kernel_names as exl3_kernel_names, lut_bits as exl3_lut_bits,
+    Exl3Decode,
+};
 pub use record::GraphStats;
 pub use tensor_core::DEQUANT_TYPES as DEQUANT_F16_TYPES;
 pub use weights::{
@@ -92,6 +97,10 @@ struct Inner {
     tensor_core_on: std::sync::atomic::AtomicBool,
     /// decode steps recorded and replayed as CUDA graphs (`record`)
     rec: std::sync::Mutex<record::Recorder>,
+    /// EXL3 codebooks' fp16 tables on the device (`exl3`)
+    exl3_luts: std::sync::Mutex<Vec<(llmq_kernels::Codebook, Arc<cudarc::driver::CudaSlice<u16>>)>>,
+    /// EXL3 products read codebook values from those tables (else compute them)
+    exl3_lut_on: std::sync::atomic::AtomicBool,
 }
 
 /// One CUDA device with the engine's kernels loaded.
@@ -158,7 +167,8 @@ impl Cuda {
             .chain(weights::fp_kernel_names())
             .chain(GEMV1_KERNELS.iter().map(|k| format!("gemv1_{k}")))
             .chain(tensor_core::kernel_names())
-            .chain(calib::kernel_names());
+            .chain(calib::kernel_names())
+            .chain(exl3::kernel_names());
         for n in names {
             let f = module
                 .load_function(&n)
@@ -183,6 +193,10 @@ impl Cuda {
                 rec: std::sync::Mutex::new(record::Recorder::new(graphs)),
                 tensor_core_on: std::sync::atomic::AtomicBool::new(tensor_core.is_some()),
                 tensor_core,
+                exl3_luts: std::sync::Mutex::new(Vec::new()),
+                exl3_lut_on: std::sync::atomic::AtomicBool::new(
+                    exl3::Exl3Decode::from_env() == exl3::Exl3Decode::Lut,
+                ),
             }),
         })
     }

@@ -173,8 +173,21 @@ impl Cuda {
 
     /// Mean seconds of the weight product kernel alone over `iters` back-to-back
     /// launches (activations rounded or packed once before; for GEMV timings).
+    /// EXL3 weights: the trellis GEMV alone (`gemv_exl3_*`, on rotated activations).
     pub fn time_matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize, iters: usize) -> Result<f64> {
         let y = self.buf(n * w.rows);
+        if let Some(e) = &w.exl3 {
+            let xh = self.exl3_rotate_in(e, x, n, w.cols);
+            let run = || self.exl3_gemv(&w.data, e, &xh, n, (w.rows, w.cols), &y);
+            run();
+            self.synchronize()?;
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                run();
+            }
+            self.synchronize()?;
+            return Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64);
+        }
         let packed = w.int_dot.then(|| self.pack_activations(w, x, n));
         let rounded = if w.int_dot {
             None
@@ -208,7 +221,13 @@ impl Cuda {
     }
 
     /// `x`'s `n` rows with their columns gathered into the stored order `perm`.
-    fn permute_cols(&self, x: &CudaBuf, perm: &CudaSlice<i32>, n: usize, cols: usize) -> CudaBuf {
+    pub(super) fn permute_cols(
+        &self,
+        x: &CudaBuf,
+        perm: &CudaSlice<i32>,
+        n: usize,
+        cols: usize,
+    ) -> CudaBuf {
         let y = self.buf(n * cols);
         let (rows, width) = (n as u64, cols as i32);
         launch!(
@@ -312,7 +331,9 @@ impl Backend for Cuda {
     }
 
     fn upload_weight(&self, w: WeightMatrix) -> CudaWeight {
-        weights::upload(self.stream(), &w)
+        let mut cw = weights::upload(self.stream(), &w);
+        cw.exl3 = self.exl3_upload(&w);
+        cw
     }
 
     fn cache_buf(&self, max_rows: usize, width: usize) -> CudaBuf {
@@ -448,6 +469,12 @@ impl Backend for Cuda {
         let mut y = self.buf(n * w.rows);
         if y.len == 0 {
             return y;
+        }
+        if let Some(e) = &w.exl3 {
+            // EXL3: rotate in, decode-in-registers GEMV, rotate out (`exl3.rs`)
+            let xh = self.exl3_rotate_in(e, x, n, w.cols);
+            self.exl3_gemv(&w.data, e, &xh, n, (w.rows, w.cols), &y);
+            return self.exl3_rotate_out(e, y, n, w.rows);
         }
         let rotated = w.rotation.map(|b| self.rotate_blocks(x, n, w.cols, b));
         let x = rotated.as_ref().unwrap_or(x);

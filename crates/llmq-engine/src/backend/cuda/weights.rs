@@ -32,6 +32,8 @@ pub struct CudaWeight {
     /// MR-GPTQ's online Hadamard block: activations are rotated by it first
     /// (`kernels/rotation.cu`)
     pub(super) rotation: Option<usize>,
+    /// EXL3 trellis weights: their scales, order and codebook table (`exl3.rs`)
+    pub(super) exl3: Option<super::exl3::Exl3Dev>,
 }
 
 /// The activation rounding of a weight type's CPU dot product (ggml's `vec_dot_type`;
@@ -108,6 +110,8 @@ pub(super) fn kernel_of(ty: WeightType) -> Option<&'static str> {
         },
         WeightType::Int(_) => None,
         WeightType::Fp(t) => fp_kernel(t),
+        // products through `kernels/exl3.cu` (`exl3.rs`), no embedding lookup
+        WeightType::Trellis(_) => Some("exl3"),
     }
 }
 
@@ -214,17 +218,19 @@ pub(super) fn upload(stream: &Arc<CudaStream>, w: &WeightMatrix) -> CudaWeight {
     CudaWeight {
         perm,
         rotation: w.input_rotation,
+        exl3: None,
         data: Arc::new(data),
         rows: w.rows,
         cols: w.cols,
         row_bytes,
         kernel,
         // Fp weights multiply f32 activations (`dot_fp`), even MXFP4's ggml blocks
-        int_dot: !matches!(w.ty, WeightType::Fp(_)) && INT_DOT_TYPES.contains(&kernel),
+        int_dot: !matches!(w.ty, WeightType::Fp(_) | WeightType::Trellis(_))
+            && INT_DOT_TYPES.contains(&kernel),
         act: match w.ty {
             WeightType::Ggml(t) => act_of(t),
             WeightType::Int(_) => ActRound::Q8_0,
-            WeightType::Fp(_) => ActRound::F32,
+            WeightType::Fp(_) | WeightType::Trellis(_) => ActRound::F32,
         },
     }
 }
