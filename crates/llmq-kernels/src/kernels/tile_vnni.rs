@@ -26,6 +26,7 @@
 use super::act_quant::Q8_K_BYTES;
 use super::dot_kquants::{scale_min_k4, scales_iq4_xs};
 use super::dot_legacy::{h, IQ4NL_VALUES};
+use super::simd::{load128, load256, nibbles_32};
 use llmq_formats::blocks::{
     BlockIq4Xs as Iq4Xs, BlockQ4K as Q4K, BlockQ5K as Q5K, BlockQ6K as Q6K, BlockQ8K,
 };
@@ -88,22 +89,37 @@ pub struct VnniType {
     pub sub16: bool,
 }
 
-fn q45(x: &[u8], b: &mut Block, five: bool) {
+#[inline(always)]
+unsafe fn store(q: &mut [u8; 256], at: usize, v: __m256i) {
+    _mm256_storeu_si256(q.as_mut_ptr().add(at) as *mut __m256i, v);
+}
+
+/// Q4_K/Q5_K values as the AVX2 kernel unpacks them (`dot_kquants_avx2::q45_k`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45(x: &[u8], b: &mut Block, five: bool) {
     let qs_off = if five { Q5K::QS.start } else { Q4K::QS.start };
-    let (sc, m) = scale_min_k4(&x[Q4K::SCALES]);
+    assert!(x.len() >= if five { Q5K::BYTES } else { Q4K::BYTES });
+    let p = x.as_ptr();
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m5 = _mm256_set1_epi8(0x10);
+    let mut hbits = if five {
+        load256(p.add(Q5K::QH.start))
+    } else {
+        _mm256_setzero_si256()
+    };
     for j in 0..4 {
-        for l in 0..32 {
-            let q = x[qs_off + 32 * j + l];
-            let (h0, h1) = if five {
-                let hb = x[Q5K::QH.start + l];
-                (((hb >> (2 * j)) & 1) << 4, ((hb >> (2 * j + 1)) & 1) << 4)
-            } else {
-                (0, 0)
-            };
-            b.q[64 * j + l] = (q & 15) | h0;
-            b.q[64 * j + 32 + l] = (q >> 4) | h1;
+        let q = load256(p.add(qs_off + 32 * j));
+        let mut lo = _mm256_and_si256(q, m4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+        if five {
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(hbits), m5));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(hbits), m5));
+            hbits = _mm256_srli_epi16::<2>(hbits);
         }
+        store(&mut b.q, 64 * j, lo);
+        store(&mut b.q, 64 * j + 32, hi);
     }
+    let (sc, m) = scale_min_k4(&x[Q4K::SCALES]);
     for j in 0..8 {
         b.sc[j] = sc[j] as i32;
         b.mins[j] = m[j] as i16;
@@ -112,44 +128,74 @@ fn q45(x: &[u8], b: &mut Block, five: bool) {
     b.dmin = h(x, Q4K::DMIN.start);
 }
 
-/// Q4_K block (`d·sc·q − dmin·m`, q in 0..16).
+/// Q4_K block (`d·sc·q − dmin·m`, q in 0..16). Only handed out by the dispatcher when
+/// AVX-512 and AVX2 were detected.
 pub fn decode_q4_k(x: &[u8], b: &mut Block) {
-    q45(x, b, false)
+    // SAFETY: see above.
+    unsafe { q45(x, b, false) }
 }
 
-/// Q5_K block (q in 0..32).
+/// Q5_K block (q in 0..32). Only handed out by the dispatcher when AVX-512 and AVX2
+/// were detected.
 pub fn decode_q5_k(x: &[u8], b: &mut Block) {
-    q45(x, b, true)
+    // SAFETY: see above.
+    unsafe { q45(x, b, true) }
 }
 
-/// IQ4_XS block (`d·(ls − 32)·kvalues_iq4nl[nibble]`).
-pub fn decode_iq4_xs(x: &[u8], b: &mut Block) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs(x: &[u8], b: &mut Block) {
+    assert!(x.len() >= Iq4Xs::BYTES);
+    let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
     let ls = scales_iq4_xs(x);
-    for ib in 0..8 {
-        let qs = &x[Iq4Xs::QS.start + 16 * ib..][..16];
-        for (l, &v) in qs.iter().enumerate() {
-            b.q[32 * ib + l] = IQ4NL_VALUES[(v & 15) as usize] as u8;
-            b.q[32 * ib + 16 + l] = IQ4NL_VALUES[(v >> 4) as usize] as u8;
-        }
-        b.sc[ib] = ls[ib] - 32;
+    for (ib, (s, l)) in b.sc.iter_mut().zip(ls).enumerate() {
+        let v = _mm256_shuffle_epi8(table, nibbles_32(x.as_ptr().add(Iq4Xs::QS.start + 16 * ib)));
+        store(&mut b.q, 32 * ib, v);
+        *s = l - 32;
     }
     b.mins = [0; 8];
     b.d = h(x, Iq4Xs::D.start);
     b.dmin = 0.0;
 }
 
-/// Q6_K block (`d·sc·(q6 − 32)`, 16 sub-blocks of 16).
-pub fn decode_q6_k(x: &[u8], b: &mut Block) {
+/// IQ4_XS block (`d·(ls − 32)·kvalues_iq4nl[nibble]`). Only handed out by the
+/// dispatcher when AVX-512 and AVX2 were detected.
+pub fn decode_iq4_xs(x: &[u8], b: &mut Block) {
+    // SAFETY: see above.
+    unsafe { iq4_xs(x, b) }
+}
+
+/// Q6_K values `q6 − 32` as the AVX2 kernel unpacks them (`dot_kquants_avx2::q6_k`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k(x: &[u8], b: &mut Block) {
+    assert!(x.len() >= Q6K::BYTES);
+    let p = x.as_ptr();
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(0x30);
+    let o32 = _mm256_set1_epi8(32);
     for half in 0..2 {
-        let ql = &x[Q6K::QL.start + 64 * half..][..64];
-        let qh = &x[Q6K::QH.start + 32 * half..][..32];
-        for k in 0..4 {
-            for l in 0..32 {
-                let lo = if k % 2 == 0 { ql[l] } else { ql[l + 32] };
-                let lo = if k < 2 { lo & 15 } else { lo >> 4 };
-                let v = (lo | (((qh[l] >> (2 * k)) & 3) << 4)) as i32 - 32;
-                b.q[128 * half + 32 * k + l] = v as i8 as u8;
-            }
+        let ql0 = load256(p.add(Q6K::QL.start + 64 * half));
+        let ql1 = load256(p.add(Q6K::QL.start + 64 * half + 32));
+        let qh = load256(p.add(Q6K::QH.start + 32 * half));
+        let u = [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_and_si256(qh, m2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2),
+            ),
+        ];
+        for (k, u) in u.into_iter().enumerate() {
+            store(&mut b.q, 128 * half + 32 * k, _mm256_sub_epi8(u, o32));
         }
     }
     for (s, &v) in b.sc.iter_mut().zip(&x[Q6K::SCALES]) {
@@ -158,6 +204,13 @@ pub fn decode_q6_k(x: &[u8], b: &mut Block) {
     b.mins = [0; 8];
     b.d = h(x, Q6K::D.start);
     b.dmin = 0.0;
+}
+
+/// Q6_K block (`d·sc·(q6 − 32)`, 16 sub-blocks of 16). Only handed out by the
+/// dispatcher when AVX-512 and AVX2 were detected.
+pub fn decode_q6_k(x: &[u8], b: &mut Block) {
+    // SAFETY: see above.
+    unsafe { q6_k(x, b) }
 }
 
 /// Weight rows decoded into 16-row panels (rows past the last one are zero).
@@ -174,7 +227,11 @@ impl Decoded {
         rows: impl ExactSizeIterator<Item = &'a [u8]>,
     ) -> Decoded {
         let panels = rows.len().div_ceil(ROWS);
-        let mut q = vec![0u8; panels * nb * DEC_BLOCK];
+        // this thread's buffer from the last call: a fresh allocation of this size is
+        // an `mmap` whose page faults cost more than zeroing
+        let mut q = SPARE.with(|s| s.take());
+        q.clear();
+        q.resize(panels * nb * DEC_BLOCK, 0);
         let sub = if ty.sub16 { 16 } else { 32 };
         let mut b = Block {
             q: [0; 256],
@@ -217,6 +274,18 @@ impl Decoded {
     pub fn panels(&self) -> usize {
         self.q.len() / (self.nb * DEC_BLOCK).max(1)
     }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        let q = std::mem::take(&mut self.q);
+        SPARE.with(|s| s.set(q));
+    }
+}
+
+thread_local! {
+    /// The decoded rows' buffer of this thread's last [`Decoded`], for the next one.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Bytes of one packed 8-token group of `nb` blocks.

@@ -18,8 +18,8 @@
 //!
 //! The activations are packed once per call ([`pack`]): per 8-token group and block,
 //! for each sub-block and token pair the `A` bytes of both tokens then their `B` bytes
-//! (widened to i16 in the kernel), then each pair's `d`
-//! (16 × f32) and raw `bsums`; for Q2_K only ([`Extra::Mins16`]) then the `bsums` by pairs of sub-blocks across the 8
+//! (widened to i16 in the kernel), then each pair's `d` (16 × f32) and raw `bsums`; for
+//! Q2_K only ([`Extra::Mins16`]) then the `bsums` by pairs of sub-blocks across the 8
 //! tokens and the 8 `d`.
 
 #![allow(unsafe_op_in_unsafe_fn)]
