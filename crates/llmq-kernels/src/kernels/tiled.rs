@@ -123,6 +123,19 @@ pub fn run(
     } else {
         (0..n_chunks).into_par_iter().for_each(body);
     }
+    if packed.capacity() <= SPARE_MOST {
+        SPARE.with(|s| s.set(packed));
+    }
+}
+
+/// Most bytes of packed activations kept for this thread's next call.
+const SPARE_MOST: usize = 16 << 20;
+
+thread_local! {
+    /// The packed activations' buffer of this thread's last call, for the next one (a
+    /// fresh allocation of megabytes is an `mmap` whose page faults cost more than
+    /// zeroing).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Packs the full groups of `group` tokens of `n` activation rows (`rb` bytes each) into
@@ -136,7 +149,9 @@ pub(crate) fn pack_groups(
     gbytes: usize,
     pack_group: impl Fn(&[u8], &mut [u8]) + Sync,
 ) -> Vec<u8> {
-    let mut out = vec![0u8; n / group * gbytes];
+    let mut out = SPARE.with(|s| s.take());
+    out.clear();
+    out.resize(n / group * gbytes, 0);
     let one = |(g, dst): (usize, &mut [u8])| pack_group(&acts[g * group * rb..], dst);
     if n >= 64 {
         out.par_chunks_exact_mut(gbytes).enumerate().for_each(one);
