@@ -87,13 +87,6 @@ fn scale_min_words(s: &[u8]) -> [u32; 4] {
     ]
 }
 
-/// `Σ` of the four i32 lanes (exact).
-#[inline(always)]
-unsafe fn hsum_epi32x4(v: __m128i) -> i32 {
-    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
-    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
-}
-
 /// Shuffle control broadcasting i16 element `k` of each lane.
 #[inline(always)]
 unsafe fn elem_ctrl(k: i32) -> __m256i {
@@ -156,8 +149,16 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
                 load128(ys[t].add(Y_BSUMS)),
                 load128(ys[t].add(Y_BSUMS + 16)),
             );
-            let msum = hsum_epi32x4(_mm_madd_epi16(mins, bs));
-            out[t] += yd * d * hsum_epi32(sumi[t]) as f32 - yd * dmin * msum as f32;
+            // [isum, msum, ·, ·] in one reduction (exact), then the scalar kernel's
+            // float steps: (d_a·d)·isum − (d_a·dmin)·msum, both products as f32 lanes
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sumi[t]),
+                _mm256_extracti128_si256::<1>(sumi[t]),
+            );
+            let h = _mm_hadd_epi32(s4, _mm_madd_epi16(mins, bs));
+            let f = _mm_cvtepi32_ps(_mm_hadd_epi32(h, h));
+            let p = _mm_mul_ps(_mm_setr_ps(yd * d, yd * dmin, 0.0, 0.0), f);
+            out[t] += _mm_cvtss_f32(p) - _mm_cvtss_f32(_mm_movehdup_ps(p));
         }
     }
     out
