@@ -82,8 +82,22 @@ pub struct KernelRow {
 pub enum Tile {
     /// Signed 32-value types: the row decoder of `tile_avx512`.
     Legacy(super::tile_avx512::DecodeFn),
-    /// IQ4_XS and k-quants on 16-bit products: `tile_wide` with the type's decoder.
+    /// Q2_K and Q3_K on 16-bit products: `tile_wide` with the type's decoder.
     Wide(super::tile_wide::WideType),
+    /// Q4_K, Q5_K, Q6_K and IQ4_XS on `vpdpbusd`: `tile_vnni` with the type's block decoder.
+    Vnni(super::tile_vnni::VnniType),
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! vnni {
+    ($dec:ident, $block:ident, $mins:expr, $sub16:expr) => {
+        Tile::Vnni(super::tile_vnni::VnniType {
+            decode: super::tile_vnni::$dec,
+            bytes: llmq_formats::blocks::$block::BYTES,
+            mins: $mins,
+            sub16: $sub16,
+        })
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -157,13 +171,13 @@ pub const KERNELS: &[KernelRow] = &[
     row!(Q3K, Q8K, kq::dot_q3_k, avx2: k2::dot_q3_k, k2::dot4_q3_k,
         tile: wide!(decode_q3_k, Offset4)),
     row!(Q4K, Q8K, kq::dot_q4_k, avx2: k2::dot_q4_k, k2::dot4_q4_k,
-        tile: wide!(decode_q4_k, Mins)),
+        tile: vnni!(decode_q4_k, BlockQ4K, true, false)),
     row!(Q5K, Q8K, kq::dot_q5_k, avx2: k2::dot_q5_k, k2::dot4_q5_k,
-        tile: wide!(decode_q5_k, Mins)),
+        tile: vnni!(decode_q5_k, BlockQ5K, true, false)),
     row!(Q6K, Q8K, kq::dot_q6_k, avx2: k2::dot_q6_k, k2::dot4_q6_k,
-        tile: wide!(decode_q6_k, Offset32), dot512: k5::dot_q6_k),
+        tile: vnni!(decode_q6_k, BlockQ6K, false, true), dot512: k5::dot_q6_k),
     row!(IQ4XS, Q8K, kq::dot_iq4_xs, avx2: k2::dot_iq4_xs, k2::dot4_iq4_xs,
-        tile: wide!(decode_iq4_xs, Plain), dot512: k5::dot_iq4_xs),
+        tile: vnni!(decode_iq4_xs, BlockIq4Xs, false, false), dot512: k5::dot_iq4_xs),
 ];
 
 /// The types of [`KERNELS`].

@@ -6,6 +6,12 @@
 //! Weights are unpacked to unsigned bytes and multiplied with `vpmaddubsw`; per-16 or
 //! per-32 scales are applied with `vpmaddwd`; constant offsets and mins come from the
 //! activation's `bsums`.
+//!
+//! Q4_K, Q5_K, Q6_K and IQ4_XS keep the scalar reference's float steps: each block's integer
+//! sums are reduced exactly and added with one `sum += d_a·d·isum (− d_a·dmin·msum)` per
+//! block, in block order, so these kernels give the scalar kernel's bits (and so do the
+//! AVX-512 prompt tiles of [`super::tile_vnni`]). Q2_K and Q3_K accumulate eight float
+//! lanes per row.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -97,8 +103,7 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
     let nb = check(w, bytes, &a);
     let m4 = _mm256_set1_epi8(0x0f);
     let m5 = _mm256_set1_epi8(0x10);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut accm = [_mm_setzero_ps(); N];
+    let mut out = [0.0f32; N];
     for i in 0..nb {
         let xs = &w[i * bytes..(i + 1) * bytes];
         let x = xs.as_ptr();
@@ -144,16 +149,17 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f
                 load128(ys[t].add(Y_BSUMS)),
                 load128(ys[t].add(Y_BSUMS + 16)),
             );
-            let pm = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bs));
-            accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin * yd), pm, accm[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            // [isum, msum, ·, ·] in one reduction (exact), then the scalar kernel's
+            // float steps: (d_a·d)·isum − (d_a·dmin)·msum, both products as f32 lanes
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sumi[t]),
+                _mm256_extracti128_si256::<1>(sumi[t]),
+            );
+            let h = _mm_hadd_epi32(s4, _mm_madd_epi16(mins, bs));
+            let f = _mm_cvtepi32_ps(_mm_hadd_epi32(h, h));
+            let p = _mm_mul_ps(_mm_setr_ps(yd * d, yd * dmin, 0.0, 0.0), f);
+            out[t] += _mm_cvtss_f32(p) - _mm_cvtss_f32(_mm_movehdup_ps(p));
         }
-    }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        let m = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[t] = hsum_ps(acc[t]) - _mm_cvtss_f32(m);
     }
     out
 }
@@ -163,7 +169,7 @@ unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
     let nb = check(w, Q6K::BYTES, &a);
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x30);
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut out = [0.0f32; N];
     for i in 0..nb {
         let x = w.as_ptr().add(i * Q6K::BYTES);
         let ys = a.map(|a| a.as_ptr().add(i * Q8K));
@@ -208,13 +214,8 @@ unsafe fn q6_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
         }
         let d = load_f16(x.add(Q6K::D.start));
         for t in 0..N {
-            let dd = _mm256_set1_ps(d * act_d(ys[t]));
-            acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            out[t] += act_d(ys[t]) * d * hsum_epi32(sumi[t]) as f32;
         }
-    }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum_ps(acc[t]);
     }
     out
 }
@@ -317,7 +318,7 @@ unsafe fn q3_k<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
 unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
     let nb = check(w, Iq4Xs::BYTES, &a);
     let table = _mm256_broadcastsi128_si256(load128(IQ4NL_VALUES.as_ptr() as *const u8));
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut out = [0.0f32; N];
     for i in 0..nb {
         let xs = &w[i * Iq4Xs::BYTES..(i + 1) * Iq4Xs::BYTES];
         let x = xs.as_ptr();
@@ -336,13 +337,8 @@ unsafe fn iq4_xs<const N: usize>(w: &[u8], a: [&[u8]; N]) -> [f32; N] {
         }
         let d = load_f16(x.add(Iq4Xs::D.start));
         for t in 0..N {
-            let dd = _mm256_set1_ps(d * act_d(ys[t]));
-            acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            out[t] += act_d(ys[t]) * d * hsum_epi32(sumi[t]) as f32;
         }
-    }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum_ps(acc[t]);
     }
     out
 }

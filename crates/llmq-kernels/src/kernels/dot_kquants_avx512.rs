@@ -5,10 +5,9 @@
 //! pair sums and `vpdpwssd` multiplies them by their sub-block scale and accumulates in
 //! one instruction (AVX2 needs `vpmaddwd` + `vpaddd`). The pair sums never saturate
 //! (|w| ≤ 127 and |a| ≤ 128 at most, so 2·127·128 < 2¹⁵), so every integer is exact.
-//! At the end of a block the two 256-bit halves of the i32 accumulator are added, which
-//! leaves each lane holding the same 4-value groups the AVX2 kernel
-//! ([`super::dot_kquants_avx2`]) sums in that lane; the float steps after that are
-//! that kernel's, in its order, so the result is that kernel's to the bit.
+//! At the end of a block its exact integer sum is reduced and added with the scalar
+//! reference's one float step per block (`sum += d_a·d·isum`), so the result is the
+//! scalar kernel's (and the AVX2 one's) to the bit.
 //!
 //! Q4_K/Q5_K have no kernel here: written the same way, Q4_K ran slower than AVX2 on
 //! the 2-core Xeon (AVX-512, VNNI) this was measured on, so they keep the AVX2 one.
@@ -65,7 +64,7 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
     let shl = idx2(4, 2);
     let shr = idx2(0, 2);
     let idx = [idx4(0), idx4(4), idx4(8), idx4(12)];
-    let mut acc = _mm256_setzero_ps();
+    let mut sum = 0.0f32;
     for i in 0..nb {
         let x = w.as_ptr().add(i * Q6K::BYTES);
         let y = a.as_ptr().add(i * Q8K);
@@ -96,10 +95,9 @@ unsafe fn q6_k(w: &[u8], a: &[u8]) -> f32 {
         let sumi = fold(_mm512_add_epi32(sa_acc, sb_acc));
         let sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(off));
         let d = load_f16(x.add(Q6K::D.start));
-        let dd = _mm256_set1_ps(d * act_d(y));
-        acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi), acc);
+        sum += act_d(y) * d * hsum_epi32(sumi) as f32;
     }
-    hsum_ps(acc)
+    sum
 }
 
 #[inline(always)]
@@ -108,7 +106,7 @@ unsafe fn iq4_xs(w: &[u8], a: &[u8]) -> f32 {
     assert!(a.len() >= nb * Q8K, "activation row too short");
     let table = _mm512_broadcast_i32x4(load128(IQ4NL_VALUES.as_ptr() as *const u8));
     let m4 = _mm512_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
+    let mut sum = 0.0f32;
     for i in 0..nb {
         let xs = &w[i * Iq4Xs::BYTES..(i + 1) * Iq4Xs::BYTES];
         let x = xs.as_ptr();
@@ -133,12 +131,11 @@ unsafe fn iq4_xs(w: &[u8], a: &[u8]) -> f32 {
             let sc = idx2((ls[2 * p] - 32) as i16, (ls[2 * p + 1] - 32) as i16);
             sumi[p % 2] = _mm512_dpwssd_epi32(sumi[p % 2], prod, sc);
         }
-        let sumi = _mm512_add_epi32(sumi[0], sumi[1]);
+        let sumi = _mm512_reduce_add_epi32(_mm512_add_epi32(sumi[0], sumi[1]));
         let d = load_f16(x.add(Iq4Xs::D.start));
-        let dd = _mm256_set1_ps(d * act_d(y));
-        acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(fold(sumi)), acc);
+        sum += act_d(y) * d * sumi as f32;
     }
-    hsum_ps(acc)
+    sum
 }
 
 macro_rules! entry {

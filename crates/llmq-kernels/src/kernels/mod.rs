@@ -15,8 +15,10 @@
 //! Where the CPU has AVX-512 (F, BW, VNNI; `LLMQ_KERNELS_NO_AVX512=1` switches it off),
 //! prompts of 8 tokens or more run through register tiles instead (`tiled`): 4 weight
 //! rows × 8 tokens for the signed 32-value types ([`tile_avx512`]: weights decoded once
-//! per call, activations packed once), and for IQ4_XS, Q4_K, Q5_K, Q6_K ([`tile_wide`]:
-//! each value times its sub-block scale decoded once per call as an i16, `vpdpwssd`);
+//! per call, activations packed once), for Q2_K, Q3_K ([`tile_wide`]: each value times
+//! its sub-block scale decoded once per call as an i16, `vpdpwssd`), and 16 rows × 8
+//! tokens for Q4_K, Q5_K, Q6_K, IQ4_XS ([`tile_vnni`]: i8 values, `vpdpbusd`, one scale
+//! multiply per sub-block);
 //! decode uses [`gemv_legacy512`] for the signed 32-value types (four weight rows per
 //! pass sharing the activation loads, one pass prefetched ahead into L2) and
 //! [`dot_kquants_avx512`] for Q6_K and IQ4_XS. The other one-row products (decode)
@@ -24,7 +26,10 @@
 //! prefetcher alone left one thread at about 6 of its 8 GB/s of streaming reads.
 //! Every multi-row and AVX-512 kernel does each output's float operations in the same
 //! order as the AVX2 one-row kernel, so a row's result never depends on how many rows
-//! share the call (nor on AVX2 against AVX-512).
+//! share the call (nor on AVX2 against AVX-512). For Q4_K, Q5_K, Q6_K and IQ4_XS that
+//! order is the scalar kernel's (exact integer sums per 256-value block, then one float
+//! step per block, in block order), so all their kernels, scalar included, give the
+//! same bits.
 //!
 //! Group-wise integer weights (GPTQ / AWQ / compressed-tensors, [`crate::int_blocks`])
 //! run the same way against Q8_0 activations ([`dot_int`]), or against f32 activations
@@ -69,6 +74,8 @@ mod tests_fp;
 mod tests_gemv512;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod tile_vnni;
 #[cfg(target_arch = "x86_64")]
 pub mod tile_wide;
 #[cfg(target_arch = "x86_64")]

@@ -69,7 +69,7 @@ fn act_row(rng: &mut ChaCha8Rng, nb: usize) -> Vec<u8> {
 }
 
 /// A Q8_K row of extreme quants (−128, −127, 127 and random), with matching `bsums`.
-fn extreme_act_row(rng: &mut ChaCha8Rng, nb: usize) -> Vec<u8> {
+pub(super) fn extreme_act_row(rng: &mut ChaCha8Rng, nb: usize) -> Vec<u8> {
     let mut q = vec![0u8; nb * Q8_K_BYTES];
     for blk in q.chunks_exact_mut(Q8_K_BYTES) {
         blk[BlockQ8K::D].copy_from_slice(&rng.gen_range(0.001f32..0.1).to_le_bytes());

@@ -1,7 +1,7 @@
 //! Tiled GEMM on 16-bit products for prompt processing (AVX-512 F, BW, VNNI): 4 weight
-//! rows × 8 tokens per register tile for the 256-value types whose sub-block scales
-//! multiply integer sums (IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; llama.cpp
-//! `ggml-common.h` layouts) against Q8_K activations.
+//! rows × 8 tokens per register tile for the 256-value types whose per-16 sub-block
+//! scales multiply integer sums (Q2_K, Q3_K; llama.cpp `ggml-common.h` layouts) against
+//! Q8_K activations. (Q4_K, Q5_K, Q6_K and IQ4_XS run [`super::tile_vnni`].)
 //!
 //! Each weight row is decoded once per call ([`super::tile_wide_decode`]): every value
 //! times its sub-block scale as an i16 (`|s·q| ≤ 8128`), so one `vpdpwssd` (pairs of
@@ -11,17 +11,15 @@
 //! (values `4k+2, 4k+3`), so that 32-bit lane `k` of `dpwssd(dpwssd(s, a_A, w_A), a_B,
 //! w_B)` holds `Σ_{j=4k..4k+3} s·q_j·a_j`: exactly lane `k` of the one-row AVX2 kernel
 //! (`dot_kquants_avx2`), whose integer sums are exact too. The float operations per
-//! block are that kernel's (`acc = fma(d·d_a, f32(sumi), acc)` on 8 lanes, Q4_K/Q5_K's
-//! `accm = fma(dmin·d_a, f32(Σ mins·bsums), accm)` on 4 lanes, Q6_K's `−32·Σ sc·bsums`
-//! and Q3_K's `−4·Σ sc·bsums` folded into `sumi` first, Q2_K's scalar
+//! block are that kernel's (`acc = fma(d·d_a, f32(sumi), acc)` on 8 lanes, Q3_K's
+//! `−4·Σ sc·bsums` folded into `sumi` first, Q2_K's scalar
 //! `accm += dmin·d_a·f32(Σ_16 mins·bsums)`, here 8 tokens a vector) and so is the final
 //! sum, so a token's result is the same bits whatever else is in the batch.
 //!
 //! The activations are packed once per call ([`pack`]): per 8-token group and block,
 //! for each sub-block and token pair the `A` bytes of both tokens then their `B` bytes
-//! (widened to i16 in the kernel), then each pair's `d`
-//! (16 × f32) and raw `bsums`, the `bsums` summed in pairs for 4 tokens and those `d`;
-//! for Q2_K only ([`Extra::Mins16`]) then the `bsums` by pairs of sub-blocks across the 8
+//! (widened to i16 in the kernel), then each pair's `d` (16 × f32) and raw `bsums`; for
+//! Q2_K only ([`Extra::Mins16`]) then the `bsums` by pairs of sub-blocks across the 8
 //! tokens and the 8 `d`.
 
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -41,11 +39,8 @@ pub const ROWS: usize = 4;
 const QA: usize = 0;
 const D_PAIRS: usize = 8 * 4 * 64;
 const EXTRA: usize = D_PAIRS + 4 * 64;
-// Offset32, Offset4: the pairs' raw `bsums`.
+// Offset4: the pairs' raw `bsums`.
 const BSUMS: usize = EXTRA;
-// Mins: `bsums` summed in pairs for 4 tokens, and those `d`.
-const BS_QUADS: usize = EXTRA;
-const D_QUADS: usize = BS_QUADS + 2 * 64;
 // Mins16: per pair `g` of sub-blocks, the 8 tokens' `bsums[2g], bsums[2g + 1]`, then
 // the 8 tokens' `d`.
 const BS_TOKENS: usize = EXTRA;
@@ -54,9 +49,7 @@ const D8: usize = BS_TOKENS + 8 * 32;
 /// Bytes of one packed block for `extra`.
 const fn block_bytes(extra: Extra) -> usize {
     match extra {
-        Extra::Plain => EXTRA,
-        Extra::Mins => D_QUADS + 2 * 64,
-        Extra::Offset32 | Extra::Offset4 => BSUMS + 4 * 64,
+        Extra::Offset4 => BSUMS + 4 * 64,
         Extra::Mins16 => D8 + 64,
     }
 }
@@ -64,11 +57,9 @@ const fn block_bytes(extra: Extra) -> usize {
 // Decoded weights, per block of a row.
 /// `d` (f32).
 pub const DEC_D: usize = 512;
-/// `dmin` (f32; Q4_K/Q5_K).
+/// `dmin` (f32; Q2_K).
 pub const DEC_DMIN: usize = 516;
-/// The 8 mins (i16; Q4_K/Q5_K).
-pub const DEC_MINS: usize = 528;
-/// The 16 scales (i16; Q6_K, Q3_K) or the 16 mins (Q2_K).
+/// The 16 scales (i16; Q3_K) or the 16 mins (Q2_K).
 pub const DEC_SC16: usize = 544;
 /// Bytes of one decoded block: 8 sub-blocks of `A` (32 B) and `B` (32 B) i16 values,
 /// then the fields above.
@@ -80,12 +71,6 @@ pub type WideDecodeFn = fn(&[u8], &mut [u8]);
 /// The terms beside the scaled products.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Extra {
-    /// None (IQ4_XS).
-    Plain,
-    /// `− dmin·Σ mins·bsums` (Q4_K, Q5_K).
-    Mins,
-    /// `−32·Σ sc·bsums` in the integer sums (Q6_K).
-    Offset32,
     /// `−4·Σ sc·bsums` in the integer sums (Q3_K).
     Offset4,
     /// `− dmin·Σ_16 mins·bsums`, one scalar per token (Q2_K).
@@ -134,23 +119,9 @@ fn pack_group(acts: &[u8], rb: usize, nb: usize, extra: Extra, dst: &mut [u8]) {
             }
             let bsums = &src[BlockQ8K::BSUMS];
             match extra {
-                Extra::Plain => {}
-                Extra::Offset32 | Extra::Offset4 => {
+                Extra::Offset4 => {
                     let at = BSUMS + p * 64 + 32 * half;
                     blk[at..at + 32].copy_from_slice(bsums);
-                }
-                Extra::Mins => {
-                    let (q, k) = (t / 4, t % 4);
-                    for j in 0..8 {
-                        let a = i16::from_le_bytes([bsums[4 * j], bsums[4 * j + 1]]);
-                        let b = i16::from_le_bytes([bsums[4 * j + 2], bsums[4 * j + 3]]);
-                        let at = BS_QUADS + q * 64 + 16 * k + 2 * j;
-                        blk[at..at + 2].copy_from_slice(&a.wrapping_add(b).to_le_bytes());
-                    }
-                    for l in 0..4 {
-                        let at = D_QUADS + q * 64 + 4 * (4 * k + l);
-                        blk[at..at + 4].copy_from_slice(d);
-                    }
                 }
                 Extra::Mins16 => {
                     for g in 0..8 {
@@ -215,9 +186,6 @@ pub unsafe fn tile(
         };
     }
     match extra {
-        Extra::Plain => go!(0),
-        Extra::Mins => go!(1),
-        Extra::Offset32 => go!(2),
         Extra::Offset4 => go!(3),
         Extra::Mins16 => go!(4),
     }
@@ -253,20 +221,6 @@ unsafe fn half(v: __m512, h: usize) -> __m256 {
     }
 }
 
-/// `Σ` of 4 lanes as the one-row Q4_K kernel sums `accm`.
-#[inline(always)]
-unsafe fn hsum4(v: __m512, k: usize) -> f32 {
-    let m = match k {
-        0 => _mm512_extractf32x4_ps::<0>(v),
-        1 => _mm512_extractf32x4_ps::<1>(v),
-        2 => _mm512_extractf32x4_ps::<2>(v),
-        _ => _mm512_extractf32x4_ps::<3>(v),
-    };
-    let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    _mm_cvtss_f32(m)
-}
-
 #[allow(clippy::needless_range_loop)] // one index into several tile arrays
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn tile_n<const R: usize, const X: u8>(
@@ -279,12 +233,8 @@ unsafe fn tile_n<const R: usize, const X: u8>(
     let wp: [*const u8; R] = std::array::from_fn(|r| w.q.as_ptr().add((r0 + r) * nb * DEC_BLOCK));
     let ap = a.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    let mut accm = [[_mm512_setzero_ps(); 2]; R];
     let mut accm8 = [_mm256_setzero_ps(); R];
     let bb = block_bytes(match X {
-        0 => Extra::Plain,
-        1 => Extra::Mins,
-        2 => Extra::Offset32,
         3 => Extra::Offset4,
         _ => Extra::Mins16,
     });
@@ -292,17 +242,13 @@ unsafe fn tile_n<const R: usize, const X: u8>(
         let blk = ap.add(i * bb);
         let wb: [*const u8; R] = std::array::from_fn(|r| wp[r].add(i * DEC_BLOCK));
         let mut sumi = [[_mm512_setzero_si512(); 4]; R];
-        if X == 2 || X == 3 {
+        if X == 3 {
             for r in 0..R {
                 let sc = _mm512_broadcast_i64x4(ld(wb[r].add(DEC_SC16)));
                 for p in 0..4 {
                     let bs = _mm512_loadu_si512(blk.add(BSUMS + 64 * p) as *const __m512i);
                     let off = _mm512_madd_epi16(sc, bs);
-                    let off = if X == 2 {
-                        _mm512_slli_epi32::<5>(off)
-                    } else {
-                        _mm512_slli_epi32::<2>(off)
-                    };
+                    let off = _mm512_slli_epi32::<2>(off);
                     sumi[r][p] = _mm512_sub_epi32(sumi[r][p], off);
                 }
             }
@@ -330,19 +276,6 @@ unsafe fn tile_n<const R: usize, const X: u8>(
                 acc[r][p] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi[r][p]), acc[r][p]);
             }
         }
-        if X == 1 {
-            for r in 0..R {
-                let dmin = _mm512_set1_ps((wb[r].add(DEC_DMIN) as *const f32).read_unaligned());
-                let mins =
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(wb[r].add(DEC_MINS) as *const __m128i));
-                for q in 0..2 {
-                    let bs = _mm512_loadu_si512(blk.add(BS_QUADS + 64 * q) as *const __m512i);
-                    let pm = _mm512_cvtepi32_ps(_mm512_madd_epi16(mins, bs));
-                    let yd = _mm512_loadu_ps(blk.add(D_QUADS + 64 * q) as *const f32);
-                    accm[r][q] = _mm512_fmadd_ps(_mm512_mul_ps(dmin, yd), pm, accm[r][q]);
-                }
-            }
-        }
         if X == 4 {
             let yd = _mm256_loadu_ps(blk.add(D8) as *const f32);
             for r in 0..R {
@@ -364,7 +297,6 @@ unsafe fn tile_n<const R: usize, const X: u8>(
         for t in 0..GROUP {
             let s = hsum_ps(half(acc[r][t / 2], t % 2));
             out[r][t] = match X {
-                1 => s - hsum4(accm[r][t / 4], t % 4),
                 4 => s - m8[t],
                 _ => s,
             };
@@ -373,7 +305,7 @@ unsafe fn tile_n<const R: usize, const X: u8>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::act_quant::Act;
     use crate::kernels::tests_dot512::magnitude;
@@ -386,13 +318,13 @@ mod tests {
 
     type One = fn(&[u8], &[u8]) -> f32;
 
-    fn available() -> bool {
+    pub(crate) fn available() -> bool {
         Isa::Avx2.available() && llmq_quant::isa::avx512_vnni()
     }
 
     /// Random block bytes with finite scales; `edge` adds zero and negative scales,
     /// all-zero and all-max quants and scales.
-    fn weight_rows(
+    pub(crate) fn weight_rows(
         rng: &mut ChaCha8Rng,
         ty: GgmlType,
         rows: usize,
@@ -465,7 +397,7 @@ mod tests {
     }
 
     /// `n` Q8_K rows quantized from uniform values with outliers and a zero row.
-    fn act_rows(rng: &mut ChaCha8Rng, n: usize, cols: usize) -> Vec<u8> {
+    pub(crate) fn act_rows(rng: &mut ChaCha8Rng, n: usize, cols: usize) -> Vec<u8> {
         let mut x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         x[cols + 3] = 90.0;
         x[2 * cols + 7] = -70.0;
@@ -485,35 +417,7 @@ mod tests {
         if !available() {
             return;
         }
-        let cases: [(GgmlType, WideDecodeFn, Extra, One, One); 6] = [
-            (
-                GgmlType::IQ4XS,
-                dc::decode_iq4_xs,
-                Extra::Plain,
-                k2::dot_iq4_xs,
-                kq::dot_iq4_xs,
-            ),
-            (
-                GgmlType::Q4K,
-                dc::decode_q4_k,
-                Extra::Mins,
-                k2::dot_q4_k,
-                kq::dot_q4_k,
-            ),
-            (
-                GgmlType::Q5K,
-                dc::decode_q5_k,
-                Extra::Mins,
-                k2::dot_q5_k,
-                kq::dot_q5_k,
-            ),
-            (
-                GgmlType::Q6K,
-                dc::decode_q6_k,
-                Extra::Offset32,
-                k2::dot_q6_k,
-                kq::dot_q6_k,
-            ),
+        let cases: [(GgmlType, WideDecodeFn, Extra, One, One); 2] = [
             (
                 GgmlType::Q3K,
                 dc::decode_q3_k,

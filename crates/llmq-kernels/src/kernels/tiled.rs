@@ -1,18 +1,19 @@
 //! Prompt processing through the AVX-512 register tiles (8 tokens × a few weight rows,
-//! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_wide`] for
-//! IQ4_XS and Q2_K–Q6_K): the activations are packed once per call, each task takes a chunk of up to
-//! 64 weight rows (fewer where their decoded form would not stay in L2) and walks token
-//! panels (kept in L2) × row tiles × 8-token groups; the tokens past the last full group
-//! go through the 4-row and 1-row kernels.
+//! [`super::tile_avx512`] for the signed 32-value types, [`super::tile_wide`] for Q2_K
+//! and Q3_K, [`super::tile_vnni`] (16 rows) for Q4_K, Q5_K, Q6_K and IQ4_XS): the
+//! activations are packed once per call, each task takes a chunk of up to 64 weight
+//! rows (fewer where their decoded form would not stay in L2) and walks token panels
+//! (kept in L2) × row tiles × 8-token groups; the tokens past the last full group go
+//! through the 4-row and 1-row kernels.
 
 use super::dispatch::{Kernel, Tile};
-use super::{act_quant, tail, tile_avx512 as lg, tile_wide as wd, OutPtr};
+use super::{act_quant, tail, tile_avx512 as lg, tile_vnni as tv, tile_wide as wd, OutPtr};
 use crate::tensor::WeightMatrix;
 use rayon::prelude::*;
 
 /// Tokens per tile (both tile families).
 pub const GROUP: usize = 8;
-const _: () = assert!(lg::GROUP == GROUP && wd::GROUP == GROUP);
+const _: () = assert!(lg::GROUP == GROUP && wd::GROUP == GROUP && tv::GROUP == GROUP);
 
 /// Activation bytes of one token panel: the panel stays in L2 while every row tile of a
 /// chunk passes over it.
@@ -25,6 +26,7 @@ const DECODED_BYTES: usize = 512 << 10;
 enum Decoded {
     Legacy(lg::Decoded),
     Wide(wd::Decoded, wd::Extra),
+    Vnni(tv::Decoded, tv::VnniType),
 }
 
 /// `y` for `n ≥ 8` tokens of packed activations `acts` (`rb` bytes a row).
@@ -48,16 +50,21 @@ pub fn run(
             let x = t.extra;
             (wd::pack(acts, rb, n, x), wd::group_bytes(nb, x), wd::ROWS)
         }
+        Tile::Vnni(_) => {
+            let nb = rb / act_quant::Q8_K_BYTES;
+            (tv::pack(acts, rb, n), tv::group_bytes(nb), tv::ROWS)
+        }
     };
     let threads = rayon::current_num_threads().max(1);
     let most = match tile {
         Tile::Wide(_) => DECODED_BYTES / (rb / act_quant::Q8_K_BYTES * wd::DEC_BLOCK).max(1),
+        Tile::Vnni(_) => DECODED_BYTES / tv::decoded_row_bytes(rb / act_quant::Q8_K_BYTES).max(1),
         _ => 64,
     };
     let chunk = rows
         .div_ceil(threads * 4)
-        .clamp(4, most.clamp(4, 64))
-        .next_multiple_of(4);
+        .clamp(rows_per, most.clamp(rows_per, 64))
+        .next_multiple_of(rows_per);
     let n_chunks = rows.div_ceil(chunk);
     let groups = n / GROUP;
     let panel = (PANEL_BYTES / gbytes.max(1)).clamp(1, groups.max(1));
@@ -73,6 +80,9 @@ pub fn run(
                 wd::Decoded::new(t.decode, rb / act_quant::Q8_K_BYTES, rows_of),
                 t.extra,
             ),
+            Tile::Vnni(t) => {
+                Decoded::Vnni(tv::Decoded::new(t, rb / act_quant::Q8_K_BYTES, rows_of), t)
+            }
         };
         let mut res = [[0.0f32; GROUP]; 4];
         for g0 in (0..groups).step_by(panel) {
@@ -86,6 +96,13 @@ pub fn run(
                         match &decoded {
                             Decoded::Legacy(d) => lg::tile(d, q0 - r0, rr, a, &mut res),
                             Decoded::Wide(d, x) => wd::tile(d, *x, q0 - r0, rr, a, &mut res),
+                            Decoded::Vnni(d, m) => {
+                                // SAFETY: tokens g·8.. of rows q0..q0 + rr: this
+                                // chunk's, in bounds.
+                                let y0 = out.0.add(g * GROUP * rows + q0);
+                                tv::tile(d, *m, (q0 - r0) / tv::ROWS, a, y0, rows, rr);
+                                continue;
+                            }
                         }
                     }
                     // token by token: the tile's rows are adjacent in `y`
@@ -106,6 +123,19 @@ pub fn run(
     } else {
         (0..n_chunks).into_par_iter().for_each(body);
     }
+    if packed.capacity() <= SPARE_MOST {
+        SPARE.with(|s| s.set(packed));
+    }
+}
+
+/// Most bytes of packed activations kept for this thread's next call.
+const SPARE_MOST: usize = 16 << 20;
+
+thread_local! {
+    /// The packed activations' buffer of this thread's last call, for the next one (a
+    /// fresh allocation of megabytes is an `mmap` whose page faults cost more than
+    /// zeroing).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Packs the full groups of `group` tokens of `n` activation rows (`rb` bytes each) into
@@ -119,7 +149,9 @@ pub(crate) fn pack_groups(
     gbytes: usize,
     pack_group: impl Fn(&[u8], &mut [u8]) + Sync,
 ) -> Vec<u8> {
-    let mut out = vec![0u8; n / group * gbytes];
+    let mut out = SPARE.with(|s| s.take());
+    out.clear();
+    out.resize(n / group * gbytes, 0);
     let one = |(g, dst): (usize, &mut [u8])| pack_group(&acts[g * group * rb..], dst);
     if n >= 64 {
         out.par_chunks_exact_mut(gbytes).enumerate().for_each(one);
