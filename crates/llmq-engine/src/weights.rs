@@ -289,14 +289,7 @@ impl HfWeights {
             }
             Transform::PermuteQK { n_head } => {
                 let w = qm.matrix(&self.st, modules[0], self.int_act)?;
-                // the row order, through the same permutation the f32 path applies
-                let idx: Vec<f32> = (0..w.rows).map(|r| r as f32).collect();
-                let order: Vec<usize> = llmq_arch::gguf_names::permute_qk(&idx, w.rows, 1, *n_head)
-                    .into_iter()
-                    .map(|r| r as usize)
-                    .collect();
-                w.permute_rows(&order)
-                    .map_err(|e| EngineError::tensor(name, e))?
+                permute_qk_rows(name, w, *n_head)?
             }
             _ => return Ok(None),
         };
@@ -325,14 +318,7 @@ impl HfWeights {
         let w = match &spec.transform {
             Transform::None => e.matrix(&self.st, m)?,
             Transform::PermuteQK { n_head } => {
-                let w = e.matrix(&self.st, m)?;
-                let idx: Vec<f32> = (0..w.rows).map(|r| r as f32).collect();
-                let order: Vec<usize> = llmq_arch::gguf_names::permute_qk(&idx, w.rows, 1, *n_head)
-                    .into_iter()
-                    .map(|r| r as usize)
-                    .collect();
-                w.permute_rows(&order)
-                    .map_err(|e| EngineError::tensor(name, e))?
+                permute_qk_rows(name, e.matrix(&self.st, m)?, *n_head)?
             }
             _ => return Ok(None),
         };
@@ -472,4 +458,16 @@ impl HfWeights {
             .map(Some)
             .map_err(|e| EngineError::tensor(name, e))
     }
+}
+
+/// A packed matrix with its rows in the q/k order of the f32 path (the same permutation
+/// applied to the row indices), so a quantized q/k weight keeps its codes.
+fn permute_qk_rows(name: &str, w: WeightMatrix, n_head: usize) -> Result<WeightMatrix> {
+    let idx: Vec<f32> = (0..w.rows).map(|r| r as f32).collect();
+    let order: Vec<usize> = llmq_arch::gguf_names::permute_qk(&idx, w.rows, 1, n_head)
+        .into_iter()
+        .map(|r| r as usize)
+        .collect();
+    w.permute_rows(&order)
+        .map_err(|e| EngineError::tensor(name, e))
 }
